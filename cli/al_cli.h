@@ -1,0 +1,27 @@
+/* al_cli: what the subcommands share — the state-dir rule, usage printing, and
+ * reading secrets from stdin/file/env (never from argv).
+ *
+ * Each subcommand is `int al_cmd_NAME(int argc, char **argv)` where argv[0] is the
+ * command name; it returns the process exit status: 0 ok, 1 failure the user must
+ * fix (bad table, not found), 2 usage error. */
+#ifndef AL_CLI_H
+#define AL_CLI_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+int al_cmd_serve(int argc, char **argv);
+int al_cmd_check(int argc, char **argv);
+int al_cmd_identity(int argc, char **argv);
+int al_cmd_ca(int argc, char **argv);
+int al_cmd_env(int argc, char **argv);
+
+/* Usage text of a command (NULL name = the top-level usage). */
+void al_cli_usage(FILE *out, const char *command);
+
+/* The state-dir rule every command uses: --state-dir DIR, else $AIRLOCK_STATE_DIR,
+ * else the state_dir of the table given with -c FILE, else ./.airlock.
+ * Either argument may be NULL. Returns a malloc'd path (never NULL unless OOM). */
+char *al_cli_state_dir(const char *flag_state_dir, const char *config_path);
+
+#endif

@@ -1,0 +1,13 @@
+/* airlock check: not built yet. */
+#include "al_cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int al_cmd_check(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "airlock check: not built yet\n");
+    return 2;
+}

@@ -1,0 +1,1 @@
+/* al_cred.c: to be written. */

@@ -1,0 +1,56 @@
+/* al_cred: the credentials a running `airlock serve` injects — the data path's
+ * read side of the identity store.
+ *
+ * The data path never touches SQLite on a request. al_cred_cache keeps an
+ * immutable, reference-counted snapshot of the decrypted current (and, during a
+ * rotation's grace period, previous) secret versions of every provider, swapped
+ * atomically when the store changes (checked every 250 ms by a watcher thread),
+ * so a rotation reaches requests within one second without restart or lock.
+ *
+ * Selection implements pools and fallback: a target may name several providers,
+ * used round-robin; one that got 429 is rested until its Retry-After passes;
+ * after a 401/403 the data path may retry once with the target's fallback_provider.
+ *
+ * Secrets: views point into the snapshot, valid while the caller holds the
+ * snapshot reference; they are wiped when the snapshot is freed. Never log them. */
+#ifndef AL_CRED_H
+#define AL_CRED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "targets/al_table.h"
+
+typedef struct al_cred_cache al_cred_cache;
+typedef struct al_cred_snapshot al_cred_snapshot;
+
+typedef struct al_secret_view {
+    const char *provider; /* provider name */
+    uint32_t version;     /* provider's secret version */
+    const char *kind;     /* "api_key", "oauth2", "aws" */
+    const char *environment;
+    const unsigned char *value; /* the secret (api_key: the key); NOT NUL-terminated */
+    size_t len;
+} al_secret_view;
+
+/* Opens the store under state_dir read-only for serving and starts the watcher.
+ * master key rule as in identity/al_vault.h. */
+int al_cred_cache_open(const char *state_dir, al_cred_cache **out);
+void al_cred_cache_close(al_cred_cache *c);
+
+/* Current snapshot with a new reference (lock-free: one atomic load + increment). */
+al_cred_snapshot *al_cred_cache_acquire(al_cred_cache *c);
+void al_cred_snapshot_release(al_cred_snapshot *s);
+
+/* The current version of `provider`. AL_ERR_NOTFOUND if there is none. */
+int al_cred_lookup(const al_cred_snapshot *s, const char *provider, al_secret_view *out);
+
+/* Picks the provider for a request to target `t` (pool round-robin, skipping rested
+ * providers). `attempt` 0 = normal, 1 = the fallback after a 401/403 (AL_ERR_NOTFOUND
+ * when the target has no fallback_provider). */
+int al_cred_select(al_cred_cache *c, const al_cred_snapshot *s, const al_target *t, int attempt,
+                   al_secret_view *out);
+/* Rests `provider` for retry_after_s seconds (429 from upstream). */
+void al_cred_rest(al_cred_cache *c, const char *provider, uint32_t retry_after_s);
+
+#endif

@@ -1,0 +1,1 @@
+/* al_audit.c: to be written. */

@@ -1,0 +1,1 @@
+/* al_egress.c: to be written. */

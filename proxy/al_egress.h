@@ -1,0 +1,57 @@
+/* al_egress: the egress (SSRF) guard and the resolver it checks.
+ *
+ * al_egress_classify() is a pure function: given an address, is it public, or in a
+ * range airlock refuses by default (loopback, RFC 1918, link-local incl. the cloud
+ * metadata address 169.254.169.254, CGNAT 100.64/10, unique-local fc00::/7,
+ * multicast, unspecified, and the IPv4-mapped/compatible IPv6 forms of those)?
+ *
+ * al_resolver is per worker (not thread-safe by design): asynchronous lookups with
+ * c-ares on the worker's libev loop, with a cache that respects the record TTL.
+ * The address handed to the callback is the one that was checked; the data path
+ * pins curl to it (CURLOPT_RESOLVE) so there is no second lookup. */
+#ifndef AL_EGRESS_H
+#define AL_EGRESS_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+enum al_addr_class {
+    AL_ADDR_PUBLIC = 0,
+    AL_ADDR_LOOPBACK,
+    AL_ADDR_PRIVATE,    /* RFC 1918, unique-local */
+    AL_ADDR_LINK_LOCAL, /* incl. metadata */
+    AL_ADDR_CGNAT,
+    AL_ADDR_MULTICAST,
+    AL_ADDR_RESERVED,   /* unspecified, broadcast, documentation, etc. */
+};
+
+enum al_addr_class al_egress_classify(const struct sockaddr *sa);
+const char *al_egress_class_name(enum al_addr_class c);
+
+struct ev_loop;
+typedef struct al_resolver al_resolver;
+
+/* The outcome of a lookup. On success `addr` is a checked address (port set). */
+typedef struct al_resolve_result {
+    int err;                     /* AL_OK, AL_ERR_DNS, AL_ERR_EGRESS */
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    char addr_text[64];          /* "203.0.113.7" or "2001:db8::1" (no brackets) */
+    enum al_addr_class refused_class; /* when err == AL_ERR_EGRESS */
+} al_resolve_result;
+
+typedef void (*al_resolve_cb)(void *arg, const al_resolve_result *res);
+
+int al_resolver_new(struct ev_loop *loop, al_resolver **out);
+void al_resolver_free(al_resolver *r);
+/* Resolves host (a name or a literal address) and checks it. The callback may run
+ * before this returns (cache hit or literal). When allow_private is 0 any address
+ * of a refused class fails with AL_ERR_EGRESS. Returns a handle to cancel, or NULL
+ * when the callback already ran. */
+void *al_resolver_resolve(al_resolver *r, const char *host, uint16_t port, int allow_private,
+                          al_resolve_cb cb, void *arg);
+void al_resolver_cancel(al_resolver *r, void *handle);
+
+#endif
