@@ -1,0 +1,286 @@
+/* al_inject: the credential injectors and the request-header drop rule.
+ *
+ * Owns: the method -> injector table (only api_key today; OAuth and SigV4 add a
+ * file each and one row below), the api_key injector (header "prefix+secret" or a
+ * query parameter), and the list of headers an agent may not pass upstream.
+ *
+ * Invariants: pure functions, no I/O, no logging, no global state. Every output that
+ * will hold a secret is sized before the first secret byte is copied, so al_buf never
+ * reallocates (and leaves behind) a partial copy; callers wipe the buffers. An agent
+ * cannot smuggle its own credential next to the injected one: its header of the same
+ * name is dropped, and every query parameter whose decoded name matches ours
+ * (case-insensitively, since some upstream frameworks compare that way) is removed. */
+#include "al_inject.h"
+#include "common/al_err.h"
+
+#include <string.h>
+#include <strings.h>
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static int eq_ci(const char *a, size_t alen, const char *b, size_t blen)
+{
+    return alen == blen && strncasecmp(a, b, alen) == 0;
+}
+
+/* Grows b so that `total` bytes fit without another reallocation, keeping its
+ * contents. al_buf has no reserve call: append zeros, then take them back. */
+static int reserve(al_buf *b, size_t total)
+{
+    static const char zeros[256];
+    size_t keep = b->len;
+    while (b->len < total) {
+        size_t n = total - b->len;
+        int rc = al_buf_append(b, zeros, n < sizeof zeros ? n : sizeof zeros);
+        if (rc)
+            return rc;
+    }
+    b->len = keep;
+    if (b->data)
+        b->data[keep] = '\0';
+    return AL_OK;
+}
+
+static int unreserved(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
+}
+
+static size_t encoded_len(const unsigned char *p, size_t n)
+{
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++)
+        out += unreserved(p[i]) ? 1 : 3;
+    return out;
+}
+
+int al_inject_percent_encode(al_buf *b, const unsigned char *p, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    int rc = reserve(b, b->len + encoded_len(p, n));
+    if (rc)
+        return rc;
+    /* Capacity is reserved: these appends copy, they never reallocate. */
+    for (size_t i = 0; i < n; i++) {
+        char e[3];
+        if (unreserved(p[i])) {
+            rc = al_buf_append(b, &p[i], 1);
+        } else {
+            e[0] = '%';
+            e[1] = hex[p[i] >> 4];
+            e[2] = hex[p[i] & 15];
+            rc = al_buf_append(b, e, 3);
+        }
+        if (rc)
+            return rc;
+    }
+    return AL_OK;
+}
+
+static unsigned char fold(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Does the raw query key k[0..klen), once form-decoded ('+' is a space, %XX a byte),
+ * equal `name` case-insensitively? Decodes on the fly: no allocation. */
+static int key_matches(const char *k, size_t klen, const char *name, size_t nlen)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < klen; i++) {
+        unsigned char c = (unsigned char)k[i];
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%' && i + 2 < klen) {
+            int hi = hexval(k[i + 1]);
+            int lo = hexval(k[i + 2]);
+            if (hi >= 0 && lo >= 0) {
+                c = (unsigned char)(hi << 4 | lo);
+                i += 2;
+            }
+        }
+        if (j >= nlen)
+            return 0;
+        unsigned char n = (unsigned char)name[j++];
+        if (fold(c) != fold(n))
+            return 0;
+    }
+    return j == nlen;
+}
+
+/* Header values may hold visible ASCII, SP, HTAB and obs-text; nothing that ends
+ * a header line or the header block. */
+static int header_value_ok(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+/* ---- api_key -------------------------------------------------------------- */
+
+static const char *api_key_name(const al_target *t)
+{
+    if (t->auth.name && t->auth.name[0])
+        return t->auth.name;
+    /* The loader fills these defaults; repeat them so a hand-built target works. */
+    return t->auth.location == AL_KEY_IN_QUERY ? "api_key" : "Authorization";
+}
+
+static const char *api_key_prefix(const al_target *t)
+{
+    if (t->auth.prefix)
+        return t->auth.prefix;
+    return strcasecmp(api_key_name(t), "Authorization") == 0 ? "Bearer " : "";
+}
+
+static int api_key_header(const al_target *t, const al_secret_view *s, al_inject_header *out,
+                          al_buf *value)
+{
+    out->name = NULL;
+    out->name_len = 0;
+    al_buf_reset(value);
+    if (t->auth.location != AL_KEY_IN_HEADER)
+        return AL_OK;
+    const char *prefix = api_key_prefix(t);
+    size_t plen = strlen(prefix);
+    if (!s || (!s->value && s->len) || !header_value_ok((const unsigned char *)prefix, plen) ||
+        !header_value_ok(s->value, s->len))
+        return AL_ERR_INVAL;
+    int rc = reserve(value, plen + s->len);
+    if (!rc)
+        rc = al_buf_append(value, prefix, plen);
+    if (!rc)
+        rc = al_buf_append(value, s->value, s->len);
+    if (rc) {
+        al_buf_reset(value);
+        return rc;
+    }
+    out->name = api_key_name(t);
+    out->name_len = strlen(out->name);
+    return AL_OK;
+}
+
+static int api_key_request_target(const al_target *t, const al_secret_view *s, const char *target,
+                                  size_t len, al_buf *out)
+{
+    int rc = AL_OK;
+    al_buf_reset(out);
+    if (t->auth.location != AL_KEY_IN_QUERY)
+        return AL_OK;
+    if (!s || (!s->value && s->len) || !target || memchr(target, '#', len))
+        return AL_ERR_INVAL;
+    const char *name = api_key_name(t);
+    size_t nlen = strlen(name);
+    const char *q = memchr(target, '?', len);
+    size_t path_len = q ? (size_t)(q - target) : len;
+
+    /* Worst case: every agent parameter kept, plus "?" "&" name "=" secret. */
+    rc = reserve(out, len + 2 + encoded_len((const unsigned char *)name, nlen) + 1 +
+                          encoded_len(s->value, s->len));
+    if (rc)
+        goto fail;
+    if ((rc = al_buf_append(out, target, path_len)) || (rc = al_buf_append(out, "?", 1)))
+        goto fail;
+    int kept = 0;
+    if (q) {
+        const char *p = q + 1, *end = target + len;
+        while (p < end) {
+            const char *amp = memchr(p, '&', (size_t)(end - p));
+            const char *pe = amp ? amp : end;
+            const char *eq = memchr(p, '=', (size_t)(pe - p));
+            size_t klen = (size_t)((eq ? eq : pe) - p);
+            if (pe > p && !key_matches(p, klen, name, nlen)) {
+                if ((kept && (rc = al_buf_append(out, "&", 1))) ||
+                    (rc = al_buf_append(out, p, (size_t)(pe - p))))
+                    goto fail;
+                kept = 1;
+            }
+            p = pe + 1;
+        }
+    }
+    if ((kept && (rc = al_buf_append(out, "&", 1))) ||
+        (rc = al_inject_percent_encode(out, (const unsigned char *)name, nlen)) ||
+        (rc = al_buf_append(out, "=", 1)) || (rc = al_inject_percent_encode(out, s->value, s->len)))
+        goto fail;
+    return AL_OK;
+fail:
+    al_buf_reset(out);
+    return rc;
+}
+
+static int api_key_drops_header(const al_target *t, const char *name, size_t len)
+{
+    if (t->auth.location != AL_KEY_IN_HEADER)
+        return 0;
+    const char *ours = api_key_name(t);
+    return eq_ci(name, len, ours, strlen(ours));
+}
+
+static const al_injector api_key_injector = {
+    .method = AL_AUTH_API_KEY,
+    .name = "api_key",
+    .header = api_key_header,
+    .request_target = api_key_request_target,
+    .drops_header = api_key_drops_header,
+};
+
+/* ---- the table ------------------------------------------------------------ */
+
+static const al_injector *const injectors[AL_AUTH_COUNT] = {
+    [AL_AUTH_API_KEY] = &api_key_injector,
+};
+
+const al_injector *al_injector_for(enum al_auth_method m)
+{
+    if ((unsigned)m >= AL_AUTH_COUNT)
+        return NULL;
+    return injectors[m];
+}
+
+int al_inject_drop_request_header(const al_target *t, const char *name, size_t len)
+{
+    static const struct {
+        const char *s;
+        size_t n;
+    } hop[] = {
+#define H(x) {x, sizeof x - 1}
+        H("connection"),
+        H("keep-alive"),
+        H("proxy-connection"),
+        H("proxy-authorization"),
+        H("proxy-authenticate"),
+        H("te"),
+        H("trailer"),
+        H("transfer-encoding"),
+        H("upgrade"),
+        H("http2-settings"),
+#undef H
+    };
+    if (!name)
+        return 0;
+    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
+        if (eq_ci(name, len, hop[i].s, hop[i].n))
+            return 1;
+    if (!t)
+        return 0;
+    /* Every valid target injects some auth, and every method either sets
+     * Authorization or must not let the agent's own reach the upstream. */
+    if ((unsigned)t->auth.method < AL_AUTH_COUNT && eq_ci(name, len, "authorization", 13))
+        return 1;
+    const al_injector *inj = al_injector_for(t->auth.method);
+    return inj && inj->drops_header && inj->drops_header(t, name, len);
+}
