@@ -24,7 +24,7 @@ enum al_addr_class {
     AL_ADDR_LINK_LOCAL, /* incl. metadata */
     AL_ADDR_CGNAT,
     AL_ADDR_MULTICAST,
-    AL_ADDR_RESERVED,   /* unspecified, broadcast, documentation, etc. */
+    AL_ADDR_RESERVED, /* unspecified, broadcast, documentation, etc. */
 };
 
 enum al_addr_class al_egress_classify(const struct sockaddr *sa);
@@ -35,10 +35,10 @@ typedef struct al_resolver al_resolver;
 
 /* The outcome of a lookup. On success `addr` is a checked address (port set). */
 typedef struct al_resolve_result {
-    int err;                     /* AL_OK, AL_ERR_DNS, AL_ERR_EGRESS */
+    int err; /* AL_OK, AL_ERR_DNS, AL_ERR_EGRESS */
     struct sockaddr_storage addr;
     socklen_t addr_len;
-    char addr_text[64];          /* "203.0.113.7" or "2001:db8::1" (no brackets) */
+    char addr_text[64];               /* "203.0.113.7" or "2001:db8::1" (no brackets) */
     enum al_addr_class refused_class; /* when err == AL_ERR_EGRESS */
 } al_resolve_result;
 
@@ -53,5 +53,13 @@ void al_resolver_free(al_resolver *r);
 void *al_resolver_resolve(al_resolver *r, const char *host, uint16_t port, int allow_private,
                           al_resolve_cb cb, void *arg);
 void al_resolver_cancel(al_resolver *r, void *handle);
+
+/* Uses these DNS servers instead of /etc/resolv.conf's ("127.0.0.1:5353,[::1]:53"),
+ * for tests and for an operator-chosen resolver. Clears the cache. AL_ERR_INVAL
+ * when the list does not parse. */
+int al_resolver_set_servers(al_resolver *r, const char *servers_csv);
+/* Lookups in flight, cancelled ones included until c-ares has finished with them
+ * (draining, tests). */
+size_t al_resolver_pending(const al_resolver *r);
 
 #endif
