@@ -164,7 +164,8 @@ static int cmp_items(const void *a, const void *b)
         return x->auth < y->auth ? -1 : 1;
     if (x->base_len != y->base_len)
         return x->base_len > y->base_len ? -1 : 1;
-    return 0;
+    /* Table order breaks ties, so a build is deterministic. */
+    return x->t < y->t ? -1 : x->t > y->t;
 }
 
 int al_router_build(const al_target *targets, size_t count, al_router **out)
@@ -189,18 +190,31 @@ int al_router_build(const al_target *targets, size_t count, al_router **out)
         goto fail;
     r->auth_mask = r->name_mask = nslots - 1;
 
+    size_t nitems = 0;
     for (size_t k = 0; k < count; k++) {
         const al_target *t = &targets[k];
-        if (!t->host) {
-            rc = AL_ERR_INVAL;
-            goto fail;
+
+        /* Names: the loader guarantees uniqueness; the first one wins otherwise. */
+        if (t->name) {
+            size_t nl = strlen(t->name);
+            uint64_t h = hash_ci(t->name, nl, 14695981039346656037ULL);
+            for (size_t j = (size_t)h & r->name_mask;; j = (j + 1) & r->name_mask) {
+                al_name_slot *s = &r->name_slots[j];
+                if (!s->t) {
+                    *s = (al_name_slot){.t = t, .hash = h, .name_len = nl};
+                    break;
+                }
+                if (s->hash == h && s->name_len == nl && memcmp(s->t->name, t->name, nl) == 0)
+                    break;
+            }
         }
-        /* Find or add the authority. */
-        al_authority probe = {.host = t->host, .host_len = strlen(t->host), .port = t->port};
-        if (normalise_host(&probe.host, &probe.host_len, probe.canon) != 0) {
-            rc = AL_ERR_INVAL;
-            goto fail;
-        }
+
+        /* A target without a usable host (the loader reports why) is reachable by
+         * name only; it must not make the whole table unroutable. */
+        al_authority probe = {
+            .host = t->host, .host_len = t->host ? strlen(t->host) : 0, .port = t->port};
+        if (!t->host || normalise_host(&probe.host, &probe.host_len, probe.canon) != 0)
+            continue;
         probe.hash = hash_authority(probe.host, probe.host_len, probe.port);
         size_t auth_idx = SIZE_MAX;
         size_t i = (size_t)probe.hash & r->auth_mask;
@@ -225,26 +239,11 @@ int al_router_build(const al_target *targets, size_t count, al_router **out)
             r->auth_slots[i] = (uint32_t)(auth_idx + 1);
         }
         r->auths[auth_idx].count++;
-        items[k] = (sort_item){.t = t, .auth = auth_idx, .base_len = base_len_of(t)};
-
-        /* Names: the loader guarantees uniqueness; the first one wins otherwise. */
-        if (t->name) {
-            size_t nl = strlen(t->name);
-            uint64_t h = hash_ci(t->name, nl, 14695981039346656037ULL);
-            for (size_t j = (size_t)h & r->name_mask;; j = (j + 1) & r->name_mask) {
-                al_name_slot *s = &r->name_slots[j];
-                if (!s->t) {
-                    *s = (al_name_slot){.t = t, .hash = h, .name_len = nl};
-                    break;
-                }
-                if (s->hash == h && s->name_len == nl && memcmp(s->t->name, t->name, nl) == 0)
-                    break;
-            }
-        }
+        items[nitems++] = (sort_item){.t = t, .auth = auth_idx, .base_len = base_len_of(t)};
     }
 
-    qsort(items, count, sizeof *items, cmp_items);
-    for (size_t k = 0; k < count; k++) {
+    qsort(items, nitems, sizeof *items, cmp_items);
+    for (size_t k = 0; k < nitems; k++) {
         al_authority *a = &r->auths[items[k].auth];
         if (k == 0 || items[k - 1].auth != items[k].auth)
             a->first = k;

@@ -187,10 +187,20 @@ static void test_empty_and_null(void **state)
     al_router_free(NULL);
     assert_null(al_router_find(NULL, "a", 1, 443, "/", 1));
 
-    al_target bad = {.name = (char *)"x", .host = NULL, .port = 1};
+    /* Targets without a usable host are reachable by name only, and do not make the
+     * others unroutable. */
+    al_target odd[] = {
+        {.name = (char *)"nohost", .host = NULL, .port = 443},
+        {.name = (char *)"badv6", .host = (char *)"fe80::1::2", .port = 443},
+        {.name = (char *)"ok", .host = (char *)"ok.example", .port = 443, .base_path = (char *)""},
+    };
     r = NULL;
-    assert_int_equal(al_router_build(&bad, 1, &r), AL_ERR_INVAL);
-    assert_null(r);
+    assert_int_equal(al_router_build(odd, 3, &r), AL_OK);
+    assert_ptr_equal(al_router_find_name(r, "nohost", 6), &odd[0]);
+    assert_ptr_equal(al_router_find_name(r, "badv6", 5), &odd[1]);
+    assert_null(al_router_find_authority(r, "fe80::1::2", 10, 443));
+    assert_ptr_equal(al_router_find(r, "ok.example", 10, 443, "/", 1), &odd[2]);
+    al_router_free(r);
 }
 
 /* Many targets on many hosts and on one host: every one is found by host and name,
