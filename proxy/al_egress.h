@@ -52,6 +52,10 @@ void al_resolver_free(al_resolver *r);
  * when the callback already ran. */
 void *al_resolver_resolve(al_resolver *r, const char *host, uint16_t port, int allow_private,
                           al_resolve_cb cb, void *arg);
+/* After cancel the callback never runs. A handle is valid only until its callback
+ * has run. al_resolver_free() drops pending lookups without calling them back; a
+ * callback must not free the resolver. Failures (bad name, NXDOMAIN, timeout:
+ * AL_ERR_DNS; refused: AL_ERR_EGRESS) come through the callback too. */
 void al_resolver_cancel(al_resolver *r, void *handle);
 
 /* Uses these DNS servers instead of /etc/resolv.conf's ("127.0.0.1:5353,[::1]:53"),
