@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include <cmocka.h>
 
@@ -313,6 +314,82 @@ static void test_percent_encode(void **state)
     al_buf_free(&b, 1);
 }
 
+/* Property check over random agent targets: whatever the agent sends, the upstream
+ * target carries exactly one parameter whose decoded name is ours (any case), it
+ * is the last one and holds our key, and the path is untouched. */
+static int decoded_key_is(const char *k, size_t n, const char *name)
+{
+    char d[256];
+    size_t j = 0;
+    for (size_t i = 0; i < n && j < sizeof d - 1; i++) {
+        char c = k[i];
+        unsigned hi, lo;
+        if (c == '+')
+            c = ' ';
+        else if (c == '%' && i + 2 < n && sscanf(k + i + 1, "%1x%1x", &hi, &lo) == 2) {
+            c = (char)(hi << 4 | lo);
+            i += 2;
+        }
+        d[j++] = c;
+    }
+    d[j] = '\0';
+    return strcasecmp(d, name) == 0;
+}
+
+static void test_query_random(void **state)
+{
+    (void)state;
+    static const char *const atoms[] = {"key", "KEY", "k", "ey", "=",    "&",     "%6b", "%6B",
+                                        "%",   "%4",  "a", "1",  "&&",   "?",     "/",   "+",
+                                        "%20", "%3D", "x", "=",  "key=", "&key=", "%26"};
+    const al_injector *inj = al_injector_for(AL_AUTH_API_KEY);
+    al_target t = query_target("key");
+    al_secret_view s = secret("S&=%+ k");
+    const char *enc = "key=S%26%3D%25%2B%20k";
+    uint64_t x = 88172645463325252ULL;
+    for (int round = 0; round < 20000; round++) {
+        char in[256] = "/p";
+        size_t len = 2;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        int natoms = (int)(x % 12);
+        for (int i = 0; i < natoms; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            const char *a = atoms[x % (sizeof atoms / sizeof atoms[0])];
+            size_t al = strlen(a);
+            memcpy(in + len, a, al);
+            len += al;
+        }
+        in[len] = '\0';
+        al_buf out;
+        al_buf_init(&out, 4096);
+        assert_int_equal(inj->request_target(&t, &s, in, len, &out), AL_OK);
+        const char *q = strchr(in, '?');
+        size_t path_len = q ? (size_t)(q - in) : len;
+        if (memcmp(out.data, in, path_len) != 0 || out.data[path_len] != '?')
+            fail_msg("path changed: %s -> %s", in, out.data);
+        int ours = 0, last_is_ours = 0;
+        char *p = out.data + path_len + 1;
+        while (*p) {
+            char *amp = strchr(p, '&');
+            size_t pl = amp ? (size_t)(amp - p) : strlen(p);
+            char *eq = memchr(p, '=', pl);
+            size_t kl = eq ? (size_t)(eq - p) : pl;
+            if (pl == 0)
+                fail_msg("empty parameter in %s", out.data);
+            last_is_ours = decoded_key_is(p, kl, "key");
+            if (last_is_ours) {
+                ours++;
+                if (pl != strlen(enc) || memcmp(p, enc, pl) != 0)
+                    fail_msg("agent's key survived: %s -> %s", in, out.data);
+            }
+            p += pl + (amp ? 1 : 0);
+        }
+        if (ours != 1 || !last_is_ours)
+            fail_msg("%s -> %s: %d of ours", in, out.data, ours);
+        al_buf_free(&out, 1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -322,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_header_limit),
         cmocka_unit_test(test_query_table),
         cmocka_unit_test(test_query_uses_length_and_limit),
+        cmocka_unit_test(test_query_random),
         cmocka_unit_test(test_drop_request_header),
         cmocka_unit_test(test_percent_encode),
     };
