@@ -1,0 +1,550 @@
+"""altest: the shared library of airlock's Python integration tests.
+
+Import it from a test next to it:
+
+    import os, sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from altest import *
+
+What it gives (all on 127.0.0.1, everything started is killed at exit, by pid):
+    free_port(), wait_port(port, host, timeout)
+    Proc(argv, ...)            a started process with a log file; .pid .stop() .alive()
+    cleanup_all()              stops every Proc (also at exit and on SIGTERM/SIGINT)
+    tmpdir()                   a temporary directory, removed at exit (AIRLOCK_KEEP_TMP=1 keeps it)
+    test_ca()                  dict(ca=, ca_key=, cert=, key=) of a test CA made once per process
+    start_echo(tls=False)      -> (Proc, port, ca_file or None)   tests/peers/echo_upstream.py
+    start_nginx_tls(h2=True)   -> (Proc, port, ca_file)           Debian nginx, TLS (+h2)
+    Airlock(table, providers, env)   the real binary on free ports with a temp state dir
+    run(globals())             runs test_* functions in order; Skip("why") skips one
+
+Environment: AIRLOCK_BIN (the binary, default build/airlock), AIRLOCK_SOURCE_DIR
+(the repository, default two levels up from here).
+"""
+import atexit
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.environ.get("AIRLOCK_SOURCE_DIR") or os.path.abspath(os.path.join(HERE, "..", ".."))
+AIRLOCK_BIN = os.environ.get("AIRLOCK_BIN") or os.path.join(SOURCE_DIR, "build", "airlock")
+PEERS_DIR = os.path.join(SOURCE_DIR, "tests", "peers")
+PYTHON = "/usr/bin/python3"  # Debian's, which has requests/httpx/h2
+
+
+class Skip(Exception):
+    """Raise in a test to skip it: run() prints 'skip name: why'."""
+
+
+# --- ports -------------------------------------------------------------------------
+
+def free_port():
+    """A TCP port free on 127.0.0.1 right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, host="127.0.0.1", timeout=10, proc=None):
+    """Polls connect() until the port accepts; raises TimeoutError after `timeout` s.
+    With proc, fails at once if that process has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            pass
+        if proc is not None and not proc.alive():
+            raise RuntimeError("%s exited (status %s) before listening on %s:%d\n%s"
+                               % (proc.name, proc.returncode(), host, port, proc.log_tail()))
+        if time.monotonic() > deadline:
+            raise TimeoutError("nothing listening on %s:%d after %ss" % (host, port, timeout))
+        time.sleep(0.02)
+
+
+def wait_for(cond, timeout=10, what="condition", interval=0.02):
+    """Polls cond() until it returns a true value (returned); raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out after %ss waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+# --- temporary directories ---------------------------------------------------------
+
+_tmpdirs = []
+
+
+def tmpdir(prefix="altest-"):
+    d = tempfile.mkdtemp(prefix=prefix)
+    _tmpdirs.append(d)
+    return d
+
+
+def _remove_tmpdirs():
+    if os.environ.get("AIRLOCK_KEEP_TMP") == "1":
+        for d in _tmpdirs:
+            sys.stderr.write("altest: kept %s\n" % d)
+        return
+    for d in _tmpdirs:
+        shutil.rmtree(d, ignore_errors=True)
+    del _tmpdirs[:]
+
+
+# --- processes ---------------------------------------------------------------------
+
+_procs = []
+_libc = None
+
+
+def _die_with_parent():
+    # Runs in the child before exec: if the test process is killed outright (ctest
+    # timeout sends SIGKILL), the kernel kills the child too, so nothing leaks.
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class Proc:
+    """A started process; stdout and stderr go to a log file.
+
+    Proc(argv, name=None, env=None, cwd=None, log_path=None, stdin_data=None)
+    .pid .name .log_path; .alive(); .returncode(); .stop(); .log_text(); .log_tail(n)
+    """
+
+    def __init__(self, argv, name=None, env=None, cwd=None, log_path=None, stdin_data=None):
+        self.argv = [str(a) for a in argv]
+        self.name = name or os.path.basename(self.argv[0])
+        self.log_path = log_path or os.path.join(tmpdir("altest-log-"), self.name + ".log")
+        full_env = dict(os.environ)
+        if env:
+            full_env.update({k: str(v) for k, v in env.items()})
+        self._log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+            env=full_env, cwd=cwd, preexec_fn=_die_with_parent)
+        self.pid = self.popen.pid
+        if stdin_data is not None:
+            self.popen.stdin.write(stdin_data if isinstance(stdin_data, bytes) else stdin_data.encode())
+            self.popen.stdin.close()
+        _procs.append(self)
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def returncode(self):
+        return self.popen.poll()
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout=None):
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self, timeout=5):
+        """SIGTERM, then SIGKILL if still running after `timeout` s. Returns the status."""
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait()
+            except ProcessLookupError:
+                pass
+        if not self._log.closed:
+            self._log.close()
+        if self in _procs:
+            _procs.remove(self)
+        return self.popen.returncode
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, n=40):
+        lines = self.log_text().splitlines()
+        return "\n".join("    | " + l for l in lines[-n:])
+
+    def rss_kb(self):
+        """Resident set size in KiB (VmRSS from /proc), 0 if gone."""
+        return rss_kb(self.pid)
+
+
+def rss_kb(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def cleanup_all():
+    """Stops every Proc still running (newest first) and removes the temp dirs."""
+    for p in list(reversed(_procs)):
+        try:
+            p.stop()
+        except Exception as e:  # keep stopping the others
+            sys.stderr.write("altest: stopping %s: %s\n" % (p.name, e))
+    _remove_tmpdirs()
+
+
+def _on_signal(signum, frame):
+    cleanup_all()
+    sys.exit(128 + signum)
+
+
+atexit.register(cleanup_all)
+signal.signal(signal.SIGTERM, _on_signal)
+signal.signal(signal.SIGINT, _on_signal)
+
+
+# --- peers -------------------------------------------------------------------------
+
+_ca = None
+
+
+def test_ca():
+    """A test CA and a localhost/127.0.0.1 server cert (tests/peers/make_test_ca.sh),
+    made once per test process: dict(dir, ca, ca_key, cert, key)."""
+    global _ca
+    if _ca is None:
+        d = tmpdir("altest-ca-")
+        subprocess.run(["bash", os.path.join(PEERS_DIR, "make_test_ca.sh"), d], check=True,
+                       stdout=subprocess.DEVNULL)
+        _ca = {"dir": d, "ca": os.path.join(d, "ca.pem"), "ca_key": os.path.join(d, "ca.key"),
+               "cert": os.path.join(d, "server.pem"), "key": os.path.join(d, "server.key")}
+    return _ca
+
+
+test_ca.__test__ = False  # not a test for run() (it only runs test_* of the test module)
+
+
+def start_echo(tls=False, timeout=10):
+    """Starts tests/peers/echo_upstream.py; returns (Proc, port, ca_file or None)."""
+    argv = [PYTHON, os.path.join(PEERS_DIR, "echo_upstream.py"), "--port", "0"]
+    ca = None
+    if tls:
+        c = test_ca()
+        argv += ["--tls-cert", c["cert"], "--tls-key", c["key"]]
+        ca = c["ca"]
+    p = Proc(argv, name="echo-tls" if tls else "echo")
+
+    def ready():
+        for line in p.log_text().splitlines():
+            if line.startswith("READY "):
+                return int(line.split()[1])
+        if not p.alive():
+            raise RuntimeError("echo upstream exited:\n" + p.log_tail())
+        return None
+
+    port = wait_for(ready, timeout, "echo upstream READY")
+    wait_port(port, proc=p)
+    return p, port, ca
+
+
+# Header values nginx echoes back (name in the JSON -> nginx variable). Values are
+# inserted as they are: tests must not send a '"' or '\' in them.
+NGINX_ECHO_FIELDS = [
+    ("authorization", "$http_authorization"),
+    ("proxy_authorization", "$http_proxy_authorization"),
+    ("x_api_key", "$http_x_api_key"),
+    ("connection", "$http_connection"),
+    ("keep_alive", "$http_keep_alive"),
+    ("te", "$http_te"),
+    ("upgrade", "$http_upgrade"),
+    ("transfer_encoding", "$http_transfer_encoding"),
+    ("proxy_connection", "$http_proxy_connection"),
+    ("x_request_id", "$http_x_request_id"),
+    ("via", "$http_via"),
+    ("x_forwarded_for", "$http_x_forwarded_for"),
+    ("host", "$http_host"),
+    ("user_agent", "$http_user_agent"),
+    ("cookie", "$http_cookie"),
+    ("content_length", "$content_length"),
+    ("method", "$request_method"),
+    ("uri", "$request_uri"),
+    ("args", "$args"),
+    ("protocol", "$server_protocol"),
+    ("ssl_protocol", "$ssl_protocol"),
+]
+
+NGINX_STATUS_CODES = (200, 201, 204, 400, 401, 403, 404, 413, 429, 500, 502, 503, 504)
+NGINX_LARGE_SIZES = {"1m.bin": 1 << 20, "10m.bin": 10 << 20, "100m.bin": 100 << 20}
+
+
+def start_nginx_tls(h2=True, timeout=10):
+    """Debian nginx on a free port, TLS with the test CA (+ HTTP/2 when h2), as the
+    current user with its own prefix, pid and temp paths; no system config.
+      any path         -> 200 JSON of NGINX_ECHO_FIELDS (the request headers it got)
+      /files/NAME      -> static files 1m.bin, 10m.bin, 100m.bin (zero bytes, sparse)
+      /status/NNN      -> that status with the echo JSON (NNN in NGINX_STATUS_CODES)
+    Returns (Proc, port, ca_file)."""
+    c = test_ca()
+    d = tmpdir("altest-nginx-")
+    files = os.path.join(d, "files")
+    os.mkdir(files)
+    for name, size in NGINX_LARGE_SIZES.items():
+        with open(os.path.join(files, name), "wb") as f:
+            f.truncate(size)
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.mkdir(os.path.join(d, sub))
+    body = "{" + ",".join('"%s":"%s"' % (k, v) for k, v in NGINX_ECHO_FIELDS) + "}\\n"
+    status_locations = "\n".join(
+        "        location = /status/%d { return %d '%s'; }" % (c, c, body) for c in NGINX_STATUS_CODES)
+    last_err = None
+    for _attempt in range(3):  # free_port() can race with another process: retry
+        port = free_port()
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 0;
+    keepalive_requests 100000;
+    http2_max_concurrent_streams 1024;
+    server {{
+        listen 127.0.0.1:{port} ssl{h2};
+        server_name localhost;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        default_type application/json;
+        location /files/ {{ alias {files}/; default_type application/octet-stream; }}
+{status_locations}
+        location / {{ return 200 '{body}'; }}
+    }}
+}}
+""".format(d=d, port=port, h2=" http2" if h2 else "", cert=c["cert"], key=c["key"],
+                   files=files, body=body, status_locations=status_locations))
+        p = Proc(["nginx", "-e", os.path.join(d, "error.log"), "-p", d, "-c", conf],
+                 name="nginx", log_path=os.path.join(d, "stdout.log"))
+        try:
+            wait_port(port, timeout=timeout, proc=p)
+            return p, port, c["ca"]
+        except RuntimeError as e:
+            last_err = e
+            p.stop()
+            if "Address already in use" not in _read(os.path.join(d, "error.log")):
+                break
+    raise RuntimeError("nginx did not start: %s\n%s" % (last_err, _read(os.path.join(d, "error.log"))))
+
+
+def _read(path):
+    try:
+        with open(path, "r", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+# --- airlock -----------------------------------------------------------------------
+
+def http_get(url, timeout=5, headers=None):
+    """(status, body bytes) of a plain GET without any proxy; HTTP errors are returned."""
+    req = urllib.request.Request(url, headers=headers or {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Airlock:
+    """The real airlock binary on free ports with a temporary state dir.
+
+    Airlock(table_yaml_text, providers={"name": "secret"}, env=None)
+    The table text may hold "{state_dir}", "{proxy_port}", "{admin_port}", "{tls_port}":
+    they are replaced by the state dir and by free ports. Attributes: .proxy_port
+    .admin_port .tls_port .state_dir .table_path .audit_path (state_dir/audit.log)
+    .log_path .pid (after start) .proc.
+    Each provider is created with `airlock identity create-api-key-credential-provider
+    --name N --api-key - --state-dir D`, the secret on stdin (never on argv)."""
+
+    def __init__(self, table_yaml_text, providers=None, env=None):
+        self.state_dir = tmpdir("altest-airlock-")
+        os.chmod(self.state_dir, 0o700)
+        self.proxy_port = free_port()
+        self.admin_port = free_port()
+        self.tls_port = free_port()
+        self.table_path = os.path.join(self.state_dir, "table.yaml")
+        self.audit_path = os.path.join(self.state_dir, "audit.log")
+        self.log_path = os.path.join(self.state_dir, "airlock.log")
+        self.env = dict(env or {})
+        # The table's state_dir wins when it names one; otherwise point at ours.
+        if "{state_dir}" not in table_yaml_text and "AIRLOCK_STATE_DIR" not in self.env:
+            self.env["AIRLOCK_STATE_DIR"] = self.state_dir
+        self.proc = None
+        self.pid = None
+        self.write_table(table_yaml_text)
+        for name, secret in (providers or {}).items():
+            self.create_provider(name, secret)
+
+    def render(self, text):
+        for k, v in (("{state_dir}", self.state_dir), ("{proxy_port}", self.proxy_port),
+                     ("{admin_port}", self.admin_port), ("{tls_port}", self.tls_port)):
+            text = text.replace(k, str(v))
+        return text
+
+    def write_table(self, table_yaml_text):
+        """Writes the (rendered) table to .table_path atomically (for reload tests)."""
+        tmp = self.table_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(self.render(table_yaml_text))
+        os.replace(tmp, self.table_path)
+
+    def cli(self, *args, stdin_data=None, timeout=30):
+        """Runs `airlock ARGS...`; returns CompletedProcess (text stdout/stderr)."""
+        env = dict(os.environ)
+        env.update(self.env)
+        return subprocess.run([AIRLOCK_BIN] + [str(a) for a in args], input=stdin_data,
+                              capture_output=True, text=True, env=env, timeout=timeout)
+
+    def create_provider(self, name, secret):
+        if not os.path.exists(AIRLOCK_BIN):
+            raise Skip("airlock binary not built: %s" % AIRLOCK_BIN)
+        r = self.cli("identity", "create-api-key-credential-provider", "--name", name,
+                     "--api-key", "-", "--state-dir", self.state_dir, stdin_data=secret + "\n")
+        if r.returncode != 0:
+            out = r.stdout + r.stderr
+            if "not built yet" in out:
+                raise Skip("'airlock identity' is not built yet: cannot create provider %s" % name)
+            raise RuntimeError("creating provider %s failed (exit %d): %s"
+                               % (name, r.returncode, out.strip()))
+
+    def start(self, timeout=15, extra_args=()):
+        if not os.path.exists(AIRLOCK_BIN):
+            raise Skip("airlock binary not built: %s" % AIRLOCK_BIN)
+        self.proc = Proc([AIRLOCK_BIN, "serve", "-c", self.table_path] + list(extra_args),
+                         name="airlock", env=self.env, log_path=self.log_path)
+        self.pid = self.proc.pid
+        url = "http://127.0.0.1:%d/healthz" % self.admin_port
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.proc.alive():
+                text = self.proc.log_text()
+                if self.proc.returncode() == 2 and "not built yet" in text:
+                    raise Skip("'airlock serve' is not built yet")
+                raise RuntimeError("airlock serve exited with status %s:\n%s"
+                                   % (self.proc.returncode(), self.proc.log_tail()))
+            try:
+                if http_get(url, timeout=1)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("airlock /healthz did not answer 200 within %ss:\n%s"
+                                   % (timeout, self.proc.log_tail()))
+            time.sleep(0.05)
+
+    def stop(self, timeout=5):
+        """SIGTERM (graceful drain), SIGKILL after `timeout` s; returns the exit status."""
+        if self.proc is None:
+            return None
+        return self.proc.stop(timeout)
+
+    def reload(self, table_yaml_text=None):
+        """Optionally rewrites the table, then sends SIGHUP."""
+        if table_yaml_text is not None:
+            self.write_table(table_yaml_text)
+        self.proc.signal(signal.SIGHUP)
+
+    def rss_kb(self):
+        return rss_kb(self.pid) if self.pid else 0
+
+    def audit_lines(self):
+        """Every audit line, parsed (a line that is not JSON raises: a test failure)."""
+        out = []
+        for i, line in enumerate(_read(self.audit_path).splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError as e:
+                    raise AssertionError("audit line %d is not JSON (%s): %r" % (i, e, line))
+        return out
+
+    def log_text(self):
+        return _read(self.log_path)
+
+    def proxy_url(self):
+        return "http://127.0.0.1:%d" % self.proxy_port
+
+    def gateway_url(self, target, path="/"):
+        return "http://127.0.0.1:%d/t/%s%s" % (self.proxy_port, target, path)
+
+
+# --- runner ------------------------------------------------------------------------
+
+def run(ns):
+    """Runs every function named test_* defined in module namespace `ns`, in definition
+    order; prints "ok name", "FAIL name" (with the traceback) or "skip name: why", then
+    "N passed, M failed[, K skipped]"; exits 1 if any failed, else 0.
+    A test named in AIRLOCK_TEST_ONLY (comma-separated) restricts the run."""
+    only = [s for s in os.environ.get("AIRLOCK_TEST_ONLY", "").split(",") if s]
+    main_file = ns.get("__file__")
+    tests = [(n, f) for n, f in ns.items()
+             if n.startswith("test_") and callable(f) and getattr(f, "__test__", True)
+             and getattr(getattr(f, "__code__", None), "co_filename", main_file) == main_file]
+    tests.sort(key=lambda t: t[1].__code__.co_firstlineno)
+    passed = failed = skipped = 0
+    for name, fn in tests:
+        if only and name not in only:
+            continue
+        t0 = time.monotonic()
+        try:
+            fn()
+        except Skip as e:
+            skipped += 1
+            print("skip %s: %s" % (name, e), flush=True)
+        except Exception:
+            failed += 1
+            print("FAIL %s" % name, flush=True)
+            traceback.print_exc(file=sys.stdout)
+            sys.stdout.flush()
+        else:
+            passed += 1
+            print("ok %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
+    line = "%d passed, %d failed" % (passed, failed)
+    if skipped:
+        line += ", %d skipped" % skipped
+    print(line, flush=True)
+    cleanup_all()
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,224 @@
+#!/usr/bin/python3
+"""The test peers work, checked with real clients before any proxy is involved:
+the echo upstream (plain and TLS: echo, streaming bodies, SSE, status, reset,
+trailers) and Debian nginx over TLS with HTTP/2. If these fail, every proxy test that
+uses them would fail for the wrong reason."""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from altest import (Proc, free_port, run, start_echo,  # noqa: E402
+                    start_nginx_tls, tmpdir, wait_port, rss_kb)
+
+import requests  # noqa: E402  (Debian's python3-requests)
+
+S = requests.Session()
+S.trust_env = False  # never through a proxy from the environment
+
+_echo = None
+
+
+def echo():
+    global _echo
+    if _echo is None:
+        _echo = start_echo()
+    return _echo
+
+
+def test_echo_reports_method_path_query_and_repeated_headers():
+    _, port, _ = echo()
+    r = S.get("http://127.0.0.1:%d/some/path?a=1&b=two" % port,
+              headers={"Authorization": "Bearer agent-key", "X-Multi": "one"}, timeout=5)
+    assert r.status_code == 200, r.status_code
+    j = r.json()
+    assert j["method"] == "GET" and j["path"] == "/some/path" and j["query"] == "a=1&b=two", j
+    assert j["headers"]["authorization"] == ["Bearer agent-key"], j["headers"]
+    assert j["body_bytes"] == 0 and j["body_sha256"] == hashlib.sha256(b"").hexdigest()
+    # a repeated header arrives as a list of values (raw socket: requests merges them)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Dup: 1\r\nX-Dup: 2\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            raw += b
+    body = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    assert body["headers"]["x-dup"] == ["1", "2"], body
+
+
+def test_echo_keeps_the_connection_alive():
+    _, port, _ = echo()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        f = s.makefile("rb")
+        for i in range(3):
+            s.sendall(b"GET /k%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+            status = f.readline()
+            assert status.startswith(b"HTTP/1.1 200"), status
+            length = None
+            while True:
+                h = f.readline()
+                if h == b"\r\n":
+                    break
+                if h.lower().startswith(b"content-length:"):
+                    length = int(h.split(b":")[1])
+            assert json.loads(f.read(length))["path"] == "/k%d" % i
+
+
+def test_echo_hashes_a_chunked_upload_and_a_sized_one():
+    _, port, _ = echo()
+    data = os.urandom(3 * 1024 * 1024 + 7)
+
+    def gen():
+        for i in range(0, len(data), 100000):
+            yield data[i:i + 100000]
+
+    r = S.post("http://127.0.0.1:%d/up" % port, data=gen(), timeout=30)  # chunked
+    j = r.json()
+    assert j["headers"]["transfer-encoding"] == ["chunked"], j["headers"]
+    assert j["body_bytes"] == len(data) and j["body_sha256"] == hashlib.sha256(data).hexdigest()
+    r = S.put("http://127.0.0.1:%d/up" % port, data=data, timeout=30)
+    j = r.json()
+    assert j["method"] == "PUT" and j["body_bytes"] == len(data), j
+    assert j["body_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_echo_streams_100_mb_upload_and_download_in_bounded_memory():
+    p, port, _ = echo()
+    total = 100 * 1024 * 1024
+    piece = b"\xab" * (1 << 20)
+    h = hashlib.sha256()
+    for _ in range(100):
+        h.update(piece)
+
+    def gen():
+        for _ in range(100):
+            yield piece
+
+    r = S.post("http://127.0.0.1:%d/big" % port, data=gen(), timeout=120)
+    j = r.json()
+    assert j["body_bytes"] == total and j["body_sha256"] == h.hexdigest(), j
+    n = 0
+    with S.get("http://127.0.0.1:%d/bytes?n=%d" % (port, total), stream=True, timeout=120) as r:
+        assert r.headers.get("transfer-encoding") == "chunked"
+        for b in r.iter_content(1 << 16):
+            n += len(b)
+    assert n == total, n
+    # the peer never held the body: far less resident memory than 100 MB
+    assert p.rss_kb() < 60 * 1024, "echo upstream RSS %d KiB" % p.rss_kb()
+
+
+def test_echo_sse_events_arrive_one_by_one():
+    _, port, _ = echo()
+    t0 = time.monotonic()
+    times = []
+    with S.get("http://127.0.0.1:%d/sse?n=4&interval_ms=300" % port, stream=True,
+               timeout=10) as r:
+        assert r.headers["content-type"] == "text/event-stream"
+        buf = b""
+        for b in r.iter_content(None):
+            buf += b
+            while b"\n\n" in buf:
+                ev, buf = buf.split(b"\n\n", 1)
+                assert b"event: tick" in ev
+                times.append(time.monotonic() - t0)
+    assert len(times) == 4, times
+    # first event long before the stream ends: it was flushed, not buffered
+    assert times[0] < 0.5 and times[-1] > 0.8, times
+
+
+def test_echo_status_slow_reset_trailers():
+    _, port, _ = echo()
+    r = S.get("http://127.0.0.1:%d/status/429" % port, timeout=5)
+    assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["status"] == 429
+    r = S.get("http://127.0.0.1:%d/status/503" % port, timeout=5)
+    assert r.status_code == 503
+    t0 = time.monotonic()
+    r = S.get("http://127.0.0.1:%d/slow?ms=400" % port, timeout=5)
+    assert r.status_code == 200 and time.monotonic() - t0 >= 0.4
+    try:
+        S.get("http://127.0.0.1:%d/reset" % port, timeout=5)
+        raise AssertionError("/reset answered")
+    except requests.exceptions.ConnectionError:
+        pass
+    # trailers: look at the raw bytes
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /trailers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            raw += b
+    assert b"Trailer: X-Checksum" in raw and b"\r\n0\r\nX-Checksum: sha256=" in raw, raw
+
+
+def test_echo_over_tls_verifies_with_the_test_ca():
+    _, port, ca = start_echo(tls=True)
+    r = S.get("https://localhost:%d/tls?q=1" % port, verify=ca, timeout=5)
+    assert r.status_code == 200 and r.json()["query"] == "q=1"
+    r = S.get("https://127.0.0.1:%d/ip" % port, verify=ca, timeout=5)
+    assert r.json()["path"] == "/ip"
+    try:
+        # a fresh session (a pooled connection would skip the handshake); system CAs
+        s = requests.Session()
+        s.trust_env = False
+        s.get("https://localhost:%d/" % port, timeout=5)
+        raise AssertionError("TLS verified without the test CA")
+    except requests.exceptions.SSLError:
+        pass
+
+
+def test_nginx_tls_h2_echoes_headers_and_serves_large_files():
+    p, port, ca = start_nginx_tls(h2=True)
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--cacert", ca, "-H", "Authorization: Bearer k1",
+         "-H", "X-Api-Key: k2", "-H", "X-Request-Id: rid-1",
+         "-w", "\n%{http_version} %{http_code}", "https://localhost:%d/v1/x?y=1" % port],
+        capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    body, tail = out.stdout.rsplit("\n", 1)
+    assert tail == "2 200", tail
+    j = json.loads(body)
+    assert j["authorization"] == "Bearer k1" and j["x_api_key"] == "k2", j
+    assert j["x_request_id"] == "rid-1" and j["protocol"] == "HTTP/2.0", j
+    assert j["uri"] == "/v1/x?y=1" and j["method"] == "GET", j
+    r = S.get("https://localhost:%d/status/404" % port, verify=ca, timeout=5)
+    assert r.status_code == 404 and r.json()["protocol"] == "HTTP/1.1"
+    out = subprocess.run(["curl", "-sS", "--http2", "--cacert", ca, "-o", "/dev/null",
+                          "-w", "%{size_download}", "https://localhost:%d/files/10m.bin" % port],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout == str(10 << 20), out
+    assert p.alive()
+
+
+def test_nginx_tls_without_h2_speaks_http1():
+    _, port, ca = start_nginx_tls(h2=False)
+    out = subprocess.run(["curl", "-sS", "--http2", "--cacert", ca, "-o", "/dev/null",
+                          "-w", "%{http_version}", "https://localhost:%d/" % port],
+                         capture_output=True, text=True, timeout=10)
+    assert out.stdout == "1.1", out
+
+
+def test_proc_stop_kills_by_pid_and_cleanup_is_complete():
+    p = Proc(["sleep", "300"], name="sleeper")
+    assert p.alive() and rss_kb(p.pid) > 0
+    p.stop()
+    assert not p.alive() and rss_kb(p.pid) == 0
+    d = tmpdir()
+    assert os.path.isdir(d)
+    port = free_port()
+    try:
+        wait_port(port, timeout=0.2)
+        raise AssertionError("wait_port returned for a closed port")
+    except TimeoutError:
+        pass
+
+
+if __name__ == "__main__":
+    run(globals())
