@@ -573,6 +573,16 @@ void *al_resolver_resolve(al_resolver *r, const char *host, uint16_t port, int a
         fail_now(cb, arg, AL_ERR_DNS);
         return NULL;
     }
+    /* RFC 6761: names under .localhost are loopback, whatever a DNS server says.
+     * ("localhost" itself comes from /etc/hosts like any other name.) */
+    if (m > 10 && memcmp(name + m - 10, ".localhost", 10) == 0) {
+        in4.sin_family = AF_INET;
+        in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        result_from(&res, (const struct sockaddr *)&in4, sizeof in4, AL_ADDR_LOOPBACK, port,
+                    allow_private);
+        cb(arg, &res);
+        return NULL;
+    }
 
     const cache_entry *e = cache_find(r, name, hash_host(name));
     if (e && e->expires > ev_now(r->loop)) {

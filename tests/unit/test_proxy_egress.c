@@ -374,6 +374,8 @@ static const resolve_case g_literals[] = {
     {"nothing.invalid", 0, AL_ERR_DNS, 0, NULL},
     {"Nothing.INVALID.", 1, AL_ERR_DNS, 0, NULL},
     {"invalid", 1, AL_ERR_DNS, 0, NULL},
+    {"api.localhost", 0, AL_ERR_EGRESS, LO, NULL}, /* RFC 6761, no DNS asked */
+    {"A.B.LocalHost.", 1, AL_OK, 0, "127.0.0.1"},
 };
 
 static void check_result(const resolve_case *c, const waiter *w, uint16_t port)
@@ -443,6 +445,7 @@ static const resolve_case g_names[] = {
     {"cgnat.test", 0, AL_ERR_EGRESS, CG, NULL},
     {"nx.test", 0, AL_ERR_DNS, 0, NULL},
     {"unknown-name.test", 0, AL_ERR_DNS, 0, NULL},
+    {"xlocalhost", 0, AL_ERR_DNS, 0, NULL}, /* not under .localhost: asked, unknown */
 };
 
 static void test_dns_answers(void **state)
