@@ -24,6 +24,7 @@
 #include <ares.h>
 #include <ev.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -180,7 +181,8 @@ typedef struct cache_entry {
     int32_t next; /* chain in the bucket; -1 ends it */
     /* The first non-public class among the answers, AL_ADDR_PUBLIC when none. */
     enum al_addr_class worst;
-    struct sockaddr_storage addr; /* the preferred answer, port 0 */
+    char refused_text[INET6_ADDRSTRLEN]; /* the address of class `worst`, for messages */
+    struct sockaddr_storage addr;        /* the preferred answer, port 0 */
     socklen_t addr_len;
 } cache_entry;
 
@@ -273,27 +275,39 @@ static void cache_clear(al_resolver *r)
         r->buckets[i] = -1;
 }
 
-/* Fills res from a checked address. */
+static void addr_text(const struct sockaddr *sa, char *out, size_t n)
+{
+    const void *a = sa->sa_family == AF_INET
+                        ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
+                        : (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+    if (!inet_ntop(sa->sa_family, a, out, (socklen_t)n))
+        out[0] = '\0';
+}
+
+/* Fills res from a checked address `sa`. When refused, only addr_text is set (to
+ * `refused_text`, the offending answer, or to sa's text): there is no address to
+ * connect to. */
 static void result_from(al_resolve_result *res, const struct sockaddr *sa, socklen_t len,
-                        enum al_addr_class worst, uint16_t port, int allow_private)
+                        enum al_addr_class worst, const char *refused_text, uint16_t port,
+                        int allow_private)
 {
     memset(res, 0, sizeof *res);
     if (worst != AL_ADDR_PUBLIC && !allow_private) {
         res->err = AL_ERR_EGRESS;
         res->refused_class = worst;
+        if (refused_text)
+            snprintf(res->addr_text, sizeof res->addr_text, "%s", refused_text);
+        else
+            addr_text(sa, res->addr_text, sizeof res->addr_text);
         return;
     }
     memcpy(&res->addr, sa, len);
     res->addr_len = len;
-    if (sa->sa_family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&res->addr;
-        in->sin_port = htons(port);
-        inet_ntop(AF_INET, &in->sin_addr, res->addr_text, sizeof res->addr_text);
-    } else {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&res->addr;
-        in6->sin6_port = htons(port);
-        inet_ntop(AF_INET6, &in6->sin6_addr, res->addr_text, sizeof res->addr_text);
-    }
+    if (sa->sa_family == AF_INET)
+        ((struct sockaddr_in *)&res->addr)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)&res->addr)->sin6_port = htons(port);
+    addr_text(sa, res->addr_text, sizeof res->addr_text);
     res->err = AL_OK;
 }
 
@@ -402,13 +416,16 @@ static void on_addrinfo(void *arg, int status, int timeouts, struct ares_addrinf
         /* Every answer is checked; the first IPv4 is preferred, else the first IPv6. */
         const struct ares_addrinfo_node *pick = NULL, *first6 = NULL;
         enum al_addr_class worst = AL_ADDR_PUBLIC;
+        char refused[INET6_ADDRSTRLEN] = "";
         int ttl = (int)AL_RESOLVER_TTL_MAX;
         for (const struct ares_addrinfo_node *n = ai->nodes; n; n = n->ai_next) {
             if (n->ai_family != AF_INET && n->ai_family != AF_INET6)
                 continue;
             enum al_addr_class c = al_egress_classify(n->ai_addr);
-            if (c != AL_ADDR_PUBLIC && worst == AL_ADDR_PUBLIC)
+            if (c != AL_ADDR_PUBLIC && worst == AL_ADDR_PUBLIC) {
                 worst = c;
+                addr_text(n->ai_addr, refused, sizeof refused);
+            }
             if (n->ai_ttl < ttl)
                 ttl = n->ai_ttl;
             if (n->ai_family == AF_INET && !pick)
@@ -433,11 +450,13 @@ static void on_addrinfo(void *arg, int status, int timeouts, struct ares_addrinf
             if (e) {
                 e->expires = ev_now(r->loop) + clamp_ttl(ttl);
                 e->worst = worst;
+                memcpy(e->refused_text, refused, sizeof refused);
                 memset(&e->addr, 0, sizeof e->addr);
                 memcpy(&e->addr, pick->ai_addr, pick->ai_addrlen);
                 e->addr_len = pick->ai_addrlen;
             }
-            result_from(&res, pick->ai_addr, pick->ai_addrlen, worst, q->port, q->allow_private);
+            result_from(&res, pick->ai_addr, pick->ai_addrlen, worst, refused, q->port,
+                        q->allow_private);
         }
     }
     if (ai)
@@ -551,7 +570,7 @@ void *al_resolver_resolve(al_resolver *r, const char *host, uint16_t port, int a
     if (parse_v4_literal(name, &in4.sin_addr)) {
         in4.sin_family = AF_INET;
         const struct sockaddr *sa = (const struct sockaddr *)&in4;
-        result_from(&res, sa, sizeof in4, al_egress_classify(sa), port, allow_private);
+        result_from(&res, sa, sizeof in4, al_egress_classify(sa), NULL, port, allow_private);
         cb(arg, &res);
         return NULL;
     }
@@ -562,7 +581,7 @@ void *al_resolver_resolve(al_resolver *r, const char *host, uint16_t port, int a
         }
         in6.sin6_family = AF_INET6;
         const struct sockaddr *sa = (const struct sockaddr *)&in6;
-        result_from(&res, sa, sizeof in6, al_egress_classify(sa), port, allow_private);
+        result_from(&res, sa, sizeof in6, al_egress_classify(sa), NULL, port, allow_private);
         cb(arg, &res);
         return NULL;
     }
@@ -578,7 +597,7 @@ void *al_resolver_resolve(al_resolver *r, const char *host, uint16_t port, int a
     if (m > 10 && memcmp(name + m - 10, ".localhost", 10) == 0) {
         in4.sin_family = AF_INET;
         in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        result_from(&res, (const struct sockaddr *)&in4, sizeof in4, AL_ADDR_LOOPBACK, port,
+        result_from(&res, (const struct sockaddr *)&in4, sizeof in4, AL_ADDR_LOOPBACK, NULL, port,
                     allow_private);
         cb(arg, &res);
         return NULL;
@@ -586,8 +605,8 @@ void *al_resolver_resolve(al_resolver *r, const char *host, uint16_t port, int a
 
     const cache_entry *e = cache_find(r, name, hash_host(name));
     if (e && e->expires > ev_now(r->loop)) {
-        result_from(&res, (const struct sockaddr *)&e->addr, e->addr_len, e->worst, port,
-                    allow_private);
+        result_from(&res, (const struct sockaddr *)&e->addr, e->addr_len, e->worst, e->refused_text,
+                    port, allow_private);
         cb(arg, &res);
         return NULL;
     }

@@ -38,7 +38,9 @@ typedef struct al_resolve_result {
     int err; /* AL_OK, AL_ERR_DNS, AL_ERR_EGRESS */
     struct sockaddr_storage addr;
     socklen_t addr_len;
-    char addr_text[64];               /* "203.0.113.7" or "2001:db8::1" (no brackets) */
+    /* "203.0.113.7" or "2001:db8::1" (no brackets); when refused, the address
+     * that was refused (addr itself is then left empty: nothing to connect to). */
+    char addr_text[64];
     enum al_addr_class refused_class; /* when err == AL_ERR_EGRESS */
 } al_resolve_result;
 

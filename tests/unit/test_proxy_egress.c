@@ -346,21 +346,21 @@ typedef struct resolve_case {
     int allow_private;
     int err;
     enum al_addr_class refused;
-    const char *addr; /* expected addr_text on success */
+    const char *addr; /* expected addr_text: the address, or the refused one */
 } resolve_case;
 
 static const resolve_case g_literals[] = {
     {"93.184.216.34", 0, AL_OK, 0, "93.184.216.34"},
     {"[2606:2800:220:1::1]", 0, AL_OK, 0, "2606:2800:220:1::1"},
     {"2606:2800:220:1::1", 0, AL_OK, 0, "2606:2800:220:1::1"},
-    {"127.0.0.1", 0, AL_ERR_EGRESS, LO, NULL},
+    {"127.0.0.1", 0, AL_ERR_EGRESS, LO, "127.0.0.1"},
     {"127.0.0.1", 1, AL_OK, 0, "127.0.0.1"},
-    {"127.1", 0, AL_ERR_EGRESS, LO, NULL},      /* short form */
-    {"2130706433", 0, AL_ERR_EGRESS, LO, NULL}, /* one number */
-    {"0x7f.0.0.1", 0, AL_ERR_EGRESS, LO, NULL}, /* hex */
-    {"0177.0.0.1", 0, AL_ERR_EGRESS, LO, NULL}, /* octal */
+    {"127.1", 0, AL_ERR_EGRESS, LO, NULL},             /* short form */
+    {"2130706433", 0, AL_ERR_EGRESS, LO, "127.0.0.1"}, /* one number */
+    {"0x7f.0.0.1", 0, AL_ERR_EGRESS, LO, NULL},        /* hex */
+    {"0177.0.0.1", 0, AL_ERR_EGRESS, LO, NULL},        /* octal */
     {"0.0.0.0", 0, AL_ERR_EGRESS, RSV, NULL},
-    {"[::1]", 0, AL_ERR_EGRESS, LO, NULL},
+    {"[::1]", 0, AL_ERR_EGRESS, LO, "::1"},
     {"::1", 1, AL_OK, 0, "::1"},
     {"::ffff:169.254.169.254", 0, AL_ERR_EGRESS, LL, NULL},
     {"169.254.169.254", 0, AL_ERR_EGRESS, LL, NULL},
@@ -374,7 +374,7 @@ static const resolve_case g_literals[] = {
     {"nothing.invalid", 0, AL_ERR_DNS, 0, NULL},
     {"Nothing.INVALID.", 1, AL_ERR_DNS, 0, NULL},
     {"invalid", 1, AL_ERR_DNS, 0, NULL},
-    {"api.localhost", 0, AL_ERR_EGRESS, LO, NULL}, /* RFC 6761, no DNS asked */
+    {"api.localhost", 0, AL_ERR_EGRESS, LO, "127.0.0.1"}, /* RFC 6761, no DNS asked */
     {"A.B.LocalHost.", 1, AL_OK, 0, "127.0.0.1"},
 };
 
@@ -401,6 +401,8 @@ static void check_result(const resolve_case *c, const waiter *w, uint16_t port)
             assert_int_equal(al_egress_classify(sa), AL_ADDR_PUBLIC);
     } else {
         assert_int_equal(w->res.addr_len, 0);
+        if (c->addr)
+            assert_string_equal(w->res.addr_text, c->addr);
     }
 }
 
@@ -438,10 +440,10 @@ static const resolve_case g_names[] = {
     {"public.test", 0, AL_OK, 0, "93.184.216.34"},
     {"dual.test", 0, AL_OK, 0, "93.184.216.34"}, /* IPv4 preferred */
     {"v6only.test", 0, AL_OK, 0, "2606:2800:220:1::1"},
-    {"rebind.test", 0, AL_ERR_EGRESS, LO, NULL}, /* one bad answer is enough */
-    {"mapped.test", 0, AL_ERR_EGRESS, PRV, NULL},
+    {"rebind.test", 0, AL_ERR_EGRESS, LO, "127.0.0.1"}, /* one bad answer is enough */
+    {"mapped.test", 0, AL_ERR_EGRESS, PRV, "::ffff:10.0.0.1"},
     {"nat64.test", 0, AL_ERR_EGRESS, LL, NULL},
-    {"meta.test", 0, AL_ERR_EGRESS, LL, NULL},
+    {"meta.test", 0, AL_ERR_EGRESS, LL, "169.254.169.254"},
     {"cgnat.test", 0, AL_ERR_EGRESS, CG, NULL},
     {"nx.test", 0, AL_ERR_DNS, 0, NULL},
     {"unknown-name.test", 0, AL_ERR_DNS, 0, NULL},
@@ -497,6 +499,7 @@ static void test_cache(void **state)
     asked = f->dns.queries;
     assert_true(resolve_wait(f, "rebind.test", 443, 0, &w));
     assert_int_equal(w.res.err, AL_ERR_EGRESS);
+    assert_string_equal(w.res.addr_text, "127.0.0.1");
     assert_int_equal(f->dns.queries, asked);
 
     /* A 1 s TTL expires: the next lookup asks again. */
