@@ -1,12 +1,548 @@
-/* al_audit: see al_audit.h. (Writer thread and request encoding to be written;
- * the synchronous append used by the CLI is here.) */
+/* al_audit: the audit log writer and the request-record encoder (see al_audit.h).
+ *
+ * Queue: a bounded multi-producer / single-consumer ring of fixed-size line slots
+ * (Vyukov's bounded queue). Each slot carries a sequence number: a producer claims a
+ * slot with one CAS on the enqueue position, encodes its line straight into the slot
+ * and publishes it by storing seq = pos + 1; the writer thread (the only consumer)
+ * takes slots in order while seq == pos + 1 and frees each by storing
+ * seq = pos + capacity. No lock anywhere: a worker never waits on the thread that
+ * waits on the disk. When the ring is full the record is dropped and counted.
+ *
+ * Wake-up: the writer sleeps on a futex word `sleeping` with a timeout; a producer
+ * issues FUTEX_WAKE only when it sees the writer asleep, so a busy proxy makes no
+ * extra system call per request. Both sides put a seq_cst fence between their store
+ * and their load (the producer: publish, then read `sleeping`; the writer: set
+ * `sleeping`, then re-check the ring), so at least one sees the other; the timeout
+ * is only a backstop.
+ *
+ * Writes: the writer copies ready lines into one batch buffer and appends it with a
+ * single write(2) loop on an O_APPEND fd, so lines are never interleaved or split.
+ *
+ * Invariants: every line in a slot is complete JSON ending in '\n' and at most
+ * AL_AUDIT_LINE_MAX bytes (the encoder's field budgets guarantee it). Secrets never
+ * reach here: callers pass provider names and versions only. */
 #include "al_audit.h"
 #include "common/al_err.h"
+#include "common/al_log.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
+
+#define BATCH_MAX (64 * 1024) /* bytes handed to one write(2) */
+#define SLEEP_NS  (200 * 1000 * 1000L)
+
+typedef struct audit_slot {
+    _Atomic size_t seq;
+    uint32_t len;
+    char line[AL_AUDIT_LINE_MAX];
+} audit_slot;
+
+struct al_audit {
+    /* producers' side and consumer's side on separate cache lines */
+    _Alignas(64) _Atomic size_t enqueue_pos;
+    _Alignas(64) size_t dequeue_pos; /* writer thread only */
+    _Atomic uint64_t dropped;
+    _Atomic uint64_t written;
+    _Atomic int sleeping; /* futex word: 1 while the writer waits */
+    _Atomic int stop;
+    _Atomic int reopen;
+    size_t mask;
+    audit_slot *slots; /* owned; mask + 1 of them */
+    char *path;        /* owned */
+    int fd;
+    int write_failing; /* writer only: log the first failure of a run, not each one */
+    pthread_t thread;
+    char batch[BATCH_MAX];
+};
+
+static long futex(_Atomic int *word, int op, int val, const struct timespec *ts)
+{
+    return syscall(SYS_futex, (int *)word, op, val, ts, NULL, 0);
+}
+
+static int open_log(const char *path)
+{
+    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+}
+
+/* Appends the batch; on failure the lines are lost and counted as dropped (the proxy
+ * keeps serving: a full disk must not stop egress, it must be visible). */
+static void flush_batch(al_audit *a, size_t len, uint64_t lines)
+{
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = a->fd >= 0 ? write(a->fd, a->batch + off, len - off) : -1;
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (!a->write_failing)
+                al_log(AL_LOG_ERROR, "audit.write_failed", "audit log %s: %s; records are dropped",
+                       a->path, a->fd >= 0 ? strerror(errno) : "not open");
+            a->write_failing = 1;
+            atomic_fetch_add(&a->dropped, lines);
+            return;
+        }
+        off += (size_t)w;
+    }
+    if (a->write_failing)
+        al_log(AL_LOG_INFO, "audit.write_recovered", "audit log %s writable again", a->path);
+    a->write_failing = 0;
+    atomic_fetch_add(&a->written, lines);
+}
+
+/* Moves every published line into the batch (writing when it fills); returns how many
+ * lines were taken. */
+static size_t drain(al_audit *a)
+{
+    size_t taken = 0, blen = 0;
+    uint64_t blines = 0;
+    for (;;) {
+        size_t pos = a->dequeue_pos;
+        audit_slot *s = &a->slots[pos & a->mask];
+        if (atomic_load_explicit(&s->seq, memory_order_acquire) != pos + 1)
+            break;
+        if (blen + s->len > sizeof a->batch) {
+            flush_batch(a, blen, blines);
+            blen = 0;
+            blines = 0;
+        }
+        memcpy(a->batch + blen, s->line, s->len);
+        blen += s->len;
+        blines++;
+        atomic_store_explicit(&s->seq, pos + a->mask + 1, memory_order_release);
+        a->dequeue_pos = pos + 1;
+        taken++;
+    }
+    if (blen)
+        flush_batch(a, blen, blines);
+    return taken;
+}
+
+static void *writer_main(void *arg)
+{
+    al_audit *a = arg;
+    for (;;) {
+        if (atomic_exchange(&a->reopen, 0)) {
+            int fd = open_log(a->path);
+            if (fd >= 0) {
+                if (a->fd >= 0)
+                    close(a->fd);
+                a->fd = fd;
+            } else {
+                al_log(AL_LOG_ERROR, "audit.reopen_failed",
+                       "audit log %s: %s; keeping the old file", a->path, strerror(errno));
+            }
+        }
+        if (drain(a))
+            continue;
+        if (atomic_load(&a->stop)) {
+            /* A producer may have claimed a slot and not published it yet: the owner
+             * stops workers before closing, so this settles at once; bound it anyway. */
+            for (int i = 0; i < 1000 && atomic_load(&a->enqueue_pos) != a->dequeue_pos; i++) {
+                if (!drain(a)) {
+                    struct timespec ms = {0, 1000 * 1000};
+                    nanosleep(&ms, NULL);
+                }
+            }
+            break;
+        }
+        atomic_store(&a->sleeping, 1);
+        atomic_thread_fence(memory_order_seq_cst);
+        audit_slot *s = &a->slots[a->dequeue_pos & a->mask];
+        if (atomic_load_explicit(&s->seq, memory_order_acquire) == a->dequeue_pos + 1 ||
+            atomic_load(&a->stop) || atomic_load(&a->reopen)) {
+            atomic_store(&a->sleeping, 0);
+            continue;
+        }
+        struct timespec ts = {0, SLEEP_NS};
+        futex(&a->sleeping, FUTEX_WAIT_PRIVATE, 1, &ts);
+        atomic_store(&a->sleeping, 0);
+    }
+    return NULL;
+}
+
+static void wake_writer(al_audit *a)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&a->sleeping, memory_order_relaxed) &&
+        atomic_exchange(&a->sleeping, 0))
+        futex(&a->sleeping, FUTEX_WAKE_PRIVATE, 1, NULL);
+}
+
+int al_audit_open_ex(const char *path, size_t slots, al_audit **out)
+{
+    int rc = AL_ERR_NOMEM;
+    al_audit *a = NULL;
+    size_t cap = 2;
+    *out = NULL;
+    if (!path || !*path)
+        return AL_ERR_INVAL;
+    while (cap < slots && cap < ((size_t)1 << 20))
+        cap <<= 1;
+    a = calloc(1, sizeof *a);
+    if (!a)
+        goto fail;
+    a->fd = -1;
+    a->mask = cap - 1;
+    a->slots = calloc(cap, sizeof *a->slots);
+    a->path = strdup(path);
+    if (!a->slots || !a->path)
+        goto fail;
+    for (size_t i = 0; i < cap; i++)
+        atomic_init(&a->slots[i].seq, i);
+    a->fd = open_log(path);
+    if (a->fd < 0) {
+        al_log(AL_LOG_ERROR, "audit.open_failed", "audit log %s: %s", path, strerror(errno));
+        rc = AL_ERR_IO;
+        goto fail;
+    }
+    if (pthread_create(&a->thread, NULL, writer_main, a) != 0) {
+        rc = AL_ERR_NOMEM;
+        goto fail;
+    }
+    *out = a;
+    return AL_OK;
+fail:
+    if (a) {
+        if (a->fd >= 0)
+            close(a->fd);
+        free(a->slots);
+        free(a->path);
+        free(a);
+    }
+    return rc;
+}
+
+int al_audit_open(const char *path, al_audit **out)
+{
+    return al_audit_open_ex(path, AL_AUDIT_QUEUE_DEFAULT, out);
+}
+
+void al_audit_close(al_audit *a)
+{
+    if (!a)
+        return;
+    atomic_store(&a->stop, 1);
+    atomic_store(&a->sleeping, 0);
+    futex(&a->sleeping, FUTEX_WAKE_PRIVATE, 1, NULL);
+    pthread_join(a->thread, NULL);
+    if (a->fd >= 0) {
+        fdatasync(a->fd);
+        close(a->fd);
+    }
+    free(a->slots);
+    free(a->path);
+    free(a);
+}
+
+void al_audit_submit(al_audit *a, const al_audit_request *r)
+{
+    if (!a || !r)
+        return;
+    size_t pos = atomic_load_explicit(&a->enqueue_pos, memory_order_relaxed);
+    audit_slot *s;
+    for (;;) {
+        s = &a->slots[pos & a->mask];
+        size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        intptr_t dif = (intptr_t)seq - (intptr_t)pos;
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(&a->enqueue_pos, &pos, pos + 1,
+                                                      memory_order_relaxed, memory_order_relaxed))
+                break;
+        } else if (dif < 0) {
+            atomic_fetch_add_explicit(&a->dropped, 1, memory_order_relaxed);
+            wake_writer(a);
+            return;
+        } else {
+            pos = atomic_load_explicit(&a->enqueue_pos, memory_order_relaxed);
+        }
+    }
+    int n = al_audit_encode_request(r, s->line, sizeof s->line);
+    if (n < 0) {
+        /* cannot happen (budgets fit the slot); keep the slot sequence intact anyway */
+        n = snprintf(s->line, sizeof s->line, "{\"error\":\"audit_encode_failed\"}\n");
+    }
+    s->len = (uint32_t)n;
+    atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+    wake_writer(a);
+}
+
+uint64_t al_audit_dropped(const al_audit *a)
+{
+    return a ? atomic_load(&((al_audit *)a)->dropped) : 0;
+}
+
+uint64_t al_audit_written(const al_audit *a)
+{
+    return a ? atomic_load(&((al_audit *)a)->written) : 0;
+}
+
+void al_audit_reopen(al_audit *a)
+{
+    if (!a)
+        return;
+    atomic_store(&a->reopen, 1);
+    wake_writer(a);
+}
+
+/* ---- encoding --------------------------------------------------------------------- */
+
+typedef struct enc {
+    char *p;
+    size_t len, cap;
+    int overflow;
+    int truncated;
+} enc;
+
+static void put(enc *e, const char *s, size_t n)
+{
+    if (e->overflow || n > e->cap - e->len) {
+        e->overflow = 1;
+        return;
+    }
+    memcpy(e->p + e->len, s, n);
+    e->len += n;
+}
+
+static void puts_(enc *e, const char *s)
+{
+    put(e, s, strlen(s));
+}
+
+/* Length of the valid UTF-8 sequence at s (at most `left` bytes), 0 if invalid:
+ * no overlongs, no surrogates, nothing above U+10FFFF (RFC 3629). */
+static size_t utf8_len(const unsigned char *s, size_t left)
+{
+    unsigned c = s[0];
+    size_t n;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if (left < n || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+/* The escaped form of the character at p: sets *piece and *plen (what to write) and
+ * returns how many input bytes it consumes. tmp holds at least 8 bytes. */
+static size_t escape_one(const unsigned char *p, size_t left, char *tmp, const char **piece,
+                         size_t *plen)
+{
+    unsigned c = *p;
+    size_t u;
+    if (c == '"' || c == '\\') {
+        tmp[0] = '\\';
+        tmp[1] = (char)c;
+        *piece = tmp, *plen = 2;
+        return 1;
+    }
+    if (c < 0x20 || c == 0x7f) {
+        if (c == '\n' || c == '\r' || c == '\t') {
+            tmp[0] = '\\';
+            tmp[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+            *piece = tmp, *plen = 2;
+        } else {
+            static const char hex[] = "0123456789abcdef";
+            memcpy(tmp, "\\u00", 4);
+            tmp[4] = hex[c >> 4];
+            tmp[5] = hex[c & 15];
+            *piece = tmp, *plen = 6;
+        }
+        return 1;
+    }
+    u = utf8_len(p, left);
+    if (u == 0) {
+        *piece = "\\ufffd", *plen = 6; /* not UTF-8: the replacement character */
+        return 1;
+    }
+    *piece = (const char *)p, *plen = u;
+    return u;
+}
+
+/* Writes s as a JSON string whose content is at most `budget` (>= 3) bytes; a longer
+ * value is cut at a character boundary and ends in "..." (and the record is marked
+ * "truncated"), so a huge or hostile field cannot push the line past its slot. */
+static void put_str(enc *e, const char *s, size_t budget)
+{
+    char tmp[8];
+    const char *piece;
+    size_t plen, total = 0, left, adv;
+    const unsigned char *p;
+    if (!s) {
+        puts_(e, "null");
+        return;
+    }
+    left = strlen(s);
+    for (p = (const unsigned char *)s; left && total <= budget; p += adv, left -= adv) {
+        adv = escape_one(p, left, tmp, &piece, &plen);
+        total += plen;
+    }
+    int cut = total > budget;
+    size_t limit = cut ? budget - 3 : budget, used = 0;
+    left = strlen(s);
+    put(e, "\"", 1);
+    for (p = (const unsigned char *)s; left; p += adv, left -= adv) {
+        adv = escape_one(p, left, tmp, &piece, &plen);
+        if (used + plen > limit)
+            break;
+        put(e, piece, plen);
+        used += plen;
+    }
+    if (cut) {
+        put(e, "...", 3);
+        e->truncated = 1;
+    }
+    put(e, "\"", 1);
+}
+
+/* Counters are clamped to INT64_MAX: JSON readers (jansson, jq) hold integers as
+ * signed 64-bit, and no real byte count comes near it. */
+static void put_u64(enc *e, uint64_t v)
+{
+    char tmp[24];
+    if (v > (uint64_t)INT64_MAX)
+        v = (uint64_t)INT64_MAX;
+    int n = snprintf(tmp, sizeof tmp, "%" PRIu64, v);
+    put(e, tmp, (size_t)n);
+}
+
+static void put_time(enc *e, int64_t ms)
+{
+    char tmp[48];
+    time_t sec = (time_t)(ms / 1000);
+    int frac = (int)(ms % 1000);
+    struct tm tm;
+    if (ms < 0 || !gmtime_r(&sec, &tm)) {
+        puts_(e, "null");
+        return;
+    }
+    int n = snprintf(tmp, sizeof tmp, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+    put(e, tmp, (size_t)n);
+}
+
+int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
+{
+    /* Output budgets per field: their sum plus the keys and numbers stays under
+     * AL_AUDIT_LINE_MAX (the unit test encodes a record of huge hostile fields). */
+    enc e = {.p = buf, .cap = cap};
+    if (!r || !buf || cap < 2)
+        return AL_ERR_INVAL;
+    e.cap = cap - 1; /* room for the NUL */
+    puts_(&e, "{\"time\":");
+    put_time(&e, r->time_ms);
+    puts_(&e, ",\"request_id\":");
+    put_str(&e, r->request_id, 128);
+    puts_(&e, ",\"client\":");
+    put_str(&e, r->client, 64);
+    puts_(&e, ",\"target\":");
+    put_str(&e, r->target, 128);
+    puts_(&e, ",\"type\":");
+    put_str(&e, r->type, 32);
+    puts_(&e, ",\"auth_method\":");
+    put_str(&e, r->auth_method, 32);
+    puts_(&e, ",\"provider\":");
+    put_str(&e, r->provider, 128);
+    puts_(&e, ",\"provider_version\":");
+    if (r->provider)
+        put_u64(&e, r->provider_version);
+    else
+        puts_(&e, "null");
+    puts_(&e, ",\"method\":");
+    put_str(&e, r->method, 32);
+    puts_(&e, ",\"host\":");
+    put_str(&e, r->host, 256);
+    puts_(&e, ",\"path\":");
+    put_str(&e, r->path, 1600);
+    puts_(&e, ",\"protocol\":");
+    put_str(&e, r->protocol, 16);
+    puts_(&e, ",\"status\":");
+    put_u64(&e, r->status > 0 ? (uint64_t)r->status : 0);
+    puts_(&e, ",\"bytes_in\":");
+    put_u64(&e, r->bytes_in);
+    puts_(&e, ",\"bytes_out\":");
+    put_u64(&e, r->bytes_out);
+    puts_(&e, ",\"upstream_ms\":");
+    put_u64(&e, r->upstream_ms);
+    puts_(&e, ",\"total_ms\":");
+    put_u64(&e, r->total_ms);
+    puts_(&e, ",\"decision\":");
+    put_str(&e, r->decision, 16);
+    puts_(&e, ",\"reason\":");
+    put_str(&e, r->reason, 64);
+    if (e.truncated)
+        puts_(&e, ",\"truncated\":true");
+    puts_(&e, "}\n");
+    if (e.overflow)
+        return AL_ERR_TOOBIG;
+    buf[e.len] = '\0';
+    return (int)e.len;
+}
+
+void al_audit_redact_query(const char *in, size_t len, char *out, size_t cap)
+{
+    size_t o = 0, i = 0;
+    if (!out || cap == 0)
+        return;
+    if (!in)
+        len = 0;
+    /* the path, up to '?' or '#' */
+    for (; i < len && in[i] != '?' && in[i] != '#'; i++)
+        if (o + 1 < cap)
+            out[o++] = in[i];
+    if (i < len && in[i] == '?') {
+        if (o + 1 < cap)
+            out[o++] = '?';
+        i++;
+        /* each parameter: its name and '=' kept, its value dropped; a parameter
+         * without '=' is dropped whole (it may be a bare token) */
+        while (i < len && in[i] != '#') {
+            size_t start = i, eq = (size_t)-1;
+            for (; i < len && in[i] != '&' && in[i] != '#'; i++)
+                if (eq == (size_t)-1 && in[i] == '=')
+                    eq = i;
+            if (eq != (size_t)-1)
+                for (size_t k = start; k <= eq; k++)
+                    if (o + 1 < cap)
+                        out[o++] = in[k];
+            if (i < len && in[i] == '&') {
+                if (o + 1 < cap)
+                    out[o++] = '&';
+                i++;
+            }
+        }
+    }
+    out[o] = '\0';
+}
 
 int al_audit_append_line(const char *path, const char *json_object)
 {

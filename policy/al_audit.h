@@ -18,39 +18,61 @@ typedef struct al_audit al_audit;
 
 /* One request through the data path. String fields may be NULL (written as null). */
 typedef struct al_audit_request {
-    int64_t time_ms;        /* wall clock, ms since epoch, at request start */
+    int64_t time_ms; /* wall clock, ms since epoch, at request start */
     const char *request_id;
-    const char *client;     /* "ip:port" */
+    const char *client; /* "ip:port" */
     const char *target;
-    const char *type;       /* target type name */
+    const char *type; /* target type name */
     const char *auth_method;
     const char *provider;
     uint32_t provider_version;
     const char *method;
     const char *host;
-    const char *path;       /* path; query *values* removed by the caller (al_audit_redact_query) */
-    const char *protocol;   /* "http/1.1", "h2" */
+    const char *path;     /* path; query *values* removed by the caller (al_audit_redact_query) */
+    const char *protocol; /* "http/1.1", "h2" */
     int status;
-    uint64_t bytes_in;      /* from the agent */
-    uint64_t bytes_out;     /* to the agent */
+    uint64_t bytes_in;  /* from the agent */
+    uint64_t bytes_out; /* to the agent */
     uint32_t upstream_ms;
     uint32_t total_ms;
-    const char *decision;   /* "allow" or "deny" */
-    const char *reason;     /* error code for denials ("unknown_target"), else NULL */
+    const char *decision; /* "allow" or "deny" */
+    const char *reason;   /* error code for denials ("unknown_target"), else NULL */
 } al_audit_request;
+
+/* The longest line al_audit_encode_request() writes (newline included). Every string
+ * field has an output budget (longer values are cut at a character boundary and the
+ * record gets "truncated":true), so any record fits: a hostile request cannot make
+ * its own audit line disappear by being large. */
+#define AL_AUDIT_LINE_MAX 4096
+/* Queue capacity of al_audit_open() (lines; a power of two). */
+#define AL_AUDIT_QUEUE_DEFAULT 1024
 
 /* Opens (creates 0600, appends) the log and starts the writer thread. */
 int al_audit_open(const char *path, al_audit **out);
+/* Same with a queue of `slots` lines (rounded up to a power of two, >= 2). */
+int al_audit_open_ex(const char *path, size_t slots, al_audit **out);
 /* Flushes what is queued, stops the thread, closes the file. */
 void al_audit_close(al_audit *a);
 /* Non-blocking; safe from any thread. */
 void al_audit_submit(al_audit *a, const al_audit_request *r);
+/* Records dropped because the queue was full or the write failed. */
 uint64_t al_audit_dropped(const al_audit *a);
+/* Lines written to the file so far. */
+uint64_t al_audit_written(const al_audit *a);
+/* Asks the writer to reopen the file (after logrotate moved it); non-blocking. */
+void al_audit_reopen(al_audit *a);
 
-/* Encodes `r` as one JSON line (with '\n') into buf; returns length or negative al_err. */
+/* Encodes `r` as one JSON line (with '\n', NUL-terminated) into buf; returns the length
+ * or AL_ERR_TOOBIG if cap is too small (cap >= AL_AUDIT_LINE_MAX always suffices).
+ * Valid JSON and UTF-8 for any input bytes: control characters are escaped and bytes
+ * that are not valid UTF-8 become U+FFFD. Field names: time (ISO 8601 UTC), request_id,
+ * client, target, type, auth_method, provider, provider_version, method, host, path,
+ * protocol, status, bytes_in, bytes_out, upstream_ms, total_ms, decision, reason. */
 int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap);
 /* Copies `path_and_query` into out with every query value replaced by nothing
- * ("/a?key=&x=") so secrets in query strings never reach the log. */
+ * ("/a?key=&x=") so secrets in query strings never reach the log. A parameter without
+ * '=' ("/a?sk-123") could itself be a secret: it is dropped ("/a?"). A fragment is
+ * dropped. Always NUL-terminates when cap > 0 (a long input is cut). */
 void al_audit_redact_query(const char *path_and_query, size_t len, char *out, size_t cap);
 
 /* Synchronous append of one already-encoded JSON object (no newline needed), used by

@@ -1,0 +1,545 @@
+/* Unit tests of policy/al_audit: the record encoder (valid JSON for any bytes, field
+ * budgets), query redaction, and the writer (many producers, full queue drops without
+ * blocking, close flushes, reopen). Encoded lines are parsed back with jansson. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "policy/al_audit.h"
+#include "common/al_err.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static char tmpl_dir[64];
+
+static int setup_dir(void **state)
+{
+    strcpy(tmpl_dir, "/tmp/test_audit_XXXXXX");
+    if (!mkdtemp(tmpl_dir))
+        return -1;
+    return 0;
+}
+
+static int teardown_dir(void **state)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void path_in_dir(char *out, size_t cap, const char *name)
+{
+    snprintf(out, cap, "%s/%s", tmpl_dir, name);
+}
+
+static al_audit_request sample(void)
+{
+    al_audit_request r = {
+        .time_ms = 1764383400123LL, /* 2025-11-29T02:30:00.123Z */
+        .request_id = "rid-1",
+        .client = "127.0.0.1:5555",
+        .target = "demo",
+        .type = "openapi",
+        .auth_method = "api_key",
+        .provider = "demo-key",
+        .provider_version = 3,
+        .method = "GET",
+        .host = "api.example.com",
+        .path = "/v1/x?key=",
+        .protocol = "h2",
+        .status = 200,
+        .bytes_in = 10,
+        .bytes_out = 12345678901ULL,
+        .upstream_ms = 7,
+        .total_ms = 9,
+        .decision = "allow",
+        .reason = NULL,
+    };
+    return r;
+}
+
+/* Parses one encoded line (must end in exactly one '\n') with jansson in strict mode. */
+static json_t *parse_line(const char *line, int len)
+{
+    assert_true(len > 0);
+    assert_int_equal((int)strlen(line), len);
+    assert_int_equal(line[len - 1], '\n');
+    assert_null(memchr(line, '\n', (size_t)len - 1));
+    json_error_t err;
+    json_t *j = json_loadb(line, (size_t)len, JSON_REJECT_DUPLICATES, &err);
+    if (!j)
+        fail_msg("not JSON: %s at %d: %s", err.text, err.position, line);
+    assert_true(json_is_object(j));
+    return j;
+}
+
+static void test_encode_fields(void **state)
+{
+    char buf[AL_AUDIT_LINE_MAX];
+    al_audit_request r = sample();
+    int n = al_audit_encode_request(&r, buf, sizeof buf);
+    json_t *j = parse_line(buf, n);
+    assert_string_equal(json_string_value(json_object_get(j, "time")), "2025-11-29T02:30:00.123Z");
+    assert_string_equal(json_string_value(json_object_get(j, "request_id")), "rid-1");
+    assert_string_equal(json_string_value(json_object_get(j, "client")), "127.0.0.1:5555");
+    assert_string_equal(json_string_value(json_object_get(j, "target")), "demo");
+    assert_string_equal(json_string_value(json_object_get(j, "type")), "openapi");
+    assert_string_equal(json_string_value(json_object_get(j, "auth_method")), "api_key");
+    assert_string_equal(json_string_value(json_object_get(j, "provider")), "demo-key");
+    assert_int_equal(json_integer_value(json_object_get(j, "provider_version")), 3);
+    assert_string_equal(json_string_value(json_object_get(j, "method")), "GET");
+    assert_string_equal(json_string_value(json_object_get(j, "host")), "api.example.com");
+    assert_string_equal(json_string_value(json_object_get(j, "path")), "/v1/x?key=");
+    assert_string_equal(json_string_value(json_object_get(j, "protocol")), "h2");
+    assert_int_equal(json_integer_value(json_object_get(j, "status")), 200);
+    assert_int_equal(json_integer_value(json_object_get(j, "bytes_in")), 10);
+    assert_int_equal(json_integer_value(json_object_get(j, "bytes_out")), 12345678901LL);
+    assert_int_equal(json_integer_value(json_object_get(j, "upstream_ms")), 7);
+    assert_int_equal(json_integer_value(json_object_get(j, "total_ms")), 9);
+    assert_string_equal(json_string_value(json_object_get(j, "decision")), "allow");
+    assert_true(json_is_null(json_object_get(j, "reason")));
+    assert_null(json_object_get(j, "truncated"));
+    json_decref(j);
+
+    /* NULL strings are null; no provider means no version */
+    al_audit_request d = {
+        .time_ms = 0, .status = 403, .decision = "deny", .reason = "unknown_target"};
+    n = al_audit_encode_request(&d, buf, sizeof buf);
+    j = parse_line(buf, n);
+    assert_true(json_is_null(json_object_get(j, "target")));
+    assert_true(json_is_null(json_object_get(j, "provider_version")));
+    assert_string_equal(json_string_value(json_object_get(j, "time")), "1970-01-01T00:00:00.000Z");
+    assert_string_equal(json_string_value(json_object_get(j, "reason")), "unknown_target");
+    json_decref(j);
+
+    /* too small a buffer is an error, not a cut line */
+    assert_int_equal(al_audit_encode_request(&r, buf, 50), AL_ERR_TOOBIG);
+}
+
+static void test_encode_hostile_strings(void **state)
+{
+    char buf[AL_AUDIT_LINE_MAX];
+    /* round trips: what is valid UTF-8 comes back byte for byte */
+    static const char *const same[] = {
+        "a\"b\\c",          "line\nbreak\r\t",
+        "\x01\x02\x1f\x7f", "caf\xc3\xa9 \xe6\x97\xa5 \xf0\x9f\x99\x82",
+        "</script>",        "\\u0000",
+        "{\"injected\":1}",
+    };
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        al_audit_request r = sample();
+        r.path = same[i];
+        r.host = same[i];
+        int n = al_audit_encode_request(&r, buf, sizeof buf);
+        json_t *j = parse_line(buf, n);
+        assert_string_equal(json_string_value(json_object_get(j, "path")), same[i]);
+        assert_string_equal(json_string_value(json_object_get(j, "host")), same[i]);
+        json_decref(j);
+    }
+    /* not UTF-8: overlong, surrogate, above U+10FFFF, cut sequences, lone continuation */
+    static const struct {
+        const char *in, *out;
+    } bad[] = {
+        {"\xc0\x80", "\xef\xbf\xbd\xef\xbf\xbd"},
+        {"a\xed\xa0\x80z", "a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdz"},
+        {"\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+        {"\xe6\x97", "\xef\xbf\xbd\xef\xbf\xbd"},
+        {"\x80x", "\xef\xbf\xbdx"},
+        {"\xff\xfe", "\xef\xbf\xbd\xef\xbf\xbd"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        al_audit_request r = sample();
+        r.request_id = bad[i].in;
+        int n = al_audit_encode_request(&r, buf, sizeof buf);
+        json_t *j = parse_line(buf, n);
+        assert_string_equal(json_string_value(json_object_get(j, "request_id")), bad[i].out);
+        json_decref(j);
+    }
+    /* random bytes in every field: always one valid JSON line */
+    unsigned seed = 12345;
+    char fields[12][300];
+    for (int round = 0; round < 3000; round++) {
+        for (int f = 0; f < 12; f++) {
+            int len = (int)(rand_r(&seed) % 299);
+            for (int k = 0; k < len; k++)
+                fields[f][k] = (char)(1 + rand_r(&seed) % 255);
+            fields[f][len] = '\0';
+        }
+        al_audit_request r = {
+            .time_ms = rand_r(&seed),
+            .request_id = fields[0],
+            .client = fields[1],
+            .target = fields[2],
+            .type = fields[3],
+            .auth_method = fields[4],
+            .provider = fields[5],
+            .method = fields[6],
+            .host = fields[7],
+            .path = fields[8],
+            .protocol = fields[9],
+            .decision = fields[10],
+            .reason = fields[11],
+        };
+        int n = al_audit_encode_request(&r, buf, sizeof buf);
+        json_decref(parse_line(buf, n));
+    }
+}
+
+static void test_encode_huge_fields_fit(void **state)
+{
+    /* every field at its worst: 6 output bytes per input byte, far over budget */
+    size_t big = 100000;
+    char *ctl = malloc(big + 1), *multi = malloc(big + 1);
+    assert_non_null(ctl);
+    assert_non_null(multi);
+    memset(ctl, 0x01, big);
+    ctl[big] = '\0';
+    for (size_t i = 0; i + 3 <= big; i += 3)
+        memcpy(multi + i, "\xe6\x97\xa5", 3);
+    multi[big - big % 3] = '\0';
+    const char *vals[] = {ctl, multi};
+    for (int v = 0; v < 2; v++) {
+        const char *s = vals[v];
+        al_audit_request r = {
+            .time_ms = INT64_MAX / 1000000,
+            .request_id = s,
+            .client = s,
+            .target = s,
+            .type = s,
+            .auth_method = s,
+            .provider = s,
+            .provider_version = UINT32_MAX,
+            .method = s,
+            .host = s,
+            .path = s,
+            .protocol = s,
+            .status = 599,
+            .bytes_in = UINT64_MAX,
+            .bytes_out = UINT64_MAX,
+            .upstream_ms = UINT32_MAX,
+            .total_ms = UINT32_MAX,
+            .decision = s,
+            .reason = s,
+        };
+        char *buf = malloc(AL_AUDIT_LINE_MAX);
+        assert_non_null(buf);
+        int n = al_audit_encode_request(&r, buf, AL_AUDIT_LINE_MAX);
+        assert_true(n > 0 && n < AL_AUDIT_LINE_MAX);
+        json_t *j = parse_line(buf, n);
+        assert_true(json_is_true(json_object_get(j, "truncated")));
+        assert_int_equal(json_integer_value(json_object_get(j, "bytes_in")), INT64_MAX);
+        const char *path = json_string_value(json_object_get(j, "path"));
+        assert_non_null(path);
+        size_t pl = strlen(path);
+        assert_true(pl > 200);
+        assert_string_equal(path + pl - 3, "...");
+        json_decref(j);
+        free(buf);
+    }
+    free(ctl);
+    free(multi);
+}
+
+static void redact(const char *in, const char *want)
+{
+    char out[256];
+    al_audit_redact_query(in, strlen(in), out, sizeof out);
+    assert_string_equal(out, want);
+}
+
+static void test_redact_query(void **state)
+{
+    redact("/v1/chat", "/v1/chat");
+    redact("/a?key=sk-secret&x=1", "/a?key=&x=");
+    redact("/a?key=sk-secret", "/a?key=");
+    redact("/a?sk-bare-token", "/a?");
+    redact("/a?x=1&sk-bare&y=2", "/a?x=&&y=");
+    redact("/a?x=a=b=c", "/a?x=");
+    redact("/a?", "/a?");
+    redact("/a?x=1#frag", "/a?x=");
+    redact("/a#frag?x=1", "/a");
+    redact("http://h:8/p?token=abc", "http://h:8/p?token=");
+    redact("", "");
+    /* the length is honoured (no NUL needed) and the output is always terminated */
+    char out[8];
+    al_audit_redact_query("/abc?k=secret", 7, out, sizeof out);
+    assert_string_equal(out, "/abc?k=");
+    al_audit_redact_query("/a-very-long-path?k=v", 21, out, sizeof out);
+    assert_string_equal(out, "/a-very");
+    al_audit_redact_query(NULL, 0, out, sizeof out);
+    assert_string_equal(out, "");
+    /* a secret value never survives, whatever the layout */
+    const char *secret = "SUPERSECRET";
+    char in[128], got[128];
+    const char *layouts[] = {"/p?a=%s", "/p?a=1&b=%s", "/p?%s", "/p?a=1&%s&c=2", "/p?a=%s#x"};
+    for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
+        snprintf(in, sizeof in, layouts[i], secret);
+        al_audit_redact_query(in, strlen(in), got, sizeof got);
+        assert_null(strstr(got, secret));
+    }
+}
+
+/* Reads the whole file; caller frees. */
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    assert_non_null(s);
+    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
+    s[n] = '\0';
+    fclose(f);
+    *len = (size_t)n;
+    return s;
+}
+
+/* Checks every line parses; fills seen[thread * per + seq] from request_id "t<T>-<S>";
+ * returns the number of lines. Each thread's lines must be in submission order. */
+static size_t check_lines(const char *path, unsigned char *seen, int threads, int per)
+{
+    size_t len, lines = 0;
+    char *s = slurp(path, &len);
+    int last[64];
+    for (int i = 0; i < 64; i++)
+        last[i] = -1;
+    char *p = s;
+    while (*p) {
+        char *nl = strchr(p, '\n');
+        assert_non_null(nl); /* whole lines only */
+        json_error_t err;
+        json_t *j = json_loadb(p, (size_t)(nl - p), 0, &err);
+        if (!j)
+            fail_msg("line %zu not JSON: %s", lines + 1, err.text);
+        int t, q;
+        assert_int_equal(
+            sscanf(json_string_value(json_object_get(j, "request_id")), "t%d-%d", &t, &q), 2);
+        assert_true(t >= 0 && t < threads && q >= 0 && q < per);
+        assert_int_equal(seen[t * per + q], 0); /* no duplicates */
+        seen[t * per + q] = 1;
+        assert_true(q > last[t]);
+        last[t] = q;
+        json_decref(j);
+        lines++;
+        p = nl + 1;
+    }
+    free(s);
+    return lines;
+}
+
+typedef struct producer {
+    al_audit *a;
+    int id, count;
+} producer;
+
+static void *produce(void *arg)
+{
+    producer *pr = arg;
+    char rid[32];
+    for (int i = 0; i < pr->count; i++) {
+        al_audit_request r = sample();
+        snprintf(rid, sizeof rid, "t%d-%d", pr->id, i);
+        r.request_id = rid;
+        al_audit_submit(pr->a, &r);
+    }
+    return NULL;
+}
+
+static void run_producers(al_audit *a, int threads, int per)
+{
+    pthread_t th[64];
+    producer pr[64];
+    for (int t = 0; t < threads; t++) {
+        pr[t] = (producer){a, t, per};
+        assert_int_equal(pthread_create(&th[t], NULL, produce, &pr[t]), 0);
+    }
+    for (int t = 0; t < threads; t++)
+        pthread_join(th[t], NULL);
+}
+
+static void test_many_threads_all_lines_whole(void **state)
+{
+    /* queue big enough for everything: nothing may be dropped */
+    enum { THREADS = 8, PER = 1000 };
+    char path[128];
+    path_in_dir(path, sizeof path, "many.log");
+    al_audit *a = NULL;
+    assert_int_equal(al_audit_open_ex(path, THREADS * PER, &a), AL_OK);
+    run_producers(a, THREADS, PER);
+    al_audit_close(a);
+    unsigned char *seen = calloc(THREADS * PER, 1);
+    assert_int_equal(check_lines(path, seen, THREADS, PER), THREADS * PER);
+    for (int i = 0; i < THREADS * PER; i++)
+        assert_int_equal(seen[i], 1);
+    free(seen);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+}
+
+static void test_small_queue_counts_what_it_drops(void **state)
+{
+    /* a queue much smaller than the burst: written + dropped == submitted, and
+     * whatever was written is whole, unique and in order per producer */
+    enum { THREADS = 6, PER = 3000 };
+    char path[128];
+    path_in_dir(path, sizeof path, "small.log");
+    al_audit *a = NULL;
+    assert_int_equal(al_audit_open_ex(path, 16, &a), AL_OK);
+    run_producers(a, THREADS, PER);
+    uint64_t dropped, written;
+    /* the writer catches up: wait (bounded) until every accepted line is written */
+    for (int i = 0; i < 5000; i++) {
+        dropped = al_audit_dropped(a);
+        written = al_audit_written(a);
+        if (dropped + written == THREADS * PER)
+            break;
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    al_audit_close(a);
+    unsigned char *seen = calloc(THREADS * PER, 1);
+    size_t lines = check_lines(path, seen, THREADS, PER);
+    assert_int_equal(lines, written);
+    assert_int_equal(written + dropped, THREADS * PER);
+    free(seen);
+}
+
+static void *close_in_thread(void *a)
+{
+    al_audit_close(a);
+    return NULL;
+}
+
+static void test_full_queue_drops_without_blocking(void **state)
+{
+    /* The "disk" is a FIFO nobody reads: the writer blocks in write(2) once the pipe
+     * is full. Submitting must still return at once, dropping and counting. */
+    char path[128];
+    path_in_dir(path, sizeof path, "fifo");
+    assert_int_equal(mkfifo(path, 0600), 0);
+    int rfd = open(path, O_RDONLY | O_NONBLOCK);
+    assert_true(rfd >= 0);
+    al_audit *a = NULL;
+    assert_int_equal(al_audit_open_ex(path, 8, &a), AL_OK);
+    enum { N = 5000 };
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    char rid[32];
+    for (int i = 0; i < N; i++) {
+        al_audit_request r = sample();
+        snprintf(rid, sizeof rid, "t0-%d", i);
+        r.request_id = rid;
+        al_audit_submit(a, &r);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(secs < 2.0); /* never waited on the blocked writer */
+    uint64_t dropped = al_audit_dropped(a);
+    /* pipe (64 KiB) + batch + 8 slots hold at most a few hundred lines */
+    assert_true(dropped >= N - 1000);
+    /* now read everything: close must flush what was accepted */
+    int flags = fcntl(rfd, F_GETFL);
+    fcntl(rfd, F_SETFL, flags & ~O_NONBLOCK);
+    pthread_t closer;
+    assert_int_equal(pthread_create(&closer, NULL, close_in_thread, a), 0);
+    size_t got = 0, cap = 1 << 20, len = 0;
+    char *all = malloc(cap);
+    for (;;) {
+        if (len == cap)
+            all = realloc(all, cap *= 2);
+        ssize_t n = read(rfd, all + len, cap - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    pthread_join(closer, NULL);
+    close(rfd);
+    for (size_t i = 0; i < len; i++)
+        got += all[i] == '\n';
+    free(all);
+    assert_int_equal(got + dropped, N);
+    assert_true(got > 0);
+}
+
+static void test_close_flushes_and_reopen_follows_rotation(void **state)
+{
+    char path[128], moved[128];
+    path_in_dir(path, sizeof path, "rot.log");
+    path_in_dir(moved, sizeof moved, "rot.log.1");
+    al_audit *a = NULL;
+    assert_int_equal(al_audit_open(path, &a), AL_OK);
+    char rid[32];
+    for (int i = 0; i < 100; i++) {
+        al_audit_request r = sample();
+        snprintf(rid, sizeof rid, "t0-%d", i);
+        r.request_id = rid;
+        al_audit_submit(a, &r);
+    }
+    /* wait (bounded) for the writer, then rotate */
+    for (int i = 0; i < 5000 && al_audit_written(a) < 100; i++) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    assert_int_equal(al_audit_written(a), 100);
+    assert_int_equal(rename(path, moved), 0);
+    al_audit_reopen(a);
+    for (int i = 0; i < 3; i++) {
+        al_audit_request r = sample();
+        snprintf(rid, sizeof rid, "t0-%d", i);
+        r.request_id = rid;
+        al_audit_submit(a, &r);
+    }
+    al_audit_close(a); /* straight after submit: close must flush */
+    unsigned char seen[100] = {0};
+    assert_int_equal(check_lines(moved, seen, 1, 100), 100);
+    memset(seen, 0, sizeof seen);
+    assert_int_equal(check_lines(path, seen, 1, 100), 3);
+}
+
+static void test_open_errors_and_append_line(void **state)
+{
+    al_audit *a = (al_audit *)1;
+    assert_int_equal(al_audit_open("/nonexistent-dir/x/audit.log", &a), AL_ERR_IO);
+    assert_null(a);
+    assert_int_equal(al_audit_open("", &a), AL_ERR_INVAL);
+    al_audit_close(NULL);
+    al_audit_submit(NULL, NULL);
+    char path[128];
+    path_in_dir(path, sizeof path, "cli.log");
+    assert_int_equal(al_audit_append_line(path, "{\"event\":\"provider.create\"}"), AL_OK);
+    assert_int_equal(al_audit_append_line(path, "{\"event\":\"provider.rotate\"}"), AL_OK);
+    size_t len;
+    char *s = slurp(path, &len);
+    assert_string_equal(s, "{\"event\":\"provider.create\"}\n{\"event\":\"provider.rotate\"}\n");
+    free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_encode_fields),
+        cmocka_unit_test(test_encode_hostile_strings),
+        cmocka_unit_test(test_encode_huge_fields_fit),
+        cmocka_unit_test(test_redact_query),
+        cmocka_unit_test(test_many_threads_all_lines_whole),
+        cmocka_unit_test(test_small_queue_counts_what_it_drops),
+        cmocka_unit_test(test_full_queue_drops_without_blocking),
+        cmocka_unit_test(test_close_flushes_and_reopen_follows_rotation),
+        cmocka_unit_test(test_open_errors_and_append_line),
+    };
+    return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
+}
