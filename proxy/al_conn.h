@@ -1,0 +1,102 @@
+/* al_conn: one downstream connection — socket (or TLS) transport, input and output
+ * buffers, and the protocol (HTTP/1.1 or HTTP/2) that interprets the bytes.
+ *
+ * Transport abstraction: every byte goes through c->transport (read/write/close),
+ * so a TLS session (SSL*) can replace the plain fd after a CONNECT or on listen.tls
+ * without the protocol code knowing. Protocols see only c->in (received bytes not
+ * yet consumed) and al_conn_send() (queued output).
+ *
+ * Output backpressure: al_conn_send() always queues (up to a hard cap); protocols
+ * check al_conn_out_full() (above AL_CONN_OUT_HIGH, 64 KiB) before producing more,
+ * and get proto->on_drain() when the queue has gone below the mark again.
+ *
+ * Ownership: the worker owns its connections (a list); al_conn_close() frees one
+ * at the end of the current event, never in the middle of a callback chain. */
+#ifndef AL_CONN_H
+#define AL_CONN_H
+
+#include <ev.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "common/al_buf.h"
+
+#define AL_CONN_OUT_HIGH   (64 * 1024)
+#define AL_CONN_READ_CHUNK (16 * 1024)
+
+struct al_worker;
+typedef struct al_conn al_conn;
+
+typedef struct al_transport {
+    const char *name; /* "tcp", "tls" */
+    /* > 0 bytes, 0 end of stream, AL_ERR_AGAIN would block, other negative: error. */
+    ssize_t (*read)(al_conn *c, void *buf, size_t n);
+    ssize_t (*write)(al_conn *c, const void *buf, size_t n);
+    /* Frees transport state (not the fd). */
+    void (*release)(al_conn *c);
+} al_transport;
+
+typedef struct al_proto {
+    const char *name; /* "http/1.1", "h2" */
+    /* New bytes are in c->in; consume what can be used. Nonzero: close now. */
+    int (*on_read)(al_conn *c);
+    /* The peer closed its sending side (or the read failed). */
+    void (*on_eof)(al_conn *c);
+    /* Output fell below AL_CONN_OUT_HIGH. */
+    void (*on_drain)(al_conn *c);
+    /* 1 while the protocol wants more input (h1 stops reading during a request). */
+    int (*wants_read)(al_conn *c);
+    /* 1 when no request is in flight (draining may close the connection). */
+    int (*idle)(al_conn *c);
+    /* Server is draining: stop taking new requests (h2 GOAWAY, h1 Connection: close). */
+    void (*drain)(al_conn *c);
+    void (*free)(al_conn *c);
+} al_proto;
+
+struct al_conn {
+    struct al_worker *worker;
+    int fd;
+    const al_transport *transport;
+    void *tls; /* SSL* when transport is TLS */
+    ev_io io;
+    ev_timer kick; /* zero-delay continuation (pipelined requests, deferred frees) */
+    int io_events;
+
+    char *in; /* received, not yet consumed: in[0..in_len) */
+    size_t in_len, in_cap;
+
+    al_buf out; /* queued output out.data[out_off..out.len) */
+    size_t out_off;
+
+    const al_proto *proto; /* NULL until the first bytes pick one */
+    void *proto_state;
+
+    char peer[64]; /* "ip:port" */
+    int closing;   /* close once the output is flushed */
+    int dead;      /* closed; freed at the end of the event */
+    al_conn *prev, *next;
+};
+
+/* Accepted fd (non-blocking) -> new connection registered with the worker. */
+int al_conn_new(struct al_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+                al_conn **out);
+/* Queues bytes; tries to write at once. AL_ERR_TOOBIG past the hard cap. */
+int al_conn_send(al_conn *c, const void *data, size_t len);
+int al_conn_out_full(const al_conn *c);
+size_t al_conn_out_pending(const al_conn *c);
+/* Drops the first n bytes of c->in. */
+void al_conn_consume(al_conn *c, size_t n);
+/* Re-evaluates read/write interest (after the protocol's wants_read changed). */
+void al_conn_update(al_conn *c);
+/* Runs proto->on_read again soon from the loop (pipelined input already buffered). */
+void al_conn_kick(al_conn *c);
+/* Close after flushing (graceful) or at once. The memory goes at the end of the event. */
+void al_conn_close(al_conn *c, int flush_first);
+/* Frees a dead connection (worker calls this). */
+void al_conn_free(al_conn *c);
+
+extern const al_transport al_transport_tcp;
+
+#endif

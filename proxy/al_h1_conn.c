@@ -1,0 +1,336 @@
+/* al_h1_conn: HTTP/1.1 downstream connections (see al_h1_conn.h).
+ *
+ * States: HEAD (waiting for a complete request head), BODY (feeding the request
+ * body into the request's bounded ring: only as many input bytes as the ring has
+ * room for are parsed, and reading stops while it is full), WAIT (the body is
+ * complete; the response is being produced; reading is stopped). The connection
+ * closes after a response when keep-alive is off, after any refusal of a request
+ * whose body was not read to the end, and after a parse error (400/431). */
+#include "al_h1_conn.h"
+#include "al_errors.h"
+#include "al_h1.h"
+#include "al_request.h"
+#include "al_worker.h"
+#include "common/al_err.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum h1_st { H1_HEAD, H1_BODY, H1_WAIT };
+
+typedef struct h1_state {
+    al_conn *c;
+    al_h1_parser p;
+    enum h1_st st;
+    al_req *req;
+    int keep_alive;
+    int http_minor;
+    int is_head;
+    int chunked_out;
+    int no_body_out;
+    int msg_done;
+    int resp_done;
+    int peer_eof;
+    int failed; /* the request's bytes could not be parsed: close after the reply */
+} h1_state;
+
+static const al_proto h1_proto;
+
+static int sink_body(void *arg, const char *data, size_t len);
+
+static void sink_head(void *arg, int status, const al_header *h, size_t n, int64_t clen)
+{
+    h1_state *s = arg;
+    al_conn *c = s->c;
+    char line[256];
+    if (c->dead)
+        return;
+    s->no_body_out = s->is_head || status == 204 || status == 304 || status < 200;
+    if (s->failed || (s->c->worker->draining))
+        s->keep_alive = 0;
+    int len = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, al_http_reason(status));
+    al_conn_send(c, line, (size_t)len);
+    for (size_t i = 0; i < n; i++) {
+        const al_header *x = &h[i];
+        if ((x->name_len == 14 && strncasecmp(x->name, "content-length", 14) == 0) ||
+            (x->name_len == 17 && strncasecmp(x->name, "transfer-encoding", 17) == 0) ||
+            (x->name_len == 10 && strncasecmp(x->name, "connection", 10) == 0) ||
+            (x->name_len == 10 && strncasecmp(x->name, "keep-alive", 10) == 0))
+            continue;
+        al_conn_send(c, x->name, x->name_len);
+        al_conn_send(c, ": ", 2);
+        al_conn_send(c, x->value, x->value_len);
+        al_conn_send(c, "\r\n", 2);
+    }
+    if (clen >= 0 && (!s->no_body_out || s->is_head)) {
+        len = snprintf(line, sizeof line, "content-length: %lld\r\n", (long long)clen);
+        al_conn_send(c, line, (size_t)len);
+    } else if (clen < 0 && !s->no_body_out) {
+        if (s->http_minor >= 1) {
+            s->chunked_out = 1;
+            al_conn_send(c, "transfer-encoding: chunked\r\n", 28);
+        } else {
+            s->keep_alive = 0; /* HTTP/1.0: the end of the body is the close */
+        }
+    }
+    if (!s->keep_alive)
+        al_conn_send(c, "connection: close\r\n\r\n", 21);
+    else if (s->http_minor == 0)
+        al_conn_send(c, "connection: keep-alive\r\n\r\n", 26);
+    else
+        al_conn_send(c, "\r\n", 2);
+}
+
+static int sink_body(void *arg, const char *data, size_t len)
+{
+    h1_state *s = arg;
+    al_conn *c = s->c;
+    if (c->dead)
+        return AL_ERR_IO;
+    if (s->no_body_out || len == 0)
+        return AL_OK;
+    if (al_conn_out_full(c))
+        return AL_ERR_AGAIN;
+    if (s->chunked_out) {
+        char sz[24];
+        int n = snprintf(sz, sizeof sz, "%zx\r\n", len);
+        if (al_buf_append(&c->out, sz, (size_t)n) || al_buf_append(&c->out, data, len) ||
+            al_buf_append(&c->out, "\r\n", 2))
+            return AL_ERR_NOMEM;
+        return al_conn_send(c, "", 0);
+    }
+    return al_conn_send(c, data, len);
+}
+
+static void sink_end(void *arg, int ok)
+{
+    h1_state *s = arg;
+    al_conn *c = s->c;
+    s->resp_done = 1;
+    if (c->dead)
+        return;
+    if (!ok) {
+        al_conn_close(c, 1); /* the body is cut short: the close tells the agent */
+        return;
+    }
+    if (s->chunked_out)
+        al_conn_send(c, "0\r\n\r\n", 5);
+    if (!s->keep_alive || !s->msg_done || s->peer_eof) {
+        al_conn_close(c, 1);
+        return;
+    }
+    al_conn_kick(c); /* next pipelined request; the request is freed from the loop */
+}
+
+static void sink_body_consumed(void *arg, size_t n)
+{
+    h1_state *s = arg;
+    (void)n;
+    if (s->st == H1_BODY)
+        al_conn_kick(s->c);
+}
+
+static const al_req_sink h1_sink = {sink_head, sink_body, sink_end, sink_body_consumed};
+
+static int body_cb(void *arg, const char *data, size_t len)
+{
+    h1_state *s = arg;
+    int rc = al_request_body_write(s->req, data, len);
+    return rc == AL_ERR_TOOBIG && al_request_finished(s->req) ? 0 : rc;
+}
+
+static void fail_request(h1_state *s, const al_h1_error *e)
+{
+    al_conn *c = s->c;
+    s->failed = 1;
+    s->keep_alive = 0;
+    s->st = H1_WAIT;
+    if (!s->req) {
+        s->req = al_request_new(c->worker, &h1_sink, s, "http/1.1", c->peer);
+        if (!s->req) {
+            al_conn_close(c, 0);
+            return;
+        }
+        al_request_set_head(s->req, "-", 1, NULL, 0, NULL, 0, "-", 1);
+    }
+    al_request_refuse(s->req, e->status, e->code, "%s", e->reason);
+}
+
+static int start_request(h1_state *s, size_t head_len)
+{
+    al_conn *c = s->c;
+    const al_h1_head *h = &s->p.head;
+    s->req = al_request_new(c->worker, &h1_sink, s, "http/1.1", c->peer);
+    if (!s->req)
+        return -1;
+    s->keep_alive = h->keep_alive && !c->worker->draining;
+    s->http_minor = h->http_minor;
+    s->is_head = strcmp(h->method, "HEAD") == 0;
+    s->chunked_out = s->no_body_out = s->msg_done = s->resp_done = 0;
+    int rc = al_request_set_head(s->req, h->method, strlen(h->method), NULL, 0, NULL, 0,
+                                 h->buf + h->url.off, h->url.len);
+    for (size_t i = 0; !rc && i < h->field_count; i++)
+        rc = al_request_add_header(s->req, h->buf + h->fields[i].name.off, h->fields[i].name.len,
+                                   h->buf + h->fields[i].value.off, h->fields[i].value.len);
+    if (rc)
+        return -1;
+    int has_body = h->chunked || h->content_length > 0;
+    int64_t blen = h->chunked ? -1 : (h->content_length > 0 ? h->content_length : 0);
+    int expect = h->expect_continue;
+    int connect = h->is_connect;
+    s->msg_done = s->p.message_done;
+    al_conn_consume(c, head_len); /* the request holds its own copy of the head */
+    if (connect) {
+        s->keep_alive = 0;
+        s->st = H1_WAIT;
+        al_request_refuse(s->req, 403, "connect_not_supported",
+                          "CONNECT tunnels are not enabled on this listener");
+        return 0;
+    }
+    s->st = s->msg_done ? H1_WAIT : H1_BODY;
+    al_request_start(s->req, has_body, blen);
+    if (s->msg_done)
+        al_request_body_end(s->req);
+    else if (expect && !al_request_finished(s->req) && al_request_status(s->req) == 0)
+        al_conn_send(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    return 0;
+}
+
+static int h1_on_read(al_conn *c)
+{
+    h1_state *s = c->proto_state;
+    for (;;) {
+        if (c->dead || c->closing)
+            return 0;
+        if (s->st == H1_WAIT) {
+            if (!s->req || !al_request_finished(s->req) || !s->resp_done)
+                return 0;
+            al_request_free(s->req);
+            s->req = NULL;
+            s->st = H1_HEAD;
+            if (c->worker->draining) {
+                al_conn_close(c, 1);
+                return 0;
+            }
+        }
+        if (s->st == H1_HEAD) {
+            size_t skip = al_h1_skip_empty_lines(c->in, c->in_len);
+            if (skip)
+                al_conn_consume(c, skip);
+            if (c->in_len == 0)
+                return 0;
+            al_h1_error e;
+            size_t limit = c->worker->table->limits.max_header_bytes;
+            long n = al_h1_head_scan(c->in, c->in_len, limit ? limit : 65536, &e);
+            if (n == 0)
+                return 0;
+            if (n < 0 || al_h1_parse_head(&s->p, c->in, (size_t)n, body_cb, s, &e) != 0) {
+                fail_request(s, &e);
+                return 0;
+            }
+            if (start_request(s, (size_t)n) != 0)
+                return -1;
+            continue;
+        }
+        /* H1_BODY */
+        size_t room = al_request_body_room(s->req);
+        size_t feed = c->in_len < room ? c->in_len : room;
+        if (feed == 0)
+            return 0;
+        al_h1_error e;
+        long used = al_h1_feed_body(&s->p, c->in, feed, &e);
+        if (used < 0) {
+            if (!al_request_finished(s->req) && al_request_status(s->req) == 0) {
+                s->st = H1_WAIT;
+                s->failed = 1;
+                s->keep_alive = 0;
+                al_request_refuse(s->req, e.status, e.code, "%s", e.reason);
+                return 0;
+            }
+            return -1;
+        }
+        al_conn_consume(c, (size_t)used);
+        if (s->p.message_done) {
+            s->msg_done = 1;
+            s->st = H1_WAIT;
+            al_request_body_end(s->req);
+            continue;
+        }
+        if (used == 0 || c->in_len == 0)
+            return 0;
+    }
+}
+
+static void h1_on_eof(al_conn *c)
+{
+    h1_state *s = c->proto_state;
+    s->peer_eof = 1;
+    if (s->st == H1_WAIT && s->req && !s->resp_done) {
+        al_conn_update(c); /* finish the response, then close */
+        return;
+    }
+    al_conn_close(c, 1);
+}
+
+static void h1_on_drain(al_conn *c)
+{
+    h1_state *s = c->proto_state;
+    if (s->req && !s->resp_done)
+        al_request_resume_output(s->req);
+}
+
+static int h1_wants_read(al_conn *c)
+{
+    h1_state *s = c->proto_state;
+    if (s->peer_eof)
+        return 0;
+    if (s->st == H1_HEAD)
+        return 1;
+    if (s->st == H1_BODY)
+        return al_request_body_room(s->req) > 0;
+    return 0;
+}
+
+static int h1_idle(al_conn *c)
+{
+    h1_state *s = c->proto_state;
+    return s->st == H1_HEAD && !s->req;
+}
+
+static void h1_drain(al_conn *c)
+{
+    h1_state *s = c->proto_state;
+    if (h1_idle(c))
+        al_conn_close(c, 1);
+    else
+        s->keep_alive = 0;
+}
+
+static void h1_free(al_conn *c)
+{
+    h1_state *s = c->proto_state;
+    if (!s)
+        return;
+    if (s->req)
+        al_request_free(s->req);
+    free(s);
+    c->proto_state = NULL;
+}
+
+static const al_proto h1_proto = {
+    "http/1.1", h1_on_read, h1_on_eof, h1_on_drain, h1_wants_read, h1_idle, h1_drain, h1_free,
+};
+
+int al_h1_conn_attach(al_conn *c)
+{
+    h1_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return AL_ERR_NOMEM;
+    s->c = c;
+    s->st = H1_HEAD;
+    c->proto = &h1_proto;
+    c->proto_state = s;
+    return AL_OK;
+}

@@ -1,0 +1,16 @@
+/* al_h1_conn: the HTTP/1.1 server side of a connection — glue between al_conn's
+ * bytes, the al_h1 parser engine and the protocol-neutral al_request path.
+ *
+ * One request at a time per connection: while a request is in flight, pipelined
+ * bytes stay in the connection's input buffer and nothing more is read, so a
+ * pipelining client can never make airlock buffer more than one input buffer. */
+#ifndef AL_H1_CONN_H
+#define AL_H1_CONN_H
+
+#include "al_conn.h"
+
+/* Makes c an HTTP/1.1 connection (bytes already in c->in are parsed on the next
+ * on_read). Returns 0 or a negative al_err. */
+int al_h1_conn_attach(al_conn *c);
+
+#endif

@@ -1,0 +1,492 @@
+/* al_h2: HTTP/2 downstream connections with nghttp2 (see al_h2.h).
+ *
+ * nghttp2 is the protocol engine without I/O: received bytes go in with
+ * nghttp2_session_mem_recv, frames to send come out of nghttp2_session_mem_send
+ * into the connection's output queue (only while it is under its high mark).
+ *
+ * Re-entrancy rule: request callbacks (sink_*) never run nghttp2's send loop; they
+ * submit or resume and schedule a "kick", and the kick (a zero-delay timer, outside
+ * every callback chain) receives, sends, resumes paused upstreams and frees the
+ * streams nghttp2 has closed. So a request is never freed while one of its own
+ * callbacks is on the stack. */
+#include "al_h2.h"
+#include "al_request.h"
+#include "al_worker.h"
+#include "common/al_err.h"
+#include "common/al_log.h"
+
+#include <ctype.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define STREAM_OUT_HIGH (64 * 1024)
+
+typedef struct h2_session h2_session;
+
+typedef struct h2_stream {
+    h2_session *h;
+    int32_t id;
+    al_req *req;
+    al_buf out; /* response body not yet framed */
+    size_t out_off;
+    size_t header_bytes;
+    int headers_too_large;
+    int started, is_head, eof, rst, out_paused, closed, submitted;
+    struct h2_stream *prev, *next; /* live list */
+} h2_stream;
+
+struct h2_session {
+    al_conn *c;
+    nghttp2_session *ng;
+    h2_stream *streams;
+    h2_stream *closed; /* freed at the next kick */
+    size_t stream_count;
+    int sending;
+    int goaway;
+};
+
+static const al_proto h2_proto;
+
+static void schedule(h2_session *h)
+{
+    al_conn_kick(h->c);
+}
+
+/* ---- response side (called by al_request) ------------------------------ */
+
+static size_t out_pending(const h2_stream *s)
+{
+    return s->out.len - s->out_off;
+}
+
+static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *src, void *user)
+{
+    h2_stream *s = src->ptr;
+    (void)ng;
+    (void)id;
+    (void)user;
+    size_t n = out_pending(s);
+    if (n == 0) {
+        if (s->eof) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            return 0;
+        }
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    if (n > length)
+        n = length;
+    memcpy(buf, s->out.data + s->out_off, n);
+    s->out_off += n;
+    if (out_pending(s) == 0) {
+        s->out_off = 0;
+        al_buf_reset(&s->out);
+        if (s->eof)
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+    }
+    return (ssize_t)n;
+}
+
+static void sink_head(void *arg, int status, const al_header *h, size_t n, int64_t clen)
+{
+    h2_stream *s = arg;
+    if (s->closed || s->rst)
+        return;
+    nghttp2_nv *nva = calloc(n + 2, sizeof *nva);
+    char *lower = NULL;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += h[i].name_len;
+    lower = malloc(total + 1);
+    if (!nva || !lower) {
+        free(nva);
+        free(lower);
+        nghttp2_submit_rst_stream(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+        s->rst = 1;
+        schedule(s->h);
+        return;
+    }
+    char st[8];
+    snprintf(st, sizeof st, "%03d", status % 1000);
+    size_t k = 0, off = 0;
+    nva[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
+    for (size_t i = 0; i < n; i++) {
+        const al_header *x = &h[i];
+        static const char *const drop[] = {"connection", "keep-alive",       "transfer-encoding",
+                                           "upgrade",    "proxy-connection", "te"};
+        int skip = 0;
+        for (size_t d = 0; d < sizeof drop / sizeof drop[0]; d++)
+            if (x->name_len == strlen(drop[d]) && strncasecmp(x->name, drop[d], x->name_len) == 0)
+                skip = 1;
+        if (skip || x->name_len == 0 || x->name[0] == ':')
+            continue;
+        for (size_t j = 0; j < x->name_len; j++)
+            lower[off + j] = (char)tolower((unsigned char)x->name[j]);
+        nva[k++] = (nghttp2_nv){(uint8_t *)lower + off, (uint8_t *)x->value, x->name_len,
+                                x->value_len, NGHTTP2_NV_FLAG_NONE};
+        off += x->name_len;
+    }
+    (void)clen; /* content-length passes through among the headers */
+    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = data_read};
+    int no_body = s->is_head || status == 204 || status == 304;
+    int rv = nghttp2_submit_response(s->h->ng, s->id, nva, k, no_body ? NULL : &prd);
+    free(nva);
+    free(lower);
+    if (rv != 0) {
+        nghttp2_submit_rst_stream(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+        s->rst = 1;
+    }
+    s->submitted = 1;
+    if (no_body)
+        s->eof = 1;
+    schedule(s->h);
+}
+
+static int sink_body(void *arg, const char *data, size_t len)
+{
+    h2_stream *s = arg;
+    if (s->closed || s->rst)
+        return AL_OK; /* nobody reads it any more; the request ends at the next kick */
+    if (s->is_head || len == 0)
+        return AL_OK;
+    if (out_pending(s) >= STREAM_OUT_HIGH) {
+        s->out_paused = 1;
+        return AL_ERR_AGAIN;
+    }
+    if (s->out_off && s->out_off == s->out.len) {
+        s->out_off = 0;
+        al_buf_reset(&s->out);
+    }
+    int rc = al_buf_append(&s->out, data, len);
+    if (rc)
+        return rc;
+    nghttp2_session_resume_data(s->h->ng, s->id);
+    schedule(s->h);
+    return AL_OK;
+}
+
+static void sink_end(void *arg, int ok)
+{
+    h2_stream *s = arg;
+    if (s->closed)
+        return;
+    if (!ok) {
+        nghttp2_submit_rst_stream(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+        s->rst = 1;
+    } else {
+        s->eof = 1;
+        nghttp2_session_resume_data(s->h->ng, s->id);
+    }
+    schedule(s->h);
+}
+
+static void sink_body_consumed(void *arg, size_t n)
+{
+    h2_stream *s = arg;
+    if (!s->closed)
+        nghttp2_session_consume(s->h->ng, s->id, n);
+    schedule(s->h);
+}
+
+static const al_req_sink h2_sink = {sink_head, sink_body, sink_end, sink_body_consumed};
+
+/* ---- nghttp2 callbacks --------------------------------------------------- */
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *user)
+{
+    h2_session *h = user;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    h2_stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    s->h = h;
+    s->id = f->hd.stream_id;
+    al_buf_init(&s->out, STREAM_OUT_HIGH + 64 * 1024);
+    s->req = al_request_new(h->c->worker, &h2_sink, s, "h2", h->c->peer);
+    if (!s->req) {
+        free(s);
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    s->next = h->streams;
+    if (h->streams)
+        h->streams->prev = s;
+    h->streams = s;
+    h->stream_count++;
+    nghttp2_session_set_stream_user_data(ng, s->id, s);
+    return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user)
+{
+    h2_session *h = user;
+    (void)flags;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* trailers are not forwarded */
+    h2_stream *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+    if (!s || s->headers_too_large)
+        return 0;
+    s->header_bytes += namelen + valuelen + 32;
+    size_t limit = h->c->worker->table->limits.max_header_bytes;
+    if (s->header_bytes > (limit ? limit : 65536)) {
+        s->headers_too_large = 1;
+        return 0;
+    }
+    const char *n = (const char *)name, *v = (const char *)value;
+    int rc = 0;
+    if (namelen && n[0] == ':') {
+        if (namelen == 7 && memcmp(n, ":method", 7) == 0)
+            rc = al_request_set_field(s->req, AL_REQ_METHOD, v, valuelen);
+        else if (namelen == 7 && memcmp(n, ":scheme", 7) == 0)
+            rc = al_request_set_field(s->req, AL_REQ_SCHEME, v, valuelen);
+        else if (namelen == 10 && memcmp(n, ":authority", 10) == 0)
+            rc = al_request_set_field(s->req, AL_REQ_AUTHORITY, v, valuelen);
+        else if (namelen == 5 && memcmp(n, ":path", 5) == 0)
+            rc = al_request_set_field(s->req, AL_REQ_PATH, v, valuelen);
+        if (namelen == 7 && memcmp(n, ":method", 7) == 0 && valuelen == 4 &&
+            memcmp(v, "HEAD", 4) == 0)
+            s->is_head = 1;
+    } else {
+        if (namelen == 4 && memcmp(n, "host", 4) == 0 &&
+            !al_request_has_field(s->req, AL_REQ_AUTHORITY))
+            rc = al_request_set_field(s->req, AL_REQ_AUTHORITY, v, valuelen);
+        if (!rc)
+            rc = al_request_add_header(s->req, n, namelen, v, valuelen);
+    }
+    return rc ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user)
+{
+    (void)user;
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
+        return 0;
+    h2_stream *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+    if (!s)
+        return 0;
+    int end_stream = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (f->hd.type == NGHTTP2_HEADERS && !s->started) {
+        s->started = 1;
+        if (s->headers_too_large) {
+            al_request_refuse(s->req, 431, "header_too_large",
+                              "the request headers are larger than limits.max_header_bytes");
+        } else {
+            al_request_start(s->req, !end_stream, -1);
+        }
+    }
+    if (end_stream)
+        al_request_body_end(s->req);
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *user)
+{
+    (void)flags;
+    (void)user;
+    h2_stream *s = nghttp2_session_get_stream_user_data(ng, id);
+    if (!s) {
+        nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    /* The window (64 KiB) never lets more in than the ring holds. */
+    if (al_request_body_write(s->req, (const char *)data, len) != AL_OK)
+        nghttp2_session_consume(ng, id, len);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *user)
+{
+    h2_session *h = user;
+    (void)code;
+    h2_stream *s = nghttp2_session_get_stream_user_data(ng, id);
+    if (!s)
+        return 0;
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    s->closed = 1;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        h->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = NULL;
+    s->next = h->closed;
+    h->closed = s;
+    h->stream_count--;
+    schedule(h);
+    return 0;
+}
+
+/* ---- connection side ------------------------------------------------------ */
+
+static void free_stream(h2_stream *s)
+{
+    al_request_free(s->req);
+    al_buf_free(&s->out, 0);
+    free(s);
+}
+
+static int h2_send(h2_session *h)
+{
+    al_conn *c = h->c;
+    if (h->sending)
+        return 0;
+    h->sending = 1;
+    while (!al_conn_out_full(c) && !c->dead) {
+        const uint8_t *d;
+        ssize_t n = nghttp2_session_mem_send(h->ng, &d);
+        if (n < 0) {
+            h->sending = 0;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        if (al_buf_append(&c->out, d, (size_t)n) != AL_OK) {
+            h->sending = 0;
+            return -1;
+        }
+    }
+    h->sending = 0;
+    al_conn_send(c, "", 0); /* flush */
+    return 0;
+}
+
+static int h2_on_read(al_conn *c)
+{
+    h2_session *h = c->proto_state;
+    if (c->in_len) {
+        ssize_t n = nghttp2_session_mem_recv(h->ng, (const uint8_t *)c->in, c->in_len);
+        if (n < 0) {
+            al_log(AL_LOG_DEBUG, "h2.error", "peer=%s %s", c->peer, nghttp2_strerror((int)n));
+            h2_send(h);
+            return -1;
+        }
+        al_conn_consume(c, (size_t)n);
+    }
+    /* Upstreams paused on a full stream buffer go on once it has room. */
+    for (h2_stream *s = h->streams; s; s = s->next) {
+        if (s->out_paused && out_pending(s) < STREAM_OUT_HIGH / 2) {
+            s->out_paused = 0;
+            al_request_resume_output(s->req);
+        }
+    }
+    if (h2_send(h) != 0)
+        return -1;
+    while (h->closed) {
+        h2_stream *s = h->closed;
+        h->closed = s->next;
+        free_stream(s);
+    }
+    if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
+        return -1;
+    if (c->worker->draining && h->stream_count == 0)
+        return -1;
+    return 0;
+}
+
+static void h2_on_eof(al_conn *c)
+{
+    al_conn_close(c, 0);
+}
+
+static void h2_on_drain(al_conn *c)
+{
+    al_conn_kick(c);
+}
+
+static int h2_wants_read(al_conn *c)
+{
+    h2_session *h = c->proto_state;
+    return nghttp2_session_want_read(h->ng);
+}
+
+static int h2_idle(al_conn *c)
+{
+    h2_session *h = c->proto_state;
+    return h->stream_count == 0;
+}
+
+static void h2_drain(al_conn *c)
+{
+    h2_session *h = c->proto_state;
+    if (!h->goaway) {
+        h->goaway = 1;
+        nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(h->ng), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+    }
+    al_conn_kick(c);
+}
+
+static void h2_free(al_conn *c)
+{
+    h2_session *h = c->proto_state;
+    if (!h)
+        return;
+    while (h->streams) {
+        h2_stream *s = h->streams;
+        h->streams = s->next;
+        free_stream(s);
+    }
+    while (h->closed) {
+        h2_stream *s = h->closed;
+        h->closed = s->next;
+        free_stream(s);
+    }
+    nghttp2_session_del(h->ng);
+    free(h);
+    c->proto_state = NULL;
+}
+
+static const al_proto h2_proto = {
+    "h2", h2_on_read, h2_on_eof, h2_on_drain, h2_wants_read, h2_idle, h2_drain, h2_free,
+};
+
+int al_h2_attach(al_conn *c)
+{
+    h2_session *h = calloc(1, sizeof *h);
+    nghttp2_session_callbacks *cbs = NULL;
+    nghttp2_option *opt = NULL;
+    int rc = AL_ERR_NOMEM;
+    if (!h || nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0)
+        goto fail;
+    h->c = c;
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    /* Request bodies: the window is given back only when bytes went upstream. */
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    if (nghttp2_session_server_new2(&h->ng, cbs, h, opt) != 0)
+        goto fail;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1024},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 65535},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, c->worker->table->limits.max_header_bytes
+                                                    ? c->worker->table->limits.max_header_bytes
+                                                    : 65536},
+    };
+    if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) != 0)
+        goto fail;
+    /* The connection window is shared by all streams: large, per-stream ones bound memory. */
+    nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, 16 * 1024 * 1024);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_option_del(opt);
+    c->proto = &h2_proto;
+    c->proto_state = h;
+    return AL_OK;
+fail:
+    if (h && h->ng)
+        nghttp2_session_del(h->ng);
+    free(h);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_option_del(opt);
+    return rc;
+}

@@ -1,0 +1,1042 @@
+/* al_request: the request path shared by HTTP/1.1 and HTTP/2 (see al_request.h).
+ *
+ * Memory: one arena per request (a 4 KiB block inside the request, then chained
+ * blocks) holds the copied head, the upstream header list and the URL; it dies
+ * with the request. The request body ring is AL_REQ_BODY_BUF bytes, allocated on
+ * the first body byte. Buffers holding the injected secret are wiped when freed.
+ *
+ * States: NEW -> (refused) | RESOLVING -> UPSTREAM -> DONE. Callbacks from the
+ * resolver and the upstream may run synchronously inside the call that starts
+ * them; `state` is checked after each such call. */
+#include "al_request.h"
+#include "al_egress.h"
+#include "al_errors.h"
+#include "al_server.h"
+#include "al_worker.h"
+#include "common/al_err.h"
+#include "common/al_log.h"
+#include "identity/al_cred.h"
+#include "policy/al_audit.h"
+#include "targets/al_inject.h"
+#include "targets/al_router.h"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+enum req_state { REQ_NEW, REQ_RESOLVING, REQ_UPSTREAM, REQ_REFUSING, REQ_DONE };
+
+typedef struct arena_blk {
+    struct arena_blk *next;
+    size_t used, cap;
+    char data[];
+} arena_blk;
+
+struct al_req {
+    al_worker *w;
+    al_table *table; /* own reference */
+    const al_target *t;
+    const al_req_sink *sink;
+    void *arg;
+    const char *protocol;
+    char client[64];
+    enum req_state state;
+
+    /* head, in the arena */
+    char *method, *scheme, *authority, *target;
+    size_t target_len;
+    al_header *hdrs;
+    size_t hdr_count, hdr_cap;
+    char *cookie; /* joined h2 cookie crumbs */
+    size_t cookie_len;
+    char *host;    /* for audit: the host the agent addressed */
+    char *up_path; /* path[?query] to send upstream (before injection) */
+    size_t up_path_len;
+
+    /* body */
+    char *ring;
+    size_t ring_head, ring_len;
+    int has_body, body_ended, send_paused;
+    int64_t body_length;
+    uint64_t bytes_in, bytes_out;
+
+    /* credential */
+    al_cred_snapshot *snap;
+    al_secret_view sv;
+    int have_secret;
+    al_buf inj_value, inj_target, url;
+    int attempt, retrying;
+
+    /* upstream */
+    void *resolve_handle;
+    al_upstream_req *up;
+    char addr[64];
+    int out_paused;
+    uint32_t upstream_ms;
+
+    /* response */
+    int status;
+    int head_sent, finished, audited;
+    const char *reason;
+    al_buf refuse_body;
+    size_t refuse_off;
+    char request_id[48];
+    struct timespec t0;
+    int64_t wall_ms;
+
+    arena_blk *blocks;
+    union {
+        arena_blk blk;
+        char bytes[4096];
+    } first;
+};
+
+/* ---- arena -------------------------------------------------------------- */
+
+static void *arena_alloc(al_req *r, size_t n)
+{
+    n = (n + 7) & ~(size_t)7;
+    arena_blk *b = r->blocks;
+    if (b->used + n > b->cap) {
+        size_t cap = n > 8192 ? n : 8192;
+        arena_blk *nb = malloc(sizeof *nb + cap);
+        if (!nb)
+            return NULL;
+        nb->next = r->blocks;
+        nb->used = 0;
+        nb->cap = cap;
+        r->blocks = nb;
+        b = nb;
+    }
+    void *p = b->data + b->used;
+    b->used += n;
+    return p;
+}
+
+static char *arena_dup(al_req *r, const char *s, size_t n)
+{
+    char *p = arena_alloc(r, n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static int64_t now_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint32_t elapsed_ms(const struct timespec *t0)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ms = (ts.tv_sec - t0->tv_sec) * 1000 + (ts.tv_nsec - t0->tv_nsec) / 1000000;
+    return ms < 0 ? 0 : (uint32_t)ms;
+}
+
+al_req *al_request_new(al_worker *w, const al_req_sink *sink, void *arg, const char *protocol,
+                       const char *client)
+{
+    al_req *r = malloc(sizeof *r);
+    if (!r)
+        return NULL;
+    memset(r, 0, offsetof(al_req, first));
+    r->first.blk.next = NULL;
+    r->first.blk.used = 0;
+    r->first.blk.cap = sizeof r->first - sizeof(arena_blk);
+    r->blocks = &r->first.blk;
+    r->w = w;
+    r->table = al_table_ref(w->table);
+    r->sink = sink;
+    r->arg = arg;
+    r->protocol = protocol;
+    r->body_length = -1;
+    snprintf(r->client, sizeof r->client, "%s", client ? client : "");
+    al_buf_init(&r->inj_value, 16 * 1024);
+    al_buf_init(&r->inj_target, 64 * 1024);
+    al_buf_init(&r->url, 64 * 1024);
+    al_buf_init(&r->refuse_body, 4096);
+    clock_gettime(CLOCK_MONOTONIC, &r->t0);
+    r->wall_ms = now_wall_ms();
+    w->requests_in_flight++;
+    return r;
+}
+
+static void release_secret(al_req *r)
+{
+    al_buf_free(&r->inj_value, 1);
+    al_buf_free(&r->inj_target, 1);
+    al_buf_free(&r->url, 1);
+    if (r->snap)
+        al_cred_snapshot_release(r->snap);
+    r->snap = NULL;
+    r->have_secret = 0;
+    memset(&r->sv, 0, sizeof r->sv);
+}
+
+static void write_audit(al_req *r)
+{
+    if (r->audited)
+        return;
+    r->audited = 1;
+    al_audit *a = r->w->server ? r->w->server->audit : NULL;
+    if (!a)
+        return;
+    char path[2048] = "";
+    if (r->target)
+        al_audit_redact_query(r->target, r->target_len, path, sizeof path);
+    al_audit_request rec = {
+        .time_ms = r->wall_ms,
+        .request_id = r->request_id[0] ? r->request_id : NULL,
+        .client = r->client,
+        .target = r->t ? r->t->name : NULL,
+        .type = r->t ? al_target_type_name(r->t->type) : NULL,
+        .auth_method = r->t ? al_auth_method_name(r->t->auth.method) : NULL,
+        .provider = r->sv.provider,
+        .provider_version = r->sv.version,
+        .method = r->method,
+        .host = r->host,
+        .path = r->target ? path : NULL,
+        .protocol = r->protocol,
+        .status = r->status,
+        .bytes_in = r->bytes_in,
+        .bytes_out = r->bytes_out,
+        .upstream_ms = r->upstream_ms,
+        .total_ms = elapsed_ms(&r->t0),
+        .decision = r->reason ? "deny" : "allow",
+        .reason = r->reason,
+    };
+    al_audit_submit(a, &rec);
+}
+
+void al_request_free(al_req *r)
+{
+    if (!r)
+        return;
+    if (r->resolve_handle)
+        al_resolver_cancel(r->w->resolver, r->resolve_handle);
+    if (r->up)
+        al_upstream_cancel(r->up);
+    r->up = NULL;
+    if (!r->finished && !r->reason && r->status == 0)
+        r->reason = "client_closed";
+    write_audit(r);
+    release_secret(r);
+    al_buf_free(&r->refuse_body, 0);
+    free(r->ring);
+    arena_blk *b = r->blocks;
+    while (b && b != &r->first.blk) {
+        arena_blk *next = b->next;
+        free(b);
+        b = next;
+    }
+    al_table_unref(r->table);
+    if (r->w->requests_in_flight)
+        r->w->requests_in_flight--;
+    al_worker_request_done(r->w);
+    free(r);
+}
+
+int al_request_finished(const al_req *r)
+{
+    return r->finished;
+}
+
+int al_request_status(const al_req *r)
+{
+    return r->status;
+}
+
+static void finish(al_req *r, int ok)
+{
+    if (r->finished)
+        return;
+    r->finished = 1;
+    r->state = REQ_DONE;
+    write_audit(r);
+    release_secret(r);
+    r->sink->end(r->arg, ok);
+}
+
+/* ---- refusals ----------------------------------------------------------- */
+
+static void deliver_refusal(al_req *r)
+{
+    while (r->refuse_off < r->refuse_body.len) {
+        int rc = r->sink->body(r->arg, r->refuse_body.data + r->refuse_off,
+                               r->refuse_body.len - r->refuse_off);
+        if (rc == AL_ERR_AGAIN)
+            return;
+        if (rc < 0)
+            break;
+        r->bytes_out += r->refuse_body.len - r->refuse_off;
+        r->refuse_off = r->refuse_body.len;
+    }
+    finish(r, 1);
+}
+
+static void vrefuse(al_req *r, int status, const char *code, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    if (r->resolve_handle) {
+        al_resolver_cancel(r->w->resolver, r->resolve_handle);
+        r->resolve_handle = NULL;
+    }
+    if (r->up) {
+        al_upstream_cancel(r->up);
+        r->up = NULL;
+    }
+    r->reason = code;
+    if (r->finished)
+        return;
+    if (r->head_sent) { /* too late for a JSON body: abort the response */
+        finish(r, 0);
+        return;
+    }
+    r->status = status;
+    r->state = REQ_REFUSING;
+    al_error_json(&r->refuse_body, code, "%s", msg);
+    char len[24];
+    int ln = snprintf(len, sizeof len, "%zu", r->refuse_body.len);
+    al_header h[3] = {
+        {"content-type", 12, "application/json", 16},
+        {"x-request-id", 12, r->request_id, strlen(r->request_id)},
+        {"cache-control", 13, "no-store", 8},
+    };
+    (void)ln;
+    r->head_sent = 1;
+    r->sink->head(r->arg, status, h, r->request_id[0] ? 3 : 1, (int64_t)r->refuse_body.len);
+    al_log(AL_LOG_DEBUG, "request.refused", "status=%d code=%s", status, code);
+    deliver_refusal(r);
+}
+
+static void refuse(al_req *r, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void refuse(al_req *r, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vrefuse(r, status, code, fmt, ap);
+    va_end(ap);
+}
+
+void al_request_refuse(al_req *r, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vrefuse(r, status, code, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- head --------------------------------------------------------------- */
+
+int al_request_set_head(al_req *r, const char *method, size_t method_len, const char *scheme,
+                        size_t scheme_len, const char *authority, size_t authority_len,
+                        const char *target, size_t target_len)
+{
+    r->method = arena_dup(r, method, method_len);
+    r->scheme = scheme ? arena_dup(r, scheme, scheme_len) : NULL;
+    r->authority = authority ? arena_dup(r, authority, authority_len) : NULL;
+    r->target = arena_dup(r, target, target_len);
+    r->target_len = target_len;
+    if (!r->method || (scheme && !r->scheme) || (authority && !r->authority) || !r->target)
+        return AL_ERR_NOMEM;
+    return AL_OK;
+}
+
+int al_request_set_field(al_req *r, enum al_req_field f, const char *v, size_t n)
+{
+    char *p = arena_dup(r, v, n);
+    if (!p)
+        return AL_ERR_NOMEM;
+    switch (f) {
+    case AL_REQ_METHOD:
+        r->method = p;
+        break;
+    case AL_REQ_SCHEME:
+        r->scheme = p;
+        break;
+    case AL_REQ_AUTHORITY:
+        r->authority = p;
+        break;
+    case AL_REQ_PATH:
+        r->target = p;
+        r->target_len = n;
+        break;
+    }
+    return AL_OK;
+}
+
+int al_request_has_field(const al_req *r, enum al_req_field f)
+{
+    switch (f) {
+    case AL_REQ_METHOD:
+        return r->method != NULL;
+    case AL_REQ_SCHEME:
+        return r->scheme != NULL;
+    case AL_REQ_AUTHORITY:
+        return r->authority != NULL;
+    case AL_REQ_PATH:
+        return r->target != NULL;
+    }
+    return 0;
+}
+
+int al_request_add_header(al_req *r, const char *name, size_t name_len, const char *value,
+                          size_t value_len)
+{
+    if (name_len == 6 && strncasecmp(name, "cookie", 6) == 0 && r->cookie) {
+        /* HTTP/2 cookie crumbs: one header upstream, joined with "; ". */
+        char *j = arena_alloc(r, r->cookie_len + 2 + value_len + 1);
+        if (!j)
+            return AL_ERR_NOMEM;
+        memcpy(j, r->cookie, r->cookie_len);
+        memcpy(j + r->cookie_len, "; ", 2);
+        memcpy(j + r->cookie_len + 2, value, value_len);
+        r->cookie_len += 2 + value_len;
+        j[r->cookie_len] = '\0';
+        r->cookie = j;
+        return AL_OK;
+    }
+    if (r->hdr_count == r->hdr_cap) {
+        size_t cap = r->hdr_cap ? r->hdr_cap * 2 : 32;
+        al_header *n = arena_alloc(r, cap * sizeof *n);
+        if (!n)
+            return AL_ERR_NOMEM;
+        if (r->hdr_count)
+            memcpy(n, r->hdrs, r->hdr_count * sizeof *n);
+        r->hdrs = n;
+        r->hdr_cap = cap;
+    }
+    char *nm = arena_dup(r, name, name_len);
+    char *v = arena_dup(r, value, value_len);
+    if (!nm || !v)
+        return AL_ERR_NOMEM;
+    if (name_len == 6 && strncasecmp(name, "cookie", 6) == 0) {
+        r->cookie = v;
+        r->cookie_len = value_len;
+        nm = NULL; /* the joined value is added when the upstream list is built */
+        return AL_OK;
+    }
+    r->hdrs[r->hdr_count++] = (al_header){nm, name_len, v, value_len};
+    return AL_OK;
+}
+
+static const al_header *find_header(const al_req *r, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < r->hdr_count; i++)
+        if (r->hdrs[i].name_len == n && strncasecmp(r->hdrs[i].name, name, n) == 0)
+            return &r->hdrs[i];
+    return NULL;
+}
+
+static int request_id_ok(const char *v, size_t n)
+{
+    if (n < 1 || n > 200)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = v[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static void set_request_id(al_req *r)
+{
+    const al_header *h = find_header(r, "x-request-id");
+    if (h && h->value_len < sizeof r->request_id && request_id_ok(h->value, h->value_len)) {
+        memcpy(r->request_id, h->value, h->value_len);
+        r->request_id[h->value_len] = '\0';
+        return;
+    }
+    unsigned char rnd[16];
+    if (RAND_bytes(rnd, sizeof rnd) != 1)
+        memset(rnd, 0, sizeof rnd);
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        r->request_id[2 * i] = hex[rnd[i] >> 4];
+        r->request_id[2 * i + 1] = hex[rnd[i] & 15];
+    }
+    r->request_id[32] = '\0';
+}
+
+/* Is `name` one of the tokens of the agent's Connection header? */
+static int named_by_connection(const al_req *r, const char *name, size_t n)
+{
+    for (size_t i = 0; i < r->hdr_count; i++) {
+        const al_header *h = &r->hdrs[i];
+        if (h->name_len != 10 || strncasecmp(h->name, "connection", 10) != 0)
+            continue;
+        const char *p = h->value, *end = h->value + h->value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *s = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if ((size_t)(p - s) == n && strncasecmp(s, name, n) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* Splits "host[:port]" / "[v6]:port". */
+static int split_authority(const char *a, size_t n, const char **host, size_t *host_len,
+                           uint16_t *port, uint16_t default_port)
+{
+    const char *colon = NULL;
+    if (n && a[0] == '[') {
+        const char *rb = memchr(a, ']', n);
+        if (!rb)
+            return -1;
+        *host = a + 1;
+        *host_len = (size_t)(rb - a - 1);
+        if ((size_t)(rb - a) + 1 < n) {
+            if (rb[1] != ':')
+                return -1;
+            colon = rb + 1;
+        }
+    } else {
+        colon = memchr(a, ':', n);
+        *host = a;
+        *host_len = colon ? (size_t)(colon - a) : n;
+    }
+    *port = default_port;
+    if (colon) {
+        unsigned long v = 0;
+        const char *p = colon + 1, *end = a + n;
+        if (p == end)
+            return -1;
+        for (; p < end; p++) {
+            if (*p < '0' || *p > '9' || (v = v * 10 + (unsigned long)(*p - '0')) > 65535)
+                return -1;
+        }
+        if (v == 0)
+            return -1;
+        *port = (uint16_t)v;
+    }
+    return *host_len ? 0 : -1;
+}
+
+/* ---- upstream ----------------------------------------------------------- */
+
+static void start_upstream(al_req *r);
+
+static int64_t header_int(const al_header *h, size_t n, const char *name, int64_t dflt)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].name_len != nl || strncasecmp(h[i].name, name, nl) != 0)
+            continue;
+        int64_t v = 0;
+        size_t k = 0, digits = 0;
+        for (; k < h[i].value_len; k++) {
+            char c = h[i].value[k];
+            if (c == ' ')
+                continue;
+            if (c < '0' || c > '9' || v > INT64_MAX / 10 - 10)
+                return dflt;
+            v = v * 10 + (c - '0');
+            digits++;
+        }
+        return digits ? v : dflt;
+    }
+    return dflt;
+}
+
+static void up_on_head(void *arg, int status, const al_header *h, size_t n)
+{
+    al_req *r = arg;
+    if ((status == 401 || status == 403) && r->attempt == 0 && !r->has_body &&
+        r->t->auth.fallback_provider) {
+        r->retrying = 1; /* this response is dropped; on_done retries with the fallback */
+        return;
+    }
+    if (status == 429 && r->sv.provider && r->w->server->creds) {
+        int64_t ra = header_int(h, n, "retry-after", 1);
+        al_cred_rest(r->w->server->creds, r->sv.provider, (uint32_t)(ra > 3600 ? 3600 : ra));
+    }
+    r->status = status;
+    r->upstream_ms = al_upstream_elapsed_ms(r->up);
+    r->head_sent = 1;
+    r->sink->head(r->arg, status, h, n, header_int(h, n, "content-length", -1));
+}
+
+static int up_on_body(void *arg, const char *data, size_t len)
+{
+    al_req *r = arg;
+    if (r->retrying)
+        return 0;
+    int rc = r->sink->body(r->arg, data, len);
+    if (rc == AL_ERR_AGAIN) {
+        r->out_paused = 1;
+        return AL_ERR_AGAIN;
+    }
+    if (rc < 0)
+        return rc;
+    r->bytes_out += len;
+    return 0;
+}
+
+static ssize_t up_read_body(void *arg, char *buf, size_t cap)
+{
+    al_req *r = arg;
+    if (r->ring_len == 0) {
+        if (r->body_ended)
+            return 0;
+        r->send_paused = 1;
+        return AL_ERR_AGAIN;
+    }
+    size_t n = 0;
+    while (n < cap && r->ring_len) {
+        size_t chunk = AL_REQ_BODY_BUF - r->ring_head;
+        if (chunk > r->ring_len)
+            chunk = r->ring_len;
+        if (chunk > cap - n)
+            chunk = cap - n;
+        memcpy(buf + n, r->ring + r->ring_head, chunk);
+        r->ring_head = (r->ring_head + chunk) % AL_REQ_BODY_BUF;
+        r->ring_len -= chunk;
+        n += chunk;
+    }
+    if (r->sink->body_consumed)
+        r->sink->body_consumed(r->arg, n);
+    return (ssize_t)n;
+}
+
+static void up_on_done(void *arg, enum al_upstream_error err, const char *detail)
+{
+    al_req *r = arg;
+    r->up = NULL;
+    if (!r->upstream_ms)
+        r->upstream_ms = elapsed_ms(&r->t0);
+    if (r->retrying && err == AL_UPSTREAM_OK) {
+        r->retrying = 0;
+        r->attempt = 1;
+        release_secret(r);
+        al_buf_init(&r->inj_value, 16 * 1024);
+        al_buf_init(&r->inj_target, 64 * 1024);
+        al_buf_init(&r->url, 64 * 1024);
+        start_upstream(r);
+        return;
+    }
+    switch (err) {
+    case AL_UPSTREAM_OK:
+        finish(r, 1);
+        return;
+    case AL_UPSTREAM_CONNECT:
+        refuse(r, 502, "upstream_connect_failed", "could not connect to %s:%u (%s): %s", r->t->host,
+               r->t->port, r->addr, detail ? detail : "connection failed");
+        return;
+    case AL_UPSTREAM_TLS:
+        refuse(r, 502, "upstream_tls_failed", "TLS with %s:%u failed: %s", r->t->host, r->t->port,
+               detail ? detail : "handshake or certificate verification failed");
+        return;
+    case AL_UPSTREAM_TIMEOUT_CONNECT:
+        refuse(r, 504, "upstream_connect_timeout", "connecting to %s:%u timed out", r->t->host,
+               r->t->port);
+        return;
+    case AL_UPSTREAM_TIMEOUT_FIRST_BYTE:
+    case AL_UPSTREAM_TIMEOUT_IDLE:
+        refuse(r, 504, "upstream_timeout", "%s:%u did not answer in time", r->t->host, r->t->port);
+        return;
+    case AL_UPSTREAM_RESET:
+    default:
+        refuse(r, 502, "upstream_reset", "%s:%u closed or reset the connection: %s", r->t->host,
+               r->t->port, detail ? detail : "reset");
+        return;
+    }
+}
+
+static const al_upstream_cbs upstream_cbs = {
+    .on_head = up_on_head,
+    .on_body = up_on_body,
+    .on_trailers = NULL,
+    .read_body = up_read_body,
+    .on_done = up_on_done,
+};
+
+/* Credential, headers, URL; then hands the request to the upstream pool. */
+static void start_upstream(al_req *r)
+{
+    const al_target *t = r->t;
+    al_server *s = r->w->server;
+    const char *path = r->up_path;
+    size_t path_len = r->up_path_len;
+    al_inject_header ih = {NULL, 0};
+
+    if (t->auth.provider_count > 0 || t->auth.fallback_provider) {
+        const al_injector *inj = al_injector_for(t->auth.method);
+        if (!inj) {
+            refuse(r, 502, "auth_method_unavailable",
+                   "target '%s' uses auth method %s, which this build cannot inject yet", t->name,
+                   al_auth_method_name(t->auth.method));
+            return;
+        }
+        const char *want = r->attempt ? t->auth.fallback_provider
+                                      : (t->auth.provider_count ? t->auth.providers[0] : "?");
+        if (!s->creds) {
+            refuse(r, 502, "credential_unavailable",
+                   "the credential store is not open, so provider '%s' cannot be used; check "
+                   "the state dir and the master key, then restart airlock",
+                   want);
+            return;
+        }
+        r->snap = al_cred_cache_acquire(s->creds);
+        int rc = al_cred_select(s->creds, r->snap, t, r->attempt, &r->sv);
+        if (rc) {
+            memset(&r->sv, 0, sizeof r->sv);
+            refuse(r, 502, "credential_unavailable",
+                   "provider '%s' of target '%s' has no credential in the store; create it "
+                   "with: airlock identity create-api-key-credential-provider --name %s "
+                   "--api-key -",
+                   want, t->name, want);
+            return;
+        }
+        r->have_secret = 1;
+        if (inj->header(t, &r->sv, &ih, &r->inj_value) ||
+            inj->request_target(t, &r->sv, path, path_len, &r->inj_target)) {
+            refuse(r, 502, "credential_invalid",
+                   "the credential of provider '%s' cannot be sent (bytes not allowed in a "
+                   "header or URL); update it in the store",
+                   r->sv.provider);
+            return;
+        }
+        if (r->inj_target.len) {
+            path = r->inj_target.data;
+            path_len = r->inj_target.len;
+        }
+    }
+
+    /* URL: the target's scheme, host and port; the agent's (rewritten) path. */
+    int v6 = strchr(t->host, ':') != NULL;
+    int rc = al_buf_appendf(&r->url, "%s://%s%s%s:%u", t->scheme, v6 ? "[" : "", t->host,
+                            v6 ? "]" : "", t->port);
+    if (!rc)
+        rc = al_buf_append(&r->url, path, path_len);
+    if (rc) {
+        refuse(r, 414, "uri_too_long", "the request target is too long");
+        return;
+    }
+
+    /* Upstream headers: agent's minus hop-by-hop and credentials, plus ours. */
+    size_t cap = r->hdr_count + 6;
+    al_header *out = arena_alloc(r, cap * sizeof *out);
+    if (!out) {
+        refuse(r, 500, "internal_error", "out of memory");
+        return;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < r->hdr_count; i++) {
+        const al_header *h = &r->hdrs[i];
+        if (al_inject_drop_request_header(t, h->name, h->name_len) ||
+            named_by_connection(r, h->name, h->name_len))
+            continue;
+        if ((h->name_len == 4 && strncasecmp(h->name, "host", 4) == 0) ||
+            (h->name_len == 14 && strncasecmp(h->name, "content-length", 14) == 0) ||
+            (h->name_len == 6 && strncasecmp(h->name, "expect", 6) == 0) ||
+            (h->name_len == 12 && strncasecmp(h->name, "x-request-id", 12) == 0) ||
+            (h->name_len == 15 && strncasecmp(h->name, "x-forwarded-for", 15) == 0 &&
+             r->table->headers.add_x_forwarded_for))
+            continue;
+        if (ih.name && h->name_len == ih.name_len &&
+            strncasecmp(h->name, ih.name, ih.name_len) == 0)
+            continue;
+        out[n++] = *h;
+    }
+    if (r->cookie)
+        out[n++] = (al_header){"cookie", 6, r->cookie, r->cookie_len};
+    out[n++] = (al_header){"x-request-id", 12, r->request_id, strlen(r->request_id)};
+    if (r->table->headers.add_via)
+        out[n++] = (al_header){"via", 3, "1.1 airlock", 11};
+    if (r->table->headers.add_x_forwarded_for) {
+        const char *c = r->client;
+        const char *colon = strrchr(c, ':');
+        size_t cl = colon ? (size_t)(colon - c) : strlen(c);
+        const al_header *prev = find_header(r, "x-forwarded-for");
+        if (prev) {
+            char *v = arena_alloc(r, prev->value_len + 2 + cl + 1);
+            if (v) {
+                memcpy(v, prev->value, prev->value_len);
+                memcpy(v + prev->value_len, ", ", 2);
+                memcpy(v + prev->value_len + 2, c, cl);
+                out[n++] = (al_header){"x-forwarded-for", 15, v, prev->value_len + 2 + cl};
+            }
+        } else {
+            out[n++] = (al_header){"x-forwarded-for", 15, c, cl};
+        }
+    }
+    if (ih.name)
+        out[n++] = (al_header){ih.name, ih.name_len, r->inj_value.data, r->inj_value.len};
+
+    const al_limits *lim = &r->table->limits;
+    al_upstream_opts o = {
+        .method = r->method,
+        .url = r->url.data,
+        .headers = out,
+        .header_count = n,
+        .connect_host = t->host,
+        .connect_port = t->port,
+        .connect_addr = r->addr,
+        .allow_private = t->allow_private_network,
+        .ca_file = t->ca_file,
+        .has_body = r->has_body,
+        .body_length = r->has_body ? r->body_length : 0,
+        .connect_timeout_ms = lim->connect_timeout_ms,
+        .first_byte_timeout_ms = lim->first_byte_timeout_ms,
+        .idle_timeout_ms = lim->idle_timeout_ms,
+    };
+    r->state = REQ_UPSTREAM;
+    al_upstream_req *up = NULL;
+    rc = al_upstream_start(r->w->pool, &o, &upstream_cbs, r, &up);
+    if (rc) {
+        refuse(r, 502, "upstream_connect_failed", "could not start the request to %s:%u: %s",
+               t->host, t->port, al_strerror(rc));
+        return;
+    }
+    if (r->state == REQ_UPSTREAM && !r->finished)
+        r->up = up;
+    /* The copies in curl are what matters now; the URL may carry a query secret. */
+    al_buf_free(&r->url, 1);
+    al_buf_free(&r->inj_target, 1);
+    al_buf_free(&r->inj_value, 1);
+}
+
+static void on_resolved(void *arg, const al_resolve_result *res)
+{
+    al_req *r = arg;
+    r->resolve_handle = NULL;
+    if (r->state != REQ_RESOLVING)
+        return;
+    if (res->err == AL_ERR_EGRESS) {
+        refuse(r, 403, "egress_denied",
+               "%s resolves to a %s address (%s), which airlock refuses; set "
+               "allow_private_network: true on target '%s' if this is intended",
+               r->t->host, al_egress_class_name(res->refused_class), res->addr_text, r->t->name);
+        return;
+    }
+    if (res->err != AL_OK) {
+        refuse(r, 502, "upstream_dns_failed", "could not resolve %s: %s", r->t->host,
+               al_strerror(res->err));
+        return;
+    }
+    snprintf(r->addr, sizeof r->addr, "%s", res->addr_text);
+    start_upstream(r);
+}
+
+/* ---- addressing ------------------------------------------------------- */
+
+static int route(al_req *r)
+{
+    const al_router *router = r->table->router;
+    const char *tg = r->target;
+    size_t tl = r->target_len;
+
+    if (tl >= 3 && memcmp(tg, "/t/", 3) == 0) {
+        const char *name = tg + 3;
+        size_t nl = 0;
+        while (3 + nl < tl && name[nl] != '/' && name[nl] != '?')
+            nl++;
+        r->t = router ? al_router_find_name(router, name, nl) : NULL;
+        if (!r->t) {
+            refuse(r, 404, "no_such_target",
+                   "there is no target named '%.*s' in the table; gateway URLs are "
+                   "/t/<target>/<path>",
+                   (int)(nl > 100 ? 100 : nl), name);
+            return -1;
+        }
+        const char *rest = name + nl;
+        size_t rl = tl - 3 - nl;
+        const char *bp = r->t->base_path ? r->t->base_path : "";
+        size_t bl = strlen(bp);
+        char *p = arena_alloc(r, bl + rl + 2);
+        if (!p)
+            return -1;
+        memcpy(p, bp, bl);
+        size_t o = bl;
+        if (rl == 0 || rest[0] == '?')
+            p[o++] = '/';
+        memcpy(p + o, rest, rl);
+        o += rl;
+        p[o] = '\0';
+        r->up_path = p;
+        r->up_path_len = o;
+        r->host = r->t->host;
+        return 0;
+    }
+
+    const char *authority = NULL, *path = NULL;
+    size_t alen = 0, plen = 0;
+    uint16_t dport = 80;
+    if (r->authority) { /* HTTP/2 */
+        authority = r->authority;
+        alen = strlen(authority);
+        if (r->scheme && strcmp(r->scheme, "https") == 0)
+            dport = 443;
+        path = tg;
+        plen = tl;
+    } else if (tl > 7 &&
+               (strncasecmp(tg, "http://", 7) == 0 || strncasecmp(tg, "https://", 8) == 0)) {
+        size_t skip = tg[4] == ':' ? 7 : 8;
+        dport = skip == 7 ? 80 : 443;
+        authority = tg + skip;
+        const char *e = authority;
+        while (e < tg + tl && *e != '/' && *e != '?')
+            e++;
+        alen = (size_t)(e - authority);
+        path = e;
+        plen = tl - (size_t)(e - tg);
+        if (memchr(authority, '@', alen)) {
+            refuse(r, 400, "bad_request", "user information in the request URL is not accepted");
+            return -1;
+        }
+    } else if (tl && tg[0] == '/') {
+        refuse(r, 400, "bad_request",
+               "airlock serves two kinds of request: as a forward proxy, send the absolute "
+               "URL (GET http://host/path, e.g. curl -x http://this-proxy http://host/path), "
+               "or in gateway mode call /t/<target>/<path> on this address");
+        return -1;
+    } else {
+        refuse(r, 400, "bad_request", "unsupported request target form");
+        return -1;
+    }
+    const char *host;
+    size_t hl;
+    uint16_t port;
+    if (split_authority(authority, alen, &host, &hl, &port, dport) != 0) {
+        refuse(r, 400, "bad_request", "invalid host or port in the request");
+        return -1;
+    }
+    r->host = arena_dup(r, host, hl);
+    if (plen == 0 || path[0] == '?') { /* "http://host" or "http://host?q" */
+        char *p = arena_alloc(r, plen + 2);
+        if (!p)
+            return -1;
+        p[0] = '/';
+        memcpy(p + 1, path, plen);
+        p[plen + 1] = '\0';
+        path = p;
+        plen++;
+    }
+    const char *q = memchr(path, '?', plen);
+    size_t path_only = q ? (size_t)(q - path) : plen;
+    r->t = router ? al_router_find(router, host, hl, port, path, path_only) : NULL;
+    if (!r->t) {
+        refuse(r, 403, "unknown_target",
+               "no target in the table matches %.*s:%u%.*s; airlock only forwards to its "
+               "targets",
+               (int)(hl > 200 ? 200 : hl), host, port, (int)(path_only > 200 ? 200 : path_only),
+               path);
+        return -1;
+    }
+    r->up_path = (char *)path;
+    r->up_path_len = plen;
+    return 0;
+}
+
+void al_request_start(al_req *r, int has_body, int64_t body_length)
+{
+    r->has_body = has_body;
+    r->body_length = body_length;
+    set_request_id(r);
+    if (!r->method || !r->target || !r->target_len) {
+        refuse(r, 400, "bad_request", "the request has no method or path");
+        return;
+    }
+    if (route(r) != 0)
+        return;
+    uint64_t maxb = r->table->limits.max_body_bytes;
+    if (maxb && body_length > 0 && (uint64_t)body_length > maxb) {
+        refuse(r, 413, "body_too_large",
+               "the request body (%lld bytes) is larger than limits.max_body_bytes (%llu)",
+               (long long)body_length, (unsigned long long)maxb);
+        return;
+    }
+    r->state = REQ_RESOLVING;
+    void *h = al_resolver_resolve(r->w->resolver, r->t->host, r->t->port,
+                                  r->t->allow_private_network, on_resolved, r);
+    if (r->state == REQ_RESOLVING && h)
+        r->resolve_handle = h;
+}
+
+/* ---- body --------------------------------------------------------------- */
+
+size_t al_request_body_room(const al_req *r)
+{
+    if (r->state == REQ_REFUSING || r->state == REQ_DONE)
+        return AL_REQ_BODY_BUF; /* the body is being discarded */
+    return AL_REQ_BODY_BUF - r->ring_len;
+}
+
+int al_request_body_write(al_req *r, const char *data, size_t len)
+{
+    r->bytes_in += len;
+    if (r->state == REQ_REFUSING || r->state == REQ_DONE) {
+        if (r->sink->body_consumed) /* discarded: the protocol may read on */
+            r->sink->body_consumed(r->arg, len);
+        return AL_OK;
+    }
+    uint64_t maxb = r->table->limits.max_body_bytes;
+    if (maxb && r->bytes_in > maxb) {
+        refuse(r, 413, "body_too_large",
+               "the request body is larger than limits.max_body_bytes (%llu)",
+               (unsigned long long)maxb);
+        return AL_ERR_TOOBIG;
+    }
+    if (len > AL_REQ_BODY_BUF - r->ring_len)
+        return AL_ERR_TOOBIG;
+    if (!r->ring && !(r->ring = malloc(AL_REQ_BODY_BUF)))
+        return AL_ERR_NOMEM;
+    while (len) {
+        size_t tail = (r->ring_head + r->ring_len) % AL_REQ_BODY_BUF;
+        size_t chunk = AL_REQ_BODY_BUF - tail;
+        if (chunk > len)
+            chunk = len;
+        memcpy(r->ring + tail, data, chunk);
+        r->ring_len += chunk;
+        data += chunk;
+        len -= chunk;
+    }
+    if (r->send_paused && r->up) {
+        r->send_paused = 0;
+        al_upstream_resume_send(r->up);
+    }
+    return AL_OK;
+}
+
+void al_request_body_end(al_req *r)
+{
+    r->body_ended = 1;
+    if (r->send_paused && r->up) {
+        r->send_paused = 0;
+        al_upstream_resume_send(r->up);
+    }
+}
+
+void al_request_resume_output(al_req *r)
+{
+    if (r->state == REQ_REFUSING && !r->finished) {
+        deliver_refusal(r);
+        return;
+    }
+    if (r->out_paused && r->up) {
+        r->out_paused = 0;
+        al_upstream_resume_recv(r->up);
+    }
+}

@@ -1,0 +1,309 @@
+/* al_server: `airlock serve` (see al_server.h).
+ *
+ * The main thread owns: signals (SIGHUP reload, SIGTERM/SIGINT drain), the admin
+ * listener (/healthz, /readyz), and the authoritative table pointer. Workers are
+ * told about a new table through al_worker_post_table and stop through
+ * al_worker_post_stop; the main thread then joins them, so the drain deadline is
+ * enforced by each worker's own timer. The admin listener is tiny and bounded: one
+ * read of at most 4 KiB per connection, a fixed answer, close. */
+#include "al_server.h"
+#include "al_errors.h"
+#include "common/al_err.h"
+#include "common/al_log.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct admin_conn {
+    ev_io io;
+    ev_timer timeout;
+    al_server *s;
+    char buf[4096];
+    size_t len;
+} admin_conn;
+
+static void log_diags(const al_diags *d)
+{
+    for (size_t i = 0; i < d->count; i++)
+        al_log(AL_LOG_ERROR, "table.invalid", "%s:%d:%d: error: %s", d->items[i].file,
+               d->items[i].line, d->items[i].column, d->items[i].message);
+}
+
+static int ready(const al_server *s)
+{
+    return s->table && s->creds && !s->draining &&
+           atomic_load(&s->workers_running) == (int)s->worker_count;
+}
+
+static void admin_close(struct ev_loop *loop, admin_conn *a)
+{
+    ev_io_stop(loop, &a->io);
+    ev_timer_stop(loop, &a->timeout);
+    close(a->io.fd);
+    free(a);
+}
+
+static void admin_reply(admin_conn *a, int status, const char *body)
+{
+    char out[512];
+    int n = snprintf(out, sizeof out,
+                     "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: "
+                     "%zu\r\nconnection: close\r\n\r\n%s",
+                     status, al_http_reason(status), strlen(body), body);
+    ssize_t w = send(a->io.fd, out, (size_t)n, MSG_NOSIGNAL);
+    (void)w;
+}
+
+static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
+{
+    admin_conn *a = io->data;
+    (void)revents;
+    ssize_t r = read(io->fd, a->buf + a->len, sizeof a->buf - 1 - a->len);
+    if (r <= 0) {
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        admin_close(loop, a);
+        return;
+    }
+    a->len += (size_t)r;
+    a->buf[a->len] = '\0';
+    if (!strstr(a->buf, "\r\n\r\n") && !strstr(a->buf, "\n\n")) {
+        if (a->len >= sizeof a->buf - 1) {
+            admin_reply(a, 431,
+                        "{\"error\":\"header_too_large\",\"message\":\"request too large\"}\n");
+            admin_close(loop, a);
+        }
+        return;
+    }
+    if (strncmp(a->buf, "GET /healthz ", 13) == 0 || strncmp(a->buf, "HEAD /healthz ", 14) == 0) {
+        admin_reply(a, 200, "{\"status\":\"ok\"}\n");
+    } else if (strncmp(a->buf, "GET /readyz ", 12) == 0) {
+        if (ready(a->s))
+            admin_reply(a, 200, "{\"status\":\"ready\"}\n");
+        else
+            admin_reply(
+                a, 503,
+                a->s->creds
+                    ? "{\"status\":\"not_ready\"}\n"
+                    : "{\"status\":\"not_ready\",\"reason\":\"credential store not open\"}\n");
+    } else {
+        admin_reply(a, 404,
+                    "{\"error\":\"not_found\",\"message\":\"the admin listener serves GET "
+                    "/healthz and GET /readyz\"}\n");
+    }
+    admin_close(loop, a);
+}
+
+static void on_admin_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    admin_close(loop, t->data);
+}
+
+static void on_admin_accept(struct ev_loop *loop, ev_io *io, int revents)
+{
+    al_server *s = io->data;
+    (void)revents;
+    for (;;) {
+        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        admin_conn *a = calloc(1, sizeof *a);
+        if (!a) {
+            close(fd);
+            return;
+        }
+        a->s = s;
+        ev_io_init(&a->io, on_admin_read, fd, EV_READ);
+        a->io.data = a;
+        ev_io_start(loop, &a->io);
+        ev_timer_init(&a->timeout, on_admin_timeout, 5., 0.);
+        a->timeout.data = a;
+        ev_timer_start(loop, &a->timeout);
+    }
+}
+
+static void reload(al_server *s)
+{
+    al_diags d;
+    al_diags_init(&d);
+    al_table *t = NULL;
+    int rc = al_table_load(s->config_path, &t, &d);
+    if (rc) {
+        log_diags(&d);
+        al_log(AL_LOG_ERROR, "table.reload_failed",
+               "%s is invalid (%s); the previous table stays in use", s->config_path,
+               al_strerror(rc));
+        al_diags_free(&d);
+        return;
+    }
+    al_diags_free(&d);
+    if ((t->listen.proxy && s->table->listen.proxy &&
+         strcmp(t->listen.proxy, s->table->listen.proxy)) ||
+        (!t->listen.proxy) != (!s->table->listen.proxy))
+        al_log(AL_LOG_WARN, "table.reload", "listen addresses change only on restart");
+    for (size_t i = 0; i < s->worker_count; i++)
+        al_worker_post_table(&s->workers[i], t);
+    al_table_unref(s->table);
+    s->table = t;
+    al_log(AL_LOG_INFO, "table.reload", "loaded %s: %zu targets", s->config_path, t->target_count);
+}
+
+static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    reload(w->data);
+}
+
+static void on_sigterm(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    al_server *s = w->data;
+    (void)revents;
+    if (s->draining)
+        return;
+    s->draining = 1;
+    al_log(AL_LOG_INFO, "serve.drain", "signal %d: draining in-flight requests (up to %u ms)",
+           w->signum, s->table->limits.drain_timeout_ms);
+    for (size_t i = 0; i < s->worker_count; i++)
+        al_worker_post_stop(&s->workers[i]);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static unsigned nproc(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+int al_server_run(const char *config_path, const char *state_dir, unsigned workers)
+{
+    al_server srv, *s = &srv;
+    memset(s, 0, sizeof *s);
+    s->admin_fd = -1;
+    int status = 1;
+    size_t started = 0;
+    al_diags d;
+    al_diags_init(&d);
+    char *audit_path = NULL;
+
+    signal(SIGPIPE, SIG_IGN);
+    s->config_path = strdup(config_path);
+    s->state_dir = strdup(state_dir);
+    if (!s->config_path || !s->state_dir)
+        goto out;
+    int rc = al_table_load(config_path, &s->table, &d);
+    if (rc) {
+        al_diags_print(&d, stderr);
+        fprintf(stderr, "airlock serve: %s is invalid (%s)\n", config_path, al_strerror(rc));
+        goto out;
+    }
+    if (mkdir(state_dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "airlock serve: cannot create state dir %s: %s\n", state_dir,
+                strerror(errno));
+        goto out;
+    }
+    rc = al_cred_cache_open(state_dir, &s->creds);
+    if (rc) {
+        s->creds = NULL;
+        al_log(AL_LOG_WARN, "store.unavailable",
+               "credential store in %s could not be opened (%s): requests needing a "
+               "credential get 502 until it is fixed and airlock restarted",
+               state_dir, al_strerror(rc));
+    }
+    if (s->table->audit.file) {
+        audit_path = strdup(s->table->audit.file);
+    } else if (asprintf(&audit_path, "%s/audit.log", state_dir) < 0) {
+        audit_path = NULL;
+    }
+    if (!audit_path || al_audit_open(audit_path, &s->audit) != 0) {
+        fprintf(stderr, "airlock serve: cannot open the audit log %s\n",
+                audit_path ? audit_path : "(none)");
+        goto out;
+    }
+
+    unsigned n =
+        workers ? workers : (s->table->limits.workers ? s->table->limits.workers : nproc());
+    s->workers = calloc(n, sizeof *s->workers);
+    if (!s->workers)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        rc = al_worker_init(&s->workers[i], (int)i, s, s->table);
+        if (rc) {
+            fprintf(stderr, "airlock serve: worker %zu: cannot listen on %s (%s)\n", i,
+                    s->table->listen.proxy ? s->table->listen.proxy : "-", al_strerror(rc));
+            goto out;
+        }
+        s->worker_count++;
+    }
+
+    s->loop = ev_default_loop(EVFLAG_AUTO);
+    if (s->table->listen.admin) {
+        rc = al_listen_socket(s->table->listen.admin, 0, &s->admin_fd);
+        if (rc) {
+            fprintf(stderr, "airlock serve: cannot listen on admin %s\n", s->table->listen.admin);
+            goto out;
+        }
+        ev_io_init(&s->admin_w, on_admin_accept, s->admin_fd, EV_READ);
+        s->admin_w.data = s;
+        ev_io_start(s->loop, &s->admin_w);
+    }
+    ev_signal_init(&s->sighup, on_sighup, SIGHUP);
+    ev_signal_init(&s->sigterm, on_sigterm, SIGTERM);
+    ev_signal_init(&s->sigint, on_sigterm, SIGINT);
+    s->sighup.data = s->sigterm.data = s->sigint.data = s;
+    ev_signal_start(s->loop, &s->sighup);
+    ev_signal_start(s->loop, &s->sigterm);
+    ev_signal_start(s->loop, &s->sigint);
+
+    /* Workers never take the process signals: libev delivers them to this loop. */
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    for (; started < s->worker_count; started++) {
+        if (al_worker_start(&s->workers[started]) != AL_OK)
+            break;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (started < s->worker_count) {
+        fprintf(stderr, "airlock serve: cannot start worker threads\n");
+        for (size_t i = 0; i < started; i++)
+            al_worker_post_stop(&s->workers[i]);
+        goto out;
+    }
+    al_log(AL_LOG_INFO, "serve.start", "proxy=%s admin=%s workers=%zu targets=%zu state_dir=%s",
+           s->table->listen.proxy ? s->table->listen.proxy : "-",
+           s->table->listen.admin ? s->table->listen.admin : "-", s->worker_count,
+           s->table->target_count, state_dir);
+    ev_run(s->loop, 0);
+    status = 0;
+out:
+    for (size_t i = 0; i < started; i++)
+        al_worker_join(&s->workers[i]);
+    for (size_t i = 0; i < s->worker_count; i++)
+        al_worker_destroy(&s->workers[i]);
+    free(s->workers);
+    if (s->admin_fd >= 0)
+        close(s->admin_fd);
+    if (s->audit)
+        al_audit_close(s->audit);
+    if (s->creds)
+        al_cred_cache_close(s->creds);
+    al_table_unref(s->table);
+    al_diags_free(&d);
+    free(audit_path);
+    free(s->config_path);
+    free(s->state_dir);
+    if (status == 0)
+        al_log(AL_LOG_INFO, "serve.stop", "drained and stopped");
+    return status;
+}

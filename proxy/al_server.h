@@ -1,0 +1,43 @@
+/* al_server: `airlock serve` — the main thread (signals, reload, drain, admin
+ * listener) and the workers it starts.
+ *
+ * Shared state, read-only once the workers run: the credential cache (its own
+ * lock-free snapshots), the audit log (a non-blocking queue) and the TLS contexts.
+ * The main thread's table pointer is only touched by the main thread; workers get
+ * their own references through al_worker_post_table(). */
+#ifndef AL_SERVER_H
+#define AL_SERVER_H
+
+#include <ev.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "al_worker.h"
+#include "identity/al_cred.h"
+#include "policy/al_audit.h"
+#include "targets/al_table.h"
+
+typedef struct al_server {
+    char *config_path; /* owned */
+    char *state_dir;   /* owned */
+    struct ev_loop *loop;
+    al_table *table;      /* owned reference: the main thread's current snapshot */
+    al_cred_cache *creds; /* owned; NULL when the store could not be opened */
+    al_audit *audit;      /* owned */
+    al_worker *workers;   /* owned array */
+    size_t worker_count;
+    atomic_int workers_running;
+    int admin_fd;
+    ev_io admin_w;
+    ev_signal sighup, sigterm, sigint;
+    ev_timer drain_timer;
+    int draining;
+    void *ca;            /* al_ca*, owned; NULL without a CA */
+    void *intercept_ctx; /* SSL_CTX*, owned */
+    void *listener_ctx;  /* SSL_CTX*, owned */
+} al_server;
+
+/* Runs until SIGTERM/SIGINT and the drain. Returns the process exit status. */
+int al_server_run(const char *config_path, const char *state_dir, unsigned workers);
+
+#endif

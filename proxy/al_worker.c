@@ -1,0 +1,284 @@
+/* al_worker: worker threads (see al_worker.h).
+ *
+ * Each worker accepts on its own SO_REUSEPORT socket, so the kernel spreads
+ * connections and no accept lock exists. Everything a connection touches lives on
+ * this thread. Closed connections are freed by an ev_check watcher after the loop
+ * iteration, when no callback of theirs can still be on the stack. */
+#include "al_worker.h"
+#include "al_egress.h"
+#include "al_server.h"
+#include "al_upstream.h"
+#include "common/al_err.h"
+#include "common/al_log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int al_listen_socket(const char *hostport, int reuseport, int *fd_out)
+{
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    if (!colon || (size_t)(colon - hostport) >= sizeof host)
+        return AL_ERR_CONFIG;
+    const char *h = hostport;
+    size_t hl = (size_t)(colon - hostport);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    if (getaddrinfo(hl ? host : NULL, colon + 1, &hints, &ai) != 0 || !ai)
+        return AL_ERR_CONFIG;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1, rc = AL_ERR_IO;
+    if (fd < 0)
+        goto out;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+        close(fd);
+        goto out;
+    }
+    *fd_out = fd;
+    rc = AL_OK;
+out:
+    freeaddrinfo(ai);
+    return rc;
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
+{
+    al_worker *w = io->data;
+    (void)loop;
+    (void)revents;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(io->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                al_log(AL_LOG_WARN, "accept.failed", "worker=%d errno=%d", w->id, errno);
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        al_conn *c = NULL;
+        if (al_conn_new(w, fd, (struct sockaddr *)&ss, sl, &c) != AL_OK) {
+            close(fd);
+            continue;
+        }
+        c->next = w->conns;
+        if (w->conns)
+            w->conns->prev = c;
+        w->conns = c;
+        w->conn_count++;
+    }
+}
+
+void al_worker_conn_dead(al_worker *w, al_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (w->conns == c)
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = NULL;
+    c->next = w->dead;
+    w->dead = c;
+    w->conn_count--;
+}
+
+void al_worker_request_done(al_worker *w)
+{
+    (void)w;
+}
+
+static void reap(al_worker *w)
+{
+    while (w->dead) {
+        al_conn *c = w->dead;
+        w->dead = c->next;
+        al_conn_free(c);
+    }
+}
+
+static void on_check(struct ev_loop *loop, ev_check *chk, int revents)
+{
+    al_worker *w = chk->data;
+    (void)revents;
+    reap(w);
+    if (w->draining && w->conn_count == 0)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void on_drain_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    al_worker *w = t->data;
+    (void)revents;
+    al_log(AL_LOG_WARN, "drain.timeout", "worker=%d connections_left=%zu", w->id, w->conn_count);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void begin_drain(al_worker *w)
+{
+    if (w->draining)
+        return;
+    w->draining = 1;
+    ev_io_stop(w->loop, &w->accept_w);
+    if (w->listen_fd >= 0)
+        close(w->listen_fd);
+    w->listen_fd = -1;
+    if (w->tls_listen_fd >= 0) {
+        ev_io_stop(w->loop, &w->tls_accept_w);
+        close(w->tls_listen_fd);
+        w->tls_listen_fd = -1;
+    }
+    for (al_conn *c = w->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->proto && c->proto->drain)
+            c->proto->drain(c);
+        else
+            al_conn_close(c, 0);
+    }
+    uint32_t ms = w->table->limits.drain_timeout_ms ? w->table->limits.drain_timeout_ms : 10000;
+    ev_timer_init(&w->drain_timer, on_drain_timeout, ms / 1000.0, 0.);
+    w->drain_timer.data = w;
+    ev_timer_start(w->loop, &w->drain_timer);
+}
+
+static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
+{
+    al_worker *w = a->data;
+    (void)loop;
+    (void)revents;
+    pthread_mutex_lock(&w->handoff);
+    al_table *t = w->pending;
+    w->pending = NULL;
+    int stop = w->stop_requested;
+    pthread_mutex_unlock(&w->handoff);
+    if (t) {
+        al_table *old = w->table;
+        w->table = t; /* requests in flight keep their own references */
+        al_table_unref(old);
+    }
+    if (stop)
+        begin_drain(w);
+}
+
+int al_worker_init(al_worker *w, int id, struct al_server *s, al_table *table)
+{
+    memset(w, 0, sizeof *w);
+    w->id = id;
+    w->server = s;
+    w->listen_fd = w->tls_listen_fd = -1;
+    pthread_mutex_init(&w->handoff, NULL);
+    w->table = al_table_ref(table);
+    int rc = AL_ERR_NOMEM;
+    w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    if (!w->loop)
+        goto fail;
+    if (table->listen.proxy) {
+        rc = al_listen_socket(table->listen.proxy, 1, &w->listen_fd);
+        if (rc)
+            goto fail;
+        ev_io_init(&w->accept_w, on_accept, w->listen_fd, EV_READ);
+        w->accept_w.data = w;
+        ev_io_start(w->loop, &w->accept_w);
+    }
+    rc = al_upstream_pool_new(w->loop, &w->pool);
+    if (rc)
+        goto fail;
+    rc = al_resolver_new(w->loop, &w->resolver);
+    if (rc)
+        goto fail;
+    ev_async_init(&w->wake, on_wake);
+    w->wake.data = w;
+    ev_async_start(w->loop, &w->wake);
+    ev_check_init(&w->reaper, on_check);
+    w->reaper.data = w;
+    ev_check_start(w->loop, &w->reaper);
+    return AL_OK;
+fail:
+    al_worker_destroy(w);
+    return rc;
+}
+
+static void *worker_main(void *arg)
+{
+    al_worker *w = arg;
+    atomic_fetch_add(&w->server->workers_running, 1);
+    ev_run(w->loop, 0);
+    /* Whatever is still open after the drain deadline is cut now. */
+    for (al_conn *c = w->conns, *next; c; c = next) {
+        next = c->next;
+        al_conn_close(c, 0);
+    }
+    reap(w);
+    atomic_fetch_sub(&w->server->workers_running, 1);
+    return NULL;
+}
+
+int al_worker_start(al_worker *w)
+{
+    return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? AL_OK : AL_ERR_IO;
+}
+
+void al_worker_post_table(al_worker *w, al_table *t)
+{
+    pthread_mutex_lock(&w->handoff);
+    al_table *old = w->pending;
+    w->pending = al_table_ref(t);
+    pthread_mutex_unlock(&w->handoff);
+    al_table_unref(old); /* an unclaimed older snapshot */
+    ev_async_send(w->loop, &w->wake);
+}
+
+void al_worker_post_stop(al_worker *w)
+{
+    pthread_mutex_lock(&w->handoff);
+    w->stop_requested = 1;
+    pthread_mutex_unlock(&w->handoff);
+    ev_async_send(w->loop, &w->wake);
+}
+
+void al_worker_join(al_worker *w)
+{
+    pthread_join(w->thread, NULL);
+}
+
+void al_worker_destroy(al_worker *w)
+{
+    if (w->resolver)
+        al_resolver_free(w->resolver);
+    if (w->pool)
+        al_upstream_pool_free(w->pool);
+    w->resolver = NULL;
+    w->pool = NULL;
+    if (w->listen_fd >= 0)
+        close(w->listen_fd);
+    if (w->tls_listen_fd >= 0)
+        close(w->tls_listen_fd);
+    w->listen_fd = w->tls_listen_fd = -1;
+    if (w->loop)
+        ev_loop_destroy(w->loop);
+    w->loop = NULL;
+    al_table_unref(w->pending);
+    al_table_unref(w->table);
+    w->pending = w->table = NULL;
+    pthread_mutex_destroy(&w->handoff);
+}

@@ -1,0 +1,70 @@
+/* al_worker: one worker thread — its own libev loop, its own SO_REUSEPORT listening
+ * socket on listen.proxy, upstream pool (libcurl multi) and resolver (c-ares), its
+ * connections, and its own pointer to the table snapshot.
+ *
+ * Reload without locks on the hot path: the main thread puts a new snapshot in
+ * `pending` (under `handoff`, a mutex only the reload touches) and wakes the worker
+ * with ev_async; the worker swaps its `table` pointer and unrefs the old one. A
+ * request holds its own reference, so requests in flight finish on the table they
+ * started with. */
+#ifndef AL_WORKER_H
+#define AL_WORKER_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "al_conn.h"
+#include "targets/al_table.h"
+
+struct al_server;
+struct al_upstream_pool;
+struct al_resolver;
+
+typedef struct al_worker {
+    int id;
+    struct al_server *server; /* shared, read-only after start (cred cache, audit) */
+    pthread_t thread;
+    struct ev_loop *loop; /* owned */
+    int listen_fd;        /* owned; -1 when closed */
+    int tls_listen_fd;    /* owned; -1 when none */
+    ev_io accept_w, tls_accept_w;
+    ev_async wake;   /* reload / stop from the main thread */
+    ev_check reaper; /* frees closed connections after each loop iteration */
+    ev_timer drain_timer;
+
+    al_table *table; /* owned reference; only this thread reads or swaps it */
+    pthread_mutex_t handoff;
+    al_table *pending;  /* owned reference handed over by the main thread */
+    int stop_requested; /* under handoff */
+
+    struct al_upstream_pool *pool; /* owned */
+    struct al_resolver *resolver;  /* owned */
+    void *tls_ctx;                 /* SSL_CTX* for listen.tls (shared, not owned) */
+
+    al_conn *conns; /* live connections (owned) */
+    al_conn *dead;  /* closed, freed by the reaper */
+    size_t conn_count;
+    size_t requests_in_flight;
+    int draining;
+} al_worker;
+
+/* Creates the loop, the listening socket(s), pool and resolver. `table` gets a new
+ * reference. Returns 0 or a negative al_err (e.g. AL_ERR_IO when the port is taken). */
+int al_worker_init(al_worker *w, int id, struct al_server *s, al_table *table);
+int al_worker_start(al_worker *w); /* spawns the thread */
+/* Main thread: hand over a new snapshot (a reference is taken) / ask to drain. */
+void al_worker_post_table(al_worker *w, al_table *t);
+void al_worker_post_stop(al_worker *w);
+void al_worker_join(al_worker *w);
+void al_worker_destroy(al_worker *w);
+
+/* Called by connections. */
+void al_worker_conn_dead(al_worker *w, al_conn *c);
+void al_worker_request_done(al_worker *w);
+
+/* Opens a listening TCP socket on "host:port" (SO_REUSEPORT when reuseport). */
+int al_listen_socket(const char *hostport, int reuseport, int *fd_out);
+
+#endif
