@@ -1,13 +1,531 @@
-/* airlock identity: not built yet. */
+/* airlock identity: the credential-provider CLI, with AgentCore Identity's verbs
+ * (create/update/get/list/delete for api-key, oauth2 and aws credential providers,
+ * and rotate-master-key), JSON output like the AWS CLI.
+ *
+ * Flags are one table (name, which verbs take it, help), so parsing, unknown-flag
+ * errors and per-verb --help come from the same rows.
+ *
+ * Secrets never come from argv: only stdin ("-"), a file (--X-file) or an
+ * environment variable (--X-env). A secret written on the command line is refused
+ * without echoing it. Secret buffers are wiped before they are freed. */
 #include "al_cli.h"
+#include "common/al_err.h"
+#include "identity/al_identity.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#define SECRET_MAX 16384
+
+enum family { F_NONE = 1, F_API = 2, F_OAUTH = 4, F_AWS = 8 };
+enum action { A_CREATE = 1, A_UPDATE = 2, A_GET = 4, A_LIST = 8, A_DELETE = 16, A_ROTATE = 32 };
+#define F_ALL   (F_NONE | F_API | F_OAUTH | F_AWS)
+#define F_PROV  (F_API | F_OAUTH | F_AWS)
+#define A_ALL   (A_CREATE | A_UPDATE | A_GET | A_LIST | A_DELETE | A_ROTATE)
+#define A_CU    (A_CREATE | A_UPDATE)
+#define A_NAMED (A_CREATE | A_UPDATE | A_GET | A_DELETE)
+
+static const struct verb {
+    const char *name;
+    int family, action;
+    const char *summary;
+} verbs[] = {
+    {"create-api-key-credential-provider", F_API, A_CREATE, "store a new API key provider"},
+    {"update-api-key-credential-provider", F_API, A_UPDATE,
+     "rotate the key (new version) or change metadata"},
+    {"get-api-key-credential-provider", F_API, A_GET, "show one provider (never the key)"},
+    {"list-api-key-credential-providers", F_API, A_LIST, "list API key providers"},
+    {"delete-api-key-credential-provider", F_API, A_DELETE, "delete a provider and its key"},
+    {"create-oauth2-credential-provider", F_OAUTH, A_CREATE, "store a new OAuth 2.0 client"},
+    {"update-oauth2-credential-provider", F_OAUTH, A_UPDATE,
+     "rotate the client secret or change settings"},
+    {"get-oauth2-credential-provider", F_OAUTH, A_GET, "show one provider (never the secret)"},
+    {"list-oauth2-credential-providers", F_OAUTH, A_LIST, "list OAuth 2.0 providers"},
+    {"delete-oauth2-credential-provider", F_OAUTH, A_DELETE, "delete a provider"},
+    {"create-aws-credential-provider", F_AWS, A_CREATE, "store AWS access keys for SigV4"},
+    {"update-aws-credential-provider", F_AWS, A_UPDATE, "rotate the keys or change settings"},
+    {"get-aws-credential-provider", F_AWS, A_GET, "show one provider (never the keys)"},
+    {"list-aws-credential-providers", F_AWS, A_LIST, "list AWS providers"},
+    {"delete-aws-credential-provider", F_AWS, A_DELETE, "delete a provider"},
+    {"rotate-master-key", F_NONE, A_ROTATE, "new master key; rewrap every data key"},
+};
+
+/* Option values, indexed by enum opt. */
+enum opt {
+    O_STATE_DIR,
+    O_CONFIG,
+    O_NAME,
+    O_ENV,
+    O_DESC,
+    O_TAG,
+    O_GRACE,
+    O_API_KEY,
+    O_API_KEY_FILE,
+    O_API_KEY_ENV,
+    O_VENDOR,
+    O_CLIENT_ID,
+    O_CLIENT_SECRET,
+    O_CLIENT_SECRET_FILE,
+    O_CLIENT_SECRET_ENV,
+    O_DISCOVERY,
+    O_ISSUER,
+    O_AUTHZ,
+    O_TOKEN_EP,
+    O_AUTH_METHOD,
+    O_TENANT,
+    O_AKID,
+    O_SAK,
+    O_SAK_FILE,
+    O_SAK_ENV,
+    O_STOK,
+    O_STOK_FILE,
+    O_STOK_ENV,
+    O_REGION,
+    O_COUNT
+};
+
+static const struct flag {
+    const char *name;
+    int family, action;
+    int secret_stdin; /* 1 = a secret flag: only "-" (stdin) is accepted as its value */
+    const char *arg, *help;
+} flags[O_COUNT] = {
+    [O_STATE_DIR] = {"--state-dir", F_ALL, A_ALL, 0, "DIR", "the store's directory"},
+    [O_CONFIG] = {"-c", F_ALL, A_ALL, 0, "FILE", "take state_dir from this target table"},
+    [O_NAME] = {"--name", F_PROV, A_NAMED, 0, "NAME", "provider name (required)"},
+    [O_ENV] = {"--environment", F_PROV, A_CU, 0, "ENV",
+               "environment, e.g. dev or prod (default: default)"},
+    [O_DESC] = {"--description", F_PROV, A_CU, 0, "TEXT", "free text"},
+    [O_TAG] = {"--tag", F_PROV, A_CU, 0, "KEY=VALUE", "a tag (repeatable)"},
+    [O_GRACE] = {"--grace", F_PROV, A_UPDATE, 0, "DURATION",
+                 "how long the previous version stays usable: 24h (default), 30m, 0 = cut off"},
+    [O_API_KEY] = {"--api-key", F_API, A_CU, 1, "-", "read the API key from standard input"},
+    [O_API_KEY_FILE] = {"--api-key-file", F_API, A_CU, 0, "FILE", "read the API key from FILE"},
+    [O_API_KEY_ENV] = {"--api-key-env", F_API, A_CU, 0, "VAR", "read the API key from $VAR"},
+    [O_VENDOR] = {"--credential-provider-vendor", F_OAUTH, A_CU, 0, "VENDOR",
+                  "CustomOauth2 (default), GoogleOauth2, GithubOauth2, MicrosoftOauth2, "
+                  "SlackOauth2, SalesforceOauth2"},
+    [O_CLIENT_ID] = {"--client-id", F_OAUTH, A_CU, 0, "ID", "OAuth client id (required on create)"},
+    [O_CLIENT_SECRET] = {"--client-secret", F_OAUTH, A_CU, 1, "-",
+                         "read the client secret from standard input"},
+    [O_CLIENT_SECRET_FILE] = {"--client-secret-file", F_OAUTH, A_CU, 0, "FILE",
+                              "read the client secret from FILE"},
+    [O_CLIENT_SECRET_ENV] = {"--client-secret-env", F_OAUTH, A_CU, 0, "VAR",
+                             "read the client secret from $VAR"},
+    [O_DISCOVERY] = {"--discovery-url", F_OAUTH, A_CU, 0, "URL", "OpenID discovery document"},
+    [O_ISSUER] = {"--issuer", F_OAUTH, A_CU, 0, "URL", "issuer (custom without discovery)"},
+    [O_AUTHZ] = {"--authorization-endpoint", F_OAUTH, A_CU, 0, "URL", "authorization endpoint"},
+    [O_TOKEN_EP] = {"--token-endpoint", F_OAUTH, A_CU, 0, "URL", "token endpoint"},
+    [O_AUTH_METHOD] = {"--token-endpoint-auth-method", F_OAUTH, A_CU, 0, "METHOD",
+                       "client_secret_basic (default) or client_secret_post"},
+    [O_TENANT] = {"--tenant-id", F_OAUTH, A_CU, 0, "ID", "MicrosoftOauth2 tenant (default common)"},
+    [O_AKID] = {"--access-key-id", F_AWS, A_CU, 0, "ID", "AWS access key id (required on create)"},
+    [O_SAK] = {"--secret-access-key", F_AWS, A_CU, 1, "-",
+               "read the secret access key from standard input"},
+    [O_SAK_FILE] = {"--secret-access-key-file", F_AWS, A_CU, 0, "FILE",
+                    "read the secret access key from FILE"},
+    [O_SAK_ENV] = {"--secret-access-key-env", F_AWS, A_CU, 0, "VAR",
+                   "read the secret access key from $VAR"},
+    [O_STOK] = {"--session-token", F_AWS, A_CU, 1, "-", "read a session token from standard input"},
+    [O_STOK_FILE] = {"--session-token-file", F_AWS, A_CU, 0, "FILE",
+                     "read a session token from FILE"},
+    [O_STOK_ENV] = {"--session-token-env", F_AWS, A_CU, 0, "VAR", "read a session token from $VAR"},
+    [O_REGION] = {"--region", F_AWS, A_CU, 0, "REGION", "default signing region"},
+};
+
+static void usage_top(FILE *out)
+{
+    fprintf(out, "usage: airlock identity <verb> [options]\n\n"
+                 "Manage credential providers in the encrypted store (<state_dir>/identity.db).\n"
+                 "Store: --state-dir DIR, else $AIRLOCK_STATE_DIR, else state_dir of -c FILE, "
+                 "else ./.airlock.\nMaster key: $AIRLOCK_MASTER_KEY_FILE, else "
+                 "<state_dir>/master.key (generated, 0600).\n\nverbs:\n");
+    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
+        fprintf(out, "  %-38s %s\n", verbs[i].name, verbs[i].summary);
+    fprintf(out, "\nSecrets are read from standard input (--api-key -), a file (--api-key-file "
+                 "F) or an\nenvironment variable (--api-key-env VAR), never from the command "
+                 "line.\nRun 'airlock identity <verb> --help' for a verb's options.\n");
+}
+
+static void usage_verb(FILE *out, const struct verb *v)
+{
+    fprintf(out, "usage: airlock identity %s [options]\n\n%s\n\noptions:\n", v->name, v->summary);
+    for (int i = 0; i < O_COUNT; i++) {
+        if (!(flags[i].family & v->family) || !(flags[i].action & v->action))
+            continue;
+        char left[64];
+        snprintf(left, sizeof left, "%s %s", flags[i].name, flags[i].arg);
+        fprintf(out, "  %-36s %s\n", left, flags[i].help);
+    }
+    fprintf(out, "  %-36s %s\n", "--help", "print this help");
+}
+
+typedef struct secret_buf {
+    unsigned char *p; /* owned; wiped on free */
+    size_t len;
+} secret_buf;
+
+static void secret_free(secret_buf *s)
+{
+    if (s->p) {
+        OPENSSL_cleanse(s->p, s->len);
+        free(s->p);
+    }
+    s->p = NULL;
+    s->len = 0;
+}
+
+static int read_fd_secret(int fd, const char *what, secret_buf *out)
+{
+    unsigned char *buf = malloc(SECRET_MAX + 2);
+    size_t len = 0;
+    if (!buf)
+        return AL_ERR_NOMEM;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, SECRET_MAX + 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            fprintf(stderr, "airlock: cannot read %s: %s\n", what, strerror(errno));
+            OPENSSL_cleanse(buf, SECRET_MAX + 2);
+            free(buf);
+            return AL_ERR_IO;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len > SECRET_MAX) {
+            fprintf(stderr, "airlock: the secret from %s is longer than %d bytes\n", what,
+                    SECRET_MAX);
+            OPENSSL_cleanse(buf, SECRET_MAX + 2);
+            free(buf);
+            return AL_ERR_TOOBIG;
+        }
+    }
+    /* `echo KEY |` and files written by editors end with a newline that is not part of it. */
+    while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+        len--;
+    buf[len] = '\0';
+    out->p = buf;
+    out->len = len;
+    return AL_OK;
+}
+
+/* Reads one secret from the "-" (stdin), file or env flag given; 0 if none given. */
+static int get_secret(char *const *o, int o_stdin, int o_file, int o_env, int *stdin_used,
+                      secret_buf *out, int *given)
+{
+    int n = !!o[o_stdin] + !!o[o_file] + !!o[o_env], rc = AL_OK;
+    *given = 0;
+    if (n == 0)
+        return AL_OK;
+    if (n > 1) {
+        fprintf(stderr, "airlock: give only one of %s -, %s, %s\n", flags[o_stdin].name,
+                flags[o_file].name, flags[o_env].name);
+        return AL_ERR_INVAL;
+    }
+    *given = 1;
+    if (o[o_stdin]) {
+        if (*stdin_used) {
+            fprintf(stderr, "airlock: only one secret can come from standard input\n");
+            return AL_ERR_INVAL;
+        }
+        *stdin_used = 1;
+        rc = read_fd_secret(0, "standard input", out);
+    } else if (o[o_file]) {
+        int fd = open(o[o_file], O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            fprintf(stderr, "airlock: cannot open %s: %s\n", o[o_file], strerror(errno));
+            return AL_ERR_IO;
+        }
+        rc = read_fd_secret(fd, o[o_file], out);
+        close(fd);
+    } else {
+        const char *v = getenv(o[o_env]);
+        if (!v) {
+            fprintf(stderr, "airlock: environment variable %s is not set\n", o[o_env]);
+            return AL_ERR_INVAL;
+        }
+        size_t len = strlen(v);
+        if (len > SECRET_MAX)
+            return AL_ERR_TOOBIG;
+        out->p = malloc(len + 1);
+        if (!out->p)
+            return AL_ERR_NOMEM;
+        memcpy(out->p, v, len + 1);
+        out->len = len;
+    }
+    if (rc == AL_OK && out->len == 0) {
+        fprintf(stderr, "airlock: the secret given with %s is empty\n",
+                o[o_stdin]  ? flags[o_stdin].name
+                : o[o_file] ? flags[o_file].name
+                            : flags[o_env].name);
+        secret_free(out);
+        rc = AL_ERR_INVAL;
+    }
+    return rc;
+}
+
+static int parse_duration(const char *s, int64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || v < 0)
+        return AL_ERR_INVAL;
+    int64_t mul = 1;
+    if (*end == 's')
+        mul = 1, end++;
+    else if (*end == 'm')
+        mul = 60, end++;
+    else if (*end == 'h')
+        mul = 3600, end++;
+    else if (*end == 'd')
+        mul = 86400, end++;
+    if (*end || v > 3650LL * 86400 / mul)
+        return AL_ERR_INVAL;
+    *out = (int64_t)v * mul;
+    return AL_OK;
+}
+
+static void print_json(json_t *j)
+{
+    char *s = json_dumps(j, JSON_INDENT(4) | JSON_PRESERVE_ORDER);
+    if (s)
+        printf("%s\n", s);
+    free(s);
+}
+
+static const char *family_kind(int f)
+{
+    return f == F_API ? "api_key" : f == F_OAUTH ? "oauth2" : f == F_AWS ? "aws" : NULL;
+}
+
+static int exit_for(int rc)
+{
+    return rc == AL_OK ? 0 : 1;
+}
 
 int al_cmd_identity(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "airlock identity: not built yet\n");
-    return 2;
+    char *o[O_COUNT] = {0};
+    json_t *tags = NULL, *config = NULL, *res = NULL;
+    secret_buf secret = {0}, token = {0};
+    al_identity *id = NULL;
+    char *state_dir = NULL;
+    int ret = 2, rc = AL_OK;
+
+    if (argc < 2) {
+        usage_top(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage_top(stdout);
+        return 0;
+    }
+    const struct verb *v = NULL;
+    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
+        if (strcmp(argv[1], verbs[i].name) == 0)
+            v = &verbs[i];
+    if (!v) {
+        fprintf(stderr, "airlock identity: unknown verb '%s'\n\n", argv[1]);
+        usage_top(stderr);
+        return 2;
+    }
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage_verb(stdout, v);
+            ret = 0;
+            goto out;
+        }
+        int f = -1;
+        const char *val = NULL;
+        size_t alen = strcspn(a, "=");
+        for (int k = 0; k < O_COUNT; k++)
+            if (strlen(flags[k].name) == alen && strncmp(a, flags[k].name, alen) == 0 &&
+                (flags[k].family & v->family) && (flags[k].action & v->action))
+                f = k;
+        if (f < 0) {
+            /* Not echoed: a mistyped flag may be followed by (or be) a secret. */
+            fprintf(stderr, "airlock identity %s: unknown option '%.*s'\n\n", v->name,
+                    (int)(alen < 64 ? alen : 64), a);
+            usage_verb(stderr, v);
+            goto out;
+        }
+        if (a[alen] == '=')
+            val = a + alen + 1;
+        else if (i + 1 < argc)
+            val = argv[++i];
+        else {
+            fprintf(stderr, "airlock identity %s: %s needs a value\n", v->name, flags[f].name);
+            goto out;
+        }
+        if (flags[f].secret_stdin && strcmp(val, "-") != 0) {
+            /* The value itself is never printed. */
+            fprintf(stderr,
+                    "airlock identity: refusing a secret written on the command line (%s): "
+                    "command lines are visible to other users (ps, /proc) and kept in shell "
+                    "history. Pass it on standard input (%s -), from a file (%s-file FILE) or "
+                    "from an environment variable (%s-env VAR)\n",
+                    flags[f].name, flags[f].name, flags[f].name, flags[f].name);
+            goto out;
+        }
+        if (f == O_TAG) {
+            const char *eq = strchr(val, '=');
+            if (!eq || eq == val) {
+                fprintf(stderr, "airlock identity: --tag needs KEY=VALUE\n");
+                goto out;
+            }
+            if (!tags)
+                tags = json_object();
+            char key[256];
+            snprintf(key, sizeof key, "%.*s", (int)(eq - val), val);
+            json_object_set_new(tags, key, json_string(eq + 1));
+            continue;
+        }
+        o[f] = (char *)val;
+    }
+    if ((v->action & A_NAMED) && !o[O_NAME]) {
+        fprintf(stderr, "airlock identity %s: --name is required\n\n", v->name);
+        usage_verb(stderr, v);
+        goto out;
+    }
+    int64_t grace = -1;
+    if (o[O_GRACE] && parse_duration(o[O_GRACE], &grace) != AL_OK) {
+        fprintf(stderr, "airlock identity: --grace takes a duration like 24h, 30m, 90s or 0\n");
+        goto out;
+    }
+
+    /* Non-secret settings per kind. */
+    const char *cfg_map[][2] = {{"vendor", o[O_VENDOR]},
+                                {"clientId", o[O_CLIENT_ID]},
+                                {"discoveryUrl", o[O_DISCOVERY]},
+                                {"issuer", o[O_ISSUER]},
+                                {"authorizationEndpoint", o[O_AUTHZ]},
+                                {"tokenEndpoint", o[O_TOKEN_EP]},
+                                {"tokenEndpointAuthMethod", o[O_AUTH_METHOD]},
+                                {"tenantId", o[O_TENANT]},
+                                {"accessKeyId", o[O_AKID]},
+                                {"region", o[O_REGION]}};
+    for (size_t i = 0; i < sizeof cfg_map / sizeof cfg_map[0]; i++) {
+        if (!cfg_map[i][1])
+            continue;
+        if (!config)
+            config = json_object();
+        json_object_set_new(config, cfg_map[i][0], json_string(cfg_map[i][1]));
+    }
+
+    int stdin_used = 0, given = 0, tgiven = 0;
+    if (v->family == F_API)
+        rc = get_secret(o, O_API_KEY, O_API_KEY_FILE, O_API_KEY_ENV, &stdin_used, &secret, &given);
+    else if (v->family == F_OAUTH)
+        rc = get_secret(o, O_CLIENT_SECRET, O_CLIENT_SECRET_FILE, O_CLIENT_SECRET_ENV, &stdin_used,
+                        &secret, &given);
+    else if (v->family == F_AWS) {
+        rc = get_secret(o, O_SAK, O_SAK_FILE, O_SAK_ENV, &stdin_used, &secret, &given);
+        if (rc == AL_OK)
+            rc = get_secret(o, O_STOK, O_STOK_FILE, O_STOK_ENV, &stdin_used, &token, &tgiven);
+    }
+    if (rc != AL_OK) {
+        ret = 1;
+        goto out;
+    }
+    if (v->action == A_CREATE && !given) {
+        fprintf(stderr, "airlock identity %s: the secret is required: use %s\n", v->name,
+                v->family == F_API     ? "--api-key - (stdin), --api-key-file F or --api-key-env V"
+                : v->family == F_OAUTH ? "--client-secret -, --client-secret-file F or "
+                                         "--client-secret-env V"
+                                       : "--secret-access-key -, --secret-access-key-file F or "
+                                         "--secret-access-key-env V");
+        goto out;
+    }
+    if (tgiven && !given) {
+        fprintf(stderr, "airlock identity: a new --session-token needs the secret access key "
+                        "that goes with it\n");
+        goto out;
+    }
+
+    state_dir = al_cli_state_dir(o[O_STATE_DIR], o[O_CONFIG]);
+    if (!state_dir) {
+        ret = 1;
+        goto out;
+    }
+    const char *kind = family_kind(v->family);
+    ret = 1;
+    if (v->action & (A_GET | A_LIST)) {
+        rc = al_identity_open_readonly(state_dir, &id);
+        if (rc == AL_ERR_NOTFOUND && v->action == A_LIST) {
+            res = json_pack("{s:[]}", "credentialProviders");
+            print_json(res);
+            ret = 0;
+            goto out;
+        }
+        if (rc == AL_OK && v->action == A_GET)
+            rc = al_identity_describe(id, o[O_NAME], kind, &res);
+        else if (rc == AL_OK)
+            rc = al_identity_list(id, kind, &res);
+    } else {
+        rc = al_identity_open(state_dir, AL_IDENTITY_WRITE, &id);
+        if (rc == AL_OK)
+            al_identity_purge_expired(id); /* best effort: wipe versions past their grace */
+        al_provider_spec sp = {.name = o[O_NAME],
+                               .kind = kind,
+                               .environment = o[O_ENV],
+                               .description = o[O_DESC],
+                               .tags = tags,
+                               .config = config,
+                               .secret = given ? secret.p : NULL,
+                               .secret_len = secret.len,
+                               .session_token = tgiven ? token.p : NULL,
+                               .session_token_len = token.len,
+                               .grace_s = grace};
+        size_t count = 0;
+        if (rc != AL_OK)
+            ;
+        else if (v->action == A_CREATE)
+            rc = al_identity_create(id, &sp, NULL);
+        else if (v->action == A_UPDATE)
+            rc = al_identity_update(id, &sp, NULL);
+        else if (v->action == A_DELETE)
+            rc = al_identity_delete(id, o[O_NAME], kind);
+        else if (v->action == A_ROTATE) {
+            rc = al_identity_rotate_master_key(id, &count);
+            if (rc == AL_OK)
+                res = json_pack("{s:b, s:I}", "rotated", 1, "rewrappedDataKeys", (json_int_t)count);
+        }
+        if (rc == AL_OK && (v->action & A_CU))
+            rc = al_identity_describe(id, o[O_NAME], kind, &res);
+        if (rc == AL_OK && v->action == A_DELETE)
+            res = json_pack("{s:s, s:b}", "name", o[O_NAME], "deleted", 1);
+    }
+    if (rc == AL_ERR_NOTFOUND) {
+        if (o[O_NAME])
+            fprintf(stderr, "airlock identity: no %s credential provider named '%s' in %s\n",
+                    kind ? kind : "", o[O_NAME], state_dir);
+        else
+            fprintf(stderr, "airlock identity: no identity store in %s\n", state_dir);
+    } else if (rc != AL_OK) {
+        fprintf(stderr, "airlock identity %s: failed: %s\n", v->name, al_strerror(rc));
+    } else {
+        if (res)
+            print_json(res);
+    }
+    ret = exit_for(rc);
+out:
+    secret_free(&secret);
+    secret_free(&token);
+    json_decref(tags);
+    json_decref(config);
+    json_decref(res);
+    al_identity_close(id);
+    free(state_dir);
+    return ret;
 }

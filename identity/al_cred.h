@@ -5,7 +5,10 @@
  * immutable, reference-counted snapshot of the decrypted current (and, during a
  * rotation's grace period, previous) secret versions of every provider, swapped
  * atomically when the store changes (checked every 250 ms by a watcher thread),
- * so a rotation reaches requests within one second without restart or lock.
+ * so a rotation reaches requests within one second without restart. acquire takes
+ * a tiny mutex only around "load pointer + increment refcount" (the swap takes it
+ * too), so a snapshot can never be freed between the load and the increment; no
+ * lock is held while a request uses the snapshot.
  *
  * Selection implements pools and fallback: a target may name several providers,
  * used round-robin; one that got 429 is rested until its Retry-After passes;
@@ -31,6 +34,12 @@ typedef struct al_secret_view {
     const char *environment;
     const unsigned char *value; /* the secret (api_key: the key); NOT NUL-terminated */
     size_t len;
+    /* Added by the identity module: */
+    const unsigned char *session_token; /* aws: optional session token, else NULL */
+    size_t session_token_len;
+    /* Non-secret settings as JSON text (oauth2: endpoints, clientId; aws: accessKeyId),
+     * NULL for api_key. */
+    const char *config_json;
 } al_secret_view;
 
 /* Opens the store under state_dir read-only for serving and starts the watcher.
@@ -52,5 +61,18 @@ int al_cred_select(al_cred_cache *c, const al_cred_snapshot *s, const al_target 
                    al_secret_view *out);
 /* Rests `provider` for retry_after_s seconds (429 from upstream). */
 void al_cred_rest(al_cred_cache *c, const char *provider, uint32_t retry_after_s);
+
+/* ---- added by the identity module ---- */
+
+/* A specific version that is current or still in its grace period (AL_ERR_NOTFOUND
+ * once it has expired). */
+int al_cred_lookup_version(const al_cred_snapshot *s, const char *provider, uint32_t version,
+                           al_secret_view *out);
+/* The store change counter the snapshot was built from. */
+uint64_t al_cred_snapshot_generation(const al_cred_snapshot *s);
+/* Tests: monotonic clock in ms for rests (NULL = CLOCK_MONOTONIC). */
+void al_cred_cache_set_clock(al_cred_cache *c, int64_t (*now_ms)(void *arg), void *arg);
+/* al_cred_select returns AL_ERR_AGAIN when every provider of the pool is resting: the
+ * data path answers 429 itself instead of spending a request on a rested key. */
 
 #endif

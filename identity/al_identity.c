@@ -1,0 +1,1046 @@
+/* al_identity: credential providers on top of al_store (records) and al_vault
+ * (sealing). See al_identity.h.
+ *
+ * Invariants:
+ *  - every change is one al_store put/del (one transaction): a crash leaves the old
+ *    or the new provider, never a half-written one;
+ *  - the store's meta "master_key_check" proves which master key sealed it: a store
+ *    is never opened with the wrong key, and a key is generated only for a store
+ *    that has sealed nothing yet;
+ *  - plaintext secrets exist only in buffers this module wipes before freeing;
+ *  - audit lines and errors carry names and versions, never secret bytes. */
+#include "al_identity.h"
+#include "al_store.h"
+#include "al_vault.h"
+#include "common/al_err.h"
+#include "policy/al_audit.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHECK_KEY "master_key_check"
+
+typedef struct env_entry {
+    char *name, *environment;
+} env_entry;
+
+struct al_identity {
+    char *state_dir;
+    int flags;
+    al_store *store;
+    al_vault *vault; /* NULL until needed (metadata-only opens never load it) */
+    int64_t (*now)(void *);
+    void *now_arg;
+    env_entry *envs; /* provider -> environment, loaded once for the table loader */
+    size_t env_count;
+    int envs_loaded;
+};
+
+static const char *const kinds[] = {"api_key", "oauth2", "aws"};
+
+int al_identity_kind_valid(const char *kind)
+{
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (kind && strcmp(kind, kinds[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* ---- OAuth vendors: public endpoints, filled in so operators give only ids. ---- */
+
+typedef struct vendor_row {
+    const char *vendor, *issuer, *discovery, *authorization, *token;
+} vendor_row;
+
+static const vendor_row vendors[] = {
+    {"CustomOauth2", NULL, NULL, NULL, NULL},
+    {"GoogleOauth2", "https://accounts.google.com",
+     "https://accounts.google.com/.well-known/openid-configuration",
+     "https://accounts.google.com/o/oauth2/v2/auth", "https://oauth2.googleapis.com/token"},
+    {"GithubOauth2", "https://github.com", NULL, "https://github.com/login/oauth/authorize",
+     "https://github.com/login/oauth/access_token"},
+    {"MicrosoftOauth2", "https://login.microsoftonline.com/{tenant}/v2.0",
+     "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration",
+     "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize",
+     "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"},
+    {"SlackOauth2", "https://slack.com", "https://slack.com/.well-known/openid-configuration",
+     "https://slack.com/oauth/v2/authorize", "https://slack.com/api/oauth.v2.access"},
+    {"SalesforceOauth2", "https://login.salesforce.com",
+     "https://login.salesforce.com/.well-known/openid-configuration",
+     "https://login.salesforce.com/services/oauth2/authorize",
+     "https://login.salesforce.com/services/oauth2/token"},
+};
+
+static const char *const auth_methods[] = {"client_secret_basic", "client_secret_post"};
+
+static int64_t default_now(void *arg)
+{
+    (void)arg;
+    return (int64_t)time(NULL);
+}
+
+void al_identity_set_clock(al_identity *id, int64_t (*now)(void *arg), void *arg)
+{
+    id->now = now ? now : default_now;
+    id->now_arg = arg;
+}
+
+static int64_t now_s(al_identity *id)
+{
+    return id->now(id->now_arg);
+}
+
+/* ---- opening ------------------------------------------------------------ */
+
+/* Loads the master key and checks it against the store. A rotation interrupted
+ * after its commit leaves the new key in "<key>.new": finish it here. */
+static int ensure_vault(al_identity *id, int generate)
+{
+    char *check = NULL;
+    al_vault *v = NULL;
+    int rc;
+    if (id->vault)
+        return AL_OK;
+    rc = id->store->ops->meta_get(id->store, CHECK_KEY, &check);
+    if (rc == AL_ERR_NOTFOUND) {
+        /* Nothing sealed yet: a key may be generated. */
+        rc = al_vault_open(id->state_dir, generate ? AL_VAULT_GENERATE : 0, &v);
+        if (rc == AL_ERR_NOTFOUND && !generate)
+            rc = AL_OK; /* metadata-only until something is sealed */
+        if (rc == AL_OK)
+            id->vault = v;
+        return rc;
+    }
+    if (rc != AL_OK)
+        return rc;
+    rc = al_vault_open(id->state_dir, 0, &v);
+    if (rc == AL_ERR_NOTFOUND) {
+        fprintf(stderr,
+                "airlock: the identity store in %s holds sealed secrets but its master key "
+                "(%s) is missing; restore the key file or set AIRLOCK_MASTER_KEY_FILE\n",
+                id->state_dir,
+                getenv("AIRLOCK_MASTER_KEY_FILE") ? getenv("AIRLOCK_MASTER_KEY_FILE")
+                                                  : "<state_dir>/master.key");
+        rc = AL_ERR_KEY;
+        goto out;
+    }
+    if (rc != AL_OK)
+        goto out;
+    rc = al_vault_verify_check(v, check);
+    if (rc == AL_ERR_KEY) {
+        char next[4200];
+        unsigned char key[AL_VAULT_KEY_LEN];
+        al_vault *nv = NULL;
+        snprintf(next, sizeof next, "%s.new", al_vault_key_path(v));
+        if (al_vault_read_key_file(next, key) == AL_OK && al_vault_from_key(key, &nv) == AL_OK &&
+            al_vault_verify_check(nv, check) == AL_OK) {
+            /* The interrupted rotation committed: adopt its key. */
+            if (rename(next, al_vault_key_path(v)) != 0)
+                fprintf(stderr, "airlock: warning: could not finish key rotation: rename %s: %s\n",
+                        next, strerror(errno));
+            al_vault_free(nv);
+            OPENSSL_cleanse(key, sizeof key);
+            al_vault_free(v);
+            v = NULL;
+            rc = al_vault_open(id->state_dir, 0, &v);
+            if (rc == AL_OK)
+                rc = al_vault_verify_check(v, check);
+        } else {
+            al_vault_free(nv);
+            OPENSSL_cleanse(key, sizeof key);
+        }
+    }
+    if (rc == AL_ERR_KEY)
+        fprintf(stderr,
+                "airlock: the master key in %s does not match the identity store in %s "
+                "(wrong key file, or the store was tampered with); nothing was decrypted\n",
+                v ? al_vault_key_path(v) : "?", id->state_dir);
+    if (rc != AL_OK)
+        goto out;
+    id->vault = v;
+    v = NULL;
+out:
+    al_vault_free(v);
+    free(check);
+    return rc;
+}
+
+static int identity_open(const char *state_dir, int flags, al_identity **out)
+{
+    al_identity *id = calloc(1, sizeof *id);
+    int rc;
+    if (!id)
+        return AL_ERR_NOMEM;
+    id->flags = flags;
+    id->now = default_now;
+    id->state_dir = strdup(state_dir);
+    if (!id->state_dir) {
+        rc = AL_ERR_NOMEM;
+        goto fail;
+    }
+    rc = al_store_sqlite_open(state_dir, (flags & AL_IDENTITY_WRITE) ? AL_STORE_CREATE : 0,
+                              &id->store);
+    if (rc != AL_OK)
+        goto fail;
+    if (flags & (AL_IDENTITY_WRITE | AL_IDENTITY_SECRETS)) {
+        rc = ensure_vault(id, flags & AL_IDENTITY_WRITE);
+        if (rc != AL_OK)
+            goto fail;
+    }
+    *out = id;
+    return AL_OK;
+fail:
+    al_identity_close(id);
+    return rc;
+}
+
+int al_identity_open(const char *state_dir, int flags, al_identity **out)
+{
+    return identity_open(state_dir, flags, out);
+}
+
+int al_identity_open_readonly(const char *state_dir, al_identity **out)
+{
+    return identity_open(state_dir, 0, out);
+}
+
+void al_identity_close(al_identity *id)
+{
+    if (!id)
+        return;
+    al_store_close(id->store);
+    al_vault_free(id->vault);
+    for (size_t i = 0; i < id->env_count; i++) {
+        free(id->envs[i].name);
+        free(id->envs[i].environment);
+    }
+    free(id->envs);
+    free(id->state_dir);
+    free(id);
+}
+
+const char *al_identity_provider_env_cb(void *arg, const char *provider)
+{
+    al_identity *id = arg;
+    if (!id || !provider)
+        return NULL;
+    if (!id->envs_loaded) {
+        al_store_record *recs = NULL;
+        size_t n = 0;
+        id->envs_loaded = 1;
+        if (id->store->ops->list(id->store, &recs, &n) != AL_OK)
+            return NULL;
+        id->envs = calloc(n ? n : 1, sizeof *id->envs);
+        for (size_t i = 0; id->envs && i < n; i++) {
+            /* Ownership moves from the record to the cache. */
+            id->envs[i].name = recs[i].name;
+            id->envs[i].environment = recs[i].environment;
+            recs[i].name = recs[i].environment = NULL;
+            id->env_count++;
+        }
+        al_store_records_free(recs, n);
+    }
+    for (size_t i = 0; i < id->env_count; i++)
+        if (strcmp(id->envs[i].name, provider) == 0)
+            return id->envs[i].environment;
+    return NULL;
+}
+
+int al_identity_generation(al_identity *id, uint64_t *out)
+{
+    return id->store->ops->generation(id->store, out);
+}
+
+/* ---- audit -------------------------------------------------------------- */
+
+static void audit(al_identity *id, const char *what, const char *name, const char *kind,
+                  uint32_t version)
+{
+    char path[4200], ts[32];
+    const char *env = getenv("AIRLOCK_AUDIT_FILE");
+    if (env && *env)
+        snprintf(path, sizeof path, "%s", env);
+    else
+        snprintf(path, sizeof path, "%s/audit.log", id->state_dir);
+    time_t t = (time_t)now_s(id);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    struct passwd *pw = getpwuid(geteuid());
+    json_t *o = json_pack("{s:s, s:s, s:s?, s:s?, s:s, s:s, s:i}", "time", ts, "event", what,
+                          "provider", name, "kind", kind, "user", pw ? pw->pw_name : "?", "store",
+                          id->state_dir, "uid", (int)geteuid());
+    if (o && version)
+        json_object_set_new(o, "version", json_integer(version));
+    char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (!line || al_audit_append_line(path, line) != AL_OK)
+        fprintf(stderr, "airlock: warning: could not append to audit log %s\n", path);
+    free(line);
+    json_decref(o);
+}
+
+/* ---- validation --------------------------------------------------------- */
+
+static int name_valid(const char *s, size_t max)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > max || !isalnum((unsigned char)s[0]))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_' && s[i] != '.')
+            return 0;
+    return 1;
+}
+
+static int bytes_clean(const unsigned char *p, size_t n)
+{
+    /* A secret goes into a header: CR, LF or NUL would let it inject or truncate one. */
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
+            return 0;
+    return 1;
+}
+
+static int str_in(const char *s, const char *const *set, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, set[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+static char *replace_tenant(const char *tmpl, const char *tenant)
+{
+    const char *at = strstr(tmpl, "{tenant}");
+    if (!at)
+        return strdup(tmpl);
+    size_t n = strlen(tmpl) - 8 + strlen(tenant) + 1;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%.*s%s%s", (int)(at - tmpl), tmpl, tenant, at + 8);
+    return s;
+}
+
+/* Builds the stored oauth2 config: vendor endpoints filled in, custom checked. */
+static int oauth2_config(const json_t *in, json_t **out)
+{
+    json_t *c = json_deep_copy(in ? in : json_object());
+    const char *vendor = jstr(c, "vendor");
+    const vendor_row *row = NULL;
+    int rc = AL_ERR_INVAL;
+    if (!c)
+        return AL_ERR_NOMEM;
+    if (!vendor)
+        vendor = "CustomOauth2";
+    for (size_t i = 0; i < sizeof vendors / sizeof vendors[0]; i++)
+        if (strcmp(vendors[i].vendor, vendor) == 0)
+            row = &vendors[i];
+    if (!row) {
+        fprintf(stderr,
+                "airlock: unknown OAuth2 vendor '%s'; use one of CustomOauth2, GoogleOauth2, "
+                "GithubOauth2, MicrosoftOauth2, SlackOauth2, SalesforceOauth2\n",
+                vendor);
+        goto fail;
+    }
+    json_object_set_new(c, "vendor", json_string(row->vendor));
+    const char *tenant = jstr(c, "tenantId");
+    if (!tenant)
+        tenant = "common";
+    const char *fill[][2] = {{"issuer", row->issuer},
+                             {"discoveryUrl", row->discovery},
+                             {"authorizationEndpoint", row->authorization},
+                             {"tokenEndpoint", row->token}};
+    for (size_t i = 0; i < 4; i++) {
+        if (!fill[i][1] || jstr(c, fill[i][0]))
+            continue; /* operator's value wins: e.g. a regional endpoint */
+        char *v = replace_tenant(fill[i][1], tenant);
+        if (!v) {
+            rc = AL_ERR_NOMEM;
+            goto fail;
+        }
+        json_object_set_new(c, fill[i][0], json_string(v));
+        free(v);
+    }
+    if (!jstr(c, "discoveryUrl") &&
+        !(jstr(c, "issuer") && jstr(c, "authorizationEndpoint") && jstr(c, "tokenEndpoint"))) {
+        fprintf(stderr, "airlock: a CustomOauth2 provider needs --discovery-url, or all of "
+                        "--issuer, --authorization-endpoint and --token-endpoint\n");
+        goto fail;
+    }
+    if (!jstr(c, "clientId") || !*jstr(c, "clientId")) {
+        fprintf(stderr, "airlock: an oauth2 provider needs --client-id\n");
+        goto fail;
+    }
+    if (!jstr(c, "tokenEndpointAuthMethod"))
+        json_object_set_new(c, "tokenEndpointAuthMethod", json_string("client_secret_basic"));
+    if (!str_in(jstr(c, "tokenEndpointAuthMethod"), auth_methods, 2)) {
+        fprintf(stderr, "airlock: --token-endpoint-auth-method must be client_secret_basic or "
+                        "client_secret_post\n");
+        goto fail;
+    }
+    const char *urls[] = {"issuer", "discoveryUrl", "authorizationEndpoint", "tokenEndpoint"};
+    for (size_t i = 0; i < 4; i++) {
+        const char *u = jstr(c, urls[i]);
+        if (u && strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) {
+            fprintf(stderr, "airlock: %s must be an http(s) URL\n", urls[i]);
+            goto fail;
+        }
+    }
+    *out = c;
+    return AL_OK;
+fail:
+    json_decref(c);
+    return rc;
+}
+
+static int aws_config(const json_t *in, json_t **out)
+{
+    const char *akid = in ? jstr((json_t *)in, "accessKeyId") : NULL;
+    if (!akid || !*akid) {
+        fprintf(stderr, "airlock: an aws provider needs --access-key-id\n");
+        return AL_ERR_INVAL;
+    }
+    *out = json_deep_copy(in);
+    return *out ? AL_OK : AL_ERR_NOMEM;
+}
+
+/* The kind's stored config from the spec; NULL config for api_key. */
+static int build_config(const char *kind, json_t *in, char **out)
+{
+    json_t *c = NULL;
+    int rc = AL_OK;
+    *out = NULL;
+    if (strcmp(kind, "oauth2") == 0)
+        rc = oauth2_config(in, &c);
+    else if (strcmp(kind, "aws") == 0)
+        rc = aws_config(in, &c);
+    else if (in && json_object_size(in))
+        c = json_deep_copy(in);
+    if (rc != AL_OK)
+        return rc;
+    if (c) {
+        *out = json_dumps(c, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(c);
+        if (!*out)
+            return AL_ERR_NOMEM;
+    }
+    return AL_OK;
+}
+
+static int check_secret(const al_provider_spec *sp)
+{
+    if (sp->secret_len == 0 || sp->secret_len > 16384 || !bytes_clean(sp->secret, sp->secret_len)) {
+        fprintf(stderr, "airlock: the secret must be 1..16384 bytes without CR, LF or NUL\n");
+        return AL_ERR_INVAL;
+    }
+    if (sp->session_token &&
+        (sp->session_token_len > 16384 || !bytes_clean(sp->session_token, sp->session_token_len))) {
+        fprintf(stderr, "airlock: the session token must be at most 16384 bytes without CR, LF "
+                        "or NUL\n");
+        return AL_ERR_INVAL;
+    }
+    return AL_OK;
+}
+
+/* ---- versions ----------------------------------------------------------- */
+
+/* Plaintext layout: the secret, then for aws an optional "\n" + session token
+ * (neither may contain LF, checked above). */
+static int add_version(al_identity *id, al_store_record *r, const al_provider_spec *sp,
+                       uint32_t version)
+{
+    size_t n = sp->secret_len + (sp->session_token ? 1 + sp->session_token_len : 0);
+    unsigned char *plain = malloc(n ? n : 1);
+    int rc;
+    if (!plain)
+        return AL_ERR_NOMEM;
+    memcpy(plain, sp->secret, sp->secret_len);
+    if (sp->session_token) {
+        plain[sp->secret_len] = '\n';
+        memcpy(plain + sp->secret_len + 1, sp->session_token, sp->session_token_len);
+    }
+    al_store_version *nv = realloc(r->versions, (r->version_count + 1) * sizeof *nv);
+    if (!nv) {
+        rc = AL_ERR_NOMEM;
+        goto out;
+    }
+    r->versions = nv;
+    al_store_version *v = &nv[r->version_count];
+    memset(v, 0, sizeof *v);
+    v->version = version;
+    v->created_at = now_s(id);
+    al_vault_fingerprint(sp->secret, sp->secret_len, v->fingerprint);
+    rc = al_vault_seal(id->vault, r->name, r->kind, version, plain, n, &v->wrapped_key,
+                       &v->wrapped_key_len, &v->sealed, &v->sealed_len);
+    if (rc == AL_OK)
+        r->version_count++;
+out:
+    OPENSSL_cleanse(plain, n);
+    free(plain);
+    return rc;
+}
+
+static void wipe_version(al_store_version *v)
+{
+    if (v->wrapped_key)
+        OPENSSL_cleanse(v->wrapped_key, v->wrapped_key_len);
+    if (v->sealed)
+        OPENSSL_cleanse(v->sealed, v->sealed_len);
+    free(v->wrapped_key);
+    free(v->sealed);
+    v->wrapped_key = v->sealed = NULL;
+    v->wrapped_key_len = v->sealed_len = 0;
+    v->wiped = 1;
+}
+
+/* Wipes non-current versions whose grace ended; returns how many. */
+static size_t purge_record(al_identity *id, al_store_record *r)
+{
+    size_t n = 0;
+    int64_t now = now_s(id);
+    for (size_t i = 0; i < r->version_count; i++) {
+        al_store_version *v = &r->versions[i];
+        if (v->version != r->current_version && !v->wiped && v->expires_at <= now) {
+            wipe_version(v);
+            n++;
+        }
+    }
+    return n;
+}
+
+static int need_vault(al_identity *id)
+{
+    if (!(id->flags & AL_IDENTITY_WRITE) || !id->vault) {
+        fprintf(stderr, "airlock: the identity store was opened read-only\n");
+        return AL_ERR_PERM;
+    }
+    return AL_OK;
+}
+
+/* The meta entries that go into every sealing transaction: the key check. */
+static int key_check_meta(al_identity *id, char **check)
+{
+    return al_vault_make_check(id->vault, check);
+}
+
+static int put_record(al_identity *id, const al_store_record *r)
+{
+    char *check = NULL, *existing = NULL;
+    int rc;
+    if (id->store->ops->meta_get(id->store, CHECK_KEY, &existing) == AL_OK) {
+        free(existing);
+        return id->store->ops->put(id->store, r, 1, NULL, 0);
+    }
+    rc = key_check_meta(id, &check);
+    if (rc != AL_OK)
+        return rc;
+    const char *kv[2] = {CHECK_KEY, check};
+    rc = id->store->ops->put(id->store, r, 1, kv, 1);
+    free(check);
+    return rc;
+}
+
+static int set_str(char **dst, const char *src)
+{
+    char *d = src ? strdup(src) : NULL;
+    if (src && !d)
+        return AL_ERR_NOMEM;
+    free(*dst);
+    *dst = d;
+    return AL_OK;
+}
+
+static int set_tags(char **dst, json_t *tags)
+{
+    if (!tags)
+        return AL_OK;
+    if (!json_is_object(tags)) {
+        fprintf(stderr, "airlock: tags must be KEY=VALUE pairs\n");
+        return AL_ERR_INVAL;
+    }
+    char *s = json_dumps(tags, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!s)
+        return AL_ERR_NOMEM;
+    free(*dst);
+    *dst = s;
+    return AL_OK;
+}
+
+int al_identity_create(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
+{
+    al_store_record r, old;
+    int rc;
+    memset(&r, 0, sizeof r);
+    if ((rc = need_vault(id)) != AL_OK)
+        return rc;
+    if (!name_valid(sp->name, AL_STORE_NAME_MAX)) {
+        fprintf(stderr, "airlock: invalid provider name; use 1..128 of A-Z a-z 0-9 . _ - "
+                        "starting with a letter or digit\n");
+        return AL_ERR_INVAL;
+    }
+    if (!al_identity_kind_valid(sp->kind))
+        return AL_ERR_INVAL;
+    const char *env = sp->environment ? sp->environment : "default";
+    if (!name_valid(env, 64)) {
+        fprintf(stderr, "airlock: invalid environment name '%s'\n", env);
+        return AL_ERR_INVAL;
+    }
+    if (!sp->secret) {
+        fprintf(stderr, "airlock: a new provider needs its secret\n");
+        return AL_ERR_INVAL;
+    }
+    if ((rc = check_secret(sp)) != AL_OK)
+        return rc;
+    rc = id->store->ops->get(id->store, sp->name, &old);
+    if (rc == AL_OK) {
+        al_store_record_clear(&old);
+        fprintf(stderr, "airlock: a credential provider named '%s' already exists (kind %s)\n",
+                sp->name, sp->kind);
+        return AL_ERR_EXISTS;
+    }
+    if (rc != AL_ERR_NOTFOUND)
+        return rc;
+    r.name = strdup(sp->name);
+    r.kind = strdup(sp->kind);
+    r.environment = strdup(env);
+    if (!r.name || !r.kind || !r.environment) {
+        rc = AL_ERR_NOMEM;
+        goto out;
+    }
+    if ((rc = set_str(&r.description, sp->description)) != AL_OK ||
+        (rc = set_tags(&r.tags_json, sp->tags)) != AL_OK ||
+        (rc = build_config(sp->kind, sp->config, &r.config_json)) != AL_OK)
+        goto out;
+    r.created_at = r.updated_at = now_s(id);
+    r.current_version = 1;
+    if ((rc = add_version(id, &r, sp, 1)) != AL_OK)
+        goto out;
+    if ((rc = put_record(id, &r)) != AL_OK)
+        goto out;
+    audit(id, "identity.create", r.name, r.kind, 1);
+    if (version_out)
+        *version_out = 1;
+out:
+    al_store_record_clear(&r);
+    return rc;
+}
+
+static int get_kind(al_identity *id, const char *name, const char *kind, al_store_record *r)
+{
+    int rc = id->store->ops->get(id->store, name, r);
+    if (rc != AL_OK)
+        return rc;
+    if (kind && strcmp(r->kind, kind) != 0) {
+        al_store_record_clear(r);
+        return AL_ERR_NOTFOUND;
+    }
+    return AL_OK;
+}
+
+int al_identity_update(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
+{
+    al_store_record r;
+    int rc;
+    memset(&r, 0, sizeof r);
+    if ((rc = need_vault(id)) != AL_OK)
+        return rc;
+    if (!sp->name)
+        return AL_ERR_INVAL;
+    rc = get_kind(id, sp->name, sp->kind, &r);
+    if (rc != AL_OK)
+        return rc;
+    if (sp->environment && !name_valid(sp->environment, 64)) {
+        fprintf(stderr, "airlock: invalid environment name '%s'\n", sp->environment);
+        rc = AL_ERR_INVAL;
+        goto out;
+    }
+    if (sp->environment && (rc = set_str(&r.environment, sp->environment)) != AL_OK)
+        goto out;
+    if (sp->description && (rc = set_str(&r.description, sp->description)) != AL_OK)
+        goto out;
+    if ((rc = set_tags(&r.tags_json, sp->tags)) != AL_OK)
+        goto out;
+    if (sp->config) {
+        /* Merge: the operator names only what changes (e.g. a new client id). */
+        json_t *merged = r.config_json ? json_loads(r.config_json, 0, NULL) : json_object();
+        char *cfg = NULL;
+        if (!merged) {
+            rc = AL_ERR_NOMEM;
+            goto out;
+        }
+        json_object_update(merged, sp->config);
+        rc = build_config(r.kind, merged, &cfg);
+        json_decref(merged);
+        if (rc != AL_OK)
+            goto out;
+        free(r.config_json);
+        r.config_json = cfg;
+    }
+    if (sp->secret) {
+        if ((rc = check_secret(sp)) != AL_OK)
+            goto out;
+        int64_t grace = sp->grace_s < 0 ? AL_IDENTITY_DEFAULT_GRACE_S : sp->grace_s;
+        uint32_t prev = r.current_version, next = 0;
+        for (size_t i = 0; i < r.version_count; i++)
+            if (r.versions[i].version > next)
+                next = r.versions[i].version;
+        next++;
+        for (size_t i = 0; i < r.version_count; i++) {
+            al_store_version *v = &r.versions[i];
+            if (v->version != prev || v->wiped)
+                continue;
+            v->expires_at = now_s(id) + grace;
+            if (grace == 0)
+                wipe_version(v);
+        }
+        if ((rc = add_version(id, &r, sp, next)) != AL_OK)
+            goto out;
+        r.current_version = next;
+        if (grace == 0) /* "cut off": no older version stays usable either */
+            for (size_t i = 0; i < r.version_count; i++)
+                if (r.versions[i].version != next && !r.versions[i].wiped) {
+                    r.versions[i].expires_at = now_s(id);
+                    wipe_version(&r.versions[i]);
+                }
+    }
+    purge_record(id, &r);
+    r.updated_at = now_s(id);
+    if ((rc = put_record(id, &r)) != AL_OK)
+        goto out;
+    audit(id, sp->secret ? "identity.rotate" : "identity.update", r.name, r.kind,
+          r.current_version);
+    if (version_out)
+        *version_out = r.current_version;
+out:
+    al_store_record_clear(&r);
+    return rc;
+}
+
+int al_identity_delete(al_identity *id, const char *name, const char *kind)
+{
+    al_store_record r;
+    int rc = get_kind(id, name, kind, &r);
+    if (rc != AL_OK)
+        return rc;
+    uint32_t version = r.current_version;
+    char *k = strdup(r.kind);
+    al_store_record_clear(&r);
+    rc = id->store->ops->del(id->store, name);
+    if (rc == AL_OK)
+        audit(id, "identity.delete", name, k, version);
+    free(k);
+    return rc;
+}
+
+int al_identity_purge_expired(al_identity *id)
+{
+    al_store_record *recs = NULL;
+    size_t n = 0;
+    int rc = id->store->ops->list(id->store, &recs, &n);
+    if (rc != AL_OK)
+        return rc;
+    for (size_t i = 0; i < n && rc == AL_OK; i++) {
+        /* Remember which versions get wiped, for the audit lines. */
+        uint32_t wiped[64];
+        size_t wn = 0;
+        int64_t now = now_s(id);
+        for (size_t j = 0; j < recs[i].version_count; j++) {
+            al_store_version *v = &recs[i].versions[j];
+            if (v->version != recs[i].current_version && !v->wiped && v->expires_at <= now &&
+                wn < 64)
+                wiped[wn++] = v->version;
+        }
+        if (purge_record(id, &recs[i]) == 0)
+            continue;
+        rc = id->store->ops->put(id->store, &recs[i], 1, NULL, 0);
+        for (size_t j = 0; rc == AL_OK && j < wn; j++)
+            audit(id, "identity.wipe_expired_version", recs[i].name, recs[i].kind, wiped[j]);
+    }
+    al_store_records_free(recs, n);
+    return rc;
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+static json_t *iso_time(int64_t t)
+{
+    char buf[32];
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return json_string(buf);
+}
+
+static const al_store_version *current_of(const al_store_record *r)
+{
+    for (size_t i = 0; i < r->version_count; i++)
+        if (r->versions[i].version == r->current_version)
+            return &r->versions[i];
+    return NULL;
+}
+
+static json_t *summary_json(const al_store_record *r)
+{
+    const al_store_version *cur = current_of(r);
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(r->name));
+    json_object_set_new(o, "kind", json_string(r->kind));
+    json_object_set_new(o, "environment", json_string(r->environment));
+    json_object_set_new(o, "version", json_integer(r->current_version));
+    json_object_set_new(o, "fingerprint", json_string(cur ? cur->fingerprint : ""));
+    json_object_set_new(o, "createdTime", iso_time(r->created_at));
+    json_object_set_new(o, "lastUpdatedTime", iso_time(r->updated_at));
+    return o;
+}
+
+static json_t *describe_json(al_identity *id, const al_store_record *r)
+{
+    json_t *o = summary_json(r);
+    int64_t now = now_s(id);
+    if (r->description)
+        json_object_set_new(o, "description", json_string(r->description));
+    json_t *tags = r->tags_json ? json_loads(r->tags_json, 0, NULL) : NULL;
+    json_object_set_new(o, "tags", tags ? tags : json_object());
+    if (r->config_json) {
+        json_t *cfg = json_loads(r->config_json, 0, NULL);
+        if (cfg) {
+            const char *key = strcmp(r->kind, "oauth2") == 0 ? "oauth2ProviderConfig"
+                              : strcmp(r->kind, "aws") == 0  ? "awsConfig"
+                                                             : "config";
+            if (strcmp(r->kind, "oauth2") == 0)
+                json_object_set(o, "credentialProviderVendor", json_object_get(cfg, "vendor"));
+            json_object_set_new(o, key, cfg);
+        }
+    }
+    json_t *hist = json_array();
+    for (size_t i = 0; i < r->version_count; i++) {
+        const al_store_version *v = &r->versions[i];
+        const char *state = v->version == r->current_version   ? "current"
+                            : v->wiped || v->expires_at <= now ? "expired"
+                                                               : "grace";
+        json_t *h = json_pack("{s:i, s:s, s:s}", "version", (json_int_t)v->version, "state", state,
+                              "fingerprint", v->fingerprint);
+        json_object_set_new(h, "createdTime", iso_time(v->created_at));
+        json_object_set_new(h, "expiresTime",
+                            v->expires_at ? iso_time(v->expires_at) : json_null());
+        json_object_set_new(h, "wiped", json_boolean(v->wiped));
+        json_array_append_new(hist, h);
+    }
+    json_object_set_new(o, "versions", hist);
+    return o;
+}
+
+int al_identity_describe(al_identity *id, const char *name, const char *kind, json_t **out)
+{
+    al_store_record r;
+    int rc = get_kind(id, name, kind, &r);
+    if (rc != AL_OK)
+        return rc;
+    *out = describe_json(id, &r);
+    al_store_record_clear(&r);
+    return *out ? AL_OK : AL_ERR_NOMEM;
+}
+
+int al_identity_list(al_identity *id, const char *kind, json_t **out)
+{
+    al_store_record *recs = NULL;
+    size_t n = 0;
+    int rc = id->store->ops->list(id->store, &recs, &n);
+    if (rc != AL_OK)
+        return rc;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        if (!kind || strcmp(recs[i].kind, kind) == 0)
+            json_array_append_new(arr, summary_json(&recs[i]));
+    al_store_records_free(recs, n);
+    *out = json_pack("{s:o}", "credentialProviders", arr);
+    return *out ? AL_OK : AL_ERR_NOMEM;
+}
+
+/* ---- master key rotation ------------------------------------------------ */
+
+int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out)
+{
+    al_store_record *recs = NULL;
+    size_t n = 0, count = 0;
+    unsigned char key[AL_VAULT_KEY_LEN];
+    al_vault *nv = NULL;
+    char *check = NULL, next[4200];
+    int rc;
+    if ((rc = need_vault(id)) != AL_OK)
+        return rc;
+    const char *path = al_vault_key_path(id->vault);
+    if (!path)
+        return AL_ERR_INVAL;
+    snprintf(next, sizeof next, "%s.new", path);
+    if (RAND_bytes(key, sizeof key) != 1)
+        return AL_ERR_CRYPTO;
+    if ((rc = al_vault_from_key(key, &nv)) != AL_OK)
+        goto out;
+    if ((rc = id->store->ops->list(id->store, &recs, &n)) != AL_OK)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        al_store_record *r = &recs[i];
+        for (size_t j = 0; j < r->version_count; j++) {
+            al_store_version *v = &r->versions[j];
+            unsigned char *w = NULL;
+            size_t wl = 0;
+            if (v->wiped || !v->wrapped_key)
+                continue;
+            rc = al_vault_rewrap(id->vault, nv, r->name, r->kind, v->version, v->wrapped_key,
+                                 v->wrapped_key_len, &w, &wl);
+            if (rc != AL_OK) {
+                fprintf(stderr,
+                        "airlock: provider '%s' version %u does not open with the "
+                        "current master key; rotation aborted, nothing changed\n",
+                        r->name, (unsigned)v->version);
+                goto out;
+            }
+            free(v->wrapped_key);
+            v->wrapped_key = w;
+            v->wrapped_key_len = wl;
+            count++;
+        }
+    }
+    if ((rc = al_vault_make_check(nv, &check)) != AL_OK)
+        goto out;
+    /* Order matters for crash safety: (1) the new key is durable beside the old one,
+     * (2) the store switches in one transaction, (3) the key file is replaced. A crash
+     * after (2) is finished by ensure_vault() adopting "<key>.new". */
+    if ((rc = al_vault_write_key_file(next, key)) != AL_OK)
+        goto out;
+    const char *kv[2] = {CHECK_KEY, check};
+    rc = id->store->ops->put(id->store, recs, n, kv, 1);
+    if (rc != AL_OK) {
+        unlink(next);
+        goto out;
+    }
+    if (rename(next, path) != 0) {
+        fprintf(stderr,
+                "airlock: the store was rewrapped but %s could not replace %s (%s); "
+                "it will be adopted on the next open\n",
+                next, path, strerror(errno));
+        rc = AL_ERR_IO;
+        goto out;
+    }
+    al_vault_free(id->vault);
+    id->vault = NULL;
+    rc = al_vault_open(id->state_dir, 0, &id->vault);
+    if (rc != AL_OK)
+        goto out;
+    audit(id, "identity.rotate_master_key", NULL, NULL, 0);
+    if (rewrapped_out)
+        *rewrapped_out = count;
+out:
+    OPENSSL_cleanse(key, sizeof key);
+    al_vault_free(nv);
+    free(check);
+    al_store_records_free(recs, n);
+    return rc;
+}
+
+/* ---- secrets for the serve-side cache ----------------------------------- */
+
+void al_identity_secrets_free(al_identity_secret *s, size_t n)
+{
+    for (size_t i = 0; s && i < n; i++) {
+        free(s[i].name);
+        free(s[i].kind);
+        free(s[i].environment);
+        free(s[i].config_json);
+        if (s[i].value) {
+            /* value and session_token share one allocation */
+            size_t total = s[i].len + (s[i].session_token ? 1 + s[i].session_token_len : 0);
+            OPENSSL_cleanse(s[i].value, total);
+            free(s[i].value);
+        }
+    }
+    free(s);
+}
+
+int al_identity_load_secrets(al_identity *id, al_identity_secret **out, size_t *out_n)
+{
+    al_store_record *recs = NULL;
+    al_identity_secret *res = NULL;
+    size_t n = 0, count = 0;
+    int rc;
+    *out = NULL;
+    *out_n = 0;
+    if (!id->vault && (rc = ensure_vault(id, 0)) != AL_OK)
+        return rc;
+    if ((rc = id->store->ops->list(id->store, &recs, &n)) != AL_OK)
+        return rc;
+    int64_t now = now_s(id);
+    size_t cap = 0;
+    for (size_t i = 0; i < n; i++)
+        cap += recs[i].version_count;
+    if (cap && !id->vault) {
+        rc = AL_ERR_KEY; /* sealed rows appeared but the key is still unknown */
+        goto out;
+    }
+    res = calloc(cap ? cap : 1, sizeof *res);
+    if (!res) {
+        rc = AL_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        al_store_record *r = &recs[i];
+        for (size_t j = 0; j < r->version_count; j++) {
+            al_store_version *v = &r->versions[j];
+            int current = v->version == r->current_version;
+            if (v->wiped || !v->sealed || (!current && v->expires_at <= now))
+                continue;
+            al_identity_secret *s = &res[count];
+            unsigned char *plain = NULL;
+            size_t pl = 0;
+            rc = al_vault_unseal(id->vault, r->name, r->kind, v->version, v->wrapped_key,
+                                 v->wrapped_key_len, v->sealed, v->sealed_len, &plain, &pl);
+            if (rc != AL_OK)
+                goto out;
+            count++;
+            s->value = plain;
+            s->len = pl;
+            unsigned char *nl = memchr(plain, '\n', pl);
+            if (nl && strcmp(r->kind, "aws") == 0) {
+                s->len = (size_t)(nl - plain);
+                s->session_token = nl + 1;
+                s->session_token_len = pl - s->len - 1;
+                *nl = '\0';
+            }
+            s->name = strdup(r->name);
+            s->kind = strdup(r->kind);
+            s->environment = strdup(r->environment);
+            s->config_json = r->config_json ? strdup(r->config_json) : NULL;
+            s->version = v->version;
+            s->current = current;
+            s->expires_at = current ? 0 : v->expires_at;
+            if (!s->name || !s->kind || !s->environment) {
+                rc = AL_ERR_NOMEM;
+                goto out;
+            }
+        }
+    }
+    *out = res;
+    *out_n = count;
+    res = NULL;
+    rc = AL_OK;
+out:
+    al_identity_secrets_free(res, count);
+    al_store_records_free(recs, n);
+    return rc;
+}

@@ -1,0 +1,106 @@
+/* al_identity: credential providers — the operator-facing side of the identity store.
+ *
+ * A provider has a name, a kind ("api_key", "oauth2", "aws"), an environment, an
+ * optional description and tags, non-secret settings (OAuth endpoints and client
+ * id, AWS access key id) and versioned secrets sealed by al_vault. update() adds a
+ * version and makes it current at once; the previous one stays usable for a grace
+ * period (default 24 h, 0 = cut off now) and is then wiped — its metadata stays as
+ * history. Every change appends one audit line (never the secret).
+ *
+ * Who calls it: the CLI (`airlock identity ...`), `airlock check` and the table
+ * loader (environment of a provider, through al_identity_provider_env_cb), and
+ * al_cred (the serve-side cache) through al_identity_load_secrets(). */
+#ifndef AL_IDENTITY_H
+#define AL_IDENTITY_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct al_identity al_identity;
+
+#define AL_IDENTITY_DEFAULT_GRACE_S (24 * 3600)
+
+enum al_identity_open_flags {
+    /* Create the store (and a master key when none exists yet); needed to change it. */
+    AL_IDENTITY_WRITE = 1,
+    /* Load the master key so secrets can be opened (serve). Without it (and without
+     * WRITE) only metadata is available and no key file is touched. */
+    AL_IDENTITY_SECRETS = 2,
+};
+
+/* Opens the store under state_dir. Without WRITE a missing store is AL_ERR_NOTFOUND.
+ * A master key that does not match the store is AL_ERR_KEY (message on stderr). */
+int al_identity_open(const char *state_dir, int flags, al_identity **out);
+/* Metadata only, never creates or generates anything: for `airlock check`. */
+int al_identity_open_readonly(const char *state_dir, al_identity **out);
+void al_identity_close(al_identity *id);
+
+/* Callback for al_table_check_providers (targets/al_table.h, being added by another helper): arg is
+ * an al_identity*; returns the provider's environment or NULL. */
+const char *al_identity_provider_env_cb(void *arg, const char *provider);
+
+/* Tests inject the clock (unix seconds). NULL restores time(). */
+void al_identity_set_clock(al_identity *id, int64_t (*now)(void *arg), void *arg);
+
+/* What create/update take. Strings are borrowed. */
+typedef struct al_provider_spec {
+    const char *name;
+    const char *kind;        /* "api_key", "oauth2", "aws" */
+    const char *environment; /* create: NULL = "default"; update: NULL = keep */
+    const char *description; /* NULL = none / keep */
+    json_t *tags;            /* object of strings; NULL = none / keep (borrowed) */
+    /* oauth2: {"vendor", "discoveryUrl", "issuer", "authorizationEndpoint",
+     * "tokenEndpoint", "clientId", "tokenEndpointAuthMethod", "tenantId"};
+     * aws: {"accessKeyId", "region"}. Borrowed; update: NULL = keep. */
+    json_t *config;
+    /* The secret: api key, OAuth client secret, AWS secret access key. update: NULL
+     * keeps the current version (metadata-only change). */
+    const unsigned char *secret;
+    size_t secret_len;
+    const unsigned char *session_token; /* aws only, optional */
+    size_t session_token_len;
+    int64_t grace_s; /* update: < 0 = default 24 h; 0 = previous version wiped now */
+} al_provider_spec;
+
+/* AL_ERR_EXISTS if the name is taken; AL_ERR_INVAL with a message on stderr for a bad
+ * spec. *version_out (optional) gets the new version. */
+int al_identity_create(al_identity *id, const al_provider_spec *spec, uint32_t *version_out);
+int al_identity_update(al_identity *id, const al_provider_spec *spec, uint32_t *version_out);
+/* kind NULL = any kind. AL_ERR_NOTFOUND if absent (or of another kind). */
+int al_identity_delete(al_identity *id, const char *name, const char *kind);
+/* Metadata of one provider as the CLI prints it (no secret). *out is a new reference. */
+int al_identity_describe(al_identity *id, const char *name, const char *kind, json_t **out);
+/* {"credentialProviders": [...]} of one kind (NULL = all). */
+int al_identity_list(al_identity *id, const char *kind, json_t **out);
+/* Wipes previous versions whose grace has passed, in every provider. */
+int al_identity_purge_expired(al_identity *id);
+/* Generates a new master key, rewraps every data key in one transaction, then
+ * replaces the key file atomically. On any failure the old key keeps working. */
+int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out);
+
+/* The store's change counter (bumped by every committed change, by any process). */
+int al_identity_generation(al_identity *id, uint64_t *out);
+
+/* One usable (current or in-grace) secret version, decrypted. */
+typedef struct al_identity_secret {
+    char *name, *kind, *environment;
+    char *config_json; /* non-secret settings, may be NULL */
+    uint32_t version;
+    int current;          /* 1 = the provider's current version */
+    int64_t expires_at;   /* 0 = no expiry */
+    unsigned char *value; /* the secret, NUL-terminated (not counted); wiped when freed */
+    size_t len;
+    unsigned char *session_token; /* aws, may be NULL */
+    size_t session_token_len;
+} al_identity_secret;
+
+/* Every usable version of every provider. Fails as a whole (AL_ERR_KEY) if any row
+ * does not open: the caller keeps what it had. */
+int al_identity_load_secrets(al_identity *id, al_identity_secret **out, size_t *n);
+void al_identity_secrets_free(al_identity_secret *s, size_t n);
+
+/* Kind names used on the CLI and in output. */
+int al_identity_kind_valid(const char *kind);
+
+#endif

@@ -1,0 +1,92 @@
+/* al_store: the narrow storage interface of the identity store.
+ *
+ * Callers (al_identity, al_cred) see records, never SQL: a backend implements
+ * open/get/put/list/delete and a change counter in one vtable, so a PostgreSQL
+ * backend for several replicas is one more file (like curl's vtls backends).
+ *
+ * A record is one credential provider with all its versions. put() replaces the
+ * given records (provider row and every version row) in ONE transaction and bumps
+ * the change counter in the same transaction, so a crash (SIGKILL) mid-update
+ * leaves either the old or the new record, never a mix.
+ *
+ * Nothing here is plaintext: version blobs are sealed by identity/al_vault.h. */
+#ifndef AL_STORE_H
+#define AL_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define AL_STORE_NAME_MAX 128
+
+typedef struct al_store_version {
+    uint32_t version;
+    int64_t created_at;   /* unix seconds */
+    int64_t expires_at;   /* unix seconds the version stops being usable; 0 = never (current) */
+    int wiped;            /* 1 = key material erased; metadata kept for the audit history */
+    char fingerprint[32]; /* "sha256:" + 12 hex of the secret; never the secret */
+    unsigned char *wrapped_key; /* owned; data key wrapped by the master key (NULL when wiped) */
+    size_t wrapped_key_len;
+    unsigned char *sealed; /* owned; secret sealed with the data key (NULL when wiped) */
+    size_t sealed_len;
+} al_store_version;
+
+typedef struct al_store_record {
+    char *name;        /* owned */
+    char *kind;        /* owned; "api_key", "oauth2", "aws" */
+    char *environment; /* owned */
+    char *description; /* owned; may be NULL */
+    char *tags_json;   /* owned; JSON object text, may be NULL */
+    char *config_json; /* owned; non-secret settings as JSON object text, may be NULL */
+    uint32_t current_version;
+    int64_t created_at;
+    int64_t updated_at;
+    al_store_version *versions; /* owned array, ascending version */
+    size_t version_count;
+} al_store_record;
+
+/* Frees the strings and blobs of `r` (blobs are wiped first) but not `r` itself. */
+void al_store_record_clear(al_store_record *r);
+void al_store_records_free(al_store_record *recs, size_t n);
+
+typedef struct al_store al_store;
+
+typedef struct al_store_ops {
+    const char *name;
+    void (*close)(al_store *s);
+    /* AL_ERR_NOTFOUND if no such provider. *out filled (caller clears it). */
+    int (*get)(al_store *s, const char *name, al_store_record *out);
+    /* Every record; *out is a malloc'd array the caller frees with al_store_records_free. */
+    int (*list)(al_store *s, al_store_record **out, size_t *n);
+    /* Replaces the records (provider + all its version rows) atomically, with the meta
+     * entries (key, value) in the same transaction; bumps the change counter. */
+    int (*put)(al_store *s, const al_store_record *recs, size_t n, const char *const *meta_kv,
+               size_t meta_n);
+    /* Removes a provider and its versions; AL_ERR_NOTFOUND if absent. Bumps the counter. */
+    int (*del)(al_store *s, const char *name);
+    /* The change counter: increases on every committed change by any process. */
+    int (*generation)(al_store *s, uint64_t *out);
+    /* Store-wide metadata (the master-key check value). AL_ERR_NOTFOUND if unset.
+     * *out is malloc'd. */
+    int (*meta_get)(al_store *s, const char *key, char **out);
+} al_store_ops;
+
+struct al_store {
+    const al_store_ops *ops;
+};
+
+enum al_store_open_flags {
+    AL_STORE_CREATE = 1, /* create the database (and state dir) if missing */
+};
+
+/* Opens <state_dir>/identity.db (SQLite, WAL, busy timeout 5 s). Without
+ * AL_STORE_CREATE a missing database is AL_ERR_NOTFOUND. */
+int al_store_sqlite_open(const char *state_dir, int flags, al_store **out);
+
+/* Convenience wrappers over the vtable. */
+static inline void al_store_close(al_store *s)
+{
+    if (s)
+        s->ops->close(s);
+}
+
+#endif

@@ -1,0 +1,484 @@
+/* al_store_sqlite: the embedded SQLite backend of al_store (identity/al_store.h).
+ *
+ * Schema: providers (one row per provider), versions (one row per secret version,
+ * blobs sealed by al_vault), meta (key/value: the change counter "generation" and
+ * the master-key check). WAL mode lets `serve` read while the CLI writes; the busy
+ * timeout makes concurrent writers wait instead of failing. Every write is one
+ * BEGIN IMMEDIATE ... COMMIT, so SIGKILL at any point leaves the old or the new
+ * state; SQLite's journal is the only recovery mechanism we need.
+ *
+ * Wiped versions keep their row with NULL blobs: the history is metadata only.
+ * secure_delete is on so freed pages holding old ciphertexts are zeroed. */
+#include "al_store.h"
+#include "common/al_err.h"
+#include "common/al_log.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+typedef struct al_store_sqlite {
+    al_store base;
+    sqlite3 *db;
+} al_store_sqlite;
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS providers ("
+    " name TEXT PRIMARY KEY, kind TEXT NOT NULL, environment TEXT NOT NULL,"
+    " description TEXT, tags TEXT, config TEXT, current_version INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS versions ("
+    " provider TEXT NOT NULL, version INTEGER NOT NULL, created_at INTEGER NOT NULL,"
+    " expires_at INTEGER NOT NULL, wiped INTEGER NOT NULL, fingerprint TEXT NOT NULL,"
+    " wrapped_key BLOB, sealed BLOB, PRIMARY KEY (provider, version));"
+    "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+    "INSERT OR IGNORE INTO meta (k, v) VALUES ('generation', '0');";
+
+static char *dup_col(sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    return t ? strdup((const char *)t) : NULL;
+}
+
+static unsigned char *dup_blob(sqlite3_stmt *st, int col, size_t *len)
+{
+    const void *b = sqlite3_column_blob(st, col);
+    int n = sqlite3_column_bytes(st, col);
+    *len = 0;
+    if (!b || n <= 0)
+        return NULL;
+    unsigned char *p = malloc((size_t)n);
+    if (!p)
+        return NULL;
+    memcpy(p, b, (size_t)n);
+    *len = (size_t)n;
+    return p;
+}
+
+void al_store_record_clear(al_store_record *r)
+{
+    if (!r)
+        return;
+    free(r->name);
+    free(r->kind);
+    free(r->environment);
+    free(r->description);
+    free(r->tags_json);
+    free(r->config_json);
+    for (size_t i = 0; i < r->version_count; i++) {
+        al_store_version *v = &r->versions[i];
+        if (v->wrapped_key)
+            OPENSSL_cleanse(v->wrapped_key, v->wrapped_key_len);
+        if (v->sealed)
+            OPENSSL_cleanse(v->sealed, v->sealed_len);
+        free(v->wrapped_key);
+        free(v->sealed);
+    }
+    free(r->versions);
+    memset(r, 0, sizeof *r);
+}
+
+void al_store_records_free(al_store_record *recs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        al_store_record_clear(&recs[i]);
+    free(recs);
+}
+
+static int db_err(al_store_sqlite *s, const char *what)
+{
+    al_log(AL_LOG_ERROR, "identity.store", "%s: %s", what, sqlite3_errmsg(s->db));
+    return AL_ERR_DB;
+}
+
+static int load_versions(al_store_sqlite *s, al_store_record *r)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = AL_OK;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT version, created_at, expires_at, wiped, fingerprint, "
+                           "wrapped_key, sealed FROM versions WHERE provider = ? ORDER BY version",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare versions");
+    sqlite3_bind_text(st, 1, r->name, -1, SQLITE_STATIC);
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        al_store_version *nv = realloc(r->versions, (r->version_count + 1) * sizeof *nv);
+        if (!nv) {
+            rc = AL_ERR_NOMEM;
+            goto out;
+        }
+        r->versions = nv;
+        al_store_version *v = &nv[r->version_count++];
+        memset(v, 0, sizeof *v);
+        v->version = (uint32_t)sqlite3_column_int64(st, 0);
+        v->created_at = sqlite3_column_int64(st, 1);
+        v->expires_at = sqlite3_column_int64(st, 2);
+        v->wiped = sqlite3_column_int(st, 3);
+        const unsigned char *fp = sqlite3_column_text(st, 4);
+        snprintf(v->fingerprint, sizeof v->fingerprint, "%s", fp ? (const char *)fp : "");
+        v->wrapped_key = dup_blob(st, 5, &v->wrapped_key_len);
+        v->sealed = dup_blob(st, 6, &v->sealed_len);
+    }
+    if (step != SQLITE_DONE)
+        rc = db_err(s, "read versions");
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+#define PROVIDER_COLS                                                                              \
+    "SELECT name, kind, environment, description, tags, config, current_version, created_at, "     \
+    "updated_at FROM providers"
+
+static int row_to_record(sqlite3_stmt *st, al_store_record *r)
+{
+    memset(r, 0, sizeof *r);
+    r->name = dup_col(st, 0);
+    r->kind = dup_col(st, 1);
+    r->environment = dup_col(st, 2);
+    r->description = dup_col(st, 3);
+    r->tags_json = dup_col(st, 4);
+    r->config_json = dup_col(st, 5);
+    r->current_version = (uint32_t)sqlite3_column_int64(st, 6);
+    r->created_at = sqlite3_column_int64(st, 7);
+    r->updated_at = sqlite3_column_int64(st, 8);
+    return (r->name && r->kind && r->environment) ? AL_OK : AL_ERR_NOMEM;
+}
+
+/* Reads happen inside one deferred transaction so a provider and its versions come
+ * from the same committed state even while another process writes. */
+static int sq_get(al_store *base, const char *name, al_store_record *out)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    int rc;
+    memset(out, 0, sizeof *out);
+    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return db_err(s, "begin");
+    if (sqlite3_prepare_v2(s->db, PROVIDER_COLS " WHERE name = ?", -1, &st, NULL) != SQLITE_OK) {
+        rc = db_err(s, "prepare get");
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_DONE) {
+        rc = AL_ERR_NOTFOUND;
+        goto out;
+    }
+    if (step != SQLITE_ROW) {
+        rc = db_err(s, "get");
+        goto out;
+    }
+    rc = row_to_record(st, out);
+    if (rc == AL_OK)
+        rc = load_versions(s, out);
+out:
+    sqlite3_finalize(st);
+    sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+    if (rc != AL_OK)
+        al_store_record_clear(out);
+    return rc;
+}
+
+static int sq_list(al_store *base, al_store_record **out, size_t *n)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    al_store_record *recs = NULL;
+    size_t count = 0;
+    int rc = AL_OK, step;
+    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return db_err(s, "begin");
+    if (sqlite3_prepare_v2(s->db, PROVIDER_COLS " ORDER BY name", -1, &st, NULL) != SQLITE_OK) {
+        rc = db_err(s, "prepare list");
+        goto out;
+    }
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        al_store_record *nr = realloc(recs, (count + 1) * sizeof *nr);
+        if (!nr) {
+            rc = AL_ERR_NOMEM;
+            goto out;
+        }
+        recs = nr;
+        rc = row_to_record(st, &recs[count]);
+        count++;
+        if (rc == AL_OK)
+            rc = load_versions(s, &recs[count - 1]);
+        if (rc != AL_OK)
+            goto out;
+    }
+    if (step != SQLITE_DONE)
+        rc = db_err(s, "list");
+out:
+    sqlite3_finalize(st);
+    sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+    if (rc != AL_OK) {
+        al_store_records_free(recs, count);
+        return rc;
+    }
+    *out = recs;
+    *n = count;
+    return AL_OK;
+}
+
+static int bump_generation(al_store_sqlite *s)
+{
+    return sqlite3_exec(s->db, "UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'generation'",
+                        NULL, NULL, NULL) == SQLITE_OK
+               ? AL_OK
+               : db_err(s, "generation");
+}
+
+static int put_one(al_store_sqlite *s, const al_store_record *r)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = AL_OK;
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM versions WHERE provider = ?", -1, &st, NULL) !=
+        SQLITE_OK)
+        return db_err(s, "prepare delete versions");
+    sqlite3_bind_text(st, 1, r->name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        rc = db_err(s, "delete versions");
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT OR REPLACE INTO providers (name, kind, environment, "
+                           "description, tags, config, current_version, created_at, updated_at) "
+                           "VALUES (?,?,?,?,?,?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = db_err(s, "prepare put");
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, r->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r->kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->environment, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->description, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->tags_json, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, r->config_json, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, r->current_version);
+    sqlite3_bind_int64(st, 8, r->created_at);
+    sqlite3_bind_int64(st, 9, r->updated_at);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        rc = db_err(s, "put provider");
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO versions (provider, version, created_at, expires_at, "
+                           "wiped, fingerprint, wrapped_key, sealed) VALUES (?,?,?,?,?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = db_err(s, "prepare put version");
+        goto out;
+    }
+    for (size_t i = 0; i < r->version_count; i++) {
+        const al_store_version *v = &r->versions[i];
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        sqlite3_bind_text(st, 1, r->name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, v->version);
+        sqlite3_bind_int64(st, 3, v->created_at);
+        sqlite3_bind_int64(st, 4, v->expires_at);
+        sqlite3_bind_int(st, 5, v->wiped);
+        sqlite3_bind_text(st, 6, v->fingerprint, -1, SQLITE_STATIC);
+        if (v->wrapped_key && !v->wiped)
+            sqlite3_bind_blob(st, 7, v->wrapped_key, (int)v->wrapped_key_len, SQLITE_STATIC);
+        if (v->sealed && !v->wiped)
+            sqlite3_bind_blob(st, 8, v->sealed, (int)v->sealed_len, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            rc = db_err(s, "put version");
+            goto out;
+        }
+    }
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int put_meta(al_store_sqlite *s, const char *k, const char *v)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = AL_OK;
+    if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", -1, &st,
+                           NULL) != SQLITE_OK)
+        return db_err(s, "prepare meta");
+    sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, v, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_err(s, "put meta");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int sq_put(al_store *base, const al_store_record *recs, size_t n, const char *const *meta_kv,
+                  size_t meta_n)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    int rc = AL_OK;
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return db_err(s, "begin immediate");
+    for (size_t i = 0; i < n && rc == AL_OK; i++)
+        rc = put_one(s, &recs[i]);
+    for (size_t i = 0; i < meta_n && rc == AL_OK; i++)
+        rc = put_meta(s, meta_kv[2 * i], meta_kv[2 * i + 1]);
+    if (rc == AL_OK)
+        rc = bump_generation(s);
+    if (rc == AL_OK && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = db_err(s, "commit");
+    if (rc != AL_OK)
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+static int sq_del(al_store *base, const char *name)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    int rc = AL_OK;
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return db_err(s, "begin immediate");
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM providers WHERE name = ?", -1, &st, NULL) !=
+        SQLITE_OK) {
+        rc = db_err(s, "prepare delete");
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        rc = db_err(s, "delete");
+        goto out;
+    }
+    if (sqlite3_changes(s->db) == 0) {
+        rc = AL_ERR_NOTFOUND;
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM versions WHERE provider = ?", -1, &st, NULL) !=
+        SQLITE_OK) {
+        rc = db_err(s, "prepare delete versions");
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        rc = db_err(s, "delete versions");
+        goto out;
+    }
+    rc = bump_generation(s);
+out:
+    sqlite3_finalize(st);
+    if (rc == AL_OK && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = db_err(s, "commit");
+    if (rc != AL_OK)
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+static int sq_meta_get(al_store *base, const char *key, char **out)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    int rc = AL_OK;
+    if (sqlite3_prepare_v2(s->db, "SELECT v FROM meta WHERE k = ?", -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare meta");
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        *out = dup_col(st, 0);
+        if (!*out)
+            rc = AL_ERR_NOMEM;
+    } else if (step == SQLITE_DONE) {
+        rc = AL_ERR_NOTFOUND;
+    } else {
+        rc = db_err(s, "meta");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int sq_generation(al_store *base, uint64_t *out)
+{
+    char *v = NULL;
+    int rc = sq_meta_get(base, "generation", &v);
+    if (rc == AL_OK)
+        *out = strtoull(v, NULL, 10);
+    free(v);
+    return rc;
+}
+
+static void sq_close(al_store *base)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_close(s->db);
+    free(s);
+}
+
+static const al_store_ops sqlite_ops = {
+    .name = "sqlite",
+    .close = sq_close,
+    .get = sq_get,
+    .list = sq_list,
+    .put = sq_put,
+    .del = sq_del,
+    .generation = sq_generation,
+    .meta_get = sq_meta_get,
+};
+
+int al_store_sqlite_open(const char *state_dir, int flags, al_store **out)
+{
+    al_store_sqlite *s = NULL;
+    char path[4096];
+    int rc;
+    if (snprintf(path, sizeof path, "%s/identity.db", state_dir) >= (int)sizeof path)
+        return AL_ERR_TOOBIG;
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        if (!(flags & AL_STORE_CREATE))
+            return AL_ERR_NOTFOUND;
+        if (mkdir(state_dir, 0700) != 0 && errno != EEXIST) {
+            al_log(AL_LOG_ERROR, "identity.store", "cannot create state dir %s: %s", state_dir,
+                   strerror(errno));
+            return AL_ERR_IO;
+        }
+    }
+    s = calloc(1, sizeof *s);
+    if (!s)
+        return AL_ERR_NOMEM;
+    s->base.ops = &sqlite_ops;
+    /* The database holds only ciphertext, but nobody else needs to read it. */
+    mode_t old = umask(077);
+    int orc = sqlite3_open_v2(path, &s->db,
+                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX |
+                                  ((flags & AL_STORE_CREATE) ? SQLITE_OPEN_CREATE : 0),
+                              NULL);
+    umask(old);
+    if (orc != SQLITE_OK) {
+        al_log(AL_LOG_ERROR, "identity.store", "cannot open %s: %s", path,
+               s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        rc = AL_ERR_DB;
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, 5000);
+    if (sqlite3_exec(s->db,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA secure_delete=ON;",
+                     NULL, NULL, NULL) != SQLITE_OK) {
+        rc = db_err(s, "pragmas");
+        goto fail;
+    }
+    if (sqlite3_exec(s->db, schema_sql, NULL, NULL, NULL) != SQLITE_OK) {
+        rc = db_err(s, "schema");
+        goto fail;
+    }
+    *out = &s->base;
+    return AL_OK;
+fail:
+    if (s->db)
+        sqlite3_close(s->db);
+    free(s);
+    return rc;
+}
