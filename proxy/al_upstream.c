@@ -1,0 +1,1127 @@
+/* al_upstream: the upstream client engine — libcurl's multi interface on a libev loop.
+ *
+ * Owns, per worker, one al_upstream_pool: a CURLM (its connection cache is what
+ * reuses upstream connections; HTTP/2 streams are multiplexed on one connection),
+ * the ev_io watchers curl asks for through CURLMOPT_SOCKETFUNCTION, one ev_timer for
+ * CURLMOPT_TIMERFUNCTION, and free lists of requests and easy handles so a request
+ * costs no curl_easy_init on the hot path (handles are curl_easy_reset and set up
+ * again).
+ *
+ * Invariants:
+ *  - curl is never re-entered from inside one of its own callbacks. While any curl
+ *    callback runs (pool->cb_depth > 0), al_upstream_cancel / resume / start only
+ *    record what to do and queue the request on the pool's deferred list; a 0 s
+ *    ev_timer applies it from the loop. A request cancelled inside a callback also
+ *    makes the callback fail, so curl stops the transfer at once.
+ *  - on_done is called exactly once for a request not cancelled, never from inside a
+ *    curl callback, and the request is freed right after it returns.
+ *  - the connection goes to the checked address only: CURLOPT_RESOLVE pins the name
+ *    ("+host:port:addr", replacing any earlier entry for host:port in the multi's DNS
+ *    cache), and the open-socket callback refuses any other address and, unless
+ *    allow_private, any address of a class the egress guard refuses.
+ *  - memory per request is bounded: response head and trailers each at most
+ *    AL_UPSTREAM_MAX_HEAD bytes / AL_UPSTREAM_MAX_HEADERS lines, plus curl's 16 KiB
+ *    receive and 16 KiB upload buffers; a paused direction holds only those.
+ *  - request header values (they carry the injected credential) are wiped when the
+ *    request ends; they never appear in a detail string.
+ *
+ * Timeouts, one governing each phase: connect (curl's CURLOPT_CONNECTTIMEOUT_MS,
+ * TLS handshake included); while the request body is sent, idle (no byte either way
+ * for idle_timeout_ms); from the end of the request to the response head, first
+ * byte; after the head, idle. The idle clock stops while airlock itself holds a
+ * direction paused (the agent is slow, not the upstream). */
+#include "al_upstream.h"
+#include "al_egress.h"
+#include "common/al_err.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <stddef.h>
+#include <ev.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define AL_UPSTREAM_MAX_HEAD    (64 * 1024) /* bytes of response head (names + values) */
+#define AL_UPSTREAM_MAX_HEADERS 256         /* response header lines */
+#define AL_UPSTREAM_FREE_MAX    256         /* pooled requests kept for reuse */
+#define AL_UPSTREAM_LINE_MAX    8192        /* request header line built on the stack */
+
+typedef struct hdr_ent {
+    uint32_t name_off, name_len, value_off, value_len;
+} hdr_ent;
+
+/* A header block being collected: names and values in one bounded buffer. */
+typedef struct hdr_block {
+    char *data; /* owned, AL_UPSTREAM_MAX_HEAD bytes once allocated */
+    size_t len;
+    hdr_ent ent[AL_UPSTREAM_MAX_HEADERS];
+    size_t count;
+} hdr_block;
+
+typedef struct sock_watch {
+    ev_io io;
+    curl_socket_t fd;
+    struct al_upstream_pool *pool;
+    struct sock_watch *prev, *next;
+} sock_watch;
+
+struct al_upstream_req {
+    al_upstream_pool *pool;
+    CURL *easy;                           /* owned; returned to the pool's free list with the req */
+    struct curl_slist *headers, *resolve; /* owned; header values wiped on free */
+    al_upstream_cbs cbs;
+    void *arg;
+
+    /* the pinned address: the socket curl opens must be exactly this */
+    int pin_family;
+    unsigned char pin_addr[16];
+    int allow_private;
+    int user_body;       /* read_body is called */
+    int64_t body_length; /* as given; meaningful when user_body */
+    uint32_t first_byte_ms, idle_ms;
+
+    ev_timer first_byte_timer, idle_timer;
+    ev_tstamp last_activity;
+    struct timespec started;
+    uint32_t first_byte_elapsed; /* ms, 0 until the first response byte */
+
+    /* state */
+    unsigned added : 1, prereq : 1, body_eof : 1, head_done : 1, send_paused : 1, recv_paused : 1,
+        cancelled : 1, done : 1, deferred : 1, want_add : 1, want_send : 1, want_recv : 1,
+        got_first_byte : 1, interim : 1;
+    enum al_upstream_error fail; /* set by our own callbacks; wins over curl's code */
+    int status;
+    hdr_block head, trailers;
+    char errbuf[CURL_ERROR_SIZE]; /* curl's own message (CURLOPT_ERRORBUFFER) */
+    char detail[CURL_ERROR_SIZE]; /* what on_done gets */
+
+    al_upstream_req *prev, *next;   /* pool's live list */
+    al_upstream_req *dprev, *dnext; /* pool's deferred list */
+};
+
+struct al_upstream_pool {
+    struct ev_loop *loop;
+    CURLM *multi;
+    ev_timer timer;    /* curl's timeout */
+    ev_timer deferred; /* 0 s: applies what callbacks could not do in place */
+    int cb_depth;      /* > 0 while inside a curl callback */
+    al_upstream_req *live, *dhead, *dtail;
+    al_upstream_req *free_reqs; /* singly linked through next, each with its easy */
+    size_t free_count;
+    sock_watch *socks;
+};
+
+static void check_done(al_upstream_pool *p);
+static void update_idle(al_upstream_req *r);
+
+/* ---- small helpers --------------------------------------------------------- */
+
+static void slist_free_wiped(struct curl_slist *l)
+{
+    for (struct curl_slist *n = l; n; n = n->next)
+        if (n->data)
+            OPENSSL_cleanse(n->data, strlen(n->data));
+    curl_slist_free_all(l);
+}
+
+static int is_hop_by_hop(const char *name, size_t len)
+{
+    static const char *const names[] = {"connection",        "keep-alive", "proxy-connection",
+                                        "transfer-encoding", "te",         "upgrade",
+                                        "proxy-authenticate"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+            return 1;
+    return 0;
+}
+
+static int name_is(const al_header *h, const char *name)
+{
+    return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
+}
+
+static int bytes_ok(const char *s, size_t n, int is_name)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\r' || c == '\n' || c == '\0')
+            return 0;
+        if (is_name && (c == ':' || c <= ' ' || c >= 0x7f))
+            return 0;
+    }
+    return !is_name || n > 0;
+}
+
+static uint32_t ms_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t ms = (int64_t)(now.tv_sec - t0->tv_sec) * 1000 + (now.tv_nsec - t0->tv_nsec) / 1000000;
+    return ms <= 0 ? 1 : (uint32_t)ms;
+}
+
+static void deferred_push(al_upstream_req *r)
+{
+    al_upstream_pool *p = r->pool;
+    if (!r->deferred) {
+        r->deferred = 1;
+        r->dnext = NULL;
+        r->dprev = p->dtail;
+        if (p->dtail)
+            p->dtail->dnext = r;
+        else
+            p->dhead = r;
+        p->dtail = r;
+    }
+    if (!ev_is_active(&p->deferred)) {
+        ev_timer_set(&p->deferred, 0., 0.);
+        ev_timer_start(p->loop, &p->deferred);
+    }
+}
+
+static void deferred_unlink(al_upstream_req *r)
+{
+    al_upstream_pool *p = r->pool;
+    if (!r->deferred)
+        return;
+    if (r->dprev)
+        r->dprev->dnext = r->dnext;
+    else
+        p->dhead = r->dnext;
+    if (r->dnext)
+        r->dnext->dprev = r->dprev;
+    else
+        p->dtail = r->dprev;
+    r->deferred = 0;
+    r->dprev = r->dnext = NULL;
+}
+
+/* Ends a request without any callback: out of curl, out of every list, and back to
+ * the free list (or freed). Never called from inside a curl callback. */
+static void req_release(al_upstream_req *r)
+{
+    al_upstream_pool *p = r->pool;
+    ev_timer_stop(p->loop, &r->first_byte_timer);
+    ev_timer_stop(p->loop, &r->idle_timer);
+    deferred_unlink(r);
+    if (r->prev)
+        r->prev->next = r->next;
+    else if (p->live == r)
+        p->live = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    if (r->added)
+        curl_multi_remove_handle(p->multi, r->easy);
+    r->added = 0;
+    slist_free_wiped(r->headers);
+    curl_slist_free_all(r->resolve);
+    r->headers = r->resolve = NULL;
+    if (r->easy)
+        curl_easy_reset(r->easy); /* drops curl's copies of the URL (it may hold a key) */
+    OPENSSL_cleanse(r->errbuf, sizeof r->errbuf);
+    OPENSSL_cleanse(r->detail, sizeof r->detail);
+    if (r->easy && p->free_count < AL_UPSTREAM_FREE_MAX) {
+        r->next = p->free_reqs;
+        p->free_reqs = r;
+        p->free_count++;
+        return;
+    }
+    if (r->easy)
+        curl_easy_cleanup(r->easy);
+    free(r->head.data);
+    free(r->trailers.data);
+    free(r);
+}
+
+/* Reports the end and frees. Never called from inside a curl callback. */
+static void req_finish(al_upstream_req *r, enum al_upstream_error err, const char *detail)
+{
+    al_upstream_pool *p = r->pool;
+    ev_timer_stop(p->loop, &r->first_byte_timer);
+    ev_timer_stop(p->loop, &r->idle_timer);
+    if (r->added) {
+        curl_multi_remove_handle(p->multi, r->easy);
+        r->added = 0;
+    }
+    r->done = 1; /* al_upstream_cancel from on_done is then a no-op */
+    if (r->cbs.on_done)
+        r->cbs.on_done(r->arg, err, detail);
+    req_release(r);
+}
+
+/* ---- curl -> libev glue ---------------------------------------------------- */
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    sock_watch *sw = (sock_watch *)w;
+    al_upstream_pool *p = sw->pool;
+    int action =
+        ((revents & EV_READ) ? CURL_CSELECT_IN : 0) | ((revents & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int running = 0;
+    curl_multi_socket_action(p->multi, sw->fd, action, &running); /* may free sw */
+    check_done(p);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    al_upstream_pool *p = w->data;
+    int running = 0;
+    curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(p);
+}
+
+static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    al_upstream_pool *p = userp;
+    sock_watch *sw = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (sw) {
+            ev_io_stop(p->loop, &sw->io);
+            if (sw->prev)
+                sw->prev->next = sw->next;
+            else
+                p->socks = sw->next;
+            if (sw->next)
+                sw->next->prev = sw->prev;
+            curl_multi_assign(p->multi, s, NULL);
+            free(sw);
+        }
+        return 0;
+    }
+    if (!sw) {
+        sw = calloc(1, sizeof *sw);
+        if (!sw)
+            return -1;
+        sw->fd = s;
+        sw->pool = p;
+        sw->next = p->socks;
+        if (p->socks)
+            p->socks->prev = sw;
+        p->socks = sw;
+        ev_init(&sw->io, io_cb);
+        curl_multi_assign(p->multi, s, sw);
+    }
+    int events = ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    ev_io_stop(p->loop, &sw->io);
+    ev_io_set(&sw->io, s, events);
+    ev_io_start(p->loop, &sw->io);
+    return 0;
+}
+
+static int multi_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    al_upstream_pool *p = userp;
+    ev_timer_stop(p->loop, &p->timer);
+    if (timeout_ms >= 0) {
+        ev_timer_set(&p->timer, (double)timeout_ms / 1000.0, 0.);
+        ev_timer_start(p->loop, &p->timer);
+    }
+    return 0;
+}
+
+/* ---- errors ---------------------------------------------------------------- */
+
+static enum al_upstream_error map_curl_error(al_upstream_req *r, CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OK:
+        return AL_UPSTREAM_OK;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+        return AL_UPSTREAM_CONNECT;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_USE_SSL_FAILED:
+        return AL_UPSTREAM_TLS;
+    case CURLE_OPERATION_TIMEDOUT: {
+        /* curl's only deadline is the connect one (TLS handshake included); ours
+         * are ev_timers. Still, tell the phases apart from what curl reports. */
+        if (!r->prereq)
+            return AL_UPSTREAM_TIMEOUT_CONNECT;
+        return r->head_done ? AL_UPSTREAM_TIMEOUT_IDLE : AL_UPSTREAM_TIMEOUT_FIRST_BYTE;
+    }
+    case CURLE_ABORTED_BY_CALLBACK:
+        return AL_UPSTREAM_ABORTED;
+    default:
+        /* RECV/SEND errors, GOT_NOTHING, PARTIAL_FILE, HTTP2, HTTP2_STREAM,
+         * WEIRD_SERVER_REPLY, ...: the upstream broke the exchange. */
+        return AL_UPSTREAM_RESET;
+    }
+}
+
+static void fail_with(al_upstream_req *r, enum al_upstream_error err, const char *detail)
+{
+    if (r->fail == AL_UPSTREAM_OK) {
+        r->fail = err;
+        snprintf(r->detail, sizeof r->detail, "%s", detail);
+    }
+}
+
+static void done_msg(al_upstream_req *r, CURLcode rc)
+{
+    if (r->cancelled) {
+        req_release(r);
+        return;
+    }
+    enum al_upstream_error err = r->fail;
+    if (err == AL_UPSTREAM_OK) {
+        err = map_curl_error(r, rc);
+        if (err == AL_UPSTREAM_OK && !r->head_done) {
+            err = AL_UPSTREAM_RESET;
+            snprintf(r->detail, sizeof r->detail, "upstream closed before a response");
+        } else if (err != AL_UPSTREAM_OK) {
+            /* curl's message names hosts and phases, never header values */
+            snprintf(r->detail, sizeof r->detail, "%s",
+                     r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc));
+        }
+    }
+    if (err == AL_UPSTREAM_OK && r->trailers.count && r->cbs.on_trailers) {
+        al_header h[AL_UPSTREAM_MAX_HEADERS];
+        for (size_t i = 0; i < r->trailers.count; i++) {
+            const hdr_ent *e = &r->trailers.ent[i];
+            h[i] = (al_header){r->trailers.data + e->name_off, e->name_len,
+                               r->trailers.data + e->value_off, e->value_len};
+        }
+        r->pool->cb_depth++; /* the caller may cancel here: curl must not be touched */
+        r->cbs.on_trailers(r->arg, h, r->trailers.count);
+        r->pool->cb_depth--;
+        if (r->cancelled) {
+            req_release(r);
+            return;
+        }
+    }
+    req_finish(r, err, err == AL_UPSTREAM_OK ? NULL : r->detail);
+}
+
+static void check_done(al_upstream_pool *p)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(p->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        al_upstream_req *r = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        if (r)
+            done_msg(r, msg->data.result);
+    }
+}
+
+/* ---- our timers -------------------------------------------------------------- */
+
+static void first_byte_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    al_upstream_req *r = w->data;
+    snprintf(r->detail, sizeof r->detail, "no response within %u ms", r->first_byte_ms);
+    req_finish(r, AL_UPSTREAM_TIMEOUT_FIRST_BYTE, r->detail);
+}
+
+static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    al_upstream_req *r = w->data;
+    /* the clock is restarted lazily: activity only stamps last_activity */
+    ev_tstamp left = r->last_activity + r->idle_ms / 1000.0 - ev_now(loop);
+    if (left > 0.0005) {
+        ev_timer_set(w, left, 0.);
+        ev_timer_start(loop, w);
+        return;
+    }
+    snprintf(r->detail, sizeof r->detail, "no data for %u ms", r->idle_ms);
+    req_finish(r, AL_UPSTREAM_TIMEOUT_IDLE, r->detail);
+}
+
+static void update_idle(al_upstream_req *r)
+{
+    struct ev_loop *loop = r->pool->loop;
+    int sending = r->user_body && !r->body_eof;
+    int want = r->idle_ms && r->prereq && !r->send_paused && !r->recv_paused && !r->cancelled &&
+               (r->head_done || sending);
+    if (want && !ev_is_active(&r->idle_timer)) {
+        r->last_activity = ev_now(loop);
+        ev_timer_set(&r->idle_timer, r->idle_ms / 1000.0, 0.);
+        ev_timer_start(loop, &r->idle_timer);
+    } else if (!want && ev_is_active(&r->idle_timer)) {
+        ev_timer_stop(loop, &r->idle_timer);
+    }
+}
+
+static void arm_first_byte(al_upstream_req *r)
+{
+    if (r->first_byte_ms && !r->head_done && !ev_is_active(&r->first_byte_timer)) {
+        ev_timer_set(&r->first_byte_timer, r->first_byte_ms / 1000.0, 0.);
+        ev_timer_start(r->pool->loop, &r->first_byte_timer);
+    }
+}
+
+/* ---- curl callbacks ---------------------------------------------------------- */
+
+static curl_socket_t open_socket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    al_upstream_req *r = clientp;
+    const struct sockaddr *sa = &a->addr;
+    const void *raw = NULL;
+    size_t raw_len = 0;
+    if (sa->sa_family == AF_INET) {
+        raw = &((const struct sockaddr_in *)sa)->sin_addr;
+        raw_len = 4;
+    } else if (sa->sa_family == AF_INET6) {
+        raw = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        raw_len = 16;
+    }
+    if (!raw || sa->sa_family != r->pin_family || memcmp(raw, r->pin_addr, raw_len) != 0) {
+        fail_with(r, AL_UPSTREAM_CONNECT, "refused: not the checked address");
+        return CURL_SOCKET_BAD;
+    }
+    enum al_addr_class c = al_egress_classify(sa);
+    if (c != AL_ADDR_PUBLIC && !r->allow_private) {
+        char d[96];
+        snprintf(d, sizeof d, "refused by the egress guard: %s address", al_egress_class_name(c));
+        fail_with(r, AL_UPSTREAM_CONNECT, d);
+        return CURL_SOCKET_BAD;
+    }
+    int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    return fd < 0 ? CURL_SOCKET_BAD : fd;
+}
+
+static int prereq_cb(void *clientp, char *primary_ip, char *local_ip, int primary_port,
+                     int local_port)
+{
+    al_upstream_req *r = clientp;
+    r->prereq = 1;
+    /* with no body to send, the request is out as soon as this returns */
+    if (!r->user_body || r->body_length == 0)
+        arm_first_byte(r);
+    update_idle(r);
+    return CURL_PREREQFUNC_OK;
+}
+
+static size_t read_cb(char *buf, size_t size, size_t n, void *ud)
+{
+    al_upstream_req *r = ud;
+    size_t cap = size * n;
+    if (r->cancelled)
+        return CURL_READFUNC_ABORT;
+    if (!r->user_body || r->body_eof)
+        return 0;
+    r->pool->cb_depth++;
+    ssize_t got = r->cbs.read_body(r->arg, buf, cap);
+    r->pool->cb_depth--;
+    if (r->cancelled)
+        return CURL_READFUNC_ABORT;
+    if (got == AL_ERR_AGAIN) {
+        r->send_paused = 1;
+        update_idle(r);
+        return CURL_READFUNC_PAUSE;
+    }
+    if (got < 0 || (size_t)got > cap) {
+        fail_with(r, AL_UPSTREAM_ABORTED, "request body read failed");
+        return CURL_READFUNC_ABORT;
+    }
+    r->last_activity = ev_now(r->pool->loop);
+    if (got == 0) {
+        r->body_eof = 1;
+        arm_first_byte(r);
+        update_idle(r);
+    }
+    return (size_t)got;
+}
+
+static size_t write_cb(char *data, size_t size, size_t n, void *ud)
+{
+    al_upstream_req *r = ud;
+    size_t len = size * n;
+    if (r->cancelled)
+        return 0;
+    if (!r->head_done) {
+        fail_with(r, AL_UPSTREAM_RESET, "body before the response head");
+        return 0;
+    }
+    if (!len)
+        return 0;
+    r->pool->cb_depth++;
+    int rc = r->cbs.on_body ? r->cbs.on_body(r->arg, data, len) : 0;
+    r->pool->cb_depth--;
+    if (r->cancelled)
+        return 0;
+    if (rc == AL_ERR_AGAIN) {
+        r->recv_paused = 1;
+        update_idle(r);
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    if (rc < 0) {
+        fail_with(r, AL_UPSTREAM_ABORTED, "response body refused");
+        return 0;
+    }
+    r->last_activity = ev_now(r->pool->loop);
+    return len;
+}
+
+static int block_add(hdr_block *b, const char *line, size_t len)
+{
+    if (len && (line[0] == ' ' || line[0] == '\t')) {
+        /* obs-fold: the continuation belongs to the last value, which is the tail
+         * of the buffer, so it can grow in place */
+        if (!b->count)
+            return AL_ERR_PROTO;
+        while (len && (line[0] == ' ' || line[0] == '\t'))
+            line++, len--;
+        if (b->len + 1 + len > AL_UPSTREAM_MAX_HEAD)
+            return AL_ERR_TOOBIG;
+        b->data[b->len++] = ' ';
+        memcpy(b->data + b->len, line, len);
+        b->len += len;
+        b->ent[b->count - 1].value_len += (uint32_t)(len + 1);
+        return AL_OK;
+    }
+    const char *colon = memchr(line, ':', len);
+    if (!colon || colon == line)
+        return AL_ERR_PROTO;
+    size_t nlen = (size_t)(colon - line);
+    const char *v = colon + 1, *end = line + len;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    size_t vlen = (size_t)(end - v);
+    if (b->count == AL_UPSTREAM_MAX_HEADERS || b->len + nlen + vlen > AL_UPSTREAM_MAX_HEAD)
+        return AL_ERR_TOOBIG;
+    if (!b->data && !(b->data = malloc(AL_UPSTREAM_MAX_HEAD)))
+        return AL_ERR_NOMEM;
+    hdr_ent *e = &b->ent[b->count++];
+    e->name_off = (uint32_t)b->len;
+    e->name_len = (uint32_t)nlen;
+    memcpy(b->data + b->len, line, nlen);
+    b->len += nlen;
+    e->value_off = (uint32_t)b->len;
+    e->value_len = (uint32_t)vlen;
+    memcpy(b->data + b->len, v, vlen);
+    b->len += vlen;
+    return AL_OK;
+}
+
+/* Is this header named by a token of a Connection header in the block? */
+static int named_by_connection(const hdr_block *b, const char *name, size_t nlen)
+{
+    for (size_t i = 0; i < b->count; i++) {
+        const hdr_ent *e = &b->ent[i];
+        if (e->name_len != 10 || strncasecmp(b->data + e->name_off, "connection", 10) != 0)
+            continue;
+        const char *s = b->data + e->value_off, *end = s + e->value_len;
+        while (s < end) {
+            while (s < end && (*s == ',' || *s == ' ' || *s == '\t'))
+                s++;
+            const char *t = s;
+            while (s < end && *s != ',' && *s != ' ' && *s != '\t')
+                s++;
+            if ((size_t)(s - t) == nlen && nlen && strncasecmp(t, name, nlen) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int deliver_head(al_upstream_req *r)
+{
+    al_header h[AL_UPSTREAM_MAX_HEADERS];
+    size_t n = 0;
+    const hdr_block *b = &r->head;
+    for (size_t i = 0; i < b->count; i++) {
+        const hdr_ent *e = &b->ent[i];
+        const char *name = b->data + e->name_off;
+        if (is_hop_by_hop(name, e->name_len) || named_by_connection(b, name, e->name_len))
+            continue;
+        h[n++] = (al_header){name, e->name_len, b->data + e->value_off, e->value_len};
+    }
+    r->pool->cb_depth++;
+    if (r->cbs.on_head)
+        r->cbs.on_head(r->arg, r->status, h, n);
+    r->pool->cb_depth--;
+    return r->cancelled ? AL_ERR_AGAIN : AL_OK;
+}
+
+static size_t header_cb(char *line, size_t size, size_t n, void *ud)
+{
+    al_upstream_req *r = ud;
+    size_t len = size * n;
+    if (r->cancelled)
+        return 0;
+    if (!r->got_first_byte) {
+        r->got_first_byte = 1;
+        r->first_byte_elapsed = ms_since(&r->started);
+    }
+    r->last_activity = ev_now(r->pool->loop);
+    size_t l = len;
+    while (l && (line[l - 1] == '\n' || line[l - 1] == '\r'))
+        l--;
+    if (r->head_done) {
+        /* after the body: trailers (HTTP/1.1 chunked or HTTP/2), reported at the end */
+        int rc = l ? block_add(&r->trailers, line, l) : AL_OK;
+        if (rc) {
+            fail_with(r, AL_UPSTREAM_RESET,
+                      rc == AL_ERR_TOOBIG ? "response trailers too large"
+                                          : "malformed response trailer");
+            return 0;
+        }
+        return len;
+    }
+    if (l >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+        /* a status line starts a block: "HTTP/1.1 200 OK", "HTTP/2 200" */
+        const char *sp = memchr(line, ' ', l);
+        int st = 0;
+        if (sp && (size_t)(line + l - sp) >= 4) {
+            for (int i = 1; i <= 3; i++) {
+                char c = sp[i];
+                if (c < '0' || c > '9') {
+                    st = 0;
+                    break;
+                }
+                st = st * 10 + (c - '0');
+            }
+        }
+        if (st < 100 || st > 999) {
+            fail_with(r, AL_UPSTREAM_RESET, "malformed response status line");
+            return 0;
+        }
+        r->status = st;
+        r->head.count = 0;
+        r->head.len = 0;
+        return len;
+    }
+    if (l == 0) {
+        if (r->status >= 100 && r->status < 200)
+            return len; /* end of an interim block: wait for the final one */
+        if (!r->status) {
+            fail_with(r, AL_UPSTREAM_RESET, "response without a status line");
+            return 0;
+        }
+        r->head_done = 1;
+        ev_timer_stop(r->pool->loop, &r->first_byte_timer);
+        update_idle(r);
+        if (deliver_head(r))
+            return 0;
+        return len;
+    }
+    if (r->status >= 100 && r->status < 200)
+        return len; /* interim headers are not passed on */
+    int rc = block_add(&r->head, line, l);
+    if (rc) {
+        fail_with(r, AL_UPSTREAM_RESET,
+                  rc == AL_ERR_TOOBIG ? "response head too large" : "malformed response header");
+        return 0;
+    }
+    return len;
+}
+
+/* ---- the deferred queue ------------------------------------------------------ */
+
+static void apply_pause(al_upstream_req *r)
+{
+    int mask = (r->send_paused ? CURLPAUSE_SEND : 0) | (r->recv_paused ? CURLPAUSE_RECV : 0);
+    /* may call write_cb/read_cb synchronously; they raise cb_depth themselves, so a
+     * cancel or resume from there is deferred */
+    curl_easy_pause(r->easy, mask);
+}
+
+static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    al_upstream_pool *p = w->data;
+    al_upstream_req *r;
+    while ((r = p->dhead) != NULL) {
+        deferred_unlink(r);
+        if (r->cancelled) {
+            req_release(r);
+            continue;
+        }
+        if (r->want_add) {
+            r->want_add = 0;
+            if (curl_multi_add_handle(p->multi, r->easy) != CURLM_OK) {
+                snprintf(r->detail, sizeof r->detail, "could not start the transfer");
+                req_finish(r, AL_UPSTREAM_CONNECT, r->detail);
+                continue;
+            }
+            r->added = 1;
+        }
+        int changed = (r->want_send && r->send_paused) || (r->want_recv && r->recv_paused);
+        if (r->want_send)
+            r->send_paused = 0;
+        if (r->want_recv)
+            r->recv_paused = 0;
+        r->want_send = r->want_recv = 0;
+        if (changed) {
+            update_idle(r);
+            apply_pause(r);
+        }
+    }
+    check_done(p);
+}
+
+/* ---- public ------------------------------------------------------------------ */
+
+int al_upstream_pool_new(struct ev_loop *loop, al_upstream_pool **out)
+{
+    int rc = AL_ERR_NOMEM;
+    al_upstream_pool *p = NULL;
+    if (!loop || !out)
+        return AL_ERR_INVAL;
+    *out = NULL;
+    /* thread-safe and reference-counted in curl >= 7.84, so one call per worker */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return AL_ERR_NOMEM;
+    p = calloc(1, sizeof *p);
+    if (!p)
+        goto fail;
+    p->loop = loop;
+    p->multi = curl_multi_init();
+    if (!p->multi)
+        goto fail;
+    ev_init(&p->timer, timer_cb);
+    p->timer.data = p;
+    ev_init(&p->deferred, deferred_cb);
+    p->deferred.data = p;
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
+    curl_multi_setopt(p->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(p->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L); /* unlimited */
+    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, 256L);        /* idle cache */
+    *out = p;
+    return AL_OK;
+fail:
+    free(p);
+    curl_global_cleanup();
+    return rc;
+}
+
+void al_upstream_pool_free(al_upstream_pool *p)
+{
+    if (!p)
+        return;
+    while (p->live)
+        req_release(p->live);
+    while (p->dhead)
+        req_release(p->dhead); /* started-but-not-added requests sit only here */
+    while (p->free_reqs) {
+        al_upstream_req *r = p->free_reqs;
+        p->free_reqs = r->next;
+        curl_easy_cleanup(r->easy);
+        free(r->head.data);
+        free(r->trailers.data);
+        free(r);
+    }
+    curl_multi_cleanup(p->multi); /* may still report sockets removed */
+    while (p->socks) {
+        sock_watch *sw = p->socks;
+        p->socks = sw->next;
+        ev_io_stop(p->loop, &sw->io);
+        free(sw);
+    }
+    ev_timer_stop(p->loop, &p->timer);
+    ev_timer_stop(p->loop, &p->deferred);
+    free(p);
+    curl_global_cleanup();
+}
+
+static int pin_address(al_upstream_req *r, const al_upstream_opts *o)
+{
+    const char *a = o->connect_addr ? o->connect_addr : o->connect_host;
+    char tmp[64];
+    size_t n = strlen(a);
+    if (n >= 2 && a[0] == '[' && a[n - 1] == ']') {
+        if (n - 2 >= sizeof tmp)
+            return AL_ERR_INVAL;
+        memcpy(tmp, a + 1, n - 2);
+        tmp[n - 2] = '\0';
+        a = tmp;
+    }
+    if (inet_pton(AF_INET, a, r->pin_addr) == 1)
+        r->pin_family = AF_INET;
+    else if (inet_pton(AF_INET6, a, r->pin_addr) == 1)
+        r->pin_family = AF_INET6;
+    else
+        return AL_ERR_INVAL; /* without a checked address there is nothing to pin */
+    if (!o->connect_addr)
+        return AL_OK; /* a literal host: curl does no lookup */
+    char entry[512];
+    int w = snprintf(entry, sizeof entry, r->pin_family == AF_INET6 ? "+%s:%u:[%s]" : "+%s:%u:%s",
+                     o->connect_host, (unsigned)o->connect_port, a);
+    if (w < 0 || (size_t)w >= sizeof entry || strchr(o->connect_host, ':'))
+        return AL_ERR_INVAL;
+    r->resolve = curl_slist_append(NULL, entry);
+    return r->resolve ? AL_OK : AL_ERR_NOMEM;
+}
+
+static int build_headers(al_upstream_req *r, const al_upstream_opts *o)
+{
+    int has_accept = 0, has_expect = 0;
+    char stack[AL_UPSTREAM_LINE_MAX];
+    for (size_t i = 0; i < o->header_count; i++) {
+        const al_header *h = &o->headers[i];
+        if (!bytes_ok(h->name, h->name_len, 1) || !bytes_ok(h->value, h->value_len, 0))
+            return AL_ERR_INVAL;
+        /* curl owns framing and Host: it derives them from the URL and the body */
+        if (name_is(h, "host") || name_is(h, "content-length") ||
+            (is_hop_by_hop(h->name, h->name_len) &&
+             !(name_is(h, "te") && h->value_len == 8 && !strncasecmp(h->value, "trailers", 8))))
+            continue;
+        has_accept |= name_is(h, "accept");
+        has_expect |= name_is(h, "expect");
+        size_t need = h->name_len + 2 + h->value_len + 1;
+        char *line = need <= sizeof stack ? stack : malloc(need);
+        if (!line)
+            return AL_ERR_NOMEM;
+        memcpy(line, h->name, h->name_len);
+        size_t k = h->name_len;
+        if (h->value_len) {
+            line[k++] = ':';
+            line[k++] = ' ';
+            memcpy(line + k, h->value, h->value_len);
+            k += h->value_len;
+        } else {
+            line[k++] = ';'; /* curl's way to send a header with an empty value */
+        }
+        line[k] = '\0';
+        struct curl_slist *nl = curl_slist_append(r->headers, line);
+        OPENSSL_cleanse(line, k);
+        if (line != stack)
+            free(line);
+        if (!nl)
+            return AL_ERR_NOMEM;
+        r->headers = nl;
+    }
+    /* remove curl's defaults the agent did not ask for */
+    static const char *const drop[] = {"Accept:", "Expect:"};
+    for (int i = 0; i < 2; i++) {
+        if ((i == 0 && has_accept) || (i == 1 && has_expect))
+            continue;
+        struct curl_slist *nl = curl_slist_append(r->headers, drop[i]);
+        if (!nl)
+            return AL_ERR_NOMEM;
+        r->headers = nl;
+    }
+    return AL_OK;
+}
+
+static al_upstream_req *req_get(al_upstream_pool *p)
+{
+    al_upstream_req *r = p->free_reqs;
+    if (r) {
+        p->free_reqs = r->next;
+        p->free_count--;
+        char *hd = r->head.data, *td = r->trailers.data;
+        CURL *easy = r->easy;
+        memset(r, 0, offsetof(al_upstream_req, head));
+        r->head.data = hd;
+        r->head.len = r->head.count = 0;
+        r->trailers.data = td;
+        r->trailers.len = r->trailers.count = 0;
+        memset(r->errbuf, 0, sizeof r->errbuf);
+        memset(r->detail, 0, sizeof r->detail);
+        r->prev = r->next = r->dprev = r->dnext = NULL;
+        r->easy = easy;
+    } else {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return NULL;
+        r->easy = curl_easy_init();
+        if (!r->easy) {
+            free(r);
+            return NULL;
+        }
+    }
+    r->pool = p;
+    ev_init(&r->first_byte_timer, first_byte_cb);
+    r->first_byte_timer.data = r;
+    ev_init(&r->idle_timer, idle_cb);
+    r->idle_timer.data = r;
+    return r;
+}
+
+int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_upstream_cbs *cbs,
+                      void *arg, al_upstream_req **out)
+{
+    int rc = AL_ERR_INVAL;
+    if (!p || !o || !cbs || !out || !o->method || !o->url || !o->connect_host || !cbs->on_done ||
+        (o->has_body && !cbs->read_body) || !o->method[0] ||
+        !bytes_ok(o->method, strlen(o->method), 1))
+        return AL_ERR_INVAL;
+    *out = NULL;
+    al_upstream_req *r = req_get(p);
+    if (!r)
+        return AL_ERR_NOMEM;
+    r->cbs = *cbs;
+    r->arg = arg;
+    r->allow_private = o->allow_private;
+    r->user_body = o->has_body != 0;
+    r->body_length = o->has_body ? o->body_length : 0;
+    r->first_byte_ms = o->first_byte_timeout_ms;
+    r->idle_ms = o->idle_timeout_ms;
+    clock_gettime(CLOCK_MONOTONIC, &r->started);
+
+    if ((rc = pin_address(r, o)) != AL_OK || (rc = build_headers(r, o)) != AL_OK)
+        goto fail;
+
+    CURL *e = r->easy;
+    int https = strncasecmp(o->url, "https://", 8) == 0;
+    int bad = 0;
+    bad |= curl_easy_setopt(e, CURLOPT_URL, o->url) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK; /* ignore *_proxy env vars */
+    bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                            https ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1) !=
+           CURLE_OK;
+    if (https) {
+        /* wait for a connection that may multiplex rather than open a second one */
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+        bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK;
+        bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK;
+        bad |= curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2) != CURLE_OK;
+        if (o->ca_file)
+            bad |= curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file) != CURLE_OK;
+    }
+    /* a proxy passes bytes as they are: no decoding, no redirects, no path rewriting */
+    bad |= curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L) != CURLE_OK;
+    if (r->resolve)
+        bad |= curl_easy_setopt(e, CURLOPT_RESOLVE, r->resolve) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PREREQDATA, r) != CURLE_OK;
+    if (o->connect_timeout_ms)
+        bad |=
+            curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, r) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, r) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_READDATA, r) != CURLE_OK;
+
+    const char *m = o->method;
+    int bodyless_write =
+        !o->has_body && (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH"));
+    if (!strcmp(m, "HEAD")) {
+        bad |= curl_easy_setopt(e, CURLOPT_NOBODY, 1L) != CURLE_OK;
+    } else if (!strcmp(m, "GET") && !o->has_body) {
+        bad |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) != CURLE_OK;
+    } else {
+        bad |= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m) != CURLE_OK;
+    }
+    if (o->has_body || bodyless_write) {
+        /* upload mode streams through read_cb; with an unknown length curl sends
+         * HTTP/1.1 chunked or HTTP/2 DATA frames. A bodiless POST still says
+         * Content-Length: 0, which some servers require. */
+        curl_off_t len = o->has_body ? (curl_off_t)o->body_length : 0;
+        bad |= curl_easy_setopt(e, CURLOPT_UPLOAD, 1L) != CURLE_OK;
+        bad |= curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, len < 0 ? (curl_off_t)-1 : len) !=
+               CURLE_OK;
+    }
+    if (bad) {
+        rc = AL_ERR_INVAL;
+        goto fail;
+    }
+
+    r->next = p->live;
+    if (p->live)
+        p->live->prev = r;
+    p->live = r;
+    if (p->cb_depth > 0) {
+        r->want_add = 1; /* curl refuses add_handle from inside its callbacks */
+        deferred_push(r);
+    } else {
+        if (curl_multi_add_handle(p->multi, r->easy) != CURLM_OK) {
+            rc = AL_ERR_NOMEM;
+            goto fail;
+        }
+        r->added = 1;
+    }
+    *out = r;
+    return AL_OK;
+fail:
+    req_release(r);
+    return rc;
+}
+
+void al_upstream_resume_send(al_upstream_req *r)
+{
+    if (!r || r->cancelled || r->done)
+        return;
+    if (r->pool->cb_depth > 0) {
+        /* queued even when not paused yet: the callback running now may be about
+         * to return AL_ERR_AGAIN, and this resume must not be lost */
+        r->want_send = 1;
+        deferred_push(r);
+        return;
+    }
+    if (!r->send_paused)
+        return;
+    r->send_paused = 0;
+    update_idle(r);
+    apply_pause(r);
+}
+
+void al_upstream_resume_recv(al_upstream_req *r)
+{
+    if (!r || r->cancelled || r->done)
+        return;
+    if (r->pool->cb_depth > 0) {
+        /* queued even when not paused yet: the callback running now may be about
+         * to return AL_ERR_AGAIN, and this resume must not be lost */
+        r->want_recv = 1;
+        deferred_push(r);
+        return;
+    }
+    if (!r->recv_paused)
+        return;
+    r->recv_paused = 0;
+    update_idle(r);
+    apply_pause(r);
+}
+
+void al_upstream_cancel(al_upstream_req *r)
+{
+    if (!r || r->cancelled || r->done)
+        return;
+    r->cancelled = 1;
+    ev_timer_stop(r->pool->loop, &r->first_byte_timer);
+    ev_timer_stop(r->pool->loop, &r->idle_timer);
+    if (r->pool->cb_depth > 0) {
+        /* the failing callback makes curl end the transfer; the queue frees it
+         * if curl has not reported it done first */
+        deferred_push(r);
+        return;
+    }
+    req_release(r);
+}
+
+uint32_t al_upstream_elapsed_ms(const al_upstream_req *r)
+{
+    return r ? r->first_byte_elapsed : 0;
+}

@@ -1,0 +1,952 @@
+/* Unit tests for proxy/al_upstream: the libcurl-multi upstream client on a libev loop,
+ * against a tiny HTTP/1.1 server of the test's own (a thread on 127.0.0.1, port 0)
+ * whose behaviour each test picks. What is checked is what the data path relies on:
+ * headers arrive as sent (and curl's own defaults do not), bodies stream both ways
+ * through pauses intact, failures map to the right al_upstream_error, cancel inside a
+ * callback is clean, connections are reused, and the egress re-check refuses a
+ * loopback address when private networks are not allowed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ev.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/al_err.h"
+#include "proxy/al_upstream.h"
+
+/* ---- the test server ------------------------------------------------------- */
+
+enum srv_mode {
+    SRV_ECHO,       /* 200, body describes the request it got; keep-alive */
+    SRV_ECHO_CLOSE, /* same, then closes the connection */
+    SRV_BIG,        /* 200 with SRV_BIG_LEN bytes of pattern */
+    SRV_SILENT,     /* reads the request, never answers */
+    SRV_CLOSE_MID,  /* promises 100000 bytes, sends 1000, closes */
+    SRV_STALL_BODY, /* promises 100000 bytes, sends 1000, waits */
+    SRV_FANCY,      /* 103 interim, hop-by-hop headers, chunked body with a trailer */
+    SRV_GARBAGE,    /* answers a TLS ClientHello with plain HTTP and closes */
+};
+
+#define SRV_BIG_LEN (3 * 1024 * 1024 + 17)
+#define UP_LEN      (5 * 1024 * 1024 + 3)
+
+static struct {
+    int lfd, stop_pipe[2];
+    uint16_t port;
+    pthread_t thread;
+    atomic_int mode;
+    atomic_int accepts;
+    atomic_int requests;
+} srv;
+
+typedef struct rd {
+    int fd;
+    char buf[65536];
+    size_t s, e;
+} rd;
+
+static unsigned char pattern(size_t i)
+{
+    return (unsigned char)((i * 7u + i / 4093u) & 0xff);
+}
+
+static uint32_t fnv(uint32_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+#define FNV0 2166136261u
+
+/* Waits until fd is readable; 0 = ok, -1 = the test is stopping. */
+static int srv_wait(int fd)
+{
+    struct pollfd p[2] = {{fd, POLLIN, 0}, {srv.stop_pipe[0], POLLIN, 0}};
+    for (;;) {
+        int n = poll(p, 2, -1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 || (p[1].revents & POLLIN))
+            return -1;
+        return 0;
+    }
+}
+
+static int rd_fill(rd *r)
+{
+    if (r->s == r->e)
+        r->s = r->e = 0;
+    if (r->e == sizeof r->buf)
+        return -1;
+    if (srv_wait(r->fd))
+        return -1;
+    ssize_t n = read(r->fd, r->buf + r->e, sizeof r->buf - r->e);
+    if (n <= 0)
+        return -1;
+    r->e += (size_t)n;
+    return 0;
+}
+
+/* One line without CRLF into out (NUL-terminated). */
+static int rd_line(rd *r, char *out, size_t cap)
+{
+    for (;;) {
+        char *nl = memchr(r->buf + r->s, '\n', r->e - r->s);
+        if (nl) {
+            size_t n = (size_t)(nl - (r->buf + r->s));
+            size_t k = n && nl[-1] == '\r' ? n - 1 : n;
+            if (k >= cap)
+                return -1;
+            memcpy(out, r->buf + r->s, k);
+            out[k] = '\0';
+            r->s += n + 1;
+            return 0;
+        }
+        if (r->s) {
+            memmove(r->buf, r->buf + r->s, r->e - r->s);
+            r->e -= r->s;
+            r->s = 0;
+        }
+        if (rd_fill(r))
+            return -1;
+    }
+}
+
+static int rd_body(rd *r, size_t n, uint32_t *h, size_t *total)
+{
+    while (n) {
+        if (r->s == r->e && rd_fill(r))
+            return -1;
+        size_t k = r->e - r->s < n ? r->e - r->s : n;
+        *h = fnv(*h, r->buf + r->s, k);
+        *total += k;
+        r->s += k;
+        n -= k;
+    }
+    return 0;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Serves requests on one connection; returns when it closes. */
+static void srv_conn(int fd)
+{
+    static rd r;
+    memset(&r, 0, sizeof r);
+    r.fd = fd;
+    static char head[16384], body[20000];
+    char line[4096];
+    if (atomic_load(&srv.mode) == SRV_GARBAGE) {
+        static const char g[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+        (void)write_all(fd, g, sizeof g - 1);
+        return;
+    }
+    for (;;) {
+        char reqline[4096];
+        if (rd_line(&r, reqline, sizeof reqline))
+            return;
+        size_t hl = 0;
+        long long clen = -1;
+        int chunked = 0;
+        head[0] = '\0';
+        for (;;) {
+            if (rd_line(&r, line, sizeof line))
+                return;
+            if (!line[0])
+                break;
+            size_t ll = strlen(line);
+            if (hl + ll + 2 < sizeof head) {
+                memcpy(head + hl, line, ll);
+                hl += ll;
+                head[hl++] = '\n';
+                head[hl] = '\0';
+            }
+            if (!strncasecmp(line, "content-length:", 15))
+                clen = atoll(line + 15);
+            if (!strncasecmp(line, "transfer-encoding:", 18) && strstr(line, "chunked"))
+                chunked = 1;
+        }
+        uint32_t h = FNV0;
+        size_t total = 0;
+        if (chunked) {
+            for (;;) {
+                if (rd_line(&r, line, sizeof line))
+                    return;
+                size_t n = strtoul(line, NULL, 16);
+                if (n == 0) {
+                    while (!rd_line(&r, line, sizeof line) && line[0])
+                        ;
+                    break;
+                }
+                if (rd_body(&r, n, &h, &total) || rd_line(&r, line, sizeof line))
+                    return;
+            }
+        } else if (clen > 0 && rd_body(&r, (size_t)clen, &h, &total)) {
+            return;
+        }
+        atomic_fetch_add(&srv.requests, 1);
+        int mode = atomic_load(&srv.mode);
+        char hdr[512];
+        switch (mode) {
+        case SRV_ECHO:
+        case SRV_ECHO_CLOSE: {
+            int n = snprintf(body, sizeof body, "%s\n%sbody_len=%zu body_hash=%08x\n", reqline,
+                             head, total, h);
+            int k = snprintf(hdr, sizeof hdr,
+                             "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Echo: 1\r\n%s\r\n", n,
+                             mode == SRV_ECHO_CLOSE ? "Connection: close\r\n" : "");
+            if (write_all(fd, hdr, (size_t)k) || write_all(fd, body, (size_t)n))
+                return;
+            if (mode == SRV_ECHO_CLOSE)
+                return;
+            break;
+        }
+        case SRV_BIG: {
+            int k = snprintf(hdr, sizeof hdr, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n",
+                             SRV_BIG_LEN);
+            if (write_all(fd, hdr, (size_t)k))
+                return;
+            static unsigned char chunk[32768];
+            for (size_t off = 0; off < SRV_BIG_LEN;) {
+                size_t n = SRV_BIG_LEN - off < sizeof chunk ? SRV_BIG_LEN - off : sizeof chunk;
+                for (size_t i = 0; i < n; i++)
+                    chunk[i] = pattern(off + i);
+                if (write_all(fd, chunk, n))
+                    return;
+                off += n;
+            }
+            break;
+        }
+        case SRV_SILENT:
+            while (!rd_fill(&r))
+                r.s = r.e; /* until the client gives up */
+            return;
+        case SRV_CLOSE_MID:
+        case SRV_STALL_BODY: {
+            static const char h1[] = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+            memset(body, 'x', 1000);
+            if (write_all(fd, h1, sizeof h1 - 1) || write_all(fd, body, 1000))
+                return;
+            if (mode == SRV_CLOSE_MID)
+                return;
+            while (!rd_fill(&r))
+                r.s = r.e;
+            return;
+        }
+        case SRV_FANCY: {
+            static const char f[] = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                                    "HTTP/1.1 200 OK\r\n"
+                                    "Connection: X-Hop\r\n"
+                                    "X-Hop: 1\r\n"
+                                    "Keep-Alive: timeout=5\r\n"
+                                    "Transfer-Encoding: chunked\r\n"
+                                    "Trailer: X-Checksum\r\n"
+                                    "X-End: yes\r\n"
+                                    "\r\n"
+                                    "5\r\nhello\r\n6\r\n world\r\n0\r\n"
+                                    "X-Checksum: abc123\r\n\r\n";
+            if (write_all(fd, f, sizeof f - 1))
+                return;
+            break;
+        }
+        }
+    }
+}
+
+static void *srv_main(void *arg)
+{
+    for (;;) {
+        if (srv_wait(srv.lfd))
+            return NULL;
+        int fd = accept(srv.lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        atomic_fetch_add(&srv.accepts, 1);
+        srv_conn(fd);
+        close(fd);
+    }
+}
+
+static int listen_local(uint16_t *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 16) ||
+        getsockname(fd, (struct sockaddr *)&a, &al))
+        return -1;
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static int srv_setup(void **state)
+{
+    signal(SIGPIPE, SIG_IGN);
+    srv.lfd = listen_local(&srv.port);
+    if (srv.lfd < 0 || pipe(srv.stop_pipe))
+        return -1;
+    return pthread_create(&srv.thread, NULL, srv_main, NULL) ? -1 : 0;
+}
+
+static int srv_teardown(void **state)
+{
+    (void)!write(srv.stop_pipe[1], "x", 1);
+    pthread_join(srv.thread, NULL);
+    close(srv.lfd);
+    close(srv.stop_pipe[0]);
+    close(srv.stop_pipe[1]);
+    return 0;
+}
+
+/* ---- the client side ------------------------------------------------------- */
+
+typedef struct tc {
+    struct ev_loop *loop;
+    al_upstream_pool *pool;
+    al_upstream_req *req;
+    int head_calls, done_calls, trailer_calls;
+    int status;
+    char heads[4096];  /* "name: value\n" as on_head saw them */
+    char trails[1024]; /* same for trailers */
+    char *body;
+    size_t body_len, body_cap, max_chunk;
+    uint32_t body_hash;
+    enum al_upstream_error err;
+    char detail[256];
+    /* request body */
+    size_t up_total, up_sent;
+    int up_calls, up_agains;
+    ev_timer resume_send, resume_recv, guard;
+    /* response pauses */
+    int pause_every, recv_calls, recv_agains;
+    int cancel_in_head, cancel_in_body;
+    int guard_fired;
+} tc;
+
+static void join_headers(char *out, size_t cap, const al_header *h, size_t n)
+{
+    size_t k = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        int w = snprintf(out + k, cap - k, "%.*s: %.*s\n", (int)h[i].name_len, h[i].name,
+                         (int)h[i].value_len, h[i].value);
+        if (w < 0 || (size_t)w >= cap - k)
+            return;
+        k += (size_t)w;
+    }
+}
+
+static void on_head(void *arg, int status, const al_header *h, size_t n)
+{
+    tc *t = arg;
+    t->head_calls++;
+    t->status = status;
+    join_headers(t->heads, sizeof t->heads, h, n);
+    if (t->cancel_in_head) {
+        al_upstream_cancel(t->req);
+        t->req = NULL;
+        ev_break(t->loop, EVBREAK_ALL);
+    }
+}
+
+static int on_body(void *arg, const char *data, size_t len)
+{
+    tc *t = arg;
+    t->recv_calls++;
+    if (t->cancel_in_body) {
+        al_upstream_cancel(t->req);
+        t->req = NULL;
+        ev_break(t->loop, EVBREAK_ALL);
+        return AL_ERR_AGAIN; /* what a caller might return; must not matter now */
+    }
+    if (t->pause_every && t->recv_calls % t->pause_every == 0) {
+        /* the same bytes must come again after the resume */
+        t->recv_agains++;
+        ev_timer_start(t->loop, &t->resume_recv);
+        return AL_ERR_AGAIN;
+    }
+    if (len > t->max_chunk)
+        t->max_chunk = len;
+    if (t->body_len + len > t->body_cap) {
+        size_t cap = t->body_cap ? t->body_cap * 2 : 65536;
+        while (cap < t->body_len + len)
+            cap *= 2;
+        t->body = realloc(t->body, cap);
+        assert_non_null(t->body);
+        t->body_cap = cap;
+    }
+    memcpy(t->body + t->body_len, data, len);
+    t->body_len += len;
+    t->body_hash = fnv(t->body_hash, data, len);
+    return 0;
+}
+
+static void on_trailers(void *arg, const al_header *h, size_t n)
+{
+    tc *t = arg;
+    t->trailer_calls++;
+    join_headers(t->trails, sizeof t->trails, h, n);
+}
+
+static ssize_t read_body(void *arg, char *buf, size_t cap)
+{
+    tc *t = arg;
+    t->up_calls++;
+    if (t->up_calls % 3 == 0) {
+        /* the agent has nothing buffered right now */
+        t->up_agains++;
+        ev_timer_start(t->loop, &t->resume_send);
+        return AL_ERR_AGAIN;
+    }
+    size_t n = t->up_total - t->up_sent;
+    if (n > cap)
+        n = cap;
+    if (n > 10000)
+        n = 10000 + (size_t)(t->up_calls % 777); /* odd sizes */
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (char)pattern(t->up_sent + i);
+    t->up_sent += n;
+    return (ssize_t)n;
+}
+
+static void on_done(void *arg, enum al_upstream_error err, const char *detail)
+{
+    tc *t = arg;
+    t->done_calls++;
+    t->err = err;
+    snprintf(t->detail, sizeof t->detail, "%s", detail ? detail : "");
+    t->req = NULL;
+    ev_break(t->loop, EVBREAK_ALL);
+}
+
+static void resume_send_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    tc *t = w->data;
+    if (t->req)
+        al_upstream_resume_send(t->req);
+}
+
+static void resume_recv_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    tc *t = w->data;
+    if (t->req)
+        al_upstream_resume_recv(t->req);
+}
+
+static void guard_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    tc *t = w->data;
+    t->guard_fired = 1;
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static const al_upstream_cbs CBS = {on_head, on_body, on_trailers, read_body, on_done};
+
+static void tc_init(tc *t)
+{
+    memset(t, 0, sizeof *t);
+    t->loop = ev_loop_new(EVFLAG_AUTO);
+    assert_non_null(t->loop);
+    assert_int_equal(al_upstream_pool_new(t->loop, &t->pool), AL_OK);
+    t->body_hash = FNV0;
+    ev_timer_init(&t->resume_send, resume_send_cb, 0., 0.);
+    t->resume_send.data = t;
+    ev_timer_init(&t->resume_recv, resume_recv_cb, 0.001, 0.);
+    t->resume_recv.data = t;
+    ev_timer_init(&t->guard, guard_cb, 20., 0.);
+    t->guard.data = t;
+}
+
+static void tc_reset(tc *t)
+{
+    t->head_calls = t->done_calls = t->trailer_calls = t->status = 0;
+    t->heads[0] = t->trails[0] = t->detail[0] = '\0';
+    t->body_len = t->max_chunk = 0;
+    t->body_hash = FNV0;
+    t->err = AL_UPSTREAM_OK;
+}
+
+static void tc_free(tc *t)
+{
+    ev_timer_stop(t->loop, &t->resume_send);
+    ev_timer_stop(t->loop, &t->resume_recv);
+    ev_timer_stop(t->loop, &t->guard);
+    al_upstream_pool_free(t->pool);
+    ev_loop_destroy(t->loop);
+    free(t->body);
+}
+
+/* Runs the loop until on_done (or a callback) breaks it; fails after 20 s. */
+static void tc_run(tc *t)
+{
+    ev_timer_set(&t->guard, 20., 0.);
+    ev_timer_start(t->loop, &t->guard);
+    ev_run(t->loop, 0);
+    ev_timer_stop(t->loop, &t->guard);
+    assert_false(t->guard_fired);
+}
+
+/* Runs the loop for `sec` whatever happens (lets deferred work finish). */
+static void tc_spin(tc *t, double sec)
+{
+    ev_timer_set(&t->guard, sec, 0.);
+    ev_timer_start(t->loop, &t->guard);
+    ev_run(t->loop, 0);
+    t->guard_fired = 0;
+}
+
+static al_upstream_opts base_opts(char *url, size_t cap, const char *host, uint16_t port,
+                                  const char *path)
+{
+    snprintf(url, cap, "http://%s:%u%s", host, (unsigned)port, path);
+    al_upstream_opts o = {
+        .method = "GET",
+        .url = url,
+        .connect_host = host,
+        .connect_port = port,
+        .connect_addr = "127.0.0.1",
+        .allow_private = 1,
+        .body_length = -1,
+        .connect_timeout_ms = 2000,
+        .first_byte_timeout_ms = 5000,
+        .idle_timeout_ms = 5000,
+    };
+    return o;
+}
+
+static void start(tc *t, const al_upstream_opts *o)
+{
+    assert_int_equal(al_upstream_start(t->pool, o, &CBS, t, &t->req), AL_OK);
+    assert_non_null(t->req);
+}
+
+/* ---- tests ------------------------------------------------------------------- */
+
+static void test_get_headers_as_sent(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_ECHO);
+    char url[256];
+    /* a name DNS does not know: only the pinned address can make this work */
+    al_upstream_opts o =
+        base_opts(url, sizeof url, "upstream.invalid", srv.port, "/v1/x?a=1&b=%2F");
+    al_header h[] = {
+        {"X-Api-Key", 9, "sk-test-123", 11},
+        {"X-Empty", 7, "", 0},
+        {"Host", 4, "evil.example", 12}, /* curl sets Host from the URL */
+        {"Content-Type", 12, "application/json", 16},
+    };
+    o.headers = h;
+    o.header_count = 4;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.err, AL_UPSTREAM_OK);
+    assert_int_equal(t.head_calls, 1);
+    assert_int_equal(t.status, 200);
+    assert_non_null(strstr(t.heads, "X-Echo: 1\n"));
+    assert_non_null(strstr(t.heads, "Content-Length: "));
+    t.body = realloc(t.body, t.body_len + 1);
+    t.body[t.body_len] = '\0';
+    assert_non_null(strstr(t.body, "GET /v1/x?a=1&b=%2F HTTP/1.1\n"));
+    assert_non_null(strstr(t.body, "X-Api-Key: sk-test-123\n"));
+    assert_non_null(strstr(t.body, "X-Empty:\n") ? strstr(t.body, "X-Empty:\n")
+                                                 : strstr(t.body, "X-Empty: \n"));
+    assert_non_null(strstr(t.body, "Content-Type: application/json\n"));
+    char host[64];
+    snprintf(host, sizeof host, "Host: upstream.invalid:%u\n", srv.port);
+    assert_non_null(strstr(t.body, host));
+    assert_null(strstr(t.body, "evil.example"));
+    assert_null(strcasestr(t.body, "\naccept:"));
+    assert_null(strcasestr(t.body, "\nexpect:"));
+    assert_null(strcasestr(t.body, "user-agent:"));
+    assert_true(al_upstream_elapsed_ms(NULL) == 0);
+    tc_free(&t);
+}
+
+static void check_upload(int64_t declared)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_ECHO);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/upload");
+    o.method = "POST";
+    o.has_body = 1;
+    o.body_length = declared;
+    t.up_total = UP_LEN;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.err, AL_UPSTREAM_OK);
+    assert_int_equal(t.status, 200);
+    assert_true(t.up_agains > 10); /* the pauses really happened */
+    uint32_t want = FNV0;
+    for (size_t i = 0; i < UP_LEN; i++) {
+        unsigned char c = pattern(i);
+        want = fnv(want, &c, 1);
+    }
+    char expect[128];
+    snprintf(expect, sizeof expect, "body_len=%d body_hash=%08x\n", UP_LEN, want);
+    t.body = realloc(t.body, t.body_len + 1);
+    t.body[t.body_len] = '\0';
+    assert_non_null(strstr(t.body, expect));
+    assert_non_null(strstr(t.body, "POST /upload HTTP/1.1\n"));
+    if (declared < 0)
+        assert_non_null(strcasestr(t.body, "transfer-encoding: chunked\n"));
+    else
+        assert_non_null(strcasestr(t.body, "content-length: 5242883\n"));
+    assert_null(strcasestr(t.body, "\nexpect:"));
+    tc_free(&t);
+}
+
+static void test_post_streamed_5mb(void **state)
+{
+    check_upload(UP_LEN);
+}
+
+static void test_post_streamed_chunked(void **state)
+{
+    check_upload(-1);
+}
+
+static void test_response_paused_resumed(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_BIG);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/big");
+    t.pause_every = 4;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.err, AL_UPSTREAM_OK);
+    assert_true(t.recv_agains > 10);
+    assert_int_equal(t.body_len, SRV_BIG_LEN);
+    /* the bound the data path's memory budget relies on */
+    assert_true(t.max_chunk <= 16384);
+    for (size_t i = 0; i < SRV_BIG_LEN; i++)
+        if ((unsigned char)t.body[i] != pattern(i))
+            fail_msg("byte %zu differs", i);
+    tc_free(&t);
+}
+
+static void test_connection_refused(void **state)
+{
+    tc t;
+    tc_init(&t);
+    uint16_t port;
+    int fd = listen_local(&port);
+    assert_true(fd >= 0);
+    close(fd); /* nothing listens there now */
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", port, "/");
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.head_calls, 0);
+    assert_int_equal(t.err, AL_UPSTREAM_CONNECT);
+    assert_true(t.detail[0] != '\0');
+    tc_free(&t);
+}
+
+static void test_first_byte_timeout(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_SILENT);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/slow");
+    o.first_byte_timeout_ms = 300;
+    o.idle_timeout_ms = 100; /* must not govern while waiting for the head */
+    ev_tstamp t0 = ev_time();
+    start(&t, &o);
+    tc_run(&t);
+    ev_tstamp dt = ev_time() - t0;
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.head_calls, 0);
+    assert_int_equal(t.err, AL_UPSTREAM_TIMEOUT_FIRST_BYTE);
+    assert_true(dt >= 0.25 && dt < 3.0);
+    tc_free(&t);
+}
+
+static void test_idle_timeout(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_STALL_BODY);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/stall");
+    o.idle_timeout_ms = 300;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.head_calls, 1);
+    assert_int_equal(t.body_len, 1000);
+    assert_int_equal(t.err, AL_UPSTREAM_TIMEOUT_IDLE);
+    tc_free(&t);
+}
+
+static void test_reset_mid_response(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_CLOSE_MID);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/cut");
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.head_calls, 1);
+    assert_int_equal(t.status, 200);
+    assert_int_equal(t.body_len, 1000);
+    assert_int_equal(t.err, AL_UPSTREAM_RESET);
+    tc_free(&t);
+}
+
+static void test_cancel_in_head(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_BIG);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/big");
+    t.cancel_in_head = 1;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.head_calls, 1);
+    tc_spin(&t, 0.2); /* the deferred free runs; no callback may come */
+    assert_int_equal(t.done_calls, 0);
+    assert_int_equal(t.recv_calls, 0);
+
+    /* the pool still works; a cancel inside on_body is clean too */
+    tc_reset(&t);
+    t.cancel_in_head = 0;
+    t.cancel_in_body = 1;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.head_calls, 1);
+    assert_int_equal(t.recv_calls, 1);
+    tc_spin(&t, 0.2);
+    assert_int_equal(t.done_calls, 0);
+
+    /* and a cancel from outside any callback, while the response is paused */
+    tc_reset(&t);
+    t.cancel_in_body = 0;
+    t.pause_every = 1;
+    ev_timer_set(&t.resume_recv, 30., 0.); /* never in time */
+    start(&t, &o);
+    tc_spin(&t, 0.3);
+    assert_int_equal(t.head_calls, 1);
+    assert_true(t.recv_agains >= 1);
+    al_upstream_cancel(t.req);
+    t.req = NULL;
+    ev_timer_stop(t.loop, &t.resume_recv);
+    tc_spin(&t, 0.1);
+    assert_int_equal(t.done_calls, 0);
+    tc_free(&t); /* ASan: nothing leaked, nothing used after free */
+}
+
+static void test_connection_reused(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_ECHO);
+    int before = atomic_load(&srv.accepts);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/one");
+    for (int i = 0; i < 3; i++) {
+        tc_reset(&t);
+        start(&t, &o);
+        tc_run(&t);
+        assert_int_equal(t.err, AL_UPSTREAM_OK);
+        assert_int_equal(t.status, 200);
+    }
+    assert_int_equal(atomic_load(&srv.accepts) - before, 1);
+    tc_free(&t);
+}
+
+static void test_egress_recheck_refuses_loopback(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_ECHO);
+    int before = atomic_load(&srv.accepts);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "public.invalid", srv.port, "/");
+    o.allow_private = 0; /* connect_addr still says 127.0.0.1 */
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.err, AL_UPSTREAM_CONNECT);
+    assert_non_null(strstr(t.detail, "egress"));
+    assert_int_equal(atomic_load(&srv.accepts), before);
+
+    /* a literal loopback URL is refused the same way */
+    tc_reset(&t);
+    o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/");
+    o.connect_addr = NULL;
+    o.allow_private = 0;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.err, AL_UPSTREAM_CONNECT);
+    assert_int_equal(atomic_load(&srv.accepts), before);
+    tc_free(&t);
+}
+
+static void test_pin_replaced(void **state)
+{
+    /* the same host:port pinned to another address later must go there, not to
+     * the address the multi's DNS cache remembers */
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_ECHO_CLOSE); /* no live connection to reuse */
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "pin.invalid", srv.port, "/");
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.err, AL_UPSTREAM_OK);
+    tc_reset(&t);
+    o.connect_addr = "127.0.0.2"; /* nothing listens there */
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.err, AL_UPSTREAM_CONNECT);
+    assert_null(strstr(t.detail, "not the checked address"));
+    tc_free(&t);
+}
+
+static void test_interim_hop_by_hop_trailers(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_FANCY);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/fancy");
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.err, AL_UPSTREAM_OK);
+    assert_int_equal(t.head_calls, 1);
+    assert_int_equal(t.status, 200);
+    assert_non_null(strstr(t.heads, "X-End: yes\n"));
+    assert_non_null(strstr(t.heads, "Trailer: X-Checksum\n"));
+    assert_null(strcasestr(t.heads, "connection:"));
+    assert_null(strcasestr(t.heads, "x-hop:"));
+    assert_null(strcasestr(t.heads, "keep-alive:"));
+    assert_null(strcasestr(t.heads, "transfer-encoding:"));
+    assert_null(strcasestr(t.heads, "link:"));
+    assert_int_equal(t.body_len, 11);
+    assert_memory_equal(t.body, "hello world", 11);
+    assert_int_equal(t.trailer_calls, 1);
+    assert_string_equal(t.trails, "X-Checksum: abc123\n");
+    tc_free(&t);
+}
+
+static void test_tls_to_plain_server(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_SILENT);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/");
+    snprintf(url, sizeof url, "https://127.0.0.1:%u/", srv.port);
+    o.first_byte_timeout_ms = 3000;
+    /* the server never answers the ClientHello: a handshake that does not finish in
+     * the connect deadline is a connect timeout */
+    o.connect_timeout_ms = 300;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.err, AL_UPSTREAM_TIMEOUT_CONNECT);
+    tc_free(&t);
+}
+
+static void test_tls_handshake_fails(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_GARBAGE);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/");
+    snprintf(url, sizeof url, "https://127.0.0.1:%u/", srv.port);
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.err, AL_UPSTREAM_TLS);
+    assert_int_equal(t.head_calls, 0);
+    tc_free(&t);
+}
+
+static void test_invalid_input(void **state)
+{
+    tc t;
+    tc_init(&t);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/");
+    al_upstream_req *r = NULL;
+    al_header bad[] = {{"X-Evil", 6, "a\r\nInjected: 1", 15}};
+    o.headers = bad;
+    o.header_count = 1;
+    assert_int_equal(al_upstream_start(t.pool, &o, &CBS, &t, &r), AL_ERR_INVAL);
+    assert_null(r);
+    o.header_count = 0;
+    o.connect_host = "name.invalid";
+    o.connect_addr = NULL; /* a name with nothing to pin */
+    assert_int_equal(al_upstream_start(t.pool, &o, &CBS, &t, &r), AL_ERR_INVAL);
+    o.connect_addr = "not-an-address";
+    assert_int_equal(al_upstream_start(t.pool, &o, &CBS, &t, &r), AL_ERR_INVAL);
+    assert_int_equal(t.done_calls, 0);
+    tc_free(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_get_headers_as_sent),
+        cmocka_unit_test(test_post_streamed_5mb),
+        cmocka_unit_test(test_post_streamed_chunked),
+        cmocka_unit_test(test_response_paused_resumed),
+        cmocka_unit_test(test_connection_refused),
+        cmocka_unit_test(test_first_byte_timeout),
+        cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_reset_mid_response),
+        cmocka_unit_test(test_cancel_in_head),
+        cmocka_unit_test(test_connection_reused),
+        cmocka_unit_test(test_egress_recheck_refuses_loopback),
+        cmocka_unit_test(test_pin_replaced),
+        cmocka_unit_test(test_interim_hop_by_hop_trailers),
+        cmocka_unit_test(test_tls_to_plain_server),
+        cmocka_unit_test(test_tls_handshake_fails),
+        cmocka_unit_test(test_invalid_input),
+    };
+    return cmocka_run_group_tests(tests, srv_setup, srv_teardown);
+}
