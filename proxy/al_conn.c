@@ -155,6 +155,19 @@ int al_conn_send(al_conn *c, const void *data, size_t len)
     return AL_OK;
 }
 
+int al_conn_queue(al_conn *c, const void *data, size_t len)
+{
+    if (c->dead)
+        return AL_ERR_IO;
+    return al_buf_append(&c->out, data, len);
+}
+
+void al_conn_flush(al_conn *c)
+{
+    if (!c->dead && !(c->io_events & EV_WRITE))
+        flush_out(c);
+}
+
 static int pick_protocol(al_conn *c)
 {
     size_t n = c->in_len < sizeof h2_preface - 1 ? c->in_len : sizeof h2_preface - 1;

@@ -84,6 +84,9 @@ int al_conn_new(struct al_worker *w, int fd, const struct sockaddr *peer, sockle
                 al_conn **out);
 /* Queues bytes; tries to write at once. AL_ERR_TOOBIG past the hard cap. */
 int al_conn_send(al_conn *c, const void *data, size_t len);
+/* Queues bytes without writing (batch a head, then al_conn_flush: one syscall). */
+int al_conn_queue(al_conn *c, const void *data, size_t len);
+void al_conn_flush(al_conn *c);
 int al_conn_out_full(const al_conn *c);
 size_t al_conn_out_pending(const al_conn *c);
 /* Drops the first n bytes of c->in. */

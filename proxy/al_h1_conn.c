@@ -51,7 +51,7 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
     if (s->failed || (s->c->worker->draining))
         s->keep_alive = 0;
     int len = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, al_http_reason(status));
-    al_conn_send(c, line, (size_t)len);
+    al_conn_queue(c, line, (size_t)len);
     for (size_t i = 0; i < n; i++) {
         const al_header *x = &h[i];
         if ((x->name_len == 14 && strncasecmp(x->name, "content-length", 14) == 0) ||
@@ -59,28 +59,29 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
             (x->name_len == 10 && strncasecmp(x->name, "connection", 10) == 0) ||
             (x->name_len == 10 && strncasecmp(x->name, "keep-alive", 10) == 0))
             continue;
-        al_conn_send(c, x->name, x->name_len);
-        al_conn_send(c, ": ", 2);
-        al_conn_send(c, x->value, x->value_len);
-        al_conn_send(c, "\r\n", 2);
+        al_conn_queue(c, x->name, x->name_len);
+        al_conn_queue(c, ": ", 2);
+        al_conn_queue(c, x->value, x->value_len);
+        al_conn_queue(c, "\r\n", 2);
     }
     if (clen >= 0 && (!s->no_body_out || s->is_head)) {
         len = snprintf(line, sizeof line, "content-length: %lld\r\n", (long long)clen);
-        al_conn_send(c, line, (size_t)len);
+        al_conn_queue(c, line, (size_t)len);
     } else if (clen < 0 && !s->no_body_out) {
         if (s->http_minor >= 1) {
             s->chunked_out = 1;
-            al_conn_send(c, "transfer-encoding: chunked\r\n", 28);
+            al_conn_queue(c, "transfer-encoding: chunked\r\n", 28);
         } else {
             s->keep_alive = 0; /* HTTP/1.0: the end of the body is the close */
         }
     }
     if (!s->keep_alive)
-        al_conn_send(c, "connection: close\r\n\r\n", 21);
+        al_conn_queue(c, "connection: close\r\n\r\n", 21);
     else if (s->http_minor == 0)
-        al_conn_send(c, "connection: keep-alive\r\n\r\n", 26);
+        al_conn_queue(c, "connection: keep-alive\r\n\r\n", 26);
     else
-        al_conn_send(c, "\r\n", 2);
+        al_conn_queue(c, "\r\n", 2);
+    al_conn_flush(c);
 }
 
 static int sink_body(void *arg, const char *data, size_t len)
@@ -99,7 +100,8 @@ static int sink_body(void *arg, const char *data, size_t len)
         if (al_buf_append(&c->out, sz, (size_t)n) || al_buf_append(&c->out, data, len) ||
             al_buf_append(&c->out, "\r\n", 2))
             return AL_ERR_NOMEM;
-        return al_conn_send(c, "", 0);
+        al_conn_flush(c);
+        return AL_OK;
     }
     return al_conn_send(c, data, len);
 }

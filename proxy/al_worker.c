@@ -2,7 +2,7 @@
  *
  * Each worker accepts on its own SO_REUSEPORT socket, so the kernel spreads
  * connections and no accept lock exists. Everything a connection touches lives on
- * this thread. Closed connections are freed by an ev_check watcher after the loop
+ * this thread. Closed connections are freed by an ev_prepare watcher after the loop
  * iteration, when no callback of theirs can still be on the stack. */
 #include "al_worker.h"
 #include "al_egress.h"
@@ -117,7 +117,7 @@ static void reap(al_worker *w)
     }
 }
 
-static void on_check(struct ev_loop *loop, ev_check *chk, int revents)
+static void on_prepare(struct ev_loop *loop, ev_prepare *chk, int revents)
 {
     al_worker *w = chk->data;
     (void)revents;
@@ -209,9 +209,9 @@ int al_worker_init(al_worker *w, int id, struct al_server *s, al_table *table)
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
-    ev_check_init(&w->reaper, on_check);
+    ev_prepare_init(&w->reaper, on_prepare);
     w->reaper.data = w;
-    ev_check_start(w->loop, &w->reaper);
+    ev_prepare_start(w->loop, &w->reaper);
     return AL_OK;
 fail:
     al_worker_destroy(w);

@@ -30,8 +30,8 @@ typedef struct al_worker {
     int listen_fd;        /* owned; -1 when closed */
     int tls_listen_fd;    /* owned; -1 when none */
     ev_io accept_w, tls_accept_w;
-    ev_async wake;   /* reload / stop from the main thread */
-    ev_check reaper; /* frees closed connections after each loop iteration */
+    ev_async wake;     /* reload / stop from the main thread */
+    ev_prepare reaper; /* frees closed connections before the loop blocks again */
     ev_timer drain_timer;
 
     al_table *table; /* owned reference; only this thread reads or swaps it */
