@@ -26,9 +26,16 @@ static int grow(al_buf *b, size_t need)
         cap *= 2;
     if (cap > b->max + 1)
         cap = b->max + 1;
-    char *p = realloc(b->data, cap);
+    /* Not realloc: the old block may hold a secret (an injected key), and realloc
+     * would free it without wiping. Growth is rare (buffers are reused). */
+    char *p = malloc(cap);
     if (!p)
         return AL_ERR_NOMEM;
+    if (b->data) {
+        memcpy(p, b->data, b->len + 1);
+        OPENSSL_cleanse(b->data, b->cap);
+        free(b->data);
+    }
     b->data = p;
     b->cap = cap;
     return AL_OK;
