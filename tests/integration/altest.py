@@ -109,19 +109,17 @@ def _remove_tmpdirs():
 # --- processes ---------------------------------------------------------------------
 
 _procs = []
-_libc = None
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here, not in the forked child
+except (OSError, AttributeError):
+    _prctl = None
 
 
 def _die_with_parent():
     # Runs in the child before exec: if the test process is killed outright (ctest
     # timeout sends SIGKILL), the kernel kills the child too, so nothing leaks.
-    global _libc
-    try:
-        if _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Proc:

@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# run-proxy-bench.sh: airlock against nginx and HAProxy, one machine, one run.
+#
+#   bench/run-proxy-bench.sh [--airlock BIN] [--duration S] [--conc "1 10 50"]
+#                            [--streams M] [--sizes "small 1m"] [--peers "direct nginx haproxy airlock"]
+#
+# Upstream: Debian nginx (one worker) on free 127.0.0.1 ports, a small response and a
+# 1 MiB file, keep-alive HTTP/1.1 to every proxy. Load: h2load (one thread), h2c with
+# prior knowledge, -c C connections x -m M streams, for -D S seconds after a warm-up.
+# Peers, each with ONE worker thread/process:
+#   direct   h2load straight at the upstream's h2c port (the ceiling)
+#   nginx    nginx reverse proxy, proxy_set_header Authorization, upstream keepalive
+#   haproxy  HAProxy nbthread 1, http-request set-header Authorization
+#   airlock  airlock serve, limits.workers 1, gateway mode /t/bench/ injecting an API key
+# All four see the same URLs (/t/bench/small, /t/bench/1m.bin); before measuring, each
+# proxy is checked to deliver the injected header to the upstream.
+# Prints requests/s, p50/p99 latency (from h2load's per-request log), the proxy's RSS
+# (VmRSS, all its processes, after the run) and the ratios airlock/nginx,
+# airlock/haproxy (and haproxy/nginx for reference). Every process started is killed
+# at the end, by pid. Not a pass/fail test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+src=$PWD
+
+airlock_bin=${AIRLOCK_BIN:-$src/build/airlock}
+duration=3
+warmup=1
+concs="1 10 50"
+streams=10
+sizes="small 1m"
+peers="direct nginx haproxy airlock"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --airlock) airlock_bin=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --conc) concs=$2; shift 2 ;;
+    --streams) streams=$2; shift 2 ;;
+    --sizes) sizes=$2; shift 2 ;;
+    --peers) peers=$2; shift 2 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run-proxy-bench: unknown option '$1' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+for tool in nginx haproxy h2load curl openssl /usr/bin/python3; do
+  command -v "$tool" >/dev/null || { echo "run-proxy-bench: $tool missing: run deploy/install-deps.sh" >&2; exit 1; }
+done
+
+dir=$(mktemp -d /tmp/airlock-bench.XXXXXX)
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [ "${AIRLOCK_KEEP_TMP:-0}" = 1 ]; then echo "kept $dir" >&2; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+# Polls (bounded, 10 s) until 127.0.0.1:$1 accepts, failing early if pid $2 died.
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+# render TEMPLATE OUT VAR=value...: replaces @VAR@ in the template.
+render() {
+  local in=$1 out=$2 expr=() kv
+  shift 2
+  for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+  sed "${expr[@]}" "$in" >"$out"
+}
+# RSS in KiB of a pid and all its children (nginx master + worker).
+rss_tree() {
+  local total=0 p kb
+  for p in $1 $(pgrep -P "$1" || true); do
+    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    total=$((total + ${kb:-0}))
+  done
+  echo "$total"
+}
+
+key="bench-$(openssl rand -hex 16)"
+mkdir -p "$dir/www"
+for d in up_client_body up_proxy up_fastcgi up_uwsgi up_scgi px_client_body px_proxy px_fastcgi px_uwsgi px_scgi; do
+  mkdir -p "$dir/$d"
+done
+head -c 1048576 /dev/urandom >"$dir/www/1m.bin"
+# nginx started as root serves files from its worker as "nobody": let it read them
+chmod 755 "$dir" "$dir/www"
+chmod 644 "$dir/www/1m.bin"
+
+upstream_port=$(free_port)
+direct_port=$(free_port)
+render bench/upstream-nginx.conf "$dir/upstream.conf" DIR="$dir" UPSTREAM_PORT="$upstream_port" \
+  DIRECT_PORT="$direct_port"
+nginx -e "$dir/upstream-error.log" -p "$dir" -c "$dir/upstream.conf" >"$dir/upstream.out" 2>&1 &
+upstream_pid=$!
+pids+=("$upstream_pid")
+wait_port "$upstream_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
+wait_port "$direct_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
+
+# start_peer NAME: starts the proxy, sets peer_pid/peer_port, or peer_pid="" with a note.
+note=""
+start_peer() {
+  peer_pid=""
+  peer_port=$(free_port)
+  case "$1" in
+    direct)
+      peer_port=$direct_port
+      peer_pid=$upstream_pid
+      return 0
+      ;;
+    nginx)
+      render bench/nginx-proxy.conf "$dir/nginx-proxy.conf" DIR="$dir" PROXY_PORT="$peer_port" \
+        UPSTREAM_PORT="$upstream_port" KEY="$key"
+      nginx -e "$dir/nginx-proxy-error.log" -p "$dir" -c "$dir/nginx-proxy.conf" \
+        >"$dir/nginx.out" 2>&1 &
+      peer_pid=$!
+      ;;
+    haproxy)
+      render bench/haproxy.conf "$dir/haproxy.cfg" PROXY_PORT="$peer_port" \
+        UPSTREAM_PORT="$upstream_port" KEY="$key"
+      haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.out" 2>&1 &
+      peer_pid=$!
+      ;;
+    airlock)
+      if [ ! -x "$airlock_bin" ]; then
+        note="airlock: skipped, $airlock_bin is not built"
+        return 1
+      fi
+      local admin_port state=$dir/airlock-state out rc
+      admin_port=$(free_port)
+      mkdir -p "$state"
+      chmod 700 "$state"
+      render bench/airlock-table.conf "$dir/airlock.yaml" DIR="$dir" PROXY_PORT="$peer_port" \
+        ADMIN_PORT="$admin_port" UPSTREAM_PORT="$upstream_port"
+      set +e
+      out=$(printf '%s\n' "$key" | "$airlock_bin" identity create-api-key-credential-provider \
+        --name bench-key --api-key - --state-dir "$state" 2>&1)
+      rc=$?
+      set -e
+      if [ "$rc" -ne 0 ]; then
+        note="airlock: skipped, creating the provider failed (exit $rc): $(printf '%s' "$out" | head -1)"
+        return 1
+      fi
+      "$airlock_bin" serve -c "$dir/airlock.yaml" --state-dir "$state" >"$dir/airlock.log" 2>&1 &
+      peer_pid=$!
+      for _ in $(seq 300); do
+        curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$admin_port/healthz" 2>/dev/null && break
+        kill -0 "$peer_pid" 2>/dev/null || break
+        sleep 0.05
+      done
+      if ! kill -0 "$peer_pid" 2>/dev/null; then
+        if grep -q "not built yet" "$dir/airlock.log"; then
+          note="airlock: skipped, 'airlock serve' is not built yet"
+        else
+          note="airlock: skipped, serve exited: $(tail -3 "$dir/airlock.log" | tr '\n' ' ')"
+        fi
+        peer_pid=""
+        return 1
+      fi
+      ;;
+  esac
+  pids+=("$peer_pid")
+  if ! wait_port "$peer_port" "$peer_pid"; then
+    note="$1: skipped, did not start: $(cat "$dir/$1.out" "$dir/$1-proxy-error.log" 2>/dev/null | tail -3 | tr '\n' ' ')"
+    kill -TERM "$peer_pid" 2>/dev/null || true
+    peer_pid=""
+    return 1
+  fi
+  # The proxy must really inject the header, else its figures mean nothing.
+  local got
+  got=$(curl -sS --noproxy '*' --http2-prior-knowledge "http://127.0.0.1:$peer_port/t/bench/check" 2>&1 || true)
+  if [ "$got" != "authorization=Bearer $key" ]; then
+    note="$1: skipped, the upstream did not get the injected header (got: ${got:0:120})"
+    kill -TERM "$peer_pid" 2>/dev/null || true
+    peer_pid=""
+    return 1
+  fi
+}
+
+stop_peer() {
+  [ -n "$peer_pid" ] && [ "$peer_pid" != "$upstream_pid" ] || return 0
+  kill -TERM "$peer_pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$peer_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$peer_pid" 2>/dev/null || true
+  wait "$peer_pid" 2>/dev/null || true
+}
+
+# measure PEER SIZE CONC: one h2load run; appends a row to $dir/results.tsv.
+measure() {
+  local peer=$1 size=$2 conc=$3 path out log rps p50 p99 ok failed rss
+  case "$size" in small) path=/t/bench/small ;; 1m) path=/t/bench/1m.bin ;; esac
+  log=$dir/h2load-$peer-$size-$conc.log
+  out=$(h2load -c "$conc" -m "$streams" -t 1 -D "$duration" --warm-up-time "$warmup" \
+    --log-file="$log" "http://127.0.0.1:$peer_port$path" 2>&1) || true
+  rps=$(printf '%s\n' "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
+  ok=$(printf '%s\n' "$out" | awk '/^requests:/ {print $8}')
+  failed=$(printf '%s\n' "$out" | awk '/^requests:/ {print $10 + $12 + $14}')
+  # p50/p99 of response times (column 3, microseconds) of the streams that succeeded
+  read -r p50 p99 < <(awk -F'\t' '$2 != -1 {print $3}' "$log" 2>/dev/null | sort -n |
+    awk '{v[NR] = $1} END {
+      if (NR == 0) { print "- -"; exit }
+      i50 = int(NR * 0.50); if (i50 < 1) i50 = 1
+      i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+      printf "%.2f %.2f\n", v[i50] / 1000, v[i99] / 1000 }')
+  rss=$(rss_tree "$peer_pid")
+  [ "$peer" = direct ] && rss=$(rss_tree "$upstream_pid")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$size" "$conc" "$peer" "${rps:-0}" "$p50" "$p99" \
+    "$((rss / 1024))" "${failed:-?}/${ok:-?}" >>"$dir/results.tsv"
+  printf '  %-8s %-5s c=%-3s %10s req/s  p50 %7s ms  p99 %7s ms  rss %4s MiB  failed %s\n' \
+    "$peer" "$size" "$conc" "${rps:-0}" "$p50" "$p99" "$((rss / 1024))" "${failed:-?}"
+  rm -f "$log"
+}
+
+echo "machine: $(nproc) cpus, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "versions: $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(h2load --version | head -1)"
+echo "load average before: $(cut -d" " -f1-3 /proc/loadavg)"
+echo "load: h2load -t 1 -c {$concs} -m $streams -D ${duration}s (warm-up ${warmup}s), h2c prior knowledge"
+: >"$dir/results.tsv"
+notes=()
+for peer in $peers; do
+  note=""
+  if ! start_peer "$peer"; then
+    echo "  $note"
+    notes+=("$note")
+    continue
+  fi
+  for size in $sizes; do
+    for conc in $concs; do
+      measure "$peer" "$size" "$conc"
+    done
+  done
+  stop_peer
+done
+
+echo
+echo "| size | conns x streams | peer | req/s | p50 ms | p99 ms | RSS MiB | failed/ok |"
+echo "|---|---|---|---:|---:|---:|---:|---:|"
+awk -F'\t' -v m="$streams" '{printf "| %s | %s x %s | %s | %.0f | %s | %s | %s | %s |\n", $1, $2, m, $3, $4, $5, $6, $7, $8}' "$dir/results.tsv"
+echo
+echo "Ratios of requests/s (and p99, lower is better) in this run:"
+awk -F'\t' '
+  { rps[$1 "," $2 "," $3] = $4; p99[$1 "," $2 "," $3] = $6
+    if (!(($1 "," $2) in seen)) { seen[$1 "," $2] = 1; ks[++n] = $1 "," $2 } }
+  function r(a, b) { return (b > 0 && a != "" && b != "") ? sprintf("%.2f", a / b) : "n/a" }
+  END {
+    printf "| size | conns | airlock/nginx | airlock/haproxy | haproxy/nginx | p99 airlock/nginx |\n"
+    printf "|---|---|---:|---:|---:|---:|\n"
+    for (i = 1; i <= n; i++) {
+      k = ks[i]; split(k, kk, ",")
+      a = rps[k ",airlock"]; ng = rps[k ",nginx"]; h = rps[k ",haproxy"]
+      printf "| %s | %s | %s | %s | %s | %s |\n", kk[1], kk[2], r(a, ng), r(a, h), r(h, ng),
+        (p99[k ",airlock"] != "" ? r(p99[k ",airlock"], p99[k ",nginx"]) : "n/a")
+    }
+  }' "$dir/results.tsv"
+for n in "${notes[@]}"; do echo "note: $n"; done
