@@ -24,10 +24,18 @@
 #define SECRET_MAX 16384
 
 enum family { F_NONE = 1, F_API = 2, F_OAUTH = 4, F_AWS = 8 };
-enum action { A_CREATE = 1, A_UPDATE = 2, A_GET = 4, A_LIST = 8, A_DELETE = 16, A_ROTATE = 32 };
+enum action {
+    A_CREATE = 1,
+    A_UPDATE = 2,
+    A_GET = 4,
+    A_LIST = 8,
+    A_DELETE = 16,
+    A_ROTATE = 32,
+    A_VERIFY = 64
+};
 #define F_ALL   (F_NONE | F_API | F_OAUTH | F_AWS)
 #define F_PROV  (F_API | F_OAUTH | F_AWS)
-#define A_ALL   (A_CREATE | A_UPDATE | A_GET | A_LIST | A_DELETE | A_ROTATE)
+#define A_ALL   (A_CREATE | A_UPDATE | A_GET | A_LIST | A_DELETE | A_ROTATE | A_VERIFY)
 #define A_CU    (A_CREATE | A_UPDATE)
 #define A_NAMED (A_CREATE | A_UPDATE | A_GET | A_DELETE)
 
@@ -54,6 +62,8 @@ static const struct verb {
     {"list-aws-credential-providers", F_AWS, A_LIST, "list AWS providers"},
     {"delete-aws-credential-provider", F_AWS, A_DELETE, "delete a provider"},
     {"rotate-master-key", F_NONE, A_ROTATE, "new master key; rewrap every data key"},
+    {"verify-store", F_NONE, A_VERIFY,
+     "decrypt every usable version and check its fingerprint (prints no secret)"},
 };
 
 /* Option values, indexed by enum opt. */
@@ -460,7 +470,19 @@ int al_cmd_identity(int argc, char **argv)
     }
     const char *kind = family_kind(v->family);
     ret = 1;
-    if (v->action & (A_GET | A_LIST)) {
+    if (v->action == A_VERIFY) {
+        rc = al_identity_open(state_dir, AL_IDENTITY_SECRETS, &id);
+        if (rc == AL_OK) {
+            rc = al_identity_verify(id, &res);
+            if (rc != AL_OK && res) {
+                print_json(res);
+                fprintf(stderr, "airlock identity: some versions do not open or do not match "
+                                "their fingerprint (\"ok\": false above)\n");
+                ret = 1;
+                goto out;
+            }
+        }
+    } else if (v->action & (A_GET | A_LIST)) {
         rc = al_identity_open_readonly(state_dir, &id);
         if (rc == AL_ERR_NOTFOUND && v->action == A_LIST) {
             res = json_pack("{s:[]}", "credentialProviders");

@@ -147,6 +147,15 @@ static int load(al_cred_cache *c, al_cred_snapshot **out)
         return AL_ERR_NOMEM;
     s->generation = gen;
     rc = al_identity_load_secrets(c->id, &s->items, &s->n);
+    if (rc == AL_ERR_KEY) {
+        /* `rotate-master-key` may have replaced the key file: read it again once. */
+        al_identity *fresh = NULL;
+        if (al_identity_open(c->state_dir, AL_IDENTITY_SECRETS, &fresh) == AL_OK) {
+            al_identity_close(c->id);
+            c->id = fresh;
+            rc = al_identity_load_secrets(c->id, &s->items, &s->n);
+        }
+    }
     if (rc != AL_OK) {
         free(s);
         return rc;

@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -537,22 +539,46 @@ static int key_check_meta(al_identity *id, char **check)
     return al_vault_make_check(id->vault, check);
 }
 
-static int put_record(al_identity *id, const al_store_record *r)
+/* Writes one record if nothing changed since `gen` was read (AL_ERR_AGAIN otherwise).
+ * The first sealed record also stores the master-key check. */
+static int put_record(al_identity *id, const al_store_record *r, uint64_t gen)
 {
     char *check = NULL, *existing = NULL;
     int rc;
     if (id->store->ops->meta_get(id->store, CHECK_KEY, &existing) == AL_OK) {
         free(existing);
-        return id->store->ops->put(id->store, r, 1, NULL, 0);
+        return id->store->ops->put(id->store, r, 1, NULL, 0, &gen);
     }
     rc = key_check_meta(id, &check);
     if (rc != AL_OK)
         return rc;
     const char *kv[2] = {CHECK_KEY, check};
-    rc = id->store->ops->put(id->store, r, 1, kv, 1);
+    rc = id->store->ops->put(id->store, r, 1, kv, 1, &gen);
     free(check);
     return rc;
 }
+
+/* Starts a read-modify-write: reads the change counter first (so any commit after
+ * this point makes our put fail with AL_ERR_AGAIN), then makes sure the loaded
+ * master key is still the store's — another process may have rotated it. */
+static int begin_write(al_identity *id, uint64_t *gen)
+{
+    char *check = NULL;
+    int rc = id->store->ops->generation(id->store, gen);
+    if (rc != AL_OK)
+        return rc;
+    if (id->vault && id->store->ops->meta_get(id->store, CHECK_KEY, &check) == AL_OK) {
+        if (al_vault_verify_check(id->vault, check) != AL_OK) {
+            al_vault_free(id->vault);
+            id->vault = NULL;
+            rc = ensure_vault(id, 0);
+        }
+        free(check);
+    }
+    return rc;
+}
+
+#define WRITE_RETRIES 50
 
 static int set_str(char **dst, const char *src)
 {
@@ -580,8 +606,9 @@ static int set_tags(char **dst, json_t *tags)
     return AL_OK;
 }
 
-int al_identity_create(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
+static int create_once(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
 {
+    uint64_t gen = 0;
     al_store_record r, old;
     int rc;
     memset(&r, 0, sizeof r);
@@ -599,6 +626,8 @@ int al_identity_create(al_identity *id, const al_provider_spec *sp, uint32_t *ve
         fprintf(stderr, "airlock: invalid environment name '%s'\n", env);
         return AL_ERR_INVAL;
     }
+    if ((rc = begin_write(id, &gen)) != AL_OK)
+        return rc;
     if (!sp->secret) {
         fprintf(stderr, "airlock: a new provider needs its secret\n");
         return AL_ERR_INVAL;
@@ -629,13 +658,22 @@ int al_identity_create(al_identity *id, const al_provider_spec *sp, uint32_t *ve
     r.current_version = 1;
     if ((rc = add_version(id, &r, sp, 1)) != AL_OK)
         goto out;
-    if ((rc = put_record(id, &r)) != AL_OK)
+    if ((rc = put_record(id, &r, gen)) != AL_OK)
         goto out;
     audit(id, "identity.create", r.name, r.kind, 1);
     if (version_out)
         *version_out = 1;
 out:
     al_store_record_clear(&r);
+    return rc;
+}
+
+int al_identity_create(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
+{
+    int rc;
+    for (int i = 0; i < WRITE_RETRIES; i++)
+        if ((rc = create_once(id, sp, version_out)) != AL_ERR_AGAIN)
+            return rc;
     return rc;
 }
 
@@ -651,8 +689,9 @@ static int get_kind(al_identity *id, const char *name, const char *kind, al_stor
     return AL_OK;
 }
 
-int al_identity_update(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
+static int update_once(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
 {
+    uint64_t gen = 0;
     al_store_record r;
     int rc;
     memset(&r, 0, sizeof r);
@@ -660,6 +699,8 @@ int al_identity_update(al_identity *id, const al_provider_spec *sp, uint32_t *ve
         return rc;
     if (!sp->name)
         return AL_ERR_INVAL;
+    if ((rc = begin_write(id, &gen)) != AL_OK)
+        return rc;
     rc = get_kind(id, sp->name, sp->kind, &r);
     if (rc != AL_OK)
         return rc;
@@ -719,7 +760,7 @@ int al_identity_update(al_identity *id, const al_provider_spec *sp, uint32_t *ve
     }
     purge_record(id, &r);
     r.updated_at = now_s(id);
-    if ((rc = put_record(id, &r)) != AL_OK)
+    if ((rc = put_record(id, &r, gen)) != AL_OK)
         goto out;
     audit(id, sp->secret ? "identity.rotate" : "identity.update", r.name, r.kind,
           r.current_version);
@@ -727,6 +768,15 @@ int al_identity_update(al_identity *id, const al_provider_spec *sp, uint32_t *ve
         *version_out = r.current_version;
 out:
     al_store_record_clear(&r);
+    return rc;
+}
+
+int al_identity_update(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
+{
+    int rc;
+    for (int i = 0; i < WRITE_RETRIES; i++)
+        if ((rc = update_once(id, sp, version_out)) != AL_ERR_AGAIN)
+            return rc;
     return rc;
 }
 
@@ -750,7 +800,11 @@ int al_identity_purge_expired(al_identity *id)
 {
     al_store_record *recs = NULL;
     size_t n = 0;
-    int rc = id->store->ops->list(id->store, &recs, &n);
+    uint64_t gen = 0;
+    int rc = id->store->ops->generation(id->store, &gen);
+    if (rc != AL_OK)
+        return rc;
+    rc = id->store->ops->list(id->store, &recs, &n);
     if (rc != AL_OK)
         return rc;
     for (size_t i = 0; i < n && rc == AL_OK; i++) {
@@ -766,7 +820,9 @@ int al_identity_purge_expired(al_identity *id)
         }
         if (purge_record(id, &recs[i]) == 0)
             continue;
-        rc = id->store->ops->put(id->store, &recs[i], 1, NULL, 0);
+        rc = id->store->ops->put(id->store, &recs[i], 1, NULL, 0, &gen);
+        if (rc == AL_OK)
+            gen++; /* our own commit; a conflict makes the rest wait for the next run */
         for (size_t j = 0; rc == AL_OK && j < wn; j++)
             audit(id, "identity.wipe_expired_version", recs[i].name, recs[i].kind, wiped[j]);
     }
@@ -881,16 +937,31 @@ int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out)
     unsigned char key[AL_VAULT_KEY_LEN];
     al_vault *nv = NULL;
     char *check = NULL, next[4200];
+    uint64_t gen = 0;
+    int lock_fd = -1;
     int rc;
+    char path[4096], lock[4200];
     if ((rc = need_vault(id)) != AL_OK)
         return rc;
-    const char *path = al_vault_key_path(id->vault);
-    if (!path)
+    if (!al_vault_key_path(id->vault))
         return AL_ERR_INVAL;
+    snprintf(path, sizeof path, "%s", al_vault_key_path(id->vault));
     snprintf(next, sizeof next, "%s.new", path);
-    if (RAND_bytes(key, sizeof key) != 1)
-        return AL_ERR_CRYPTO;
+    snprintf(lock, sizeof lock, "%s.lock", path);
+    /* One rotation at a time: both would write "<key>.new". */
+    lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX) != 0) {
+        fprintf(stderr, "airlock: cannot lock %s: %s\n", lock, strerror(errno));
+        rc = AL_ERR_IO;
+        goto out;
+    }
+    if (RAND_bytes(key, sizeof key) != 1) {
+        rc = AL_ERR_CRYPTO;
+        goto out;
+    }
     if ((rc = al_vault_from_key(key, &nv)) != AL_OK)
+        goto out;
+    if ((rc = begin_write(id, &gen)) != AL_OK)
         goto out;
     if ((rc = id->store->ops->list(id->store, &recs, &n)) != AL_OK)
         goto out;
@@ -925,8 +996,11 @@ int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out)
     if ((rc = al_vault_write_key_file(next, key)) != AL_OK)
         goto out;
     const char *kv[2] = {CHECK_KEY, check};
-    rc = id->store->ops->put(id->store, recs, n, kv, 1);
+    rc = id->store->ops->put(id->store, recs, n, kv, 1, &gen);
     if (rc != AL_OK) {
+        if (rc == AL_ERR_AGAIN)
+            fprintf(stderr, "airlock: the store changed during the rotation (another writer); "
+                            "nothing changed, run rotate-master-key again\n");
         unlink(next);
         goto out;
     }
@@ -947,6 +1021,8 @@ int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out)
     if (rewrapped_out)
         *rewrapped_out = count;
 out:
+    if (lock_fd >= 0)
+        close(lock_fd); /* releases the flock */
     OPENSSL_cleanse(key, sizeof key);
     al_vault_free(nv);
     free(check);
@@ -1043,4 +1119,48 @@ out:
     al_identity_secrets_free(res, count);
     al_store_records_free(recs, n);
     return rc;
+}
+
+int al_identity_verify(al_identity *id, json_t **out)
+{
+    al_store_record *recs = NULL;
+    size_t n = 0;
+    int rc, bad = 0;
+    if (!id->vault && (rc = ensure_vault(id, 0)) != AL_OK)
+        return rc;
+    if ((rc = id->store->ops->list(id->store, &recs, &n)) != AL_OK)
+        return rc;
+    json_t *arr = json_array();
+    int64_t now = now_s(id);
+    for (size_t i = 0; i < n; i++) {
+        al_store_record *r = &recs[i];
+        for (size_t j = 0; j < r->version_count; j++) {
+            al_store_version *v = &r->versions[j];
+            int current = v->version == r->current_version;
+            if (v->wiped || !v->sealed || (!current && v->expires_at <= now))
+                continue;
+            unsigned char *plain = NULL;
+            size_t pl = 0;
+            char fp[32] = "";
+            int orc = id->vault ? al_vault_unseal(id->vault, r->name, r->kind, v->version,
+                                                  v->wrapped_key, v->wrapped_key_len, v->sealed,
+                                                  v->sealed_len, &plain, &pl)
+                                : AL_ERR_KEY;
+            if (orc == AL_OK) {
+                unsigned char *nl = strcmp(r->kind, "aws") == 0 ? memchr(plain, '\n', pl) : NULL;
+                al_vault_fingerprint(plain, nl ? (size_t)(nl - plain) : pl, fp);
+                OPENSSL_cleanse(plain, pl);
+                free(plain);
+            }
+            int ok = orc == AL_OK && strcmp(fp, v->fingerprint) == 0;
+            bad |= !ok;
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:i, s:b, s:s, s:b}", "name", r->name,
+                                                 "kind", r->kind, "version", (json_int_t)v->version,
+                                                 "current", current, "fingerprint", v->fingerprint,
+                                                 "ok", ok));
+        }
+    }
+    al_store_records_free(recs, n);
+    *out = json_pack("{s:o}", "credentialProviders", arr);
+    return bad ? AL_ERR_KEY : AL_OK;
 }

@@ -100,6 +100,11 @@ typedef struct al_identity_secret {
 int al_identity_load_secrets(al_identity *id, al_identity_secret **out, size_t *n);
 void al_identity_secrets_free(al_identity_secret *s, size_t n);
 
+/* Opens every usable secret version and checks it against its stored fingerprint:
+ * {"credentialProviders": [{"name", "version", "fingerprint", "ok"}...]}. AL_ERR_KEY
+ * (with the document still filled in) if any does not open. Never includes a secret. */
+int al_identity_verify(al_identity *id, json_t **out);
+
 /* Kind names used on the CLI and in output. */
 int al_identity_kind_valid(const char *kind);
 

@@ -58,9 +58,11 @@ typedef struct al_store_ops {
     /* Every record; *out is a malloc'd array the caller frees with al_store_records_free. */
     int (*list)(al_store *s, al_store_record **out, size_t *n);
     /* Replaces the records (provider + all its version rows) atomically, with the meta
-     * entries (key, value) in the same transaction; bumps the change counter. */
+     * entries (key, value) in the same transaction; bumps the change counter. With
+     * expect_generation, commits only if the counter still has that value, else
+     * AL_ERR_AGAIN: optimistic concurrency for read-modify-write by several processes. */
     int (*put)(al_store *s, const al_store_record *recs, size_t n, const char *const *meta_kv,
-               size_t meta_n);
+               size_t meta_n, const uint64_t *expect_generation);
     /* Removes a provider and its versions; AL_ERR_NOTFOUND if absent. Bumps the counter. */
     int (*del)(al_store *s, const char *name);
     /* The change counter: increases on every committed change by any process. */

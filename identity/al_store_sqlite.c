@@ -316,13 +316,19 @@ static int put_meta(al_store_sqlite *s, const char *k, const char *v)
     return rc;
 }
 
+static int sq_generation(al_store *base, uint64_t *out);
+
 static int sq_put(al_store *base, const al_store_record *recs, size_t n, const char *const *meta_kv,
-                  size_t meta_n)
+                  size_t meta_n, const uint64_t *expect_generation)
 {
     al_store_sqlite *s = (al_store_sqlite *)base;
     int rc = AL_OK;
+    uint64_t gen = 0;
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return db_err(s, "begin immediate");
+    /* Inside the write lock: nobody can commit between this check and our COMMIT. */
+    if (expect_generation && (rc = sq_generation(base, &gen)) == AL_OK && gen != *expect_generation)
+        rc = AL_ERR_AGAIN;
     for (size_t i = 0; i < n && rc == AL_OK; i++)
         rc = put_one(s, &recs[i]);
     for (size_t i = 0; i < meta_n && rc == AL_OK; i++)

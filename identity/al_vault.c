@@ -340,7 +340,10 @@ out:
     return rc;
 }
 
-int al_vault_write_key_file(const char *path, const unsigned char key[AL_VAULT_KEY_LEN])
+/* exclusive: link() instead of rename(), so two processes generating the first key
+ * at once cannot both win: the loser gets AL_ERR_EXISTS and reads the winner's. */
+static int write_key_file(const char *path, const unsigned char key[AL_VAULT_KEY_LEN],
+                          int exclusive)
 {
     char tmp[4096], hex[2 * AL_VAULT_KEY_LEN + 2];
     int rc = AL_OK;
@@ -358,13 +361,25 @@ int al_vault_write_key_file(const char *path, const unsigned char key[AL_VAULT_K
     OPENSSL_cleanse(hex, sizeof hex);
     if (close(fd) != 0)
         rc = AL_ERR_IO;
-    if (rc == AL_OK && rename(tmp, path) != 0)
+    if (rc == AL_OK && exclusive) {
+        if (link(tmp, path) != 0)
+            rc = errno == EEXIST ? AL_ERR_EXISTS : AL_ERR_IO;
+        unlink(tmp);
+        if (rc == AL_ERR_EXISTS)
+            return rc;
+    } else if (rc == AL_OK && rename(tmp, path) != 0) {
         rc = AL_ERR_IO;
+    }
     if (rc != AL_OK) {
         fprintf(stderr, "airlock: cannot write master key file %s: %s\n", path, strerror(errno));
         unlink(tmp);
     }
     return rc;
+}
+
+int al_vault_write_key_file(const char *path, const unsigned char key[AL_VAULT_KEY_LEN])
+{
+    return write_key_file(path, key, 0);
 }
 
 int al_vault_from_key(const unsigned char key[AL_VAULT_KEY_LEN], al_vault **out)
@@ -406,13 +421,16 @@ int al_vault_open(const char *state_dir, int flags, al_vault **out)
             return AL_ERR_IO;
         if (RAND_bytes(key, sizeof key) != 1)
             return AL_ERR_CRYPTO;
-        rc = al_vault_write_key_file(path, key);
+        rc = write_key_file(path, key, 1);
+        if (rc == AL_ERR_EXISTS) /* another process generated it first: use theirs */
+            rc = al_vault_read_key_file(path, key);
+        else if (rc == AL_OK)
+            fprintf(stderr,
+                    "airlock: warning: generated a new master key at %s; production should supply "
+                    "its own key with AIRLOCK_MASTER_KEY_FILE (kept outside the state dir)\n",
+                    path);
         if (rc != AL_OK)
             goto out;
-        fprintf(stderr,
-                "airlock: warning: generated a new master key at %s; production should supply "
-                "its own key with AIRLOCK_MASTER_KEY_FILE (kept outside the state dir)\n",
-                path);
     } else if (rc != AL_OK) {
         return rc;
     }

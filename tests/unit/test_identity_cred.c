@@ -171,6 +171,23 @@ static void test_failed_refresh_keeps_old_snapshot(void **state)
     al_cred_cache_close(c);
 }
 
+static void test_follows_master_key_rotation(void **state)
+{
+    (void)state;
+    al_cred_cache *c = NULL;
+    put_key("k", "before-rotation", 1);
+    assert_int_equal(al_cred_cache_open(dir, &c), AL_OK);
+    al_identity *id = NULL;
+    assert_int_equal(al_identity_open(dir, AL_IDENTITY_WRITE, &id), AL_OK);
+    assert_int_equal(al_identity_rotate_master_key(id, NULL), AL_OK);
+    al_identity_close(id);
+    /* The running cache re-reads the key file and keeps serving new versions. */
+    put_key("k", "after-rotation", 0);
+    int64_t t = wait_for(c, "k", "after-rotation", 3000);
+    assert_true(t >= 0 && t < 1000);
+    al_cred_cache_close(c);
+}
+
 typedef struct race {
     al_cred_cache *c;
     atomic_int stop;
@@ -309,6 +326,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_picks_up_changes_within_one_second, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_refresh_keeps_old_snapshot, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_follows_master_key_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readers_race_the_swap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_rest_and_fallback, setup, teardown),
     };

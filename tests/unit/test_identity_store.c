@@ -432,6 +432,59 @@ static void test_concurrent_writer_and_reader(void **state)
     assert_true(reads > 1);
 }
 
+/* Several writer processes at once (two updating, the parent rotating the master key):
+ * no update is lost and every row stays sealed under the store's current key. */
+static void test_concurrent_writers_and_rotation(void **state)
+{
+    (void)state;
+    al_identity *id = open_w();
+    create_key(id, "a", "prod", "a-1");
+    create_key(id, "b", "prod", "b-1");
+    al_identity_close(id);
+    pid_t kids[2];
+    for (int k = 0; k < 2; k++) {
+        kids[k] = fork();
+        assert_true(kids[k] >= 0);
+        if (kids[k] == 0) {
+            const char *name = k ? "b" : "a";
+            al_identity *w = NULL;
+            if (al_identity_open(dir, AL_IDENTITY_WRITE, &w) != AL_OK)
+                _exit(3);
+            for (int i = 2; i <= 25; i++) {
+                char s[32];
+                snprintf(s, sizeof s, "%s-%d", name, i);
+                if (update_key(w, name, s, 0, NULL) != AL_OK)
+                    _exit(4);
+            }
+            al_identity_close(w);
+            _exit(0);
+        }
+    }
+    int rotations = 0;
+    id = open_w();
+    for (int i = 0; i < 4; i++) {
+        usleep(20000); /* spread the rotations over the children's updates */
+        int rc = al_identity_rotate_master_key(id, NULL);
+        assert_true(rc == AL_OK || rc == AL_ERR_AGAIN);
+        rotations += rc == AL_OK;
+    }
+    for (int k = 0; k < 2; k++) {
+        int status = 0;
+        assert_int_equal(waitpid(kids[k], &status, 0), kids[k]);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+    }
+    al_identity_close(id);
+    id = open_w();
+    char got[256];
+    usable(id, "a", got, sizeof got);
+    assert_string_equal(got, "v25=a-25");
+    usable(id, "b", got, sizeof got);
+    assert_string_equal(got, "v25=b-25");
+    al_identity_close(id);
+    print_message("rotations committed while writers ran: %d of 4\n", rotations);
+}
+
 static void test_oauth2_and_aws_specs(void **state)
 {
     (void)state;
@@ -518,6 +571,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_env_callback_readonly_creates_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer_and_reader, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_writers_and_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oauth2_and_aws_specs, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
