@@ -9,11 +9,15 @@
 #include "al_conn.h"
 #include "al_h1_conn.h"
 #include "al_h2.h"
+#include "al_tls.h"
 #include "al_worker.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
 
 #include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdint.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +50,52 @@ static void tcp_release(al_conn *c)
     (void)c;
 }
 
-const al_transport al_transport_tcp = {"tcp", tcp_read, tcp_write, tcp_release};
+static size_t tcp_pending(al_conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+const al_transport al_transport_tcp = {"tcp", tcp_read, tcp_write, tcp_release, tcp_pending};
+
+static ssize_t tls_io_result(al_conn *c, int r)
+{
+    int e = SSL_get_error(c->tls, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return AL_ERR_AGAIN;
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    ERR_clear_error();
+    return AL_ERR_IO;
+}
+
+static ssize_t tls_read(al_conn *c, void *buf, size_t n)
+{
+    int r = SSL_read(c->tls, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+    return r > 0 ? r : tls_io_result(c, r);
+}
+
+static ssize_t tls_write(al_conn *c, const void *buf, size_t n)
+{
+    int r = SSL_write(c->tls, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+    return r > 0 ? r : tls_io_result(c, r);
+}
+
+static void tls_release(al_conn *c)
+{
+    if (c->tls) {
+        SSL_shutdown(c->tls); /* best effort close_notify; never waits */
+        SSL_free(c->tls);
+    }
+    c->tls = NULL;
+}
+
+static size_t tls_pending(al_conn *c)
+{
+    return c->tls ? (size_t)SSL_pending(c->tls) : 0;
+}
+
+const al_transport al_transport_tls = {"tls", tls_read, tls_write, tls_release, tls_pending};
 
 size_t al_conn_out_pending(const al_conn *c)
 {
@@ -75,8 +124,12 @@ void al_conn_update(al_conn *c)
     int ev = 0;
     if (!c->closing && c->in_len < c->in_cap && (!c->proto || c->proto->wants_read(c)))
         ev |= EV_READ;
-    if (al_conn_out_pending(c))
+    if (al_conn_out_pending(c) || (c->tls_handshaking && c->tls_want_write))
         ev |= EV_WRITE;
+    if (c->tls_handshaking && !c->tls_want_write)
+        ev |= EV_READ;
+    if ((ev & EV_READ) && c->transport->pending(c))
+        al_conn_kick(c); /* decrypted bytes wait in OpenSSL: no socket event will come */
     if (ev == c->io_events)
         return;
     ev_io_stop(c->worker->loop, &c->io);
@@ -178,40 +231,128 @@ static int pick_protocol(al_conn *c)
     return al_h2_attach(c);
 }
 
-static void on_io(struct ev_loop *loop, ev_io *io, int revents)
+/* Switches to TLS once a protocol asked for it and the plain output has gone. */
+static int maybe_start_tls(al_conn *c)
 {
-    al_conn *c = io->data;
-    (void)loop;
-    if ((revents & EV_WRITE) && flush_out(c) < 0)
+    if (!c->start_tls_ctx || al_conn_out_pending(c))
+        return 0;
+    SSL *ssl = SSL_new(c->start_tls_ctx);
+    c->start_tls_ctx = NULL;
+    if (!ssl || SSL_set_fd(ssl, c->fd) != 1 ||
+        (c->tunnel_host[0] && al_tls_set_intercept_name(ssl, c->tunnel_host) != 0)) {
+        SSL_free(ssl);
+        conn_kill(c);
+        return -1;
+    }
+    SSL_set_accept_state(ssl);
+    SSL_set_mode(ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    if (c->proto && c->proto->free)
+        c->proto->free(c);
+    c->proto = NULL;
+    c->proto_state = NULL;
+    c->in_len = 0; /* a client must not send TLS bytes before the 200: discard */
+    c->tls = ssl;
+    c->transport = &al_transport_tls;
+    c->tls_handshaking = 1;
+    c->tls_want_write = 0;
+    al_conn_update(c);
+    return 1;
+}
+
+static void handshake(al_conn *c)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->tls);
+    if (r == 1) {
+        c->tls_handshaking = 0;
+        c->tls_want_write = 0;
+        const unsigned char *alpn = NULL;
+        unsigned alpn_len = 0;
+        SSL_get0_alpn_selected(c->tls, &alpn, &alpn_len);
+        int rc =
+            (alpn_len == 2 && memcmp(alpn, "h2", 2) == 0) ? al_h2_attach(c) : al_h1_conn_attach(c);
+        if (rc) {
+            conn_kill(c);
+            return;
+        }
+        if (c->proto->on_read(c) != 0) { /* h2: the server preface goes out now */
+            al_conn_close(c, 1);
+            return;
+        }
+        al_conn_update(c);
         return;
-    if (!(revents & EV_READ) || c->dead || c->closing)
+    }
+    int e = SSL_get_error(c->tls, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        c->tls_want_write = e == SSL_ERROR_WANT_WRITE;
+        al_conn_update(c);
         return;
-    if (c->in_len >= c->in_cap)
-        return;
+    }
+    char why[160] = "closed during the handshake";
+    unsigned long err = ERR_peek_last_error();
+    if (err)
+        ERR_error_string_n(err, why, sizeof why);
+    ERR_clear_error();
+    al_log(AL_LOG_INFO, "tls.handshake_failed", "peer=%s host=%s reason=%s", c->peer,
+           c->tunnel_host[0] ? c->tunnel_host : "-", why);
+    conn_kill(c);
+}
+
+/* One read from the transport into c->in and the protocol's turn; 1 = read more. */
+static int read_once(al_conn *c)
+{
+    if (c->dead || c->closing || c->in_len >= c->in_cap)
+        return 0;
+    if (c->proto && !c->proto->wants_read(c))
+        return 0;
     ssize_t r = c->transport->read(c, c->in + c->in_len, c->in_cap - c->in_len);
     if (r == AL_ERR_AGAIN)
-        return;
+        return 0;
     if (r <= 0) {
         if (c->proto && c->proto->on_eof)
             c->proto->on_eof(c);
         else
             conn_kill(c);
-        return;
+        return 0;
     }
     c->in_len += (size_t)r;
     if (!c->proto) {
         int rc = pick_protocol(c);
         if (rc == 1)
-            return;
+            return 0;
         if (rc < 0) {
             conn_kill(c);
-            return;
+            return 0;
         }
     }
     if (c->proto->on_read(c) != 0) {
         al_conn_close(c, 1);
+        return 0;
+    }
+    if (c->start_tls_ctx) {
+        flush_out(c);
+        maybe_start_tls(c);
+        return 0;
+    }
+    return c->transport->pending(c) > 0;
+}
+
+static void on_io(struct ev_loop *loop, ev_io *io, int revents)
+{
+    al_conn *c = io->data;
+    (void)loop;
+    if ((revents & EV_WRITE) && !c->tls_handshaking && flush_out(c) < 0)
+        return;
+    if (c->start_tls_ctx && maybe_start_tls(c) < 0)
+        return;
+    if (c->tls_handshaking) {
+        handshake(c);
         return;
     }
+    if (!(revents & EV_READ))
+        return;
+    for (int i = 0; i < 16 && read_once(c); i++)
+        ;
     al_conn_update(c);
 }
 
@@ -220,12 +361,19 @@ static void on_kick(struct ev_loop *loop, ev_timer *t, int revents)
     al_conn *c = t->data;
     (void)loop;
     (void)revents;
-    if (c->dead || !c->proto)
+    if (c->dead || !c->proto || c->tls_handshaking)
         return;
     if (c->proto->on_read(c) != 0) {
         al_conn_close(c, 1);
         return;
     }
+    if (c->start_tls_ctx) {
+        flush_out(c);
+        maybe_start_tls(c);
+        return;
+    }
+    for (int i = 0; i < 16 && c->transport->pending(c) && read_once(c); i++)
+        ;
     al_conn_update(c);
 }
 
@@ -275,6 +423,13 @@ int al_conn_new(al_worker *w, int fd, const struct sockaddr *peer, socklen_t pee
     c->kick.data = c;
     *out = c;
     return AL_OK;
+}
+
+void al_conn_start_tls(al_conn *c, void *ssl_ctx, const char *intercept_host)
+{
+    c->start_tls_ctx = ssl_ctx;
+    if (intercept_host)
+        snprintf(c->tunnel_host, sizeof c->tunnel_host, "%s", intercept_host);
 }
 
 void al_conn_free(al_conn *c)

@@ -36,6 +36,8 @@ typedef struct al_transport {
     ssize_t (*write)(al_conn *c, const void *buf, size_t n);
     /* Frees transport state (not the fd). */
     void (*release)(al_conn *c);
+    /* Bytes already decrypted and waiting (no socket event will announce them). */
+    size_t (*pending)(al_conn *c);
 } al_transport;
 
 typedef struct al_proto {
@@ -74,8 +76,15 @@ struct al_conn {
     void *proto_state;
 
     char peer[64]; /* "ip:port" */
-    int closing;   /* close once the output is flushed */
-    int dead;      /* closed; freed at the end of the event */
+    /* TLS: set by al_conn_start_tls, switched to once the plain output is flushed. */
+    void *start_tls_ctx; /* SSL_CTX* (borrowed) */
+    int tls_handshaking; /* SSL_do_handshake not finished yet */
+    int tls_want_write;  /* the handshake waits for the socket to be writable */
+    /* Inside an intercepted CONNECT tunnel: the only host requests may address. */
+    char tunnel_host[256];
+    uint16_t tunnel_port;
+    int closing; /* close once the output is flushed */
+    int dead;    /* closed; freed at the end of the event */
     al_conn *prev, *next;
 };
 
@@ -100,6 +109,12 @@ void al_conn_close(al_conn *c, int flush_first);
 /* Frees a dead connection (worker calls this). */
 void al_conn_free(al_conn *c);
 
+/* After the current protocol call returns: drop the protocol, switch the transport
+ * to TLS with ctx (server side) and pick h2 or HTTP/1.1 by ALPN after the handshake.
+ * intercept_host (may be NULL) is the CONNECT host: the leaf is issued for it. */
+void al_conn_start_tls(al_conn *c, void *ssl_ctx, const char *intercept_host);
+
 extern const al_transport al_transport_tcp;
+extern const al_transport al_transport_tls;
 
 #endif

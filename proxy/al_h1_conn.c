@@ -10,7 +10,9 @@
 #include "al_errors.h"
 #include "al_h1.h"
 #include "al_request.h"
+#include "al_server.h"
 #include "al_worker.h"
+#include "targets/al_router.h"
 #include "common/al_err.h"
 
 #include <stdio.h>
@@ -160,6 +162,83 @@ static void fail_request(h1_state *s, const al_h1_error *e)
     al_request_refuse(s->req, e->status, e->code, "%s", e->reason);
 }
 
+static int passthrough_match(const al_table *t, const char *host, size_t hl)
+{
+    for (size_t i = 0; i < t->egress.passthrough_count; i++) {
+        const char *p = t->egress.passthrough[i];
+        size_t pl = strlen(p);
+        if (pl > 2 && p[0] == '*' && p[1] == '.') {
+            /* "*.example.com" matches names below example.com, not example.com itself */
+            if (hl > pl - 1 && strncasecmp(host + hl - (pl - 1), p + 1, pl - 1) == 0)
+                return 1;
+        } else if (pl == hl && strncasecmp(p, host, hl) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* CONNECT host:port: intercept (a target lives there), or refuse before any tunnel. */
+static void handle_connect(h1_state *s, const char *url, size_t url_len)
+{
+    al_conn *c = s->c;
+    al_server *srv = c->worker->server;
+    char host[256];
+    const char *colon = NULL;
+    size_t hl;
+    if (url_len && url[0] == '[') {
+        const char *rb = memchr(url, ']', url_len);
+        colon = rb && rb + 1 < url + url_len && rb[1] == ':' ? rb + 1 : NULL;
+        hl = rb ? (size_t)(rb - url - 1) : 0;
+        url++;
+    } else {
+        colon = memchr(url, ':', url_len);
+        hl = colon ? (size_t)(colon - url) : 0;
+    }
+    unsigned long port = 0;
+    const char *end = url + url_len - (url_len && url[-1] == '[' ? 1 : 0);
+    if (colon)
+        for (const char *p = colon + 1; p < end && port <= 65535; p++)
+            port = (*p >= '0' && *p <= '9') ? port * 10 + (unsigned long)(*p - '0') : 65536;
+    if (!colon || hl == 0 || hl >= sizeof host || port == 0 || port > 65535) {
+        al_request_refuse(s->req, 400, "bad_request", "CONNECT needs host:port");
+        return;
+    }
+    memcpy(host, url, hl);
+    host[hl] = '\0';
+    if (c->transport != &al_transport_tcp || c->tunnel_host[0]) {
+        al_request_refuse(s->req, 501, "connect_not_supported",
+                          "CONNECT inside a TLS connection is not supported yet; use the plain "
+                          "proxy listener for HTTPS_PROXY");
+        return;
+    }
+    const al_table *t = al_request_table(s->req);
+    if (t->router && al_router_find_authority(t->router, host, hl, (uint16_t)port)) {
+        if (!srv || !srv->intercept_ctx) {
+            al_request_refuse(s->req, 502, "interception_unavailable",
+                              "airlock has no CA to intercept TLS for %s; create one with: "
+                              "airlock ca init, then restart airlock",
+                              host);
+            return;
+        }
+        al_conn_queue(c, "HTTP/1.1 200 Connection established\r\n\r\n", 39);
+        c->tunnel_port = (uint16_t)port;
+        al_conn_start_tls(c, srv->intercept_ctx, host);
+        al_request_note_done(s->req, 200);
+        return;
+    }
+    if (passthrough_match(t, host, hl)) {
+        al_request_refuse(s->req, 501, "passthrough_not_supported",
+                          "%s matches egress.passthrough, but blind tunnels are not built yet",
+                          host);
+        return;
+    }
+    al_request_refuse(s->req, 403, "unknown_target",
+                      "CONNECT to %s:%lu is refused: no target and no egress.passthrough entry "
+                      "matches it",
+                      host, port);
+}
+
 static int start_request(h1_state *s, size_t head_len)
 {
     al_conn *c = s->c;
@@ -181,16 +260,18 @@ static int start_request(h1_state *s, size_t head_len)
     int has_body = h->chunked || h->content_length > 0;
     int64_t blen = h->chunked ? -1 : (h->content_length > 0 ? h->content_length : 0);
     int expect = h->expect_continue;
-    int connect = h->is_connect;
     s->msg_done = s->p.message_done;
-    al_conn_consume(c, head_len); /* the request holds its own copy of the head */
-    if (connect) {
+    if (h->is_connect) {
         s->keep_alive = 0;
         s->st = H1_WAIT;
-        al_request_refuse(s->req, 403, "connect_not_supported",
-                          "CONNECT tunnels are not enabled on this listener");
+        s->msg_done = 1;
+        handle_connect(s, h->buf + h->url.off, h->url.len);
+        al_conn_consume(c, head_len);
         return 0;
     }
+    al_conn_consume(c, head_len); /* the request holds its own copy of the head */
+    if (c->tunnel_host[0] && al_request_set_tunnel(s->req, c->tunnel_host, c->tunnel_port))
+        return -1;
     s->st = s->msg_done ? H1_WAIT : H1_BODY;
     al_request_start(s->req, has_body, blen);
     if (s->msg_done)

@@ -54,7 +54,9 @@ struct al_req {
     size_t hdr_count, hdr_cap;
     char *cookie; /* joined h2 cookie crumbs */
     size_t cookie_len;
-    char *host;    /* for audit: the host the agent addressed */
+    char *host;        /* for audit: the host the agent addressed */
+    char *tunnel_host; /* intercepted CONNECT tunnel: the only host allowed */
+    uint16_t tunnel_port;
     char *up_path; /* path[?query] to send upstream (before injection) */
     size_t up_path_len;
 
@@ -377,6 +379,25 @@ int al_request_set_field(al_req *r, enum al_req_field f, const char *v, size_t n
         break;
     }
     return AL_OK;
+}
+
+int al_request_set_tunnel(al_req *r, const char *host, uint16_t port)
+{
+    r->tunnel_host = arena_dup(r, host, strlen(host));
+    r->tunnel_port = port;
+    return r->tunnel_host ? AL_OK : AL_ERR_NOMEM;
+}
+
+void al_request_note_done(al_req *r, int status)
+{
+    r->status = status;
+    r->finished = 1;
+    r->state = REQ_DONE;
+}
+
+struct al_table *al_request_table(const al_req *r)
+{
+    return r->table;
 }
 
 int al_request_has_field(const al_req *r, enum al_req_field f)
@@ -842,11 +863,70 @@ static void on_resolved(void *arg, const al_resolve_result *res)
 
 /* ---- addressing ------------------------------------------------------- */
 
+/* Inside an intercepted tunnel: the host is the CONNECT authority's; the request
+ * may repeat it (Host, :authority, absolute-form) but never name another. */
+static int route_tunnel(al_req *r)
+{
+    const char *tg = r->target, *a = r->authority;
+    size_t tl = r->target_len, alen = a ? strlen(a) : 0;
+    if (tl > 8 && (strncasecmp(tg, "http://", 7) == 0 || strncasecmp(tg, "https://", 8) == 0)) {
+        const char *s = tg + (tg[4] == ':' ? 7 : 8), *e = s;
+        while (e < tg + tl && *e != '/' && *e != '?')
+            e++;
+        a = s;
+        alen = (size_t)(e - s);
+        tl -= (size_t)(e - tg);
+        tg = e;
+    } else if (!a) {
+        const al_header *h = find_header(r, "host");
+        if (h) {
+            a = h->value;
+            alen = h->value_len;
+        }
+    }
+    const char *host = r->tunnel_host;
+    size_t hl = strlen(host);
+    uint16_t port = r->tunnel_port;
+    if (a && alen) {
+        const char *h2;
+        size_t h2l;
+        uint16_t p2;
+        if (split_authority(a, alen, &h2, &h2l, &p2, r->tunnel_port) != 0 || h2l != hl ||
+            strncasecmp(h2, host, hl) != 0 || p2 != port) {
+            refuse(r, 403, "tunnel_host_mismatch",
+                   "this tunnel was opened for %s:%u; a request inside it may not address "
+                   "another host",
+                   host, port);
+            return -1;
+        }
+    }
+    if (tl == 0 || tg[0] != '/') {
+        refuse(r, 400, "bad_request", "inside a tunnel the request target must be a path");
+        return -1;
+    }
+    r->host = r->tunnel_host;
+    const char *q = memchr(tg, '?', tl);
+    size_t path_only = q ? (size_t)(q - tg) : tl;
+    r->t =
+        r->table->router ? al_router_find(r->table->router, host, hl, port, tg, path_only) : NULL;
+    if (!r->t) {
+        refuse(r, 403, "unknown_target", "no target in the table matches %s:%u%.*s", host, port,
+               (int)(path_only > 200 ? 200 : path_only), tg);
+        return -1;
+    }
+    r->up_path = (char *)tg;
+    r->up_path_len = tl;
+    return 0;
+}
+
 static int route(al_req *r)
 {
     const al_router *router = r->table->router;
     const char *tg = r->target;
     size_t tl = r->target_len;
+
+    if (r->tunnel_host)
+        return route_tunnel(r);
 
     if (tl >= 3 && memcmp(tg, "/t/", 3) == 0) {
         const char *name = tg + 3;

@@ -50,6 +50,16 @@ void al_request_free(al_req *r);
 int al_request_set_head(al_req *r, const char *method, size_t method_len, const char *scheme,
                         size_t scheme_len, const char *authority, size_t authority_len,
                         const char *target, size_t target_len);
+/* Inside an intercepted CONNECT tunnel: requests may only address host:port (the
+ * CONNECT authority); another host -> 403 tunnel_host_mismatch. host is copied. */
+int al_request_set_tunnel(al_req *r, const char *host, uint16_t port);
+/* Records a request that ended without a response body of its own (a CONNECT that
+ * was accepted): status for the audit, decision allow. No sink call. */
+void al_request_note_done(al_req *r, int status);
+/* The route-only lookups CONNECT needs (the worker's current table). */
+struct al_table;
+struct al_table *al_request_table(const al_req *r);
+
 /* HTTP/2 pseudo-headers, one at a time (copied into the arena). */
 enum al_req_field { AL_REQ_METHOD, AL_REQ_SCHEME, AL_REQ_AUTHORITY, AL_REQ_PATH };
 int al_request_set_field(al_req *r, enum al_req_field f, const char *v, size_t n);

@@ -8,6 +8,7 @@
  * read of at most 4 KiB per connection, a fixed answer, close. */
 #include "al_server.h"
 #include "al_errors.h"
+#include "al_tls.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
 
@@ -217,6 +218,34 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
                "credential get 502 until it is fixed and airlock restarted",
                state_dir, al_strerror(rc));
     }
+    /* The CA for CONNECT interception: created on first start so it works at once. */
+    rc = al_ca_init(state_dir, 0);
+    if (rc && rc != AL_ERR_EXISTS)
+        al_log(AL_LOG_WARN, "ca.init_failed", "cannot create a CA in %s: %s", state_dir,
+               al_strerror(rc));
+    al_ca *ca = NULL;
+    rc = al_ca_load(state_dir, 1024, &ca);
+    if (rc) {
+        al_log(AL_LOG_WARN, "ca.unavailable",
+               "no usable CA in %s (%s): CONNECT interception and listen.tls are off", state_dir,
+               al_strerror(rc));
+    } else {
+        s->ca = ca;
+        s->intercept_ctx = al_tls_intercept_ctx_new(ca);
+        if (s->table->listen.tls) {
+            char name[256];
+            snprintf(name, sizeof name, "%s", s->table->listen.tls);
+            char *colon = strrchr(name, ':');
+            if (colon)
+                *colon = '\0';
+            s->listener_ctx = al_tls_listener_ctx_new(ca, NULL, NULL, name);
+            if (!s->listener_ctx) {
+                fprintf(stderr, "airlock serve: cannot set up TLS for listen.tls %s\n",
+                        s->table->listen.tls);
+                goto out;
+            }
+        }
+    }
     if (s->table->audit.file) {
         audit_path = strdup(s->table->audit.file);
     } else if (asprintf(&audit_path, "%s/audit.log", state_dir) < 0) {
@@ -298,6 +327,12 @@ out:
         al_audit_close(s->audit);
     if (s->creds)
         al_cred_cache_close(s->creds);
+    if (s->intercept_ctx)
+        SSL_CTX_free(s->intercept_ctx);
+    if (s->listener_ctx)
+        SSL_CTX_free(s->listener_ctx);
+    if (s->ca)
+        al_ca_free(s->ca);
     al_table_unref(s->table);
     al_diags_free(&d);
     free(audit_path);

@@ -81,6 +81,8 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
             close(fd);
             continue;
         }
+        if (io->fd == w->tls_listen_fd && w->tls_listen_fd >= 0)
+            al_conn_start_tls(c, w->server->listener_ctx, NULL);
         c->next = w->conns;
         if (w->conns)
             w->conns->prev = c;
@@ -199,6 +201,14 @@ int al_worker_init(al_worker *w, int id, struct al_server *s, al_table *table)
         ev_io_init(&w->accept_w, on_accept, w->listen_fd, EV_READ);
         w->accept_w.data = w;
         ev_io_start(w->loop, &w->accept_w);
+    }
+    if (table->listen.tls && s->listener_ctx) {
+        rc = al_listen_socket(table->listen.tls, 1, &w->tls_listen_fd);
+        if (rc)
+            goto fail;
+        ev_io_init(&w->tls_accept_w, on_accept, w->tls_listen_fd, EV_READ);
+        w->tls_accept_w.data = w;
+        ev_io_start(w->loop, &w->tls_accept_w);
     }
     rc = al_upstream_pool_new(w->loop, &w->pool);
     if (rc)
