@@ -32,6 +32,11 @@ STORES = [STATE]  # every state dir a test wrote to
 AUDIT = os.path.join(STATE, "audit.log")
 
 
+def need_bin():
+    if not os.path.exists(AIRLOCK_BIN):
+        raise Skip("airlock binary not built: %s" % AIRLOCK_BIN)
+
+
 def cli(*args, stdin=None, env=None, state=True, cwd=None):
     if not os.path.exists(AIRLOCK_BIN):
         raise Skip("airlock binary not built: %s" % AIRLOCK_BIN)
@@ -55,6 +60,7 @@ def ok(r):
 
 
 def test_api_key_round_trip():
+    need_bin()
     k1 = secret("api1")
     out = ok(cli("create-api-key-credential-provider", "--name", "openai", "--environment",
                  "prod", "--description", "OpenAI production", "--tag", "team=ml",
@@ -88,6 +94,7 @@ def test_api_key_round_trip():
 
 
 def test_rotation_with_grace_and_cut_off():
+    need_bin()
     k = secret("rot2")
     out = ok(cli("update-api-key-credential-provider", "--name", "openai", "--api-key", "-",
                  stdin=k))
@@ -109,6 +116,7 @@ def test_rotation_with_grace_and_cut_off():
 
 
 def test_oauth2_and_aws_providers():
+    need_bin()
     cs = secret("oauth")
     out = ok(cli("create-oauth2-credential-provider", "--name", "github",
                  "--credential-provider-vendor", "GithubOauth2", "--client-id", "Iv1.abc",
@@ -146,6 +154,7 @@ def test_oauth2_and_aws_providers():
 
 
 def test_secret_on_argv_is_refused():
+    need_bin()
     for flag, verb in (("--api-key", "create-api-key-credential-provider"),
                        ("--client-secret", "create-oauth2-credential-provider"),
                        ("--secret-access-key", "create-aws-credential-provider"),
@@ -162,6 +171,7 @@ def test_secret_on_argv_is_refused():
 
 
 def test_usage_and_exit_codes():
+    need_bin()
     r = cli("--help", state=False)
     assert r.returncode == 0 and "create-api-key-credential-provider" in r.stdout
     r = cli("create-api-key-credential-provider", "--help", state=False)
@@ -181,6 +191,7 @@ def test_usage_and_exit_codes():
 
 
 def test_state_dir_rule():
+    need_bin()
     other = tmpdir("altest-identity-env-")
     STORES.append(other)
     s = secret("envdir")
@@ -209,6 +220,7 @@ def test_state_dir_rule():
 
 
 def test_rotate_master_key():
+    need_bin()
     mk = os.path.join(STATE, "master.key")
     before = open(mk).read()
     out = ok(cli("rotate-master-key"))
@@ -233,6 +245,7 @@ def test_rotate_master_key():
 
 
 def test_key_file_permissions_refused():
+    need_bin()
     mk = os.path.join(STATE, "master.key")
     os.chmod(mk, 0o640)
     try:
@@ -248,6 +261,7 @@ def test_key_file_permissions_refused():
 
 
 def test_audit_log_records_every_change():
+    need_bin()
     lines = [json.loads(l) for l in open(AUDIT).read().splitlines() if l.strip()]
     events = [(l["event"], l.get("provider"), l.get("version")) for l in lines]
     assert ("identity.create", "openai", 1) in events, events
@@ -260,6 +274,7 @@ def test_audit_log_records_every_change():
 
 
 def test_no_secret_anywhere():
+    need_bin()
     assert len(SECRETS) > 10
     blobs = {"cli output": "\n".join(OUTPUTS).encode()}
     for d in STORES:
