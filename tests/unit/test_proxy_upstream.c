@@ -53,6 +53,7 @@ static struct {
     atomic_int mode;
     atomic_int accepts;
     atomic_int requests;
+    atomic_int live; /* connection threads still running */
 } srv;
 
 typedef struct rd {
@@ -159,12 +160,19 @@ static int write_all(int fd, const void *p, size_t n)
 }
 
 /* Serves requests on one connection; returns when it closes. */
-static void srv_conn(int fd)
+typedef struct conn {
+    rd r;
+    char head[16384], body[20000];
+    unsigned char chunk[32768];
+} conn;
+
+static void srv_conn(int fd, conn *c)
 {
-    static rd r;
-    memset(&r, 0, sizeof r);
+    rd *rp = &c->r;
+#define r (*rp)
+    char *head = c->head, *body = c->body;
+    const size_t head_cap = sizeof c->head, body_cap = sizeof c->body;
     r.fd = fd;
-    static char head[16384], body[20000];
     char line[4096];
     if (atomic_load(&srv.mode) == SRV_GARBAGE) {
         static const char g[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
@@ -185,7 +193,7 @@ static void srv_conn(int fd)
             if (!line[0])
                 break;
             size_t ll = strlen(line);
-            if (hl + ll + 2 < sizeof head) {
+            if (hl + ll + 2 < head_cap) {
                 memcpy(head + hl, line, ll);
                 hl += ll;
                 head[hl++] = '\n';
@@ -220,8 +228,8 @@ static void srv_conn(int fd)
         switch (mode) {
         case SRV_ECHO:
         case SRV_ECHO_CLOSE: {
-            int n = snprintf(body, sizeof body, "%s\n%sbody_len=%zu body_hash=%08x\n", reqline,
-                             head, total, h);
+            int n = snprintf(body, body_cap, "%s\n%sbody_len=%zu body_hash=%08x\n", reqline, head,
+                             total, h);
             int k = snprintf(hdr, sizeof hdr,
                              "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Echo: 1\r\n%s\r\n", n,
                              mode == SRV_ECHO_CLOSE ? "Connection: close\r\n" : "");
@@ -236,9 +244,10 @@ static void srv_conn(int fd)
                              SRV_BIG_LEN);
             if (write_all(fd, hdr, (size_t)k))
                 return;
-            static unsigned char chunk[32768];
+            unsigned char *chunk = c->chunk;
+            const size_t chunk_cap = sizeof c->chunk;
             for (size_t off = 0; off < SRV_BIG_LEN;) {
-                size_t n = SRV_BIG_LEN - off < sizeof chunk ? SRV_BIG_LEN - off : sizeof chunk;
+                size_t n = SRV_BIG_LEN - off < chunk_cap ? SRV_BIG_LEN - off : chunk_cap;
                 for (size_t i = 0; i < n; i++)
                     chunk[i] = pattern(off + i);
                 if (write_all(fd, chunk, n))
@@ -283,6 +292,22 @@ static void srv_conn(int fd)
     }
 }
 
+#undef r
+
+/* One thread per connection, so a test that fails with a connection still open
+ * does not stall the next one. */
+static void *srv_conn_main(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    conn *c = calloc(1, sizeof *c);
+    if (c)
+        srv_conn(fd, c);
+    free(c);
+    close(fd);
+    atomic_fetch_sub(&srv.live, 1);
+    return NULL;
+}
+
 static void *srv_main(void *arg)
 {
     for (;;) {
@@ -292,8 +317,14 @@ static void *srv_main(void *arg)
         if (fd < 0)
             continue;
         atomic_fetch_add(&srv.accepts, 1);
-        srv_conn(fd);
-        close(fd);
+        atomic_fetch_add(&srv.live, 1);
+        pthread_t th;
+        if (pthread_create(&th, NULL, srv_conn_main, (void *)(intptr_t)fd)) {
+            atomic_fetch_sub(&srv.live, 1);
+            close(fd);
+            continue;
+        }
+        pthread_detach(th);
     }
 }
 
@@ -322,6 +353,9 @@ static int srv_teardown(void **state)
 {
     (void)!write(srv.stop_pipe[1], "x", 1);
     pthread_join(srv.thread, NULL);
+    /* the stop pipe stays readable, so every connection thread ends; bounded wait */
+    for (int i = 0; i < 500 && atomic_load(&srv.live) > 0; i++)
+        usleep(10000);
     close(srv.lfd);
     close(srv.stop_pipe[0]);
     close(srv.stop_pipe[1]);
