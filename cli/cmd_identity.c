@@ -363,8 +363,17 @@ int al_cmd_identity(int argc, char **argv)
             if (strlen(flags[k].name) == alen && strncmp(a, flags[k].name, alen) == 0 &&
                 (flags[k].family & v->family) && (flags[k].action & v->action))
                 f = k;
+        if (f < 0 && a[0] != '-') {
+            /* Never echoed: a stray argument may well be a pasted secret. */
+            fprintf(stderr,
+                    "airlock identity %s: unexpected argument #%d (not shown: it might be a "
+                    "secret); options start with --\n\n",
+                    v->name, i - 1);
+            usage_verb(stderr, v);
+            goto out;
+        }
         if (f < 0) {
-            /* Not echoed: a mistyped flag may be followed by (or be) a secret. */
+            /* Only the flag name is echoed, never a value after '='. */
             fprintf(stderr, "airlock identity %s: unknown option '%.*s'\n\n", v->name,
                     (int)(alen < 64 ? alen : 64), a);
             usage_verb(stderr, v);

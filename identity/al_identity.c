@@ -13,6 +13,7 @@
 #include "al_store.h"
 #include "al_vault.h"
 #include "common/al_err.h"
+#include "common/al_log.h"
 #include "policy/al_audit.h"
 
 #include <ctype.h>
@@ -1086,8 +1087,12 @@ int al_identity_load_secrets(al_identity *id, al_identity_secret **out, size_t *
             size_t pl = 0;
             rc = al_vault_unseal(id->vault, r->name, r->kind, v->version, v->wrapped_key,
                                  v->wrapped_key_len, v->sealed, v->sealed_len, &plain, &pl);
-            if (rc != AL_OK)
+            if (rc != AL_OK) {
+                al_log(AL_LOG_ERROR, "identity.unseal_failed",
+                       "provider=%s version=%u does not open: %s", r->name, (unsigned)v->version,
+                       al_strerror(rc));
                 goto out;
+            }
             count++;
             s->value = plain;
             s->len = pl;

@@ -166,6 +166,11 @@ def test_secret_on_argv_is_refused():
             assert "refusing a secret written on the command line" in r.stderr, r.stderr
             assert flag + " -" in r.stderr and flag + "-file" in r.stderr, r.stderr
             assert s not in r.stderr and s not in r.stdout
+    # A stray positional argument (a pasted key) is refused without being echoed.
+    s = secret("stray")
+    r = cli("create-api-key-credential-provider", "--name", "argv-test", s)
+    assert r.returncode == 2 and "unexpected argument" in r.stderr, r
+    assert s not in r.stderr + r.stdout
     r = cli("get-api-key-credential-provider", "--name", "argv-test")
     assert r.returncode == 1, "a refused command must not have stored anything"
 
