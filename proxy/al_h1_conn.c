@@ -11,6 +11,7 @@
 #include "al_h1.h"
 #include "al_request.h"
 #include "al_server.h"
+#include "al_tunnel.h"
 #include "al_worker.h"
 #include "targets/al_router.h"
 #include "common/al_err.h"
@@ -35,7 +36,8 @@ typedef struct h1_state {
     int msg_done;
     int resp_done;
     int peer_eof;
-    int failed; /* the request's bytes could not be parsed: close after the reply */
+    int failed;               /* the request's bytes could not be parsed: close after the reply */
+    struct al_tunnel *tunnel; /* pending passthrough CONNECT (owned until it opens) */
 } h1_state;
 
 static const al_proto h1_proto;
@@ -228,9 +230,9 @@ static void handle_connect(h1_state *s, const char *url, size_t url_len)
         return;
     }
     if (passthrough_match(t, host, hl)) {
-        al_request_refuse(s->req, 501, "passthrough_not_supported",
-                          "%s matches egress.passthrough, but blind tunnels are not built yet",
-                          host);
+        al_req *r = s->req;
+        s->req = NULL; /* the tunnel owns the CONNECT now */
+        al_tunnel_start(c, r, host, (uint16_t)port);
         return;
     }
     al_request_refuse(s->req, 403, "unknown_target",
@@ -391,11 +393,27 @@ static void h1_drain(al_conn *c)
         s->keep_alive = 0;
 }
 
+void al_h1_conn_set_tunnel(al_conn *c, struct al_tunnel *t)
+{
+    h1_state *s = c->proto_state;
+    if (s && c->proto == &h1_proto)
+        s->tunnel = t;
+}
+
+void al_h1_conn_tunnel_gone(al_conn *c)
+{
+    h1_state *s = c->proto_state;
+    if (s && c->proto == &h1_proto)
+        s->tunnel = NULL;
+}
+
 static void h1_free(al_conn *c)
 {
     h1_state *s = c->proto_state;
     if (!s)
         return;
+    if (s->tunnel)
+        al_tunnel_abort(s->tunnel);
     if (s->req)
         al_request_free(s->req);
     free(s);

@@ -13,4 +13,10 @@
  * on_read). Returns 0 or a negative al_err. */
 int al_h1_conn_attach(al_conn *c);
 
+/* A passthrough tunnel is pending on c (al_tunnel.c); h1 aborts it if c dies. */
+struct al_tunnel;
+void al_h1_conn_set_tunnel(al_conn *c, struct al_tunnel *t);
+/* The tunnel failed (its refusal was sent) or took the connection over. */
+void al_h1_conn_tunnel_gone(al_conn *c);
+
 #endif

@@ -395,6 +395,12 @@ void al_request_note_done(al_req *r, int status)
     r->state = REQ_DONE;
 }
 
+void al_request_note_bytes(al_req *r, uint64_t in, uint64_t out)
+{
+    r->bytes_in = in;
+    r->bytes_out += out;
+}
+
 struct al_table *al_request_table(const al_req *r)
 {
     return r->table;

@@ -56,6 +56,8 @@ int al_request_set_tunnel(al_req *r, const char *host, uint16_t port);
 /* Records a request that ended without a response body of its own (a CONNECT that
  * was accepted): status for the audit, decision allow. No sink call. */
 void al_request_note_done(al_req *r, int status);
+/* Bytes a blind tunnel carried, for the audit record. */
+void al_request_note_bytes(al_req *r, uint64_t in, uint64_t out);
 /* The route-only lookups CONNECT needs (the worker's current table). */
 struct al_table;
 struct al_table *al_request_table(const al_req *r);
