@@ -198,8 +198,9 @@ int al_vault_rewrap(const al_vault *from, const al_vault *to, const char *name, 
     int rc = unwrap(from, name, kind, version, wrapped_key, wrapped_len, dk);
     if (rc != AL_OK)
         return rc;
-    make_aad(aad, sizeof aad, "data-key", name, kind, version, &aad_len);
-    rc = al_vault_aead_seal(to->key, aad, aad_len, dk, sizeof dk, out, out_len);
+    rc = make_aad(aad, sizeof aad, "data-key", name, kind, version, &aad_len);
+    if (rc == AL_OK)
+        rc = al_vault_aead_seal(to->key, aad, aad_len, dk, sizeof dk, out, out_len);
     OPENSSL_cleanse(dk, sizeof dk);
     return rc;
 }
