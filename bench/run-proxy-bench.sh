@@ -2,7 +2,8 @@
 # run-proxy-bench.sh: airlock against nginx and HAProxy, one machine, one run.
 #
 #   bench/run-proxy-bench.sh [--airlock BIN] [--duration S] [--conc "1 10 50"]
-#                            [--streams M] [--sizes "small 1m"] [--peers "direct nginx haproxy airlock"]
+#                            [--streams M] [--sizes "small 1m"] [--rounds R]
+#                            [--peers "direct nginx haproxy airlock"]
 #
 # Upstream: Debian nginx (one worker) on free 127.0.0.1 ports, a small response and a
 # 1 MiB file, keep-alive HTTP/1.1 to every proxy. Load: h2load (one thread), h2c with
@@ -13,7 +14,9 @@
 #   haproxy  HAProxy nbthread 1, http-request set-header Authorization
 #   airlock  airlock serve, limits.workers 1, gateway mode /t/bench/ injecting an API key
 # All four see the same URLs (/t/bench/small, /t/bench/1m.bin); before measuring, each
-# proxy is checked to deliver the injected header to the upstream.
+# proxy is checked to deliver the injected header to the upstream. All peers run side by
+# side and are measured in turn for each size and concurrency; with --rounds R each
+# row is the median round (by requests/s).
 # Prints requests/s, p50/p99 latency (from h2load's per-request log), the proxy's RSS
 # (VmRSS, all its processes, after the run) and the ratios airlock/nginx,
 # airlock/haproxy (and haproxy/nginx for reference). Every process started is killed
@@ -29,6 +32,7 @@ concs="1 10 50"
 streams=10
 sizes="small 1m"
 peers="direct nginx haproxy airlock"
+rounds=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --airlock) airlock_bin=$2; shift 2 ;;
@@ -37,7 +41,8 @@ while [ $# -gt 0 ]; do
     --streams) streams=$2; shift 2 ;;
     --sizes) sizes=$2; shift 2 ;;
     --peers) peers=$2; shift 2 ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run-proxy-bench: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -189,14 +194,6 @@ start_peer() {
   fi
 }
 
-stop_peer() {
-  [ -n "$peer_pid" ] && [ "$peer_pid" != "$upstream_pid" ] || return 0
-  kill -TERM "$peer_pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$peer_pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$peer_pid" 2>/dev/null || true
-  wait "$peer_pid" 2>/dev/null || true
-}
-
 # measure PEER SIZE CONC: one h2load run; appends a row to $dir/results.tsv.
 measure() {
   local peer=$1 size=$2 conc=$3 path out log rps p50 p99 ok failed rss
@@ -229,25 +226,44 @@ echo "load average before: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "load: h2load -t 1 -c {$concs} -m $streams -D ${duration}s (warm-up ${warmup}s), h2c prior knowledge"
 : >"$dir/results.tsv"
 notes=()
+# All peers run side by side (an idle one costs nothing) and the measurements are
+# interleaved (for each size and concurrency: every peer in turn), so a burst of
+# noise on a shared machine hits all peers alike rather than one.
+declare -A pid_of port_of
+running=()
 for peer in $peers; do
   note=""
-  if ! start_peer "$peer"; then
+  if start_peer "$peer"; then
+    pid_of[$peer]=$peer_pid
+    port_of[$peer]=$peer_port
+    running+=("$peer")
+  else
     echo "  $note"
     notes+=("$note")
-    continue
   fi
+done
+for round in $(seq "$rounds"); do
+  [ "$rounds" -gt 1 ] && echo "round $round of $rounds"
   for size in $sizes; do
     for conc in $concs; do
-      measure "$peer" "$size" "$conc"
+      for peer in "${running[@]}"; do
+        peer_pid=${pid_of[$peer]}
+        peer_port=${port_of[$peer]}
+        measure "$peer" "$size" "$conc"
+      done
     done
   done
-  stop_peer
 done
+# Median round per (size, conc, peer), by requests/s.
+sort -t$'\t' -k1,1 -k2,2n -k3,3 -k4,4g "$dir/results.tsv" |
+  awk -F'\t' -v R="$rounds" '{ k = $1 "\t" $2 "\t" $3; c[k]++; if (c[k] == int((R + 1) / 2)) print }' |
+  sort -t$'\t' -k1,1r -k2,2n >"$dir/median.tsv"
 
 echo
+[ "$rounds" -gt 1 ] && echo "Median of $rounds rounds (by requests/s) per row:"
 echo "| size | conns x streams | peer | req/s | p50 ms | p99 ms | RSS MiB | failed/ok |"
 echo "|---|---|---|---:|---:|---:|---:|---:|"
-awk -F'\t' -v m="$streams" '{printf "| %s | %s x %s | %s | %.0f | %s | %s | %s | %s |\n", $1, $2, m, $3, $4, $5, $6, $7, $8}' "$dir/results.tsv"
+awk -F'\t' -v m="$streams" '{printf "| %s | %s x %s | %s | %.0f | %s | %s | %s | %s |\n", $1, $2, m, $3, $4, $5, $6, $7, $8}' "$dir/median.tsv"
 echo
 echo "Ratios of requests/s (and p99, lower is better) in this run:"
 awk -F'\t' '
@@ -263,5 +279,5 @@ awk -F'\t' '
       printf "| %s | %s | %s | %s | %s | %s |\n", kk[1], kk[2], r(a, ng), r(a, h), r(h, ng),
         (p99[k ",airlock"] != "" ? r(p99[k ",airlock"], p99[k ",nginx"]) : "n/a")
     }
-  }' "$dir/results.tsv"
+  }' "$dir/median.tsv"
 for n in "${notes[@]}"; do echo "note: $n"; done

@@ -164,6 +164,12 @@ def test_echo_over_tls_verifies_with_the_test_ca():
     assert r.status_code == 200 and r.json()["query"] == "q=1"
     r = S.get("https://127.0.0.1:%d/ip" % port, verify=ca, timeout=5)
     assert r.json()["path"] == "/ip"
+    t0 = time.monotonic()
+    try:
+        S.get("https://localhost:%d/reset" % port, verify=ca, timeout=5)
+        raise AssertionError("/reset answered over TLS")
+    except requests.exceptions.ConnectionError:
+        assert time.monotonic() - t0 < 3  # dropped at once, not after a timeout
     try:
         # a fresh session (a pooled connection would skip the handshake); system CAs
         s = requests.Session()

@@ -142,12 +142,8 @@ class Handler(BaseHTTPRequestHandler):
             # SO_LINGER 0: close() sends RST, the proxy sees "connection reset".
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                        struct.pack("ii", 1, 0))
+            # (over TLS too: no close_notify, the TCP connection just drops)
             self.close_connection = True
-            try:
-                if isinstance(self.connection, ssl.SSLSocket):
-                    self.connection = self.connection.unwrap()
-            except (OSError, ssl.SSLError):
-                pass
             self.connection.close()
             return
         if p == "/sse":
