@@ -383,8 +383,6 @@ int al_ca_init_ex(const char *state_dir, int force, const char *const *permit_ho
     if ((rc = write_pem_file(key_path, 0600, key, NULL)) != 0 ||
         (rc = write_pem_file(cert_path, 0644, NULL, cert)) != 0)
         goto out;
-    al_log(AL_LOG_INFO, "ca.init", "created %s (%s)", cert_path,
-           n_permit ? "name-constrained" : "unconstrained");
 out:
     X509_free(cert);
     EVP_PKEY_free(key);
