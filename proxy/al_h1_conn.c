@@ -85,7 +85,10 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
         al_conn_queue(c, "connection: keep-alive\r\n\r\n", 26);
     else
         al_conn_queue(c, "\r\n", 2);
-    al_conn_flush(c);
+    /* A head with a known, non-empty body goes out with the first body bytes (one
+     * write); anything else (SSE, empty bodies) goes out now. */
+    if (!(clen > 0 && !s->no_body_out))
+        al_conn_flush(c);
 }
 
 static int sink_body(void *arg, const char *data, size_t len)
@@ -122,7 +125,8 @@ static void sink_end(void *arg, int ok)
         return;
     }
     if (s->chunked_out)
-        al_conn_send(c, "0\r\n\r\n", 5);
+        al_conn_queue(c, "0\r\n\r\n", 5);
+    al_conn_flush(c);
     if (!s->keep_alive || !s->msg_done || s->peer_eof) {
         al_conn_close(c, 1);
         return;
