@@ -963,8 +963,13 @@ SSL_CTX *al_tls_listener_ctx_new(al_ca *ca, const char *cert_file, const char *k
     /* The listener's own leaf, re-issued through the cache like any other, so a
      * long-running listener never serves an expired one. Loopback names are always
      * in it: agents reach a local proxy by any of them. */
-    const char *wanted[4] = {server_name ? server_name : "localhost", "localhost", "127.0.0.1",
-                             "::1"};
+    /* A wildcard listen address is no name a client uses: it reaches the listener by a
+     * loopback name (or by the name given, which a name-constrained CA must permit). */
+    if (!server_name || !*server_name || strcmp(server_name, "*") == 0 ||
+        strcmp(server_name, "0.0.0.0") == 0 || strcmp(server_name, "::") == 0 ||
+        strcmp(server_name, "[::]") == 0)
+        server_name = "localhost";
+    const char *wanted[4] = {server_name, "localhost", "127.0.0.1", "::1"};
     for (size_t i = 0; i < 4; i++) {
         char name[NAME_MAX_LEN + 1];
         int is_ip, dup = 0;

@@ -18,6 +18,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -321,6 +322,48 @@ static void test_cache_bound(void **st)
     assert_int_equal(X509_check_host(held, "h0.example.com", 0, 0, NULL), 1);
     X509_free(again);
     X509_free(held);
+    al_ca_free(ca);
+}
+
+struct worker_arg {
+    al_ca *ca;
+    int id;
+    int failures;
+};
+
+static void *cache_worker(void *p)
+{
+    struct worker_arg *w = p;
+    char name[64];
+    for (int i = 0; i < 300; i++) {
+        X509 *leaf = NULL;
+        snprintf(name, sizeof name, "w%d.example.com", (i * 7 + w->id) % 12);
+        if (al_ca_leaf(w->ca, name, &leaf) != 0 || X509_check_host(leaf, name, 0, 0, NULL) != 1)
+            w->failures++;
+        X509_free(leaf);
+    }
+    return NULL;
+}
+
+/* Workers share one cache: concurrent hits, misses and evictions stay consistent
+ * (run under ASan/UBSan; every leaf handed out is for the name asked). */
+static void test_cache_shared_by_threads(void **st)
+{
+    (void)st;
+    al_ca *ca = new_ca(5);
+    pthread_t t[4];
+    struct worker_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (struct worker_arg){ca, i, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, cache_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(args[i].failures, 0);
+    }
+    assert_true(al_ca_cache_count(ca) <= 5);
+    assert_true(al_ca_signings(ca) >= 12);
+    assert_true(al_ca_signings(ca) < 1200); /* some lookups were hits */
     al_ca_free(ca);
 }
 
@@ -730,8 +773,40 @@ static void test_listener_ctx(void **st)
     SSL_CTX_free(cctx);
     SSL_CTX_free(sctx);
 
+    /* A wildcard listen address gets the loopback names. */
+    sctx = al_tls_listener_ctx_new(ca, NULL, NULL, "0.0.0.0");
+    assert_non_null(sctx);
+    hs_setup(&h, cctx = client_ctx_new(1), sctx, "localhost", "localhost", NULL, ALPN_BOTH, 12);
+    assert_int_equal(hs_run(&h), 1);
+    hs_free(&h);
+    SSL_CTX_free(cctx);
+    SSL_CTX_free(sctx);
+
     /* A given certificate file is used as is; a missing one is an error. */
     assert_null(al_tls_listener_ctx_new(ca, "/nonexistent.crt", "/nonexistent.key", NULL));
+    char crt[600], key[600];
+    snprintf(crt, sizeof crt, "%s/given.crt", state_dir);
+    snprintf(key, sizeof key, "%s/given.key", state_dir);
+    X509 *given = NULL;
+    assert_int_equal(al_ca_leaf(ca, "given.example", &given), 0);
+    FILE *fp = fopen(crt, "w");
+    assert_non_null(fp);
+    assert_true(PEM_write_X509(fp, given));
+    fclose(fp);
+    assert_non_null(fp = fopen(key, "w"));
+    assert_true(PEM_write_PrivateKey(fp, al_ca_leaf_key(ca), NULL, NULL, 0, NULL, NULL));
+    fclose(fp);
+    X509_free(given);
+    unsigned long signed_before = al_ca_signings(ca);
+    assert_non_null(sctx = al_tls_listener_ctx_new(ca, crt, key, NULL));
+    hs_setup(&h, cctx = client_ctx_new(1), sctx, "given.example", "given.example", NULL, ALPN_BOTH,
+             12);
+    assert_int_equal(hs_run(&h), 1);
+    assert_alpn(h.server, "h2");
+    hs_free(&h);
+    assert_int_equal(al_ca_signings(ca), signed_before); /* the file's cert, not a new leaf */
+    SSL_CTX_free(cctx);
+    SSL_CTX_free(sctx);
     al_ca_free(ca);
 }
 
@@ -762,6 +837,7 @@ int main(void)
         T(test_leaf_rejects_bad_names),
         T(test_cache_hit_does_not_sign),
         T(test_cache_bound),
+        T(test_cache_shared_by_threads),
         T(test_cache_renews_before_expiry),
         T(test_name_constraints),
         T(test_handshake_h2),
