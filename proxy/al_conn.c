@@ -15,7 +15,9 @@
 #include "common/al_log.h"
 
 #include <arpa/inet.h>
+#include <openssl/bio.h>
 #include <openssl/err.h>
+#include <pthread.h>
 #include <openssl/ssl.h>
 #include <stdint.h>
 #include <errno.h>
@@ -87,12 +89,66 @@ static void tls_release(al_conn *c)
         SSL_shutdown(c->tls); /* best effort close_notify; never waits */
         SSL_free(c->tls);
     }
-    c->tls = NULL;
+    if (c->outer_tls) {
+        SSL_shutdown(c->outer_tls);
+        SSL_free(c->outer_tls);
+    }
+    c->tls = c->outer_tls = NULL;
 }
 
 static size_t tls_pending(al_conn *c)
 {
-    return c->tls ? (size_t)SSL_pending(c->tls) : 0;
+    size_t n = c->tls ? (size_t)SSL_pending(c->tls) : 0;
+    return n + (c->outer_tls ? (size_t)SSL_pending(c->outer_tls) : 0);
+}
+
+/* TLS in TLS (CONNECT on listen.tls): the inner session's BIO reads and writes
+ * through the outer session, so its WANT_READ/WANT_WRITE are the outer's. */
+static int outer_bio_read(BIO *b, char *buf, int n)
+{
+    SSL *outer = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    int r = SSL_read(outer, buf, n);
+    if (r <= 0) {
+        int e = SSL_get_error(outer, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            BIO_set_retry_read(b);
+        return e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
+    }
+    return r;
+}
+
+static int outer_bio_write(BIO *b, const char *buf, int n)
+{
+    SSL *outer = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    int r = SSL_write(outer, buf, n);
+    if (r <= 0) {
+        int e = SSL_get_error(outer, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            BIO_set_retry_write(b);
+        return -1;
+    }
+    return r;
+}
+
+static long outer_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static BIO_METHOD *outer_bio_method;
+static pthread_once_t outer_bio_once = PTHREAD_ONCE_INIT;
+
+static void outer_bio_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "airlock-tls-in-tls");
+    if (m && BIO_meth_set_read(m, outer_bio_read) && BIO_meth_set_write(m, outer_bio_write) &&
+        BIO_meth_set_ctrl(m, outer_bio_ctrl))
+        outer_bio_method = m;
 }
 
 const al_transport al_transport_tls = {"tls", tls_read, tls_write, tls_release, tls_pending};
@@ -238,7 +294,22 @@ static int maybe_start_tls(al_conn *c)
         return 0;
     SSL *ssl = SSL_new(c->start_tls_ctx);
     c->start_tls_ctx = NULL;
-    if (!ssl || SSL_set_fd(ssl, c->fd) != 1 ||
+    int nested = c->transport == &al_transport_tls && c->tls && !c->outer_tls;
+    BIO *bio = NULL;
+    if (nested) {
+        pthread_once(&outer_bio_once, outer_bio_init);
+        bio = outer_bio_method ? BIO_new(outer_bio_method) : NULL;
+        if (!bio || !ssl) {
+            BIO_free(bio);
+            SSL_free(ssl);
+            conn_kill(c);
+            return -1;
+        }
+        BIO_set_data(bio, c->tls);
+        BIO_set_init(bio, 1);
+        SSL_set_bio(ssl, bio, bio);
+    }
+    if (!ssl || (!nested && SSL_set_fd(ssl, c->fd) != 1) ||
         (c->tunnel_host[0] && al_tls_set_intercept_name(ssl, c->tunnel_host) != 0)) {
         SSL_free(ssl);
         conn_kill(c);
@@ -251,6 +322,8 @@ static int maybe_start_tls(al_conn *c)
     c->proto = NULL;
     c->proto_state = NULL;
     c->in_len = 0; /* a client must not send TLS bytes before the 200: discard */
+    if (nested)
+        c->outer_tls = c->tls;
     c->tls = ssl;
     c->transport = &al_transport_tls;
     c->tls_handshaking = 1;

@@ -61,7 +61,8 @@ struct al_conn {
     struct al_worker *worker;
     int fd;
     const al_transport *transport;
-    void *tls; /* SSL* when transport is TLS */
+    void *tls;       /* SSL* when transport is TLS (the innermost session) */
+    void *outer_tls; /* SSL* of listen.tls under an intercepted CONNECT: TLS in TLS */
     ev_io io;
     ev_timer kick; /* zero-delay continuation (pipelined requests, deferred frees) */
     int io_events;

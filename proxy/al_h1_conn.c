@@ -212,10 +212,8 @@ static void handle_connect(h1_state *s, const char *url, size_t url_len)
     }
     memcpy(host, url, hl);
     host[hl] = '\0';
-    if (c->transport != &al_transport_tcp || c->tunnel_host[0]) {
-        al_request_refuse(s->req, 501, "connect_not_supported",
-                          "CONNECT inside a TLS connection is not supported yet; use the plain "
-                          "proxy listener for HTTPS_PROXY");
+    if (c->tunnel_host[0] || c->outer_tls) {
+        al_request_refuse(s->req, 400, "bad_request", "CONNECT inside a tunnel is not accepted");
         return;
     }
     const al_table *t = al_request_table(s->req);

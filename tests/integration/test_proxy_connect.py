@@ -149,6 +149,16 @@ def test_https_listener_forward_gateway_and_h2():
     assert json.loads(body)["path"] == "/gw"
 
 
+def test_connect_over_the_https_listener():
+    # curl --proxy https://... for an https:// URL: CONNECT inside TLS, then TLS again.
+    for ver, want in (("--http1.1", "1.1"), ("--http2", "2")):
+        r = curl(ver, "--proxy", "https://127.0.0.1:%d" % AL.tls_port, "--proxy-cacert", CA,
+                 "--cacert", CA, "https://127.0.0.1:%d/nested" % ECHO)
+        code, v, body = parse(r)
+        assert code == 200 and v == want, r.stdout + r.stderr
+        assert json.loads(body)["headers"]["x-api-key"] == [SECRET]
+
+
 def test_no_secret_in_log_or_audit():
     text = AL.log_text() + open(AL.audit_path).read()
     assert SECRET not in text
