@@ -252,6 +252,12 @@ if wait_port "$SPORT"; then
         .on("error", e => { console.error(e.message); process.exit(1); });' "$SPORT" >/dev/null 2>"$T/node.err" &&
       ! grep -q "Ignoring extra certs" "$T/node.err" && ok "Node https trusts the CA through NODE_EXTRA_CA_CERTS" ||
       bad "Node https" "$(cat "$T/node.err")"
+    # Node's fetch (undici, what the openai SDK uses) reads the same extra CAs.
+    run_env node -e '
+      fetch("https://localhost:" + process.argv[1] + "/").then(r => process.exit(r.status === 200 ? 0 : 1),
+        e => { console.error(e.cause ? e.cause.code : e.message); process.exit(1); });' "$SPORT" \
+      >/dev/null 2>"$T/fetch.err" && ok "Node fetch trusts the CA through NODE_EXTRA_CA_CERTS" ||
+      bad "Node fetch" "$(cat "$T/fetch.err")"
   fi
 else
   bad "openssl s_server did not start"
