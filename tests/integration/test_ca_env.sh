@@ -6,7 +6,7 @@
 #    rejects one for any other host;
 #  - env: `eval "$(airlock env -c ...)"` sets the proxy and CA variables, the bundle holds
 #    the system CAs and airlock's, odd paths survive shell quoting, and real clients
-#    (curl, Python requests, Node) trust a server whose certificate the CA signed.
+#    (curl, Python requests and httpx, Node https and fetch) trust a server whose certificate the CA signed.
 # Prints "N passed, M failed"; exits non-zero on any failure.
 set -u
 
@@ -245,6 +245,8 @@ if wait_port "$SPORT"; then
     bad "curl without the env must not trust the CA" || ok "curl without the env rejects the certificate"
   run_env "$PY" -c 'import requests,sys; sys.exit(0 if requests.get("https://localhost:%s/" % sys.argv[1], timeout=5).status_code == 200 else 1)' "$SPORT" \
     >/dev/null 2>"$T/py.err" && ok "Python requests trusts the CA through REQUESTS_CA_BUNDLE" || bad "Python requests" "$(tail -1 "$T/py.err")"
+  run_env "$PY" -c 'import httpx,sys; sys.exit(0 if httpx.get("https://localhost:%s/" % sys.argv[1], timeout=5).status_code == 200 else 1)' "$SPORT" \
+    >/dev/null 2>"$T/httpx.err" && ok "Python httpx trusts the CA through SSL_CERT_FILE" || bad "Python httpx" "$(tail -1 "$T/httpx.err")"
   if command -v node >/dev/null 2>&1; then
     run_env node -e '
       const https = require("https");
