@@ -111,6 +111,7 @@ struct al_upstream_pool {
     ev_timer timer;    /* curl's timeout */
     ev_timer deferred; /* 0 s: applies what callbacks could not do in place */
     int cb_depth;      /* > 0 while inside a curl callback */
+    int multiplex;     /* HTTP/2 streams share connections (see al_upstream_multiplexes) */
     al_upstream_req *live, *dhead, *dtail;
     al_upstream_req *free_reqs; /* singly linked through next, each with its easy */
     size_t free_count;
@@ -776,6 +777,19 @@ static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- public ------------------------------------------------------------------ */
 
+/* libcurl before 8.x pauses a multiplexed HTTP/2 stream by pausing the whole
+ * nghttp2 session (head-of-line blocking for every stream on the connection), and
+ * 7.88 loses wake-ups: with one stream paused another one stalled until its idle
+ * timeout in our tests (curl issues #10988, #16955, fixed in later 8.x releases).
+ * Backpressure is not optional here, so on such a libcurl each HTTP/2 connection
+ * carries one stream at a time: connections are still reused, one after another,
+ * and a pause holds back only its own connection. */
+int al_upstream_multiplexes(void)
+{
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    return v && v->version_num >= 0x080e00; /* 8.14.0 */
+}
+
 int al_upstream_pool_new(struct ev_loop *loop, al_upstream_pool **out)
 {
     int rc = AL_ERR_NOMEM;
@@ -801,7 +815,9 @@ int al_upstream_pool_new(struct ev_loop *loop, al_upstream_pool **out)
     curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
-    curl_multi_setopt(p->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    p->multiplex = al_upstream_multiplexes();
+    curl_multi_setopt(p->multi, CURLMOPT_PIPELINING,
+                      p->multiplex ? (long)CURLPIPE_MULTIPLEX : (long)CURLPIPE_NOTHING);
     curl_multi_setopt(p->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L); /* unlimited */
     curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, 256L);        /* idle cache */
     *out = p;
@@ -994,7 +1010,7 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
            CURLE_OK;
     if (https) {
         /* wait for a connection that may multiplex rather than open a second one */
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, (long)p->multiplex);
         bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK;
         bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK;
         bad |= curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2) != CURLE_OK;

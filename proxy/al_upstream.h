@@ -91,6 +91,11 @@ void al_upstream_resume_send(al_upstream_req *r); /* more request body is ready 
 void al_upstream_resume_recv(al_upstream_req *r); /* the agent can take more */
 void al_upstream_cancel(al_upstream_req *r);      /* no more callbacks; frees r */
 
+/* 1 if HTTP/2 streams to one upstream share a connection with this libcurl; 0 when
+ * each HTTP/2 connection carries one stream at a time (libcurl older than 8.14,
+ * whose pause of one multiplexed stream stalls the others). */
+int al_upstream_multiplexes(void);
+
 /* Milliseconds from start to the first response byte (for audit); 0 if none yet. */
 uint32_t al_upstream_elapsed_ms(const al_upstream_req *r);
 
