@@ -38,6 +38,7 @@ typedef struct h1_state {
     int peer_eof;
     int failed;               /* the request's bytes could not be parsed: close after the reply */
     struct al_tunnel *tunnel; /* pending passthrough CONNECT (owned until it opens) */
+    al_buf trailers;          /* "name: value\r\n" lines for the last chunk (bounded) */
 } h1_state;
 
 static const al_proto h1_proto;
@@ -124,8 +125,13 @@ static void sink_end(void *arg, int ok)
         al_conn_close(c, 1); /* the body is cut short: the close tells the agent */
         return;
     }
-    if (s->chunked_out)
-        al_conn_queue(c, "0\r\n\r\n", 5);
+    if (s->chunked_out) {
+        al_conn_queue(c, "0\r\n", 3);
+        if (s->trailers.len)
+            al_conn_queue(c, s->trailers.data, s->trailers.len);
+        al_conn_queue(c, "\r\n", 2);
+    }
+    al_buf_reset(&s->trailers);
     al_conn_flush(c);
     if (!s->keep_alive || !s->msg_done || s->peer_eof) {
         al_conn_close(c, 1);
@@ -142,7 +148,25 @@ static void sink_body_consumed(void *arg, size_t n)
         al_conn_kick(s->c);
 }
 
-static const al_req_sink h1_sink = {sink_head, sink_body, sink_end, sink_body_consumed};
+static void sink_trailers(void *arg, const al_header *h, size_t n)
+{
+    h1_state *s = arg;
+    al_buf_reset(&s->trailers);
+    if (!s->chunked_out)
+        return; /* only a chunked body can carry them */
+    for (size_t i = 0; i < n; i++) {
+        if (al_buf_append(&s->trailers, h[i].name, h[i].name_len) ||
+            al_buf_append(&s->trailers, ": ", 2) ||
+            al_buf_append(&s->trailers, h[i].value, h[i].value_len) ||
+            al_buf_append(&s->trailers, "\r\n", 2)) {
+            al_buf_reset(&s->trailers); /* over the bound: dropped whole, never cut */
+            return;
+        }
+    }
+}
+
+static const al_req_sink h1_sink = {sink_head, sink_body, sink_end, sink_body_consumed,
+                                    sink_trailers};
 
 static int body_cb(void *arg, const char *data, size_t len)
 {
@@ -418,6 +442,7 @@ static void h1_free(al_conn *c)
         al_tunnel_abort(s->tunnel);
     if (s->req)
         al_request_free(s->req);
+    al_buf_free(&s->trailers, 0);
     free(s);
     c->proto_state = NULL;
 }
@@ -433,6 +458,7 @@ int al_h1_conn_attach(al_conn *c)
         return AL_ERR_NOMEM;
     s->c = c;
     s->st = H1_HEAD;
+    al_buf_init(&s->trailers, 8192);
     c->proto = &h1_proto;
     c->proto_state = s;
     return AL_OK;

@@ -35,6 +35,9 @@ typedef struct h2_stream {
     size_t header_bytes;
     int headers_too_large;
     int started, is_head, eof, rst, out_paused, closed, submitted;
+    nghttp2_nv *trailers; /* owned, with the names and values in trailer_buf */
+    size_t trailer_count;
+    char *trailer_buf;
     struct h2_stream *prev, *next; /* live list */
 } h2_stream;
 
@@ -66,13 +69,14 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
                          uint32_t *flags, nghttp2_data_source *src, void *user)
 {
     h2_stream *s = src->ptr;
-    (void)ng;
-    (void)id;
     (void)user;
     size_t n = out_pending(s);
     if (n == 0) {
         if (s->eof) {
             *flags |= NGHTTP2_DATA_FLAG_EOF;
+            if (s->trailer_count &&
+                nghttp2_submit_trailer(ng, id, s->trailers, s->trailer_count) == 0)
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
             return 0;
         }
         return NGHTTP2_ERR_DEFERRED;
@@ -191,7 +195,39 @@ static void sink_body_consumed(void *arg, size_t n)
     schedule(s->h);
 }
 
-static const al_req_sink h2_sink = {sink_head, sink_body, sink_end, sink_body_consumed};
+static void sink_trailers(void *arg, const al_header *h, size_t n)
+{
+    h2_stream *s = arg;
+    size_t total = 0;
+    if (s->closed || s->rst || s->trailers || n == 0)
+        return;
+    for (size_t i = 0; i < n; i++)
+        total += h[i].name_len + h[i].value_len;
+    if (total > 8192)
+        return; /* bounded: dropped whole */
+    s->trailers = calloc(n, sizeof *s->trailers);
+    s->trailer_buf = malloc(total + 1);
+    if (!s->trailers || !s->trailer_buf) {
+        free(s->trailers);
+        free(s->trailer_buf);
+        s->trailers = NULL;
+        s->trailer_buf = NULL;
+        return;
+    }
+    char *p = s->trailer_buf;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < h[i].name_len; j++)
+            p[j] = (char)tolower((unsigned char)h[i].name[j]);
+        memcpy(p + h[i].name_len, h[i].value, h[i].value_len);
+        s->trailers[s->trailer_count++] =
+            (nghttp2_nv){(uint8_t *)p, (uint8_t *)p + h[i].name_len, h[i].name_len, h[i].value_len,
+                         NGHTTP2_NV_FLAG_NONE};
+        p += h[i].name_len + h[i].value_len;
+    }
+}
+
+static const al_req_sink h2_sink = {sink_head, sink_body, sink_end, sink_body_consumed,
+                                    sink_trailers};
 
 /* ---- nghttp2 callbacks --------------------------------------------------- */
 
@@ -334,6 +370,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 static void free_stream(h2_stream *s)
 {
     al_request_free(s->req);
+    free(s->trailers);
+    free(s->trailer_buf);
     al_buf_free(&s->out, 0);
     free(s);
 }

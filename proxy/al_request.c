@@ -621,6 +621,13 @@ static int up_on_body(void *arg, const char *data, size_t len)
     return 0;
 }
 
+static void up_on_trailers(void *arg, const al_header *h, size_t n)
+{
+    al_req *r = arg;
+    if (!r->retrying && r->sink->trailers)
+        r->sink->trailers(r->arg, h, n);
+}
+
 static ssize_t up_read_body(void *arg, char *buf, size_t cap)
 {
     al_req *r = arg;
@@ -694,7 +701,7 @@ static void up_on_done(void *arg, enum al_upstream_error err, const char *detail
 static const al_upstream_cbs upstream_cbs = {
     .on_head = up_on_head,
     .on_body = up_on_body,
-    .on_trailers = NULL,
+    .on_trailers = up_on_trailers,
     .read_body = up_read_body,
     .on_done = up_on_done,
 };

@@ -36,6 +36,8 @@ typedef struct al_req_sink {
     void (*end)(void *arg, int ok);
     /* n request-body bytes left the ring: room to read more. May be NULL. */
     void (*body_consumed)(void *arg, size_t n);
+    /* Response trailers, before end(). May be NULL (they are dropped). */
+    void (*trailers)(void *arg, const al_header *h, size_t n);
 } al_req_sink;
 
 /* Creates a request on worker w; `protocol` is "http/1.1" or "h2", `client` the

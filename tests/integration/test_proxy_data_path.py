@@ -350,6 +350,14 @@ def test_pipelining_and_chunked_keep_alive():
     assert b'"body_bytes": 5' in out
 
 
+def test_trailers_pass_on_http1_and_h2():
+    out = raw(b"GET /t/root/trailers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert b"\r\n0\r\nX-Checksum: sha256=" in out, out[-300:]
+    r = subprocess.run(["nghttp", "-v", AL.gateway_url("root", "/trailers")], capture_output=True,
+                       text=True, timeout=20)
+    assert "x-checksum: sha256=" in r.stdout, r.stdout[-800:]
+
+
 def test_reload_under_load_loses_nothing():
     stop = threading.Event()
     results = []
