@@ -666,8 +666,10 @@ static struct leaf_entry *cache_find(al_ca *ca, const char *key, uint64_t hash)
 static int leaf_get(al_ca *ca, char names[][NAME_MAX_LEN + 1], const int *is_ip, size_t n,
                     X509 **out)
 {
-    char key[4 * (NAME_MAX_LEN + 1)];
+    char key[4 * (NAME_MAX_LEN + 2)]; /* at most 4 names and their commas */
     size_t off = 0;
+    if (n == 0 || n > 4)
+        return AL_ERR_INVAL;
     for (size_t i = 0; i < n; i++)
         off += (size_t)snprintf(key + off, sizeof key - off, "%s%s", i ? "," : "", names[i]);
     uint64_t hash = fnv1a(key);

@@ -583,6 +583,32 @@ static void test_handshake_h2(void **st)
     al_ca_free(ca);
 }
 
+/* TLS 1.3 HelloRetryRequest: the client's first key share is for a group the server
+ * does not take, so there are two ClientHellos (the callback runs twice). */
+static void test_handshake_hello_retry(void **st)
+{
+    (void)st;
+    al_ca *ca = new_ca(16);
+    SSL_CTX *sctx = al_tls_intercept_ctx_new(ca);
+    SSL_CTX *cctx = client_ctx_new(1);
+    assert_int_equal(SSL_CTX_set1_groups_list(cctx, "P-521:P-256"), 1);
+    struct hs h;
+    hs_setup(&h, cctx, sctx, "api.example.com", "api.example.com", NULL, ALPN_BOTH, 12);
+    assert_int_equal(al_tls_set_intercept_name(h.server, "api.example.com"), 0);
+    assert_int_equal(hs_run(&h), 1);
+    assert_int_equal(SSL_version(h.server), TLS1_3_VERSION);
+    /* The client's only key share was P-521: P-256 means a retry happened. */
+    assert_int_equal(SSL_get_negotiated_group(h.server), NID_X9_62_prime256v1);
+    assert_int_equal(SSL_get_verify_result(h.client), X509_V_OK);
+    assert_alpn(h.server, "h2");
+    hs_exchange(&h);
+    hs_free(&h);
+    assert_int_equal(al_ca_signings(ca), 1);
+    SSL_CTX_free(cctx);
+    SSL_CTX_free(sctx);
+    al_ca_free(ca);
+}
+
 static void test_handshake_http11_and_no_alpn(void **st)
 {
     (void)st;
@@ -841,6 +867,7 @@ int main(void)
         T(test_cache_renews_before_expiry),
         T(test_name_constraints),
         T(test_handshake_h2),
+        T(test_handshake_hello_retry),
         T(test_handshake_http11_and_no_alpn),
         T(test_handshake_sni_mismatch_fails),
         T(test_handshake_no_sni_uses_tunnel_name),
