@@ -65,6 +65,14 @@ static size_t out_pending(const h2_stream *s)
     return s->out.len - s->out_off;
 }
 
+/* The last DATA frame; trailers, when the upstream sent some, end the stream instead. */
+static void end_of_data(nghttp2_session *ng, h2_stream *s, uint32_t *flags)
+{
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (s->trailer_count && nghttp2_submit_trailer(ng, s->id, s->trailers, s->trailer_count) == 0)
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+}
+
 static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *user)
 {
@@ -73,10 +81,7 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     size_t n = out_pending(s);
     if (n == 0) {
         if (s->eof) {
-            *flags |= NGHTTP2_DATA_FLAG_EOF;
-            if (s->trailer_count &&
-                nghttp2_submit_trailer(ng, id, s->trailers, s->trailer_count) == 0)
-                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            end_of_data(ng, s, flags);
             return 0;
         }
         return NGHTTP2_ERR_DEFERRED;
@@ -89,7 +94,7 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         s->out_off = 0;
         al_buf_reset(&s->out);
         if (s->eof)
-            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            end_of_data(ng, s, flags);
     }
     return (ssize_t)n;
 }
