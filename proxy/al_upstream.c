@@ -58,8 +58,8 @@ typedef struct hdr_ent {
 
 /* A header block being collected: names and values in one bounded buffer. */
 typedef struct hdr_block {
-    char *data; /* owned, AL_UPSTREAM_MAX_HEAD bytes once allocated */
-    size_t len;
+    char *data; /* owned; grows by doubling up to AL_UPSTREAM_MAX_HEAD, kept for reuse */
+    size_t len, cap;
     hdr_ent ent[AL_UPSTREAM_MAX_HEADERS];
     size_t count;
 } hdr_block;
@@ -94,7 +94,7 @@ struct al_upstream_req {
     /* state */
     unsigned added : 1, prereq : 1, body_eof : 1, head_done : 1, send_paused : 1, recv_paused : 1,
         cancelled : 1, done : 1, deferred : 1, want_add : 1, want_send : 1, want_recv : 1,
-        got_first_byte : 1, interim : 1;
+        got_first_byte : 1;
     enum al_upstream_error fail; /* set by our own callbacks; wins over curl's code */
     int status;
     hdr_block head, trailers;
@@ -576,8 +576,27 @@ static size_t write_cb(char *data, size_t size, size_t n, void *ud)
     return len;
 }
 
+static int block_reserve(hdr_block *b, size_t add)
+{
+    size_t need = b->len + add;
+    if (need > AL_UPSTREAM_MAX_HEAD)
+        return AL_ERR_TOOBIG;
+    if (need <= b->cap)
+        return AL_OK;
+    size_t cap = b->cap ? b->cap : 2048;
+    while (cap < need)
+        cap *= 2;
+    char *d = realloc(b->data, cap);
+    if (!d)
+        return AL_ERR_NOMEM;
+    b->data = d;
+    b->cap = cap;
+    return AL_OK;
+}
+
 static int block_add(hdr_block *b, const char *line, size_t len)
 {
+    int rc;
     if (len && (line[0] == ' ' || line[0] == '\t')) {
         /* obs-fold: the continuation belongs to the last value, which is the tail
          * of the buffer, so it can grow in place */
@@ -585,8 +604,8 @@ static int block_add(hdr_block *b, const char *line, size_t len)
             return AL_ERR_PROTO;
         while (len && (line[0] == ' ' || line[0] == '\t'))
             line++, len--;
-        if (b->len + 1 + len > AL_UPSTREAM_MAX_HEAD)
-            return AL_ERR_TOOBIG;
+        if ((rc = block_reserve(b, 1 + len)) != AL_OK)
+            return rc;
         b->data[b->len++] = ' ';
         memcpy(b->data + b->len, line, len);
         b->len += len;
@@ -603,10 +622,10 @@ static int block_add(hdr_block *b, const char *line, size_t len)
     while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
         end--;
     size_t vlen = (size_t)(end - v);
-    if (b->count == AL_UPSTREAM_MAX_HEADERS || b->len + nlen + vlen > AL_UPSTREAM_MAX_HEAD)
+    if (b->count == AL_UPSTREAM_MAX_HEADERS)
         return AL_ERR_TOOBIG;
-    if (!b->data && !(b->data = malloc(AL_UPSTREAM_MAX_HEAD)))
-        return AL_ERR_NOMEM;
+    if ((rc = block_reserve(b, nlen + vlen)) != AL_OK)
+        return rc;
     hdr_ent *e = &b->ent[b->count++];
     e->name_off = (uint32_t)b->len;
     e->name_len = (uint32_t)nlen;
@@ -857,9 +876,9 @@ void al_upstream_pool_free(al_upstream_pool *p)
     curl_global_cleanup();
 }
 
-static int pin_address(al_upstream_req *r, const al_upstream_opts *o)
+/* Parses an address in text form, with or without IPv6 brackets. */
+static int parse_addr(const char *a, int *family, unsigned char *raw)
 {
-    const char *a = o->connect_addr ? o->connect_addr : o->connect_host;
     char tmp[64];
     size_t n = strlen(a);
     if (n >= 2 && a[0] == '[' && a[n - 1] == ']') {
@@ -869,18 +888,33 @@ static int pin_address(al_upstream_req *r, const al_upstream_opts *o)
         tmp[n - 2] = '\0';
         a = tmp;
     }
-    if (inet_pton(AF_INET, a, r->pin_addr) == 1)
-        r->pin_family = AF_INET;
-    else if (inet_pton(AF_INET6, a, r->pin_addr) == 1)
-        r->pin_family = AF_INET6;
+    if (inet_pton(AF_INET, a, raw) == 1)
+        *family = AF_INET;
+    else if (inet_pton(AF_INET6, a, raw) == 1)
+        *family = AF_INET6;
     else
-        return AL_ERR_INVAL; /* without a checked address there is nothing to pin */
-    if (!o->connect_addr)
-        return AL_OK; /* a literal host: curl does no lookup */
-    char entry[512];
+        return AL_ERR_INVAL;
+    return AL_OK;
+}
+
+static int pin_address(al_upstream_req *r, const al_upstream_opts *o)
+{
+    unsigned char lit[16];
+    int lit_family = 0;
+    int host_is_literal = parse_addr(o->connect_host, &lit_family, lit) == AL_OK;
+    if (!o->connect_addr && !host_is_literal)
+        return AL_ERR_INVAL; /* a name and no checked address: nothing to pin */
+    if (parse_addr(o->connect_addr ? o->connect_addr : o->connect_host, &r->pin_family,
+                   r->pin_addr))
+        return AL_ERR_INVAL;
+    if (host_is_literal)
+        return AL_OK; /* curl does no lookup; the socket check compares the pin */
+    char text[INET6_ADDRSTRLEN], entry[512];
+    if (!inet_ntop(r->pin_family, r->pin_addr, text, sizeof text))
+        return AL_ERR_INVAL;
     int w = snprintf(entry, sizeof entry, r->pin_family == AF_INET6 ? "+%s:%u:[%s]" : "+%s:%u:%s",
-                     o->connect_host, (unsigned)o->connect_port, a);
-    if (w < 0 || (size_t)w >= sizeof entry || strchr(o->connect_host, ':'))
+                     o->connect_host, (unsigned)o->connect_port, text);
+    if (w < 0 || (size_t)w >= sizeof entry)
         return AL_ERR_INVAL;
     r->resolve = curl_slist_append(NULL, entry);
     return r->resolve ? AL_OK : AL_ERR_NOMEM;
@@ -943,12 +977,9 @@ static al_upstream_req *req_get(al_upstream_pool *p)
     if (r) {
         p->free_reqs = r->next;
         p->free_count--;
-        char *hd = r->head.data, *td = r->trailers.data;
         CURL *easy = r->easy;
         memset(r, 0, offsetof(al_upstream_req, head));
-        r->head.data = hd;
         r->head.len = r->head.count = 0;
-        r->trailers.data = td;
         r->trailers.len = r->trailers.count = 0;
         memset(r->errbuf, 0, sizeof r->errbuf);
         memset(r->detail, 0, sizeof r->detail);

@@ -44,6 +44,7 @@ enum srv_mode {
     SRV_STALL_BODY, /* promises 100000 bytes, sends 1000, waits */
     SRV_FANCY,      /* 103 interim, hop-by-hop headers, chunked body with a trailer */
     SRV_GARBAGE,    /* answers a TLS ClientHello with plain HTTP and closes */
+    SRV_HUGE_HEAD,  /* 300 response headers: over the head limit */
 };
 
 #define SRV_BIG_LEN (3 * 1024 * 1024 + 17)
@@ -274,6 +275,19 @@ static void srv_conn(int fd, conn *c)
             while (!rd_fill(&r))
                 r.s = r.e;
             return;
+        }
+        case SRV_HUGE_HEAD: {
+            static const char h1[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n";
+            if (write_all(fd, h1, sizeof h1 - 1))
+                return;
+            for (int i = 0; i < 300; i++) {
+                int k = snprintf(hdr, sizeof hdr, "X-H%d: %d\r\n", i, i);
+                if (write_all(fd, hdr, (size_t)k))
+                    return;
+            }
+            if (write_all(fd, "\r\n", 2))
+                return;
+            break;
         }
         case SRV_FANCY: {
             static const char f[] = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
@@ -853,6 +867,18 @@ static void test_egress_recheck_refuses_loopback(void **state)
     assert_non_null(strstr(t.detail, "egress"));
     assert_int_equal(atomic_load(&srv.accepts), before);
 
+    /* an IPv6 pin goes through CURLOPT_RESOLVE in brackets and reaches the same
+     * check (had the pin not parsed, curl would have failed to resolve the name) */
+    tc_reset(&t);
+    o = base_opts(url, sizeof url, "v6.invalid", srv.port, "/");
+    o.connect_addr = "::1";
+    o.allow_private = 0;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.err, AL_UPSTREAM_CONNECT);
+    assert_non_null(strstr(t.detail, "egress"));
+    assert_non_null(strstr(t.detail, "loopback"));
+
     /* a literal loopback URL is refused the same way */
     tc_reset(&t);
     o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/");
@@ -909,6 +935,21 @@ static void test_interim_hop_by_hop_trailers(void **state)
     assert_memory_equal(t.body, "hello world", 11);
     assert_int_equal(t.trailer_calls, 1);
     assert_string_equal(t.trails, "X-Checksum: abc123\n");
+    tc_free(&t);
+}
+
+static void test_response_head_limit(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_HUGE_HEAD);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/huge");
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.err, AL_UPSTREAM_RESET);
+    assert_int_equal(t.head_calls, 0);
+    assert_non_null(strstr(t.detail, "too large"));
     tc_free(&t);
 }
 
@@ -996,8 +1037,8 @@ static int h2_setup(void **state)
         int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(lfd, 1);
         dup2(lfd, 2);
-        execl("/usr/sbin/nghttpd", "nghttpd", "--echo-upload", "--trailer", "x-trail: t1",
-              "-d", www, port, key, crt, (char *)NULL);
+        execl("/usr/sbin/nghttpd", "nghttpd", "--echo-upload", "--trailer", "x-trail: t1", "-d",
+              www, port, key, crt, (char *)NULL);
         _exit(127);
     }
     /* wait for the port, bounded */
@@ -1192,6 +1233,7 @@ int main(void)
         cmocka_unit_test(test_egress_recheck_refuses_loopback),
         cmocka_unit_test(test_pin_replaced),
         cmocka_unit_test(test_interim_hop_by_hop_trailers),
+        cmocka_unit_test(test_response_head_limit),
         cmocka_unit_test(test_tls_to_plain_server),
         cmocka_unit_test(test_tls_handshake_fails),
         cmocka_unit_test(test_invalid_input),
