@@ -381,6 +381,8 @@ static int srv_teardown(void **state)
 
 /* ---- the client side ------------------------------------------------------- */
 
+static const struct al_upstream_cbs CBS_REF;
+
 typedef struct tc {
     struct ev_loop *loop;
     al_upstream_pool *pool;
@@ -402,7 +404,8 @@ typedef struct tc {
     int pause_every, recv_calls, recv_agains;
     int cancel_in_head, cancel_in_body;
     int guard_fired;
-    int *pending; /* several requests on one loop: break when the last is done */
+    int *pending;                  /* several requests on one loop: break when the last is done */
+    const al_upstream_opts *retry; /* on_head cancels and starts this once (401 retry) */
 } tc;
 
 static void join_headers(char *out, size_t cap, const al_header *h, size_t n)
@@ -424,6 +427,15 @@ static void on_head(void *arg, int status, const al_header *h, size_t n)
     t->head_calls++;
     t->status = status;
     join_headers(t->heads, sizeof t->heads, h, n);
+    if (t->retry) {
+        /* what the data path does on a 401 with a replayable request: drop this
+         * one and start again with another credential, from inside the callback */
+        const al_upstream_opts *o = t->retry;
+        t->retry = NULL;
+        al_upstream_cancel(t->req);
+        assert_int_equal(al_upstream_start(t->pool, o, &CBS_REF, t, &t->req), AL_OK);
+        return;
+    }
     if (t->cancel_in_head) {
         al_upstream_cancel(t->req);
         t->req = NULL;
@@ -523,7 +535,8 @@ static void guard_cb(struct ev_loop *loop, ev_timer *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
-static const al_upstream_cbs CBS = {on_head, on_body, on_trailers, read_body, on_done};
+static const al_upstream_cbs CBS_REF = {on_head, on_body, on_trailers, read_body, on_done};
+#define CBS CBS_REF
 
 static void tc_init(tc *t)
 {
@@ -830,6 +843,29 @@ static void test_cancel_in_head(void **state)
     tc_spin(&t, 0.1);
     assert_int_equal(t.done_calls, 0);
     tc_free(&t); /* ASan: nothing leaked, nothing used after free */
+}
+
+static void test_restart_from_on_head(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_ECHO);
+    int before = atomic_load(&srv.requests);
+    char url[256], url2[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/first");
+    al_upstream_opts o2 = base_opts(url2, sizeof url2, "127.0.0.1", srv.port, "/second");
+    t.retry = &o2;
+    start(&t, &o);
+    tc_run(&t);
+    assert_int_equal(t.head_calls, 2);
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.err, AL_UPSTREAM_OK);
+    t.body = realloc(t.body, t.body_len + 1);
+    t.body[t.body_len] = '\0';
+    assert_non_null(strstr(t.body, "GET /second HTTP/1.1"));
+    assert_null(strstr(t.body, "/first"));
+    assert_int_equal(atomic_load(&srv.requests) - before, 2);
+    tc_free(&t);
 }
 
 static void test_connection_reused(void **state)
@@ -1229,6 +1265,7 @@ int main(void)
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_reset_mid_response),
         cmocka_unit_test(test_cancel_in_head),
+        cmocka_unit_test(test_restart_from_on_head),
         cmocka_unit_test(test_connection_reused),
         cmocka_unit_test(test_egress_recheck_refuses_loopback),
         cmocka_unit_test(test_pin_replaced),
