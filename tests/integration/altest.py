@@ -9,7 +9,7 @@ Import it from a test next to it:
 What it gives (all on 127.0.0.1, everything started is killed at exit, by pid):
     free_port(), wait_port(port, host, timeout)
     Proc(argv, ...)            a started process with a log file; .pid .stop() .alive()
-    cleanup_all()              stops every Proc (also at exit and on SIGTERM/SIGINT)
+    cleanup_all()              stops every Proc (also at exit and on SIGTERM/SIGINT/SIGHUP)
     tmpdir()                   a temporary directory, removed at exit (AIRLOCK_KEEP_TMP=1 keeps it)
     test_ca()                  dict(ca=, ca_key=, cert=, key=) of a test CA made once per process
     start_echo(tls=False)      -> (Proc, port, ca_file or None)   tests/peers/echo_upstream.py
@@ -222,6 +222,7 @@ def _on_signal(signum, frame):
 atexit.register(cleanup_all)
 signal.signal(signal.SIGTERM, _on_signal)
 signal.signal(signal.SIGINT, _on_signal)
+signal.signal(signal.SIGHUP, _on_signal)  # a closed terminal: still clean up
 
 
 # --- peers -------------------------------------------------------------------------
