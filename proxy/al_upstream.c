@@ -1,7 +1,8 @@
 /* al_upstream: the upstream client engine — libcurl's multi interface on a libev loop.
  *
  * Owns, per worker, one al_upstream_pool: a CURLM (its connection cache is what
- * reuses upstream connections; HTTP/2 streams are multiplexed on one connection),
+ * reuses upstream connections; HTTP/2 streams share a connection when libcurl can
+ * pause one of them without stalling the others, see al_upstream_multiplexes),
  * the ev_io watchers curl asks for through CURLMOPT_SOCKETFUNCTION, one ev_timer for
  * CURLMOPT_TIMERFUNCTION, and free lists of requests and easy handles so a request
  * costs no curl_easy_init on the hot path (handles are curl_easy_reset and set up
@@ -21,7 +22,9 @@
  *    allow_private, any address of a class the egress guard refuses.
  *  - memory per request is bounded: response head and trailers each at most
  *    AL_UPSTREAM_MAX_HEAD bytes / AL_UPSTREAM_MAX_HEADERS lines, plus curl's 16 KiB
- *    receive and 16 KiB upload buffers; a paused direction holds only those.
+ *    receive and 16 KiB upload buffers (HTTP/2: plus curl's 32 KiB connection input
+ *    buffer); a paused direction holds only those, the rest stays in the kernel and
+ *    TCP pushes back on the upstream.
  *  - request header values (they carry the injected credential) are wiped when the
  *    request ends; they never appear in a detail string.
  *
@@ -29,7 +32,13 @@
  * TLS handshake included); while the request body is sent, idle (no byte either way
  * for idle_timeout_ms); from the end of the request to the response head, first
  * byte; after the head, idle. The idle clock stops while airlock itself holds a
- * direction paused (the agent is slow, not the upstream). */
+ * direction paused (the agent is slow, not the upstream).
+ *
+ * Known limit (libcurl 7.88): HTTP/2 response trailers that follow a body with a
+ * Content-Length are dropped by curl, and otherwise not always passed on; HTTP/1.1
+ * chunked trailers always are. A request body is not rewound: when curl must resend
+ * it (a reused connection found dead after the body began), the request fails with
+ * AL_UPSTREAM_RESET and the caller decides whether it can replay. */
 #include "al_upstream.h"
 #include "al_egress.h"
 #include "common/al_err.h"
