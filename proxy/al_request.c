@@ -39,7 +39,8 @@ typedef struct arena_blk {
 
 struct al_req {
     al_worker *w;
-    al_table *table; /* own reference */
+    al_table *table;       /* == slot->table */
+    al_worker_table *slot; /* the worker's hold on the table (no atomics) */
     const al_target *t;
     const al_req_sink *sink;
     void *arg;
@@ -159,7 +160,8 @@ al_req *al_request_new(al_worker *w, const al_req_sink *sink, void *arg, const c
     r->first.blk.cap = sizeof r->first - sizeof(arena_blk);
     r->blocks = &r->first.blk;
     r->w = w;
-    r->table = al_table_ref(w->table);
+    r->slot = al_worker_table_acquire(w);
+    r->table = r->slot->table;
     r->sink = sink;
     r->arg = arg;
     r->protocol = protocol;
@@ -243,7 +245,7 @@ void al_request_free(al_req *r)
         free(b);
         b = next;
     }
-    al_table_unref(r->table);
+    al_worker_table_release(r->w, r->slot);
     if (r->w->requests_in_flight)
         r->w->requests_in_flight--;
     al_worker_request_done(r->w);

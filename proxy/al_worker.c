@@ -110,6 +110,26 @@ void al_worker_request_done(al_worker *w)
     (void)w;
 }
 
+al_worker_table *al_worker_table_acquire(al_worker *w)
+{
+    w->current->users++;
+    return w->current;
+}
+
+void al_worker_table_release(al_worker *w, al_worker_table *slot)
+{
+    if (--slot->users || slot == w->current)
+        return;
+    for (al_worker_table **p = &w->retired; *p; p = &(*p)->next) {
+        if (*p == slot) {
+            *p = slot->next;
+            al_table_unref(slot->table);
+            free(slot);
+            return;
+        }
+    }
+}
+
 static void reap(al_worker *w)
 {
     while (w->dead) {
@@ -174,9 +194,25 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
     int stop = w->stop_requested;
     pthread_mutex_unlock(&w->handoff);
     if (t) {
-        al_table *old = w->table;
-        w->table = t; /* requests in flight keep their own references */
-        al_table_unref(old);
+        al_worker_table *slot = calloc(1, sizeof *slot);
+        if (!slot) {
+            al_log(AL_LOG_ERROR, "table.reload", "worker=%d: out of memory, keeps the old table",
+                   w->id);
+            al_table_unref(t);
+        } else {
+            /* Requests in flight keep the slot they started on; it goes when they do. */
+            slot->table = t;
+            al_worker_table *old = w->current;
+            w->current = slot;
+            w->table = t;
+            if (old->users == 0) {
+                al_table_unref(old->table);
+                free(old);
+            } else {
+                old->next = w->retired;
+                w->retired = old;
+            }
+        }
     }
     if (stop)
         begin_drain(w);
@@ -189,8 +225,14 @@ int al_worker_init(al_worker *w, int id, struct al_server *s, al_table *table)
     w->server = s;
     w->listen_fd = w->tls_listen_fd = -1;
     pthread_mutex_init(&w->handoff, NULL);
-    w->table = al_table_ref(table);
     int rc = AL_ERR_NOMEM;
+    w->current = calloc(1, sizeof *w->current);
+    if (!w->current) {
+        pthread_mutex_destroy(&w->handoff);
+        return rc;
+    }
+    w->current->table = al_table_ref(table);
+    w->table = table;
     w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
     if (!w->loop)
         goto fail;
@@ -288,7 +330,17 @@ void al_worker_destroy(al_worker *w)
         ev_loop_destroy(w->loop);
     w->loop = NULL;
     al_table_unref(w->pending);
-    al_table_unref(w->table);
+    while (w->retired) { /* every request is gone by now */
+        al_worker_table *r = w->retired;
+        w->retired = r->next;
+        al_table_unref(r->table);
+        free(r);
+    }
+    if (w->current) {
+        al_table_unref(w->current->table);
+        free(w->current);
+    }
+    w->current = NULL;
     w->pending = w->table = NULL;
     pthread_mutex_destroy(&w->handoff);
 }

@@ -22,6 +22,15 @@ struct al_server;
 struct al_upstream_pool;
 struct al_resolver;
 
+/* A table snapshot as this worker uses it: `users` counts the worker's requests on
+ * it, without atomics (only this thread touches it). The worker holds one real
+ * reference per slot and drops it when a replaced slot has no users left. */
+typedef struct al_worker_table {
+    al_table *table; /* owned reference */
+    size_t users;
+    struct al_worker_table *next; /* retired slots still in use */
+} al_worker_table;
+
 typedef struct al_worker {
     int id;
     struct al_server *server; /* shared, read-only after start (cred cache, audit) */
@@ -34,7 +43,9 @@ typedef struct al_worker {
     ev_prepare reaper; /* frees closed connections before the loop blocks again */
     ev_timer drain_timer;
 
-    al_table *table; /* owned reference; only this thread reads or swaps it */
+    al_table *table;          /* == current->table; only this thread reads or swaps it */
+    al_worker_table *current; /* owned */
+    al_worker_table *retired; /* owned: replaced slots with requests still on them */
     pthread_mutex_t handoff;
     al_table *pending;  /* owned reference handed over by the main thread */
     int stop_requested; /* under handoff */
@@ -59,6 +70,10 @@ void al_worker_post_table(al_worker *w, al_table *t);
 void al_worker_post_stop(al_worker *w);
 void al_worker_join(al_worker *w);
 void al_worker_destroy(al_worker *w);
+
+/* A request's hold on the current table (no atomics on the hot path). */
+al_worker_table *al_worker_table_acquire(al_worker *w);
+void al_worker_table_release(al_worker *w, al_worker_table *slot);
 
 /* Called by connections. */
 void al_worker_conn_dead(al_worker *w, al_conn *c);
