@@ -4,9 +4,11 @@
  *
  * Reload without locks on the hot path: the main thread puts a new snapshot in
  * `pending` (under `handoff`, a mutex only the reload touches) and wakes the worker
- * with ev_async; the worker swaps its `table` pointer and unrefs the old one. A
- * request holds its own reference, so requests in flight finish on the table they
- * started with. */
+ * with ev_async; the worker installs it as its current slot. A request counts
+ * itself on the slot it started with (a plain counter: only this thread touches
+ * it), so requests in flight finish on their table and the hot path has no lock
+ * and no atomic; a replaced slot drops its table reference when its last request
+ * ends. */
 #ifndef AL_WORKER_H
 #define AL_WORKER_H
 
