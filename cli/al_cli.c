@@ -1,4 +1,7 @@
-/* al_cli: the state-dir rule shared by every command (see al_cli.h). */
+/* al_cli: the state-dir rule shared by every command (see al_cli.h).
+ * The table's state_dir comes back already resolved against the table file's
+ * directory (al_table_peek_state_dir), so `-c deploy/examples/quickstart.yaml`
+ * finds the same store from any working directory layout the README uses. */
 #include "al_cli.h"
 #include "targets/al_table.h"
 

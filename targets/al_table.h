@@ -23,9 +23,9 @@ struct al_router; /* targets/al_router.h */
 /* ---- diagnostics ---------------------------------------------------------- */
 
 typedef struct al_diag {
-    char *file; /* owned */
-    int line;   /* 1-based; 0 when unknown */
-    int column; /* 1-based; 0 when unknown */
+    char *file;    /* owned */
+    int line;      /* 1-based; 0 when unknown */
+    int column;    /* 1-based; 0 when unknown */
     char *message; /* owned; never contains a secret */
 } al_diag;
 
@@ -58,9 +58,17 @@ enum al_auth_method {
     AL_AUTH_OAUTH2_2LO,
     AL_AUTH_OAUTH2_3LO,
     AL_AUTH_API_KEY,
-    AL_AUTH_COUNT
+    AL_AUTH_COUNT,
+    /* A target without an `auth` block: forwarded with no credential (the data path
+     * injects nothing when provider_count is 0). Not part of the matrix. */
+    AL_AUTH_NONE = AL_AUTH_COUNT
 };
 enum al_key_location { AL_KEY_IN_HEADER, AL_KEY_IN_QUERY };
+
+/* Where something was written in the table file (1-based; 0 = unknown). */
+typedef struct al_mark {
+    int line, column;
+} al_mark;
 
 typedef struct al_kv {
     char *key;   /* owned */
@@ -73,7 +81,9 @@ typedef struct al_auth {
      * used round-robin (identity/al_cred.h selects). NULL/0 for iam without one. */
     char **providers; /* owned array of owned strings */
     size_t provider_count;
+    al_mark *provider_marks; /* owned; provider_count entries: where each was written */
     char *fallback_provider; /* owned; NULL if none: used after 401/403 */
+    al_mark fallback_mark;
     /* api_key */
     enum al_key_location location;
     char *name;   /* header or query parameter name; default "Authorization" / "api_key" */
@@ -92,13 +102,15 @@ typedef struct al_auth {
 typedef struct al_target {
     char *name; /* owned; [a-z0-9][a-z0-9-]* */
     enum al_target_type type;
-    char *url;         /* owned; normalised upstream base URL ("https://host[:port]/base") */
-    char *scheme;      /* owned; "http" or "https" */
-    char *host;        /* owned; lower-case, no brackets for IPv6 */
-    uint16_t port;     /* explicit or scheme default */
-    char *base_path;   /* owned; "" or "/prefix" without trailing slash */
+    char *url;          /* owned; normalised upstream base URL ("https://host[:port]/base") */
+    char *scheme;       /* owned; "http" or "https" */
+    char *host;         /* owned; lower-case, no brackets for IPv6 */
+    uint16_t port;      /* explicit or scheme default */
+    char *base_path;    /* owned; "" or "/prefix" without trailing slash */
     char *function_arn; /* owned; lambda only */
+    char *endpoint;     /* owned; lambda only: Lambda API endpoint as written, NULL = regional */
     char *environment;  /* owned; the target's, else the table's, else "default" */
+    al_mark environment_mark; /* where the target's environment was written, else its start */
     int allow_private_network;
     int allow_insecure_upstream;
     char *ca_file; /* owned; NULL = system CAs */
@@ -113,13 +125,13 @@ typedef struct al_listen {
 } al_listen;
 
 typedef struct al_limits {
-    uint32_t connect_timeout_ms;     /* default 5000 */
-    uint32_t first_byte_timeout_ms;  /* default 30000 */
-    uint32_t idle_timeout_ms;        /* default 60000 */
-    uint32_t max_header_bytes;       /* default 65536 -> 431 past it */
-    uint64_t max_body_bytes;         /* default 0 = unlimited (streamed) */
-    uint32_t drain_timeout_ms;       /* default 10000 */
-    uint32_t workers;                /* default 0 = one per core */
+    uint32_t connect_timeout_ms;    /* default 5000 */
+    uint32_t first_byte_timeout_ms; /* default 30000 */
+    uint32_t idle_timeout_ms;       /* default 60000 */
+    uint32_t max_header_bytes;      /* default 65536 -> 431 past it */
+    uint64_t max_body_bytes;        /* default 0 = unlimited (streamed) */
+    uint32_t drain_timeout_ms;      /* default 10000 */
+    uint32_t workers;               /* default 0 = one per core */
 } al_limits;
 
 typedef struct al_egress_cfg {
@@ -128,7 +140,7 @@ typedef struct al_egress_cfg {
 } al_egress_cfg;
 
 typedef struct al_audit_cfg {
-    char *file; /* owned; NULL = <state_dir>/audit.log */
+    char *file; /* owned; NULL = <state_dir>/audit.log; relative: against the file's directory */
 } al_audit_cfg;
 
 typedef struct al_headers_cfg {
@@ -139,7 +151,8 @@ typedef struct al_headers_cfg {
 typedef struct al_table {
     atomic_int refs;
     char *path;        /* owned; file it was loaded from */
-    char *state_dir;   /* owned; as written (relative to the file's directory when relative) */
+    char *state_dir;   /* owned; NULL if the table names none; a relative path is resolved
+                          against the table file's directory (as written for _load_mem) */
     char *environment; /* owned; default "default" */
     al_listen listen;
     al_limits limits;
@@ -165,6 +178,14 @@ void al_table_unref(al_table *t); /* frees on the last reference; NULL is fine *
 /* The names used in YAML and output. */
 const char *al_target_type_name(enum al_target_type t);
 const char *al_auth_method_name(enum al_auth_method m);
+
+/* Checks every provider a target names against the identity store: `fn` returns the
+ * provider's environment, or NULL if the store has no such provider. Adds a
+ * line:column diagnostic (at the provider value) for each missing provider and each
+ * target whose environment differs from its provider's. Returns AL_OK when all
+ * match, AL_ERR_CONFIG otherwise. */
+typedef const char *(*al_provider_env_fn)(void *arg, const char *provider);
+int al_table_check_providers(const al_table *t, al_provider_env_fn fn, void *arg, al_diags *d);
 
 /* Reads only the `state_dir` of a table file, resolved against the file's
  * directory, without validating the rest (the CLI's state-dir rule). Returns a

@@ -1,0 +1,887 @@
+/* al_schema: the rows of the table schema, their parsers and the walker.
+ *
+ * Owns: al_schema_rows (one row per YAML key), the shape parsers that store a
+ * value into al_table / al_target through the row's offset, the walker that matches
+ * keys to rows (unknown keys get a did-you-mean from the sibling rows), and the
+ * Markdown reference printed by `airlock check --schema`.
+ *
+ * Invariants: a parser stores only after the value's shape is right, so a failed
+ * key leaves the field at its default and owns nothing new; a key seen twice in one
+ * mapping is reported and parsed once (no leak, no silent override). Every
+ * collection a file can grow has a limit (keys per mapping, list items, string
+ * length), so a hostile file costs bounded memory and time. */
+#include "al_schema.h"
+#include "al_matrix.h"
+#include "common/al_err.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_STRING 4096 /* longest scalar we store */
+#define MAX_LIST   256  /* items in a list of strings / a provider pool */
+#define MAX_KEYS   256  /* keys in one mapping */
+
+#define M(m)     (1u << (m))
+#define M_APIKEY M(AL_AUTH_API_KEY)
+#define M_OAUTH  (M(AL_AUTH_OAUTH2_2LO) | M(AL_AUTH_OAUTH2_3LO))
+#define M_IAM    M(AL_AUTH_IAM)
+#define TBL(f)   AL_SCOPE_TABLE, offsetof(al_table, f)
+#define TGT(f)   AL_SCOPE_TARGET, offsetof(al_target, f)
+
+static int parse_string(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_bool(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_uint(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_address(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_string_list(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_providers(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_string_map(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_type(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_method(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_inbound_mode(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_policy(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_fallback(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+
+const al_schema_row al_schema_rows[AL_S_COUNT] = {
+    [AL_S_LISTEN] = {"listen", AL_SK_MAP, NULL, TBL(listen), 0, 0, 0, 0, 0, "",
+                     "Listener addresses, each \"host:port\" (IPv6 as \"[::1]:8080\")."},
+    [AL_S_LISTEN_PROXY] = {"listen.proxy", AL_SK_ADDRESS, parse_address, TBL(listen.proxy), 0, 0, 0,
+                           0, 0, "off",
+                           "Plain HTTP listener: forward proxy (HTTP_PROXY/HTTPS_PROXY, CONNECT) "
+                           "and gateway mode (`/t/<name>/...`)."},
+    [AL_S_LISTEN_TLS] = {"listen.tls", AL_SK_ADDRESS, parse_address, TBL(listen.tls), 0, 0, 0, 0, 0,
+                         "off",
+                         "TLS listener: the same protocols over TLS, certificate from airlock's "
+                         "CA."},
+    [AL_S_LISTEN_ADMIN] = {"listen.admin", AL_SK_ADDRESS, parse_address, TBL(listen.admin), 0, 0, 0,
+                           0, 0, "off",
+                           "Admin listener (health, metrics, OAuth callbacks); keep it on "
+                           "loopback."},
+    [AL_S_STATE_DIR] = {"state_dir", AL_SK_STRING, parse_string, TBL(state_dir), 0, 0, 0, 0, 0,
+                        "`--state-dir`, `$AIRLOCK_STATE_DIR`, else `./.airlock`",
+                        "Identity store, master key, CA and audit log; a relative path is "
+                        "resolved against this file's directory."},
+    [AL_S_ENVIRONMENT] = {"environment", AL_SK_STRING, parse_string, TBL(environment), 0, 0, 0, 0,
+                          0, "`default`",
+                          "Environment of targets that name none; a target uses only "
+                          "providers of its own environment."},
+    [AL_S_INBOUND] = {"inbound", AL_SK_MAP, NULL, TBL(listen), 0, 0, 0, 0, 0, "",
+                      "How agents authenticate to airlock."},
+    [AL_S_INBOUND_MODE] = {"inbound.mode", AL_SK_ENUM, parse_inbound_mode, TBL(listen), 0, 0, 0, 0,
+                           0, "`none`",
+                           "`none`: any client that reaches the listener (keep listeners on "
+                           "loopback). JWT comes later."},
+    [AL_S_POLICY] = {"policy", AL_SK_EMPTY_MAP, parse_policy, TBL(listen), 0, 0, 0, 0, 0, "{}",
+                     "Per-principal rules; must be empty until inbound authentication lands."},
+    [AL_S_EGRESS] = {"egress", AL_SK_MAP, NULL, TBL(egress), 0, 0, 0, 0, 0, "",
+                     "Destinations beyond the targets."},
+    [AL_S_EGRESS_PASSTHROUGH] = {"egress.passthrough", AL_SK_STRING_LIST, parse_string_list,
+                                 TBL(egress.passthrough),
+                                 offsetof(al_table, egress.passthrough_count), 0, 0, 0, 0, "[]",
+                                 "Hosts (exact or `*.suffix`) CONNECT may tunnel blindly: no "
+                                 "interception, no credential, still egress-checked."},
+    [AL_S_AUDIT] = {"audit", AL_SK_MAP, NULL, TBL(audit), 0, 0, 0, 0, 0, "", "The audit log."},
+    [AL_S_AUDIT_FILE] = {"audit.file", AL_SK_STRING, parse_string, TBL(audit.file), 0, 0, 0, 0, 0,
+                         "`<state_dir>/audit.log`",
+                         "Audit log, one JSON record per line; relative to this file's "
+                         "directory."},
+    [AL_S_LIMITS] = {"limits", AL_SK_MAP, NULL, TBL(limits), 0, 0, 0, 0, 0, "",
+                     "Timeouts and sizes of the data path."},
+    [AL_S_LIMITS_CONNECT_TIMEOUT] = {"limits.connect_timeout_ms", AL_SK_UINT, parse_uint,
+                                     TBL(limits.connect_timeout_ms), 0, 1, 600000, 5000, 0, "5000",
+                                     "Upstream connect timeout (ms); past it: 504."},
+    [AL_S_LIMITS_FIRST_BYTE_TIMEOUT] = {"limits.first_byte_timeout_ms", AL_SK_UINT, parse_uint,
+                                        TBL(limits.first_byte_timeout_ms), 0, 1, 3600000, 30000, 0,
+                                        "30000",
+                                        "Wait for the upstream's response head (ms); past it: "
+                                        "504."},
+    [AL_S_LIMITS_IDLE_TIMEOUT] = {"limits.idle_timeout_ms", AL_SK_UINT, parse_uint,
+                                  TBL(limits.idle_timeout_ms), 0, 1, 86400000, 60000, 0, "60000",
+                                  "Idle time (ms) before a client or upstream connection is "
+                                  "closed."},
+    [AL_S_LIMITS_MAX_HEADER_BYTES] = {"limits.max_header_bytes", AL_SK_UINT, parse_uint,
+                                      TBL(limits.max_header_bytes), 0, 1024, 16777216, 65536, 0,
+                                      "65536", "Largest request head (bytes); past it: 431."},
+    [AL_S_LIMITS_MAX_BODY_BYTES] = {"limits.max_body_bytes", AL_SK_UINT, parse_uint,
+                                    TBL(limits.max_body_bytes), 0, 0, UINT64_C(1) << 50, 0, 0,
+                                    "0 (unlimited, streamed)",
+                                    "Largest request body (bytes); past it: 413."},
+    [AL_S_LIMITS_DRAIN_TIMEOUT] = {"limits.drain_timeout_ms", AL_SK_UINT, parse_uint,
+                                   TBL(limits.drain_timeout_ms), 0, 0, 3600000, 10000, 0, "10000",
+                                   "On SIGTERM, time (ms) requests in flight get to finish."},
+    [AL_S_LIMITS_WORKERS] = {"limits.workers", AL_SK_UINT, parse_uint, TBL(limits.workers), 0, 0,
+                             1024, 0, 0, "0 (one per core)", "Worker threads."},
+    [AL_S_HEADERS] = {"headers", AL_SK_MAP, NULL, TBL(headers), 0, 0, 0, 0, 0, "",
+                      "Headers airlock adds to forwarded requests."},
+    [AL_S_HEADERS_VIA] = {"headers.via", AL_SK_BOOL, parse_bool, TBL(headers.add_via), 0, 0, 1, 1,
+                          0, "true", "Add `Via: 1.1 airlock`."},
+    [AL_S_HEADERS_XFF] = {"headers.x_forwarded_for", AL_SK_BOOL, parse_bool,
+                          TBL(headers.add_x_forwarded_for), 0, 0, 1, 0, 0, "false",
+                          "Add `X-Forwarded-For` with the agent's address (off: agents' "
+                          "addresses stay inside)."},
+    [AL_S_TARGETS] = {"targets", AL_SK_TARGET_LIST, NULL, TBL(targets), 0, 0, 0, 0, 0, "[]",
+                      "The upstreams agents may reach; nothing else is reachable."},
+    [AL_S_T_NAME] = {"targets[].name", AL_SK_STRING, parse_string, TGT(name), 0, 0, 0, 0, 0,
+                     "required",
+                     "Unique, `[a-z0-9][a-z0-9-]*`, at most 63 characters; gateway URL "
+                     "`/t/<name>/`."},
+    [AL_S_T_TYPE] = {"targets[].type", AL_SK_ENUM, parse_type, TGT(type), 0, 0, 0, 0, 0, "required",
+                     "`lambda`, `api_gateway`, `openapi`, `smithy` or `mcp_server`."},
+    [AL_S_T_URL] = {"targets[].url", AL_SK_STRING, parse_string, TGT(url), 0, 0, 0, 0, 0,
+                    "required (not for lambda)",
+                    "Upstream base URL `http(s)://host[:port][/base]`; no user info, query or "
+                    "fragment."},
+    [AL_S_T_FUNCTION_ARN] = {"targets[].function_arn", AL_SK_STRING, parse_string,
+                             TGT(function_arn), 0, 0, 0, 0, 0, "required for lambda",
+                             "`arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`; the "
+                             "upstream is `<endpoint>/2015-03-31/functions/<arn>`."},
+    [AL_S_T_ENDPOINT] = {"targets[].endpoint", AL_SK_STRING, parse_string, TGT(endpoint), 0, 0, 0,
+                         0, 0, "`https://lambda.<region>.amazonaws.com`",
+                         "lambda only: Lambda API endpoint override."},
+    [AL_S_T_ENVIRONMENT] = {"targets[].environment", AL_SK_STRING, parse_string, TGT(environment),
+                            0, 0, 0, 0, 0, "the table's `environment`",
+                            "The target's environment; its providers must belong to it."},
+    [AL_S_T_ALLOW_PRIVATE] = {"targets[].allow_private_network", AL_SK_BOOL, parse_bool,
+                              TGT(allow_private_network), 0, 0, 1, 0, 0, "false",
+                              "Allow private, loopback and link-local upstream addresses."},
+    [AL_S_T_ALLOW_INSECURE] = {"targets[].allow_insecure_upstream", AL_SK_BOOL, parse_bool,
+                               TGT(allow_insecure_upstream), 0, 0, 1, 0, 0, "false",
+                               "Allow an `http://` upstream (credentials in clear text)."},
+    [AL_S_T_CA_FILE] = {"targets[].ca_file", AL_SK_STRING, parse_string, TGT(ca_file), 0, 0, 0, 0,
+                        0, "system CAs",
+                        "PEM CA bundle that verifies the upstream; relative to this file's "
+                        "directory."},
+    [AL_S_T_AUTH] = {"targets[].auth", AL_SK_MAP, NULL, TGT(auth), 0, 0, 0, 0, 0,
+                     "none (no credential)",
+                     "Outbound auth; (type, method) must be allowed by the matrix."},
+    [AL_S_A_METHOD] = {"targets[].auth.method", AL_SK_ENUM, parse_method, TGT(auth.method), 0, 0, 0,
+                       0, 0, "required", "`iam` (SigV4), `oauth2_2lo`, `oauth2_3lo` or `api_key`."},
+    [AL_S_A_PROVIDER] = {"targets[].auth.provider", AL_SK_STRING_OR_LIST, parse_providers,
+                         TGT(auth.providers), offsetof(al_target, auth.provider_count), 0, 0, 0, 0,
+                         "required (optional for iam)",
+                         "Credential provider in the identity store, or a list of them (a pool, "
+                         "used round-robin)."},
+    [AL_S_A_FALLBACK] = {"targets[].auth.fallback_provider", AL_SK_STRING, parse_fallback,
+                         TGT(auth.fallback_provider), 0, 0, 0, 0, 0, "none",
+                         "Provider retried once after a 401/403 from the upstream."},
+    [AL_S_A_LOCATION] = {"targets[].auth.location", AL_SK_ENUM, parse_location, TGT(auth.location),
+                         0, 0, 0, 0, M_APIKEY, "`header`",
+                         "`header` or `query`: where the key goes."},
+    [AL_S_A_NAME] = {"targets[].auth.name", AL_SK_STRING, parse_string, TGT(auth.name), 0, 0, 0, 0,
+                     M_APIKEY, "`Authorization` (header), `api_key` (query)",
+                     "Header or query parameter name."},
+    [AL_S_A_PREFIX] = {"targets[].auth.prefix", AL_SK_STRING, parse_string, TGT(auth.prefix), 0, 0,
+                       0, 0, M_APIKEY, "`Bearer ` when name is Authorization, else empty",
+                       "Text before the key in the header value."},
+    [AL_S_A_SCOPES] = {"targets[].auth.scopes", AL_SK_STRING_LIST, parse_string_list,
+                       TGT(auth.scopes), offsetof(al_target, auth.scope_count), 0, 0, 0, M_OAUTH,
+                       "[]", "OAuth scopes to request."},
+    [AL_S_A_AUDIENCE] = {"targets[].auth.audience", AL_SK_STRING, parse_string, TGT(auth.audience),
+                         0, 0, 0, 0, M(AL_AUTH_OAUTH2_2LO), "none",
+                         "`audience` parameter of the token request."},
+    [AL_S_A_CUSTOM_PARAMETERS] = {"targets[].auth.custom_parameters", AL_SK_STRING_MAP,
+                                  parse_string_map, TGT(auth.custom_parameters),
+                                  offsetof(al_target, auth.custom_parameter_count), 0, 0, 0,
+                                  M_OAUTH, "{}",
+                                  "Extra parameters of the token / authorization request."},
+    [AL_S_A_REGION] = {"targets[].auth.region", AL_SK_STRING, parse_string, TGT(auth.region), 0, 0,
+                       0, 0, M_IAM, "lambda: from the ARN; api_gateway: from the execute-api host",
+                       "AWS region to sign for (required when it cannot be derived)."},
+    [AL_S_A_SERVICE] = {"targets[].auth.service", AL_SK_STRING, parse_string, TGT(auth.service), 0,
+                        0, 0, 0, M_IAM, "`lambda` (lambda), `execute-api` (api_gateway)",
+                        "SigV4 signing name (required for smithy)."},
+};
+
+/* ---- diagnostics helpers --------------------------------------------------- */
+
+al_mark al_schema_mark(const yaml_node_t *n)
+{
+    al_mark m = {0, 0};
+    if (n) {
+        m.line = (int)n->start_mark.line + 1;
+        m.column = (int)n->start_mark.column + 1;
+    }
+    return m;
+}
+
+static void verror_at(al_schema_ctx *c, al_mark m, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    if (c->diags->count > AL_SCHEMA_MAX_DIAGS)
+        return;
+    if (c->diags->count == AL_SCHEMA_MAX_DIAGS) {
+        al_diags_add(c->diags, c->file, m.line, m.column, "too many errors; stopping here");
+        return;
+    }
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    al_diags_add(c->diags, c->file, m.line, m.column, "%s", msg);
+}
+
+void al_schema_error_at(al_schema_ctx *c, al_mark m, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verror_at(c, m, fmt, ap);
+    va_end(ap);
+}
+
+void al_schema_error(al_schema_ctx *c, const yaml_node_t *n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verror_at(c, al_schema_mark(n), fmt, ap);
+    va_end(ap);
+}
+
+/* ---- names ------------------------------------------------------------------ */
+
+const char *al_schema_key(const al_schema_row *r)
+{
+    const char *dot = strrchr(r->path, '.');
+    return dot ? dot + 1 : r->path;
+}
+
+const char *al_schema_kind_name(enum al_schema_kind k)
+{
+    switch (k) {
+    case AL_SK_MAP:
+        return "map";
+    case AL_SK_TARGET_LIST:
+        return "list of targets";
+    case AL_SK_STRING:
+        return "string";
+    case AL_SK_BOOL:
+        return "bool";
+    case AL_SK_UINT:
+        return "integer";
+    case AL_SK_ADDRESS:
+        return "host:port";
+    case AL_SK_ENUM:
+        return "enum";
+    case AL_SK_STRING_LIST:
+        return "list of strings";
+    case AL_SK_STRING_OR_LIST:
+        return "string or list";
+    case AL_SK_STRING_MAP:
+        return "map of strings";
+    case AL_SK_EMPTY_MAP:
+        return "map (empty)";
+    }
+    return "?";
+}
+
+unsigned al_schema_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned row[65];
+    if (la > 64 || lb > 64)
+        return 255;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (unsigned)j;
+    for (size_t i = 1; i <= la; i++) {
+        unsigned diag = row[0];
+        row[0] = (unsigned)i;
+        for (size_t j = 1; j <= lb; j++) {
+            unsigned up = row[j];
+            unsigned cost = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
+            unsigned best = diag + cost;
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb] > 255 ? 255 : row[lb];
+}
+
+const char *al_schema_suggest(const char *word, const char *const *names, size_t n)
+{
+    const char *best = NULL;
+    unsigned best_d = 255;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d = al_schema_distance(word, names[i]);
+        if (d < best_d) {
+            best_d = d;
+            best = names[i];
+        }
+    }
+    /* Close enough to be a typo: two edits, or a third of the name for long names. */
+    size_t len = best ? strlen(best) : 0;
+    if (best && best_d > 0 && (best_d <= 2 || best_d * 3 <= len) && best_d < len)
+        return best;
+    if (best && best_d == 0)
+        return best; /* differs only in case */
+    return NULL;
+}
+
+int al_schema_is_null(const yaml_node_t *n)
+{
+    if (!n)
+        return 1;
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return 0;
+    const char *s = (const char *)n->data.scalar.value;
+    return !*s || !strcmp(s, "~") || !strcmp(s, "null") || !strcmp(s, "Null") || !strcmp(s, "NULL");
+}
+
+/* ---- storage ------------------------------------------------------------------ */
+
+static void *field(al_schema_ctx *c, const al_schema_row *r, size_t off)
+{
+    char *base = r->scope == AL_SCOPE_TABLE ? (char *)c->table : (char *)c->target;
+    return base + off;
+}
+
+static const char *row_label(const al_schema_row *r)
+{
+    return r->scope == AL_SCOPE_TARGET ? al_schema_key(r) : r->path;
+}
+
+/* The scalar's text if v is a non-null scalar that fits, else reports and NULL. */
+static const char *want_scalar(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    if (al_schema_is_null(v)) {
+        al_schema_error(c, v, "'%s' has no value (expected %s)", row_label(r),
+                        al_schema_kind_name(r->kind));
+        return NULL;
+    }
+    if (v->type != YAML_SCALAR_NODE) {
+        al_schema_error(c, v, "'%s' must be a %s, not a %s", row_label(r),
+                        r->kind == AL_SK_STRING_OR_LIST ? "string" : al_schema_kind_name(r->kind),
+                        v->type == YAML_MAPPING_NODE ? "mapping" : "list");
+        return NULL;
+    }
+    if (v->data.scalar.length > MAX_STRING) {
+        al_schema_error(c, v, "'%s' is too long (at most %d bytes)", row_label(r), MAX_STRING);
+        return NULL;
+    }
+    if (strlen((const char *)v->data.scalar.value) != v->data.scalar.length) {
+        al_schema_error(c, v, "'%s' contains a NUL byte", row_label(r));
+        return NULL;
+    }
+    return (const char *)v->data.scalar.value;
+}
+
+static int store_string(al_schema_ctx *c, char **dst, const char *s)
+{
+    char *dup = strdup(s);
+    if (!dup)
+        return AL_ERR_NOMEM;
+    free(*dst);
+    *dst = dup;
+    (void)c;
+    return AL_OK;
+}
+
+static int parse_string(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    const char *s = want_scalar(c, r, v);
+    if (!s)
+        return AL_ERR_CONFIG;
+    return store_string(c, field(c, r, r->offset), s);
+}
+
+static int parse_bool(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    const char *s = want_scalar(c, r, v);
+    if (!s)
+        return AL_ERR_CONFIG;
+    int val;
+    if (!strcmp(s, "true") || !strcmp(s, "True") || !strcmp(s, "TRUE"))
+        val = 1;
+    else if (!strcmp(s, "false") || !strcmp(s, "False") || !strcmp(s, "FALSE"))
+        val = 0;
+    else {
+        al_schema_error(c, v, "'%s' must be true or false, not '%s'", row_label(r), s);
+        return AL_ERR_CONFIG;
+    }
+    *(int *)field(c, r, r->offset) = val;
+    return AL_OK;
+}
+
+static int parse_uint(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    const char *s = want_scalar(c, r, v);
+    if (!s)
+        return AL_ERR_CONFIG;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(s, &end, 10);
+    if (!isdigit((unsigned char)s[0]) || *end || errno) {
+        al_schema_error(c, v, "'%s' must be a whole number, not '%s'", row_label(r), s);
+        return AL_ERR_CONFIG;
+    }
+    if (n < r->min || n > r->max) {
+        al_schema_error(c, v, "'%s' must be between %llu and %llu, not %llu", row_label(r),
+                        (unsigned long long)r->min, (unsigned long long)r->max, n);
+        return AL_ERR_CONFIG;
+    }
+    if (r->offset == offsetof(al_table, limits.max_body_bytes))
+        *(uint64_t *)field(c, r, r->offset) = n;
+    else
+        *(uint32_t *)field(c, r, r->offset) = (uint32_t)n;
+    return AL_OK;
+}
+
+/* "host:port": IPv4, [IPv6] or a name; port 1-65535. */
+static int parse_address(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    const char *s = want_scalar(c, r, v);
+    if (!s)
+        return AL_ERR_CONFIG;
+    const char *colon = s[0] == '[' ? strstr(s, "]:") : strrchr(s, ':');
+    const char *port = colon ? colon + (s[0] == '[' ? 2 : 1) : NULL;
+    size_t hlen = colon ? (size_t)(colon - s) + (s[0] == '[') : 0;
+    int ok = colon && hlen > 0 && port && *port;
+    if (ok && s[0] != '[' && memchr(s, ':', hlen))
+        ok = 0; /* a bare IPv6 literal needs brackets */
+    for (size_t i = 0; ok && i < hlen; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr(".-_[]:", s[i]))
+            ok = 0;
+    unsigned long p = 0;
+    for (const char *q = port; ok && *q; q++) {
+        if (!isdigit((unsigned char)*q) || (p = p * 10 + (unsigned)(*q - '0')) > 65535)
+            ok = 0;
+    }
+    if (!ok || p == 0) {
+        al_schema_error(c, v,
+                        "'%s' must be \"host:port\" (e.g. 127.0.0.1:8080, [::1]:8080), not "
+                        "'%s'",
+                        row_label(r), s);
+        return AL_ERR_CONFIG;
+    }
+    return store_string(c, field(c, r, r->offset), s);
+}
+
+static int parse_string_list(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    if (al_schema_is_null(v))
+        return AL_OK;
+    if (v->type != YAML_SEQUENCE_NODE) {
+        al_schema_error(c, v, "'%s' must be a list of strings", row_label(r));
+        return AL_ERR_CONFIG;
+    }
+    size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    if (n > MAX_LIST) {
+        al_schema_error(c, v, "'%s' has %zu items (at most %d)", row_label(r), n, MAX_LIST);
+        return AL_ERR_CONFIG;
+    }
+    char **items = calloc(n ? n : 1, sizeof *items);
+    size_t got = 0;
+    int rc = items ? AL_OK : AL_ERR_NOMEM;
+    for (size_t i = 0; rc == AL_OK && i < n; i++) {
+        yaml_node_t *it = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+        const char *s = want_scalar(c, r, it);
+        if (!s)
+            rc = AL_ERR_CONFIG;
+        else if (!*s) {
+            al_schema_error(c, it, "'%s' has an empty item", row_label(r));
+            rc = AL_ERR_CONFIG;
+        } else if (!(items[got++] = strdup(s)))
+            rc = AL_ERR_NOMEM;
+    }
+    if (rc != AL_OK) {
+        for (size_t i = 0; i < got; i++)
+            free(items[i]);
+        free(items);
+        return rc;
+    }
+    *(char ***)field(c, r, r->offset) = items;
+    *(size_t *)field(c, r, r->count_offset) = n;
+    return AL_OK;
+}
+
+static int parse_providers(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    al_auth *a = &c->target->auth;
+    yaml_node_t *one[1] = {v};
+    yaml_node_t **nodes = one;
+    size_t n = 1;
+    if (v && v->type == YAML_SEQUENCE_NODE) {
+        n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+        if (n == 0 || n > MAX_LIST) {
+            al_schema_error(c, v, "'provider' must name 1 to %d providers", MAX_LIST);
+            return AL_ERR_CONFIG;
+        }
+        nodes = NULL;
+    }
+    char **names = calloc(n, sizeof *names);
+    al_mark *marks = calloc(n, sizeof *marks);
+    int rc = names && marks ? AL_OK : AL_ERR_NOMEM;
+    for (size_t i = 0; rc == AL_OK && i < n; i++) {
+        yaml_node_t *it =
+            nodes ? nodes[i] : yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+        const char *s = want_scalar(c, r, it);
+        if (!s) {
+            rc = AL_ERR_CONFIG;
+            break;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(names[j], s)) {
+                al_schema_error(c, it, "provider '%s' is listed twice in the pool", s);
+                rc = AL_ERR_CONFIG;
+            }
+        marks[i] = al_schema_mark(it);
+        if (rc == AL_OK && !(names[i] = strdup(s)))
+            rc = AL_ERR_NOMEM;
+    }
+    if (rc != AL_OK) {
+        for (size_t i = 0; names && i < n; i++)
+            free(names[i]);
+        free(names);
+        free(marks);
+        return rc;
+    }
+    a->providers = names;
+    a->provider_marks = marks;
+    a->provider_count = n;
+    return AL_OK;
+}
+
+static int parse_fallback(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    int rc = parse_string(c, r, v);
+    if (rc == AL_OK)
+        c->target->auth.fallback_mark = al_schema_mark(v);
+    return rc;
+}
+
+static int parse_string_map(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    if (al_schema_is_null(v))
+        return AL_OK;
+    if (v->type != YAML_MAPPING_NODE) {
+        al_schema_error(c, v, "'%s' must be a mapping of names to strings", row_label(r));
+        return AL_ERR_CONFIG;
+    }
+    size_t n = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
+    if (n > MAX_LIST) {
+        al_schema_error(c, v, "'%s' has %zu entries (at most %d)", row_label(r), n, MAX_LIST);
+        return AL_ERR_CONFIG;
+    }
+    al_kv *kv = calloc(n ? n : 1, sizeof *kv);
+    size_t got = 0;
+    int rc = kv ? AL_OK : AL_ERR_NOMEM;
+    for (size_t i = 0; rc == AL_OK && i < n; i++) {
+        yaml_node_pair_t *p = &v->data.mapping.pairs.start[i];
+        yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
+        yaml_node_t *val = yaml_document_get_node(c->doc, p->value);
+        const char *ks = want_scalar(c, r, k);
+        const char *vs = ks ? want_scalar(c, r, val) : NULL;
+        if (!ks || !vs) {
+            rc = AL_ERR_CONFIG;
+            break;
+        }
+        for (size_t j = 0; j < got; j++)
+            if (!strcmp(kv[j].key, ks)) {
+                al_schema_error(c, k, "'%s' names '%s' twice", row_label(r), ks);
+                rc = AL_ERR_CONFIG;
+            }
+        if (rc != AL_OK)
+            break;
+        kv[got].key = strdup(ks);
+        kv[got].value = strdup(vs);
+        got++;
+        if (!kv[got - 1].key || !kv[got - 1].value)
+            rc = AL_ERR_NOMEM;
+    }
+    if (rc != AL_OK) {
+        for (size_t i = 0; i < got; i++) {
+            free(kv[i].key);
+            free(kv[i].value);
+        }
+        free(kv);
+        return rc;
+    }
+    *(al_kv **)field(c, r, r->offset) = kv;
+    *(size_t *)field(c, r, r->count_offset) = n;
+    return AL_OK;
+}
+
+/* An enum value from `names`; reports with the accepted list and a suggestion. */
+static int parse_enum(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v,
+                      const char *const *names, size_t n, int *out)
+{
+    const char *s = want_scalar(c, r, v);
+    if (!s)
+        return AL_ERR_CONFIG;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(s, names[i])) {
+            *out = (int)i;
+            return AL_OK;
+        }
+    char list[256] = "";
+    size_t off = 0;
+    for (size_t i = 0; i < n && off < sizeof list; i++) {
+        int w = snprintf(list + off, sizeof list - off, "%s%s", i ? ", " : "", names[i]);
+        if (w < 0)
+            break;
+        off += (size_t)w;
+    }
+    const char *near = al_schema_suggest(s, names, n);
+    if (near)
+        al_schema_error(c, v, "unknown %s '%s'; did you mean '%s'? (one of: %s)", al_schema_key(r),
+                        s, near, list);
+    else
+        al_schema_error(c, v, "unknown %s '%s' (one of: %s)", al_schema_key(r), s, list);
+    return AL_ERR_CONFIG;
+}
+
+static int parse_type(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    const char *names[AL_TYPE_COUNT];
+    for (int i = 0; i < AL_TYPE_COUNT; i++)
+        names[i] = al_target_type_name((enum al_target_type)i);
+    int t;
+    int rc = parse_enum(c, r, v, names, AL_TYPE_COUNT, &t);
+    if (rc == AL_OK)
+        c->target->type = (enum al_target_type)t;
+    return rc;
+}
+
+static int parse_method(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    const char *names[AL_AUTH_COUNT];
+    for (int i = 0; i < AL_AUTH_COUNT; i++)
+        names[i] = al_auth_method_name((enum al_auth_method)i);
+    int m;
+    int rc = parse_enum(c, r, v, names, AL_AUTH_COUNT, &m);
+    if (rc == AL_OK)
+        c->target->auth.method = (enum al_auth_method)m;
+    return rc;
+}
+
+static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    static const char *const names[] = {"header", "query"};
+    int l;
+    int rc = parse_enum(c, r, v, names, 2, &l);
+    if (rc == AL_OK)
+        c->target->auth.location = l ? AL_KEY_IN_QUERY : AL_KEY_IN_HEADER;
+    return rc;
+}
+
+static int parse_inbound_mode(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    const char *s = want_scalar(c, r, v);
+    if (!s)
+        return AL_ERR_CONFIG;
+    if (strcmp(s, "none") != 0) {
+        al_schema_error(c, v, "inbound mode '%s' is not supported yet; supported: none", s);
+        return AL_ERR_CONFIG;
+    }
+    return AL_OK;
+}
+
+static int parse_policy(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    if (al_schema_is_null(v) ||
+        (v->type == YAML_MAPPING_NODE && v->data.mapping.pairs.top == v->data.mapping.pairs.start))
+        return AL_OK;
+    al_schema_error(c, v,
+                    "'policy' must be empty for now: per-principal policy comes with inbound "
+                    "auth (inbound.mode other than none), which is not supported yet");
+    return AL_ERR_CONFIG;
+}
+
+void al_schema_apply_defaults(al_table *t)
+{
+    for (size_t i = 0; i < AL_S_COUNT; i++) {
+        const al_schema_row *r = &al_schema_rows[i];
+        if (r->scope != AL_SCOPE_TABLE)
+            continue;
+        char *p = (char *)t + r->offset;
+        if (r->kind == AL_SK_BOOL)
+            *(int *)p = (int)r->def;
+        else if (r->kind == AL_SK_UINT && r->offset == offsetof(al_table, limits.max_body_bytes))
+            *(uint64_t *)p = r->def;
+        else if (r->kind == AL_SK_UINT)
+            *(uint32_t *)p = (uint32_t)r->def;
+    }
+}
+
+/* ---- the walker ----------------------------------------------------------------- */
+
+/* Rows directly under `parent` ("" = top level, "targets[]" = a target). */
+static int is_child(const al_schema_row *r, const char *parent, size_t plen)
+{
+    if (!plen)
+        return strchr(r->path, '.') == NULL;
+    return !strncmp(r->path, parent, plen) && r->path[plen] == '.' &&
+           !strchr(r->path + plen + 1, '.');
+}
+
+static void walk_map(al_schema_ctx *c, const char *parent, yaml_node_t *map);
+
+static void unknown_key(al_schema_ctx *c, const char *parent, yaml_node_t *k, const char *ks)
+{
+    const char *names[AL_S_COUNT];
+    size_t n = 0, plen = strlen(parent);
+    char known[512] = "";
+    size_t off = 0;
+    for (size_t i = 0; i < AL_S_COUNT; i++)
+        if (is_child(&al_schema_rows[i], parent, plen)) {
+            names[n++] = al_schema_key(&al_schema_rows[i]);
+            int w =
+                snprintf(known + off, sizeof known - off, "%s%s", off ? ", " : "", names[n - 1]);
+            if (w > 0 && (size_t)w < sizeof known - off)
+                off += (size_t)w;
+        }
+    const char *where = !plen                               ? "at the top level"
+                        : !strcmp(parent, "targets[]")      ? "in a target"
+                        : !strcmp(parent, "targets[].auth") ? "in 'auth'"
+                                                            : NULL;
+    char buf[128];
+    if (!where) {
+        snprintf(buf, sizeof buf, "in '%s'", parent);
+        where = buf;
+    }
+    const char *near = al_schema_suggest(ks, names, n);
+    if (near)
+        al_schema_error(c, k, "unknown key '%s' %s; did you mean '%s'?", ks, where, near);
+    else
+        al_schema_error(c, k, "unknown key '%s' %s (known: %s)", ks, where, known);
+}
+
+static void walk_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    if (al_schema_is_null(v))
+        return;
+    if (v->type != YAML_SEQUENCE_NODE) {
+        al_schema_error(c, v, "'targets' must be a list of targets (\"- name: ...\")");
+        return;
+    }
+    size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    if (n > c->max_targets) {
+        al_schema_error(c, v, "too many targets: %zu (at most %zu)", n, c->max_targets);
+        return;
+    }
+    al_table *t = c->table;
+    t->targets = calloc(n ? n : 1, sizeof *t->targets);
+    if (!t->targets) {
+        al_schema_error(c, v, "out of memory");
+        return;
+    }
+    (void)r;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+        if (!item || item->type != YAML_MAPPING_NODE) {
+            al_schema_error(c, item, "each target must be a mapping (name: ..., type: ...)");
+            continue;
+        }
+        al_target *tg = &t->targets[t->target_count++];
+        tg->auth.method = AL_AUTH_NONE;
+        al_mark m = al_schema_mark(item);
+        tg->line = m.line;
+        tg->column = m.column;
+        c->target = tg;
+        for (size_t id = 0; id < AL_S_COUNT; id++)
+            if (al_schema_rows[id].scope == AL_SCOPE_TARGET)
+                memset(&c->seen[id], 0, sizeof c->seen[id]);
+        walk_map(c, "targets[]", item);
+        if (c->on_target)
+            c->on_target(c, item, c->on_target_arg);
+        c->target = NULL;
+        if (c->diags->count > AL_SCHEMA_MAX_DIAGS)
+            return;
+    }
+}
+
+static void walk_map(al_schema_ctx *c, const char *parent, yaml_node_t *map)
+{
+    size_t plen = strlen(parent);
+    size_t n = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+    if (n > MAX_KEYS) {
+        al_schema_error(c, map, "too many keys in one mapping (%zu, at most %d)", n, MAX_KEYS);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (c->diags->count > AL_SCHEMA_MAX_DIAGS)
+            return;
+        yaml_node_pair_t *p = &map->data.mapping.pairs.start[i];
+        yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
+        if (!k || k->type != YAML_SCALAR_NODE) {
+            al_schema_error(c, k, "keys must be plain names, not a %s",
+                            k && k->type == YAML_MAPPING_NODE ? "mapping" : "list");
+            continue;
+        }
+        const char *ks = (const char *)k->data.scalar.value;
+        size_t id = AL_S_COUNT;
+        for (size_t j = 0; j < AL_S_COUNT; j++)
+            if (is_child(&al_schema_rows[j], parent, plen) &&
+                !strcmp(al_schema_key(&al_schema_rows[j]), ks)) {
+                id = j;
+                break;
+            }
+        if (id == AL_S_COUNT) {
+            unknown_key(c, parent, k, ks);
+            continue;
+        }
+        const al_schema_row *r = &al_schema_rows[id];
+        if (c->seen[id].key.line) {
+            al_schema_error(c, k, "duplicate key '%s' (first at line %d)", ks,
+                            c->seen[id].key.line);
+            continue;
+        }
+        c->seen[id].key = al_schema_mark(k);
+        c->seen[id].value = al_schema_mark(v);
+        switch (r->kind) {
+        case AL_SK_MAP:
+            if (al_schema_is_null(v))
+                break;
+            if (v->type != YAML_MAPPING_NODE) {
+                al_schema_error(c, v, "'%s' must be a mapping", ks);
+                break;
+            }
+            walk_map(c, r->path, v);
+            break;
+        case AL_SK_TARGET_LIST:
+            walk_targets(c, r, v);
+            break;
+        default:
+            r->parse(c, r, v);
+            break;
+        }
+    }
+}
+
+void al_schema_walk(al_schema_ctx *c, yaml_node_t *root)
+{
+    if (al_schema_is_null(root))
+        return; /* an empty file is an empty table */
+    if (root->type != YAML_MAPPING_NODE) {
+        al_schema_error(c, root, "the table must be a mapping (listen:, targets:, ...)");
+        return;
+    }
+    walk_map(c, "", root);
+}
+
+/* ---- docs ------------------------------------------------------------------------ */
+
+void al_schema_print_markdown(FILE *out)
+{
+    fprintf(out, "| Key | Type | Default | Description |\n|---|---|---|---|\n");
+    for (size_t i = 0; i < AL_S_COUNT; i++) {
+        const al_schema_row *r = &al_schema_rows[i];
+        fprintf(out, "| `%s` | %s | %s | %s", r->path, al_schema_kind_name(r->kind),
+                r->def_doc && *r->def_doc ? r->def_doc : "", r->doc);
+        if (r->methods) {
+            fprintf(out, " Only for:");
+            int first = 1;
+            for (int m = 0; m < AL_AUTH_COUNT; m++)
+                if (r->methods & (1u << m)) {
+                    fprintf(out, "%s `%s`", first ? "" : ",",
+                            al_auth_method_name((enum al_auth_method)m));
+                    first = 0;
+                }
+            fprintf(out, ".");
+        }
+        fprintf(out, " |\n");
+    }
+}
