@@ -113,7 +113,9 @@ static int ca_init(const char *state_dir, int force, const char **permit, size_t
     if (n_permit) {
         printf("  name constraints: localhost, 127.0.0.1, ::1");
         for (size_t i = 0; i < n_permit; i++)
-            printf(", %s", permit[i]);
+            if (strcmp(permit[i], "localhost") != 0 && strcmp(permit[i], "127.0.0.1") != 0 &&
+                strcmp(permit[i], "::1") != 0)
+                printf(", %s", permit[i]);
         printf("\n");
     } else {
         printf("  name constraints: none (the CA can vouch for any host; see --permit-host)\n");
@@ -139,7 +141,9 @@ static int permit_from_table(const char *file, al_table **table, const char **pe
     for (size_t i = 0; i < (*table)->target_count; i++) {
         const char *host = (*table)->targets[i].host;
         int seen = 0;
-        if (!host || !*host)
+        /* Loopback names are always permitted (the HTTPS listener's own names). */
+        if (!host || !*host || strcmp(host, "localhost") == 0 || strcmp(host, "127.0.0.1") == 0 ||
+            strcmp(host, "::1") == 0)
             continue;
         for (size_t j = 0; j < *n_permit; j++)
             seen |= strcmp(permit[j], host) == 0;
@@ -151,10 +155,8 @@ static int permit_from_table(const char *file, al_table **table, const char **pe
         }
         permit[(*n_permit)++] = host;
     }
-    if (*n_permit == 0) {
-        fprintf(stderr, "airlock: %s has no target hosts to permit\n", file);
-        return 1;
-    }
+    if (*n_permit == 0)
+        permit[(*n_permit)++] = "localhost"; /* only loopback targets: constrain to loopback */
     return 0;
 }
 

@@ -47,6 +47,7 @@ if [ ! -x "$BIN" ]; then
   echo "0 passed, 1 failed"
   exit 1
 fi
+BIN=$(realpath "$BIN") # some checks run in another directory
 
 # ---- ca: usage ----------------------------------------------------------------
 out=$("$BIN" ca --help 2>&1); rc=$?
@@ -155,6 +156,10 @@ targets:
       method: api_key
       provider: openai-key
 EOF
+"$BIN" ca init --state-dir "$T/ft" --from-table "$T/table.yaml" >/dev/null 2>&1; rc=$?
+fttext=$(openssl x509 -in "$T/ft/ca.crt" -noout -text 2>/dev/null)
+[ $rc -eq 0 ] && grep -q "X509v3 Name Constraints: critical" <<<"$fttext" && grep -q "DNS:api.example.com" <<<"$fttext" &&
+  ok "ca init --from-table permits the table's target hosts" || bad "ca init --from-table" "rc=$rc"
 "$BIN" env --help >"$T/envhelp" 2>&1 && grep -q "usage: airlock env" "$T/envhelp" && ok "env --help" || bad "env --help"
 "$BIN" env >/dev/null 2>&1; rc=$?
 [ $rc -eq 2 ] && ok "env without -c: exit 2" || bad "env without -c" "rc=$rc"
