@@ -37,6 +37,7 @@ static int parse_uint(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_address(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_string_list(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_providers(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_passthrough(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_string_map(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_type(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_method(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
@@ -78,7 +79,7 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                      "Per-principal rules; must be empty until inbound authentication lands."},
     [AL_S_EGRESS] = {"egress", AL_SK_MAP, NULL, TBL(egress), 0, 0, 0, 0, 0, "",
                      "Destinations beyond the targets."},
-    [AL_S_EGRESS_PASSTHROUGH] = {"egress.passthrough", AL_SK_STRING_LIST, parse_string_list,
+    [AL_S_EGRESS_PASSTHROUGH] = {"egress.passthrough", AL_SK_STRING_LIST, parse_passthrough,
                                  TBL(egress.passthrough),
                                  offsetof(al_table, egress.passthrough_count), 0, 0, 0, 0, "[]",
                                  "Hosts (exact or `*.suffix`) CONNECT may tunnel blindly: no "
@@ -496,6 +497,33 @@ static int parse_string_list(al_schema_ctx *c, const al_schema_row *r, yaml_node
     return AL_OK;
 }
 
+/* egress.passthrough: exact host names or "*.suffix", each checked where written. */
+static int parse_passthrough(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    int bad = 0;
+    if (v && v->type == YAML_SEQUENCE_NODE)
+        for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top;
+             it++) {
+            yaml_node_t *n = yaml_document_get_node(c->doc, *it);
+            if (!n || n->type != YAML_SCALAR_NODE)
+                continue; /* parse_string_list reports the shape */
+            const char *p = (const char *)n->data.scalar.value;
+            const char *h = !strncmp(p, "*.", 2) ? p + 2 : p;
+            size_t len = strlen(h);
+            int ok = len > 0 && len <= 253 && h[0] != '.' && h[0] != '-';
+            for (size_t i = 0; ok && i < len; i++)
+                ok = isalnum((unsigned char)h[i]) || h[i] == '.' || h[i] == '-' || h[i] == '_';
+            if (!ok) {
+                al_schema_error(c, n,
+                                "egress.passthrough: '%.80s' is not a host name or "
+                                "\"*.suffix\"",
+                                p);
+                bad = 1;
+            }
+        }
+    return bad ? AL_ERR_CONFIG : parse_string_list(c, r, v);
+}
+
 static int parse_providers(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
 {
     al_auth *a = &c->target->auth;
@@ -776,6 +804,7 @@ static void walk_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *
         }
         al_target *tg = &t->targets[t->target_count++];
         tg->auth.method = AL_AUTH_NONE;
+        tg->type = AL_TYPE_COUNT; /* = not given; the type's parser sets it */
         al_mark m = al_schema_mark(item);
         tg->line = m.line;
         tg->column = m.column;

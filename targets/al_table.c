@@ -359,6 +359,10 @@ static int set_upstream(loader *L, al_target *t, const char *label, const char *
         }
     const char *auth_start = url + (secure ? 8 : 7);
     size_t auth_len = strcspn(auth_start, "/?#");
+    if (auth_len == 0) {
+        al_schema_error_at(c, at, "target %s: '%s' has no host", label, what);
+        goto out;
+    }
     if (memchr(auth_start, '@', auth_len)) {
         al_schema_error_at(c, at,
                            "target %s: '%s' must not contain user info (credentials belong in "
@@ -605,7 +609,7 @@ static void check_auth(loader *L, al_target *t, const char *label, yaml_node_t *
             L->oom = 1;
         if (!a->service && !derived)
             al_schema_error_at(c, seen_key(c, AL_S_A_METHOD),
-                               "target %s: iam on a %s target needs 'service' (the SigV4 signing "
+                               "target %s: iam on type '%s' needs 'service' (the SigV4 signing "
                                "name)",
                                label, al_target_type_name(t->type));
     }
@@ -649,7 +653,7 @@ static void on_target(al_schema_ctx *c, yaml_node_t *node, void *arg)
                            "target name '%.80s' must match [a-z0-9][a-z0-9-]* (at most %d "
                            "characters)",
                            t->name, NAME_MAX_LEN);
-    int have_type = seen_key(c, AL_S_T_TYPE).line && (unsigned)t->type < AL_TYPE_COUNT;
+    int have_type = (unsigned)t->type < AL_TYPE_COUNT; /* AL_TYPE_COUNT until parsed */
     if (!seen_key(c, AL_S_T_TYPE).line) {
         al_schema_error_at(c, start,
                            "target %s: missing 'type' (lambda, api_gateway, openapi, smithy or "
@@ -855,13 +859,6 @@ static void check_table(loader *L)
             if (ls[i].addr && ls[j].addr && !strcmp(ls[i].addr, ls[j].addr))
                 al_schema_error_at(c, seen_val(c, ls[i].id), "'%s' uses the same address as '%s'",
                                    al_schema_rows[ls[i].id].path, al_schema_rows[ls[j].id].path);
-    for (size_t i = 0; i < t->egress.passthrough_count; i++) {
-        const char *p = t->egress.passthrough[i];
-        const char *h = !strncmp(p, "*.", 2) ? p + 2 : p;
-        if (!*h || !all_chars(h, strlen(h), ".-_") || h[0] == '.' || strlen(h) > 253)
-            al_schema_error_at(c, seen_val(c, AL_S_EGRESS_PASSTHROUGH),
-                               "egress.passthrough: '%.80s' is not a host name or \"*.suffix\"", p);
-    }
     if (t->environment && !name_ok(t->environment, ENV_MAX, "-_."))
         al_schema_error_at(c, seen_val(c, AL_S_ENVIRONMENT),
                            "environment '%.80s' must be letters, digits, '-', '_' or '.'",
