@@ -40,6 +40,9 @@
  * it (a reused connection found dead after the body began), the request fails with
  * AL_UPSTREAM_RESET and the caller decides whether it can replay. */
 #include "al_upstream.h"
+
+/* Per worker and upstream host; see al_upstream_pool_new. */
+#define AL_UPSTREAM_MAX_HOST_CONNECTIONS 128
 #include "al_egress.h"
 #include "common/al_err.h"
 
@@ -846,7 +849,11 @@ int al_upstream_pool_new(struct ev_loop *loop, al_upstream_pool **out)
     p->multiplex = al_upstream_multiplexes();
     curl_multi_setopt(p->multi, CURLMOPT_PIPELINING,
                       p->multiplex ? (long)CURLPIPE_MULTIPLEX : (long)CURLPIPE_NOTHING);
-    curl_multi_setopt(p->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L); /* unlimited */
+    /* A burst of agent streams (1,000 on one h2 connection) must not become a burst
+     * of upstream TLS handshakes: past this many connections to one host a request
+     * waits in curl's queue for a connection to come free (its first-byte timer only
+     * starts once it is sent). */
+    curl_multi_setopt(p->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)AL_UPSTREAM_MAX_HOST_CONNECTIONS);
     curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, 256L);        /* idle cache */
     *out = p;
     return AL_OK;
