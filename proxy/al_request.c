@@ -934,12 +934,56 @@ static int route_tunnel(al_req *r)
     return 0;
 }
 
+/* 1 if a segment of path[0..len) is "." or ".." (also percent-encoded): routing
+ * matches raw prefixes, so "/v1/../admin" would be routed by "/v1" and then
+ * resolved by the upstream to "/admin", outside the target's base path. */
+static int path_has_dot_segment(const char *path, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && path[i] == '/')
+            i++;
+        size_t dots = 0, j = i;
+        for (;;) {
+            if (j < len && path[j] == '.') {
+                dots++;
+                j++;
+            } else if (j + 2 < len && path[j] == '%' && path[j + 1] == '2' &&
+                       (path[j + 2] == 'e' || path[j + 2] == 'E')) {
+                dots++;
+                j += 3;
+            } else {
+                break;
+            }
+        }
+        if (dots >= 1 && dots <= 2 && (j == len || path[j] == '/'))
+            return 1;
+        while (j < len && path[j] != '/')
+            j++;
+        i = j;
+    }
+    return 0;
+}
+
+static int refuse_dot_segments(al_req *r, const char *path, size_t len)
+{
+    const char *q = memchr(path, '?', len);
+    if (!path_has_dot_segment(path, q ? (size_t)(q - path) : len))
+        return 0;
+    refuse(r, 400, "path_not_normalized",
+           "the request path contains a '.' or '..' segment; send the normalised path "
+           "(airlock never lets a path climb out of a target's base path)");
+    return -1;
+}
+
 static int route(al_req *r)
 {
     const al_router *router = r->table->router;
     const char *tg = r->target;
     size_t tl = r->target_len;
 
+    if (refuse_dot_segments(r, tg, tl) != 0)
+        return -1;
     if (r->tunnel_host)
         return route_tunnel(r);
 

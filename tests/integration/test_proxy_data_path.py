@@ -236,6 +236,17 @@ def test_refusals_unknown_target_and_modes():
     assert code == 400 and "/t/<target>" in j["message"] and "absolute" in j["message"], j
 
 
+def test_dot_segments_cannot_climb_out_of_a_target():
+    for path in ("/../x", "/a/%2e%2E/x", "/./x", "/a/.."):
+        code, body = curl("--path-as-is", AL.gateway_url("root", path))
+        assert code == 400 and json.loads(body)["error"] == "path_not_normalized", (path, code, body)
+    code, body = curl("--path-as-is", "-x", AL.proxy_url(),
+                      "http://127.0.0.1:%d/api/v1/../admin" % ECHO[1])
+    assert code == 400 and json.loads(body)["error"] == "path_not_normalized", (code, body)
+    code, body = curl(AL.gateway_url("root", "/a..b/.well-known/x"))  # dots inside names are fine
+    assert code == 200, (code, body)
+
+
 def test_egress_guard_refuses_localhost():
     code, body = curl(AL.gateway_url("private", "/x"))
     j = json.loads(body)
