@@ -139,7 +139,7 @@ void al_schema_walk(al_schema_ctx *c, yaml_node_t *root);
 
 /* The key's last component ("scopes" for "targets[].auth.scopes"). */
 const char *al_schema_key(const al_schema_row *r);
-/* "header", "query"... or NULL: the names an ENUM row accepts, for docs. */
+/* "string", "list of strings"...: the kind as shown in docs and messages. */
 const char *al_schema_kind_name(enum al_schema_kind k);
 /* Levenshtein distance, case-insensitive, capped at 255. */
 unsigned al_schema_distance(const char *a, const char *b);

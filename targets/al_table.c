@@ -35,6 +35,7 @@
 #define NAME_MAX_LEN   63
 #define PROVIDER_MAX   128 /* AL_STORE_NAME_MAX in identity/ */
 #define ENV_MAX        64
+#define MAX_DEPTH      32 /* the schema needs 5; anything deeper is not a table */
 
 /* ---- diagnostics -------------------------------------------------------------- */
 
@@ -904,6 +905,36 @@ static void yaml_problem(al_diags *d, const char *file, const yaml_parser_t *p)
         al_diags_add(d, file, line, col, "YAML syntax error: %s", what);
 }
 
+/* libyaml has no nesting limit and its scanner slows down with depth, so one cheap
+ * event pass refuses deep nesting before the document is built. Returns 0 or 1
+ * (reported). Syntax errors are left to the load that follows. */
+static int too_deep(const char *name, const char *data, size_t len, al_diags *d)
+{
+    yaml_parser_t p;
+    yaml_event_t ev;
+    int depth = 0, bad = 0;
+    if (!yaml_parser_initialize(&p))
+        return 0;
+    yaml_parser_set_input_string(&p, (const unsigned char *)data, len);
+    while (yaml_parser_parse(&p, &ev)) {
+        yaml_event_type_t type = ev.type;
+        if (type == YAML_SEQUENCE_START_EVENT || type == YAML_MAPPING_START_EVENT) {
+            if (++depth > MAX_DEPTH) {
+                al_diags_add(d, name, (int)ev.start_mark.line + 1, (int)ev.start_mark.column + 1,
+                             "nesting deeper than %d levels", MAX_DEPTH);
+                bad = 1;
+            }
+        } else if (type == YAML_SEQUENCE_END_EVENT || type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        yaml_event_delete(&ev);
+        if (bad || type == YAML_STREAM_END_EVENT)
+            break;
+    }
+    yaml_parser_delete(&p);
+    return bad;
+}
+
 static int load_impl(const char *name, const char *data, size_t len, const char *base_dir,
                      al_table **out, al_diags *diags)
 {
@@ -929,6 +960,8 @@ static int load_impl(const char *name, const char *data, size_t len, const char 
                      al_matrix_error());
         goto out;
     }
+    if (too_deep(name, data, len, diags))
+        goto out;
     yaml_parser_set_input_string(&p, (const unsigned char *)data, len);
     if (!yaml_parser_load(&p, &doc)) {
         yaml_problem(diags, name, &p);
