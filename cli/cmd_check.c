@@ -6,6 +6,8 @@
  * and the schema reference, both generated from data (matrix.yaml, al_schema rows).
  * Exit: 0 valid, 1 invalid or unreadable, 2 usage. */
 #include "al_cli.h"
+#include "common/al_err.h"
+#include "identity/al_identity.h"
 #include "targets/al_matrix.h"
 #include "targets/al_schema.h"
 #include "targets/al_table.h"
@@ -17,19 +19,25 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: airlock check [-c] FILE [--format text|json]\n"
-            "       airlock check --matrix [--format text|json]\n"
-            "       airlock check --schema [--format text|json]\n\n"
-            "Validates a target table: every problem is reported as FILE:LINE:COLUMN: error: ...\n"
-            "(all of them, in one run); a valid table prints its targets.\n\n"
-            "options:\n"
-            "  -c, --config FILE   the target table (or give FILE as the argument)\n"
-            "  --format FORMAT     text (default) or json\n"
-            "  --matrix            print the target-type / auth-method matrix\n"
-            "  --schema            print the table reference (Markdown) generated from the schema\n"
-            "  -h, --help          this help\n\n"
-            "exit status: 0 valid, 1 invalid or unreadable, 2 usage error\n");
+    fprintf(
+        out,
+        "usage: airlock check [-c] FILE [--format text|json] [--state-dir DIR]\n"
+        "       airlock check --matrix [--format text|json]\n"
+        "       airlock check --schema [--format text|json]\n\n"
+        "Validates a target table: every problem is reported as FILE:LINE:COLUMN: error: ...\n"
+        "(all of them, in one run); a valid table prints its targets. When the state dir\n"
+        "holds an identity store, every provider a target names must be in it and belong\n"
+        "to the target's environment.\n\n"
+        "options:\n"
+        "  -c, --config FILE   the target table (or give FILE as the argument)\n"
+        "  --format FORMAT     text (default) or json\n"
+        "  --state-dir DIR     the identity store to check providers against (default:\n"
+        "                      $AIRLOCK_STATE_DIR, else the table's state_dir, else ./.airlock;\n"
+        "                      skipped when there is no store)\n"
+        "  --matrix            print the target-type / auth-method matrix\n"
+        "  --schema            print the table reference (Markdown) generated from the schema\n"
+        "  -h, --help          this help\n\n"
+        "exit status: 0 valid, 1 invalid or unreadable, 2 usage error\n");
 }
 
 /* "a, b (fallback c)" or "-"; caller frees. */
@@ -230,13 +238,20 @@ static int print_schema(int json)
 
 int al_cmd_check(int argc, char **argv)
 {
-    const char *file = NULL, *format = "text";
+    const char *file = NULL, *format = "text", *state_flag = NULL;
     int matrix = 0, schema = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
+        } else if (!strcmp(a, "--state-dir")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "airlock check: %s needs a value\n\n", a);
+                usage(stderr);
+                return 2;
+            }
+            state_flag = argv[++i];
         } else if (!strcmp(a, "-c") || !strcmp(a, "--config") || !strcmp(a, "--format")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "airlock check: %s needs a value\n\n", a);
@@ -289,6 +304,22 @@ int al_cmd_check(int argc, char **argv)
     al_table *t = NULL;
     al_diags_init(&d);
     int rc = al_table_load(file, &t, &d);
+    if (rc == 0) {
+        /* Providers against the store: names that exist, environments that match. */
+        char *state_dir = al_cli_state_dir(state_flag, file);
+        int src = state_dir ? al_identity_check_table(state_dir, t, &d, NULL) : AL_ERR_NOMEM;
+        if (src == AL_ERR_CONFIG) {
+            al_table_unref(t);
+            t = NULL;
+            rc = src;
+        } else if (src != AL_OK) {
+            fprintf(stderr,
+                    "airlock check: could not consult the identity store in %s (%s); "
+                    "providers were not checked\n",
+                    state_dir ? state_dir : "?", al_strerror(src));
+        }
+        free(state_dir);
+    }
     int status;
     if (json)
         status = print_json(file, rc == 0 ? t : NULL, &d) || rc != 0;

@@ -15,6 +15,7 @@
 #include "common/al_err.h"
 #include "common/al_log.h"
 #include "policy/al_audit.h"
+#include "targets/al_table.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -1168,4 +1169,18 @@ int al_identity_verify(al_identity *id, json_t **out)
     al_store_records_free(recs, n);
     *out = json_pack("{s:o}", "credentialProviders", arr);
     return bad ? AL_ERR_KEY : AL_OK;
+}
+
+int al_identity_check_table(const char *state_dir, const al_table *t, al_diags *d,
+                            al_diags *missing)
+{
+    al_identity *id = NULL;
+    int rc = al_identity_open_readonly(state_dir, &id);
+    if (rc == AL_ERR_NOTFOUND)
+        return AL_OK; /* no store yet: nothing to compare with */
+    if (rc != AL_OK)
+        return rc;
+    rc = al_table_check_providers(t, al_identity_provider_env_cb, id, d, missing);
+    al_identity_close(id);
+    return rc;
 }

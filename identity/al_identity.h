@@ -36,9 +36,18 @@ int al_identity_open(const char *state_dir, int flags, al_identity **out);
 int al_identity_open_readonly(const char *state_dir, al_identity **out);
 void al_identity_close(al_identity *id);
 
-/* Callback for al_table_check_providers (targets/al_table.h, being added by another helper): arg is
- * an al_identity*; returns the provider's environment or NULL. */
+/* Callback for al_table_check_providers (targets/al_table.h): arg is an al_identity*;
+ * returns the provider's environment or NULL. */
 const char *al_identity_provider_env_cb(void *arg, const char *provider);
+
+/* Checks every provider the table names against the store in state_dir: it must
+ * belong to the target's environment, and (unless `missing` collects those instead)
+ * exist. A state dir without a store passes. Returns AL_OK, AL_ERR_CONFIG with the
+ * problems in `d`, or the error that kept the store from opening. */
+struct al_table;
+struct al_diags;
+int al_identity_check_table(const char *state_dir, const struct al_table *t, struct al_diags *d,
+                            struct al_diags *missing);
 
 /* Tests inject the clock (unix seconds). NULL restores time(). */
 void al_identity_set_clock(al_identity *id, int64_t (*now)(void *arg), void *arg);

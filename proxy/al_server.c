@@ -7,6 +7,7 @@
  * enforced by each worker's own timer. The admin listener is tiny and bounded: one
  * read of at most 4 KiB per connection, a fixed answer, close. */
 #include "al_server.h"
+#include "identity/al_identity.h"
 #include "al_errors.h"
 #include "al_tls.h"
 #include "common/al_err.h"
@@ -130,12 +131,37 @@ static void on_admin_accept(struct ev_loop *loop, ev_io *io, int revents)
     }
 }
 
+/* Providers named by the table against the store: a wrong environment refuses the
+ * table; a missing provider is only logged (it may be created later and is picked up
+ * live; until then its requests get 502 credential_unavailable). */
+static int check_providers(const char *state_dir, const al_table *t, al_diags *d)
+{
+    al_diags missing;
+    al_diags_init(&missing);
+    int rc = al_identity_check_table(state_dir, t, d, &missing);
+    for (size_t i = 0; i < missing.count; i++)
+        al_log(AL_LOG_WARN, "table.provider_missing", "%s:%d:%d: %s", missing.items[i].file,
+               missing.items[i].line, missing.items[i].column, missing.items[i].message);
+    al_diags_free(&missing);
+    if (rc != AL_OK && rc != AL_ERR_CONFIG) {
+        al_log(AL_LOG_WARN, "store.unavailable",
+               "providers not checked: the store in %s could not be opened (%s)", state_dir,
+               al_strerror(rc));
+        rc = AL_OK;
+    }
+    return rc;
+}
+
 static void reload(al_server *s)
 {
     al_diags d;
     al_diags_init(&d);
     al_table *t = NULL;
     int rc = al_table_load(s->config_path, &t, &d);
+    if (rc == AL_OK && (rc = check_providers(s->state_dir, t, &d)) != AL_OK) {
+        al_table_unref(t);
+        t = NULL;
+    }
     if (rc) {
         log_diags(&d);
         al_log(AL_LOG_ERROR, "table.reload_failed",
@@ -200,6 +226,10 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     if (!s->config_path || !s->state_dir)
         goto out;
     int rc = al_table_load(config_path, &s->table, &d);
+    if (rc == AL_OK && (rc = check_providers(state_dir, s->table, &d)) != AL_OK) {
+        al_table_unref(s->table);
+        s->table = NULL;
+    }
     if (rc) {
         al_diags_print(&d, stderr);
         fprintf(stderr, "airlock serve: %s is invalid (%s)\n", config_path, al_strerror(rc));

@@ -1134,15 +1134,15 @@ static const char *create_verb(enum al_auth_method m)
 }
 
 static int check_one_provider(const al_table *t, const al_target *tg, const char *p, al_mark m,
-                              al_provider_env_fn fn, void *arg, al_diags *d)
+                              al_provider_env_fn fn, void *arg, al_diags *d, al_diags *missing)
 {
     const char *env = fn(arg, p);
     if (!env) {
-        al_diags_add(d, t->path, m.line, m.column,
+        al_diags_add(missing ? missing : d, t->path, m.line, m.column,
                      "target '%s': provider '%s' is not in the identity store; create it with "
                      "`airlock identity %s --name %s`",
                      tg->name, p, create_verb(tg->auth.method), p);
-        return 1;
+        return missing ? 0 : 1;
     }
     if (strcmp(env, tg->environment) != 0) {
         al_diags_add(d, t->path, m.line, m.column,
@@ -1155,17 +1155,18 @@ static int check_one_provider(const al_table *t, const al_target *tg, const char
     return 0;
 }
 
-int al_table_check_providers(const al_table *t, al_provider_env_fn fn, void *arg, al_diags *d)
+int al_table_check_providers(const al_table *t, al_provider_env_fn fn, void *arg, al_diags *d,
+                             al_diags *missing)
 {
     int bad = 0;
     for (size_t i = 0; t && i < t->target_count; i++) {
         const al_target *tg = &t->targets[i];
         for (size_t j = 0; j < tg->auth.provider_count; j++)
             bad += check_one_provider(t, tg, tg->auth.providers[j], tg->auth.provider_marks[j], fn,
-                                      arg, d);
+                                      arg, d, missing);
         if (tg->auth.fallback_provider)
             bad += check_one_provider(t, tg, tg->auth.fallback_provider, tg->auth.fallback_mark, fn,
-                                      arg, d);
+                                      arg, d, missing);
     }
     return bad ? AL_ERR_CONFIG : AL_OK;
 }

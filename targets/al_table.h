@@ -185,7 +185,11 @@ const char *al_auth_method_name(enum al_auth_method m);
  * target whose environment differs from its provider's. Returns AL_OK when all
  * match, AL_ERR_CONFIG otherwise. */
 typedef const char *(*al_provider_env_fn)(void *arg, const char *provider);
-int al_table_check_providers(const al_table *t, al_provider_env_fn fn, void *arg, al_diags *d);
+/* When `missing` is not NULL, a provider absent from the store is reported there and is
+ * not an error (serve: it may be created later and is picked up live); environment
+ * mismatches always are. */
+int al_table_check_providers(const al_table *t, al_provider_env_fn fn, void *arg, al_diags *d,
+                             al_diags *missing);
 
 /* Reads only the `state_dir` of a table file, resolved against the file's
  * directory, without validating the rest (the CLI's state-dir rule). Returns a

@@ -150,6 +150,39 @@ run scj "$BIN" check --schema --format json
 [ $rc -eq 0 ] && $PY -c 'import json,sys; r=json.load(open(sys.argv[1])); k=[x for x in r if x["key"]=="targets[].auth.scopes"][0]; assert k["methods"]==["oauth2_2lo","oauth2_3lo"], k' "$T/scj.out" &&
   ok "--schema --format json" || bad "--schema json" "rc=$rc"
 
+# ---- providers against the store (environments) -----------------------------------
+ST="$T/envstore"
+cat >"$T/env.yaml" <<EOF
+environment: dev
+targets:
+  - name: a
+    type: openapi
+    url: https://a.example.com
+    auth: {method: api_key, provider: prod-key}
+  - name: b
+    type: openapi
+    url: https://b.example.com
+    auth: {method: api_key, provider: dev-key}
+EOF
+run nostore "$BIN" check --state-dir "$ST" "$T/env.yaml"
+[ $rc -eq 0 ] && ok "no store yet: providers are not checked" || bad "no store" "rc=$rc $(cat "$T/nostore.err")"
+printf 'prod-secret-%s' "$$" | "$BIN" identity create-api-key-credential-provider --name prod-key \
+  --environment prod --api-key - --state-dir "$ST" >/dev/null 2>&1
+run envbad "$BIN" check --state-dir "$ST" "$T/env.yaml"
+[ $rc -eq 1 ] &&
+  grep -qxF "$T/env.yaml:6:39: error: target 'a' is in environment 'dev' but provider 'prod-key' belongs to 'prod'; production keys never reach another environment: create a provider in 'dev'" "$T/envbad.err" &&
+  grep -qF "$T/env.yaml:10:39: error: target 'b': provider 'dev-key' is not in the identity store" "$T/envbad.err" &&
+  ! grep -q "prod-secret" "$T/envbad.out" "$T/envbad.err" &&
+  ok "a dev target naming a prod provider is refused with line:column" || bad "environments" "rc=$rc $(cat "$T/envbad.err")"
+run envserve "$BIN" serve --state-dir "$ST" -c "$T/env.yaml"
+[ $rc -eq 1 ] && grep -q "belongs to 'prod'" "$T/envserve.err" &&
+  ok "serve refuses the same table" || bad "serve environments" "rc=$rc"
+printf 'dev-secret' | "$BIN" identity create-api-key-credential-provider --name dev-key \
+  --environment dev --api-key - --state-dir "$ST" >/dev/null 2>&1
+sed -i 's/provider: prod-key/provider: dev-key/' "$T/env.yaml"
+run envok "$BIN" check --state-dir "$ST" "$T/env.yaml"
+[ $rc -eq 0 ] && ok "matching environments pass" || bad "env ok" "rc=$rc $(cat "$T/envok.err")"
+
 # ---- usage ----------------------------------------------------------------------
 run help "$BIN" check --help
 [ $rc -eq 0 ] && grep -q "^usage: airlock check" "$T/help.out" && [ ! -s "$T/help.err" ] &&

@@ -602,7 +602,7 @@ static void test_check_providers(void **state)
                           "      fallback_provider: missing\n");
     al_diags d;
     al_diags_init(&d);
-    assert_int_equal(al_table_check_providers(t, fake_store, NULL, &d), AL_ERR_CONFIG);
+    assert_int_equal(al_table_check_providers(t, fake_store, NULL, &d, NULL), AL_ERR_CONFIG);
     char *got = NULL;
     size_t n = 0;
     FILE *m = open_memstream(&got, &n);
@@ -616,11 +616,23 @@ static void test_check_providers(void **state)
                              "create-oauth2-credential-provider --name missing`\n");
     free(got);
     al_diags_free(&d);
+    /* serve's mode: a missing provider is a warning, a wrong environment still an error */
+    al_diags missing;
+    al_diags_init(&d);
+    al_diags_init(&missing);
+    assert_int_equal(al_table_check_providers(t, fake_store, NULL, &d, &missing), AL_ERR_CONFIG);
+    assert_int_equal(d.count, 1);
+    assert_non_null(strstr(d.items[0].message, "belongs to 'prod'"));
+    assert_int_equal(missing.count, 1);
+    assert_int_equal(missing.items[0].line, 13);
+    assert_non_null(strstr(missing.items[0].message, "'missing' is not in the identity store"));
+    al_diags_free(&d);
+    al_diags_free(&missing);
     al_table_unref(t);
     t = load_ok("targets:\n  - {name: a, type: openapi, url: 'https://a', environment: dev,"
                 " auth: {method: api_key, provider: dev-key}}\n");
     al_diags_init(&d);
-    assert_int_equal(al_table_check_providers(t, fake_store, NULL, &d), AL_OK);
+    assert_int_equal(al_table_check_providers(t, fake_store, NULL, &d, NULL), AL_OK);
     assert_int_equal(d.count, 0);
     al_table_unref(t);
 }
