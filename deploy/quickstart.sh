@@ -54,7 +54,7 @@ fi
 if [ "$build" = 1 ]; then
   say "building (Release) in $builddir/"
   cmake -S . -B "$builddir" -DCMAKE_BUILD_TYPE=Release
-  cmake --build "$builddir" -j
+  cmake --build "$builddir" -j --target airlock
 fi
 
 [ -x "$bin" ] || { echo "quickstart: $bin is missing: run without --no-build" >&2; exit 1; }

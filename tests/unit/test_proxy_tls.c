@@ -29,7 +29,7 @@ static char state_dir[512];
 
 static void rm_rf(const char *dir)
 {
-    char cmd[512];
+    char cmd[sizeof state_dir + 16];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     assert_int_equal(system(cmd), 0);
 }
