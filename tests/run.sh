@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: builds airlock with AddressSanitizer + UndefinedBehaviorSanitizer
-# (build-asan/), runs every fuzz harness for a bounded time (build-fuzz/, clang +
+# (build-asan/), the Release build with warnings as errors (build-release/), runs every
+# fuzz harness for a bounded time (build-fuzz/, clang +
 # libFuzzer) and then every unit and integration test with ctest.
 # Usage: tests/run.sh   (from anywhere; needs deploy/install-deps.sh to have run)
 set -euo pipefail
@@ -15,6 +16,10 @@ fi
 
 cmake -S . -B build-asan -DAL_SANITIZE=ON -DAL_WERROR=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build-asan -j"$jobs"
+
+# The Release build the quickstart uses: -O2 finds warnings (-Werror) a Debug build does not.
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DAL_WERROR=ON >/dev/null
+cmake --build build-release -j"$jobs"
 
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DAL_FUZZ=ON -DAL_WERROR=ON \
   -DCMAKE_BUILD_TYPE=Debug >/dev/null
