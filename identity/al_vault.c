@@ -7,6 +7,7 @@
  * returned. Nonces are random (96 bits) and each data key seals one message. */
 #include "al_vault.h"
 #include "common/al_err.h"
+#include "common/al_hex.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -207,33 +208,12 @@ int al_vault_rewrap(const al_vault *from, const al_vault *to, const char *name, 
 
 static const char check_plain[] = "airlock master key check v1";
 
-static void to_hex(const unsigned char *p, size_t n, char *out)
-{
-    static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hx[p[i] >> 4];
-        out[2 * i + 1] = hx[p[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int hex_val(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int from_hex(const char *s, size_t n, unsigned char *out)
 {
     if (n % 2)
         return AL_ERR_INVAL;
     for (size_t i = 0; i < n / 2; i++) {
-        int a = hex_val((unsigned char)s[2 * i]), b = hex_val((unsigned char)s[2 * i + 1]);
+        int a = al_hex_value((unsigned char)s[2 * i]), b = al_hex_value((unsigned char)s[2 * i + 1]);
         if (a < 0 || b < 0)
             return AL_ERR_INVAL;
         out[i] = (unsigned char)(a << 4 | b);
@@ -255,7 +235,7 @@ int al_vault_make_check(const al_vault *v, char **check_hex)
         free(blob);
         return AL_ERR_NOMEM;
     }
-    to_hex(blob, len, hex);
+    al_hex_encode(blob, len, hex);
     free(blob);
     *check_hex = hex;
     return AL_OK;
@@ -285,7 +265,7 @@ void al_vault_fingerprint(const unsigned char *secret, size_t len, char out[32])
         snprintf(out, 32, "sha256:?");
         return;
     }
-    to_hex(md, 6, hex);
+    al_hex_encode(md, 6, hex);
     memcpy(out, "sha256:", 7);
     memcpy(out + 7, hex, 13); /* 12 hex digits and the NUL */
 }
@@ -355,7 +335,7 @@ static int write_key_file(const char *path, const unsigned char key[AL_VAULT_KEY
         fprintf(stderr, "airlock: cannot create %s: %s\n", tmp, strerror(errno));
         return AL_ERR_IO;
     }
-    to_hex(key, AL_VAULT_KEY_LEN, hex);
+    al_hex_encode(key, AL_VAULT_KEY_LEN, hex);
     hex[2 * AL_VAULT_KEY_LEN] = '\n';
     if (write(fd, hex, 2 * AL_VAULT_KEY_LEN + 1) != 2 * AL_VAULT_KEY_LEN + 1 || fsync(fd) != 0)
         rc = AL_ERR_IO;

@@ -10,6 +10,7 @@
  * cannot smuggle its own credential next to the injected one: its header of the same
  * name is dropped, and every query parameter whose decoded name matches ours
  * (case-insensitively, since some upstream frameworks compare that way) is removed. */
+#include "common/al_hex.h"
 #include "al_inject.h"
 #include "common/al_err.h"
 
@@ -83,16 +84,6 @@ static unsigned char fold(unsigned char c)
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* Does the raw query key k[0..klen), once form-decoded ('+' is a space, %XX a byte),
  * equal `name` case-insensitively? Decodes on the fly: no allocation. */
@@ -104,8 +95,8 @@ static int key_matches(const char *k, size_t klen, const char *name, size_t nlen
         if (c == '+') {
             c = ' ';
         } else if (c == '%' && i + 2 < klen) {
-            int hi = hexval(k[i + 1]);
-            int lo = hexval(k[i + 2]);
+            int hi = al_hex_value(k[i + 1]);
+            int lo = al_hex_value(k[i + 2]);
             if (hi >= 0 && lo >= 0) {
                 c = (unsigned char)(hi << 4 | lo);
                 i += 2;
