@@ -387,13 +387,32 @@ static void test_concurrent_writer_and_reader(void **state)
     al_identity *id = open_w();
     create_key(id, "k", "prod", "secret-1");
     al_identity_close(id);
+    /* The parent posts a byte after each read; the child waits for one before it
+     * starts and again half-way (after draining), so reads overlap the writes on a
+     * machine of any speed. */
+    int sync[2];
+    assert_int_equal(pipe(sync), 0);
+    assert_int_equal(fcntl(sync[1], F_SETFL, O_NONBLOCK), 0);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        close(sync[1]);
+        char b;
         al_identity *w = NULL;
         if (al_identity_open(dir, AL_IDENTITY_WRITE, &w) != AL_OK)
             _exit(3);
+        if (read(sync[0], &b, 1) != 1)
+            _exit(5);
         for (int i = 2; i <= 60; i++) {
+            if (i == 30) {
+                int fl = fcntl(sync[0], F_GETFL);
+                fcntl(sync[0], F_SETFL, fl | O_NONBLOCK);
+                while (read(sync[0], &b, 1) == 1)
+                    ;
+                fcntl(sync[0], F_SETFL, fl);
+                if (read(sync[0], &b, 1) != 1)
+                    _exit(5);
+            }
             char s[32];
             snprintf(s, sizeof s, "secret-%d", i);
             if (update_key(w, "k", s, 0, NULL) != AL_OK)
@@ -418,9 +437,13 @@ static void test_concurrent_writer_and_reader(void **state)
         last = s[0].version;
         al_identity_secrets_free(s, n);
         reads++;
+        ssize_t posted = write(sync[1], "r", 1);
+        (void)posted; /* a full pipe is fine: the child only needs one */
         if (waitpid(pid, &status, WNOHANG) == pid)
             break;
     }
+    close(sync[0]);
+    close(sync[1]);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
     al_identity_secret *s = NULL;
