@@ -27,7 +27,8 @@
 # names (targets https://127.0.0.N), CONNECT + handshake only, each name once (cache miss,
 # signs a leaf) and then again (cache hit); the difference per handshake is the signing.
 # With --rounds R each row is the median round. --perf FILE: after the rounds, one more
-# airlock run per mode under `perf record -g` (not counted), summaries written to FILE. Prints a Markdown table and the ratios
+# airlock run per mode under `perf record` (not counted), summaries written to FILE.
+# Prints a Markdown table and the ratios
 # airlock/nginx and airlock/haproxy. Every process started is killed at the end, by pid.
 # Not a pass/fail test.
 set -euo pipefail
@@ -55,7 +56,7 @@ while [ $# -gt 0 ]; do
     --peers) peers=$2; shift 2 ;;
     --sign-names) sign_names=$2; shift 2 ;;
     --perf) perf_out=$2; shift 2 ;;
-    -h | --help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "run-tls-bench: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
