@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define OUT_HARD_CAP (8u * 1024 * 1024)
@@ -292,9 +293,35 @@ static int maybe_start_tls(al_conn *c)
 {
     if (!c->start_tls_ctx || al_conn_out_pending(c))
         return 0;
+    int nested = c->transport == &al_transport_tls && c->tls && !c->outer_tls;
+    if (!nested) {
+        /* A client may tunnel plain HTTP through CONNECT (undici does for http:// URLs,
+         * curl with --proxytunnel): look at the first byte without taking it. A TLS
+         * ClientHello starts with 0x16; anything else is served as plain HTTP inside
+         * the tunnel, still bound to the CONNECT host. */
+        if (c->proto && c->proto->free)
+            c->proto->free(c);
+        c->proto = NULL;
+        c->proto_state = NULL;
+        c->in_len = 0; /* a client must not send bytes before the 200: discard */
+        unsigned char first = 0;
+        ssize_t n = recv(c->fd, &first, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            al_conn_update(c);
+            return 2; /* wait for the first byte */
+        }
+        if (n <= 0) {
+            conn_kill(c);
+            return -1;
+        }
+        if (first != 0x16) {
+            c->start_tls_ctx = NULL;
+            al_conn_update(c);
+            return 0;
+        }
+    }
     SSL *ssl = SSL_new(c->start_tls_ctx);
     c->start_tls_ctx = NULL;
-    int nested = c->transport == &al_transport_tls && c->tls && !c->outer_tls;
     BIO *bio = NULL;
     if (nested) {
         pthread_once(&outer_bio_once, outer_bio_init);
@@ -416,8 +443,11 @@ static void on_io(struct ev_loop *loop, ev_io *io, int revents)
     (void)loop;
     if ((revents & EV_WRITE) && !c->tls_handshaking && flush_out(c) < 0)
         return;
-    if (c->start_tls_ctx && maybe_start_tls(c) < 0)
-        return;
+    if (c->start_tls_ctx) {
+        int st = maybe_start_tls(c);
+        if (st < 0 || st == 2)
+            return;
+    }
     if (c->tls_handshaking) {
         handshake(c);
         return;

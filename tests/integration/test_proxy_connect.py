@@ -125,6 +125,19 @@ def test_tunnel_host_mismatch_refused():
     assert code == 403 and json.loads(body)["error"] == "tunnel_host_mismatch", r.stdout
 
 
+def test_plain_http_inside_connect_tunnel():
+    # curl --proxytunnel (like undici's default) tunnels http:// URLs through CONNECT and
+    # then speaks plain HTTP: airlock serves it in the tunnel, still bound to its host.
+    r = curl("-p", "-x", AL.proxy_url(), "http://127.0.0.1:%d/plain-tunnel" % ECHO)
+    code, _, body = parse(r)
+    assert code == 200, r.stdout + r.stderr
+    j = json.loads(body)
+    assert j["path"] == "/plain-tunnel" and j["headers"]["x-api-key"] == [SECRET], j
+    r = curl("-p", "-x", AL.proxy_url(), "http://127.0.0.1:%d/x" % ECHO, "-H", "Host: other.example")
+    code, _, body = parse(r)
+    assert code == 403 and json.loads(body)["error"] == "tunnel_host_mismatch", r.stdout
+
+
 def test_leaf_certificate_names_and_validity():
     r = subprocess.run("openssl s_client -connect 127.0.0.1:%d -servername localhost </dev/null "
                        "2>/dev/null | openssl x509 -noout -ext subjectAltName -dates" % AL.tls_port,
