@@ -9,6 +9,7 @@
 #include "al_conn.h"
 #include "al_h1_conn.h"
 #include "al_h2.h"
+#include "al_server.h"
 #include "al_tls.h"
 #include "al_worker.h"
 #include "common/al_err.h"
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define OUT_HARD_CAP (8u * 1024 * 1024)
@@ -395,6 +397,21 @@ static void handshake(al_conn *c)
     ERR_clear_error();
     al_log(AL_LOG_INFO, "tls.handshake_failed", "peer=%s host=%s reason=%s", c->peer,
            c->tunnel_host[0] ? c->tunnel_host : "-", why);
+    /* Security teams see refused handshakes too (an agent without the CA, a probe). */
+    al_audit *a = c->worker->server ? c->worker->server->audit : NULL;
+    if (a) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        al_audit_request rec = {
+            .time_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000,
+            .client = c->peer,
+            .host = c->tunnel_host[0] ? c->tunnel_host : NULL,
+            .protocol = "tls",
+            .decision = "deny",
+            .reason = "tls_handshake_failed",
+        };
+        al_audit_submit(a, &rec);
+    }
     conn_kill(c);
 }
 
