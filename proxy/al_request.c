@@ -21,7 +21,6 @@
 #include "targets/al_router.h"
 
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -494,8 +493,7 @@ static void set_request_id(al_req *r)
         return;
     }
     unsigned char rnd[16];
-    if (RAND_bytes(rnd, sizeof rnd) != 1)
-        memset(rnd, 0, sizeof rnd);
+    al_worker_random_id(r->w, rnd); /* zeroes on a CSPRNG failure */
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < sizeof rnd; i++) {
         r->request_id[2 * i] = hex[rnd[i] >> 4];

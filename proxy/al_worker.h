@@ -61,6 +61,11 @@ typedef struct al_worker {
     size_t conn_count;
     size_t requests_in_flight;
     int draining;
+
+    /* CSPRNG output fetched in bulk for X-Request-Id (one RAND_bytes per 256 ids
+     * rather than per request); this thread only. */
+    unsigned char rid_pool[4096];
+    size_t rid_left; /* unused bytes at the end of rid_pool; 0 = refill (a zeroed worker) */
 } al_worker;
 
 /* Creates the loop, the listening socket(s), pool and resolver. `table` gets a new
@@ -76,6 +81,10 @@ void al_worker_destroy(al_worker *w);
 /* A request's hold on the current table (no atomics on the hot path). */
 al_worker_table *al_worker_table_acquire(al_worker *w);
 void al_worker_table_release(al_worker *w, al_worker_table *slot);
+
+/* 16 unpredictable bytes for a request id, from the worker's bulk CSPRNG buffer.
+ * Returns 0, or AL_ERR_NOMEM if the CSPRNG failed (out is then zeroed). */
+int al_worker_random_id(al_worker *w, unsigned char out[16]);
 
 /* Called by connections. */
 void al_worker_conn_dead(al_worker *w, al_conn *c);
