@@ -32,7 +32,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -422,6 +421,24 @@ static void put_str(enc *e, const char *s, size_t budget)
         return;
     }
     left = strlen(s);
+    /* Fast path (nearly every field): printable ASCII with nothing to escape, within
+     * the budget, goes in with one copy. The per-character path below cost about a
+     * tenth of a small request's instructions. */
+    if (left <= budget) {
+        size_t i = 0;
+        while (i < left) {
+            unsigned char c = (unsigned char)s[i];
+            if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
+                break;
+            i++;
+        }
+        if (i == left) {
+            put(e, "\"", 1);
+            put(e, s, left);
+            put(e, "\"", 1);
+            return;
+        }
+    }
     for (p = (const unsigned char *)s; left && total <= budget; p += adv, left -= adv) {
         adv = escape_one(p, left, tmp, &piece, &plen);
         total += plen;
@@ -449,25 +466,54 @@ static void put_str(enc *e, const char *s, size_t budget)
 static void put_u64(enc *e, uint64_t v)
 {
     char tmp[24];
+    size_t i = sizeof tmp;
     if (v > (uint64_t)INT64_MAX)
         v = (uint64_t)INT64_MAX;
-    int n = snprintf(tmp, sizeof tmp, "%" PRIu64, v);
-    put(e, tmp, (size_t)n);
+    do { /* not snprintf: six numbers a record, formatted in a tenth of the time */
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(e, tmp + i, sizeof tmp - i);
 }
 
 static void put_time(enc *e, int64_t ms)
 {
+    /* The "YYYY-MM-DDTHH:MM:SS." part changes once a second: each thread keeps the
+     * last one it formatted (gmtime_r + snprintf per record were ~1.5k instructions). */
+    static _Thread_local int64_t cached_sec = -1;
+    static _Thread_local char cached[40];
+    static _Thread_local int cached_len;
     char tmp[48];
-    time_t sec = (time_t)(ms / 1000);
-    int frac = (int)(ms % 1000);
-    struct tm tm;
-    if (ms < 0 || !gmtime_r(&sec, &tm)) {
+    if (ms < 0) {
         puts_(e, "null");
         return;
     }
-    int n = snprintf(tmp, sizeof tmp, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
-    put(e, tmp, (size_t)n);
+    int64_t sec64 = ms / 1000;
+    int frac = (int)(ms % 1000);
+    if (sec64 != cached_sec) {
+        time_t sec = (time_t)sec64;
+        struct tm tm;
+        if (!gmtime_r(&sec, &tm)) {
+            puts_(e, "null");
+            return;
+        }
+        int n =
+            snprintf(cached, sizeof cached, "\"%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        if (n < 0 || (size_t)n >= sizeof cached) {
+            puts_(e, "null");
+            return;
+        }
+        cached_len = n;
+        cached_sec = sec64;
+    }
+    memcpy(tmp, cached, (size_t)cached_len);
+    tmp[cached_len] = (char)('0' + frac / 100);
+    tmp[cached_len + 1] = (char)('0' + frac / 10 % 10);
+    tmp[cached_len + 2] = (char)('0' + frac % 10);
+    tmp[cached_len + 3] = 'Z';
+    tmp[cached_len + 4] = '"';
+    put(e, tmp, (size_t)cached_len + 5);
 }
 
 int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
