@@ -760,8 +760,23 @@ static void start_upstream(al_req *r)
 
     /* URL: the target's scheme, host and port; the agent's (rewritten) path. */
     int v6 = strchr(t->host, ':') != NULL;
-    int rc = al_buf_appendf(&r->url, "%s://%s%s%s:%u", t->scheme, v6 ? "[" : "", t->host,
-                            v6 ? "]" : "", t->port);
+    char port[8];
+    size_t pi = sizeof port;
+    unsigned pv = t->port;
+    do { /* appended piece by piece: vsnprintf here was ~3k instructions a request */
+        port[--pi] = (char)('0' + pv % 10);
+        pv /= 10;
+    } while (pv && pi > 1);
+    port[--pi] = ':';
+    int rc = al_buf_append(&r->url, t->scheme, strlen(t->scheme));
+    if (!rc)
+        rc = al_buf_append(&r->url, v6 ? "://[" : "://", v6 ? 4 : 3);
+    if (!rc)
+        rc = al_buf_append(&r->url, t->host, strlen(t->host));
+    if (!rc && v6)
+        rc = al_buf_append(&r->url, "]", 1);
+    if (!rc)
+        rc = al_buf_append(&r->url, port + pi, sizeof port - pi);
     if (!rc)
         rc = al_buf_append(&r->url, path, path_len);
     if (rc) {
