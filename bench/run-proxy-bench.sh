@@ -13,6 +13,10 @@
 #   nginx    nginx reverse proxy, proxy_set_header Authorization, upstream keepalive
 #   haproxy  HAProxy nbthread 1, http-request set-header Authorization
 #   airlock  airlock serve, limits.workers 1, gateway mode /t/bench/ injecting an API key
+#            (the API key goes to 'airlock identity' on stdin, never in argv). The binary:
+#            --airlock BIN or $AIRLOCK_BIN, else the script builds a Release one in
+#            build-release/ (cmake -DCMAKE_BUILD_TYPE=Release, target airlock); a binary
+#            built with AL_SANITIZE is refused, another build type is reported.
 # All four see the same URLs (/t/bench/small, /t/bench/1m.bin); before measuring, each
 # proxy is checked to deliver the injected header to the upstream. All peers run side by
 # side and are measured in turn for each size and concurrency; with --rounds R each
@@ -25,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
 
-airlock_bin=${AIRLOCK_BIN:-$src/build/airlock}
+airlock_bin=${AIRLOCK_BIN:-}
 duration=3
 warmup=1
 concs="1 10 50"
@@ -42,7 +46,7 @@ while [ $# -gt 0 ]; do
     --sizes) sizes=$2; shift 2 ;;
     --peers) peers=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run-proxy-bench: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +54,31 @@ done
 for tool in nginx haproxy h2load curl openssl /usr/bin/python3; do
   command -v "$tool" >/dev/null || { echo "run-proxy-bench: $tool missing: run deploy/install-deps.sh" >&2; exit 1; }
 done
+
+# airlock's figures mean something only for an optimised, uninstrumented build.
+airlock_build="given"
+case " $peers " in
+  *" airlock "*)
+    if [ -z "$airlock_bin" ]; then
+      echo "building a Release airlock in build-release/ ..." >&2
+      cmake -S "$src" -B "$src/build-release" -DCMAKE_BUILD_TYPE=Release -DAL_SANITIZE=OFF \
+        >/dev/null || { echo "run-proxy-bench: cmake configure failed" >&2; exit 1; }
+      cmake --build "$src/build-release" -j2 --target airlock >/dev/null ||
+        { echo "run-proxy-bench: building airlock failed" >&2; exit 1; }
+      airlock_bin=$src/build-release/airlock
+    fi
+    cache=$(dirname "$airlock_bin")/CMakeCache.txt
+    if [ -f "$cache" ]; then
+      if grep -q '^AL_SANITIZE:BOOL=ON' "$cache"; then
+        echo "run-proxy-bench: $airlock_bin is built with AL_SANITIZE (ASan/UBSan): not a benchmark build" >&2
+        exit 1
+      fi
+      airlock_build=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$cache")
+      [ "$airlock_build" = Release ] ||
+        echo "run-proxy-bench: warning: $airlock_bin is a '${airlock_build:-default}' build, not Release" >&2
+    fi
+    ;;
+esac
 
 dir=$(mktemp -d /tmp/airlock-bench.XXXXXX)
 pids=()
@@ -223,6 +252,7 @@ measure() {
 echo "machine: $(nproc) cpus, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "versions: $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(h2load --version | head -1)"
 echo "load average before: $(cut -d" " -f1-3 /proc/loadavg)"
+echo "airlock: $airlock_bin (build type ${airlock_build:-unknown})"
 echo "load: h2load -t 1 -c {$concs} -m $streams -D ${duration}s (warm-up ${warmup}s), h2c prior knowledge"
 : >"$dir/results.tsv"
 notes=()
