@@ -118,8 +118,12 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
         schedule(s->h);
         return;
     }
-    char st[8];
-    snprintf(st, sizeof st, "%03d", status % 1000);
+    char st[4];
+    unsigned sv = (unsigned)(status < 0 ? 0 : status) % 1000;
+    st[0] = (char)('0' + sv / 100);
+    st[1] = (char)('0' + sv / 10 % 10);
+    st[2] = (char)('0' + sv % 10);
+    st[3] = '\0';
     size_t k = 0, off = 0;
     nva[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
     for (size_t i = 0; i < n; i++) {

@@ -364,5 +364,11 @@ void al_worker_destroy(al_worker *w)
     }
     w->current = NULL;
     w->pending = w->table = NULL;
+    while (w->free_reqs) {
+        struct al_worker_free_req *f = w->free_reqs;
+        w->free_reqs = f->next;
+        free(f);
+    }
+    w->free_req_count = 0;
     pthread_mutex_destroy(&w->handoff);
 }

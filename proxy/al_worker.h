@@ -66,7 +66,17 @@ typedef struct al_worker {
      * rather than per request); this thread only. */
     unsigned char rid_pool[4096];
     size_t rid_left; /* unused bytes at the end of rid_pool; 0 = refill (a zeroed worker) */
+
+    /* Ended requests kept for reuse by al_request_new (owned; each starts with an
+     * al_worker_free_req link; at most AL_WORKER_FREE_REQS of them). */
+    struct al_worker_free_req *free_reqs;
+    size_t free_req_count;
 } al_worker;
+
+#define AL_WORKER_FREE_REQS 64
+struct al_worker_free_req {
+    struct al_worker_free_req *next;
+};
 
 /* Creates the loop, the listening socket(s), pool and resolver. `table` gets a new
  * reference. Returns 0 or a negative al_err (e.g. AL_ERR_IO when the port is taken). */
