@@ -213,7 +213,11 @@ static void write_audit(al_req *r)
     if (!a)
         return;
     char path[2048] = "";
-    if (r->target)
+    /* The path that went upstream once routed (forward proxy: without scheme and
+     * authority; gateway: the target's), else what the agent sent. */
+    if (r->up_path)
+        al_audit_redact_query(r->up_path, r->up_path_len, path, sizeof path);
+    else if (r->target)
         al_audit_redact_query(r->target, r->target_len, path, sizeof path);
     al_audit_request rec = {
         .time_ms = r->wall_ms,
@@ -226,7 +230,7 @@ static void write_audit(al_req *r)
         .provider_version = r->sv.version,
         .method = r->method,
         .host = r->host,
-        .path = r->target ? path : NULL,
+        .path = (r->up_path || r->target) ? path : NULL,
         .protocol = r->protocol,
         .status = r->status,
         .bytes_in = r->bytes_in,

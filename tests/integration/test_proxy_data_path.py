@@ -5,6 +5,7 @@ would look at: the header that arrived upstream, the status and JSON error the a
 got, the audit line, the process's memory, and the absence of the secret everywhere
 the agent or a log reader can see."""
 import json
+import re
 import os
 import signal
 import socket
@@ -328,6 +329,17 @@ def test_1000_concurrent_h2_streams():
     assert "1000 succeeded" in r.stdout and "1000 2xx" in r.stdout, r.stdout[-800:]
 
 
+def test_h2_large_responses_on_one_connection():
+    # Regression: 1 MiB responses on concurrent h2 streams once failed midway
+    # (upstream_reset) when framed bytes blocked the stream's output buffer.
+    r = subprocess.run(["h2load", "-n", "20", "-c", "1", "-m", "10",
+                        AL.gateway_url("root", "/bytes?n=1048576")],
+                       capture_output=True, text=True, timeout=120)
+    assert "20 succeeded" in r.stdout and "20 2xx" in r.stdout, r.stdout[-800:]
+    m = re.search(r"\((\d+)\) data", r.stdout)
+    assert m and int(m.group(1)) >= 20 * 1048576, r.stdout[-800:]
+
+
 def test_smuggling_attempts_get_400_and_close():
     g = b"/t/root/smuggle"
     cases = [
@@ -406,6 +418,9 @@ def test_audit_lines_and_refusals():
     assert any(a.get("reason") == "egress_denied" for a in deny), deny[:5]
     ok = [a for a in lines if a.get("target") == "echo" and a.get("status") == 200]
     assert ok and ok[0]["provider"] == "main-key" and ok[0]["method"] == "GET", ok[:2]
+    # forward proxy: the audited path is the path that went upstream, query values removed
+    fwd = [a for a in lines if a.get("request_id") == "agent-req.1"]
+    assert fwd and fwd[0]["path"] == "/api/v1/items?x=" and fwd[0]["host"] == "127.0.0.1", fwd
 
 
 def test_no_secret_in_responses_logs_or_audit():
