@@ -81,47 +81,7 @@ case " $peers " in
 esac
 
 dir=$(mktemp -d /tmp/airlock-bench.XXXXXX)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  if [ "${AIRLOCK_KEEP_TMP:-0}" = 1 ]; then echo "kept $dir" >&2; else rm -rf "$dir"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-# Polls (bounded, 10 s) until 127.0.0.1:$1 accepts, failing early if pid $2 died.
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.05
-  done
-  return 1
-}
-# render TEMPLATE OUT VAR=value...: replaces @VAR@ in the template.
-render() {
-  local in=$1 out=$2 expr=() kv
-  shift 2
-  for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-  sed "${expr[@]}" "$in" >"$out"
-}
-# RSS in KiB of a pid and all its children (nginx master + worker).
-rss_tree() {
-  local total=0 p kb
-  for p in $1 $(pgrep -P "$1" || true); do
-    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-    total=$((total + ${kb:-0}))
-  done
-  echo "$total"
-}
+. bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree
 
 key="bench-$(openssl rand -hex 16)"
 mkdir -p "$dir/www"
