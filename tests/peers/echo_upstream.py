@@ -22,13 +22,17 @@ they arrive, so a 100 MB upload never sits in memory.
 import argparse
 import hashlib
 import json
+import os
 import socket
 import ssl
 import struct
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerserver import PeerServer, tls_context  # noqa: E402
 
 PIECE = 64 * 1024
 MAX_LINE = 8 * 1024  # a chunk-size or trailer line longer than this is a broken peer
@@ -224,32 +228,8 @@ class Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 1024
-    ssl_ctx = None
-
-    def get_request(self):
-        sock, addr = super().get_request()
-        if self.ssl_ctx is not None:
-            # handshake in the connection's thread, not the accept loop
-            sock = self.ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def finish_request(self, request, client_address):
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(10)
-                request.do_handshake()
-                request.settimeout(None)
-            except (OSError, ssl.SSLError) as e:
-                sys.stderr.write("echo: TLS handshake failed: %s\n" % e)
-                return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request, client_address):
-        sys.stderr.write("echo: connection error from %s: %s\n" % (client_address, sys.exc_info()[1]))
+class Server(PeerServer):
+    peer_name = "echo"
 
 
 def main():
@@ -263,10 +243,7 @@ def main():
         ap.error("--tls-cert and --tls-key go together")
     srv = Server((a.host, a.port), Handler)
     if a.tls_cert:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(a.tls_cert, a.tls_key)
-        ctx.set_alpn_protocols(["http/1.1"])
-        srv.ssl_ctx = ctx
+        srv.ssl_ctx = tls_context(a.tls_cert, a.tls_key)
     print("READY %d" % srv.server_address[1], flush=True)
     try:
         srv.serve_forever()

@@ -31,13 +31,17 @@ Limits: a request body above 1 MiB gets 413; header lines are bounded by http.se
 import argparse
 import hashlib
 import json
+import os
 import socket
 import ssl
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerserver import PeerServer, tls_context  # noqa: E402
 
 MAX_BODY = 1 << 20
 MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
@@ -200,11 +204,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
-    ssl_ctx = None
+class Server(PeerServer):
+    peer_name = "fake_openai"
     record_path = None
     stream_interval_ms = 100
 
@@ -218,27 +219,6 @@ class Server(ThreadingHTTPServer):
         with self._id_lock:
             self._id += 1
             return self._id
-
-    def get_request(self):
-        sock, addr = super().get_request()
-        if self.ssl_ctx is not None:
-            # handshake in the connection's thread, not the accept loop
-            sock = self.ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def finish_request(self, request, client_address):
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(10)
-                request.do_handshake()
-                request.settimeout(None)
-            except (OSError, ssl.SSLError) as e:
-                sys.stderr.write("fake_openai: TLS handshake failed: %s\n" % e)
-                return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request, client_address):
-        sys.stderr.write("fake_openai: connection error from %s: %s\n" % (client_address, sys.exc_info()[1]))
 
 
 def main():
@@ -256,11 +236,7 @@ def main():
     srv.record_path = a.record
     srv.stream_interval_ms = max(0, a.stream_interval_ms)
     if a.tls_cert:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(a.tls_cert, a.tls_key)
-        ctx.set_alpn_protocols(["http/1.1"])
-        srv.ssl_ctx = ctx
+        srv.ssl_ctx = tls_context(a.tls_cert, a.tls_key)
     print("READY %d" % srv.server_address[1], flush=True)
     try:
         srv.serve_forever()
