@@ -670,13 +670,20 @@ out:
     return rc;
 }
 
+/* A write that lost the race for the store's change counter (another process wrote
+ * first) is redone on the fresh state, a bounded number of times. */
+static int with_retries(int (*once)(al_identity *, const al_provider_spec *, uint32_t *),
+                        al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
+{
+    int rc = AL_ERR_AGAIN;
+    for (int i = 0; i < WRITE_RETRIES && rc == AL_ERR_AGAIN; i++)
+        rc = once(id, sp, version_out);
+    return rc;
+}
+
 int al_identity_create(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
 {
-    int rc;
-    for (int i = 0; i < WRITE_RETRIES; i++)
-        if ((rc = create_once(id, sp, version_out)) != AL_ERR_AGAIN)
-            return rc;
-    return rc;
+    return with_retries(create_once, id, sp, version_out);
 }
 
 static int get_kind(al_identity *id, const char *name, const char *kind, al_store_record *r)
@@ -775,11 +782,7 @@ out:
 
 int al_identity_update(al_identity *id, const al_provider_spec *sp, uint32_t *version_out)
 {
-    int rc;
-    for (int i = 0; i < WRITE_RETRIES; i++)
-        if ((rc = update_once(id, sp, version_out)) != AL_ERR_AGAIN)
-            return rc;
-    return rc;
+    return with_retries(update_once, id, sp, version_out);
 }
 
 int al_identity_delete(al_identity *id, const char *name, const char *kind)
