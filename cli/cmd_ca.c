@@ -27,19 +27,21 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: airlock ca init [--force] [--permit-host NAME]... [--from-table FILE]\n"
                  "                       [--state-dir DIR | -c FILE]\n"
-                 "       airlock ca cert [--state-dir DIR | -c FILE]\n"
+                 "       airlock ca cert [-o PEM] [--state-dir DIR | -c FILE]\n"
                  "\n"
                  "The local CA used to intercept HTTPS tunnels (CONNECT) so airlock can inject\n"
                  "credentials. Agents must trust its certificate: see 'airlock env'.\n"
                  "\n"
                  "  init   create <state_dir>/ca.key (ECDSA P-256, mode 0600) and ca.crt\n"
                  "         (self-signed, 10 years). Leaves it signs live 24 hours.\n"
-                 "  cert   print the CA certificate (PEM) on standard output\n"
+                 "  cert   print the CA certificate (PEM) on standard output, or write it\n"
+                 "         to -o PEM (only when there is one: no empty file on failure)\n"
                  "\n"
                  "options:\n"
                  "  --state-dir DIR      where the CA lives (default: $AIRLOCK_STATE_DIR, the\n"
                  "                       state_dir of -c FILE, else ./.airlock)\n"
                  "  -c FILE              take state_dir from this target table\n"
+                 "  -o, --out PEM        ca cert: write the certificate to PEM instead of stdout\n"
                  "  --force              replace an existing CA (agents must trust the new one)\n"
                  "  --permit-host NAME   name-constrain the CA: it can only vouch for NAME and\n"
                  "                       its subdomains (or that IP); repeatable. localhost,\n"
@@ -66,7 +68,29 @@ static int check_key_mode(const char *state_dir)
     return 0;
 }
 
-static int ca_cert(const char *state_dir)
+/* Writes the certificate to `path` through a temporary file and rename (0644: it is
+ * public), so a failure never leaves an empty or partial file behind. */
+static int write_cert_file(X509 *x, const char *path)
+{
+    char tmp[4096 + 8];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        fprintf(stderr, "airlock: output path too long\n");
+        return 1;
+    }
+    (void)remove(tmp);
+    FILE *fp = fopen(tmp, "wxe");
+    int ok = fp && PEM_write_X509(fp, x);
+    if (fp && fclose(fp) != 0)
+        ok = 0;
+    if (ok && chmod(tmp, 0644) == 0 && rename(tmp, path) == 0)
+        return 0;
+    fprintf(stderr, "airlock: cannot write %s: %s\n", path, strerror(errno));
+    if (fp)
+        (void)remove(tmp);
+    return 1;
+}
+
+static int ca_cert(const char *state_dir, const char *out_path)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/ca.crt", state_dir);
@@ -83,6 +107,11 @@ static int ca_cert(const char *state_dir)
     if (!x) {
         fprintf(stderr, "airlock: %s is not a PEM certificate\n", path);
         return 1;
+    }
+    if (out_path) {
+        int rc = write_cert_file(x, out_path);
+        X509_free(x);
+        return rc;
     }
     int ok = PEM_write_X509(stdout, x);
     X509_free(x);
@@ -162,7 +191,8 @@ static int permit_from_table(const char *file, al_table **table, const char **pe
 
 int al_cmd_ca(int argc, char **argv)
 {
-    const char *verb = NULL, *flag_state = NULL, *config = NULL, *from_table = NULL;
+    const char *verb = NULL, *flag_state = NULL, *config = NULL, *from_table = NULL,
+               *out_path = NULL;
     const char **permit = calloc(PERMIT_MAX, sizeof *permit);
     size_t n_permit = 0;
     int force = 0, status = 2;
@@ -185,6 +215,8 @@ int al_cmd_ca(int argc, char **argv)
             flag_state = argv[++i];
         } else if (strcmp(a, "-c") == 0 && has_value) {
             config = argv[++i];
+        } else if ((strcmp(a, "-o") == 0 || strcmp(a, "--out") == 0) && has_value) {
+            out_path = argv[++i];
         } else if (strcmp(a, "--from-table") == 0 && has_value) {
             from_table = argv[++i];
         } else if (strcmp(a, "--permit-host") == 0 && has_value) {
@@ -212,6 +244,11 @@ int al_cmd_ca(int argc, char **argv)
         goto out;
     }
     int is_init = strcmp(verb, "init") == 0;
+    if (is_init && out_path) {
+        fprintf(stderr, "airlock ca init: -o is for 'ca cert'\n\n");
+        usage(stderr);
+        goto out;
+    }
     if (!is_init && (force || n_permit || from_table)) {
         fprintf(stderr, "airlock ca cert: --force, --permit-host and --from-table are for "
                         "'ca init'\n\n");
@@ -224,7 +261,7 @@ int al_cmd_ca(int argc, char **argv)
         goto out;
     }
     if (!is_init) {
-        status = ca_cert(state_dir);
+        status = ca_cert(state_dir, out_path);
         goto out;
     }
     if (from_table && permit_from_table(from_table, &table, permit, &n_permit) != 0)

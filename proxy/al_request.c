@@ -1017,6 +1017,63 @@ static int refuse_dot_segments(al_req *r, const char *path, size_t len)
     return -1;
 }
 
+/* 1 if host[0..hl) names the loopback interface. */
+static int is_loopback_name(const char *host, size_t hl)
+{
+    static const char *const names[] = {"localhost", "127.0.0.1", "::1"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (hl == strlen(names[i]) && strncasecmp(host, names[i], hl) == 0)
+            return 1;
+    return 0;
+}
+
+/* 1 if host:port is the listener address `listen` ("host:port", "[v6]:port"): the
+ * same host, or a loopback name when airlock listens on loopback or on a wildcard
+ * address (0.0.0.0, ::), where loopback reaches it too. */
+static int is_listen_address(const char *listen, const char *host, size_t hl, uint16_t port)
+{
+    const char *lh;
+    size_t lhl;
+    uint16_t lport;
+    if (!listen || split_authority(listen, strlen(listen), &lh, &lhl, &lport, 0) != 0 ||
+        lport != port)
+        return 0;
+    if (lhl == hl && strncasecmp(lh, host, hl) == 0)
+        return 1;
+    int wildcard = (lhl == 7 && memcmp(lh, "0.0.0.0", 7) == 0) ||
+                   (lhl == 2 && memcmp(lh, "::", 2) == 0) || (lhl == 1 && lh[0] == '*');
+    return (wildcard || is_loopback_name(lh, lhl)) && is_loopback_name(host, hl);
+}
+
+/* A forward-proxy request for airlock's own gateway URL
+ * (GET http://<listen.proxy or listen.tls>/t/<name>/... sent to the proxy) is a
+ * gateway request. It happens whenever NO_PROXY does not exempt airlock's address:
+ * `airlock env` keeps a target's host out of NO_PROXY, and a target may live on
+ * airlock's own IP. Gateway mode is reachable directly anyway, so this grants
+ * nothing new. If so, *tg / *tl are narrowed to the origin-form path. */
+static void self_gateway(const al_req *r, const char **tg, size_t *tl)
+{
+    const char *t = *tg;
+    size_t n = *tl;
+    if (r->authority || n <= 7 || strncasecmp(t, "http://", 7) != 0)
+        return;
+    const char *a = t + 7, *e = a;
+    while (e < t + n && *e != '/' && *e != '?')
+        e++;
+    size_t rest = n - (size_t)(e - t);
+    const char *host;
+    size_t hl;
+    uint16_t port;
+    if (rest < 3 || memcmp(e, "/t/", 3) != 0 || memchr(a, '@', (size_t)(e - a)) ||
+        split_authority(a, (size_t)(e - a), &host, &hl, &port, 80) != 0)
+        return;
+    if (is_listen_address(r->table->listen.proxy, host, hl, port) ||
+        is_listen_address(r->table->listen.tls, host, hl, port)) {
+        *tg = e;
+        *tl = rest;
+    }
+}
+
 static int route(al_req *r)
 {
     const al_router *router = r->table->router;
@@ -1028,6 +1085,7 @@ static int route(al_req *r)
     if (r->tunnel_host)
         return route_tunnel(r);
 
+    self_gateway(r, &tg, &tl);
     if (tl >= 3 && memcmp(tg, "/t/", 3) == 0) {
         const char *name = tg + 3;
         size_t nl = 0;

@@ -62,6 +62,27 @@ static void admin_reply(admin_conn *a, int status, const char *body)
     (void)w;
 }
 
+/* GET /ca.crt: the CA certificate serve uses (public; never the key), so agents as
+ * other users or on other machines can trust it without reading the state dir. */
+static void admin_ca_cert(admin_conn *a)
+{
+    char *pem = NULL, head[256];
+    size_t len = 0;
+    if (!a->s->ca || al_ca_cert_pem(a->s->ca, &pem, &len) != 0) {
+        admin_reply(a, 404,
+                    "{\"error\":\"no_ca\",\"message\":\"this airlock has no CA; create one "
+                    "with 'airlock ca init' and restart serve\"}\n");
+        return;
+    }
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 200 OK\r\ncontent-type: application/x-pem-file\r\n"
+                     "content-length: %zu\r\nconnection: close\r\n\r\n",
+                     len);
+    if (send(a->io.fd, head, (size_t)n, MSG_NOSIGNAL) == n)
+        (void)send(a->io.fd, pem, len, MSG_NOSIGNAL);
+    free(pem);
+}
+
 static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
 {
     admin_conn *a = io->data;
@@ -94,6 +115,8 @@ static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
                 a->s->creds
                     ? "{\"status\":\"not_ready\"}\n"
                     : "{\"status\":\"not_ready\",\"reason\":\"credential store not open\"}\n");
+    } else if (strncmp(a->buf, "GET /ca.crt ", 12) == 0) {
+        admin_ca_cert(a);
     } else {
         admin_reply(a, 404,
                     "{\"error\":\"not_found\",\"message\":\"the admin listener serves GET "

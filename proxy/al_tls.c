@@ -511,6 +511,28 @@ const char *al_ca_cert_path(const al_ca *ca)
     return ca->cert_path;
 }
 
+int al_ca_cert_pem(const al_ca *ca, char **out, size_t *len)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *data = NULL, *copy = NULL;
+    long n;
+    int rc = AL_ERR_NOMEM;
+    if (!bio)
+        return rc;
+    if (!PEM_write_bio_X509(bio, ca->cert) || (n = BIO_get_mem_data(bio, &data)) <= 0)
+        goto out;
+    if (!(copy = malloc((size_t)n + 1)))
+        goto out;
+    memcpy(copy, data, (size_t)n);
+    copy[n] = '\0';
+    *out = copy;
+    *len = (size_t)n;
+    rc = 0;
+out:
+    BIO_free(bio);
+    return rc;
+}
+
 EVP_PKEY *al_ca_leaf_key(const al_ca *ca)
 {
     return ca->leaf_key;

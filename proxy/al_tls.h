@@ -28,6 +28,9 @@ int al_ca_load(const char *state_dir, size_t cache_capacity, al_ca **out);
 void al_ca_free(al_ca *ca);
 /* Path of the CA certificate file (static storage inside ca). */
 const char *al_ca_cert_path(const al_ca *ca);
+/* The CA certificate in use, as PEM (public part only; never the key), in a
+ * malloc'd NUL-terminated buffer the caller frees. */
+int al_ca_cert_pem(const al_ca *ca, char **out, size_t *len);
 
 /* Context for intercepted tunnels: its certificate callback picks the leaf for the
  * client's SNI, falling back to the name set with al_tls_set_intercept_name(). */
