@@ -162,14 +162,24 @@ fttext=$(openssl x509 -in "$T/ft/ca.crt" -noout -text 2>/dev/null)
   ok "ca init --from-table permits the table's target hosts" || bad "ca init --from-table" "rc=$rc"
 "$BIN" env --help >"$T/envhelp" 2>&1 && grep -q "usage: airlock env" "$T/envhelp" && ok "env --help" || bad "env --help"
 "$BIN" env >/dev/null 2>&1; rc=$?
-[ $rc -eq 2 ] && ok "env without -c: exit 2" || bad "env without -c" "rc=$rc"
+[ $rc -eq 2 ] && ok "env without -c or --proxy: exit 2" || bad "env without -c or --proxy" "rc=$rc"
 "$BIN" env -c "$T/table.yaml" --bogus >/dev/null 2>&1; rc=$?
 [ $rc -eq 2 ] && ok "env: unknown flag exits 2" || bad "env: unknown flag" "rc=$rc"
 
 E=$T/envstate
+# env never creates a CA (it would be one serve does not use): it says what to run.
+"$BIN" env -c "$T/table.yaml" --state-dir "$E" >"$T/env.out" 2>"$T/env.err"; rc=$?
+[ $rc -eq 1 ] && [ ! -s "$T/env.out" ] && [ ! -e "$E" ] && grep -q "airlock ca init" "$T/env.err" &&
+  ok "env without a CA: exit 1, names 'airlock ca init', creates nothing" || bad "env without a CA" "rc=$rc $(cat "$T/env.err")"
+"$BIN" ca init --state-dir "$E" >/dev/null 2>&1
 "$BIN" env -c "$T/table.yaml" --state-dir "$E" >"$T/env.out" 2>"$T/env.err"; rc=$?
 [ $rc -eq 0 ] && ok "env: exit 0" || bad "env: exit 0" "rc=$rc $(cat "$T/env.err")"
-[ -f "$E/ca.crt" ] && [ "$(mode "$E/ca.key")" = 600 ] && ok "env created the CA" || bad "env created the CA"
+# ca cert -o writes only when there is a certificate: no empty file behind.
+"$BIN" ca cert --state-dir "$T/noca" -o "$T/noca.pem" >/dev/null 2>"$T/noca.err"; rc=$?
+[ $rc -eq 1 ] && [ ! -e "$T/noca.pem" ] && grep -q "airlock ca init" "$T/noca.err" &&
+  ok "ca cert -o without a CA: exit 1, no file" || bad "ca cert -o without a CA" "rc=$rc"
+"$BIN" ca cert --state-dir "$E" -o "$T/out.pem" >/dev/null 2>&1 && cmp -s "$T/out.pem" "$E/ca.crt" &&
+  [ "$(mode "$T/out.pem")" = 644 ] && ok "ca cert -o writes the certificate (0644)" || bad "ca cert -o"
 (
   unset HTTPS_PROXY HTTP_PROXY NO_PROXY SSL_CERT_FILE REQUESTS_CA_BUNDLE CURL_CA_BUNDLE NODE_EXTRA_CA_CERTS
   eval "$(cat "$T/env.out")"
