@@ -7,8 +7,8 @@
  * HTTPS_PROXY/HTTP_PROXY (and the lower-case names curl reads) point at
  * listen.proxy (or --proxy); NO_PROXY keeps loopback and the proxy itself direct,
  * except hosts that are targets (they must go through airlock); a CA bundle (the
- * system's CAs plus airlock's) is written for SSL_CERT_FILE, REQUESTS_CA_BUNDLE and
- * CURL_CA_BUNDLE; NODE_EXTRA_CA_CERTS gets airlock's CA alone (Node adds it to its
+ * system's CAs plus airlock's) is written for SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
+ * CURL_CA_BUNDLE and GIT_SSL_CAINFO; NODE_EXTRA_CA_CERTS gets airlock's CA alone (Node adds it to its
  * own roots).
  *
  * env never creates a CA: a CA made here (say in another --state-dir, or by an agent
@@ -48,9 +48,9 @@ static void usage(FILE *out)
                  "  eval \"$(airlock env -c airlock.yaml)\"\n"
                  "\n"
                  "Sets HTTPS_PROXY, HTTP_PROXY (and https_proxy, http_proxy) to listen.proxy,\n"
-                 "NO_PROXY/no_proxy, and SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE to a\n"
-                 "CA bundle (system CAs + airlock's CA); NODE_EXTRA_CA_CERTS to airlock's CA\n"
-                 "certificate. It never creates a CA: run 'airlock ca init' (or 'airlock serve')\n"
+                 "NO_PROXY/no_proxy, and SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,\n"
+                 "GIT_SSL_CAINFO to a CA bundle (system CAs + airlock's CA); NODE_EXTRA_CA_CERTS\n"
+                 "to airlock's CA certificate. It never creates a CA: run 'airlock ca init' (or 'airlock serve')\n"
                  "first. An agent that cannot read the state dir (another user, another\n"
                  "machine) fetches the certificate from the admin listener and passes it:\n"
                  "  curl -fsS http://127.0.0.1:8081/ca.crt > airlock-ca.pem\n"
@@ -471,6 +471,7 @@ int al_cmd_env(int argc, char **argv)
     print_export("SSL_CERT_FILE", bundle);
     print_export("REQUESTS_CA_BUNDLE", bundle);
     print_export("CURL_CA_BUNDLE", bundle);
+    print_export("GIT_SSL_CAINFO", bundle); /* git's libcurl reads none of the above */
     print_export("NODE_EXTRA_CA_CERTS", ca_path);
     status = fflush(stdout) == 0 ? 0 : 1;
     goto out;

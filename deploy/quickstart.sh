@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # quickstart.sh: install, build and run airlock on a working demo, on a fresh Debian 12.
 #
-#   ./deploy/quickstart.sh [--no-install] [--no-build]
+#   ./deploy/quickstart.sh [--no-install] [--no-build] [--prefix DIR]
 #
 # 1. deploy/install-deps.sh (with sudo when not root)      skipped by --no-install
 # 2. Release build in build/                                skipped by --no-build
-# 3. airlock check of deploy/examples/quickstart.yaml
-# 4. the demo API-key provider "demo-key" in ./.airlock, a random key made by
+# 3. cmake --install build (prefix /usr/local, or --prefix DIR; sudo when not root and
+#    the prefix is not writable): bin/airlock, share/airlock/examples/,
+#    lib/systemd/system/airlock.service, the man page airlock(1)
+# 4. airlock check of deploy/examples/quickstart.yaml
+# 5. the demo API-key provider "demo-key" in ./.airlock, a random key made by
 #    `openssl rand` and piped on stdin (never on a command line); kept if present
-# 5. a local echo upstream on 127.0.0.1:9090 (tests/peers/echo_upstream.py) and
+# 6. a local echo upstream on 127.0.0.1:9090 (tests/peers/echo_upstream.py) and
 #    `airlock serve` on 127.0.0.1:8080 (admin 127.0.0.1:8081), then the curl lines to
 #    try; runs until Ctrl-C, then stops both (by pid).
 set -euo pipefail
@@ -16,13 +19,21 @@ cd "$(dirname "$0")/.."
 
 install=1
 build=1
+prefix=/usr/local
 builddir=${AIRLOCK_BUILD_DIR:-build}
-for arg in "$@"; do
+while [ $# -gt 0 ]; do
+  arg=$1
+  shift
   case "$arg" in
     --no-install) install=0 ;;
     --no-build) build=0 ;;
+    --prefix)
+      [ $# -gt 0 ] || { echo "quickstart: --prefix needs a directory" >&2; exit 2; }
+      prefix=$1
+      shift
+      ;;
     -h | --help)
-      sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -32,7 +43,7 @@ for arg in "$@"; do
   esac
 done
 
-# (AIRLOCK_BUILD_DIR and AIRLOCK_QUICKSTART_TABLE are for testing this script)
+# (AIRLOCK_BUILD_DIR, AIRLOCK_QUICKSTART_TABLE and DESTDIR are for testing this script)
 bin=$builddir/airlock
 table=${AIRLOCK_QUICKSTART_TABLE:-deploy/examples/quickstart.yaml}
 state=./.airlock
@@ -54,10 +65,23 @@ fi
 if [ "$build" = 1 ]; then
   say "building (Release) in $builddir/"
   cmake -S . -B "$builddir" -DCMAKE_BUILD_TYPE=Release
-  cmake --build "$builddir" -j --target airlock
+  cmake --build "$builddir" -j --target airlock airlock_man
 fi
 
 [ -x "$bin" ] || { echo "quickstart: $bin is missing: run without --no-build" >&2; exit 1; }
+
+# The README's commands call `airlock` by name: install it (and the example tables,
+# the systemd unit and the man page). DESTDIR stages the install (packaging, tests).
+say "installing airlock into ${DESTDIR:-}$prefix (cmake --install $builddir)"
+mkdir -p "${DESTDIR:-}$prefix" 2>/dev/null || true
+if [ -n "${DESTDIR:-}" ] || [ "$(id -u)" -eq 0 ] || [ -w "$prefix" ]; then
+  cmake --install "$builddir" --prefix "$prefix"
+else
+  sudo cmake --install "$builddir" --prefix "$prefix"
+fi
+if [ -z "${DESTDIR:-}" ] && [ "$(command -v airlock 2>/dev/null)" != "$prefix/bin/airlock" ]; then
+  echo "note: $prefix/bin is not first on your PATH; add it: export PATH=\"$prefix/bin:\$PATH\""
+fi
 [ -f "$table" ] || { echo "quickstart: $table is missing" >&2; exit 1; }
 
 # Runs "$@" and sets out/rc without tripping set -e.
@@ -185,13 +209,19 @@ cat <<EOF
 airlock is running (pid $airlock_pid, log $logdir/airlock.log); the echo upstream
 (pid $echo_pid) answers with the headers it received.
 
-Try it from another terminal. Gateway mode (the agent calls the target's URL on airlock):
+Try it from another terminal, in $PWD (README.md, "Agent set-up").
+Gateway mode (the agent calls the target's URL on airlock):
 
   curl -s http://127.0.0.1:8080/t/demo/hello
 
 Forward-proxy mode (the agent uses airlock as its HTTP proxy):
 
   curl -s -x http://127.0.0.1:8080 http://127.0.0.1:9090/hello
+
+Or let airlock set up a shell's proxy and CA variables, then call as usual:
+
+  eval "\$(airlock env -c deploy/examples/quickstart.yaml)"
+  curl -s http://127.0.0.1:9090/hello
 
 In the JSON the upstream sends back, "authorization" holds "Bearer demo-...": airlock
 took the key from its encrypted store ($state) and added it on the way out; the

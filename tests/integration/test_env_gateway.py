@@ -119,6 +119,18 @@ def test_eval_env_then_forward_and_gateway_with_requests():
     assert r.stdout.split("\n")[:3] == ["200 Bearer " + SECRET] * 3, r.stdout
 
 
+def test_eval_env_then_git_over_https():
+    # git's libcurl (GnuTLS on Debian) reads neither SSL_CERT_FILE nor CURL_CA_BUNDLE:
+    # env's GIT_SSL_CAINFO is what lets it verify the intercepted tunnel.
+    url = "https://127.0.0.1:%d/repo.git" % ECHO_PORT
+    base = 'eval "$(%s env -c %s 2>/dev/null)" && ' % (airlock_cmd(), shlex.quote(AL.table_path))
+    env = clean_env(AIRLOCK_STATE_DIR=AL.state_dir, GIT_TERMINAL_PROMPT="0")
+    r = sh(base + "git ls-remote %s" % shlex.quote(url), env=env)
+    assert r.returncode == 0, r.stderr
+    r = sh(base + "unset GIT_SSL_CAINFO && git ls-remote %s" % shlex.quote(url), env=env)
+    assert r.returncode != 0 and "certificate" in r.stderr, r
+
+
 def proxied(url, *extra):
     """curl -x <proxy> URL with no env; (status, body)."""
     r = subprocess.run(["curl", "-sS", "--max-time", "20", "--noproxy", "", "-x", AL.proxy_url(),
