@@ -8,8 +8,8 @@
  * listen.proxy (or --proxy); NO_PROXY keeps loopback and the proxy itself direct,
  * except hosts that are targets (they must go through airlock); a CA bundle (the
  * system's CAs plus airlock's) is written for SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
- * CURL_CA_BUNDLE and GIT_SSL_CAINFO; NODE_EXTRA_CA_CERTS gets airlock's CA alone (Node adds it to its
- * own roots).
+ * CURL_CA_BUNDLE and GIT_SSL_CAINFO; NODE_EXTRA_CA_CERTS gets airlock's CA alone (Node adds it to
+ * its own roots).
  *
  * env never creates a CA: a CA made here (say in another --state-dir, or by an agent
  * running as another user) would be one `serve` does not use, and agents would
@@ -41,34 +41,36 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: airlock env -c FILE [--state-dir DIR] [--ca-file PEM] [--bundle-out PATH]\n"
-                 "       airlock env --proxy URL --ca-file PEM [--no-proxy LIST] [--bundle-out PATH]\n"
-                 "\n"
-                 "Print the environment an agent needs, as export lines for the shell:\n"
-                 "  eval \"$(airlock env -c airlock.yaml)\"\n"
-                 "\n"
-                 "Sets HTTPS_PROXY, HTTP_PROXY (and https_proxy, http_proxy) to listen.proxy,\n"
-                 "NO_PROXY/no_proxy, and SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,\n"
-                 "GIT_SSL_CAINFO to a CA bundle (system CAs + airlock's CA); NODE_EXTRA_CA_CERTS\n"
-                 "to airlock's CA certificate. It never creates a CA: run 'airlock ca init' (or 'airlock serve')\n"
-                 "first. An agent that cannot read the state dir (another user, another\n"
-                 "machine) fetches the certificate from the admin listener and passes it:\n"
-                 "  curl -fsS http://127.0.0.1:8081/ca.crt > airlock-ca.pem\n"
-                 "  eval \"$(airlock env --proxy http://127.0.0.1:8080 --ca-file airlock-ca.pem)\"\n"
-                 "\n"
-                 "options:\n"
-                 "  -c FILE            the target table: listen.proxy, state_dir, and the target\n"
-                 "                     hosts kept out of NO_PROXY\n"
-                 "  --proxy URL        the proxy agents use (http://host:port); instead of, or\n"
-                 "                     overriding, the table's listen.proxy\n"
-                 "  --ca-file PEM      airlock's CA certificate (instead of <state_dir>/ca.crt)\n"
-                 "  --state-dir DIR    where the CA lives (default: $AIRLOCK_STATE_DIR, the\n"
-                 "                     table's state_dir, else ./.airlock)\n"
-                 "  --no-proxy LIST    NO_PROXY instead of localhost,127.0.0.1,::1 and the\n"
-                 "                     proxy's host\n"
-                 "  --bundle-out PATH  write the CA bundle here (default: <state_dir>/ca-bundle.pem;\n"
-                 "                     with --ca-file, $XDG_CACHE_HOME or ~/.cache/airlock/)\n"
-                 "  -h, --help         show this help\n");
+    fprintf(out,
+            "usage: airlock env -c FILE [--state-dir DIR] [--ca-file PEM] [--bundle-out PATH]\n"
+            "       airlock env --proxy URL --ca-file PEM [--no-proxy LIST] [--bundle-out PATH]\n"
+            "\n"
+            "Print the environment an agent needs, as export lines for the shell:\n"
+            "  eval \"$(airlock env -c airlock.yaml)\"\n"
+            "\n"
+            "Sets HTTPS_PROXY, HTTP_PROXY (and https_proxy, http_proxy) to listen.proxy,\n"
+            "NO_PROXY/no_proxy, and SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,\n"
+            "GIT_SSL_CAINFO to a CA bundle (system CAs + airlock's CA); NODE_EXTRA_CA_CERTS\n"
+            "to airlock's CA certificate. It never creates a CA: run 'airlock ca init'\n"
+            "(or 'airlock serve') first. An agent that cannot read the state dir (another\n"
+            "user, another machine) fetches the certificate from the admin listener and\n"
+            "passes it:\n"
+            "  curl -fsS http://127.0.0.1:8081/ca.crt > airlock-ca.pem\n"
+            "  eval \"$(airlock env --proxy http://127.0.0.1:8080 --ca-file airlock-ca.pem)\"\n"
+            "\n"
+            "options:\n"
+            "  -c FILE            the target table: listen.proxy, state_dir, and the target\n"
+            "                     hosts kept out of NO_PROXY\n"
+            "  --proxy URL        the proxy agents use (http://host:port); instead of, or\n"
+            "                     overriding, the table's listen.proxy\n"
+            "  --ca-file PEM      airlock's CA certificate (instead of <state_dir>/ca.crt)\n"
+            "  --state-dir DIR    where the CA lives (default: $AIRLOCK_STATE_DIR, the\n"
+            "                     table's state_dir, else ./.airlock)\n"
+            "  --no-proxy LIST    NO_PROXY instead of localhost,127.0.0.1,::1 and the\n"
+            "                     proxy's host\n"
+            "  --bundle-out PATH  write the CA bundle here (default: <state_dir>/ca-bundle.pem;\n"
+            "                     with --ca-file, $XDG_CACHE_HOME or ~/.cache/airlock/)\n"
+            "  -h, --help         show this help\n");
 }
 
 /* Prints `export NAME='value'` with the value safe for any POSIX shell. */
@@ -262,8 +264,8 @@ static char *absolute(const char *path)
 
 /* --proxy URL: "http(s)://host:port[/]" -> *scheme_len, and authority/host as
  * proxy_authority() makes them. */
-static int proxy_from_url(const char *url, size_t *scheme_len, char *out, size_t outsz,
-                          char *host, size_t hostsz)
+static int proxy_from_url(const char *url, size_t *scheme_len, char *out, size_t outsz, char *host,
+                          size_t hostsz)
 {
     size_t sl = strncasecmp(url, "http://", 7) == 0    ? 7
                 : strncasecmp(url, "https://", 8) == 0 ? 8
@@ -300,8 +302,9 @@ static char *cache_bundle_path(void)
         if (i == 1)
             strcat(dir, "/airlock");
         if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-            fprintf(stderr, "airlock: cannot create %s for the CA bundle: %s; pass "
-                            "--bundle-out PATH\n",
+            fprintf(stderr,
+                    "airlock: cannot create %s for the CA bundle: %s; pass "
+                    "--bundle-out PATH\n",
                     dir, strerror(errno));
             return NULL;
         }
@@ -332,8 +335,7 @@ static void explain_no_ca(const char *ca_path, int err, int from_state_dir, cons
                 "  eval \"$(airlock env --proxy %s --ca-file airlock-ca.pem)\"\n",
                 ca_path, strerror(err), admin, proxy_url);
     else if (err)
-        fprintf(stderr, "airlock: cannot read the CA certificate %s: %s\n", ca_path,
-                strerror(err));
+        fprintf(stderr, "airlock: cannot read the CA certificate %s: %s\n", ca_path, strerror(err));
     else
         fprintf(stderr, "airlock: %s is not a PEM certificate\n", ca_path);
 }
@@ -342,8 +344,7 @@ int al_cmd_env(int argc, char **argv)
 {
     const char *flag_state = NULL, *config = NULL, *bundle_flag = NULL, *proxy_flag = NULL,
                *ca_flag = NULL, *no_proxy_flag = NULL;
-    char *state_flagged = NULL, *state_dir = NULL, *bundle = NULL, *ca_pem = NULL,
-         *ca_path = NULL;
+    char *state_flagged = NULL, *state_dir = NULL, *bundle = NULL, *ca_pem = NULL, *ca_path = NULL;
     char key_path[PATH_MAX + 16];
     char authority[600], proxy_host[300], no_proxy[NO_PROXY_MAX], url[700];
     size_t ca_len = 0, scheme_len = 7;
