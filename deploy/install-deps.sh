@@ -11,7 +11,7 @@ packages=(
   libjansson-dev libsqlite3-dev libhttp-parser-dev libcmocka-dev
   # test peers and clients
   curl openssl nginx haproxy nghttp2-client nghttp2-server wrk sqlite3 procps
-  python3 python3-requests python3-httpx python3-h2 nodejs npm
+  python3 python3-requests python3-httpx python3-h2 nodejs npm git groff-base
 )
 
 SUDO=""
