@@ -96,6 +96,14 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         if (s->eof)
             end_of_data(ng, s, flags);
     }
+    /* The paused upstream is resumed by the kick (h2_on_read), never from inside
+     * nghttp2's send loop. Without this wake-up the resume waited for some other
+     * event: the kick's resume pass runs before its send pass, so a buffer framed
+     * below the mark by that send (after a WINDOW_UPDATE, say) left the stream
+     * paused for good once no other stream kept the connection busy (the last
+     * streams of a batch stalled at "90% done" under CPU contention). */
+    if (s->out_paused && out_pending(s) < STREAM_OUT_HIGH / 2)
+        schedule(s->h);
     return (ssize_t)n;
 }
 
