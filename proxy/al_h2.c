@@ -136,8 +136,9 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
     nva[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
     for (size_t i = 0; i < n; i++) {
         const al_header *x = &h[i];
-        static const char *const drop[] = {"connection", "keep-alive",       "transfer-encoding",
-                                           "upgrade",    "proxy-connection", "te"};
+        static const char *const drop[] = {"connection",    "keep-alive", "transfer-encoding",
+                                           "upgrade",       "te",         "proxy-connection",
+                                           "content-length"};
         int skip = 0;
         for (size_t d = 0; d < sizeof drop / sizeof drop[0]; d++)
             if (x->name_len == strlen(drop[d]) && strncasecmp(x->name, drop[d], x->name_len) == 0)
@@ -150,7 +151,14 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
                                 x->value_len, NGHTTP2_NV_FLAG_NONE};
         off += x->name_len;
     }
-    (void)clen; /* content-length passes through among the headers */
+    /* The length comes from how airlock frames the body (al_request counts it), not
+     * from whatever the upstream's header said. */
+    char cl[24];
+    if (clen >= 0 && status != 204 && status >= 200) {
+        int cn = snprintf(cl, sizeof cl, "%lld", (long long)clen);
+        nva[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, (size_t)cn,
+                                NGHTTP2_NV_FLAG_NONE};
+    }
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = data_read};
     int no_body = s->is_head || status == 204 || status == 304;
     int rv = nghttp2_submit_response(s->h->ng, s->id, nva, k, no_body ? NULL : &prd);

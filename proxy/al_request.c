@@ -84,6 +84,8 @@ struct al_req {
     /* response */
     int status;
     int head_sent, finished, audited;
+    int64_t resp_length; /* Content-Length the agent was told, -1 none (or no body) */
+    uint64_t resp_sent;  /* body bytes passed to the sink */
     const char *reason;
     al_buf refuse_body;
     size_t refuse_off;
@@ -181,6 +183,7 @@ al_req *al_request_new(al_worker *w, const al_req_sink *sink, void *arg, const c
     r->arg = arg;
     r->protocol = protocol;
     r->body_length = -1;
+    r->resp_length = -1;
     copy_str(r->client, sizeof r->client, client);
     al_buf_init(&r->inj_value, 16 * 1024);
     al_buf_init(&r->inj_target, 64 * 1024);
@@ -630,7 +633,13 @@ static void up_on_head(void *arg, int status, const al_header *h, size_t n)
     r->status = status;
     r->upstream_ms = al_upstream_elapsed_ms(r->up);
     r->head_sent = 1;
-    r->sink->head(r->arg, status, h, n, header_int(h, n, "content-length", -1));
+    int64_t clen = header_int(h, n, "content-length", -1);
+    /* The length the agent frames the body by is counted here too: never a byte past
+     * it, and an end short of it is an abort, whatever the upstream does. */
+    int bodyless = status == 204 || status == 304 || (r->method && !strcmp(r->method, "HEAD"));
+    r->resp_length = bodyless ? -1 : clen;
+    r->resp_sent = 0;
+    r->sink->head(r->arg, status, h, n, clen);
 }
 
 static int up_on_body(void *arg, const char *data, size_t len)
@@ -638,14 +647,24 @@ static int up_on_body(void *arg, const char *data, size_t len)
     al_req *r = arg;
     if (r->retrying)
         return 0;
-    int rc = r->sink->body(r->arg, data, len);
+    size_t n = len;
+    if (r->resp_length >= 0 && (uint64_t)r->resp_length - r->resp_sent < n)
+        n = (size_t)((uint64_t)r->resp_length - r->resp_sent);
+    int rc = n ? r->sink->body(r->arg, data, n) : 0;
     if (rc == AL_ERR_AGAIN) {
         r->out_paused = 1;
         return AL_ERR_AGAIN;
     }
     if (rc < 0)
         return rc;
-    r->bytes_out += len;
+    r->bytes_out += n;
+    r->resp_sent += n;
+    if (n < len) {
+        refuse(r, 502, "upstream_bad_framing",
+               "%s:%u sent more body than its Content-Length (%lld bytes)", r->t->host, r->t->port,
+               (long long)r->resp_length);
+        return AL_ERR_PROTO;
+    }
     return 0;
 }
 
@@ -700,7 +719,19 @@ static void up_on_done(void *arg, enum al_upstream_error err, const char *detail
     }
     switch (err) {
     case AL_UPSTREAM_OK:
+        if (r->resp_length >= 0 && r->resp_sent != (uint64_t)r->resp_length) {
+            refuse(r, 502, "upstream_bad_framing",
+                   "%s:%u ended the body after %llu of its %lld bytes (Content-Length)", r->t->host,
+                   r->t->port, (unsigned long long)r->resp_sent, (long long)r->resp_length);
+            return;
+        }
         finish(r, 1);
+        return;
+    case AL_UPSTREAM_BAD_FRAMING:
+        refuse(r, 502, "upstream_bad_framing",
+               "%s:%u sent a response whose length is ambiguous (%s); airlock does not forward "
+               "it and closed that connection; fix the upstream's framing headers",
+               r->t->host, r->t->port, detail ? detail : "conflicting framing headers");
         return;
     case AL_UPSTREAM_CONNECT:
         refuse(r, 502, "upstream_connect_failed", "could not connect to %s:%u (%s): %s", r->t->host,

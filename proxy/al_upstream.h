@@ -43,6 +43,10 @@ enum al_upstream_error {
     AL_UPSTREAM_TIMEOUT_FIRST_BYTE,/* -> 504 upstream_timeout */
     AL_UPSTREAM_TIMEOUT_IDLE,      /* -> 504 upstream_timeout (or abort if headers already sent) */
     AL_UPSTREAM_RESET,             /* connection reset / malformed response -> 502 upstream_reset */
+    AL_UPSTREAM_BAD_FRAMING,       /* ambiguous body framing in the response head (two
+                                      Content-Length values, Content-Length with
+                                      Transfer-Encoding, ...) -> 502 upstream_bad_framing; the
+                                      connection is closed, never reused */
     AL_UPSTREAM_ABORTED,           /* cancelled by the caller */
 };
 
