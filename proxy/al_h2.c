@@ -33,6 +33,7 @@ typedef struct h2_stream {
     al_buf out; /* response body not yet framed */
     size_t out_off;
     size_t header_bytes;
+    int64_t clen; /* the request's content-length, -1 none */
     int headers_too_large;
     int started, is_head, eof, rst, out_paused, closed, submitted;
     nghttp2_nv *trailers; /* owned, with the names and values in trailer_buf */
@@ -276,6 +277,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     s->h = h;
     s->id = f->hd.stream_id;
+    s->clen = -1;
     al_buf_init(&s->out, STREAM_OUT_HIGH + 64 * 1024);
     s->req = al_request_new(h->c->worker, &h2_sink, s, "h2", h->c->peer);
     if (!s->req) {
@@ -329,6 +331,17 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
             memcmp(v, "HEAD", 4) == 0)
             s->is_head = 1;
     } else {
+        if (namelen == 14 && memcmp(n, "content-length", 14) == 0) {
+            /* nghttp2 has checked it (digits, one value) and checks the DATA against it:
+             * a mismatch resets the stream with PROTOCOL_ERROR (RFC 9113 section 8.1.1),
+             * which frees the request and cancels the upstream exchange. */
+            int64_t len = valuelen ? 0 : -1;
+            for (size_t i = 0; i < valuelen && len >= 0; i++)
+                len = (value[i] < '0' || value[i] > '9' || len > (INT64_MAX - 9) / 10)
+                          ? -1
+                          : len * 10 + (value[i] - '0');
+            s->clen = len;
+        }
         if (namelen == 4 && memcmp(n, "host", 4) == 0 &&
             !al_request_has_field(s->req, AL_REQ_AUTHORITY))
             rc = al_request_set_field(s->req, AL_REQ_AUTHORITY, v, valuelen);
@@ -353,7 +366,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
             al_request_refuse(s->req, 431, "header_too_large",
                               "the request headers are larger than limits.max_header_bytes");
         } else {
-            al_request_start(s->req, !end_stream, -1);
+            al_request_start(s->req, !end_stream, end_stream ? 0 : s->clen);
         }
     }
     if (end_stream)
