@@ -283,8 +283,14 @@ void al_conn_flush(al_conn *c)
 static int pick_protocol(al_conn *c)
 {
     size_t n = c->in_len < sizeof h2_preface - 1 ? c->in_len : sizeof h2_preface - 1;
-    if (memcmp(c->in, h2_preface, n) != 0)
+    if (memcmp(c->in, h2_preface, n) != 0) {
+        /* "PRI " is the preface's and no HTTP/1.1 client's (RFC 9113 section 3.4): a
+         * preface that goes wrong later is refused by nghttp2 as h2 (GOAWAY), never
+         * answered with an HTTP/1.1 page. */
+        if (c->in_len >= 4 && memcmp(c->in, h2_preface, 4) == 0)
+            return al_h2_attach(c);
         return al_h1_conn_attach(c);
+    }
     if (n < sizeof h2_preface - 1)
         return 1; /* could still be the preface: wait */
     return al_h2_attach(c);

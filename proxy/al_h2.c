@@ -50,6 +50,9 @@ struct h2_session {
     size_t stream_count;
     int sending;
     int goaway;
+    int32_t max_stream_id;  /* the highest stream id a HEADERS frame used */
+    int32_t recent_ids[16]; /* streams closed lately (a ring): their trailers may be late */
+    unsigned recent_pos;
 };
 
 static const al_proto h2_proto;
@@ -267,6 +270,36 @@ static const al_req_sink h2_sink = {sink_head, sink_body, sink_end, sink_body_co
 
 /* ---- nghttp2 callbacks --------------------------------------------------- */
 
+static int recently_closed(const h2_session *h, int32_t id)
+{
+    for (size_t i = 0; i < sizeof h->recent_ids / sizeof h->recent_ids[0]; i++)
+        if (h->recent_ids[i] == id)
+            return 1;
+    return 0;
+}
+
+/* RFC 9113 section 5.1.1: a client opens streams in increasing id order; a HEADERS
+ * frame on a lower id it never used is a connection error (PROTOCOL_ERROR). nghttp2
+ * only ignores such a frame (it cannot tell it from trailers late for a stream it
+ * reset and forgot), so airlock tells them apart: a stream nghttp2 still knows, or one
+ * that closed lately, is left to nghttp2; anything else ends the connection. */
+static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *user)
+{
+    h2_session *h = user;
+    if (hd->type != NGHTTP2_HEADERS || hd->stream_id <= 0)
+        return 0;
+    if (hd->stream_id > h->max_stream_id) {
+        h->max_stream_id = hd->stream_id;
+        return 0;
+    }
+    if (nghttp2_session_find_stream(ng, hd->stream_id) || recently_closed(h, hd->stream_id))
+        return 0;
+    al_log(AL_LOG_DEBUG, "h2.error", "peer=%s HEADERS on stream %d after stream %d", h->c->peer,
+           (int)hd->stream_id, (int)h->max_stream_id);
+    nghttp2_session_terminate_session(ng, NGHTTP2_PROTOCOL_ERROR);
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *user)
 {
     h2_session *h = user;
@@ -398,6 +431,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     if (!s)
         return 0;
     nghttp2_session_set_stream_user_data(ng, id, NULL);
+    h->recent_ids[h->recent_pos++ % (sizeof h->recent_ids / sizeof h->recent_ids[0])] = id;
     s->closed = 1;
     if (s->prev)
         s->prev->next = s->next;
@@ -456,6 +490,8 @@ static int h2_on_read(al_conn *c)
         ssize_t n = nghttp2_session_mem_recv(h->ng, (const uint8_t *)c->in, c->in_len);
         if (n < 0) {
             al_log(AL_LOG_DEBUG, "h2.error", "peer=%s %s", c->peer, nghttp2_strerror((int)n));
+            if (n == NGHTTP2_ERR_BAD_CLIENT_MAGIC) /* it began as h2 (al_conn): answer as h2 */
+                nghttp2_session_terminate_session(h->ng, NGHTTP2_PROTOCOL_ERROR);
             h2_send(h);
             return -1;
         }
@@ -549,6 +585,7 @@ int al_h2_attach(al_conn *c)
     if (!h || nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0)
         goto fail;
     h->c = c;
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
