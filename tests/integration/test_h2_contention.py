@@ -5,7 +5,8 @@ through a gateway target to the tests' echo upstream, while three busy loops
 compete for the cores. A lost wake-up between pausing an upstream (the stream's
 output buffer is full) and resuming it (nghttp2 framed the buffer down) once left
 two streams waiting forever at "90% done". h2load gives up on a connection that
-is silent for a few seconds (-N), so a stall is a failed run, not a hang.
+is silent for 10 s (-N; a healthy run under load is never that quiet), so a stall
+is a failed run, not a hang.
 
 The runs repeat until a time budget is spent or MAX_RUNS are done (at least
 MIN_RUNS): before the fix the stall came in about one run of 30 (a run takes ~0.1 s
@@ -43,7 +44,7 @@ HOGS = 3
 
 
 def one_run(url):
-    r = subprocess.run(["h2load", "-n", "20", "-c", "1", "-m", "10", "-N", "4", url],
+    r = subprocess.run(["h2load", "-n", "20", "-c", "1", "-m", "10", "-N", "10", url],
                        capture_output=True, text=True, timeout=60)
     ok = "20 succeeded" in r.stdout and "20 2xx" in r.stdout
     m = re.search(r"\((\d+)\) data", r.stdout)
