@@ -161,6 +161,9 @@ class EvilUpstream:
                     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nrecorded")
                     continue
                 name = path.rsplit("/", 1)[-1]
+                if name == "short":  # a body shorter than its length, then the close
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok")
+                    return
                 c.sendall(CASES[name][0])
         except OSError:
             rec["eof"] = True
@@ -331,6 +334,27 @@ def test_h2_agent_gets_the_length_airlock_counts():
     r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-w", "\n%{http_code}", "--noproxy",
                         "", AL.gateway_url("evil", "/case/cl_te")], capture_output=True, timeout=20)
     assert r.stdout.endswith(b"\n502") and b"upstream_bad_framing" in r.stdout, r.stdout
+
+
+def test_short_body_aborts_the_agent_response():
+    # h1: the head says 10 bytes, 2 come: the agent connection is closed (never a
+    # kept-alive connection with a response cut short)
+    c = H1()
+    try:
+        try:
+            c.request("/t/evil/case/short")
+            assert False, "a 2-byte body under Content-Length: 10 was delivered whole"
+        except EOFError:
+            pass
+        assert c.closed
+    finally:
+        c.close()
+    # h2: that stream is reset, the connection and its other stream live on
+    r = subprocess.run(["nghttp", "-v", AL.gateway_url("evil", "/case/short"),
+                        AL.gateway_url("good", "/after-short")],
+                       capture_output=True, text=True, timeout=20)
+    assert "recv RST_STREAM" in r.stdout, r.stdout[-1500:]
+    assert '"path": "/after-short"' in r.stdout, r.stdout[-1500:]
 
 
 # --- finding 6: h2 request bodies keep their length ---------------------------------
