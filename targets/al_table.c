@@ -969,6 +969,15 @@ static int load_impl(const char *name, const char *data, size_t len, const char 
     }
     have_doc = 1;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
+    /* An empty document (0 bytes, blanks, comments, a bare null) is what a truncated or
+     * half-written file looks like: refused, so a reload never swaps a working table
+     * for "0 targets". A table with no targets must say so (`targets: []`). */
+    if (al_schema_is_null(root)) {
+        al_diags_add(diags, name, 1, 1,
+                     "the table is empty (no listen:, no targets:); write `targets: []` for a "
+                     "table without targets");
+        goto out;
+    }
     if (root) {
         if (!yaml_parser_load(&p, &extra)) {
             yaml_problem(diags, name, &p);
