@@ -176,6 +176,26 @@ static int is_token(const char *s, size_t n)
     return 1;
 }
 
+/* RFC 9112 3.2 / RFC 3986 3.2.2: a Host value is uri-host [":" port] — reg-name,
+ * IPv4 or [IPv6] characters only, never empty (http and https URIs have an
+ * authority). Surrounding blanks (OWS) are allowed. */
+static int host_value_ok(const char *v, size_t n)
+{
+    while (n && (*v == ' ' || *v == '\t'))
+        v++, n--;
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c && strchr("-._~%!$&'()*+,;=:[]", c))))
+            return 0;
+    }
+    return 1;
+}
+
 /* The smuggling rules http_parser does not enforce by itself. */
 static int check_framing(al_h1_parser *p, al_h1_error *err)
 {
@@ -219,6 +239,16 @@ static int check_framing(al_h1_parser *p, al_h1_error *err)
                 return -1;
             }
             h->chunked = 1;
+        } else if (al_h1_slice_is(h->buf, f->name, "host")) {
+            /* Two Hosts are two answers to "which server": peers may pick differently. */
+            if (++h->host_count > 1) {
+                set_err(err, 400, "bad_request", "more than one Host header");
+                return -1;
+            }
+            if (!host_value_ok(v, f->value.len)) {
+                set_err(err, 400, "bad_request", "invalid Host header value");
+                return -1;
+            }
         } else if (al_h1_slice_is(h->buf, f->name, "expect")) {
             h->expect_continue = trimmed_is(v, f->value.len, "100-continue");
         }

@@ -3,8 +3,9 @@
  * Framing is libhttp-parser's (Debian's libhttp-parser, built strict); on top of it
  * this engine refuses what request smuggling needs and http_parser lets through:
  * bare LF line endings, obs-fold, control bytes in the head, Content-Length and
- * Transfer-Encoding together, more than one Content-Length (even equal ones), and
- * any Transfer-Encoding but exactly "chunked".
+ * Transfer-Encoding together, more than one Content-Length (even equal ones), any
+ * Transfer-Encoding but exactly "chunked", and more than one Host or an invalid or
+ * empty Host value (RFC 9112 3.2). A missing Host is the connection's to judge.
  *
  * Use: al_h1_head_scan() on the bytes received so far says whether a complete head
  * is there (or why it can never be); al_h1_parse_head() parses it into slices of
@@ -41,6 +42,7 @@ typedef struct al_h1_head {
     int chunked;            /* Transfer-Encoding: chunked */
     int64_t content_length; /* -1 when absent */
     int expect_continue;    /* Expect: 100-continue */
+    int host_count;         /* Host fields (more than one is refused) */
 } al_h1_head;
 
 /* A refusal: HTTP status (400 or 431), a JSON error code and a short reason. */

@@ -309,6 +309,18 @@ static int start_request(h1_state *s, size_t head_len)
     return 0;
 }
 
+/* RFC 9112 3.2: an HTTP/1.1 request without Host is a 400, in a tunnel or not (a
+ * CONNECT names its authority in the request line). */
+static int host_missing(const al_h1_head *h, al_h1_error *e)
+{
+    if (h->host_count || h->http_minor < 1 || h->is_connect)
+        return 0;
+    e->status = 400;
+    e->code = "bad_request";
+    e->reason = "an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)";
+    return 1;
+}
+
 static int h1_on_read(al_conn *c)
 {
     h1_state *s = c->proto_state;
@@ -337,7 +349,8 @@ static int h1_on_read(al_conn *c)
             long n = al_h1_head_scan(c->in, c->in_len, limit ? limit : 65536, &e);
             if (n == 0)
                 return 0;
-            if (n < 0 || al_h1_parse_head(&s->p, c->in, (size_t)n, body_cb, s, &e) != 0) {
+            if (n < 0 || al_h1_parse_head(&s->p, c->in, (size_t)n, body_cb, s, &e) != 0 ||
+                host_missing(&s->p.head, &e)) {
                 fail_request(s, &e);
                 return 0;
             }

@@ -52,6 +52,24 @@ static const struct head_case cases[] = {
     {"http/2.0 line", "GET / HTTP/2.0\r\n\r\n", 400},
     {"http/0.9", "GET /\r\n\r\n", 400},
     {"space in url", "GET /a b HTTP/1.1\r\n\r\n", 400},
+    /* Host (RFC 9112 3.2): one, with a uri-host value; missing is the connection's call */
+    {"host with port", "GET / HTTP/1.1\r\nHost: a.example:8443\r\n\r\n", 0},
+    {"host ipv6", "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", 0},
+    {"host OWS", "GET / HTTP/1.1\r\nHost: \t a \t\r\n\r\n", 0},
+    {"two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+    {"two equal hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400},
+    {"two hosts mixed case", "GET / HTTP/1.1\r\nhost: a\r\nHOST: b\r\n\r\n", 400},
+    {"two hosts apart", "GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nhOsT: a\r\n\r\n", 400},
+    {"two hosts http/1.0", "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+    {"two hosts absolute", "GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+    {"two hosts connect", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nHost: b:443\r\n\r\n", 400},
+    {"empty host", "GET / HTTP/1.1\r\nHost:\r\n\r\n", 400},
+    {"blank host", "GET / HTTP/1.1\r\nHost:   \r\n\r\n", 400},
+    {"host list", "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", 400},
+    {"host with path", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400},
+    {"host with userinfo", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400},
+    {"host with space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
+    {"host with backslash", "GET / HTTP/1.1\r\nHost: a\\b\r\n\r\n", 400},
 };
 
 static int parse(const char *raw, size_t len, al_h1_parser *p, al_h1_error *e)
