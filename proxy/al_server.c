@@ -175,6 +175,11 @@ static int check_providers(const char *state_dir, const al_table *t, al_diags *d
     return rc;
 }
 
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
 static void reload(al_server *s)
 {
     al_diags d;
@@ -194,10 +199,15 @@ static void reload(al_server *s)
         return;
     }
     al_diags_free(&d);
-    if ((t->listen.proxy && s->table->listen.proxy &&
-         strcmp(t->listen.proxy, s->table->listen.proxy)) ||
-        (!t->listen.proxy) != (!s->table->listen.proxy))
+    if (!same_str(t->listen.proxy, s->table->listen.proxy))
         al_log(AL_LOG_WARN, "table.reload", "listen addresses change only on restart");
+    /* The store, CA and audit log stay where they were opened. */
+    if (!same_str(t->state_dir, s->table->state_dir))
+        al_log(AL_LOG_WARN, "table.reload",
+               "state_dir changed in %s (%s -> %s) but takes effect only on restart; "
+               "still using %s",
+               s->config_path, s->table->state_dir ? s->table->state_dir : "(none)",
+               t->state_dir ? t->state_dir : "(none)", s->state_dir);
     for (size_t i = 0; i < s->worker_count; i++)
         al_worker_post_table(&s->workers[i], t);
     al_table_unref(s->table);
