@@ -102,15 +102,35 @@ static void tls_release(al_conn *c)
 static size_t tls_pending(al_conn *c)
 {
     size_t n = c->tls ? (size_t)SSL_pending(c->tls) : 0;
+    n += c->pre_len - c->pre_off;
     return n + (c->outer_tls ? (size_t)SSL_pending(c->outer_tls) : 0);
 }
 
-/* TLS in TLS (CONNECT on listen.tls): the inner session's BIO reads and writes
- * through the outer session, so its WANT_READ/WANT_WRITE are the outer's. */
-static int outer_bio_read(BIO *b, char *buf, int n)
+/* The session's own BIO, used when it cannot simply own the fd:
+ *  - TLS in TLS (CONNECT on listen.tls): the inner session reads and writes through
+ *    the outer session, so its WANT_READ/WANT_WRITE are the outer's;
+ *  - bytes the client sent right after its CONNECT head (a ClientHello pipelined
+ *    before the 200 arrived) were already read into c->in: they are kept in c->pre
+ *    and the session reads them before anything from the socket. */
+static int conn_bio_read(BIO *b, char *buf, int n)
 {
-    SSL *outer = BIO_get_data(b);
+    al_conn *c = BIO_get_data(b);
     BIO_clear_retry_flags(b);
+    if (c->pre_off < c->pre_len) {
+        size_t k = c->pre_len - c->pre_off;
+        if (k > (size_t)n)
+            k = (size_t)n;
+        memcpy(buf, c->pre + c->pre_off, k);
+        c->pre_off += k;
+        return (int)k;
+    }
+    if (!c->outer_tls) {
+        ssize_t r = read(c->fd, buf, (size_t)n);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            BIO_set_retry_read(b);
+        return r < 0 ? -1 : (int)r;
+    }
+    SSL *outer = c->outer_tls;
     int r = SSL_read(outer, buf, n);
     if (r <= 0) {
         int e = SSL_get_error(outer, r);
@@ -121,10 +141,17 @@ static int outer_bio_read(BIO *b, char *buf, int n)
     return r;
 }
 
-static int outer_bio_write(BIO *b, const char *buf, int n)
+static int conn_bio_write(BIO *b, const char *buf, int n)
 {
-    SSL *outer = BIO_get_data(b);
+    al_conn *c = BIO_get_data(b);
     BIO_clear_retry_flags(b);
+    if (!c->outer_tls) {
+        ssize_t w = send(c->fd, buf, (size_t)n, MSG_NOSIGNAL);
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            BIO_set_retry_write(b);
+        return w < 0 ? -1 : (int)w;
+    }
+    SSL *outer = c->outer_tls;
     int r = SSL_write(outer, buf, n);
     if (r <= 0) {
         int e = SSL_get_error(outer, r);
@@ -135,7 +162,7 @@ static int outer_bio_write(BIO *b, const char *buf, int n)
     return r;
 }
 
-static long outer_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+static long conn_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
     (void)b;
     (void)num;
@@ -143,15 +170,15 @@ static long outer_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
     return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
-static BIO_METHOD *outer_bio_method;
-static pthread_once_t outer_bio_once = PTHREAD_ONCE_INIT;
+static BIO_METHOD *conn_bio_method;
+static pthread_once_t conn_bio_once = PTHREAD_ONCE_INIT;
 
-static void outer_bio_init(void)
+static void conn_bio_init(void)
 {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "airlock-tls-in-tls");
-    if (m && BIO_meth_set_read(m, outer_bio_read) && BIO_meth_set_write(m, outer_bio_write) &&
-        BIO_meth_set_ctrl(m, outer_bio_ctrl))
-        outer_bio_method = m;
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "airlock-conn");
+    if (m && BIO_meth_set_read(m, conn_bio_read) && BIO_meth_set_write(m, conn_bio_write) &&
+        BIO_meth_set_ctrl(m, conn_bio_ctrl))
+        conn_bio_method = m;
 }
 
 const al_transport al_transport_tls = {"tls", tls_read, tls_write, tls_release, tls_pending};
@@ -311,9 +338,10 @@ static int maybe_start_tls(al_conn *c)
             c->proto->free(c);
         c->proto = NULL;
         c->proto_state = NULL;
-        c->in_len = 0; /* a client must not send bytes before the 200: discard */
-        unsigned char first = 0;
-        ssize_t n = recv(c->fd, &first, 1, MSG_PEEK | MSG_DONTWAIT);
+        /* Bytes sent right after the CONNECT head, before the 200 arrived, are already in
+         * c->in: they are the tunnel's first bytes, not to be lost. */
+        unsigned char first = c->in_len ? (unsigned char)c->in[0] : 0;
+        ssize_t n = c->in_len ? 1 : recv(c->fd, &first, 1, MSG_PEEK | MSG_DONTWAIT);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
             al_conn_update(c);
             return 2; /* wait for the first byte */
@@ -324,6 +352,14 @@ static int maybe_start_tls(al_conn *c)
         }
         if (first != 0x16) {
             c->start_tls_ctx = NULL;
+            if (c->in_len) {
+                if (pick_protocol(c) < 0) {
+                    conn_kill(c);
+                    return -1;
+                }
+                if (c->proto)
+                    al_conn_kick(c); /* no socket event will announce these bytes */
+            }
             al_conn_update(c);
             return 0;
         }
@@ -331,20 +367,34 @@ static int maybe_start_tls(al_conn *c)
     SSL *ssl = SSL_new(c->start_tls_ctx);
     c->start_tls_ctx = NULL;
     BIO *bio = NULL;
-    if (nested) {
-        pthread_once(&outer_bio_once, outer_bio_init);
-        bio = outer_bio_method ? BIO_new(outer_bio_method) : NULL;
+    if (c->in_len) {
+        free(c->pre);
+        c->pre = malloc(c->in_len);
+        if (!c->pre) {
+            SSL_free(ssl);
+            conn_kill(c);
+            return -1;
+        }
+        memcpy(c->pre, c->in, c->in_len);
+        c->pre_len = c->in_len;
+        c->pre_off = 0;
+        c->in_len = 0;
+    }
+    int own_bio = nested || c->pre_len;
+    if (own_bio) {
+        pthread_once(&conn_bio_once, conn_bio_init);
+        bio = conn_bio_method ? BIO_new(conn_bio_method) : NULL;
         if (!bio || !ssl) {
             BIO_free(bio);
             SSL_free(ssl);
             conn_kill(c);
             return -1;
         }
-        BIO_set_data(bio, c->tls);
+        BIO_set_data(bio, c);
         BIO_set_init(bio, 1);
         SSL_set_bio(ssl, bio, bio);
     }
-    if (!ssl || (!nested && SSL_set_fd(ssl, c->fd) != 1) ||
+    if (!ssl || (!own_bio && SSL_set_fd(ssl, c->fd) != 1) ||
         (c->tunnel_host[0] && al_tls_set_intercept_name(ssl, c->tunnel_host) != 0)) {
         SSL_free(ssl);
         conn_kill(c);
@@ -356,13 +406,14 @@ static int maybe_start_tls(al_conn *c)
         c->proto->free(c);
     c->proto = NULL;
     c->proto_state = NULL;
-    c->in_len = 0; /* a client must not send TLS bytes before the 200: discard */
     if (nested)
         c->outer_tls = c->tls;
     c->tls = ssl;
     c->transport = &al_transport_tls;
     c->tls_handshaking = 1;
     c->tls_want_write = 0;
+    if (c->pre_len)
+        al_conn_kick(c); /* the ClientHello is already here: no socket event will come */
     al_conn_update(c);
     return 1;
 }
@@ -487,7 +538,13 @@ static void on_kick(struct ev_loop *loop, ev_timer *t, int revents)
     al_conn *c = t->data;
     (void)loop;
     (void)revents;
-    if (c->dead || !c->proto || c->tls_handshaking)
+    if (c->dead)
+        return;
+    if (c->tls_handshaking) {
+        handshake(c); /* bytes kept in c->pre, or a spurious turn: both harmless */
+        return;
+    }
+    if (!c->proto)
         return;
     if (c->proto->on_read(c) != 0) {
         al_conn_close(c, 1);
@@ -567,6 +624,7 @@ void al_conn_free(al_conn *c)
     if (c->fd >= 0)
         close(c->fd);
     al_buf_free(&c->out, 0);
+    free(c->pre);
     free(c->in);
     free(c);
 }

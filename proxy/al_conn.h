@@ -69,6 +69,10 @@ struct al_conn {
 
     char *in; /* received, not yet consumed: in[0..in_len) */
     size_t in_len, in_cap;
+    /* Received before TLS began (a ClientHello right behind the CONNECT head): the
+     * TLS session reads pre[pre_off..pre_len) before the socket. */
+    char *pre;
+    size_t pre_len, pre_off;
 
     al_buf out; /* queued output out.data[out_off..out.len) */
     size_t out_off;
