@@ -935,6 +935,15 @@ int al_identity_list(al_identity *id, const char *kind, json_t **out)
 
 /* ---- master key rotation ------------------------------------------------ */
 
+/* 1 when the key file in the state dir opens the store sealed with `check`. */
+static int key_file_matches(al_identity *id, const char *check)
+{
+    al_vault *v = NULL;
+    int ok = al_vault_open(id->state_dir, 0, &v) == AL_OK && al_vault_verify_check(v, check) == AL_OK;
+    al_vault_free(v);
+    return ok;
+}
+
 int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out)
 {
     al_store_record *recs = NULL;
@@ -1009,7 +1018,9 @@ int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out)
         unlink(next);
         goto out;
     }
-    if (rename(next, path) != 0) {
+    if (rename(next, path) != 0 && !(errno == ENOENT && key_file_matches(id, check))) {
+        /* ENOENT with a matching key: a serving process that read the store between
+         * the commit and this rename already adopted "<key>.new" (ensure_vault). */
         fprintf(stderr,
                 "airlock: the store was rewrapped but %s could not replace %s (%s); "
                 "it will be adopted on the next open\n",
@@ -1054,6 +1065,18 @@ void al_identity_secrets_free(al_identity_secret *s, size_t n)
     free(s);
 }
 
+/* 1 when the store is now sealed under another master key than the one this handle
+ * holds (a rotate-master-key by another process committed since it was opened): a
+ * row that does not open is then expected, not a sign of tampering. */
+static int master_key_replaced(al_identity *id)
+{
+    char *check = NULL;
+    int replaced = id->vault && id->store->ops->meta_get(id->store, CHECK_KEY, &check) == AL_OK &&
+                   al_vault_verify_check(id->vault, check) == AL_ERR_KEY;
+    free(check);
+    return replaced;
+}
+
 int al_identity_load_secrets(al_identity *id, al_identity_secret **out, size_t *out_n)
 {
     al_store_record *recs = NULL;
@@ -1092,6 +1115,8 @@ int al_identity_load_secrets(al_identity *id, al_identity_secret **out, size_t *
             rc = al_vault_unseal(id->vault, r->name, r->kind, v->version, v->wrapped_key,
                                  v->wrapped_key_len, v->sealed, v->sealed_len, &plain, &pl);
             if (rc != AL_OK) {
+                if (rc == AL_ERR_KEY && master_key_replaced(id))
+                    goto out; /* rotate-master-key ran: the caller re-reads the key file */
                 al_log(AL_LOG_ERROR, "identity.unseal_failed",
                        "provider=%s version=%u does not open: %s", r->name, (unsigned)v->version,
                        al_strerror(rc));
