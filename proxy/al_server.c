@@ -202,7 +202,7 @@ static void reload(al_server *s)
     if (!same_str(t->listen.proxy, s->table->listen.proxy))
         al_log(AL_LOG_WARN, "table.reload", "listen addresses change only on restart");
     /* The store, CA and audit log stay where they were opened. */
-    if (!same_str(t->state_dir, s->table->state_dir))
+    if (!same_str(t->state_dir, s->table->state_dir) && !same_str(t->state_dir, s->state_dir))
         al_log(AL_LOG_WARN, "table.reload",
                "state_dir changed in %s (%s -> %s) but takes effect only on restart; "
                "still using %s",
