@@ -12,28 +12,35 @@
 #include "targets/al_schema.h"
 #include "targets/al_table.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void usage(FILE *out)
 {
     fprintf(
         out,
-        "usage: airlock check [-c] FILE [--format text|json] [--state-dir DIR]\n"
+        "usage: airlock check [-c] FILE [--format text|json] [--state-dir DIR] [--strict]\n"
         "       airlock check --matrix [--format text|json]\n"
         "       airlock check --schema [--format text|json]\n\n"
         "Validates a target table: every problem is reported as FILE:LINE:COLUMN: error: ...\n"
         "(all of them, in one run); a valid table prints its targets. When the state dir\n"
         "holds an identity store, every provider a target names must be in it and belong\n"
-        "to the target's environment.\n\n"
+        "to the target's environment; without a store the providers are not checked (a\n"
+        "warning). The audit log's directory must exist (or be the state dir serve\n"
+        "creates) and be writable. Warnings (FILE:LINE:COLUMN: warning: ...) go to stderr\n"
+        "and do not fail the check unless --strict.\n\n"
         "options:\n"
         "  -c, --config FILE   the target table (or give FILE as the argument)\n"
         "  --format FORMAT     text (default) or json\n"
         "  --state-dir DIR     the identity store to check providers against (default:\n"
         "                      $AIRLOCK_STATE_DIR, else the table's state_dir, else ./.airlock;\n"
-        "                      skipped when there is no store)\n"
+        "                      skipped, with a warning, when there is no store)\n"
+        "  --strict            warnings are errors (exit 1), e.g. no store to check against\n"
         "  --matrix            print the target-type / auth-method matrix\n"
         "  --schema            print the table reference (Markdown) generated from the schema\n"
         "  -h, --help          this help\n\n"
@@ -140,9 +147,19 @@ static json_t *target_json(const al_target *g)
     return o;
 }
 
-static int print_json(const char *file, const al_table *t, const al_diags *d)
+static json_t *diags_json(const al_diags *d)
 {
-    json_t *root = json_object(), *errs = json_array(), *targets = json_array();
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < d->count; i++)
+        json_array_append_new(a, json_pack("{s:s, s:i, s:i, s:s}", "file", d->items[i].file,
+                                           "line", d->items[i].line, "column", d->items[i].column,
+                                           "message", d->items[i].message));
+    return a;
+}
+
+static int print_json(const char *file, const al_table *t, const al_diags *d, const al_diags *w)
+{
+    json_t *root = json_object(), *errs = diags_json(d), *targets = json_array();
     int rc = 1;
     if (!root || !errs || !targets) {
         json_decref(errs);
@@ -153,12 +170,9 @@ static int print_json(const char *file, const al_table *t, const al_diags *d)
     json_object_set_new(root, "ok", json_boolean(t != NULL));
     for (size_t i = 0; t && i < t->target_count; i++)
         json_array_append_new(targets, target_json(&t->targets[i]));
-    for (size_t i = 0; i < d->count; i++)
-        json_array_append_new(errs, json_pack("{s:s, s:i, s:i, s:s}", "file", d->items[i].file,
-                                              "line", d->items[i].line, "column",
-                                              d->items[i].column, "message", d->items[i].message));
     json_object_set_new(root, "targets", targets);
     json_object_set_new(root, "errors", errs);
+    json_object_set_new(root, "warnings", diags_json(w));
     if (json_dumpf(root, stdout, JSON_INDENT(2)) == 0) {
         fputc('\n', stdout);
         rc = 0;
@@ -236,10 +250,72 @@ static int print_schema(int json)
     return 0;
 }
 
+static int names_providers(const al_table *t)
+{
+    for (size_t i = 0; i < t->target_count; i++)
+        if (t->targets[i].auth.provider_count || t->targets[i].auth.fallback_provider)
+            return 1;
+    return 0;
+}
+
+/* serve opens the audit log at start and exits when it cannot, so the same is an
+ * error here: the file must be writable if it exists, else its directory must exist
+ * and be writable. The default <state_dir>/audit.log may wait for serve to create
+ * the state dir (one level: its parent must exist). Writability is this user's view;
+ * serve may run as another. */
+static void check_audit_path(const char *file, const al_table *t, const char *state_dir,
+                             al_diags *d)
+{
+    char *path = NULL, *dir = NULL;
+    const char *why = NULL;
+    struct stat st;
+    if (t->audit.file)
+        path = strdup(t->audit.file);
+    else if (state_dir && asprintf(&path, "%s/audit.log", state_dir) < 0)
+        path = NULL;
+    if (!path)
+        return;
+    char *slash = strrchr(path, '/');
+    dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir)
+        goto out;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            why = "it is a directory";
+        else if (access(path, W_OK) != 0)
+            why = strerror(errno);
+    } else if (errno != ENOENT) {
+        why = strerror(errno);
+    } else if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode))
+            why = "its directory is not a directory";
+        else if (access(dir, W_OK | X_OK) != 0)
+            why = "its directory is not writable";
+    } else if (!t->audit.file) {
+        /* the state dir itself: serve creates it if its parent exists */
+        char *up = strrchr(dir, '/');
+        char *parent = up ? strndup(dir, up == dir ? 1 : (size_t)(up - dir)) : strdup(".");
+        if (parent && (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode)))
+            why = "neither the state dir nor its parent directory exists";
+        free(parent);
+    } else {
+        why = "its directory does not exist";
+    }
+    if (why)
+        al_diags_add(d, file, t->audit.file_mark.line, t->audit.file_mark.column,
+                     "the audit log %s cannot be written (%s), so serve would not start; %s",
+                     path, why,
+                     t->audit.file ? "create the directory or point audit.file elsewhere"
+                                   : "create the state dir or pass --state-dir");
+out:
+    free(dir);
+    free(path);
+}
+
 int al_cmd_check(int argc, char **argv)
 {
     const char *file = NULL, *format = "text", *state_flag = NULL;
-    int matrix = 0, schema = 0;
+    int matrix = 0, schema = 0, strict = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -272,6 +348,8 @@ int al_cmd_check(int argc, char **argv)
             matrix = 1;
         } else if (!strcmp(a, "--schema")) {
             schema = 1;
+        } else if (!strcmp(a, "--strict")) {
+            strict = 1;
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "airlock check: unknown option '%s'\n\n", a);
             usage(stderr);
@@ -300,36 +378,59 @@ int al_cmd_check(int argc, char **argv)
     if (schema)
         return print_schema(json);
 
-    al_diags d;
+    al_diags d, w;
     al_table *t = NULL;
     al_diags_init(&d);
+    al_diags_init(&w);
     int rc = al_table_load(file, &t, &d);
     if (rc == 0) {
+        for (size_t i = 0; i < t->warnings.count; i++)
+            al_diags_add(&w, t->warnings.items[i].file, t->warnings.items[i].line,
+                         t->warnings.items[i].column, "%s", t->warnings.items[i].message);
         /* Providers against the store: names that exist, environments that match. */
         char *state_dir = al_cli_state_dir(state_flag, file);
         int src = state_dir ? al_identity_check_table(state_dir, t, &d, NULL) : AL_ERR_NOMEM;
-        if (src == AL_ERR_CONFIG) {
+        if (src == AL_ERR_NOTFOUND) {
+            if (names_providers(t))
+                al_diags_add(&w, file, 0, 0,
+                             "providers were not checked: no identity store exists at "
+                             "%s/identity.db (create the providers with `airlock identity "
+                             "create-...-credential-provider`, or point --state-dir at the "
+                             "store)",
+                             state_dir);
+        } else if (src != AL_OK && src != AL_ERR_CONFIG) {
+            al_diags_add(&w, file, 0, 0,
+                         "providers were not checked: the identity store in %s could not be "
+                         "opened (%s)",
+                         state_dir ? state_dir : "?", al_strerror(src));
+        }
+        check_audit_path(file, t, state_dir, &d);
+        if (strict)
+            for (size_t i = 0; i < w.count; i++)
+                al_diags_add(&d, w.items[i].file, w.items[i].line, w.items[i].column,
+                             "%s (--strict)", w.items[i].message);
+        if (d.count) {
             al_table_unref(t);
             t = NULL;
-            rc = src;
-        } else if (src != AL_OK) {
-            fprintf(stderr,
-                    "airlock check: could not consult the identity store in %s (%s); "
-                    "providers were not checked\n",
-                    state_dir ? state_dir : "?", al_strerror(src));
+            rc = AL_ERR_CONFIG;
         }
         free(state_dir);
     }
     int status;
     if (json)
-        status = print_json(file, rc == 0 ? t : NULL, &d) || rc != 0;
-    else if (rc != 0) {
-        al_diags_print(&d, stderr);
-        fprintf(stderr, "%s: %zu error%s\n", file, d.count, d.count == 1 ? "" : "s");
-        status = 1;
-    } else
-        status = print_text(t);
+        status = print_json(file, rc == 0 ? t : NULL, &d, &w) || rc != 0;
+    else {
+        if (!strict)
+            al_diags_print_as(&w, stderr, "warning");
+        if (rc != 0) {
+            al_diags_print(&d, stderr);
+            fprintf(stderr, "%s: %zu error%s\n", file, d.count, d.count == 1 ? "" : "s");
+            status = 1;
+        } else
+            status = print_text(t);
+    }
     al_table_unref(t);
     al_diags_free(&d);
+    al_diags_free(&w);
     return status;
 }

@@ -1204,10 +1204,8 @@ int al_identity_check_table(const char *state_dir, const al_table *t, al_diags *
 {
     al_identity *id = NULL;
     int rc = al_identity_open_readonly(state_dir, &id);
-    if (rc == AL_ERR_NOTFOUND)
-        return AL_OK; /* no store yet: nothing to compare with */
     if (rc != AL_OK)
-        return rc;
+        return rc; /* AL_ERR_NOTFOUND: no store yet, nothing was checked */
     rc = al_table_check_providers(t, al_identity_provider_env_cb, id, d, missing);
     al_identity_close(id);
     return rc;

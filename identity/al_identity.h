@@ -42,8 +42,9 @@ const char *al_identity_provider_env_cb(void *arg, const char *provider);
 
 /* Checks every provider the table names against the store in state_dir: it must
  * belong to the target's environment, and (unless `missing` collects those instead)
- * exist. A state dir without a store passes. Returns AL_OK, AL_ERR_CONFIG with the
- * problems in `d`, or the error that kept the store from opening. */
+ * exist. Returns AL_OK, AL_ERR_CONFIG with the problems in `d`, AL_ERR_NOTFOUND when
+ * the state dir holds no store yet (nothing checked), or the error that kept the
+ * store from opening. */
 struct al_table;
 struct al_diags;
 int al_identity_check_table(const char *state_dir, const struct al_table *t, struct al_diags *d,

@@ -794,12 +794,12 @@ static void start_upstream(al_req *r)
         r->snap = al_cred_cache_acquire(s->creds);
         int rc = al_cred_select(s->creds, r->snap, t, r->attempt, &r->sv);
         if (rc) {
+            char hint[512];
             memset(&r->sv, 0, sizeof r->sv);
             refuse(r, 502, "credential_unavailable",
                    "provider '%s' of target '%s' has no credential in the store; create it "
-                   "with: airlock identity create-api-key-credential-provider --name %s "
-                   "--api-key -",
-                   want, t->name, want);
+                   "with: %s",
+                   want, t->name, al_table_create_hint(t, want, hint, sizeof hint));
             return;
         }
         r->have_secret = 1;

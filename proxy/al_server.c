@@ -37,6 +37,15 @@ static void log_diags(const al_diags *d)
                d->items[i].line, d->items[i].column, d->items[i].message);
 }
 
+/* Loaded anyway, but probably a mistake (e.g. an Authorization prefix without its space). */
+static void log_warnings(const al_table *t)
+{
+    const al_diags *w = &t->warnings;
+    for (size_t i = 0; i < w->count; i++)
+        al_log(AL_LOG_WARN, "table.warning", "%s:%d:%d: warning: %s", w->items[i].file,
+               w->items[i].line, w->items[i].column, w->items[i].message);
+}
+
 static int ready(const al_server *s)
 {
     return s->table && s->creds && !s->draining &&
@@ -166,7 +175,13 @@ static int check_providers(const char *state_dir, const al_table *t, al_diags *d
         al_log(AL_LOG_WARN, "table.provider_missing", "%s:%d:%d: %s", missing.items[i].file,
                missing.items[i].line, missing.items[i].column, missing.items[i].message);
     al_diags_free(&missing);
-    if (rc != AL_OK && rc != AL_ERR_CONFIG) {
+    if (rc == AL_ERR_NOTFOUND) {
+        al_log(AL_LOG_WARN, "store.missing",
+               "providers not checked: no identity store in %s yet; requests needing a "
+               "credential get 502 until their providers are created",
+               state_dir);
+        rc = AL_OK;
+    } else if (rc != AL_OK && rc != AL_ERR_CONFIG) {
         al_log(AL_LOG_WARN, "store.unavailable",
                "providers not checked: the store in %s could not be opened (%s)", state_dir,
                al_strerror(rc));
@@ -199,6 +214,7 @@ static void reload(al_server *s)
         return;
     }
     al_diags_free(&d);
+    log_warnings(t);
     if (!same_str(t->listen.proxy, s->table->listen.proxy))
         al_log(AL_LOG_WARN, "table.reload", "listen addresses change only on restart");
     /* The store, CA and audit log stay where they were opened. */
@@ -268,6 +284,7 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
         fprintf(stderr, "airlock serve: %s is invalid (%s)\n", config_path, al_strerror(rc));
         goto out;
     }
+    log_warnings(s->table);
     if (mkdir(state_dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "airlock serve: cannot create state dir %s: %s\n", state_dir,
                 strerror(errno));

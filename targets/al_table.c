@@ -72,16 +72,21 @@ void al_diags_add(al_diags *d, const char *file, int line, int column, const cha
     d->count++;
 }
 
-void al_diags_print(const al_diags *d, void *stdio_file)
+void al_diags_print_as(const al_diags *d, void *stdio_file, const char *kind)
 {
     FILE *f = stdio_file;
     for (size_t i = 0; i < d->count; i++) {
         const al_diag *it = &d->items[i];
         if (it->line > 0)
-            fprintf(f, "%s:%d:%d: error: %s\n", it->file, it->line, it->column, it->message);
+            fprintf(f, "%s:%d:%d: %s: %s\n", it->file, it->line, it->column, kind, it->message);
         else
-            fprintf(f, "%s: error: %s\n", it->file, it->message);
+            fprintf(f, "%s: %s: %s\n", it->file, kind, it->message);
     }
+}
+
+void al_diags_print(const al_diags *d, void *stdio_file)
+{
+    al_diags_print_as(d, stdio_file, "error");
 }
 
 void al_diags_free(al_diags *d)
@@ -163,6 +168,7 @@ static void table_free(al_table *t)
     free(t->listen.admin);
     free_strv(t->egress.passthrough, t->egress.passthrough_count);
     free(t->audit.file);
+    al_diags_free(&t->warnings);
     free(t);
 }
 
@@ -577,6 +583,19 @@ static void check_auth(loader *L, al_target *t, const char *label, yaml_node_t *
                                    label);
                 break;
             }
+        /* `prefix: token` loses its trailing space to YAML (plain scalars are trimmed):
+         * the header would go out as "tokenKEY". A prefix ending in a letter or digit is
+         * a scheme name missing its space ("Token token=" is a complete one). Legal, so
+         * a warning, not an error. */
+        size_t pl = a->prefix ? strlen(a->prefix) : 0;
+        al_mark pm = seen_val(c, AL_S_A_PREFIX);
+        if (pl && pm.line && isalnum((unsigned char)a->prefix[pl - 1]) && a->name &&
+            !strcasecmp(a->name, "Authorization"))
+            al_diags_add(&c->table->warnings, c->file, pm.line, pm.column,
+                         "target %s: prefix '%s' of the Authorization header does not end in a "
+                         "space, so the header goes out as '%s<key>' (YAML drops trailing "
+                         "spaces of unquoted values); write prefix: \"%s \"",
+                         label, a->prefix, a->prefix, a->prefix);
     }
     /* iam: region and signing name, derived where the type allows. */
     if (a->method == AL_AUTH_IAM) {
@@ -875,6 +894,7 @@ static void check_table(loader *L)
             t->state_dir = p;
         }
     }
+    t->audit.file_mark = seen_val(c, AL_S_AUDIT_FILE);
     if (t->audit.file) {
         char *p = resolve(L->base_dir, t->audit.file);
         if (!p)
@@ -1130,16 +1150,29 @@ char *al_table_peek_state_dir(const char *path)
 
 /* ---- providers against the identity store ---------------------------------------------- */
 
-static const char *create_verb(enum al_auth_method m)
+const char *al_table_create_hint(const al_target *tg, const char *provider, char *buf, size_t n)
 {
-    switch (m) {
+    const char *verb, *secret;
+    switch (tg->auth.method) {
     case AL_AUTH_API_KEY:
-        return "create-api-key-credential-provider";
+        verb = "create-api-key-credential-provider";
+        secret = "--api-key -";
+        break;
     case AL_AUTH_IAM:
-        return "create-aws-credential-provider";
+        verb = "create-aws-credential-provider";
+        secret = "--access-key-id ID --secret-access-key -";
+        break;
     default:
-        return "create-oauth2-credential-provider";
+        verb = "create-oauth2-credential-provider";
+        secret = "--client-id ID --client-secret -";
+        break;
     }
+    /* Without --environment the CLI files the provider under "default", which a
+     * target of another environment refuses. */
+    int other_env = tg->environment && strcmp(tg->environment, "default") != 0;
+    snprintf(buf, n, "airlock identity %s --name %s%s%s %s", verb, provider,
+             other_env ? " --environment " : "", other_env ? tg->environment : "", secret);
+    return buf;
 }
 
 static int check_one_provider(const al_table *t, const al_target *tg, const char *p, al_mark m,
@@ -1147,10 +1180,11 @@ static int check_one_provider(const al_table *t, const al_target *tg, const char
 {
     const char *env = fn(arg, p);
     if (!env) {
+        char hint[512];
         al_diags_add(missing ? missing : d, t->path, m.line, m.column,
                      "target '%s': provider '%s' is not in the identity store; create it with "
-                     "`airlock identity %s --name %s`",
-                     tg->name, p, create_verb(tg->auth.method), p);
+                     "`%s`",
+                     tg->name, p, al_table_create_hint(tg, p, hint, sizeof hint));
         return missing ? 0 : 1;
     }
     if (strcmp(env, tg->environment) != 0) {

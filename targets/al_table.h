@@ -40,6 +40,8 @@ void al_diags_add(al_diags *d, const char *file, int line, int column, const cha
     __attribute__((format(printf, 5, 6)));
 /* Prints every diagnostic as "FILE:LINE:COLUMN: error: message\n". */
 void al_diags_print(const al_diags *d, void *stdio_file);
+/* Same with another word than "error" (e.g. "warning"). */
+void al_diags_print_as(const al_diags *d, void *stdio_file, const char *kind);
 void al_diags_free(al_diags *d);
 
 /* ---- the table ------------------------------------------------------------ */
@@ -141,6 +143,7 @@ typedef struct al_egress_cfg {
 
 typedef struct al_audit_cfg {
     char *file; /* owned; NULL = <state_dir>/audit.log; relative: against the file's directory */
+    al_mark file_mark; /* where audit.file was written (line 0 when it was not) */
 } al_audit_cfg;
 
 typedef struct al_headers_cfg {
@@ -162,6 +165,8 @@ typedef struct al_table {
     al_target *targets; /* owned array */
     size_t target_count;
     struct al_router *router; /* owned; built at load time */
+    al_diags warnings;        /* the table loads, but these look like mistakes (check prints
+                                 them, serve logs them) */
 } al_table;
 
 /* Loads and validates `path`. On success *out is a new snapshot with one reference
@@ -190,6 +195,12 @@ typedef const char *(*al_provider_env_fn)(void *arg, const char *provider);
  * mismatches always are. */
 int al_table_check_providers(const al_table *t, al_provider_env_fn fn, void *arg, al_diags *d,
                              al_diags *missing);
+
+/* The command that creates provider `provider` for target `tg`: the create verb and
+ * secret flags of its auth method, and --environment when the target's is not
+ * "default", e.g. "airlock identity create-api-key-credential-provider --name k
+ * --environment prod --api-key -". Written into buf (n bytes, truncated); returns buf. */
+const char *al_table_create_hint(const al_target *tg, const char *provider, char *buf, size_t n);
 
 /* Reads only the `state_dir` of a table file, resolved against the file's
  * directory, without validating the rest (the CLI's state-dir rule). Returns a

@@ -42,6 +42,15 @@ targets:
       method: api_key
       provider: misc-key
       name: X-Api-Key
+  - name: prodapi
+    type: openapi
+    environment: prod
+    url: http://127.0.0.1:ECHO_PORT/prod
+    allow_insecure_upstream: true
+    allow_private_network: true
+    auth:
+      method: api_key
+      provider: prod-misc-key
 """
 
 TIMEOUT = 10  # a hang (the old behaviour) shows as a timeout, never as a pass
@@ -90,7 +99,7 @@ def test_empty_table_on_sighup_keeps_the_old_one():
     # a valid table is still taken afterwards
     reload_and_wait(al, ST["table"])
     last = [l for l in al.log_text().splitlines() if "table.reload" in l][-1]
-    assert "loaded " in last and ": 1 targets" in last, last
+    assert "loaded " in last and ": 2 targets" in last, last
     assert gateway_ok(al)
 
 
@@ -107,6 +116,19 @@ def test_state_dir_change_on_reload_is_warned_and_ignored():
     # back to the directory in use: nothing to warn about
     reload_and_wait(al, ST["table"])
     assert log_count(al, "state_dir changed") == before + 1, al.log_text()[-600:]
+
+
+def test_authorization_prefix_without_space_is_logged_on_reload():
+    al = setup()
+    before = log_count(al, "table.warning")
+    text = ST["table"].replace("provider: prod-misc-key", "provider: prod-misc-key\n      prefix: token")
+    line_no = text.split("\n").index("      prefix: token") + 1
+    reload_and_wait(al, text)
+    lines = [json.loads(l)["msg"] for l in al.log_text().splitlines() if "table.warning" in l]
+    assert len(lines) == before + 1, lines
+    want = "table.yaml:%d:15: warning: target 'prodapi': prefix 'token' of the Authorization" % line_no
+    assert want in lines[-1] and 'write prefix: "token "' in lines[-1], lines[-1]
+    reload_and_wait(al, ST["table"])
 
 
 # --- Host ----------------------------------------------------------------------------
@@ -410,6 +432,30 @@ def test_connect_then_separate_client_hello_still_works():
     t.sendall(b"GET /after HTTP/1.1\r\nHost: " + a + b"\r\nConnection: close\r\n\r\n")
     status, _, body = read_response(t)
     assert status == 200 and json.loads(body)["path"] == "/after", body
+
+
+# --- the missing-provider hint (issue 9 item 11) -------------------------------------
+
+def test_missing_provider_hint_names_the_environment_and_works_verbatim():
+    al = setup()
+    want = ("airlock identity create-api-key-credential-provider --name prod-misc-key "
+            "--environment prod --api-key -")
+    line = [l for l in al.log_text().splitlines() if "table.provider_missing" in l]
+    assert line and want in line[0], line
+    status, body = http_get(al.gateway_url("prodapi", "/x"), timeout=TIMEOUT)
+    j = json.loads(body)
+    assert status == 502 and j["error"] == "credential_unavailable", (status, j)
+    assert want in j["message"], j["message"]
+    # follow it as printed (the store is the one serve uses)
+    prod_secret = "sk-prod-" + os.urandom(8).hex()
+    r = al.cli(*want.split()[1:], "--state-dir", al.state_dir, stdin_data=prod_secret + "\n")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def served():
+        st, b = http_get(al.gateway_url("prodapi", "/x"), timeout=TIMEOUT)
+        return st == 200 and json.loads(b)["headers"]["authorization"] == ["Bearer " + prod_secret]
+    wait_for(served, TIMEOUT, "the prod target served with the provider the hint created")
+    assert prod_secret not in al.log_text()
 
 
 # --- master key rotation under serve -------------------------------------------------

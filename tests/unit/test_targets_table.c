@@ -617,7 +617,8 @@ static void test_check_providers(void **state)
                              "environment: create a provider in 'dev'\n"
                              "t.yaml:13:26: error: target 'x': provider 'missing' is not in the "
                              "identity store; create it with `airlock identity "
-                             "create-oauth2-credential-provider --name missing`\n");
+                             "create-oauth2-credential-provider --name missing --environment dev "
+                             "--client-id ID --client-secret -`\n");
     free(got);
     al_diags_free(&d);
     /* serve's mode: a missing provider is a warning, a wrong environment still an error */
@@ -638,6 +639,45 @@ static void test_check_providers(void **state)
     al_diags_init(&d);
     assert_int_equal(al_table_check_providers(t, fake_store, NULL, &d, NULL), AL_OK);
     assert_int_equal(d.count, 0);
+    al_table_unref(t);
+}
+
+/* The missing-provider hint names the target's environment (else the CLI files the
+ * provider under "default", which the target refuses) and its method's create verb. */
+static void test_create_hints(void **state)
+{
+    (void)state;
+    al_table *t = load_ok("environment: prod\n"
+                          "targets:\n"
+                          "  - {name: a, type: openapi, url: 'https://a', auth: {method: api_key, "
+                          "provider: k}}\n"
+                          "  - {name: b, type: openapi, url: 'https://b', environment: default, "
+                          "auth: {method: api_key, provider: k}}\n"
+                          "  - {name: c, type: openapi, url: 'https://c', environment: staging, "
+                          "auth: {method: oauth2_2lo, provider: o}}\n"
+                          "  - {name: d, type: api_gateway, url: "
+                          "'https://x1.execute-api.eu-west-1.amazonaws.com/s', environment: "
+                          "default, auth: {method: iam, provider: w}}\n");
+    char buf[512];
+    assert_string_equal(al_table_create_hint(&t->targets[0], "k", buf, sizeof buf),
+                        "airlock identity create-api-key-credential-provider --name k "
+                        "--environment prod --api-key -");
+    assert_string_equal(al_table_create_hint(&t->targets[1], "k", buf, sizeof buf),
+                        "airlock identity create-api-key-credential-provider --name k --api-key -");
+    assert_string_equal(al_table_create_hint(&t->targets[2], "o", buf, sizeof buf),
+                        "airlock identity create-oauth2-credential-provider --name o "
+                        "--environment staging --client-id ID --client-secret -");
+    assert_string_equal(al_table_create_hint(&t->targets[3], "w", buf, sizeof buf),
+                        "airlock identity create-aws-credential-provider --name w "
+                        "--access-key-id ID --secret-access-key -");
+    al_diags d;
+    al_diags_init(&d);
+    assert_int_equal(al_table_check_providers(t, fake_store, NULL, &d, NULL), AL_ERR_CONFIG);
+    assert_int_equal(d.count, 4);
+    assert_non_null(strstr(d.items[0].message, "--name k --environment prod --api-key -`"));
+    al_diags_free(&d);
+    /* truncation is safe */
+    assert_int_equal(strlen(al_table_create_hint(&t->targets[0], "k", buf, 10)), 9);
     al_table_unref(t);
 }
 
@@ -691,6 +731,7 @@ int main(void)
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_router_built),
         cmocka_unit_test(test_check_providers),
+        cmocka_unit_test(test_create_hints),
         cmocka_unit_test(test_suggestions),
         cmocka_unit_test(test_schema_rows),
     };
