@@ -283,6 +283,8 @@ int al_reqtarget_parse_h1(const char *method, const char *target, size_t len, al
         return fail(out, AL_REQTARGET_BAD_FORM);
     if (connect) { /* authority-form, port required */
         out->form = AL_REQTARGET_AUTHORITY;
+        out->authority = target;
+        out->authority_len = len;
         if (!memchr(target, ':', len) ||
             al_reqtarget_authority(target, len, 0, &out->host, &out->host_len, &out->port) ||
             out->port == 0)
@@ -321,6 +323,8 @@ int al_reqtarget_parse_h1(const char *method, const char *target, size_t len, al
     const char *a = target + s + 3, *end = target + len, *e = a;
     while (e < end && *e != '/' && *e != '?')
         e++;
+    out->authority = a;
+    out->authority_len = (size_t)(e - a);
     if (al_reqtarget_authority(a, (size_t)(e - a), out->https ? 443 : 80, &out->host,
                                &out->host_len, &out->port))
         return fail(out, AL_REQTARGET_BAD_AUTHORITY);
@@ -341,6 +345,8 @@ int al_reqtarget_check_h2(const char *method, const char *scheme, size_t scheme_
                      (scheme_len == 5 && strncasecmp(scheme, "https", 5) == 0)))
         return fail(out, AL_REQTARGET_BAD_SCHEME);
     out->https = scheme_len == 5;
+    out->authority = authority;
+    out->authority_len = authority ? authority_len : 0;
     if (authority && al_reqtarget_authority(authority, authority_len, out->https ? 443 : 80,
                                             &out->host, &out->host_len, &out->port))
         return fail(out, AL_REQTARGET_BAD_AUTHORITY);

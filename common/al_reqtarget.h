@@ -51,10 +51,12 @@ typedef struct al_reqtarget {
     enum al_reqtarget_form form;
     enum al_reqtarget_why why; /* set when a check fails */
     int https;                 /* absolute-form or :scheme is https */
-    const char *host;          /* absolute/authority-form, HTTP/2 :authority; IPv6 unbracketed */
-    size_t host_len;           /* 0 when no authority was given */
-    uint16_t port;             /* the given port, else the scheme's default (80/443) */
-    const char *path;          /* path[?query]; absolute-form may give "" or "?q" */
+    const char *authority;     /* the authority as sent (absolute/authority-form, :authority) */
+    size_t authority_len;
+    const char *host; /* absolute/authority-form, HTTP/2 :authority; IPv6 unbracketed */
+    size_t host_len;  /* 0 when no authority was given */
+    uint16_t port;    /* the given port, else the scheme's default (80/443) */
+    const char *path; /* path[?query]; absolute-form may give "" or "?q" */
     size_t path_len;
 } al_reqtarget;
 

@@ -15,6 +15,7 @@
 #include "al_worker.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
+#include "common/al_reqtarget.h"
 #include "identity/al_cred.h"
 #include "policy/al_audit.h"
 #include "targets/al_inject.h"
@@ -554,44 +555,6 @@ static int named_by_connection(const al_req *r, const char *name, size_t n)
     return 0;
 }
 
-/* Splits "host[:port]" / "[v6]:port". */
-static int split_authority(const char *a, size_t n, const char **host, size_t *host_len,
-                           uint16_t *port, uint16_t default_port)
-{
-    const char *colon = NULL;
-    if (n && a[0] == '[') {
-        const char *rb = memchr(a, ']', n);
-        if (!rb)
-            return -1;
-        *host = a + 1;
-        *host_len = (size_t)(rb - a - 1);
-        if ((size_t)(rb - a) + 1 < n) {
-            if (rb[1] != ':')
-                return -1;
-            colon = rb + 1;
-        }
-    } else {
-        colon = memchr(a, ':', n);
-        *host = a;
-        *host_len = colon ? (size_t)(colon - a) : n;
-    }
-    *port = default_port;
-    if (colon) {
-        unsigned long v = 0;
-        const char *p = colon + 1, *end = a + n;
-        if (p == end)
-            return -1;
-        for (; p < end; p++) {
-            if (*p < '0' || *p > '9' || (v = v * 10 + (unsigned long)(*p - '0')) > 65535)
-                return -1;
-        }
-        if (v == 0)
-            return -1;
-        *port = (uint16_t)v;
-    }
-    return *host_len ? 0 : -1;
-}
-
 /* ---- upstream ----------------------------------------------------------- */
 
 static void start_upstream(al_req *r);
@@ -817,27 +780,9 @@ static void start_upstream(al_req *r)
         }
     }
 
-    /* URL: the target's scheme, host and port; the agent's (rewritten) path. */
-    int v6 = strchr(t->host, ':') != NULL;
-    char port[8];
-    size_t pi = sizeof port;
-    unsigned pv = t->port;
-    do { /* appended piece by piece: vsnprintf here was ~3k instructions a request */
-        port[--pi] = (char)('0' + pv % 10);
-        pv /= 10;
-    } while (pv && pi > 1);
-    port[--pi] = ':';
-    int rc = al_buf_append(&r->url, t->scheme, strlen(t->scheme));
-    if (!rc)
-        rc = al_buf_append(&r->url, v6 ? "://[" : "://", v6 ? 4 : 3);
-    if (!rc)
-        rc = al_buf_append(&r->url, t->host, strlen(t->host));
-    if (!rc && v6)
-        rc = al_buf_append(&r->url, "]", 1);
-    if (!rc)
-        rc = al_buf_append(&r->url, port + pi, sizeof port - pi);
-    if (!rc)
-        rc = al_buf_append(&r->url, path, path_len);
+    /* URL: the target's scheme, host and port, set part by part by al_upstream; the
+     * agent's checked (and maybe rewritten) path. The path needs a NUL. */
+    int rc = al_buf_append(&r->url, path, path_len);
     if (rc) {
         refuse(r, 414, "uri_too_long", "the request target is too long");
         return;
@@ -896,7 +841,8 @@ static void start_upstream(al_req *r)
     const al_limits *lim = &r->table->limits;
     al_upstream_opts o = {
         .method = r->method,
-        .url = r->url.data,
+        .scheme = t->scheme,
+        .path = r->url.data,
         .headers = out,
         .header_count = n,
         .connect_host = t->host,
@@ -950,21 +896,51 @@ static void on_resolved(void *arg, const al_resolve_result *res)
 
 /* ---- addressing ------------------------------------------------------- */
 
+/* Refuses a request target al_reqtarget rejected, saying what to send instead. */
+static int refuse_target(al_req *r, enum al_reqtarget_why why)
+{
+    switch (why) {
+    case AL_REQTARGET_BAD_SCHEME:
+        refuse(r, 400, "bad_request",
+               "the request's scheme is not http or https; airlock forwards only http:// and "
+               "https:// requests");
+        break;
+    case AL_REQTARGET_BAD_AUTHORITY:
+        refuse(r, 400, "bad_request",
+               "invalid host or port in the request: send a host name, an IPv4 address or a "
+               "[bracketed] IPv6 address, an optional port from 1 to 65535, and no user "
+               "information ('user@')");
+        break;
+    case AL_REQTARGET_BAD_CHAR:
+        refuse(r, 400, "bad_request",
+               "the request target holds a byte a URL may not hold there (a space, control or "
+               "non-ASCII byte, '\\', '#', an encoded NUL, or a '%%' not followed by two hex "
+               "digits); percent-encode it");
+        break;
+    case AL_REQTARGET_NOT_NORMALIZED:
+        refuse(r, 400, "path_not_normalized",
+               "the request path has a '.' or '..' segment in some spelling (percent-encoded, "
+               "double-encoded, split by an encoded '/' or '\\', or before a ';') or starts "
+               "with '//'; send the normalised path (airlock never lets a path climb out of a "
+               "target's base path)");
+        break;
+    default:
+        refuse(r, 400, "bad_request",
+               "the request target must be a path starting with '/' (gateway mode: "
+               "/t/<target>/<path>, or inside a tunnel), an absolute http:// or https:// URL "
+               "(forward proxy), or '*' with OPTIONS");
+        break;
+    }
+    return -1;
+}
+
 /* Inside an intercepted tunnel: the host is the CONNECT authority's; the request
  * may repeat it (Host, :authority, absolute-form) but never name another. */
-static int route_tunnel(al_req *r)
+static int route_tunnel(al_req *r, const al_reqtarget *rt)
 {
-    const char *tg = r->target, *a = r->authority;
-    size_t tl = r->target_len, alen = a ? strlen(a) : 0;
-    if (tl > 8 && (strncasecmp(tg, "http://", 7) == 0 || strncasecmp(tg, "https://", 8) == 0)) {
-        const char *s = tg + (tg[4] == ':' ? 7 : 8), *e = s;
-        while (e < tg + tl && *e != '/' && *e != '?')
-            e++;
-        a = s;
-        alen = (size_t)(e - s);
-        tl -= (size_t)(e - tg);
-        tg = e;
-    } else if (!a) {
+    const char *tg = rt->path, *a = rt->authority;
+    size_t tl = rt->path_len, alen = rt->authority_len;
+    if (!a) {
         const al_header *h = find_header(r, "host");
         if (h) {
             a = h->value;
@@ -978,8 +954,8 @@ static int route_tunnel(al_req *r)
         const char *h2;
         size_t h2l;
         uint16_t p2;
-        if (split_authority(a, alen, &h2, &h2l, &p2, r->tunnel_port) != 0 || h2l != hl ||
-            strncasecmp(h2, host, hl) != 0 || p2 != port) {
+        if (al_reqtarget_authority(a, alen, r->tunnel_port, &h2, &h2l, &p2) != AL_OK ||
+            h2l != hl || strncasecmp(h2, host, hl) != 0 || p2 != port) {
             refuse(r, 403, "tunnel_host_mismatch",
                    "this tunnel was opened for %s:%u; a request inside it may not address "
                    "another host",
@@ -1006,48 +982,6 @@ static int route_tunnel(al_req *r)
     return 0;
 }
 
-/* 1 if a segment of path[0..len) is "." or ".." (also percent-encoded): routing
- * matches raw prefixes, so "/v1/../admin" would be routed by "/v1" and then
- * resolved by the upstream to "/admin", outside the target's base path. */
-static int path_has_dot_segment(const char *path, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && path[i] == '/')
-            i++;
-        size_t dots = 0, j = i;
-        for (;;) {
-            if (j < len && path[j] == '.') {
-                dots++;
-                j++;
-            } else if (j + 2 < len && path[j] == '%' && path[j + 1] == '2' &&
-                       (path[j + 2] == 'e' || path[j + 2] == 'E')) {
-                dots++;
-                j += 3;
-            } else {
-                break;
-            }
-        }
-        if (dots >= 1 && dots <= 2 && (j == len || path[j] == '/'))
-            return 1;
-        while (j < len && path[j] != '/')
-            j++;
-        i = j;
-    }
-    return 0;
-}
-
-static int refuse_dot_segments(al_req *r, const char *path, size_t len)
-{
-    const char *q = memchr(path, '?', len);
-    if (!path_has_dot_segment(path, q ? (size_t)(q - path) : len))
-        return 0;
-    refuse(r, 400, "path_not_normalized",
-           "the request path contains a '.' or '..' segment; send the normalised path "
-           "(airlock never lets a path climb out of a target's base path)");
-    return -1;
-}
-
 /* 1 if host[0..hl) names the loopback interface. */
 static int is_loopback_name(const char *host, size_t hl)
 {
@@ -1058,21 +992,28 @@ static int is_loopback_name(const char *host, size_t hl)
     return 0;
 }
 
-/* 1 if host:port is the listener address `listen` ("host:port", "[v6]:port"): the
- * same host, or a loopback name when airlock listens on loopback or on a wildcard
- * address (0.0.0.0, ::), where loopback reaches it too. */
+/* 1 if host:port is the listener address `listen` ("host:port", "[v6]:port",
+ * "*:port"): the same host, or a loopback name when airlock listens on loopback or on
+ * a wildcard address (0.0.0.0, ::, *), where loopback reaches it too. */
 static int is_listen_address(const char *listen, const char *host, size_t hl, uint16_t port)
 {
     const char *lh;
     size_t lhl;
     uint16_t lport;
-    if (!listen || split_authority(listen, strlen(listen), &lh, &lhl, &lport, 0) != 0 ||
+    char any[80];
+    if (!listen)
+        return 0;
+    if (listen[0] == '*') { /* "*:port": every address, as 0.0.0.0 */
+        snprintf(any, sizeof any, "0.0.0.0%s", listen + 1);
+        listen = any;
+    }
+    if (al_reqtarget_authority(listen, strlen(listen), 0, &lh, &lhl, &lport) != AL_OK ||
         lport != port)
         return 0;
     if (lhl == hl && strncasecmp(lh, host, hl) == 0)
         return 1;
     int wildcard = (lhl == 7 && memcmp(lh, "0.0.0.0", 7) == 0) ||
-                   (lhl == 2 && memcmp(lh, "::", 2) == 0) || (lhl == 1 && lh[0] == '*');
+                   (lhl == 2 && memcmp(lh, "::", 2) == 0);
     return (wildcard || is_loopback_name(lh, lhl)) && is_loopback_name(host, hl);
 }
 
@@ -1081,43 +1022,43 @@ static int is_listen_address(const char *listen, const char *host, size_t hl, ui
  * gateway request. It happens whenever NO_PROXY does not exempt airlock's address:
  * `airlock env` keeps a target's host out of NO_PROXY, and a target may live on
  * airlock's own IP. Gateway mode is reachable directly anyway, so this grants
- * nothing new. If so, *tg / *tl are narrowed to the origin-form path. */
-static void self_gateway(const al_req *r, const char **tg, size_t *tl)
+ * nothing new. rt was checked (absolute-form, no user info). */
+static int self_gateway(const al_req *r, const al_reqtarget *rt)
 {
-    const char *t = *tg;
-    size_t n = *tl;
-    if (r->authority || n <= 7 || strncasecmp(t, "http://", 7) != 0)
-        return;
-    const char *a = t + 7, *e = a;
-    while (e < t + n && *e != '/' && *e != '?')
-        e++;
-    size_t rest = n - (size_t)(e - t);
-    const char *host;
-    size_t hl;
-    uint16_t port;
-    if (rest < 3 || memcmp(e, "/t/", 3) != 0 || memchr(a, '@', (size_t)(e - a)) ||
-        split_authority(a, (size_t)(e - a), &host, &hl, &port, 80) != 0)
-        return;
-    if (is_listen_address(r->table->listen.proxy, host, hl, port) ||
-        is_listen_address(r->table->listen.tls, host, hl, port)) {
-        *tg = e;
-        *tl = rest;
-    }
+    if (r->scheme || rt->form != AL_REQTARGET_ABSOLUTE || rt->https || rt->path_len < 3 ||
+        memcmp(rt->path, "/t/", 3) != 0)
+        return 0;
+    return is_listen_address(r->table->listen.proxy, rt->host, rt->host_len, rt->port) ||
+           is_listen_address(r->table->listen.tls, rt->host, rt->host_len, rt->port);
 }
 
+/* Every mode checks its request target with al_reqtarget first (forms, schemes,
+ * authority, bytes, the path rule), so what reaches the router and the upstream URL
+ * is an origin-form path that no decoding lifts above the prefix the router matched. */
 static int route(al_req *r)
 {
     const al_router *router = r->table->router;
-    const char *tg = r->target;
-    size_t tl = r->target_len;
-
-    if (refuse_dot_segments(r, tg, tl) != 0)
+    al_reqtarget rt;
+    int rc = r->scheme ? al_reqtarget_check_h2(r->method, r->scheme, strlen(r->scheme),
+                                               r->authority,
+                                               r->authority ? strlen(r->authority) : 0,
+                                               r->target, r->target_len, &rt)
+                       : al_reqtarget_parse_h1(r->method, r->target, r->target_len, &rt);
+    if (rc != AL_OK)
+        return refuse_target(r, rt.why);
+    if (rt.form == AL_REQTARGET_ASTERISK) {
+        refuse(r, 400, "bad_request",
+               "OPTIONS * asks airlock itself and is not forwarded; send OPTIONS with the "
+               "target's URL or gateway path");
         return -1;
+    }
     if (r->tunnel_host)
-        return route_tunnel(r);
+        return route_tunnel(r, &rt);
 
-    self_gateway(r, &tg, &tl);
-    if (tl >= 3 && memcmp(tg, "/t/", 3) == 0) {
+    const char *tg = rt.path;
+    size_t tl = rt.path_len;
+    if ((rt.form == AL_REQTARGET_ORIGIN || self_gateway(r, &rt)) && tl >= 3 &&
+        memcmp(tg, "/t/", 3) == 0) {
         const char *name = tg + 3;
         size_t nl = 0;
         while (3 + nl < tl && name[nl] != '/' && name[nl] != '?')
@@ -1144,54 +1085,33 @@ static int route(al_req *r)
         memcpy(p + o, rest, rl);
         o += rl;
         p[o] = '\0';
+        enum al_reqtarget_why why;
+        if (al_reqtarget_path(p, o, &why) != AL_OK) /* base + rest: e.g. a leading "//" */
+            return refuse_target(r, why);
         r->up_path = p;
         r->up_path_len = o;
         r->host = r->t->host;
         return 0;
     }
 
-    const char *authority = NULL, *path = NULL;
-    size_t alen = 0, plen = 0;
-    uint16_t dport = 80;
-    if (r->authority) { /* HTTP/2 */
-        authority = r->authority;
-        alen = strlen(authority);
-        if (r->scheme && strcmp(r->scheme, "https") == 0)
-            dport = 443;
-        path = tg;
-        plen = tl;
-    } else if (tl > 7 &&
-               (strncasecmp(tg, "http://", 7) == 0 || strncasecmp(tg, "https://", 8) == 0)) {
-        size_t skip = tg[4] == ':' ? 7 : 8;
-        dport = skip == 7 ? 80 : 443;
-        authority = tg + skip;
-        const char *e = authority;
-        while (e < tg + tl && *e != '/' && *e != '?')
-            e++;
-        alen = (size_t)(e - authority);
-        path = e;
-        plen = tl - (size_t)(e - tg);
-        if (memchr(authority, '@', alen)) {
-            refuse(r, 400, "bad_request", "user information in the request URL is not accepted");
-            return -1;
-        }
-    } else if (tl && tg[0] == '/') {
+    const char *path = rt.path;
+    size_t plen = rt.path_len;
+    if (rt.form == AL_REQTARGET_ORIGIN && !r->scheme) {
         refuse(r, 400, "bad_request",
                "airlock serves two kinds of request: as a forward proxy, send the absolute "
                "URL (GET http://host/path, e.g. curl -x http://this-proxy http://host/path), "
                "or in gateway mode call /t/<target>/<path> on this address");
         return -1;
-    } else {
-        refuse(r, 400, "bad_request", "unsupported request target form");
+    }
+    if (rt.host_len == 0) {
+        refuse(r, 400, "bad_request",
+               "an HTTP/2 request through the forward proxy needs :authority (the target's "
+               "host); in gateway mode call /t/<target>/<path>");
         return -1;
     }
-    const char *host;
-    size_t hl;
-    uint16_t port;
-    if (split_authority(authority, alen, &host, &hl, &port, dport) != 0) {
-        refuse(r, 400, "bad_request", "invalid host or port in the request");
-        return -1;
-    }
+    const char *host = rt.host;
+    size_t hl = rt.host_len;
+    uint16_t port = rt.port;
     r->host = arena_dup(r, host, hl);
     if (plen == 0 || path[0] == '?') { /* "http://host" or "http://host?q" */
         char *p = arena_alloc(r, plen + 2);

@@ -18,8 +18,10 @@
  *    curl callback, and the request is freed right after it returns.
  *  - the connection goes to the checked address only: CURLOPT_RESOLVE pins the name
  *    ("+host:port:addr", replacing any earlier entry for host:port in the multi's DNS
- *    cache), and the open-socket callback refuses any other address and, unless
- *    allow_private, any address of a class the egress guard refuses.
+ *    cache), and the open-socket callback refuses any other address or port and,
+ *    unless allow_private, any address of a class the egress guard refuses. The URL is
+ *    built from its parts (CURLU): its host, port and TLS name are the caller's
+ *    connect_host/connect_port, never something parsed out of the path.
  *  - memory per request is bounded: response head and trailers each at most
  *    AL_UPSTREAM_MAX_HEAD bytes / AL_UPSTREAM_MAX_HEADERS lines, plus curl's 16 KiB
  *    receive and 16 KiB upload buffers (HTTP/2: plus curl's 32 KiB connection input
@@ -106,9 +108,11 @@ struct al_upstream_req {
     al_upstream_cbs cbs;
     void *arg;
 
-    /* the pinned address: the socket curl opens must be exactly this */
+    /* the pinned address and port: the socket curl opens must be exactly these */
     int pin_family;
     unsigned char pin_addr[16];
+    uint16_t pin_port;
+    CURLU *url; /* owned: the URL built from its parts (CURLOPT_CURLU) */
     int allow_private;
     int user_body;       /* read_body is called */
     int64_t body_length; /* as given; meaningful when user_body */
@@ -334,6 +338,8 @@ static void req_release(al_upstream_req *r)
     r->headers = r->resolve = NULL;
     if (r->easy)
         curl_easy_reset(r->easy); /* drops curl's copies of the URL (it may hold a key) */
+    curl_url_cleanup(r->url);
+    r->url = NULL;
     OPENSSL_cleanse(r->errbuf, sizeof r->errbuf);
     OPENSSL_cleanse(r->detail, sizeof r->detail);
     if (r->easy && p->free_count < AL_UPSTREAM_FREE_MAX) {
@@ -592,15 +598,22 @@ static curl_socket_t open_socket_cb(void *clientp, curlsocktype purpose, struct 
     const struct sockaddr *sa = &a->addr;
     const void *raw = NULL;
     size_t raw_len = 0;
+    uint16_t port = 0;
     if (sa->sa_family == AF_INET) {
         raw = &((const struct sockaddr_in *)sa)->sin_addr;
         raw_len = 4;
+        port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
     } else if (sa->sa_family == AF_INET6) {
         raw = &((const struct sockaddr_in6 *)sa)->sin6_addr;
         raw_len = 16;
+        port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
     }
     if (!raw || sa->sa_family != r->pin_family || memcmp(raw, r->pin_addr, raw_len) != 0) {
         fail_with(r, AL_UPSTREAM_CONNECT, "refused: not the checked address");
+        return CURL_SOCKET_BAD;
+    }
+    if (port != r->pin_port) { /* the target's port only, whatever the URL said */
+        fail_with(r, AL_UPSTREAM_CONNECT, "refused: not the target's port");
         return CURL_SOCKET_BAD;
     }
     enum al_addr_class c = al_egress_classify(sa);
@@ -1110,6 +1123,7 @@ static int pin_address(al_upstream_req *r, const al_upstream_opts *o)
     unsigned char lit[16];
     int lit_family = 0;
     int host_is_literal = parse_addr(o->connect_host, &lit_family, lit) == AL_OK;
+    r->pin_port = o->connect_port;
     if (!o->connect_addr && !host_is_literal)
         return AL_ERR_INVAL; /* a name and no checked address: nothing to pin */
     if (parse_addr(o->connect_addr ? o->connect_addr : o->connect_host, &r->pin_family,
@@ -1126,6 +1140,36 @@ static int pin_address(al_upstream_req *r, const al_upstream_opts *o)
         return AL_ERR_INVAL;
     r->resolve = curl_slist_append(NULL, entry);
     return r->resolve ? AL_OK : AL_ERR_NOMEM;
+}
+
+/* The URL from its parts with CURLU: the target's scheme, host and port, each set on
+ * its own; the checked path[?query] goes into the request line as is
+ * (CURLOPT_REQUEST_TARGET, set by the caller). Nothing here is parsed as a whole URL,
+ * so no byte of the agent's path can become user info, a host or a port (a
+ * concatenated "http://host:port" + "@other:9104/x" would have been), and the path
+ * keeps its exact bytes (curl 7.88's CURLUPART_PATH would lower-case "%2F"). The
+ * TLS name (SNI and certificate verification) is this host. */
+#define URL_HOST_MAX 255
+
+static int build_url(al_upstream_req *r, const al_upstream_opts *o, int https)
+{
+    char host[URL_HOST_MAX + 3], port[8];
+    size_t hl = strlen(o->connect_host);
+    if (hl == 0 || hl > URL_HOST_MAX || o->connect_port == 0 || o->path[0] != '/')
+        return AL_ERR_INVAL;
+    for (const char *c = o->path; *c; c++) /* the request line: no space, no control */
+        if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f)
+            return AL_ERR_INVAL;
+    int v6 = memchr(o->connect_host, ':', hl) != NULL;
+    snprintf(host, sizeof host, v6 ? "[%s]" : "%s", o->connect_host);
+    snprintf(port, sizeof port, "%u", (unsigned)o->connect_port);
+    if (!(r->url = curl_url()))
+        return AL_ERR_NOMEM;
+    if (curl_url_set(r->url, CURLUPART_SCHEME, https ? "https" : "http", 0) != CURLUE_OK ||
+        curl_url_set(r->url, CURLUPART_HOST, host, 0) != CURLUE_OK ||
+        curl_url_set(r->url, CURLUPART_PORT, port, 0) != CURLUE_OK)
+        return AL_ERR_INVAL;
+    return AL_OK;
 }
 
 static int build_headers(al_upstream_req *r, const al_upstream_opts *o)
@@ -1215,7 +1259,8 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
                       void *arg, al_upstream_req **out)
 {
     int rc = AL_ERR_INVAL;
-    if (!p || !o || !cbs || !out || !o->method || !o->url || !o->connect_host || !cbs->on_done ||
+    if (!p || !o || !cbs || !out || !o->method || !o->scheme || !o->path || !o->connect_host ||
+        !cbs->on_done ||
         (o->has_body && !cbs->read_body) || !o->method[0] ||
         !bytes_ok(o->method, strlen(o->method), 1))
         return AL_ERR_INVAL;
@@ -1232,13 +1277,19 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
     r->idle_ms = o->idle_timeout_ms;
     clock_gettime(CLOCK_MONOTONIC, &r->started);
 
-    if ((rc = pin_address(r, o)) != AL_OK || (rc = build_headers(r, o)) != AL_OK)
+    int https = strcmp(o->scheme, "https") == 0;
+    if (!https && strcmp(o->scheme, "http") != 0) {
+        rc = AL_ERR_INVAL;
+        goto fail;
+    }
+    if ((rc = pin_address(r, o)) != AL_OK || (rc = build_url(r, o, https)) != AL_OK ||
+        (rc = build_headers(r, o)) != AL_OK)
         goto fail;
 
     CURL *e = r->easy;
-    int https = strncasecmp(o->url, "https://", 8) == 0;
     int bad = 0;
-    bad |= curl_easy_setopt(e, CURLOPT_URL, o->url) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_CURLU, r->url) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_REQUEST_TARGET, o->path) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK; /* ignore *_proxy env vars */
     bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r) != CURLE_OK;

@@ -4,7 +4,8 @@
  * Each worker owns one al_upstream_pool (a CURLM with its connection cache, so
  * connections to an upstream are reused per worker; HTTP/2 is used with upstreams
  * that offer it over TLS). A request is an al_upstream_req: the caller hands over
- * the method, URL, headers (already filtered and with the credential injected),
+ * the method, the URL's parts (scheme, host, port, path: the URL is assembled with
+ * libcurl's CURLU part by part, never re-parsed from a string), headers (already filtered and with the credential injected),
  * the checked address to connect to, and callbacks. Bodies stream: the request
  * body is pulled through read_body() as the agent sends it, and response bytes are
  * pushed through on_body() as they arrive; either side returns AL_ERR_AGAIN to
@@ -52,12 +53,15 @@ enum al_upstream_error {
 
 typedef struct al_upstream_opts {
     const char *method;            /* NUL-terminated */
-    const char *url;               /* full URL, NUL-terminated: scheme://host[:port]/path?query */
+    const char *scheme;            /* "http" or "https" */
+    const char *path;              /* origin-form path[?query], NUL-terminated, already checked
+                                      (common/al_reqtarget); sent as is */
     const al_header *headers;      /* request headers to send (no hop-by-hop, no Host/:authority:
                                       curl derives Host from the URL) */
     size_t header_count;
-    const char *connect_host;      /* host name in the URL */
-    uint16_t connect_port;
+    const char *connect_host;      /* the target's host: the URL's host, the Host header, the TLS
+                                      name (SNI and certificate check) */
+    uint16_t connect_port;         /* the URL's port; the socket must connect to it */
     const char *connect_addr;      /* the checked address to connect to (egress guard), text form;
                                       pinned with CURLOPT_RESOLVE so there is no second lookup */
     int allow_private;             /* re-checked on the socket curl opens (defence in depth) */

@@ -594,10 +594,11 @@ static void tc_spin(tc *t, double sec)
 static al_upstream_opts base_opts(char *url, size_t cap, const char *host, uint16_t port,
                                   const char *path)
 {
-    snprintf(url, cap, "http://%s:%u%s", host, (unsigned)port, path);
+    snprintf(url, cap, "%s", path); /* al_upstream builds the URL from its parts */
     al_upstream_opts o = {
         .method = "GET",
-        .url = url,
+        .scheme = "http",
+        .path = url,
         .connect_host = host,
         .connect_port = port,
         .connect_addr = "127.0.0.1",
@@ -996,7 +997,7 @@ static void test_tls_to_plain_server(void **state)
     atomic_store(&srv.mode, SRV_SILENT);
     char url[256];
     al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/");
-    snprintf(url, sizeof url, "https://127.0.0.1:%u/", srv.port);
+    o.scheme = "https";
     o.first_byte_timeout_ms = 3000;
     /* the server never answers the ClientHello: a handshake that does not finish in
      * the connect deadline is a connect timeout */
@@ -1014,7 +1015,7 @@ static void test_tls_handshake_fails(void **state)
     atomic_store(&srv.mode, SRV_GARBAGE);
     char url[256];
     al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/");
-    snprintf(url, sizeof url, "https://127.0.0.1:%u/", srv.port);
+    o.scheme = "https";
     start(&t, &o);
     tc_run(&t);
     assert_int_equal(t.err, AL_UPSTREAM_TLS);
@@ -1135,7 +1136,7 @@ static int tcp_established_to(uint16_t port)
 static al_upstream_opts h2_opts(char *url, size_t cap, char *ca, size_t ca_cap)
 {
     al_upstream_opts o = base_opts(url, cap, "localhost", h2s.port, "/f");
-    snprintf(url, cap, "https://localhost:%u/f", h2s.port);
+    o.scheme = "https";
     snprintf(ca, ca_cap, "%s/ca/ca.pem", h2s.dir);
     o.ca_file = ca;
     return o;
