@@ -15,6 +15,7 @@
 #include "al_worker.h"
 #include "targets/al_router.h"
 #include "common/al_err.h"
+#include "common/al_reqtarget.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -214,27 +215,17 @@ static void handle_connect(h1_state *s, const char *url, size_t url_len)
     al_conn *c = s->c;
     al_server *srv = c->worker->server;
     char host[256];
-    const char *colon = NULL;
-    size_t hl;
-    if (url_len && url[0] == '[') {
-        const char *rb = memchr(url, ']', url_len);
-        colon = rb && rb + 1 < url + url_len && rb[1] == ':' ? rb + 1 : NULL;
-        hl = rb ? (size_t)(rb - url - 1) : 0;
-        url++;
-    } else {
-        colon = memchr(url, ':', url_len);
-        hl = colon ? (size_t)(colon - url) : 0;
-    }
-    unsigned long port = 0;
-    const char *end = url + url_len - (url_len && url[-1] == '[' ? 1 : 0);
-    if (colon)
-        for (const char *p = colon + 1; p < end && port <= 65535; p++)
-            port = (*p >= '0' && *p <= '9') ? port * 10 + (unsigned long)(*p - '0') : 65536;
-    if (!colon || hl == 0 || hl >= sizeof host || port == 0 || port > 65535) {
-        al_request_refuse(s->req, 400, "bad_request", "CONNECT needs host:port");
+    al_reqtarget rt;
+    if (al_reqtarget_parse_h1("CONNECT", url, url_len, &rt) != AL_OK ||
+        rt.host_len >= sizeof host) {
+        al_request_refuse(s->req, 400, "bad_request",
+                          "CONNECT needs host:port (a host name, IPv4 or [IPv6] address, no "
+                          "user information, and a port from 1 to 65535)");
         return;
     }
-    memcpy(host, url, hl);
+    size_t hl = rt.host_len;
+    unsigned long port = rt.port;
+    memcpy(host, rt.host, hl);
     host[hl] = '\0';
     if (c->tunnel_host[0] || c->outer_tls) {
         al_request_refuse(s->req, 400, "bad_request", "CONNECT inside a tunnel is not accepted");

@@ -452,6 +452,21 @@ def tunnel_cases(P, R, base):
                 t.close()
 
 
+def test_connect_authority_spellings():
+    P, R = TRAP.port, ROOT
+    for auth in (b"u@127.0.0.1:%d" % R, b"127.0.0.1:%d@127.0.0.1:%d" % (R, P), b"127.0.0.1",
+                 b"127.0.0.1:0", b"127.0.0.1:%d/x" % R, b"127.0.0.1%%2f:%d" % R,
+                 b"[::1%%25lo]:%d" % R, b"127.0.0.1:%d:%d" % (R, P), b"http://127.0.0.1:%d" % R):
+        s = socket.create_connection(("127.0.0.1", AL.proxy_port), timeout=10)
+        try:
+            s.sendall(b"CONNECT " + auth + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, body = read_http1(s)
+        finally:
+            s.close()
+        assert status in (400, 403) and json.loads(body)["error"], (auth, status, body)
+    assert_trap_silent()
+
+
 def nginx_get(mode, path):
     if mode == "gateway":
         return h1(b"/t/ngx" + path)
