@@ -8,8 +8,9 @@
  * will hold a secret is sized before the first secret byte is copied, so al_buf never
  * reallocates (and leaves behind) a partial copy; callers wipe the buffers. An agent
  * cannot smuggle its own credential next to the injected one: its header of the same
- * name is dropped, and every query parameter whose decoded name matches ours
- * (case-insensitively, since some upstream frameworks compare that way) is removed. */
+ * name is dropped, and every query parameter whose name, read as leniently as any
+ * upstream framework might (decoded, double-decoded, ';' as a separator, trimmed,
+ * case-insensitive), matches ours is removed. */
 #include "common/al_hex.h"
 #include "al_inject.h"
 #include "common/al_err.h"
@@ -85,30 +86,70 @@ static unsigned char fold(unsigned char c)
 }
 
 
-/* Does the raw query key k[0..klen), once form-decoded ('+' is a space, %XX a byte),
- * equal `name` case-insensitively? Decodes on the fly: no allocation. */
-static int key_matches(const char *k, size_t klen, const char *name, size_t nlen)
+/* One byte of a query as a lenient server reads it: '+' is a space, %XX a byte, and
+ * a '%' that decodes to '%' is decoded again when two hex digits follow (double
+ * encoding, "%256b" is 'k'). Advances *i. */
+static int query_byte(const char *p, size_t n, size_t *i)
 {
-    size_t j = 0;
-    for (size_t i = 0; i < klen; i++) {
-        unsigned char c = (unsigned char)k[i];
-        if (c == '+') {
-            c = ' ';
-        } else if (c == '%' && i + 2 < klen) {
-            int hi = al_hex_value(k[i + 1]);
-            int lo = al_hex_value(k[i + 2]);
-            if (hi >= 0 && lo >= 0) {
-                c = (unsigned char)(hi << 4 | lo);
-                i += 2;
-            }
-        }
-        if (j >= nlen)
-            return 0;
-        unsigned char n = (unsigned char)name[j++];
-        if (fold(c) != fold(n))
-            return 0;
+    unsigned char c = (unsigned char)p[(*i)++];
+    if (c == '+')
+        return ' ';
+    if (c != '%')
+        return c;
+    for (int depth = 0; depth < 4 && *i + 1 < n; depth++) {
+        int hi = al_hex_value(p[*i]), lo = al_hex_value(p[*i + 1]);
+        if (hi < 0 || lo < 0)
+            break;
+        c = (unsigned char)(hi << 4 | lo);
+        *i += 2;
+        if (c != '%')
+            break;
     }
-    return j == nlen;
+    return c;
+}
+
+static int trims(int c) /* what frameworks strip from a parameter name */
+{
+    return c == ' ' || c == '\t' || c == '\0' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
+/* Does the '&'-separated query piece p[0..n) carry a parameter named `name`, as any
+ * upstream framework might read it? The piece is decoded as a whole (a server that
+ * decodes before it splits sees "x%26key%3D1" as "x&key=1"), split again at '&' and at
+ * ';' (the old HTML separator some frameworks still honour: ";key=1"), and each key
+ * is cut at '=' or '[' (PHP's key[]=1), trimmed of spaces, tabs and NULs ("key+=1")
+ * and compared case-insensitively ("KEY=1"). Decodes on the fly: no allocation. */
+static int piece_names(const char *p, size_t n, const char *name, size_t nlen)
+{
+    size_t i = 0, j = 0;
+    int started = 0, dead = 0, in_key = 1;
+    for (;;) {
+        int end = i >= n;
+        int c = end ? '&' : query_byte(p, n, &i);
+        if (c == '&' || c == ';') {
+            if (!dead && started && j == nlen)
+                return 1;
+            if (end)
+                return 0;
+            j = 0;
+            started = dead = 0;
+            in_key = 1;
+            continue;
+        }
+        if (!in_key || dead)
+            continue;
+        if (c == '=' || c == '[') {
+            in_key = 0;
+            continue;
+        }
+        if (!started && trims(c))
+            continue;
+        started = 1;
+        if (j < nlen && fold((unsigned char)c) == fold((unsigned char)name[j]))
+            j++;
+        else if (!(j == nlen && trims(c)))
+            dead = 1;
+    }
 }
 
 /* Header values may hold visible ASCII, SP, HTAB and obs-text; nothing that ends
@@ -192,9 +233,7 @@ static int api_key_request_target(const al_target *t, const al_secret_view *s, c
         while (p < end) {
             const char *amp = memchr(p, '&', (size_t)(end - p));
             const char *pe = amp ? amp : end;
-            const char *eq = memchr(p, '=', (size_t)(pe - p));
-            size_t klen = (size_t)((eq ? eq : pe) - p);
-            if (pe > p && !key_matches(p, klen, name, nlen)) {
+            if (pe > p && !piece_names(p, (size_t)(pe - p), name, nlen)) {
                 if ((kept && (rc = al_buf_append(out, "&", 1))) ||
                     (rc = al_buf_append(out, p, (size_t)(pe - p))))
                     goto fail;

@@ -17,7 +17,7 @@ import socket
 import ssl
 import sys
 import threading
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from altest import *  # noqa: E402,F401,F403
@@ -68,6 +68,16 @@ targets:
       method: api_key
       provider: real-key
       name: X-Api-Key
+  - name: q
+    type: openapi
+    url: http://127.0.0.1:ROOT_PORT/q
+    allow_insecure_upstream: true
+    allow_private_network: true
+    auth:
+      method: api_key
+      provider: real-key
+      location: query
+      name: appid
   - name: ngx
     type: openapi
     url: http://127.0.0.1:NGX_PORT/v1
@@ -489,6 +499,22 @@ def test_nginx_encoded_slash_cannot_leave_the_base_path():
             j = json.loads(body)
             assert status == 200 and j["where"] == "v1" and j["uri"] == uri, (mode, p, body)
             assert j["key"] == SECRET
+
+
+def test_query_key_no_agent_copy_survives():
+    # issue 8 finding 9: spellings of the key's parameter a lenient framework reads as ours
+    q = (b"a=1&;appid=X1&appid+=X2&APPID=X3&appid%3D=X4&app%69d=X5&%2561ppid=X6&appid[]=X7"
+         b"&b=2;appid=X8&c=3%26appid%3DX9&appidx=keep")
+    status, body = h1(b"/t/q/x?" + q)
+    assert status == 200, (status, body)
+    j = json.loads(body)
+    assert j["path"] == "/q/x", j
+    query = parse_qs(j["query"], keep_blank_values=True)
+    assert query.get("appid") == [SECRET], query
+    assert query.get("a") == ["1"] and query.get("appidx") == ["keep"], query
+    raw = json.dumps(j)
+    for n in range(1, 10):
+        assert "X%d" % n not in raw, (n, raw)
 
 
 def test_secret_only_at_the_real_targets():
