@@ -15,6 +15,7 @@
 #include "al_router.h"
 #include "al_schema.h"
 #include "common/al_err.h"
+#include "common/al_reqtarget.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -377,6 +378,19 @@ static int set_upstream(loader *L, al_target *t, const char *label, const char *
                            label, what);
         goto out;
     }
+    /* The base path as written (curl would resolve "/v1/../x" on its own): the same rule
+     * as request paths, and no encoded '/' or '\' at all, so the prefix the router
+     * matches is the one every upstream sees. */
+    const char *raw_path = auth_start + auth_len;
+    if (al_reqtarget_base_path(raw_path, strcspn(raw_path, "?#"), NULL) != AL_OK) {
+        al_schema_error_at(c, at,
+                           "target %s: '%s' has a base path that is not plain: a '.' or '..' "
+                           "segment in some spelling (%%2e, %%252e, '..;'), an encoded '/' or "
+                           "'\\' (%%2f, %%5c), or a byte a URL path may not hold; write the "
+                           "path as the upstream serves it, e.g. /v1",
+                           label, what);
+        goto out;
+    }
     if (!(h = curl_url())) {
         rc = AL_ERR_NOMEM;
         goto out;
@@ -495,6 +509,24 @@ static int header_token_ok(const char *s)
     return 1;
 }
 
+/* Header names the key cannot travel in: hop-by-hop headers (RFC 9110 §7.6.1) and
+ * Proxy-*, which airlock strips; framing and routing headers (Host, Content-Length,
+ * Transfer-Encoding, Expect, HTTP2-Settings), which airlock and libcurl set
+ * themselves. A table naming one would load and silently never send the key. */
+static int header_reserved(const char *name)
+{
+    static const char *const reserved[] = {
+        "host",    "connection",        "keep-alive", "te",         "trailer",
+        "upgrade", "transfer-encoding", "content-length", "expect", "http2-settings",
+    };
+    if (name[0] == ':' || !strncasecmp(name, "proxy-", 6))
+        return 1;
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+        if (!strcasecmp(name, reserved[i]))
+            return 1;
+    return 0;
+}
+
 /* Per-method checks and defaults of one target's auth block. */
 static void check_auth(loader *L, al_target *t, const char *label, yaml_node_t *node)
 {
@@ -568,8 +600,15 @@ static void check_auth(loader *L, al_target *t, const char *label, yaml_node_t *
         int query = a->location == AL_KEY_IN_QUERY;
         if (!a->name && !(a->name = strdup(query ? "api_key" : "Authorization")))
             L->oom = 1;
-        if (a->name && !(query ? (*a->name && all_chars(a->name, strlen(a->name), "-._~"))
-                               : header_token_ok(a->name)))
+        if (a->name && !query && header_reserved(a->name))
+            al_schema_error_at(c, seen_val(c, AL_S_A_NAME),
+                               "target %s: auth.name '%s' is a hop-by-hop, framing or pseudo "
+                               "header that airlock removes or sets itself, so the key would "
+                               "never reach the upstream; use the header the API documents (e.g. "
+                               "Authorization or X-Api-Key)",
+                               label, a->name);
+        else if (a->name && !(query ? (*a->name && all_chars(a->name, strlen(a->name), "-._~"))
+                                    : header_token_ok(a->name)))
             al_schema_error_at(c, seen_val(c, AL_S_A_NAME),
                                "target %s: '%s' is not a valid %s name", label, a->name,
                                query ? "query parameter" : "header");
