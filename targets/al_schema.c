@@ -134,7 +134,7 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_T_URL] = {"targets[].url", AL_SK_STRING, parse_string, TGT(url), 0, 0, 0, 0, 0,
                     "required (not for lambda)",
                     "Upstream base URL `http(s)://host[:port][/base]`; no user info, query or "
-                    "fragment."},
+                    "fragment; a plain base path (no dot segment or encoded `/` `\\`)."},
     [AL_S_T_FUNCTION_ARN] = {"targets[].function_arn", AL_SK_STRING, parse_string,
                              TGT(function_arn), 0, 0, 0, 0, 0, "required for lambda",
                              "`arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`; the "
@@ -173,7 +173,8 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                          "`header` or `query`: where the key goes."},
     [AL_S_A_NAME] = {"targets[].auth.name", AL_SK_STRING, parse_string, TGT(auth.name), 0, 0, 0, 0,
                      M_APIKEY, "`Authorization` (header), `api_key` (query)",
-                     "Header or query parameter name."},
+                     "Header or query parameter name; not a hop-by-hop, framing or pseudo "
+                     "header (`Host`, `Connection`, `Proxy-*`, `Content-Length`, ...)."},
     [AL_S_A_PREFIX] = {"targets[].auth.prefix", AL_SK_STRING, parse_string, TGT(auth.prefix), 0, 0,
                        0, 0, M_APIKEY, "`Bearer ` when name is Authorization, else empty",
                        "Text before the key in the header value."},
