@@ -337,6 +337,7 @@ def test_start():
     wait_for(lambda: os.path.exists(os.path.join(AL.state_dir, "ca.crt")), 5, "serve created the CA")
     # the set-up works: a plain request reaches the real target with the key
     assert judge("sanity", h1(b"/t/real/ok")) == "forwarded"
+    assert judge("sanity-tls", h1(b"/t/tls/ok"), base="") == "forwarded"  # TLS name = target host
     assert judge("sanity-h2", h2c([(b":method", b"GET"), (b":scheme", b"http"),
                                    (b":authority", b"127.0.0.1:%d" % ECHO), (b":path", b"/v1/ok")])) == "forwarded"
 
