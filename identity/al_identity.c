@@ -266,8 +266,10 @@ int al_identity_generation(al_identity *id, uint64_t *out)
 
 /* ---- audit -------------------------------------------------------------- */
 
-static void audit(al_identity *id, const char *what, const char *name, const char *kind,
-                  uint32_t version)
+/* One store event; `extra` (may be NULL; its reference is taken) adds fields, e.g. what
+ * an update changed. */
+static void audit_ex(al_identity *id, const char *what, const char *name, const char *kind,
+                     uint32_t version, json_t *extra)
 {
     char path[4200], ts[32];
     const char *env = getenv("AIRLOCK_AUDIT_FILE");
@@ -285,11 +287,92 @@ static void audit(al_identity *id, const char *what, const char *name, const cha
                           id->state_dir, "uid", (int)geteuid());
     if (o && version)
         json_object_set_new(o, "version", json_integer(version));
+    if (o && extra)
+        json_object_update(o, extra);
+    json_decref(extra);
     char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
     if (!line || al_audit_append_line(path, line) != AL_OK)
         fprintf(stderr, "airlock: warning: could not append to audit log %s\n", path);
     free(line);
     json_decref(o);
+}
+
+static void audit(al_identity *id, const char *what, const char *name, const char *kind,
+                  uint32_t version)
+{
+    audit_ex(id, what, name, kind, version, NULL);
+}
+
+/* Adds changes[key] = {"old": a, "new": b} when the JSON values differ (NULL = null). */
+static void note_change(json_t *changes, const char *key, json_t *a, json_t *b)
+{
+    json_t *na = a ? a : json_null(), *nb = b ? b : json_null();
+    if (!json_equal(na, nb))
+        json_object_set_new(changes, key, json_pack("{s:O, s:O}", "old", na, "new", nb));
+    json_decref(na);
+    json_decref(nb);
+}
+
+static json_t *json_or_null_str(const char *s)
+{
+    return s ? json_string(s) : NULL;
+}
+
+/* A config key whose value is recorded only as changed, never as a value: config holds
+ * no secret by design (secrets live in the sealed versions), but a key named like one
+ * may have been given one by mistake. */
+static int key_looks_secret(const char *k)
+{
+    static const char *const words[] = {"secret", "password", "passwd", "token", "key"};
+    static const char *const public_keys[] = {"tokenEndpoint", "accessKeyId"};
+    for (size_t i = 0; i < sizeof public_keys / sizeof public_keys[0]; i++)
+        if (strcmp(k, public_keys[i]) == 0)
+            return 0;
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (strcasestr(k, words[i]))
+            return 1;
+    return 0;
+}
+
+/* What an update changed, for its audit record: environment, description, tags and
+ * each config key (vendor, endpoints, client id, ...) as old -> new. The secret is
+ * never compared here: its change is `secret_changed` and the new version. */
+static json_t *record_changes(const al_store_record *old, const al_store_record *now)
+{
+    json_t *c = json_object();
+    if (!c)
+        return NULL;
+    note_change(c, "environment", json_or_null_str(old->environment),
+                json_or_null_str(now->environment));
+    note_change(c, "description", json_or_null_str(old->description),
+                json_or_null_str(now->description));
+    note_change(c, "tags", old->tags_json ? json_loads(old->tags_json, 0, NULL) : NULL,
+                now->tags_json ? json_loads(now->tags_json, 0, NULL) : NULL);
+    json_t *oc = old->config_json ? json_loads(old->config_json, 0, NULL) : NULL;
+    json_t *nc = now->config_json ? json_loads(now->config_json, 0, NULL) : NULL;
+    json_t *keys = json_object();
+    const char *k;
+    json_t *v;
+    if (oc && json_is_object(oc))
+        json_object_foreach(oc, k, v) json_object_set(keys, k, json_null());
+    if (nc && json_is_object(nc))
+        json_object_foreach(nc, k, v) json_object_set(keys, k, json_null());
+    json_object_foreach(keys, k, v)
+    {
+        json_t *a = oc ? json_object_get(oc, k) : NULL, *b = nc ? json_object_get(nc, k) : NULL;
+        char name[300];
+        snprintf(name, sizeof name, "config.%s", k);
+        if (key_looks_secret(k)) {
+            if (!json_equal(a ? a : json_null(), b ? b : json_null()))
+                json_object_set_new(c, name, json_pack("{s:b}", "changed", 1));
+            continue;
+        }
+        note_change(c, name, a ? json_incref(a) : NULL, b ? json_incref(b) : NULL);
+    }
+    json_decref(keys);
+    json_decref(oc);
+    json_decref(nc);
+    return c;
 }
 
 /* ---- validation --------------------------------------------------------- */
@@ -713,6 +796,12 @@ static int update_once(al_identity *id, const al_provider_spec *sp, uint32_t *ve
     rc = get_kind(id, sp->name, sp->kind, &r);
     if (rc != AL_OK)
         return rc;
+    /* the fields an update may change, as they were (for the audit record) */
+    al_store_record before = {.environment = r.environment ? strdup(r.environment) : NULL,
+                              .description = r.description ? strdup(r.description) : NULL,
+                              .tags_json = r.tags_json ? strdup(r.tags_json) : NULL,
+                              .config_json = r.config_json ? strdup(r.config_json) : NULL,
+                              .current_version = r.current_version};
     if (sp->environment && !name_valid(sp->environment, 64)) {
         fprintf(stderr, "airlock: invalid environment name '%s'\n", sp->environment);
         rc = AL_ERR_INVAL;
@@ -771,11 +860,18 @@ static int update_once(al_identity *id, const al_provider_spec *sp, uint32_t *ve
     r.updated_at = now_s(id);
     if ((rc = put_record(id, &r, gen)) != AL_OK)
         goto out;
-    audit(id, sp->secret ? "identity.rotate" : "identity.update", r.name, r.kind,
-          r.current_version);
+    json_t *extra = json_pack("{s:o*, s:b, s:i}", "changes", record_changes(&before, &r),
+                              "secret_changed", sp->secret != NULL, "previous_version",
+                              (json_int_t)before.current_version);
+    audit_ex(id, sp->secret ? "identity.rotate" : "identity.update", r.name, r.kind,
+             r.current_version, extra);
     if (version_out)
         *version_out = r.current_version;
 out:
+    free(before.environment);
+    free(before.description);
+    free(before.tags_json);
+    free(before.config_json);
     al_store_record_clear(&r);
     return rc;
 }

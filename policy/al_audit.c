@@ -33,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -263,10 +264,9 @@ void al_audit_close(al_audit *a)
     free(a);
 }
 
-void al_audit_submit(al_audit *a, const al_audit_request *r)
+/* Claims the next slot for a producer; NULL when the ring is full (counted). */
+static audit_slot *claim_slot(al_audit *a, size_t *pos_out)
 {
-    if (!a || !r)
-        return;
     size_t pos = atomic_load_explicit(&a->enqueue_pos, memory_order_relaxed);
     audit_slot *s;
     for (;;) {
@@ -280,12 +280,18 @@ void al_audit_submit(al_audit *a, const al_audit_request *r)
         } else if (dif < 0) {
             atomic_fetch_add_explicit(&a->dropped, 1, memory_order_relaxed);
             wake_writer(a, 1);
-            return;
+            return NULL;
         } else {
             pos = atomic_load_explicit(&a->enqueue_pos, memory_order_relaxed);
         }
     }
-    int n = al_audit_encode_request(r, s->line, sizeof s->line);
+    *pos_out = pos;
+    return s;
+}
+
+/* Publishes a claimed slot holding an encoding result n (a line length or an error). */
+static void publish_slot(al_audit *a, audit_slot *s, size_t pos, int n)
+{
     if (n < 0) {
         /* cannot happen (budgets fit the slot); keep the slot sequence intact anyway */
         n = snprintf(s->line, sizeof s->line, "{\"error\":\"audit_encode_failed\"}\n");
@@ -294,6 +300,27 @@ void al_audit_submit(al_audit *a, const al_audit_request *r)
     atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
     /* every quarter ring: a napping writer must not let the ring fill */
     wake_writer(a, ((pos + 1) & (a->mask >> 2)) == 0);
+}
+
+void al_audit_submit(al_audit *a, const al_audit_request *r)
+{
+    size_t pos;
+    audit_slot *s;
+    if (!a || !r || !(s = claim_slot(a, &pos)))
+        return;
+    publish_slot(a, s, pos, al_audit_encode_request(r, s->line, sizeof s->line));
+}
+
+void al_audit_submit_event(al_audit *a, const char *event, const al_audit_field *f, size_t n)
+{
+    size_t pos;
+    audit_slot *s;
+    struct timespec now;
+    if (!a || !event || !(s = claim_slot(a, &pos)))
+        return;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    publish_slot(a, s, pos, al_audit_encode_event(ms, event, f, n, s->line, sizeof s->line));
 }
 
 uint64_t al_audit_dropped(const al_audit *a)
@@ -516,6 +543,27 @@ static void put_time(enc *e, int64_t ms)
     put(e, tmp, (size_t)cached_len + 5);
 }
 
+/* Closes the record: the "truncated" mark if a field was cut, '}', '\n', NUL. Returns
+ * the line's length or AL_ERR_TOOBIG. */
+static int end_line(enc *e)
+{
+    if (e->truncated)
+        puts_(e, ",\"truncated\":true");
+    puts_(e, "}\n");
+    if (e->overflow)
+        return AL_ERR_TOOBIG;
+    e->p[e->len] = '\0';
+    return (int)e->len;
+}
+
+static void put_u64_or_null(enc *e, uint64_t v, int present)
+{
+    if (present)
+        put_u64(e, v);
+    else
+        puts_(e, "null");
+}
+
 int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
 {
     /* Output budgets per field: their sum plus the keys and numbers stays under
@@ -524,10 +572,19 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
     if (!r || !buf || cap < 2)
         return AL_ERR_INVAL;
     e.cap = cap - 1; /* room for the NUL */
-    puts_(&e, "{\"time\":");
+    puts_(&e, "{\"event\":");
+    put_str(&e, r->event ? r->event : "request", 32);
+    puts_(&e, ",\"time\":");
     put_time(&e, r->time_ms);
+    puts_(&e, ",\"start_time\":");
+    if (r->start_ms > 0)
+        put_time(&e, r->start_ms);
+    else
+        puts_(&e, "null");
     puts_(&e, ",\"request_id\":");
     put_str(&e, r->request_id, 128);
+    puts_(&e, ",\"client_request_id\":");
+    put_str(&e, r->client_request_id, 128);
     puts_(&e, ",\"client\":");
     put_str(&e, r->client, 64);
     puts_(&e, ",\"target\":");
@@ -538,17 +595,19 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
     put_str(&e, r->auth_method, 32);
     puts_(&e, ",\"provider\":");
     put_str(&e, r->provider, 128);
+    /* no version when no credential was taken (e.g. the provider is missing) */
     puts_(&e, ",\"provider_version\":");
-    if (r->provider)
-        put_u64(&e, r->provider_version);
-    else
-        puts_(&e, "null");
+    put_u64_or_null(&e, r->provider_version, r->provider && r->provider_version);
     puts_(&e, ",\"method\":");
     put_str(&e, r->method, 32);
     puts_(&e, ",\"host\":");
     put_str(&e, r->host, 256);
+    puts_(&e, ",\"port\":");
+    put_u64_or_null(&e, r->port, r->port != 0);
     puts_(&e, ",\"path\":");
     put_str(&e, r->path, 1600);
+    puts_(&e, ",\"upstream_addr\":");
+    put_str(&e, r->upstream_addr, 64);
     puts_(&e, ",\"protocol\":");
     put_str(&e, r->protocol, 16);
     puts_(&e, ",\"status\":");
@@ -565,13 +624,95 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
     put_str(&e, r->decision, 16);
     puts_(&e, ",\"reason\":");
     put_str(&e, r->reason, 64);
-    if (e.truncated)
-        puts_(&e, ",\"truncated\":true");
-    puts_(&e, "}\n");
-    if (e.overflow)
-        return AL_ERR_TOOBIG;
-    buf[e.len] = '\0';
-    return (int)e.len;
+    return end_line(&e);
+}
+
+int al_audit_encode_event(int64_t time_ms, const char *event, const al_audit_field *f, size_t n,
+                          char *buf, size_t cap)
+{
+    enc e = {.p = buf, .cap = cap};
+    size_t strings = 0;
+    if (!event || !buf || cap < 2 || (n && !f) || n > AL_AUDIT_EVENT_FIELDS_MAX)
+        return AL_ERR_INVAL;
+    e.cap = cap - 1;
+    for (size_t i = 0; i < n; i++)
+        strings += f[i].kind == AL_AUDIT_STR;
+    /* Each key costs at most 64 + 4 bytes and each number 20: what is left of a line
+     * (less 256 for event and time) is shared by the string values, at most 1024 each. */
+    size_t fixed = 256 + n * (64 + 4 + 20), budget = 1024;
+    if (strings && fixed < AL_AUDIT_LINE_MAX) {
+        size_t share = (AL_AUDIT_LINE_MAX - fixed) / strings;
+        if (share < budget)
+            budget = share;
+    }
+    if (budget < 8)
+        budget = 8;
+    puts_(&e, "{\"event\":");
+    put_str(&e, event, 64);
+    puts_(&e, ",\"time\":");
+    put_time(&e, time_ms);
+    for (size_t i = 0; i < n; i++) {
+        puts_(&e, ",");
+        put_str(&e, f[i].key ? f[i].key : "?", 60);
+        puts_(&e, ":");
+        switch (f[i].kind) {
+        case AL_AUDIT_STR:
+            put_str(&e, f[i].str, budget);
+            break;
+        case AL_AUDIT_INT:
+            if (f[i].num < 0) {
+                puts_(&e, "-");
+                put_u64(&e, f[i].num == INT64_MIN ? (uint64_t)INT64_MAX : (uint64_t)-f[i].num);
+            } else {
+                put_u64(&e, (uint64_t)f[i].num);
+            }
+            break;
+        case AL_AUDIT_BOOL:
+            puts_(&e, f[i].num ? "true" : "false");
+            break;
+        default:
+            puts_(&e, "null");
+            break;
+        }
+    }
+    return end_line(&e);
+}
+
+int al_audit_file_sha256(const char *path, char hex[65])
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char md[32], chunk[16384];
+    unsigned mdlen = 0;
+    int rc = AL_ERR_IO;
+    hex[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (fd < 0 || !ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL))
+        goto out;
+    for (;;) {
+        ssize_t r = read(fd, chunk, sizeof chunk);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            goto out;
+        if (r == 0)
+            break;
+        if (!EVP_DigestUpdate(ctx, chunk, (size_t)r))
+            goto out;
+    }
+    if (!EVP_DigestFinal_ex(ctx, md, &mdlen) || mdlen != sizeof md)
+        goto out;
+    for (size_t i = 0; i < sizeof md; i++) {
+        hex[2 * i] = digits[md[i] >> 4];
+        hex[2 * i + 1] = digits[md[i] & 15];
+    }
+    hex[64] = '\0';
+    rc = AL_OK;
+out:
+    EVP_MD_CTX_free(ctx);
+    if (fd >= 0)
+        close(fd);
+    return rc;
 }
 
 void al_audit_redact_query(const char *in, size_t len, char *out, size_t cap)

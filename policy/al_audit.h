@@ -6,6 +6,9 @@
  *    the event loop never waits on the disk. A full queue drops the record and
  *    counts it (al_audit_dropped) — the loop is never blocked.
  *  - the CLI (store changes): al_audit_append_line() appends synchronously.
+ * Besides request records (al_audit_submit), the server writes event records
+ * (al_audit_submit_event: table loads and reloads) through the same queue.
+ * SIGHUP / SIGUSR1 make the server call al_audit_reopen() (logrotate's convention).
  *
  * Records never contain a secret: callers pass provider names and versions only. */
 #ifndef AL_AUDIT_H
@@ -18,8 +21,12 @@ typedef struct al_audit al_audit;
 
 /* One request through the data path. String fields may be NULL (written as null). */
 typedef struct al_audit_request {
-    int64_t time_ms; /* wall clock, ms since epoch, at request start */
-    const char *request_id;
+    const char *event; /* "request" (NULL) for the final record, "request_start" for the
+                          record of a request still running past audit.start_record_after_ms */
+    int64_t time_ms;   /* wall clock, ms since epoch, when the record is written (the end) */
+    int64_t start_ms;  /* wall clock at request start; 0 = unknown (null) */
+    const char *request_id;        /* airlock's own id (always generated) */
+    const char *client_request_id; /* the agent's X-Request-Id as sent, NULL if none */
     const char *client; /* "ip:port" */
     const char *target;
     const char *type; /* target type name */
@@ -27,9 +34,11 @@ typedef struct al_audit_request {
     const char *provider;
     uint32_t provider_version;
     const char *method;
-    const char *host;
+    const char *host;     /* the host the agent addressed (CONNECT: its authority's host) */
+    uint16_t port;        /* its port; 0 = unknown (null) */
     const char *path;     /* path; query *values* removed by the caller (al_audit_redact_query) */
-    const char *protocol; /* "http/1.1", "h2" */
+    const char *upstream_addr; /* "ip:port" airlock connected to, NULL if none */
+    const char *protocol;      /* "http/1.1", "h2" */
     int status;
     uint64_t bytes_in;  /* from the agent */
     uint64_t bytes_out; /* to the agent */
@@ -44,6 +53,18 @@ typedef struct al_audit_request {
  * record gets "truncated":true), so any record fits: a hostile request cannot make
  * its own audit line disappear by being large. */
 #define AL_AUDIT_LINE_MAX 4096
+/* One field of an event record (al_audit_submit_event): a string (NULL = null), an
+ * integer or a boolean. Keys are the caller's constants. */
+enum al_audit_field_kind { AL_AUDIT_STR, AL_AUDIT_INT, AL_AUDIT_BOOL };
+typedef struct al_audit_field {
+    const char *key;
+    enum al_audit_field_kind kind;
+    const char *str;
+    int64_t num; /* INT value; BOOL: nonzero = true */
+} al_audit_field;
+/* At most this many fields in one event record. */
+#define AL_AUDIT_EVENT_FIELDS_MAX 32
+
 /* Queue capacity of al_audit_open() (lines; a power of two). */
 #define AL_AUDIT_QUEUE_DEFAULT 1024
 
@@ -59,16 +80,31 @@ void al_audit_submit(al_audit *a, const al_audit_request *r);
 uint64_t al_audit_dropped(const al_audit *a);
 /* Lines written to the file so far. */
 uint64_t al_audit_written(const al_audit *a);
-/* Asks the writer to reopen the file (after logrotate moved it); non-blocking. */
+/* Asks the writer to reopen the file (after logrotate moved it); non-blocking. Lines
+ * queued before the call go to whichever file is open when the writer reaches them:
+ * none is lost or written twice. */
 void al_audit_reopen(al_audit *a);
+/* Queues one event record {"event":..,"time":..,<fields>} (same queue, same
+ * non-blocking rules as al_audit_submit). Safe from any thread. */
+void al_audit_submit_event(al_audit *a, const char *event, const al_audit_field *f, size_t n);
 
 /* Encodes `r` as one JSON line (with '\n', NUL-terminated) into buf; returns the length
  * or AL_ERR_TOOBIG if cap is too small (cap >= AL_AUDIT_LINE_MAX always suffices).
  * Valid JSON and UTF-8 for any input bytes: control characters are escaped and bytes
- * that are not valid UTF-8 become U+FFFD. Field names: time (ISO 8601 UTC), request_id,
- * client, target, type, auth_method, provider, provider_version, method, host, path,
- * protocol, status, bytes_in, bytes_out, upstream_ms, total_ms, decision, reason. */
+ * that are not valid UTF-8 become U+FFFD. Field names: event, time and start_time
+ * (ISO 8601 UTC), request_id, client_request_id, client, target, type, auth_method,
+ * provider, provider_version (null without a credential version), method, host, port,
+ * path, upstream_addr, protocol, status, bytes_in, bytes_out, upstream_ms, total_ms,
+ * decision, reason (README "Audit log" documents each). */
 int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap);
+/* Encodes an event record: {"event":event,"time":time_ms,<f[0..n)>}. Same guarantees
+ * as al_audit_encode_request (string values share a budget so any record fits
+ * AL_AUDIT_LINE_MAX); AL_ERR_INVAL for n > AL_AUDIT_EVENT_FIELDS_MAX. */
+int al_audit_encode_event(int64_t time_ms, const char *event, const al_audit_field *f, size_t n,
+                          char *buf, size_t cap);
+/* SHA-256 of the file's bytes as 64 lower-case hex digits (+ NUL), for records that
+ * name the exact table that was loaded. AL_ERR_IO if it cannot be read. */
+int al_audit_file_sha256(const char *path, char hex[65]);
 /* Copies `path_and_query` into out with every query value replaced by nothing
  * ("/a?key=&x=") so secrets in query strings never reach the log. A parameter without
  * '=' ("/a?sk-123") could itself be a secret: it is dropped ("/a?"). A fragment is

@@ -7,7 +7,14 @@
  *
  * States: NEW -> (refused) | RESOLVING -> UPSTREAM -> DONE. Callbacks from the
  * resolver and the upstream may run synchronously inside the call that starts
- * them; `state` is checked after each such call. */
+ * them; `state` is checked after each such call.
+ *
+ * Audit: one final record per request (write_audit), and a "request_start" record
+ * for a request still running after audit.start_record_after_ms: requests wait for
+ * it on a per-worker list in start order, so one timer on the worker's loop (armed
+ * for the oldest) serves them all, and a request that ends first just leaves the
+ * list. The request id is airlock's own, made when the request is; the agent's
+ * X-Request-Id is recorded apart (client_request_id) and not forwarded. */
 #include "al_request.h"
 #include "al_egress.h"
 #include "al_errors.h"
@@ -78,7 +85,9 @@ struct al_req {
     /* upstream */
     void *resolve_handle;
     al_upstream_req *up;
-    char addr[64];
+    char addr[64];      /* the checked upstream address airlock connects to, "" = none */
+    uint16_t addr_port; /* its port */
+    const char *provider_wanted; /* the provider a credential was looked up for */
     int out_paused;
     uint32_t upstream_ms;
 
@@ -93,6 +102,8 @@ struct al_req {
     char request_id[48];
     struct timespec t0;
     int64_t wall_ms;
+    al_req *audit_prev, *audit_next; /* on w->audit_wait_* until a start or final record */
+    int audit_waiting;
 
     arena_blk *blocks;
     union {
@@ -158,6 +169,10 @@ static uint32_t elapsed_ms(const struct timespec *t0)
     return ms < 0 ? 0 : (uint32_t)ms;
 }
 
+static void make_request_id(al_req *r);
+static void audit_wait_add(al_req *r);
+static void audit_wait_remove(al_req *r);
+
 al_req *al_request_new(al_worker *w, const al_req_sink *sink, void *arg, const char *protocol,
                        const char *client)
 {
@@ -192,8 +207,24 @@ al_req *al_request_new(al_worker *w, const al_req_sink *sink, void *arg, const c
     al_buf_init(&r->refuse_body, 4096);
     clock_gettime(CLOCK_MONOTONIC, &r->t0);
     r->wall_ms = now_wall_ms();
+    make_request_id(r);
+    audit_wait_add(r);
     w->requests_in_flight++;
     return r;
+}
+
+/* airlock's own id for every request (also those refused before their head is
+ * complete): 32 hex digits from the CSPRNG. */
+static void make_request_id(al_req *r)
+{
+    unsigned char rnd[16];
+    al_worker_random_id(r->w, rnd); /* zeroes on a CSPRNG failure */
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        r->request_id[2 * i] = hex[rnd[i] >> 4];
+        r->request_id[2 * i + 1] = hex[rnd[i] & 15];
+    }
+    r->request_id[32] = '\0';
 }
 
 static void release_secret(al_req *r)
@@ -208,43 +239,221 @@ static void release_secret(al_req *r)
     memset(&r->sv, 0, sizeof r->sv);
 }
 
+static const al_header *find_header(const al_req *r, const char *name);
+static int split_authority(const char *a, size_t n, const char **host, size_t *host_len,
+                           uint16_t *port, uint16_t default_port);
+
+/* Buffers a record's derived strings live in while it is encoded. */
+typedef struct audit_bufs {
+    char path[2048];
+    char host[256];
+    char upstream[80];
+} audit_bufs;
+
+/* The host, port and path the agent addressed, as the record shows them: the
+ * authority never in `path` (CONNECT: none; absolute-form: only what follows the
+ * authority), query values removed. Derived from the head here rather than in the
+ * routing code, so refused requests get the same fields as forwarded ones. */
+static void audit_addressing(al_req *r, al_audit_request *rec, audit_bufs *b)
+{
+    const char *auth = NULL, *tg = r->target;
+    size_t alen = 0, tl = tg ? r->target_len : 0;
+    uint16_t dport = 80;
+    int is_connect = r->method && strcmp(r->method, "CONNECT") == 0;
+    if (is_connect) {
+        auth = tg;
+        alen = tl;
+        tl = 0;
+    } else if (tl > 7 &&
+               (strncasecmp(tg, "http://", 7) == 0 || strncasecmp(tg, "https://", 8) == 0)) {
+        size_t skip = tg[4] == ':' ? 7 : 8;
+        dport = skip == 7 ? 80 : 443;
+        auth = tg + skip;
+        const char *e = auth;
+        while (e < tg + tl && *e != '/' && *e != '?' && *e != '#')
+            e++;
+        alen = (size_t)(e - auth);
+        tl -= (size_t)(e - tg);
+        tg = e;
+    } else if (r->authority) {
+        auth = r->authority;
+        alen = strlen(auth);
+        if (r->scheme && strcmp(r->scheme, "https") == 0)
+            dport = 443;
+    } else if (!r->tunnel_host) {
+        const al_header *h = find_header(r, "host");
+        if (h) {
+            auth = h->value;
+            alen = h->value_len;
+        }
+    }
+    if (r->tunnel_host) {
+        rec->host = r->tunnel_host;
+        rec->port = r->tunnel_port;
+    } else if (r->t && r->host == r->t->host) { /* gateway mode: the target's */
+        rec->host = r->t->host;
+        rec->port = r->t->port;
+    } else if (auth && alen) {
+        const char *h;
+        size_t hl;
+        uint16_t port;
+        if (split_authority(auth, alen, &h, &hl, &port, dport) == 0) {
+            copy_str(b->host, hl + 1 < sizeof b->host ? hl + 1 : sizeof b->host, h);
+            rec->host = b->host;
+            rec->port = port;
+        } else { /* not host[:port]: recorded as sent (escaped), no port */
+            copy_str(b->host, alen + 1 < sizeof b->host ? alen + 1 : sizeof b->host, auth);
+            rec->host = b->host;
+        }
+    }
+    /* The path that went upstream once routed (gateway: the target's), else what the
+     * agent sent after the authority; a CONNECT has none. */
+    if (r->up_path) {
+        al_audit_redact_query(r->up_path, r->up_path_len, b->path, sizeof b->path);
+        rec->path = b->path;
+    } else if (tl && tg[0] != '?') {
+        al_audit_redact_query(tg, tl, b->path, sizeof b->path);
+        rec->path = b->path;
+    } else if (tl) { /* "http://host?q": the path is "/" */
+        b->path[0] = '/';
+        al_audit_redact_query(tg, tl, b->path + 1, sizeof b->path - 1);
+        rec->path = b->path;
+    } else if (!is_connect && auth && tg != r->target) {
+        rec->path = "/"; /* "http://host" */
+    }
+}
+
+/* Fills rec from the request as it stands (the strings stay valid while r and b do). */
+static void audit_fill(al_req *r, al_audit_request *rec, audit_bufs *b)
+{
+    const al_header *crid = find_header(r, "x-request-id");
+    memset(rec, 0, sizeof *rec);
+    rec->time_ms = now_wall_ms();
+    rec->start_ms = r->wall_ms;
+    rec->request_id = r->request_id[0] ? r->request_id : NULL;
+    rec->client_request_id = crid ? crid->value : NULL;
+    rec->client = r->client;
+    rec->target = r->t ? r->t->name : NULL;
+    rec->type = r->t ? al_target_type_name(r->t->type) : NULL;
+    rec->auth_method = r->t ? al_auth_method_name(r->t->auth.method) : NULL;
+    /* the provider that served, else the one that was wanted (missing, store closed) */
+    rec->provider = r->sv.provider ? r->sv.provider : r->provider_wanted;
+    rec->provider_version = r->sv.provider ? r->sv.version : 0;
+    rec->method = r->method;
+    audit_addressing(r, rec, b);
+    if (r->addr[0]) {
+        int v6 = strchr(r->addr, ':') != NULL;
+        snprintf(b->upstream, sizeof b->upstream, v6 ? "[%s]:%u" : "%s:%u", r->addr,
+                 (unsigned)r->addr_port);
+        rec->upstream_addr = b->upstream;
+    }
+    rec->protocol = r->protocol;
+    rec->status = r->status;
+    rec->bytes_in = r->bytes_in;
+    rec->bytes_out = r->bytes_out;
+    rec->upstream_ms = r->upstream_ms;
+    rec->total_ms = elapsed_ms(&r->t0);
+    rec->decision = r->reason ? "deny" : "allow";
+    rec->reason = r->reason;
+}
+
 static void write_audit(al_req *r)
 {
     if (r->audited)
         return;
     r->audited = 1;
+    audit_wait_remove(r);
     al_audit *a = r->w->server ? r->w->server->audit : NULL;
     if (!a)
         return;
-    char path[2048] = "";
-    /* The path that went upstream once routed (forward proxy: without scheme and
-     * authority; gateway: the target's), else what the agent sent. */
-    if (r->up_path)
-        al_audit_redact_query(r->up_path, r->up_path_len, path, sizeof path);
-    else if (r->target)
-        al_audit_redact_query(r->target, r->target_len, path, sizeof path);
-    al_audit_request rec = {
-        .time_ms = r->wall_ms,
-        .request_id = r->request_id[0] ? r->request_id : NULL,
-        .client = r->client,
-        .target = r->t ? r->t->name : NULL,
-        .type = r->t ? al_target_type_name(r->t->type) : NULL,
-        .auth_method = r->t ? al_auth_method_name(r->t->auth.method) : NULL,
-        .provider = r->sv.provider,
-        .provider_version = r->sv.version,
-        .method = r->method,
-        .host = r->host,
-        .path = (r->up_path || r->target) ? path : NULL,
-        .protocol = r->protocol,
-        .status = r->status,
-        .bytes_in = r->bytes_in,
-        .bytes_out = r->bytes_out,
-        .upstream_ms = r->upstream_ms,
-        .total_ms = elapsed_ms(&r->t0),
-        .decision = r->reason ? "deny" : "allow",
-        .reason = r->reason,
-    };
+    al_audit_request rec;
+    audit_bufs b;
+    audit_fill(r, &rec, &b);
     al_audit_submit(a, &rec);
+}
+
+/* ---- start records ------------------------------------------------------ */
+
+static uint32_t start_record_after_ms(const al_worker *w)
+{
+    return w->table ? w->table->audit.start_record_after_ms : 0;
+}
+
+static void on_audit_start_timer(struct ev_loop *loop, ev_timer *t, int revents);
+
+static void arm_start_timer(al_worker *w, uint32_t in_ms)
+{
+    if (!w->audit_timer_ready) {
+        ev_init(&w->audit_start_timer, on_audit_start_timer);
+        w->audit_start_timer.data = w;
+        w->audit_timer_ready = 1;
+    }
+    w->audit_start_timer.repeat = in_ms / 1000.0 + 0.001;
+    ev_timer_again(w->loop, &w->audit_start_timer);
+}
+
+static void audit_wait_add(al_req *r)
+{
+    al_worker *w = r->w;
+    uint32_t after = start_record_after_ms(w);
+    if (!after || !w->loop)
+        return;
+    r->audit_waiting = 1;
+    r->audit_next = NULL;
+    r->audit_prev = w->audit_wait_tail;
+    if (w->audit_wait_tail)
+        w->audit_wait_tail->audit_next = r;
+    else
+        w->audit_wait_head = r;
+    w->audit_wait_tail = r;
+    if (!w->audit_timer_ready || !ev_is_active(&w->audit_start_timer))
+        arm_start_timer(w, after);
+}
+
+static void audit_wait_remove(al_req *r)
+{
+    al_worker *w = r->w;
+    if (!r->audit_waiting)
+        return;
+    r->audit_waiting = 0;
+    if (r->audit_prev)
+        r->audit_prev->audit_next = r->audit_next;
+    else
+        w->audit_wait_head = r->audit_next;
+    if (r->audit_next)
+        r->audit_next->audit_prev = r->audit_prev;
+    else
+        w->audit_wait_tail = r->audit_prev;
+    r->audit_prev = r->audit_next = NULL;
+    /* an empty list leaves the timer to fire once and find nothing: no re-arm cost */
+}
+
+/* The oldest waiting requests that passed the threshold get their start record;
+ * the timer is re-armed for the next one. */
+static void on_audit_start_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    al_worker *w = t->data;
+    al_audit *a = w->server ? w->server->audit : NULL;
+    uint32_t after = start_record_after_ms(w);
+    (void)revents;
+    ev_timer_stop(loop, t);
+    while (w->audit_wait_head) {
+        al_req *r = w->audit_wait_head;
+        uint32_t age = elapsed_ms(&r->t0);
+        if (after && age < after) {
+            arm_start_timer(w, after - age);
+            return;
+        }
+        audit_wait_remove(r);
+        if (!after || !a)
+            continue; /* turned off by a reload: the list just empties */
+        al_audit_request rec;
+        audit_bufs b;
+        audit_fill(r, &rec, &b);
+        rec.event = "request_start";
+        rec.decision = r->reason ? "deny" : "allow";
+        al_audit_submit(a, &rec);
+    }
 }
 
 void al_request_free(al_req *r)
@@ -428,6 +637,12 @@ void al_request_note_done(al_req *r, int status)
     r->state = REQ_DONE;
 }
 
+void al_request_note_upstream(al_req *r, const char *addr, uint16_t port)
+{
+    copy_str(r->addr, sizeof r->addr, addr);
+    r->addr_port = port;
+}
+
 void al_request_note_bytes(al_req *r, uint64_t in, uint64_t out)
 {
     r->bytes_in = in;
@@ -501,37 +716,6 @@ static const al_header *find_header(const al_req *r, const char *name)
         if (r->hdrs[i].name_len == n && strncasecmp(r->hdrs[i].name, name, n) == 0)
             return &r->hdrs[i];
     return NULL;
-}
-
-static int request_id_ok(const char *v, size_t n)
-{
-    if (n < 1 || n > 200)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = v[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
-static void set_request_id(al_req *r)
-{
-    const al_header *h = find_header(r, "x-request-id");
-    if (h && h->value_len < sizeof r->request_id && request_id_ok(h->value, h->value_len)) {
-        memcpy(r->request_id, h->value, h->value_len);
-        r->request_id[h->value_len] = '\0';
-        return;
-    }
-    unsigned char rnd[16];
-    al_worker_random_id(r->w, rnd); /* zeroes on a CSPRNG failure */
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < sizeof rnd; i++) {
-        r->request_id[2 * i] = hex[rnd[i] >> 4];
-        r->request_id[2 * i + 1] = hex[rnd[i] & 15];
-    }
-    r->request_id[32] = '\0';
 }
 
 /* Is `name` one of the tokens of the agent's Connection header? */
@@ -747,6 +931,7 @@ static void start_upstream(al_req *r)
         }
         const char *want = r->attempt ? t->auth.fallback_provider
                                       : (t->auth.provider_count ? t->auth.providers[0] : "?");
+        r->provider_wanted = want;
         if (!s->creds) {
             refuse(r, 502, "credential_unavailable",
                    "the credential store is not open, so provider '%s' cannot be used; check "
@@ -891,6 +1076,7 @@ static void on_resolved(void *arg, const al_resolve_result *res)
         return;
     }
     copy_str(r->addr, sizeof r->addr, res->addr_text);
+    r->addr_port = r->t->port;
     start_upstream(r);
 }
 
@@ -1143,7 +1329,6 @@ void al_request_start(al_req *r, int has_body, int64_t body_length)
 {
     r->has_body = has_body;
     r->body_length = body_length;
-    set_request_id(r);
     if (!r->method || !r->target || !r->target_len) {
         refuse(r, 400, "bad_request", "the request has no method or path");
         return;

@@ -58,6 +58,9 @@ int al_request_set_tunnel(al_req *r, const char *host, uint16_t port);
 /* Records a request that ended without a response body of its own (a CONNECT that
  * was accepted): status for the audit, decision allow. No sink call. */
 void al_request_note_done(al_req *r, int status);
+/* The checked address ("ip", as the resolver wrote it) and port a blind tunnel
+ * connects to, for the audit record's upstream_addr. */
+void al_request_note_upstream(al_req *r, const char *addr, uint16_t port);
 /* Bytes a blind tunnel carried, for the audit record. */
 void al_request_note_bytes(al_req *r, uint64_t in, uint64_t out);
 /* The route-only lookups CONNECT needs (the worker's current table). */

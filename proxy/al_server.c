@@ -1,6 +1,7 @@
 /* al_server: `airlock serve` (see al_server.h).
  *
- * The main thread owns: signals (SIGHUP reload, SIGTERM/SIGINT drain), the admin
+ * The main thread owns: signals (SIGHUP reload and audit log reopen, SIGUSR1 audit
+ * log reopen, SIGTERM/SIGINT drain), the admin
  * listener (/healthz, /readyz), and the authoritative table pointer. Workers are
  * told about a new table through al_worker_post_table and stop through
  * al_worker_post_stop; the main thread then joins them, so the drain deadline is
@@ -190,6 +191,29 @@ static int check_providers(const char *state_dir, const al_table *t, al_diags *d
     return rc;
 }
 
+/* One audit record per table load (at start) and reload, ok or failed: which file,
+ * its SHA-256, the generation it became, its target count and how many diagnostics
+ * it had. Called where the outcome is known; the records are the audit trail of what
+ * the proxy enforced and when. */
+static void audit_table_load(al_server *s, const char *event, int rc, const al_table *t,
+                             const al_diags *d)
+{
+    char sha[65];
+    int have_sha = al_audit_file_sha256(s->config_path, sha) == AL_OK;
+    if (rc == AL_OK)
+        s->table_generation++;
+    al_audit_field f[] = {
+        {"result", AL_AUDIT_STR, rc == AL_OK ? "ok" : "failed", 0},
+        {"generation", AL_AUDIT_INT, NULL, (int64_t)s->table_generation},
+        {"file", AL_AUDIT_STR, s->config_path, 0},
+        {"sha256", AL_AUDIT_STR, have_sha ? sha : NULL, 0},
+        {"targets", AL_AUDIT_INT, NULL, t ? (int64_t)t->target_count : 0},
+        {"diagnostics", AL_AUDIT_INT, NULL, d ? (int64_t)d->count : 0},
+        {"error", AL_AUDIT_STR, rc == AL_OK ? NULL : al_strerror(rc), 0},
+    };
+    al_audit_submit_event(s->audit, event, f, sizeof f / sizeof f[0]);
+}
+
 static int same_str(const char *a, const char *b)
 {
     return a == b || (a && b && strcmp(a, b) == 0);
@@ -205,6 +229,7 @@ static void reload(al_server *s)
         al_table_unref(t);
         t = NULL;
     }
+    audit_table_load(s, "table.reload", rc, t, &d);
     if (rc) {
         log_diags(&d);
         al_log(AL_LOG_ERROR, "table.reload_failed",
@@ -233,9 +258,22 @@ static void reload(al_server *s)
 
 static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
 {
+    al_server *s = w->data;
     (void)loop;
     (void)revents;
-    reload(w->data);
+    /* logrotate's convention (postrotate: kill -HUP): the writer thread reopens the
+     * audit log by name, so records after the rotation go to the new file. */
+    al_audit_reopen(s->audit);
+    reload(s);
+}
+
+static void on_sigusr1(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    al_server *s = w->data;
+    (void)loop;
+    (void)revents;
+    al_audit_reopen(s->audit); /* reopen only, no table reload */
+    al_log(AL_LOG_INFO, "audit.reopen", "reopening the audit log");
 }
 
 static void on_sigterm(struct ev_loop *loop, ev_signal *w, int revents)
@@ -336,6 +374,7 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
                 audit_path ? audit_path : "(none)");
         goto out;
     }
+    audit_table_load(s, "table.load", AL_OK, s->table, NULL);
 
     unsigned n =
         workers ? workers : (s->table->limits.workers ? s->table->limits.workers : nproc());
@@ -366,10 +405,12 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     ev_signal_init(&s->sighup, on_sighup, SIGHUP);
     ev_signal_init(&s->sigterm, on_sigterm, SIGTERM);
     ev_signal_init(&s->sigint, on_sigterm, SIGINT);
-    s->sighup.data = s->sigterm.data = s->sigint.data = s;
+    ev_signal_init(&s->sigusr1, on_sigusr1, SIGUSR1);
+    s->sighup.data = s->sigterm.data = s->sigint.data = s->sigusr1.data = s;
     ev_signal_start(s->loop, &s->sighup);
     ev_signal_start(s->loop, &s->sigterm);
     ev_signal_start(s->loop, &s->sigint);
+    ev_signal_start(s->loop, &s->sigusr1);
 
     /* Workers never take the process signals: libev delivers them to this loop. */
     sigset_t set, old;
@@ -377,6 +418,7 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, &old);
     for (; started < s->worker_count; started++) {
         if (al_worker_start(&s->workers[started]) != AL_OK)

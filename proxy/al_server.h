@@ -29,7 +29,8 @@ typedef struct al_server {
     atomic_int workers_running;
     int admin_fd;
     ev_io admin_w;
-    ev_signal sighup, sigterm, sigint;
+    ev_signal sighup, sigterm, sigint, sigusr1;
+    uint64_t table_generation; /* 1 = the table loaded at start, +1 per successful reload */
     ev_timer drain_timer;
     int draining;
     void *ca;            /* al_ca*, owned; NULL without a CA */

@@ -207,6 +207,7 @@ static void on_resolved(void *arg, const al_resolve_result *res)
         return;
     }
     t->phase = T_CONNECTING;
+    al_request_note_upstream(t->req, res->addr_text, t->port);
     t->fd = socket(res->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (t->fd < 0 || (connect(t->fd, (const struct sockaddr *)&res->addr, res->addr_len) != 0 &&
                       errno != EINPROGRESS)) {

@@ -62,6 +62,12 @@ typedef struct al_worker {
     size_t requests_in_flight;
     int draining;
 
+    /* Requests that may still need a "request_start" audit record, oldest first
+     * (al_request.c owns the list and the timer: audit.start_record_after_ms). */
+    struct al_req *audit_wait_head, *audit_wait_tail;
+    ev_timer audit_start_timer; /* initialised on first use (audit_timer_ready) */
+    int audit_timer_ready;
+
     /* CSPRNG output fetched in bulk for X-Request-Id (one RAND_bytes per 256 ids
      * rather than per request); this thread only. */
     unsigned char rid_pool[4096];

@@ -89,6 +89,11 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                          "`<state_dir>/audit.log`",
                          "Audit log, one JSON record per line; relative to this file's "
                          "directory."},
+    [AL_S_AUDIT_START_RECORD_AFTER] = {"audit.start_record_after_ms", AL_SK_UINT, parse_uint,
+                                       TBL(audit.start_record_after_ms), 0, 0, 86400000, 10000,
+                                       0, "10000",
+                                       "A request still running after this long (ms) gets a "
+                                       "`request_start` record; 0 = never."},
     [AL_S_LIMITS] = {"limits", AL_SK_MAP, NULL, TBL(limits), 0, 0, 0, 0, 0, "",
                      "Timeouts and sizes of the data path."},
     [AL_S_LIMITS_CONNECT_TIMEOUT] = {"limits.connect_timeout_ms", AL_SK_UINT, parse_uint,

@@ -144,6 +144,7 @@ typedef struct al_egress_cfg {
 typedef struct al_audit_cfg {
     char *file; /* owned; NULL = <state_dir>/audit.log; relative: against the file's directory */
     al_mark file_mark; /* where audit.file was written (line 0 when it was not) */
+    uint32_t start_record_after_ms; /* default 10000; 0 = no "request_start" records */
 } al_audit_cfg;
 
 typedef struct al_headers_cfg {

@@ -107,7 +107,9 @@ def test_passthrough_goes_through_the_egress_guard():
     assert "CONNECT tunnel failed, response 403" in r.stderr, r.stderr[-600:]
     lines = wait_for(lambda: [a for a in AL.audit_lines() if a.get("method") == "CONNECT"
                               and a.get("reason") == "egress_denied"], 5, "audit of the refusal")
-    assert lines[-1]["path"].startswith("svc.localhost"), lines[-1]
+    # the authority is in host and port, never in path (issue 9 item 14)
+    assert lines[-1]["host"] == "svc.localhost" and lines[-1]["port"] == ECHO, lines[-1]
+    assert lines[-1]["path"] is None, lines[-1]
 
 
 def test_untrusting_client_fails_and_airlock_survives():

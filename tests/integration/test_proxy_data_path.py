@@ -175,7 +175,8 @@ def test_forward_proxy_curl_injects_and_strips():
     assert h["authorization"] == ["Bearer " + SECRET], h
     for gone in ("proxy-authorization", "x-hop", "keep-alive", "te", "connection"):
         assert gone not in h, (gone, h)
-    assert h["x-request-id"] == ["agent-req.1"], h
+    # upstream gets airlock's own request id, not the agent's (recorded apart in the audit)
+    assert len(h["x-request-id"]) == 1 and h["x-request-id"] != ["agent-req.1"], h
     assert h["via"] == ["1.1 airlock"], h
 
 
@@ -276,7 +277,7 @@ def test_fallback_provider_after_401():
     assert code == 401, (code, body)
     # The second attempt went out with the fallback provider: the audit says which.
     def line():
-        return [a for a in AL.audit_lines() if a.get("request_id") == "fallback-test"]
+        return [a for a in AL.audit_lines() if a.get("client_request_id") == "fallback-test"]
     lines = wait_for(line, 5, "audit line of the fallback request")
     assert lines[-1]["provider"] == "spare-key", lines
     assert json.loads(body)["headers"]["authorization"] == ["Bearer " + FALLBACK]
@@ -419,7 +420,7 @@ def test_audit_lines_and_refusals():
     ok = [a for a in lines if a.get("target") == "echo" and a.get("status") == 200]
     assert ok and ok[0]["provider"] == "main-key" and ok[0]["method"] == "GET", ok[:2]
     # forward proxy: the audited path is the path that went upstream, query values removed
-    fwd = [a for a in lines if a.get("request_id") == "agent-req.1"]
+    fwd = [a for a in lines if a.get("client_request_id") == "agent-req.1"]
     assert fwd and fwd[0]["path"] == "/api/v1/items?x=" and fwd[0]["host"] == "127.0.0.1", fwd
 
 

@@ -231,6 +231,11 @@ static void test_encode_huge_fields_fit(void **state)
             .total_ms = UINT32_MAX,
             .decision = s,
             .reason = s,
+            .event = s,
+            .client_request_id = s,
+            .upstream_addr = s,
+            .start_ms = INT64_MAX / 1000000,
+            .port = UINT16_MAX,
         };
         char *buf = malloc(AL_AUDIT_LINE_MAX);
         assert_non_null(buf);
@@ -510,6 +515,165 @@ static void test_close_flushes_and_reopen_follows_rotation(void **state)
     assert_int_equal(check_lines(path, seen, 1, 100), 3);
 }
 
+/* Issue 9 items 13, 14, 17: the record's new fields and their null rules. */
+static void test_encode_identity_addressing_and_times(void **state)
+{
+    char buf[AL_AUDIT_LINE_MAX];
+    al_audit_request r = sample();
+    r.start_ms = 1764383400123LL - 75000; /* a 75 s stream */
+    r.client_request_id = "forged-id-123";
+    r.port = 8443;
+    r.upstream_addr = "[2001:db8::1]:8443";
+    int n = al_audit_encode_request(&r, buf, sizeof buf);
+    json_t *j = parse_line(buf, n);
+    /* the event comes first, so a reader can dispatch on it */
+    assert_memory_equal(buf, "{\"event\":\"request\",", 19);
+    assert_string_equal(json_string_value(json_object_get(j, "event")), "request");
+    assert_string_equal(json_string_value(json_object_get(j, "time")), "2025-11-29T02:30:00.123Z");
+    assert_string_equal(json_string_value(json_object_get(j, "start_time")),
+                        "2025-11-29T02:28:45.123Z");
+    assert_string_equal(json_string_value(json_object_get(j, "request_id")), "rid-1");
+    assert_string_equal(json_string_value(json_object_get(j, "client_request_id")),
+                        "forged-id-123");
+    assert_int_equal(json_integer_value(json_object_get(j, "port")), 8443);
+    assert_string_equal(json_string_value(json_object_get(j, "upstream_addr")),
+                        "[2001:db8::1]:8443");
+    json_decref(j);
+
+    /* a start record; unknown start, port and address are null; a provider that was
+     * wanted but gave no credential (version 0) has a null version */
+    al_audit_request d = sample();
+    d.event = "request_start";
+    d.start_ms = 0;
+    d.provider = "missing-key";
+    d.provider_version = 0;
+    n = al_audit_encode_request(&d, buf, sizeof buf);
+    j = parse_line(buf, n);
+    assert_string_equal(json_string_value(json_object_get(j, "event")), "request_start");
+    assert_true(json_is_null(json_object_get(j, "start_time")));
+    assert_true(json_is_null(json_object_get(j, "client_request_id")));
+    assert_true(json_is_null(json_object_get(j, "port")));
+    assert_true(json_is_null(json_object_get(j, "upstream_addr")));
+    assert_string_equal(json_string_value(json_object_get(j, "provider")), "missing-key");
+    assert_true(json_is_null(json_object_get(j, "provider_version")));
+    json_decref(j);
+
+    /* a hostile client id cannot forge another field or break the line */
+    static const char *const ids[] = {
+        "x\",\"request_id\":\"forged", "a\nb\r\n{\"event\":\"request\"}", "\xff\xfe\x01",
+        "\\\"", "</script><!--",
+    };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        al_audit_request h = sample();
+        h.client_request_id = ids[i];
+        n = al_audit_encode_request(&h, buf, sizeof buf);
+        j = parse_line(buf, n);
+        assert_string_equal(json_string_value(json_object_get(j, "request_id")), "rid-1");
+        assert_non_null(json_string_value(json_object_get(j, "client_request_id")));
+        json_decref(j);
+    }
+}
+
+static void test_encode_event_records(void **state)
+{
+    char buf[AL_AUDIT_LINE_MAX];
+    al_audit_field f[] = {
+        {"result", AL_AUDIT_STR, "ok", 0},
+        {"generation", AL_AUDIT_INT, NULL, 7},
+        {"file", AL_AUDIT_STR, "/etc/airlock/t\"able\n.yaml", 0},
+        {"sha256", AL_AUDIT_STR, NULL, 0},
+        {"negative", AL_AUDIT_INT, NULL, -42},
+        {"min", AL_AUDIT_INT, NULL, INT64_MIN},
+        {"flag", AL_AUDIT_BOOL, NULL, 1},
+        {"off", AL_AUDIT_BOOL, NULL, 0},
+    };
+    int n = al_audit_encode_event(1764383400123LL, "table.reload", f, sizeof f / sizeof f[0], buf,
+                                  sizeof buf);
+    json_t *j = parse_line(buf, n);
+    assert_memory_equal(buf, "{\"event\":\"table.reload\",\"time\":", 31);
+    assert_string_equal(json_string_value(json_object_get(j, "time")), "2025-11-29T02:30:00.123Z");
+    assert_string_equal(json_string_value(json_object_get(j, "result")), "ok");
+    assert_int_equal(json_integer_value(json_object_get(j, "generation")), 7);
+    assert_string_equal(json_string_value(json_object_get(j, "file")), "/etc/airlock/t\"able\n.yaml");
+    assert_true(json_is_null(json_object_get(j, "sha256")));
+    assert_int_equal(json_integer_value(json_object_get(j, "negative")), -42);
+    assert_int_equal(json_integer_value(json_object_get(j, "min")), -INT64_MAX);
+    assert_true(json_is_true(json_object_get(j, "flag")));
+    assert_true(json_is_false(json_object_get(j, "off")));
+    assert_null(json_object_get(j, "truncated"));
+    json_decref(j);
+
+    /* the most fields, every string huge and hostile: one valid line within the slot */
+    size_t big = 50000;
+    char *ctl = malloc(big + 1);
+    assert_non_null(ctl);
+    memset(ctl, 0x01, big);
+    ctl[big] = '\0';
+    al_audit_field many[AL_AUDIT_EVENT_FIELDS_MAX];
+    char keys[AL_AUDIT_EVENT_FIELDS_MAX][16];
+    for (int i = 0; i < AL_AUDIT_EVENT_FIELDS_MAX; i++) {
+        snprintf(keys[i], sizeof keys[i], "k%d", i);
+        many[i] = (al_audit_field){keys[i], i % 3 ? AL_AUDIT_STR : AL_AUDIT_INT, ctl, INT64_MAX};
+    }
+    n = al_audit_encode_event(INT64_MAX / 1000000, ctl, many, AL_AUDIT_EVENT_FIELDS_MAX, buf,
+                              sizeof buf);
+    assert_true(n > 0 && n < AL_AUDIT_LINE_MAX);
+    j = parse_line(buf, n);
+    assert_true(json_is_true(json_object_get(j, "truncated")));
+    assert_int_equal(json_integer_value(json_object_get(j, "k0")), INT64_MAX);
+    json_decref(j);
+    /* few fields: a long value keeps up to 1024 bytes of output */
+    al_audit_field one = {"file", AL_AUDIT_STR, ctl, 0};
+    n = al_audit_encode_event(0, "x", &one, 1, buf, sizeof buf);
+    j = parse_line(buf, n);
+    assert_true(strlen(json_string_value(json_object_get(j, "file"))) >= 150);
+    json_decref(j);
+    free(ctl);
+
+    assert_int_equal(al_audit_encode_event(0, "x", many, AL_AUDIT_EVENT_FIELDS_MAX + 1, buf,
+                                           sizeof buf),
+                     AL_ERR_INVAL);
+    assert_int_equal(al_audit_encode_event(0, NULL, NULL, 0, buf, sizeof buf), AL_ERR_INVAL);
+    assert_int_equal(al_audit_encode_event(0, "x", f, 2, buf, 20), AL_ERR_TOOBIG);
+}
+
+static void test_submit_event_and_file_sha256(void **state)
+{
+    char path[128], data[128], hex[65];
+    path_in_dir(path, sizeof path, "events.log");
+    path_in_dir(data, sizeof data, "abc.txt");
+    FILE *fp = fopen(data, "w");
+    assert_non_null(fp);
+    fputs("abc", fp);
+    fclose(fp);
+    assert_int_equal(al_audit_file_sha256(data, hex), AL_OK);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_int_equal(al_audit_file_sha256("/nonexistent/x.yaml", hex), AL_ERR_IO);
+    assert_string_equal(hex, "");
+
+    al_audit *a = NULL;
+    assert_int_equal(al_audit_open(path, &a), AL_OK);
+    al_audit_request r = sample();
+    al_audit_submit(a, &r);
+    al_audit_field f[] = {{"result", AL_AUDIT_STR, "failed", 0}, {"diagnostics", AL_AUDIT_INT, NULL, 3}};
+    al_audit_submit_event(a, "table.reload", f, 2);
+    al_audit_submit_event(a, NULL, f, 2); /* ignored */
+    al_audit_submit_event(NULL, "x", f, 2);
+    al_audit_close(a);
+    size_t len;
+    char *s = slurp(path, &len);
+    char *second = strchr(s, '\n');
+    assert_non_null(second);
+    second++;
+    json_t *j = parse_line(second, (int)strlen(second));
+    assert_string_equal(json_string_value(json_object_get(j, "event")), "table.reload");
+    assert_string_equal(json_string_value(json_object_get(j, "result")), "failed");
+    assert_int_equal(json_integer_value(json_object_get(j, "diagnostics")), 3);
+    assert_non_null(json_string_value(json_object_get(j, "time")));
+    json_decref(j);
+    free(s);
+}
+
 static void test_open_errors_and_append_line(void **state)
 {
     al_audit *a = (al_audit *)1;
@@ -540,6 +704,9 @@ int main(void)
         cmocka_unit_test(test_full_queue_drops_without_blocking),
         cmocka_unit_test(test_close_flushes_and_reopen_follows_rotation),
         cmocka_unit_test(test_open_errors_and_append_line),
+        cmocka_unit_test(test_encode_identity_addressing_and_times),
+        cmocka_unit_test(test_encode_event_records),
+        cmocka_unit_test(test_submit_event_and_file_sha256),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
