@@ -21,7 +21,8 @@ static void usage(FILE *out)
         "                     else the table's state_dir, else ./.airlock)\n"
         "  --workers N        worker threads (default: limits.workers, 0 = one per core)\n"
         "Signals: SIGHUP reloads the table (an invalid one is refused and the old one\n"
-        "kept); SIGTERM/SIGINT stop accepting and drain in-flight requests.\n");
+        "kept) and reopens the audit log; SIGUSR1 only reopens the audit log (after\n"
+        "logrotate moved it); SIGTERM/SIGINT stop accepting and drain in-flight requests.\n");
 }
 
 int al_cmd_serve(int argc, char **argv)
