@@ -240,8 +240,6 @@ static void release_secret(al_req *r)
 }
 
 static const al_header *find_header(const al_req *r, const char *name);
-static int split_authority(const char *a, size_t n, const char **host, size_t *host_len,
-                           uint16_t *port, uint16_t default_port);
 
 /* Buffers a record's derived strings live in while it is encoded. */
 typedef struct audit_bufs {
@@ -294,10 +292,19 @@ static void audit_addressing(al_req *r, al_audit_request *rec, audit_bufs *b)
         rec->host = r->t->host;
         rec->port = r->t->port;
     } else if (auth && alen) {
+        /* user information ("user:password@host") is never recorded */
+        const char *at = NULL;
+        for (const char *p = auth; p < auth + alen; p++)
+            if (*p == '@')
+                at = p;
+        if (at) {
+            alen -= (size_t)(at + 1 - auth);
+            auth = at + 1;
+        }
         const char *h;
         size_t hl;
         uint16_t port;
-        if (split_authority(auth, alen, &h, &hl, &port, dport) == 0) {
+        if (al_reqtarget_authority(auth, alen, dport, &h, &hl, &port) == AL_OK) {
             copy_str(b->host, hl + 1 < sizeof b->host ? hl + 1 : sizeof b->host, h);
             rec->host = b->host;
             rec->port = port;

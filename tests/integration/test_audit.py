@@ -242,6 +242,9 @@ def test_refused_forward_url_keeps_no_query_value():
         ("HTTP://api.evil.example/q?a=secret-exfil-7", "api.evil.example", 80, "/q?a="),
         ("http://[2001:db8::1]:81/v6?k=secret-exfil-6", "2001:db8::1", 81, "/v6?k="),
         ("http://api.evil.example", "api.evil.example", 80, "/"),
+        ("http://user:secret-exfil-8@api.evil.example/u?v=secret-exfil-9", "api.evil.example",
+         80, "/u?v="),
+        ("http://secret-exfil-10@127.0.0.1:%d/u" % ECHO, "127.0.0.1", ECHO, "/u"),
     ]
     for i, (url, host, port, path) in enumerate(cases):
         crid = "fwd-refused-%d" % i
@@ -266,6 +269,13 @@ def test_upstream_addr_and_port_of_forwarded_requests():
     rec = wait_record(by_crid("gw-ok"), "gateway record")[-1]
     assert rec["upstream_addr"] == "127.0.0.1:%d" % ECHO and rec["port"] == ECHO, rec
     assert rec["provider"] == "audit-key" and rec["provider_version"] == 1, rec
+    # HTTP/2 (h2c): forward with :authority, and gateway
+    code, _, _ = curl("--http2-prior-knowledge", AL.gateway_url("api", "/h2gw?k=v"),
+                      "-H", "X-Request-Id: h2-gw")
+    assert code == 200, code
+    rec = wait_record(by_crid("h2-gw"), "h2 gateway record")[-1]
+    assert rec["protocol"] == "h2" and rec["upstream_addr"] == "127.0.0.1:%d" % ECHO, rec
+    assert rec["path"] == "/h2gw?k=" and HEX32.match(rec["request_id"]), rec
 
 
 def test_missing_provider_denial_names_it():
