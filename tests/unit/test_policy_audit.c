@@ -630,6 +630,25 @@ static void test_encode_event_records(void **state)
     json_decref(j);
     free(ctl);
 
+    /* random bytes in keys, event and values: always one valid JSON line */
+    unsigned seed = 777;
+    char vals[8][400];
+    for (int round = 0; round < 2000; round++) {
+        al_audit_field rf[8];
+        for (int i = 0; i < 8; i++) {
+            int len = (int)(rand_r(&seed) % 399);
+            for (int k = 0; k < len; k++)
+                vals[i][k] = (char)(1 + rand_r(&seed) % 255);
+            vals[i][len] = '\0';
+            rf[i] = (al_audit_field){i == 7 ? vals[0] : keys[i], (enum al_audit_field_kind)(i % 3),
+                                     vals[i], (int64_t)rand_r(&seed) - RAND_MAX / 2};
+        }
+        n = al_audit_encode_event(rand_r(&seed), vals[1], rf, 8, buf, sizeof buf);
+        json_t *rj = json_loadb(buf, (size_t)n, 0, NULL); /* random keys may repeat */
+        assert_non_null(rj);
+        json_decref(rj);
+    }
+
     assert_int_equal(al_audit_encode_event(0, "x", many, AL_AUDIT_EVENT_FIELDS_MAX + 1, buf,
                                            sizeof buf),
                      AL_ERR_INVAL);
