@@ -324,23 +324,42 @@ int al_cred_lookup(const al_cred_snapshot *s, const char *provider, al_secret_vi
     return AL_OK;
 }
 
-int al_cred_lookup_version(const al_cred_snapshot *s, const char *provider, uint32_t version,
-                           al_secret_view *out)
+/* A usable version of `provider`: exactly `version` (older 0), or the newest one below
+ * `version` that is not current (older 1). A non-current version past its grace end is
+ * never returned, even if the watcher has not dropped it yet. */
+static int lookup_usable(const al_cred_snapshot *s, const char *provider, uint32_t version,
+                         int older, al_secret_view *out)
 {
     long i = s && provider ? find_first(s, provider) : -1;
     if (i < 0)
         return AL_ERR_NOTFOUND;
     int64_t now = (int64_t)time(NULL);
+    /* Items: current first, then older versions newest first. */
     for (size_t j = (size_t)i; j < s->n && strcmp(s->items[j].name, provider) == 0; j++) {
         const al_identity_secret *it = &s->items[j];
-        if (it->version != version)
+        if (older ? (it->current || it->version >= version) : it->version != version)
             continue;
-        if (!it->current && it->expires_at <= now)
-            return AL_ERR_NOTFOUND; /* grace over, even if the watcher has not run yet */
+        if (!it->current && it->expires_at <= now) {
+            if (older)
+                continue;
+            return AL_ERR_NOTFOUND; /* grace over */
+        }
         to_view(it, out);
         return AL_OK;
     }
     return AL_ERR_NOTFOUND;
+}
+
+int al_cred_lookup_version(const al_cred_snapshot *s, const char *provider, uint32_t version,
+                           al_secret_view *out)
+{
+    return lookup_usable(s, provider, version, 0, out);
+}
+
+int al_cred_lookup_previous(const al_cred_snapshot *s, const char *provider, uint32_t version,
+                            al_secret_view *out)
+{
+    return lookup_usable(s, provider, version, 1, out);
 }
 
 static int is_resting(al_cred_cache *c, const char *provider, int64_t now)

@@ -68,6 +68,11 @@ void al_cred_rest(al_cred_cache *c, const char *provider, uint32_t retry_after_s
  * once it has expired). */
 int al_cred_lookup_version(const al_cred_snapshot *s, const char *provider, uint32_t version,
                            al_secret_view *out);
+/* The newest version of `provider` older than `version` that is still in its grace
+ * period after a rotation (AL_ERR_NOTFOUND when none): the data path retries a
+ * 401/403 once with it (the upstream may not know the new key yet). */
+int al_cred_lookup_previous(const al_cred_snapshot *s, const char *provider, uint32_t version,
+                            al_secret_view *out);
 /* The store change counter the snapshot was built from. */
 uint64_t al_cred_snapshot_generation(const al_cred_snapshot *s);
 /* Tests: monotonic clock in ms for rests (NULL = CLOCK_MONOTONIC). */

@@ -624,6 +624,10 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
     put_str(&e, r->decision, 16);
     puts_(&e, ",\"reason\":");
     put_str(&e, r->reason, 64);
+    if (r->retry) {
+        puts_(&e, ",\"retry\":");
+        put_str(&e, r->retry, 32);
+    }
     return end_line(&e);
 }
 

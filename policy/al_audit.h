@@ -46,6 +46,10 @@ typedef struct al_audit_request {
     uint32_t total_ms;
     const char *decision; /* "allow" or "deny" */
     const char *reason;   /* error code for denials ("unknown_target"), else NULL */
+    /* The request was retried after a 401/403: "grace_previous_version" (with the
+     * provider's previous version, provider_version says which) or "fallback_provider";
+     * NULL when not retried (the key is then left out). */
+    const char *retry;
 } al_audit_request;
 
 /* The longest line al_audit_encode_request() writes (newline included). Every string

@@ -51,6 +51,76 @@ int al_error_json(al_buf *b, const char *code, const char *fmt, ...)
     return rc;
 }
 
+/* airlock's refusal codes -> RFC 9209 Proxy-Status error types (section 2.3). */
+const char *al_proxy_status_error(const char *code, int status)
+{
+    static const struct {
+        const char *code, *type;
+    } map[] = {
+        {"unknown_target", "destination_not_found"},
+        {"no_such_target", "destination_not_found"},
+        {"egress_denied", "destination_ip_prohibited"},
+        {"tunnel_host_mismatch", "http_request_denied"},
+        {"body_too_large", "http_request_denied"},
+        {"upstream_dns_failed", "dns_error"},
+        {"upstream_connect_failed", "connection_refused"},
+        {"upstream_connect_timeout", "connection_timeout"},
+        {"upstream_timeout", "http_response_timeout"},
+        {"upstream_tls_failed", "tls_protocol_error"},
+        {"upstream_reset", "connection_terminated"},
+        {"credential_unavailable", "proxy_configuration_error"},
+        {"credential_invalid", "proxy_configuration_error"},
+        {"auth_method_unavailable", "proxy_configuration_error"},
+        {"interception_unavailable", "proxy_configuration_error"},
+        {"internal_error", "proxy_internal_error"},
+        {"bad_request", "http_request_error"},
+        {"path_not_normalized", "http_request_error"},
+        {"uri_too_long", "http_request_error"},
+        {"header_too_large", "http_request_error"},
+    };
+    for (size_t i = 0; code && i < sizeof map / sizeof map[0]; i++)
+        if (strcmp(code, map[i].code) == 0)
+            return map[i].type;
+    return status >= 500 ? "proxy_internal_error" : "http_request_denied";
+}
+
+/* An sf-string holds printable ASCII only: other bytes become '?', '"' and '\\' are
+ * escaped, so nothing an agent sent can end the header or the parameter. */
+static int sf_string_append(al_buf *b, const char *s, size_t max)
+{
+    int rc = al_buf_append(b, "\"", 1);
+    for (size_t i = 0; s && s[i] && i < max && rc == AL_OK; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            rc = al_buf_append(b, e, 2);
+        } else {
+            char o = c >= 0x20 && c < 0x7f ? (char)c : '?';
+            rc = al_buf_append(b, &o, 1);
+        }
+    }
+    return rc ? rc : al_buf_append(b, "\"", 1);
+}
+
+int al_proxy_status(al_buf *b, const char *code, int status, const char *details)
+{
+    al_buf_reset(b);
+    int rc = al_buf_append(b, "airlock; error=", 15);
+    const char *type = al_proxy_status_error(code, status);
+    if (!rc)
+        rc = al_buf_append(b, type, strlen(type));
+    if (!rc)
+        rc = al_buf_append(b, "; error_code=", 13);
+    if (!rc)
+        rc = sf_string_append(b, code ? code : "", 64);
+    if (!rc && details && details[0]) {
+        rc = al_buf_append(b, "; details=", 10);
+        if (!rc)
+            rc = sf_string_append(b, details, 512);
+    }
+    return rc;
+}
+
 const char *al_http_reason(int status)
 {
     switch (status) {

@@ -56,7 +56,15 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
     s->no_body_out = s->is_head || status == 204 || status == 304 || status < 200;
     if (s->failed || (s->c->worker->draining))
         s->keep_alive = 0;
-    int len = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, al_http_reason(status));
+    /* A refused CONNECT's code (al_request's ":reason" pseudo-header, always last). */
+    const al_header *why = NULL;
+    if (n && h[n - 1].name_len == 7 && memcmp(h[n - 1].name, ":reason", 7) == 0)
+        why = &h[--n];
+    int len = why ? snprintf(line, sizeof line, "HTTP/1.1 %d %s (airlock: %.*s)\r\n", status,
+                             al_http_reason(status),
+                             (int)(why->value_len > 64 ? 64 : why->value_len), why->value)
+                  : snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status,
+                             al_http_reason(status));
     al_conn_queue(c, line, (size_t)len);
     for (size_t i = 0; i < n; i++) {
         const al_header *x = &h[i];

@@ -38,6 +38,12 @@
 
 enum req_state { REQ_NEW, REQ_RESOLVING, REQ_UPSTREAM, REQ_REFUSING, REQ_DONE };
 
+/* The one retry after a 401/403 (body-less requests): al_cred_select's attempt 1 is
+ * the target's fallback_provider; ATTEMPT_GRACE is the same provider's previous
+ * version while its rotation grace period lasts (tried first: a rotated key the
+ * upstream does not know yet is the likelier cause). */
+enum { ATTEMPT_FIRST = 0, ATTEMPT_FALLBACK = 1, ATTEMPT_GRACE = 2 };
+
 typedef struct arena_blk {
     struct arena_blk *next;
     size_t used, cap;
@@ -80,7 +86,9 @@ struct al_req {
     al_secret_view sv;
     int have_secret;
     al_buf inj_value, inj_target, url;
-    int attempt, retrying;
+    int attempt, retrying; /* attempt: ATTEMPT_FIRST, _FALLBACK or _GRACE */
+    char *grace_provider;  /* ATTEMPT_GRACE: this provider's previous version (arena) */
+    uint32_t grace_version;
 
     /* upstream */
     void *resolve_handle;
@@ -362,6 +370,9 @@ static void audit_fill(al_req *r, al_audit_request *rec, audit_bufs *b)
     rec->total_ms = elapsed_ms(&r->t0);
     rec->decision = r->reason ? "deny" : "allow";
     rec->reason = r->reason;
+    rec->retry = r->attempt == ATTEMPT_GRACE      ? "grace_previous_version"
+                 : r->attempt == ATTEMPT_FALLBACK ? "fallback_provider"
+                                                  : NULL;
 }
 
 static void write_audit(al_req *r)
@@ -559,16 +570,27 @@ static void vrefuse(al_req *r, int status, const char *code, const char *fmt, va
     r->status = status;
     r->state = REQ_REFUSING;
     al_error_json(&r->refuse_body, code, "%s", msg);
-    char len[24];
-    int ln = snprintf(len, sizeof len, "%zu", r->refuse_body.len);
-    al_header h[3] = {
+    /* RFC 9209 Proxy-Status: the reason reaches clients that never show the body of a
+     * refused CONNECT (curl -v, requests' ProxyError). */
+    al_buf ps;
+    al_buf_init(&ps, 2048);
+    int ps_ok = al_proxy_status(&ps, code, status, msg) == AL_OK;
+    al_header h[5] = {
         {"content-type", 12, "application/json", 16},
-        {"x-request-id", 12, r->request_id, strlen(r->request_id)},
         {"cache-control", 13, "no-store", 8},
     };
-    (void)ln;
+    size_t hn = 2;
+    if (ps_ok)
+        h[hn++] = (al_header){"proxy-status", 12, ps.data, ps.len};
+    if (r->request_id[0])
+        h[hn++] = (al_header){"x-request-id", 12, r->request_id, strlen(r->request_id)};
+    /* A refused CONNECT: HTTP/1.1 also puts the code in the reason phrase, the one part
+     * some clients show ("Tunnel connection failed: 403 Forbidden (airlock: ...)"). */
+    if (r->method && strcmp(r->method, "CONNECT") == 0)
+        h[hn++] = (al_header){":reason", 7, code, strlen(code)};
     r->head_sent = 1;
-    r->sink->head(r->arg, status, h, r->request_id[0] ? 3 : 1, (int64_t)r->refuse_body.len);
+    r->sink->head(r->arg, status, h, hn, (int64_t)r->refuse_body.len);
+    al_buf_free(&ps, 0);
     al_log(AL_LOG_DEBUG, "request.refused", "status=%d code=%s", status, code);
     deliver_refusal(r);
 }
@@ -775,10 +797,19 @@ static int64_t header_int(const al_header *h, size_t n, const char *name, int64_
 static void up_on_head(void *arg, int status, const al_header *h, size_t n)
 {
     al_req *r = arg;
-    if ((status == 401 || status == 403) && r->attempt == 0 && !r->has_body &&
-        r->t->auth.fallback_provider) {
-        r->retrying = 1; /* this response is dropped; on_done retries with the fallback */
-        return;
+    if ((status == 401 || status == 403) && r->attempt == ATTEMPT_FIRST && !r->has_body) {
+        al_secret_view prev;
+        if (r->have_secret && r->snap &&
+            al_cred_lookup_previous(r->snap, r->sv.provider, r->sv.version, &prev) == AL_OK &&
+            (r->grace_provider = arena_dup(r, prev.provider, strlen(prev.provider)))) {
+            r->grace_version = prev.version;
+            r->retrying = ATTEMPT_GRACE; /* dropped; on_done retries with that version */
+            return;
+        }
+        if (r->t->auth.fallback_provider) {
+            r->retrying = ATTEMPT_FALLBACK; /* dropped; on_done retries with the fallback */
+            return;
+        }
     }
     if (status == 429 && r->sv.provider && r->w->server->creds) {
         int64_t ra = header_int(h, n, "retry-after", 1);
@@ -862,8 +893,8 @@ static void up_on_done(void *arg, enum al_upstream_error err, const char *detail
     if (!r->upstream_ms)
         r->upstream_ms = elapsed_ms(&r->t0);
     if (r->retrying && err == AL_UPSTREAM_OK) {
+        r->attempt = r->retrying;
         r->retrying = 0;
-        r->attempt = 1;
         release_secret(r);
         al_buf_init(&r->inj_value, 16 * 1024);
         al_buf_init(&r->inj_target, 64 * 1024);
@@ -936,8 +967,9 @@ static void start_upstream(al_req *r)
                    al_auth_method_name(t->auth.method));
             return;
         }
-        const char *want = r->attempt ? t->auth.fallback_provider
-                                      : (t->auth.provider_count ? t->auth.providers[0] : "?");
+        const char *want = r->attempt == ATTEMPT_GRACE ? r->grace_provider
+                           : r->attempt                ? t->auth.fallback_provider
+                           : (t->auth.provider_count ? t->auth.providers[0] : "?");
         r->provider_wanted = want;
         if (!s->creds) {
             refuse(r, 502, "credential_unavailable",
@@ -947,7 +979,9 @@ static void start_upstream(al_req *r)
             return;
         }
         r->snap = al_cred_cache_acquire(s->creds);
-        int rc = al_cred_select(s->creds, r->snap, t, r->attempt, &r->sv);
+        int rc = r->attempt == ATTEMPT_GRACE
+                     ? al_cred_lookup_version(r->snap, r->grace_provider, r->grace_version, &r->sv)
+                     : al_cred_select(s->creds, r->snap, t, r->attempt, &r->sv);
         if (rc) {
             char hint[512];
             memset(&r->sv, 0, sizeof r->sv);

@@ -28,7 +28,9 @@ struct al_worker;
 typedef struct al_req al_req;
 
 typedef struct al_req_sink {
-    /* The response head; content_length -1 when unknown. Headers exclude hop-by-hop. */
+    /* The response head; content_length -1 when unknown. Headers exclude hop-by-hop.
+     * A refused CONNECT ends the list with the pseudo-header ":reason" (the refusal
+     * code): HTTP/1.1 shows it in the reason phrase, others drop ':' names. */
     void (*head)(void *arg, int status, const al_header *h, size_t n, int64_t content_length);
     /* Response body bytes: 0 taken, AL_ERR_AGAIN to pause (offered again later). */
     int (*body)(void *arg, const char *data, size_t len);
