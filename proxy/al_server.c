@@ -10,6 +10,7 @@
 #include "al_server.h"
 #include "identity/al_identity.h"
 #include "al_errors.h"
+#include "al_listen_lock.h"
 #include "al_tls.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
@@ -301,6 +302,7 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     al_server srv, *s = &srv;
     memset(s, 0, sizeof *s);
     s->admin_fd = -1;
+    s->listen_locks[0] = s->listen_locks[1] = -1;
     int status = 1;
     size_t started = 0;
     al_diags d;
@@ -376,6 +378,16 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     }
     audit_table_load(s, "table.load", AL_OK, s->table, NULL);
 
+    /* One airlock per address: the workers' SO_REUSEPORT would otherwise share it. */
+    const char *addrs[2] = {s->table->listen.proxy, s->listener_ctx ? s->table->listen.tls : NULL};
+    for (size_t i = 0; i < 2; i++) {
+        char why[512];
+        if (addrs[i] && al_listen_claim(addrs[i], &s->listen_locks[i], why, sizeof why) != AL_OK) {
+            fprintf(stderr, "airlock serve: %s\n", why);
+            goto out;
+        }
+    }
+
     unsigned n =
         workers ? workers : (s->table->limits.workers ? s->table->limits.workers : nproc());
     s->workers = calloc(n, sizeof *s->workers);
@@ -445,6 +457,9 @@ out:
     free(s->workers);
     if (s->admin_fd >= 0)
         close(s->admin_fd);
+    for (size_t i = 0; i < 2; i++)
+        if (s->listen_locks[i] >= 0)
+            close(s->listen_locks[i]);
     if (s->audit)
         al_audit_close(s->audit);
     if (s->creds)

@@ -28,6 +28,7 @@ typedef struct al_server {
     size_t worker_count;
     atomic_int workers_running;
     int admin_fd;
+    int listen_locks[2]; /* al_listen_claim of listen.proxy and listen.tls, or -1 */
     ev_io admin_w;
     ev_signal sighup, sigterm, sigint, sigusr1;
     uint64_t table_generation; /* 1 = the table loaded at start, +1 per successful reload */

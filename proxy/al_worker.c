@@ -24,7 +24,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-int al_listen_socket(const char *hostport, int reuseport, int *fd_out)
+int al_listen_resolve(const char *hostport, struct addrinfo **out)
 {
     char host[256];
     const char *colon = strrchr(hostport, ':');
@@ -43,6 +43,15 @@ int al_listen_socket(const char *hostport, int reuseport, int *fd_out)
                              .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     if (getaddrinfo(hl ? host : NULL, colon + 1, &hints, &ai) != 0 || !ai)
+        return AL_ERR_CONFIG;
+    *out = ai;
+    return AL_OK;
+}
+
+int al_listen_socket(const char *hostport, int reuseport, int *fd_out)
+{
+    struct addrinfo *ai = NULL;
+    if (al_listen_resolve(hostport, &ai) != AL_OK)
         return AL_ERR_CONFIG;
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1, rc = AL_ERR_IO;

@@ -106,6 +106,9 @@ int al_worker_random_id(al_worker *w, unsigned char out[16]);
 void al_worker_conn_dead(al_worker *w, al_conn *c);
 void al_worker_request_done(al_worker *w);
 
+/* "host:port" / "[v6]:port" (numeric) -> addrinfo (freeaddrinfo it); AL_ERR_CONFIG. */
+struct addrinfo;
+int al_listen_resolve(const char *hostport, struct addrinfo **out);
 /* Opens a listening TCP socket on "host:port" (SO_REUSEPORT when reuseport). */
 int al_listen_socket(const char *hostport, int reuseport, int *fd_out);
 

@@ -180,6 +180,56 @@ def test_proxy_status_never_carries_agent_bytes_raw():
     assert n == "airlock" and "error" in p and "error_code" in p, v
 
 
+# --- item 10: one airlock per listen address ----------------------------------------
+
+def second_serve(al, same_state_dir):
+    """Starts another `airlock serve` on al's proxy port (its own admin port); returns
+    (exit status, its output). Fails if it is still running after 30 s."""
+    table = STATE["table"].replace("{proxy_port}", str(al.proxy_port))
+    other = Airlock(table, env={"AIRLOCK_STATE_DIR": al.state_dir} if same_state_dir else None)
+    p = Proc([AIRLOCK_BIN, "serve", "-c", other.table_path], name="airlock-second",
+             env=other.env, log_path=other.log_path)
+    try:
+        wait_for(lambda: not p.alive(), timeout=30, what="the second serve to exit")
+    finally:
+        p.stop()
+    return p.returncode(), p.log_text()
+
+
+def test_second_serve_on_the_same_port_is_refused():
+    al = airlock()
+    for same in (False, True):
+        status, out = second_serve(al, same)
+        assert status not in (0, None), (status, out)
+        assert "127.0.0.1:%d is already served by another airlock" % al.proxy_port in out, out
+        assert "pid %d" % al.pid in out, out
+    # The first one still takes every new connection.
+    before = len(al.audit_lines())
+    for _ in range(30):
+        assert http_get(al.gateway_url("api", "/one"))[0] == 200
+    wait_for(lambda: len(al.audit_lines()) >= before + 30, timeout=10,
+             what="30 audit records in the first airlock")
+
+
+def test_port_held_by_another_program_is_refused():
+    al = airlock()
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    port = s.getsockname()[1]
+    try:
+        other = Airlock(STATE["table"].replace("{proxy_port}", str(port)))
+        p = Proc([AIRLOCK_BIN, "serve", "-c", other.table_path], name="airlock-busy",
+                 env=other.env, log_path=other.log_path)
+        wait_for(lambda: not p.alive(), timeout=30, what="serve on a busy port to exit")
+        assert p.returncode() not in (0, None)
+        assert "127.0.0.1:%d is already in use" % port in p.log_text(), p.log_text()
+    finally:
+        s.close()
+    assert al.proc.alive()
+
+
 # --- item 12: the previous key version during --grace --------------------------------
 
 class OldKeyOnly(http.server.BaseHTTPRequestHandler):
