@@ -15,14 +15,16 @@ static void usage(FILE *out)
         "\n"
         "Runs the proxy on the target table FILE: listen.proxy (HTTP/1.1 and h2c,\n"
         "forward proxy and /t/<target>/ gateway mode) and listen.admin (/healthz,\n"
-        "/readyz).\n"
+        "/readyz, /status, POST /reload).\n"
         "  -c, --config FILE  the target table (required)\n"
         "  --state-dir DIR    credential store, CA and audit log (default: $AIRLOCK_STATE_DIR,\n"
         "                     else the table's state_dir, else ./.airlock)\n"
         "  --workers N        worker threads (default: limits.workers, 0 = one per core)\n"
         "Signals: SIGHUP reloads the table (an invalid one is refused and the old one\n"
-        "kept) and reopens the audit log; SIGUSR1 only reopens the audit log (after\n"
-        "logrotate moved it); SIGTERM/SIGINT stop accepting and drain in-flight requests.\n");
+        "kept; 'airlock reload' does the same and reports the result) and reopens the\n"
+        "audit log; SIGUSR1 only reopens the audit log (after logrotate moved it);\n"
+        "SIGTERM/SIGINT stop accepting and drain in-flight requests. A second serve on\n"
+        "an address another process listens on exits with status 1.\n");
 }
 
 int al_cmd_serve(int argc, char **argv)

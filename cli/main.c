@@ -14,6 +14,7 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"serve", al_cmd_serve, "run the proxy on the table given with -c FILE"},
+    {"reload", al_cmd_reload, "reload the running serve's table and report the result"},
     {"check", al_cmd_check, "validate a target table and print its targets"},
     {"identity", al_cmd_identity, "manage credential providers in the encrypted store"},
     {"ca", al_cmd_ca, "create and print the local CA used for TLS interception"},

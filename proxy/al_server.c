@@ -22,6 +22,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct admin_conn {
@@ -62,15 +65,189 @@ static void admin_close(struct ev_loop *loop, admin_conn *a)
     free(a);
 }
 
+static void admin_reply_n(admin_conn *a, int status, const char *body, size_t len)
+{
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncache-control: "
+                     "no-store\r\ncontent-length: %zu\r\nconnection: close\r\n\r\n",
+                     status, al_http_reason(status), len);
+    /* Bodies are bounded by the al_buf that built them (up to 256 KiB for /status of a
+     * huge table): written blocking with a 2 s send timeout, so a peer that does not
+     * read costs the main thread at most that and is then cut off. */
+    int fl = fcntl(a->io.fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(a->io.fd, F_SETFL, fl & ~O_NONBLOCK);
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(a->io.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    const char *parts[2] = {head, body};
+    size_t lens[2] = {(size_t)n, len};
+    for (int i = 0; i < 2; i++) {
+        for (size_t off = 0; off < lens[i];) {
+            ssize_t w = send(a->io.fd, parts[i] + off, lens[i] - off, MSG_NOSIGNAL);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                return;
+            off += (size_t)w;
+        }
+    }
+}
+
 static void admin_reply(admin_conn *a, int status, const char *body)
 {
-    char out[512];
-    int n = snprintf(out, sizeof out,
-                     "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: "
-                     "%zu\r\nconnection: close\r\n\r\n%s",
-                     status, al_http_reason(status), strlen(body), body);
-    ssize_t w = send(a->io.fd, out, (size_t)n, MSG_NOSIGNAL);
-    (void)w;
+    admin_reply_n(a, status, body, strlen(body));
+}
+
+/* ---- table status (GET /status, /readyz, POST /reload) ------------------ */
+
+static void put(al_buf *b, const char *lit)
+{
+    al_buf_append(b, lit, strlen(lit)); /* a full buffer shows as a cut body */
+}
+
+static void json_str(al_buf *b, const char *v)
+{
+    if (!v) {
+        put(b, "null");
+        return;
+    }
+    put(b, "\"");
+    al_json_escape_append(b, v, strlen(v));
+    put(b, "\"");
+}
+
+/* Targets of the loaded table whose provider (or fallback_provider) has no current
+ * secret in the store right now, as JSON array items [{"target","provider"},...].
+ * Live, from the credential snapshot: a provider created after the load is seen at
+ * once; the first 200 listed. Returns how many; nothing is checked without a store
+ * (/readyz says so). */
+static size_t degraded_targets(const al_server *s, al_buf *b)
+{
+    size_t n = 0;
+    if (!s->creds || !s->table)
+        return 0;
+    al_cred_snapshot *snap = al_cred_cache_acquire(s->creds);
+    for (size_t i = 0; i < s->table->target_count; i++) {
+        const al_target *t = &s->table->targets[i];
+        for (size_t j = 0; j <= t->auth.provider_count; j++) {
+            const char *p = j < t->auth.provider_count ? t->auth.providers[j]
+                                                       : t->auth.fallback_provider;
+            al_secret_view v;
+            if (!p || al_cred_lookup(snap, p, &v) == AL_OK)
+                continue;
+            if (b && n < 200) { /* the count says how many more */
+                put(b, n ? ",{\"target\":" : "{\"target\":");
+                json_str(b, t->name);
+                put(b, ",\"provider\":");
+                json_str(b, p);
+                put(b, ",\"reason\":\"provider_missing\"}");
+            }
+            n++;
+        }
+    }
+    al_cred_snapshot_release(snap);
+    return n;
+}
+
+/* "table":{...} of the loaded table. */
+static void table_json(const al_server *s, al_buf *b)
+{
+    char when[32] = "";
+    time_t sec = (time_t)(s->loaded_at_ms / 1000);
+    struct tm tm;
+    if (gmtime_r(&sec, &tm))
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    al_buf_appendf(b, "\"table\":{\"generation\":%llu,\"path\":",
+                   (unsigned long long)s->table_generation);
+    json_str(b, s->config_path);
+    put(b, ",\"sha256\":");
+    json_str(b, s->table ? s->table->sha256 : NULL);
+    put(b, ",\"loaded_at\":");
+    json_str(b, when);
+    al_buf_appendf(b, ",\"targets\":%zu}", s->table ? s->table->target_count : 0);
+}
+
+static void admin_status(admin_conn *a, int readyz)
+{
+    al_server *s = a->s;
+    al_buf b;
+    al_buf_init(&b, 256 * 1024);
+    int ok = ready(s);
+    al_buf deg;
+    al_buf_init(&deg, 200 * 1024);
+    size_t nd = degraded_targets(s, &deg);
+    /* A missing provider fails only its targets' requests (502 credential_unavailable),
+     * and every replica shares the table: answering 503 would take all of them out of
+     * service for one target. So /readyz stays 200 and says "degraded". */
+    const char *st = !ok ? "not_ready" : nd ? "degraded" : "ready";
+    put(&b, "{\"status\":");
+    json_str(&b, st);
+    if (!s->creds)
+        put(&b, ",\"reason\":\"credential store not open\"");
+    if (nd) {
+        al_buf_appendf(&b, ",\"degraded_count\":%zu", nd);
+        put(&b, ",\"degraded_targets\":[");
+        al_buf_append(&b, deg.data, deg.len);
+        put(&b, "]");
+    }
+    if (!readyz) {
+        put(&b, ",");
+        table_json(s, &b);
+        al_buf_appendf(&b, ",\"workers\":%zu,\"workers_running\":%d,\"draining\":%s",
+                       s->worker_count, atomic_load(&s->workers_running),
+                       s->draining ? "true" : "false");
+        put(&b, ",\"last_reload\":");
+        json_str(&b, s->last_reload_ok < 0 ? NULL : s->last_reload_ok ? "ok" : "failed");
+    }
+    put(&b, "}\n");
+    admin_reply_n(a, ok || !readyz ? 200 : 503, b.data ? b.data : "{}\n", b.data ? b.len : 3);
+    al_buf_free(&deg, 0);
+    al_buf_free(&b, 0);
+}
+
+static void admin_reload(admin_conn *a)
+{
+    al_server *s = a->s;
+    al_diags d;
+    al_diags_init(&d);
+    int rc = al_server_reload(s, &d);
+    al_buf b;
+    al_buf_init(&b, 256 * 1024);
+    al_buf_appendf(&b, "{\"ok\":%s", rc == AL_OK ? "true" : "false");
+    if (rc != AL_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg,
+                 "%s was not loaded (%s): fix the problems listed in diagnostics and reload "
+                 "again; the previous table (generation %llu) stays in use",
+                 s->config_path, al_strerror(rc), (unsigned long long)s->table_generation);
+        put(&b, ",\"error\":\"table_invalid\",\"message\":");
+        json_str(&b, msg);
+        put(&b, ",\"diagnostics\":[");
+        for (size_t i = 0; i < d.count && i < 100; i++) {
+            put(&b, i ? ",{\"file\":" : "{\"file\":");
+            json_str(&b, d.items[i].file);
+            al_buf_appendf(&b, ",\"line\":%d,\"column\":%d,\"message\":", d.items[i].line,
+                           d.items[i].column);
+            json_str(&b, d.items[i].message);
+            put(&b, "}");
+        }
+        put(&b, "]");
+    }
+    put(&b, ",");
+    table_json(s, &b);
+    al_buf deg;
+    al_buf_init(&deg, 200 * 1024);
+    if (rc == AL_OK && degraded_targets(s, &deg)) {
+        put(&b, ",\"degraded_targets\":[");
+        al_buf_append(&b, deg.data, deg.len);
+        put(&b, "]");
+    }
+    put(&b, "}\n");
+    admin_reply_n(a, rc == AL_OK ? 200 : 422, b.data ? b.data : "{}\n", b.data ? b.len : 3);
+    al_buf_free(&deg, 0);
+    al_buf_free(&b, 0);
+    al_diags_free(&d);
 }
 
 /* GET /ca.crt: the CA certificate serve uses (public; never the key), so agents as
@@ -118,20 +295,24 @@ static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
     if (strncmp(a->buf, "GET /healthz ", 13) == 0 || strncmp(a->buf, "HEAD /healthz ", 14) == 0) {
         admin_reply(a, 200, "{\"status\":\"ok\"}\n");
     } else if (strncmp(a->buf, "GET /readyz ", 12) == 0) {
-        if (ready(a->s))
-            admin_reply(a, 200, "{\"status\":\"ready\"}\n");
+        admin_status(a, 1);
+    } else if (strncmp(a->buf, "GET /status ", 12) == 0) {
+        admin_status(a, 0);
+    } else if (strncmp(a->buf, "POST /reload ", 13) == 0) {
+        /* A browser page may POST here cross-origin without a preflight: requests that
+         * carry an Origin are not from `airlock reload`, curl or systemd. */
+        if (strcasestr(a->buf, "\norigin:"))
+            admin_reply(a, 403,
+                        "{\"error\":\"forbidden\",\"message\":\"POST /reload is not accepted "
+                        "from a browser (Origin header); use airlock reload\"}\n");
         else
-            admin_reply(
-                a, 503,
-                a->s->creds
-                    ? "{\"status\":\"not_ready\"}\n"
-                    : "{\"status\":\"not_ready\",\"reason\":\"credential store not open\"}\n");
+            admin_reload(a);
     } else if (strncmp(a->buf, "GET /ca.crt ", 12) == 0) {
         admin_ca_cert(a);
     } else {
         admin_reply(a, 404,
                     "{\"error\":\"not_found\",\"message\":\"the admin listener serves GET "
-                    "/healthz and GET /readyz\"}\n");
+                    "/healthz, GET /readyz, GET /status, GET /ca.crt and POST /reload\"}\n");
     }
     admin_close(loop, a);
 }
@@ -199,8 +380,12 @@ static int check_providers(const char *state_dir, const al_table *t, al_diags *d
 static void audit_table_load(al_server *s, const char *event, int rc, const al_table *t,
                              const al_diags *d)
 {
-    char sha[65];
-    int have_sha = al_audit_file_sha256(s->config_path, sha) == AL_OK;
+    char sha[65] = "";
+    if (t && t->sha256[0]) /* the bytes loaded; a refused file as it is now */
+        memcpy(sha, t->sha256, sizeof sha);
+    else if (al_audit_file_sha256(s->config_path, sha) != AL_OK)
+        sha[0] = '\0';
+    int have_sha = sha[0] != '\0';
     if (rc == AL_OK)
         s->table_generation++;
     al_audit_field f[] = {
@@ -220,26 +405,32 @@ static int same_str(const char *a, const char *b)
     return a == b || (a && b && strcmp(a, b) == 0);
 }
 
-static void reload(al_server *s)
+static int64_t wall_ms(void)
 {
-    al_diags d;
-    al_diags_init(&d);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The one reload path, for SIGHUP and POST /reload: load, check, then apply or keep
+ * the old table. Every check belongs here so both entry points get it. */
+int al_server_reload(al_server *s, al_diags *d)
+{
     al_table *t = NULL;
-    int rc = al_table_load(s->config_path, &t, &d);
-    if (rc == AL_OK && (rc = check_providers(s->state_dir, t, &d)) != AL_OK) {
+    int rc = al_table_load(s->config_path, &t, d);
+    if (rc == AL_OK && (rc = check_providers(s->state_dir, t, d)) != AL_OK) {
         al_table_unref(t);
         t = NULL;
     }
-    audit_table_load(s, "table.reload", rc, t, &d);
+    audit_table_load(s, "table.reload", rc, t, d);
     if (rc) {
-        log_diags(&d);
+        log_diags(d);
         al_log(AL_LOG_ERROR, "table.reload_failed",
-               "%s is invalid (%s); the previous table stays in use", s->config_path,
-               al_strerror(rc));
-        al_diags_free(&d);
-        return;
+               "%s is invalid (%s); the previous table (generation %llu) stays in use",
+               s->config_path, al_strerror(rc), (unsigned long long)s->table_generation);
+        s->last_reload_ok = 0;
+        return rc;
     }
-    al_diags_free(&d);
     log_warnings(t);
     if (!same_str(t->listen.proxy, s->table->listen.proxy))
         al_log(AL_LOG_WARN, "table.reload", "listen addresses change only on restart");
@@ -254,7 +445,11 @@ static void reload(al_server *s)
         al_worker_post_table(&s->workers[i], t);
     al_table_unref(s->table);
     s->table = t;
-    al_log(AL_LOG_INFO, "table.reload", "loaded %s: %zu targets", s->config_path, t->target_count);
+    s->loaded_at_ms = wall_ms();
+    s->last_reload_ok = 1;
+    al_log(AL_LOG_INFO, "table.reload", "loaded %s: generation %llu, %zu targets, sha256 %s",
+           s->config_path, (unsigned long long)s->table_generation, t->target_count, t->sha256);
+    return AL_OK;
 }
 
 static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
@@ -265,7 +460,10 @@ static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
     /* logrotate's convention (postrotate: kill -HUP): the writer thread reopens the
      * audit log by name, so records after the rotation go to the new file. */
     al_audit_reopen(s->audit);
-    reload(s);
+    al_diags d;
+    al_diags_init(&d);
+    al_server_reload(s, &d);
+    al_diags_free(&d);
 }
 
 static void on_sigusr1(struct ev_loop *loop, ev_signal *w, int revents)
@@ -310,7 +508,11 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     char *audit_path = NULL;
 
     signal(SIGPIPE, SIG_IGN);
-    s->config_path = strdup(config_path);
+    s->last_reload_ok = -1;
+    /* Absolute, so /status names the file whatever the operator's cwd. */
+    s->config_path = realpath(config_path, NULL);
+    if (!s->config_path)
+        s->config_path = strdup(config_path);
     s->state_dir = strdup(state_dir);
     if (!s->config_path || !s->state_dir)
         goto out;
@@ -325,6 +527,7 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
         goto out;
     }
     log_warnings(s->table);
+    s->loaded_at_ms = wall_ms();
     if (mkdir(state_dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "airlock serve: cannot create state dir %s: %s\n", state_dir,
                 strerror(errno));

@@ -11,6 +11,7 @@
 #include <ev.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "al_worker.h"
 #include "identity/al_cred.h"
@@ -37,7 +38,14 @@ typedef struct al_server {
     void *ca;            /* al_ca*, owned; NULL without a CA */
     void *intercept_ctx; /* SSL_CTX*, owned */
     void *listener_ctx;  /* SSL_CTX*, owned */
+    int64_t loaded_at_ms; /* wall clock of the current table's load */
+    int last_reload_ok;   /* -1 none yet, 0 the last one was refused, 1 applied */
 } al_server;
+
+/* Reloads the table from s->config_path (main thread only; SIGHUP and POST /reload):
+ * AL_OK when applied (table_generation + 1), else the old table stays and `d` says why
+ * (file:line:column). */
+int al_server_reload(al_server *s, al_diags *d);
 
 /* Runs until SIGTERM/SIGINT and the drain. Returns the process exit status. */
 int al_server_run(const char *config_path, const char *state_dir, unsigned workers);

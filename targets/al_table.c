@@ -15,12 +15,14 @@
 #include "al_router.h"
 #include "al_schema.h"
 #include "common/al_err.h"
+#include "common/al_hex.h"
 #include "common/al_reqtarget.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1141,6 +1143,11 @@ int al_table_load(const char *path, al_table **out, al_diags *diags)
         return rc;
     dir = dir_of(path);
     rc = load_impl(path, data, len, dir, out, diags);
+    if (rc == AL_OK) { /* what was parsed, not the file as it may be now (status, reload) */
+        unsigned char md[SHA256_DIGEST_LENGTH];
+        SHA256((const unsigned char *)data, len, md);
+        al_hex_encode(md, sizeof md, (*out)->sha256);
+    }
     free(dir);
     free(data);
     return rc;

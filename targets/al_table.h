@@ -155,6 +155,7 @@ typedef struct al_headers_cfg {
 typedef struct al_table {
     atomic_int refs;
     char *path;        /* owned; file it was loaded from */
+    char sha256[65];   /* hex SHA-256 of the bytes loaded ("" for _load_mem) */
     char *state_dir;   /* owned; NULL if the table names none; a relative path is resolved
                           against the table file's directory (as written for _load_mem) */
     char *environment; /* owned; default "default" */

@@ -180,6 +180,126 @@ def test_proxy_status_never_carries_agent_bytes_raw():
     assert n == "airlock" and "error" in p and "error_code" in p, v
 
 
+# --- item 7: observable reloads ----------------------------------------------------
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_status_shows_the_loaded_table():
+    al = airlock()
+    st, body = admin(al, "GET", "/status")
+    assert st == 200, body
+    t = body["table"]
+    assert t["path"] == os.path.realpath(al.table_path), t
+    assert t["sha256"] == sha256_file(al.table_path), t
+    assert t["generation"] >= 1 and t["targets"] == 1, t
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", t["loaded_at"]), t
+    assert body["status"] == "ready" and "degraded_targets" not in body, body
+    assert admin(al, "GET", "/readyz") == (200, {"status": "ready"})
+
+
+def test_reload_refuses_a_bad_table_with_diagnostics_and_keeps_the_old_one():
+    al = airlock()
+    gen = admin(al, "GET", "/status")[1]["table"]["generation"]
+    good = al.render(STATE["table"])
+    bad = good + "    bogus_key: 1\n"
+    bad_line = len(bad.split("\n")) - 1
+    try:
+        al.write_table(bad)
+        st, body = admin(al, "POST", "/reload")
+        assert st == 422 and body["ok"] is False and body["error"] == "table_invalid", body
+        assert "stays in use" in body["message"], body
+        d = [x for x in body["diagnostics"] if "bogus_key" in x["message"]]
+        assert d and d[0]["file"] == os.path.realpath(al.table_path), body
+        assert (d[0]["line"], d[0]["column"]) == (bad_line, 5), (bad_line, d)
+        assert body["table"]["generation"] == gen, body
+        # The old table keeps working.
+        assert http_get(al.gateway_url("api", "/still"))[0] == 200
+        assert admin(al, "GET", "/status")[1]["last_reload"] == "failed"
+        # The CLI exits non-zero and prints FILE:LINE:COLUMN, via -c and via --admin.
+        r = al.cli("reload", "-c", al.table_path)
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        assert "%s:%d:5:" % (al.table_path, bad_line) in r.stderr, r.stderr
+        r = al.cli("reload", "--admin", "http://127.0.0.1:%d/" % al.admin_port)
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        assert "%s:%d:5:" % (os.path.realpath(al.table_path), bad_line) in r.stderr, r.stderr
+        assert "stays in use" in r.stderr, r.stderr
+        assert admin(al, "GET", "/status")[1]["table"]["generation"] == gen
+    finally:
+        al.write_table(STATE["table"])
+    # A good table: applied, generation up, hash of the new file.
+    newer = STATE["table"] + """  - name: api2
+    type: openapi
+    url: http://127.0.0.1:%d/two
+    allow_insecure_upstream: true
+    allow_private_network: true
+""" % STATE["echo_port"]
+    al.write_table(newer)
+    st, body = admin(al, "POST", "/reload")
+    assert st == 200 and body["ok"] is True, body
+    assert body["table"]["generation"] == gen + 1, body
+    assert body["table"]["sha256"] == sha256_file(al.table_path) and body["table"]["targets"] == 2
+    assert http_get(al.gateway_url("api2", "/x"))[0] == 200  # applied at once
+    al.write_table(STATE["table"])
+    r = al.cli("reload", "-c", al.table_path)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "generation %d" % (gen + 2) in r.stdout, r.stdout
+    assert admin(al, "GET", "/status")[1]["table"]["generation"] == gen + 2
+    assert http_get(al.gateway_url("api2", "/x"))[0] == 404
+
+
+def test_missing_provider_is_visible_in_readiness_status_and_log():
+    al = airlock()
+    ghost = STATE["table"] + """  - name: ghostly
+    type: openapi
+    url: http://127.0.0.1:%d/g
+    allow_insecure_upstream: true
+    allow_private_network: true
+    auth:
+      method: api_key
+      provider: ghost-key
+""" % STATE["echo_port"]
+    al.write_table(ghost)
+    try:
+        st, body = admin(al, "POST", "/reload")
+        assert st == 200 and body["ok"] is True, body
+        want = [{"target": "ghostly", "provider": "ghost-key", "reason": "provider_missing"}]
+        assert body["degraded_targets"] == want, body
+        st, body = admin(al, "GET", "/readyz")
+        assert st == 200 and body["status"] == "degraded", body
+        assert body["degraded_targets"] == want, body
+        assert admin(al, "GET", "/status")[1]["degraded_targets"] == want
+        assert re.search(r'"table.provider_missing".*ghost-key', al.log_text()), al.log_text()
+        r = al.cli("reload", "-c", al.table_path)
+        assert r.returncode == 0 and "provider 'ghost-key' is not in the store" in r.stderr, r
+        # Created later: picked up live, readiness is back to plain ready.
+        al.create_provider("ghost-key", "sk-ghost-" + os.urandom(6).hex())
+        wait_for(lambda: admin(al, "GET", "/readyz") == (200, {"status": "ready"}), timeout=10,
+                 what="/readyz ready once the provider exists")
+    finally:
+        al.write_table(STATE["table"])
+        assert admin(al, "POST", "/reload")[1]["ok"] is True
+
+
+def test_reload_refuses_browser_requests_and_unknown_paths():
+    al = airlock()
+    gen = admin(al, "GET", "/status")[1]["table"]["generation"]
+    req = urllib.request.Request("http://127.0.0.1:%d/reload" % al.admin_port, method="POST",
+                                 data=b"", headers={"Origin": "http://evil.example"})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        raise AssertionError("POST /reload with an Origin was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403, e.code
+    assert admin(al, "GET", "/status")[1]["table"]["generation"] == gen
+    st, body = admin(al, "GET", "/reload")
+    assert st == 404 and "POST /reload" in body["message"], body
+    r = al.cli("reload", "--admin", "127.0.0.1:%d" % free_port())
+    assert r.returncode == 1 and "cannot reach the admin listener" in r.stderr, r.stderr
+
+
 # --- item 10: one airlock per listen address ----------------------------------------
 
 def second_serve(al, same_state_dir):
