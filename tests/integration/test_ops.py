@@ -391,7 +391,7 @@ def test_grace_retry_with_previous_version():
         al.start()
         url = al.gateway_url("api", "/models")
         assert http_get(url)[0] == 200
-        grace_s = 6
+        grace_s = 8
         r = al.cli("identity", "update-api-key-credential-provider", "--name", "rot-key",
                    "--api-key", "-", "--grace", "%ds" % grace_s, "--state-dir", al.state_dir,
                    stdin_data=new + "\n")
