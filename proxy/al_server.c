@@ -646,10 +646,11 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
             al_worker_post_stop(&s->workers[i]);
         goto out;
     }
-    al_log(AL_LOG_INFO, "serve.start", "proxy=%s admin=%s workers=%zu targets=%zu state_dir=%s",
+    al_log(AL_LOG_INFO, "serve.start",
+           "proxy=%s admin=%s workers=%zu targets=%zu state_dir=%s table=%s sha256=%s",
            s->table->listen.proxy ? s->table->listen.proxy : "-",
            s->table->listen.admin ? s->table->listen.admin : "-", s->worker_count,
-           s->table->target_count, state_dir);
+           s->table->target_count, state_dir, s->config_path, s->table->sha256);
     ev_run(s->loop, 0);
     status = 0;
 out:
