@@ -68,6 +68,7 @@ const char *al_proxy_status_error(const char *code, int status)
         {"upstream_timeout", "http_response_timeout"},
         {"upstream_tls_failed", "tls_protocol_error"},
         {"upstream_reset", "connection_terminated"},
+        {"upstream_bad_framing", "http_protocol_error"},
         {"credential_unavailable", "proxy_configuration_error"},
         {"credential_invalid", "proxy_configuration_error"},
         {"auth_method_unavailable", "proxy_configuration_error"},
