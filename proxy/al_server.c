@@ -447,8 +447,8 @@ int al_server_reload(al_server *s, al_diags *d)
     s->table = t;
     s->loaded_at_ms = wall_ms();
     s->last_reload_ok = 1;
-    al_log(AL_LOG_INFO, "table.reload", "loaded %s: generation %llu, %zu targets, sha256 %s",
-           s->config_path, (unsigned long long)s->table_generation, t->target_count, t->sha256);
+    al_log(AL_LOG_INFO, "table.reload", "loaded %s: %zu targets (generation %llu, sha256 %s)",
+           s->config_path, t->target_count, (unsigned long long)s->table_generation, t->sha256);
     return AL_OK;
 }
 
