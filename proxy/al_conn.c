@@ -203,10 +203,110 @@ void al_conn_consume(al_conn *c, size_t n)
     c->in_len -= n;
 }
 
+/* ---- client-side clock --------------------------------------------------------
+ * One ev_timer per connection, armed for the clock the connection's state calls for
+ * (ct_kind) and re-checked lazily when it fires: progress only stamps last_read /
+ * last_write, so the hot path costs no timer operation. */
+
+static int ct_kind_now(al_conn *c)
+{
+    if (c->closing)
+        return AL_CT_CLOSING;
+    if (c->start_tls_ctx || c->tls_handshaking)
+        return AL_CT_HANDSHAKE;
+    if (!c->proto)
+        return AL_CT_HEADER; /* nothing yet, or part of what may be an h2 preface */
+    return c->proto->timeout_kind ? c->proto->timeout_kind(c) : AL_CT_NONE;
+}
+
+static uint32_t ct_limit_ms(const al_conn *c, int kind)
+{
+    const al_limits *l = &c->worker->table->limits;
+    switch (kind) {
+    case AL_CT_HANDSHAKE:
+        return l->client_handshake_timeout_ms;
+    case AL_CT_HEADER:
+        return l->client_header_timeout_ms;
+    case AL_CT_BODY:
+        return l->client_body_timeout_ms;
+    case AL_CT_KEEPALIVE:
+        return l->client_keepalive_timeout_ms;
+    case AL_CT_CLOSING:
+        return l->idle_timeout_ms;
+    default:
+        return 0;
+    }
+}
+
+static const char *ct_name(int kind)
+{
+    static const char *const names[] = {"none", "handshake", "header", "body", "keepalive",
+                                        "closing"};
+    return kind >= 0 && kind <= AL_CT_CLOSING ? names[kind] : "?";
+}
+
+static ev_tstamp ct_deadline(const al_conn *c)
+{
+    ev_tstamp from = c->ct_since;
+    if (c->ct_kind == AL_CT_BODY && c->last_read > from)
+        from = c->last_read; /* the gap between body bytes, not the whole body */
+    if (c->ct_kind == AL_CT_CLOSING && c->last_write > from)
+        from = c->last_write;
+    return from + ct_limit_ms(c, c->ct_kind) / 1000.0;
+}
+
+static void ct_update(al_conn *c)
+{
+    int kind = ct_kind_now(c);
+    if (kind == c->ct_kind)
+        return; /* the same clock keeps running (a head counts from its first byte) */
+    struct ev_loop *loop = c->worker->loop;
+    c->ct_kind = kind;
+    c->ct_since = ev_now(loop);
+    ev_timer_stop(loop, &c->ct_timer);
+    uint32_t ms = ct_limit_ms(c, kind);
+    if (kind == AL_CT_NONE || ms == 0)
+        return;
+    ev_timer_set(&c->ct_timer, ms / 1000.0, 0.);
+    ev_timer_start(loop, &c->ct_timer);
+}
+
+static void conn_kill(al_conn *c);
+
+static void on_ct_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    al_conn *c = t->data;
+    (void)revents;
+    if (c->dead)
+        return;
+    ct_update(c); /* the state may have moved on without an update */
+    if (c->ct_kind == AL_CT_NONE || ev_is_active(&c->ct_timer))
+        return;
+    ev_tstamp left = ct_deadline(c) - ev_now(loop);
+    if (left > 0.001) {
+        ev_timer_set(&c->ct_timer, left, 0.);
+        ev_timer_start(loop, &c->ct_timer);
+        return;
+    }
+    int kind = c->ct_kind;
+    al_log(AL_LOG_INFO, "client.timeout", "peer=%s phase=%s limit_ms=%u", c->peer, ct_name(kind),
+           ct_limit_ms(c, kind));
+    if (c->proto && c->proto->on_timeout &&
+        (kind == AL_CT_HEADER || kind == AL_CT_BODY || kind == AL_CT_KEEPALIVE) &&
+        !c->start_tls_ctx && !c->tls_handshaking) {
+        c->ct_kind = AL_CT_NONE; /* a clock for the next state starts from now */
+        c->proto->on_timeout(c, kind);
+        al_conn_update(c);
+        return;
+    }
+    conn_kill(c);
+}
+
 void al_conn_update(al_conn *c)
 {
     if (c->dead)
         return;
+    ct_update(c);
     int ev = 0;
     if (!c->closing && c->in_len < c->in_cap && (!c->proto || c->proto->wants_read(c)))
         ev |= EV_READ;
@@ -232,6 +332,7 @@ static void conn_kill(al_conn *c)
     c->dead = 1;
     ev_io_stop(c->worker->loop, &c->io);
     ev_timer_stop(c->worker->loop, &c->kick);
+    ev_timer_stop(c->worker->loop, &c->ct_timer);
     al_worker_conn_dead(c->worker, c);
 }
 
@@ -260,6 +361,7 @@ static int flush_out(al_conn *c)
             return -1;
         }
         c->out_off += (size_t)w;
+        c->last_write = ev_now(c->worker->loop);
     }
     if (!al_conn_out_pending(c)) {
         c->out_off = 0;
@@ -490,6 +592,7 @@ static int read_once(al_conn *c)
         return 0;
     }
     c->in_len += (size_t)r;
+    c->last_read = ev_now(c->worker->loop);
     if (!c->proto) {
         int rc = pick_protocol(c);
         if (rc == 1)
@@ -604,6 +707,10 @@ int al_conn_new(al_worker *w, int fd, const struct sockaddr *peer, socklen_t pee
     ev_io_start(w->loop, &c->io);
     ev_timer_init(&c->kick, on_kick, 0., 0.);
     c->kick.data = c;
+    ev_init(&c->ct_timer, on_ct_timer);
+    c->ct_timer.data = c;
+    c->ct_kind = AL_CT_NONE;
+    ct_update(c); /* nothing received yet: the header clock runs from accept */
     *out = c;
     return AL_OK;
 }
@@ -613,6 +720,7 @@ void al_conn_start_tls(al_conn *c, void *ssl_ctx, const char *intercept_host)
     c->start_tls_ctx = ssl_ctx;
     if (intercept_host)
         snprintf(c->tunnel_host, sizeof c->tunnel_host, "%s", intercept_host);
+    ct_update(c); /* the handshake clock */
 }
 
 void al_conn_free(al_conn *c)

@@ -29,6 +29,18 @@
 struct al_worker;
 typedef struct al_conn al_conn;
 
+/* Which client-side clock governs a connection now (limits.client_*_timeout_ms).
+ * NONE while a request is in flight: the upstream's clocks (al_upstream) govern it. */
+enum al_conn_timeout {
+    AL_CT_NONE,
+    AL_CT_HANDSHAKE, /* TLS handshake; HTTP/2 preface and first SETTINGS */
+    AL_CT_HEADER,    /* a complete request head (counted from its first byte / accept) */
+    AL_CT_BODY,      /* the next request body byte (restarts on each read) */
+    AL_CT_KEEPALIVE, /* between requests (h1) / no stream open (h2) */
+    AL_CT_CLOSING,   /* output to flush and nothing else to do: before a close, or h2
+                        streams whose requests all ended (restarts on each write) */
+};
+
 typedef struct al_transport {
     const char *name; /* "tcp", "tls" */
     /* > 0 bytes, 0 end of stream, AL_ERR_AGAIN would block, other negative: error. */
@@ -55,6 +67,10 @@ typedef struct al_proto {
     /* Server is draining: stop taking new requests (h2 GOAWAY, h1 Connection: close). */
     void (*drain)(al_conn *c);
     void (*free)(al_conn *c);
+    /* The client clock that applies now (enum al_conn_timeout); NULL = NONE. */
+    int (*timeout_kind)(al_conn *c);
+    /* That clock ran out (HEADER, BODY or KEEPALIVE); NULL = close at once. */
+    void (*on_timeout)(al_conn *c, int kind);
 } al_proto;
 
 struct al_conn {
@@ -88,6 +104,10 @@ struct al_conn {
     /* Inside an intercepted CONNECT tunnel: the only host requests may address. */
     char tunnel_host[256];
     uint16_t tunnel_port;
+    /* Client-side clock: one lazy timer; ct_kind and ct_since say which and from when. */
+    ev_timer ct_timer;
+    int ct_kind;                       /* enum al_conn_timeout */
+    ev_tstamp ct_since, last_read, last_write;
     int closing; /* close once the output is flushed */
     int dead;    /* closed; freed at the end of the event */
     al_conn *prev, *next;

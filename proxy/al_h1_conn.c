@@ -38,6 +38,7 @@ typedef struct h1_state {
     int resp_done;
     int peer_eof;
     int failed;               /* the request's bytes could not be parsed: close after the reply */
+    int served;               /* a request was answered: an empty input is keep-alive idle */
     struct al_tunnel *tunnel; /* pending passthrough CONNECT (owned until it opens) */
     al_buf trailers;          /* "name: value\r\n" lines for the last chunk (bounded) */
 } h1_state;
@@ -332,6 +333,7 @@ static int h1_on_read(al_conn *c)
             al_request_free(s->req);
             s->req = NULL;
             s->st = H1_HEAD;
+            s->served = 1;
             if (c->worker->draining) {
                 al_conn_close(c, 1);
                 return 0;
@@ -416,6 +418,50 @@ static int h1_wants_read(al_conn *c)
     return 0;
 }
 
+static int h1_timeout_kind(al_conn *c)
+{
+    h1_state *s = c->proto_state;
+    if (s->tunnel || s->peer_eof)
+        return AL_CT_NONE; /* a pending passthrough has its connect timeout */
+    switch (s->st) {
+    case H1_HEAD:
+        if (s->req)
+            return AL_CT_NONE;
+        return c->in_len || !s->served ? AL_CT_HEADER : AL_CT_KEEPALIVE;
+    case H1_BODY:
+        /* a full ring waits for the upstream, whose clocks govern then */
+        return al_request_body_room(s->req) ? AL_CT_BODY : AL_CT_NONE;
+    default:
+        return AL_CT_NONE;
+    }
+}
+
+static void h1_on_timeout(al_conn *c, int kind)
+{
+    h1_state *s = c->proto_state;
+    if (kind == AL_CT_HEADER && c->in_len && s->st == H1_HEAD && !s->req) {
+        al_h1_error e = {408, "request_timeout",
+                         "the request head did not arrive in time "
+                         "(limits.client_header_timeout_ms); send the whole head at once"};
+        c->in_len = 0; /* the partial head is not parsed */
+        fail_request(s, &e);
+        return;
+    }
+    if (kind == AL_CT_BODY && s->st == H1_BODY && s->req && !al_request_finished(s->req) &&
+        al_request_status(s->req) == 0) {
+        s->st = H1_WAIT;
+        s->failed = 1;
+        s->keep_alive = 0;
+        al_request_refuse(s->req, 408, "body_timeout",
+                          "no request body bytes arrived for limits.client_body_timeout_ms; "
+                          "send the body right after the head, or retry");
+        return;
+    }
+    /* keep-alive idle, or the rest of a refused body never came: close after the
+     * output; a body stalled while the response streams: abort the exchange */
+    al_conn_close(c, !(s->req && !al_request_finished(s->req)));
+}
+
 static int h1_idle(al_conn *c)
 {
     h1_state *s = c->proto_state;
@@ -460,7 +506,8 @@ static void h1_free(al_conn *c)
 }
 
 static const al_proto h1_proto = {
-    "http/1.1", h1_on_read, h1_on_eof, h1_on_drain, h1_wants_read, h1_idle, h1_drain, h1_free,
+    "http/1.1", h1_on_read,      h1_on_eof, h1_on_drain,     h1_wants_read,
+    h1_idle,    h1_drain,        h1_free,   h1_timeout_kind, h1_on_timeout,
 };
 
 int al_h1_conn_attach(al_conn *c)

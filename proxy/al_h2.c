@@ -36,10 +36,13 @@ typedef struct h2_stream {
     int64_t clen; /* the request's content-length, -1 none */
     int headers_too_large;
     int started, is_head, eof, rst, out_paused, closed, submitted;
+    int in_flight; /* counted in h2_session.in_flight until its request ends */
     nghttp2_nv *trailers; /* owned, with the names and values in trailer_buf */
     size_t trailer_count;
     char *trailer_buf;
     struct h2_stream *prev, *next; /* live list */
+    ev_timer body_timer; /* limits.client_body_timeout_ms while the request body comes */
+    ev_tstamp body_at;   /* the last DATA (or the head) */
 } h2_stream;
 
 struct h2_session {
@@ -48,11 +51,13 @@ struct h2_session {
     h2_stream *streams;
     h2_stream *closed; /* freed at the next kick */
     size_t stream_count;
+    size_t in_flight; /* live streams whose request has not ended (sink end) */
     int sending;
     int goaway;
     int32_t max_stream_id;  /* the highest stream id a HEADERS frame used */
     int32_t recent_ids[16]; /* streams closed lately (a ring): their trailers may be late */
     unsigned recent_pos;
+    int got_settings; /* the client's first SETTINGS arrived (the preface is complete) */
 };
 
 static const al_proto h2_proto;
@@ -211,9 +216,18 @@ static int sink_body(void *arg, const char *data, size_t len)
     return AL_OK;
 }
 
+static void stream_ended(h2_stream *s)
+{
+    if (s->in_flight) {
+        s->in_flight = 0;
+        s->h->in_flight--;
+    }
+}
+
 static void sink_end(void *arg, int ok)
 {
     h2_stream *s = arg;
+    stream_ended(s);
     if (s->closed)
         return;
     if (!ok) {
@@ -268,6 +282,51 @@ static void sink_trailers(void *arg, const al_header *h, size_t n)
 static const al_req_sink h2_sink = {sink_head, sink_body, sink_end, sink_body_consumed,
                                     sink_trailers};
 
+/* ---- request body clock --------------------------------------------------- */
+
+/* No DATA for limits.client_body_timeout_ms while the stream's body is awaited (and
+ * the ring has room, so the agent is the one to move): 408, or a reset once the
+ * response began. Lazy: DATA only stamps body_at. */
+static void on_body_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    h2_stream *s = t->data;
+    (void)revents;
+    if (s->closed || s->rst || al_request_finished(s->req))
+        return;
+    uint32_t ms = s->h->c->worker->table->limits.client_body_timeout_ms;
+    ev_tstamp now = ev_now(loop);
+    if (al_request_body_room(s->req) == 0)
+        s->body_at = now; /* the upstream's turn: its clocks govern */
+    ev_tstamp left = s->body_at + ms / 1000.0 - now;
+    if (ms == 0 || left > 0.001) {
+        ev_timer_set(t, ms ? left : 60., 0.);
+        ev_timer_start(loop, t);
+        return;
+    }
+    al_log(AL_LOG_INFO, "client.timeout", "peer=%s phase=body stream=%d limit_ms=%u",
+           s->h->c->peer, s->id, ms);
+    if (al_request_status(s->req) == 0) {
+        al_request_refuse(s->req, 408, "body_timeout",
+                          "no request body bytes arrived for limits.client_body_timeout_ms; "
+                          "send the body right after the head, or retry");
+    } else {
+        nghttp2_submit_rst_stream(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+        s->rst = 1;
+    }
+    schedule(s->h);
+}
+
+static void body_clock_start(h2_stream *s)
+{
+    uint32_t ms = s->h->c->worker->table->limits.client_body_timeout_ms;
+    struct ev_loop *loop = s->h->c->worker->loop;
+    s->body_at = ev_now(loop);
+    if (ms && !ev_is_active(&s->body_timer)) {
+        ev_timer_set(&s->body_timer, ms / 1000.0, 0.);
+        ev_timer_start(loop, &s->body_timer);
+    }
+}
+
 /* ---- nghttp2 callbacks --------------------------------------------------- */
 
 static int recently_closed(const h2_session *h, int32_t id)
@@ -311,6 +370,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     s->h = h;
     s->id = f->hd.stream_id;
     s->clen = -1;
+    ev_init(&s->body_timer, on_body_timer);
+    s->body_timer.data = s;
     al_buf_init(&s->out, STREAM_OUT_HIGH + 64 * 1024);
     s->req = al_request_new(h->c->worker, &h2_sink, s, "h2", h->c->peer);
     if (!s->req) {
@@ -328,6 +389,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         h->streams->prev = s;
     h->streams = s;
     h->stream_count++;
+    s->in_flight = 1;
+    h->in_flight++;
     nghttp2_session_set_stream_user_data(ng, s->id, s);
     return 0;
 }
@@ -386,7 +449,9 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user)
 {
-    (void)user;
+    h2_session *h = user;
+    if (f->hd.type == NGHTTP2_SETTINGS && !(f->hd.flags & NGHTTP2_FLAG_ACK))
+        h->got_settings = 1;
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
         return 0;
     h2_stream *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
@@ -400,10 +465,14 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
                               "the request headers are larger than limits.max_header_bytes");
         } else {
             al_request_start(s->req, !end_stream, end_stream ? 0 : s->clen);
+            if (!end_stream && !al_request_finished(s->req))
+                body_clock_start(s);
         }
     }
-    if (end_stream)
+    if (end_stream) {
+        ev_timer_stop(h->c->worker->loop, &s->body_timer);
         al_request_body_end(s->req);
+    }
     return 0;
 }
 
@@ -417,6 +486,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
         nghttp2_session_consume(ng, id, len);
         return 0;
     }
+    s->body_at = ev_now(s->h->c->worker->loop);
     /* The window (64 KiB) never lets more in than the ring holds. */
     if (al_request_body_write(s->req, (const char *)data, len) != AL_OK)
         nghttp2_session_consume(ng, id, len);
@@ -442,6 +512,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     s->prev = NULL;
     s->next = h->closed;
     h->closed = s;
+    ev_timer_stop(h->c->worker->loop, &s->body_timer);
+    stream_ended(s);
     h->stream_count--;
     schedule(h);
     return 0;
@@ -451,6 +523,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 
 static void free_stream(h2_stream *s)
 {
+    stream_ended(s);
+    ev_timer_stop(s->h->c->worker->loop, &s->body_timer);
     al_request_free(s->req);
     free(s->trailers);
     free(s->trailer_buf);
@@ -540,6 +614,18 @@ static int h2_idle(al_conn *c)
     return h->stream_count == 0;
 }
 
+static int h2_timeout_kind(al_conn *c)
+{
+    h2_session *h = c->proto_state;
+    if (!h->got_settings)
+        return AL_CT_HANDSHAKE;
+    if (h->stream_count == 0)
+        return AL_CT_KEEPALIVE;
+    /* every request ended, streams wait only for the agent to take their output (a
+     * window of 0 holds them for ever): the output clock, restarted by each write */
+    return h->in_flight == 0 ? AL_CT_CLOSING : AL_CT_NONE;
+}
+
 static void h2_drain(al_conn *c)
 {
     h2_session *h = c->proto_state;
@@ -550,6 +636,15 @@ static void h2_drain(al_conn *c)
                               NULL, 0);
     }
     al_conn_kick(c);
+}
+
+static void h2_on_timeout(al_conn *c, int kind)
+{
+    (void)kind;
+    /* no stream for limits.client_keepalive_timeout_ms: GOAWAY, then close */
+    h2_drain(c);
+    h2_send(c->proto_state);
+    al_conn_close(c, 1);
 }
 
 static void h2_free(al_conn *c)
@@ -573,7 +668,8 @@ static void h2_free(al_conn *c)
 }
 
 static const al_proto h2_proto = {
-    "h2", h2_on_read, h2_on_eof, h2_on_drain, h2_wants_read, h2_idle, h2_drain, h2_free,
+    "h2",    h2_on_read, h2_on_eof, h2_on_drain,     h2_wants_read,
+    h2_idle, h2_drain,   h2_free,   h2_timeout_kind, h2_on_timeout,
 };
 
 int al_h2_attach(al_conn *c)

@@ -105,6 +105,7 @@ struct al_req {
     int64_t resp_length; /* Content-Length the agent was told, -1 none (or no body) */
     uint64_t resp_sent;  /* body bytes passed to the sink */
     const char *reason;
+    const char *retry_after; /* a refusal's Retry-After (seconds), or NULL */
     al_buf refuse_body;
     size_t refuse_off;
     char request_id[48];
@@ -575,7 +576,7 @@ static void vrefuse(al_req *r, int status, const char *code, const char *fmt, va
     al_buf ps;
     al_buf_init(&ps, 2048);
     int ps_ok = al_proxy_status(&ps, code, status, msg) == AL_OK;
-    al_header h[5] = {
+    al_header h[6] = {
         {"content-type", 12, "application/json", 16},
         {"cache-control", 13, "no-store", 8},
     };
@@ -584,6 +585,8 @@ static void vrefuse(al_req *r, int status, const char *code, const char *fmt, va
         h[hn++] = (al_header){"proxy-status", 12, ps.data, ps.len};
     if (r->request_id[0])
         h[hn++] = (al_header){"x-request-id", 12, r->request_id, strlen(r->request_id)};
+    if (r->retry_after)
+        h[hn++] = (al_header){"retry-after", 11, r->retry_after, strlen(r->retry_after)};
     /* A refused CONNECT: HTTP/1.1 also puts the code in the reason phrase, the one part
      * some clients show ("Tunnel connection failed: 403 Forbidden (airlock: ...)"). */
     if (r->method && strcmp(r->method, "CONNECT") == 0)
@@ -934,6 +937,26 @@ static void up_on_done(void *arg, enum al_upstream_error err, const char *detail
     case AL_UPSTREAM_TIMEOUT_IDLE:
         refuse(r, 504, "upstream_timeout", "%s:%u did not answer in time", r->t->host, r->t->port);
         return;
+    case AL_UPSTREAM_TIMEOUT_CLIENT:
+        /* the agent stalled: a body that stopped coming, a response nobody reads */
+        refuse(r, 408, "client_timeout",
+               "%s (limits.idle_timeout_ms); send and read continuously, or retry",
+               detail ? detail : "the agent stalled");
+        return;
+    case AL_UPSTREAM_BUSY:
+        r->retry_after = "1";
+        refuse(r, 503, "upstream_busy",
+               "no connection to %s:%u came free within limits.queue_timeout_ms (%s); retry "
+               "after a second",
+               r->t->host, r->t->port, detail ? detail : "busy");
+        return;
+    case AL_UPSTREAM_CLIENT_LIMIT:
+        r->retry_after = "1";
+        refuse(r, 503, "client_over_limit",
+               "%s (limits.max_upstream_per_client); wait for them to finish or send fewer "
+               "at once, then retry",
+               detail ? detail : "too many requests in flight");
+        return;
     case AL_UPSTREAM_RESET:
     default:
         refuse(r, 502, "upstream_reset", "%s:%u closed or reset the connection: %s", r->t->host,
@@ -1065,6 +1088,11 @@ static void start_upstream(al_req *r)
         out[n++] = (al_header){ih.name, ih.name_len, r->inj_value.data, r->inj_value.len};
 
     const al_limits *lim = &r->table->limits;
+    char client[sizeof r->client];
+    copy_str(client, sizeof client, r->client);
+    char *colon = strrchr(client, ':'); /* "ip:port" -> the address counts, not the port */
+    if (colon)
+        *colon = '\0';
     al_upstream_opts o = {
         .method = r->method,
         .scheme = t->scheme,
@@ -1081,6 +1109,9 @@ static void start_upstream(al_req *r)
         .connect_timeout_ms = lim->connect_timeout_ms,
         .first_byte_timeout_ms = lim->first_byte_timeout_ms,
         .idle_timeout_ms = lim->idle_timeout_ms,
+        .client = client,
+        .max_per_client = lim->max_upstream_per_client,
+        .queue_timeout_ms = lim->queue_timeout_ms,
     };
     r->state = REQ_UPSTREAM;
     al_upstream_req *up = NULL;

@@ -57,12 +57,31 @@ static int ready(const al_server *s)
            atomic_load(&s->workers_running) == (int)s->worker_count;
 }
 
+static void admin_resume(al_server *s)
+{
+    if (!s->admin_paused)
+        return;
+    s->admin_paused = 0;
+    ev_timer_stop(s->loop, &s->admin_retry);
+    if (s->admin_fd >= 0)
+        ev_io_start(s->loop, &s->admin_w);
+}
+
+static void on_admin_retry(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    admin_resume(t->data);
+}
+
 static void admin_close(struct ev_loop *loop, admin_conn *a)
 {
+    al_server *s = a->s;
     ev_io_stop(loop, &a->io);
     ev_timer_stop(loop, &a->timeout);
     close(a->io.fd);
     free(a);
+    admin_resume(s); /* a descriptor came back */
 }
 
 static void admin_reply_n(admin_conn *a, int status, const char *body, size_t len)
@@ -329,8 +348,22 @@ static void on_admin_accept(struct ev_loop *loop, ev_io *io, int revents)
     (void)revents;
     for (;;) {
         int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0) {
+            int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED)
+                return;
+            /* out of descriptors: the readable listener would spin the loop; stop it
+             * until an admin connection closes or the retry timer */
+            int pause = al_accept_must_pause(err);
+            al_accept_log_failure(loop, &s->admin_log, "admin", -1, err, pause);
+            if (pause && !s->admin_paused) {
+                s->admin_paused = 1;
+                ev_io_stop(loop, io);
+                ev_timer_set(&s->admin_retry, 0.25, 0.);
+                ev_timer_start(loop, &s->admin_retry);
+            }
             return;
+        }
         admin_conn *a = calloc(1, sizeof *a);
         if (!a) {
             close(fd);
@@ -616,6 +649,8 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
         ev_io_init(&s->admin_w, on_admin_accept, s->admin_fd, EV_READ);
         s->admin_w.data = s;
         ev_io_start(s->loop, &s->admin_w);
+        ev_init(&s->admin_retry, on_admin_retry);
+        s->admin_retry.data = s;
     }
     ev_signal_init(&s->sighup, on_sighup, SIGHUP);
     ev_signal_init(&s->sigterm, on_sigterm, SIGTERM);

@@ -31,6 +31,9 @@ typedef struct al_server {
     int admin_fd;
     int listen_locks[2]; /* al_listen_claim of listen.proxy and listen.tls, or -1 */
     ev_io admin_w;
+    ev_timer admin_retry; /* admin accepting paused (out of descriptors): try again */
+    int admin_paused;
+    al_accept_log admin_log;
     ev_signal sighup, sigterm, sigint, sigusr1;
     uint64_t table_generation; /* 1 = the table loaded at start, +1 per successful reload */
     ev_timer drain_timer;

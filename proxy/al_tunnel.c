@@ -33,6 +33,7 @@ struct al_tunnel {
     char host[256];
     uint16_t port;
     uint64_t bytes_in, bytes_out;
+    uint64_t idle_mark; /* bytes_in + bytes_out when the idle timer last looked */
     int up_eof;
 };
 
@@ -136,10 +137,34 @@ static void on_up_io(struct ev_loop *loop, ev_io *io, int revents)
     pump_up(t);
 }
 
+/* An open tunnel that moved no byte either way for a whole limits.idle_timeout_ms
+ * period is closed (so it ends within one to two periods of the last byte). */
+static void on_tunnel_idle(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    al_tunnel *t = w->data;
+    (void)loop;
+    (void)revents;
+    uint64_t moved = t->bytes_in + t->bytes_out;
+    if (moved != t->idle_mark) {
+        t->idle_mark = moved;
+        return; /* repeats */
+    }
+    al_log(AL_LOG_INFO, "tunnel.idle_timeout", "host=%s port=%u peer=%s", t->host, t->port,
+           t->c->peer);
+    ev_timer_stop(t->c->worker->loop, &t->timer);
+    al_conn_close(t->c, 0);
+}
+
 static void opened(al_tunnel *t)
 {
     al_conn *c = t->c;
     ev_timer_stop(c->worker->loop, &t->timer);
+    uint32_t idle_ms = c->worker->table->limits.idle_timeout_ms;
+    if (idle_ms) {
+        ev_set_cb(&t->timer, on_tunnel_idle);
+        ev_timer_set(&t->timer, idle_ms / 1000.0, idle_ms / 1000.0);
+        ev_timer_start(c->worker->loop, &t->timer);
+    }
     t->phase = T_OPEN;
     al_request_note_done(t->req, 200);
     /* The HTTP/1.1 protocol hands the connection over; bytes the agent sent early
@@ -294,5 +319,6 @@ static void tp_free(al_conn *c)
 }
 
 static const al_proto tunnel_proto = {
-    "tunnel", tp_on_read, tp_on_eof, tp_on_drain, tp_wants_read, tp_idle, tp_drain, tp_free,
+    "tunnel", tp_on_read, tp_on_eof, tp_on_drain, tp_wants_read,
+    tp_idle,  tp_drain,   tp_free,   NULL,        NULL, /* the tunnel's own idle timer */
 };

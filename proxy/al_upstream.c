@@ -33,8 +33,16 @@
  * Timeouts, one governing each phase: connect (curl's CURLOPT_CONNECTTIMEOUT_MS,
  * TLS handshake included); while the request body is sent, idle (no byte either way
  * for idle_timeout_ms); from the end of the request to the response head, first
- * byte; after the head, idle. The idle clock stops while airlock itself holds a
- * direction paused (the agent is slow, not the upstream).
+ * byte; after the head, idle. The idle clock keeps running while airlock holds a
+ * direction paused because the agent is not sending or not reading: an agent that
+ * stalls for idle_timeout_ms ends with AL_UPSTREAM_TIMEOUT_CLIENT, so it cannot
+ * hold an upstream slot for ever (a slow agent that still moves bytes restarts it).
+ * While a request waits for a slot of its host, queue_timeout_ms bounds the wait.
+ *
+ * Fairness: a host has AL_UPSTREAM_MAX_HOST_CONNECTIONS slots per worker; one client
+ * address holds at most max_per_client of them, its further requests wait, and the
+ * queue hands a freed slot to the first waiting request whose client is under its
+ * cap, so one agent stalling its transfers cannot lock the others out.
  *
  * Known limit (libcurl 7.88): HTTP/2 response trailers that follow a body with a
  * Content-Length are dropped by curl, and otherwise not always passed on; HTTP/1.1
@@ -42,9 +50,6 @@
  * it (a reused connection found dead after the body began), the request fails with
  * AL_UPSTREAM_RESET and the caller decides whether it can replay. */
 #include "al_upstream.h"
-
-/* Per worker and upstream host; see al_upstream_pool_new. */
-#define AL_UPSTREAM_MAX_HOST_CONNECTIONS 128
 #include "al_egress.h"
 #include "common/al_err.h"
 
@@ -85,8 +90,17 @@ typedef struct hdr_block {
  * against every connection each time one ends: with 500 agent streams on one worker
  * that halved throughput (13k req/s against 31k at 100 streams). A node lives while
  * it has transfers in curl or waiting. */
+/* One client address's transfers to a host: `active` counted, `refs` requests
+ * attached (counted or waiting); freed with its last request. */
+typedef struct client_q {
+    struct client_q *next;
+    size_t active, refs;
+    char addr[48];
+} client_q;
+
 typedef struct host_q {
     struct host_q *next;
+    client_q *clients;            /* owned */
     size_t active;                /* counted transfers (in curl or about to be added) */
     al_upstream_req *head, *tail; /* waiting, linked through qnext */
     int https;
@@ -118,7 +132,7 @@ struct al_upstream_req {
     int64_t body_length; /* as given; meaningful when user_body */
     uint32_t first_byte_ms, idle_ms;
 
-    ev_timer first_byte_timer, idle_timer;
+    ev_timer first_byte_timer, idle_timer, queue_timer;
     ev_tstamp last_activity;
     struct timespec started;
     uint32_t first_byte_elapsed; /* ms, 0 until the first response byte */
@@ -132,6 +146,9 @@ struct al_upstream_req {
     unsigned counted : 1;        /* counts in hq->active */
     unsigned queued : 1;         /* waits in hq's list, not yet handed to curl */
     unsigned resp_h2 : 1;        /* the response came over HTTP/2 ("HTTP/2 200") */
+    client_q *cq;                /* its client's entry in hq (NULL: not counted per client) */
+    uint32_t client_cap;         /* max_per_client (0 = none) */
+    uint32_t queue_ms;
     enum al_upstream_error fail; /* set by our own callbacks; wins over curl's code */
     int status;
     hdr_block head, trailers;
@@ -193,14 +210,57 @@ static void host_drop_if_unused(al_upstream_pool *p, host_q *h)
         }
 }
 
-/* The request leaves its host: uncounted (the next waiting one is handed to curl from
- * the loop) or taken off the waiting list. */
+static client_q *client_get(host_q *h, const char *addr)
+{
+    size_t n = strnlen(addr, sizeof((client_q *)0)->addr - 1);
+    for (client_q *c = h->clients; c; c = c->next)
+        if (c->addr[n] == '\0' && !memcmp(c->addr, addr, n))
+            return c;
+    client_q *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    memcpy(c->addr, addr, n);
+    c->next = h->clients;
+    h->clients = c;
+    return c;
+}
+
+static void client_unref(host_q *h, client_q *c)
+{
+    if (--c->refs)
+        return;
+    for (client_q **pp = &h->clients; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            free(c);
+            return;
+        }
+}
+
+/* May r take a slot of h now? */
+static int may_run(const host_q *h, const al_upstream_req *r)
+{
+    return h->active < AL_UPSTREAM_MAX_HOST_CONNECTIONS &&
+           !(r->client_cap && r->cq && r->cq->active >= r->client_cap);
+}
+
+static void count_in(al_upstream_req *r)
+{
+    r->counted = 1;
+    r->hq->active++;
+    if (r->cq)
+        r->cq->active++;
+}
+
+/* The request leaves its host: uncounted (the first waiting one that may run is
+ * handed to curl from the loop) or taken off the waiting list. */
 static void host_leave(al_upstream_req *r)
 {
     host_q *h = r->hq;
     if (!h)
         return;
     r->hq = NULL;
+    ev_timer_stop(r->pool->loop, &r->queue_timer);
     if (r->queued) {
         al_upstream_req **pp = &h->head, *prev = NULL;
         while (*pp && *pp != r) {
@@ -216,19 +276,32 @@ static void host_leave(al_upstream_req *r)
     } else if (r->counted) {
         r->counted = 0;
         h->active--;
-        al_upstream_req *n = h->head;
-        if (n && h->active < AL_UPSTREAM_MAX_HOST_CONNECTIONS) {
-            h->head = n->qnext;
-            if (!h->head)
-                h->tail = NULL;
+        if (r->cq)
+            r->cq->active--;
+        /* one slot of the host and one of r's client came free: at most one waiting
+         * request can use them (the first in order whose client is under its cap) */
+        al_upstream_req *prev = NULL;
+        for (al_upstream_req *n = h->head; n; prev = n, n = n->qnext) {
+            if (!may_run(h, n))
+                continue;
+            if (prev)
+                prev->qnext = n->qnext;
+            else
+                h->head = n->qnext;
+            if (h->tail == n)
+                h->tail = prev;
             n->qnext = NULL;
             n->queued = 0;
-            n->counted = 1;
-            h->active++;
+            ev_timer_stop(r->pool->loop, &n->queue_timer);
+            count_in(n);
             n->want_add = 1;
             deferred_push(n);
+            break;
         }
     }
+    if (r->cq)
+        client_unref(h, r->cq);
+    r->cq = NULL;
     host_drop_if_unused(r->pool, h);
 }
 
@@ -321,6 +394,7 @@ static void req_release(al_upstream_req *r)
     al_upstream_pool *p = r->pool;
     ev_timer_stop(p->loop, &r->first_byte_timer);
     ev_timer_stop(p->loop, &r->idle_timer);
+    ev_timer_stop(p->loop, &r->queue_timer);
     deferred_unlink(r);
     if (r->prev)
         r->prev->next = r->next;
@@ -563,16 +637,37 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
         ev_timer_start(loop, w);
         return;
     }
+    if (r->send_paused || r->recv_paused) {
+        /* airlock holds the transfer paused for the agent: the agent stalled */
+        snprintf(r->detail, sizeof r->detail, "the agent %s nothing for %u ms",
+                 r->recv_paused ? "read" : "sent", r->idle_ms);
+        req_finish(r, AL_UPSTREAM_TIMEOUT_CLIENT, r->detail);
+        return;
+    }
     snprintf(r->detail, sizeof r->detail, "no data for %u ms", r->idle_ms);
     req_finish(r, AL_UPSTREAM_TIMEOUT_IDLE, r->detail);
+}
+
+/* A request waited queue_timeout_ms for a slot of its host. */
+static void queue_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    al_upstream_req *r = w->data;
+    (void)loop;
+    (void)revents;
+    int over = r->cq && r->client_cap && r->cq->active >= r->client_cap;
+    snprintf(r->detail, sizeof r->detail,
+             over ? "this client already has %u requests in flight to this upstream"
+                  : "all %u upstream connections of this worker are busy",
+             over ? r->client_cap : (unsigned)AL_UPSTREAM_MAX_HOST_CONNECTIONS);
+    req_finish(r, over ? AL_UPSTREAM_CLIENT_LIMIT : AL_UPSTREAM_BUSY, r->detail);
 }
 
 static void update_idle(al_upstream_req *r)
 {
     struct ev_loop *loop = r->pool->loop;
     int sending = r->user_body && !r->body_eof;
-    int want = r->idle_ms && r->prereq && !r->send_paused && !r->recv_paused && !r->cancelled &&
-               (r->head_done || sending);
+    /* pauses do not stop the clock (see the top of this file) */
+    int want = r->idle_ms && r->prereq && !r->cancelled && (r->head_done || sending);
     if (want && !ev_is_active(&r->idle_timer)) {
         r->last_activity = ev_now(loop);
         ev_timer_set(&r->idle_timer, r->idle_ms / 1000.0, 0.);
@@ -1252,6 +1347,8 @@ static al_upstream_req *req_get(al_upstream_pool *p)
     r->first_byte_timer.data = r;
     ev_init(&r->idle_timer, idle_cb);
     r->idle_timer.data = r;
+    ev_init(&r->queue_timer, queue_cb);
+    r->queue_timer.data = r;
     return r;
 }
 
@@ -1275,6 +1372,8 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
     r->body_length = o->has_body ? o->body_length : 0;
     r->first_byte_ms = o->first_byte_timeout_ms;
     r->idle_ms = o->idle_timeout_ms;
+    r->client_cap = o->max_per_client;
+    r->queue_ms = o->queue_timeout_ms;
     clock_gettime(CLOCK_MONOTONIC, &r->started);
 
     int https = strcmp(o->scheme, "https") == 0;
@@ -1359,24 +1458,39 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
         rc = AL_ERR_NOMEM;
         goto fail;
     }
+    if (o->client && o->client[0]) {
+        r->cq = client_get(r->hq, o->client);
+        if (!r->cq) {
+            host_drop_if_unused(p, r->hq);
+            r->hq = NULL;
+            rc = AL_ERR_NOMEM;
+            goto fail;
+        }
+        r->cq->refs++;
+    }
     r->next = p->live;
     if (p->live)
         p->live->prev = r;
     p->live = r;
-    if (r->hq->active >= AL_UPSTREAM_MAX_HOST_CONNECTIONS) {
-        /* waits for a transfer to this host to end (no timer runs while it waits,
-         * as in curl's own queue) */
+    if (!may_run(r->hq, r)) {
+        /* waits for a transfer to this host (or of this client) to end, at most
+         * queue_ms; no other timer runs while it waits. (Whoever waits while the
+         * host has a free slot waits for its own client's cap, so a request that
+         * may run goes first without breaking anyone's turn.) */
         r->queued = 1;
         if (r->hq->tail)
             r->hq->tail->qnext = r;
         else
             r->hq->head = r;
         r->hq->tail = r;
+        if (r->queue_ms) {
+            ev_timer_set(&r->queue_timer, r->queue_ms / 1000.0, 0.);
+            ev_timer_start(p->loop, &r->queue_timer);
+        }
         *out = r;
         return AL_OK;
     }
-    r->counted = 1;
-    r->hq->active++;
+    count_in(r);
     if (p->cb_depth > 0) {
         r->want_add = 1; /* curl refuses add_handle from inside its callbacks */
         deferred_push(r);

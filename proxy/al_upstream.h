@@ -49,6 +49,11 @@ enum al_upstream_error {
                                       Transfer-Encoding, ...) -> 502 upstream_bad_framing; the
                                       connection is closed, never reused */
     AL_UPSTREAM_ABORTED,           /* cancelled by the caller */
+    AL_UPSTREAM_TIMEOUT_CLIENT,    /* the agent stalled (sent or read nothing) for idle_timeout_ms
+                                      -> 408 client_timeout, or abort after the head */
+    AL_UPSTREAM_BUSY,              /* no upstream slot within queue_timeout_ms -> 503 upstream_busy */
+    AL_UPSTREAM_CLIENT_LIMIT,      /* the client held max_per_client slots for queue_timeout_ms
+                                      -> 503 client_over_limit */
 };
 
 typedef struct al_upstream_opts {
@@ -69,6 +74,11 @@ typedef struct al_upstream_opts {
     int has_body;                  /* 1 if the agent sends a body (read_body is called) */
     int64_t body_length;           /* -1 = unknown (chunked upstream / h2 DATA), else exact */
     uint32_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms;
+    /* Fairness (per worker and upstream host): the client's address (NULL = not
+     * counted), at most max_per_client of its transfers at once (0 = no cap); a
+     * request waits at most queue_timeout_ms (0 = no limit) for a slot. */
+    const char *client;
+    uint32_t max_per_client, queue_timeout_ms;
 } al_upstream_opts;
 
 typedef struct al_upstream_cbs {
@@ -95,6 +105,8 @@ void al_upstream_pool_free(al_upstream_pool *p); /* cancels whatever is in fligh
  * (owned by the pool until on_done), or a negative al_err without calling anything. */
 int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *opts, const al_upstream_cbs *cbs,
                       void *arg, al_upstream_req **out);
+/* Per worker and upstream host: transfers in curl at once (the rest wait). */
+#define AL_UPSTREAM_MAX_HOST_CONNECTIONS 128
 void al_upstream_resume_send(al_upstream_req *r); /* more request body is ready */
 void al_upstream_resume_recv(al_upstream_req *r); /* the agent can take more */
 void al_upstream_cancel(al_upstream_req *r);      /* no more callbacks; frees r */

@@ -71,6 +71,63 @@ out:
     return rc;
 }
 
+int al_accept_must_pause(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+void al_accept_log_failure(struct ev_loop *loop, al_accept_log *l, const char *listener, int id,
+                           int err, int paused)
+{
+    ev_tstamp now = ev_now(loop);
+    if (l->last && now - l->last < 1.0) {
+        l->suppressed++;
+        return;
+    }
+    al_log(AL_LOG_WARN, "accept.failed",
+           "listener=%s worker=%d errno=%d error=\"%s\"%s not_logged_since_last=%lu", listener, id,
+           err, strerror(err),
+           paused ? " action=\"accepting paused until a connection closes\"" : "",
+           l->suppressed);
+    l->last = now;
+    l->suppressed = 0;
+}
+
+/* Out of descriptors: stop both listeners (level-triggered, they would fire again at
+ * once) until a connection closes (reap) or the retry timer, as nginx and HAProxy
+ * do. Clients wait in the kernel's backlog meanwhile. */
+static void accept_pause(al_worker *w)
+{
+    if (w->accept_paused || w->draining)
+        return;
+    w->accept_paused = 1;
+    ev_io_stop(w->loop, &w->accept_w);
+    ev_io_stop(w->loop, &w->tls_accept_w);
+    ev_timer_set(&w->accept_retry, 0.25, 0.);
+    ev_timer_start(w->loop, &w->accept_retry);
+}
+
+static void accept_resume(al_worker *w)
+{
+    if (!w->accept_paused)
+        return;
+    w->accept_paused = 0;
+    ev_timer_stop(w->loop, &w->accept_retry);
+    if (w->draining)
+        return;
+    if (w->listen_fd >= 0)
+        ev_io_start(w->loop, &w->accept_w);
+    if (w->tls_listen_fd >= 0)
+        ev_io_start(w->loop, &w->tls_accept_w);
+}
+
+static void on_accept_retry(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    accept_resume(t->data);
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 {
     al_worker *w = io->data;
@@ -81,8 +138,14 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         socklen_t sl = sizeof ss;
         int fd = accept4(io->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                al_log(AL_LOG_WARN, "accept.failed", "worker=%d errno=%d", w->id, errno);
+            int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED)
+                return;
+            int pause = al_accept_must_pause(err);
+            al_accept_log_failure(w->loop, &w->accept_log,
+                                  io->fd == w->tls_listen_fd ? "tls" : "proxy", w->id, err, pause);
+            if (pause)
+                accept_pause(w);
             return;
         }
         int one = 1;
@@ -163,11 +226,15 @@ void al_worker_table_release(al_worker *w, al_worker_table *slot)
 
 static void reap(al_worker *w)
 {
+    int freed = 0;
     while (w->dead) {
         al_conn *c = w->dead;
         w->dead = c->next;
         al_conn_free(c);
+        freed = 1;
     }
+    if (freed)
+        accept_resume(w); /* a descriptor came back */
 }
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *chk, int revents)
@@ -192,6 +259,7 @@ static void begin_drain(al_worker *w)
     if (w->draining)
         return;
     w->draining = 1;
+    ev_timer_stop(w->loop, &w->accept_retry);
     ev_io_stop(w->loop, &w->accept_w);
     if (w->listen_fd >= 0)
         close(w->listen_fd);
@@ -292,6 +360,8 @@ int al_worker_init(al_worker *w, int id, struct al_server *s, al_table *table)
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
+    ev_init(&w->accept_retry, on_accept_retry);
+    w->accept_retry.data = w;
     ev_prepare_init(&w->reaper, on_prepare);
     w->reaper.data = w;
     ev_prepare_start(w->loop, &w->reaper);

@@ -24,6 +24,20 @@ struct al_server;
 struct al_upstream_pool;
 struct al_resolver;
 
+/* accept() failures, logged at most once a second with a count of those not logged
+ * (an fd limit reached under a flood must not become a flood of log lines). */
+typedef struct al_accept_log {
+    ev_tstamp last;
+    unsigned long suppressed;
+} al_accept_log;
+
+/* 1 when accept failed for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM): the listener stays readable, so the caller must stop watching it until a
+ * descriptor frees, or the loop spins. */
+int al_accept_must_pause(int err);
+void al_accept_log_failure(struct ev_loop *loop, al_accept_log *l, const char *listener, int id,
+                           int err, int paused);
+
 /* A table snapshot as this worker uses it: `users` counts the worker's requests on
  * it, without atomics (only this thread touches it). The worker holds one real
  * reference per slot and drops it when a replaced slot has no users left. */
@@ -44,6 +58,9 @@ typedef struct al_worker {
     ev_async wake;     /* reload / stop from the main thread */
     ev_prepare reaper; /* frees closed connections before the loop blocks again */
     ev_timer drain_timer;
+    ev_timer accept_retry; /* accepting paused (out of descriptors): try again */
+    int accept_paused;
+    al_accept_log accept_log;
 
     al_table *table;          /* == current->table; only this thread reads or swaps it */
     al_worker_table *current; /* owned */

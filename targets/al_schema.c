@@ -120,6 +120,39 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                                    "On SIGTERM, time (ms) requests in flight get to finish."},
     [AL_S_LIMITS_WORKERS] = {"limits.workers", AL_SK_UINT, parse_uint, TBL(limits.workers), 0, 0,
                              1024, 0, 0, "0 (one per core)", "Worker threads."},
+    [AL_S_LIMITS_CLIENT_HANDSHAKE_TIMEOUT] = {"limits.client_handshake_timeout_ms", AL_SK_UINT,
+                                              parse_uint, TBL(limits.client_handshake_timeout_ms),
+                                              0, 1, 600000, 10000, 0, "10000",
+                                              "Agent's TLS handshake, and its HTTP/2 preface and "
+                                              "first SETTINGS (ms); past it: closed."},
+    [AL_S_LIMITS_CLIENT_HEADER_TIMEOUT] = {"limits.client_header_timeout_ms", AL_SK_UINT,
+                                           parse_uint, TBL(limits.client_header_timeout_ms), 0, 1,
+                                           600000, 20000, 0, "20000",
+                                           "Time (ms) for a complete request head from its first "
+                                           "byte (from accept on a new connection); past it: 408 "
+                                           "and closed."},
+    [AL_S_LIMITS_CLIENT_BODY_TIMEOUT] = {"limits.client_body_timeout_ms", AL_SK_UINT, parse_uint,
+                                         TBL(limits.client_body_timeout_ms), 0, 1, 3600000, 30000,
+                                         0, "30000",
+                                         "Longest gap (ms) between request body bytes while "
+                                         "airlock waits for them; past it: 408 (or the stream is "
+                                         "reset once the response began)."},
+    [AL_S_LIMITS_CLIENT_KEEPALIVE_TIMEOUT] = {"limits.client_keepalive_timeout_ms", AL_SK_UINT,
+                                              parse_uint, TBL(limits.client_keepalive_timeout_ms),
+                                              0, 1, 3600000, 30000, 0, "30000",
+                                              "Idle time (ms) of an agent connection between "
+                                              "requests (HTTP/2: with no stream, then GOAWAY); "
+                                              "past it: closed."},
+    [AL_S_LIMITS_MAX_UPSTREAM_PER_CLIENT] = {"limits.max_upstream_per_client", AL_SK_UINT,
+                                             parse_uint, TBL(limits.max_upstream_per_client), 0, 0,
+                                             128, 64, 0, "64",
+                                             "Upstream requests one client address may have in "
+                                             "flight to one upstream host, per worker (of 128 "
+                                             "slots); more wait in the queue. 0: no cap."},
+    [AL_S_LIMITS_QUEUE_TIMEOUT] = {"limits.queue_timeout_ms", AL_SK_UINT, parse_uint,
+                                   TBL(limits.queue_timeout_ms), 0, 1, 3600000, 10000, 0, "10000",
+                                   "Longest wait (ms) for an upstream slot; past it: 503 "
+                                   "`upstream_busy` or `client_over_limit` with Retry-After."},
     [AL_S_HEADERS] = {"headers", AL_SK_MAP, NULL, TBL(headers), 0, 0, 0, 0, 0, "",
                       "Headers airlock adds to forwarded requests."},
     [AL_S_HEADERS_VIA] = {"headers.via", AL_SK_BOOL, parse_bool, TBL(headers.add_via), 0, 0, 1, 1,

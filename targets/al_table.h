@@ -134,6 +134,14 @@ typedef struct al_limits {
     uint64_t max_body_bytes;        /* default 0 = unlimited (streamed) */
     uint32_t drain_timeout_ms;      /* default 10000 */
     uint32_t workers;               /* default 0 = one per core */
+    /* Client side (agent -> airlock), see README "Timeouts". */
+    uint32_t client_handshake_timeout_ms; /* TLS handshake, h2 preface + SETTINGS; 10000 */
+    uint32_t client_header_timeout_ms;    /* a complete request head; 20000 */
+    uint32_t client_body_timeout_ms;      /* between request body bytes; 30000 */
+    uint32_t client_keepalive_timeout_ms; /* idle between requests / no h2 stream; 30000 */
+    /* Fairness, see README "Fairness limits". */
+    uint32_t max_upstream_per_client; /* upstream transfers per client IP, host, worker; 64 */
+    uint32_t queue_timeout_ms;        /* wait for an upstream slot before 503; 10000 */
 } al_limits;
 
 typedef struct al_egress_cfg {
