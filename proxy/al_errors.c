@@ -78,6 +78,11 @@ const char *al_proxy_status_error(const char *code, int status)
         {"path_not_normalized", "http_request_error"},
         {"uri_too_long", "http_request_error"},
         {"header_too_large", "http_request_error"},
+        {"request_timeout", "http_request_error"},
+        {"body_timeout", "http_request_error"},
+        {"client_timeout", "http_request_error"},
+        {"upstream_busy", "connection_limit_reached"},
+        {"client_over_limit", "connection_limit_reached"},
     };
     for (size_t i = 0; code && i < sizeof map / sizeof map[0]; i++)
         if (strcmp(code, map[i].code) == 0)

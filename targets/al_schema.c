@@ -106,8 +106,9 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                                         "504."},
     [AL_S_LIMITS_IDLE_TIMEOUT] = {"limits.idle_timeout_ms", AL_SK_UINT, parse_uint,
                                   TBL(limits.idle_timeout_ms), 0, 1, 86400000, 60000, 0, "60000",
-                                  "Idle time (ms) before a client or upstream connection is "
-                                  "closed."},
+                                  "No byte either way for this long (ms) ends an upstream "
+                                  "exchange (504, or 408 when the agent is the one not "
+                                  "sending or reading) or a CONNECT tunnel."},
     [AL_S_LIMITS_MAX_HEADER_BYTES] = {"limits.max_header_bytes", AL_SK_UINT, parse_uint,
                                       TBL(limits.max_header_bytes), 0, 1024, 16777216, 65536, 0,
                                       "65536", "Largest request head (bytes); past it: 431."},
