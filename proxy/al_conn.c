@@ -240,8 +240,8 @@ static uint32_t ct_limit_ms(const al_conn *c, int kind)
 
 static const char *ct_name(int kind)
 {
-    static const char *const names[] = {"none", "handshake", "header", "body", "keepalive",
-                                        "closing"};
+    static const char *const names[] = {"none", "handshake", "header",
+                                        "body", "keepalive", "closing"};
     return kind >= 0 && kind <= AL_CT_CLOSING ? names[kind] : "?";
 }
 

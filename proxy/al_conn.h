@@ -106,7 +106,7 @@ struct al_conn {
     uint16_t tunnel_port;
     /* Client-side clock: one lazy timer; ct_kind and ct_since say which and from when. */
     ev_timer ct_timer;
-    int ct_kind;                       /* enum al_conn_timeout */
+    int ct_kind; /* enum al_conn_timeout */
     ev_tstamp ct_since, last_read, last_write;
     int closing; /* close once the output is flushed */
     int dead;    /* closed; freed at the end of the event */

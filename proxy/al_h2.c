@@ -36,13 +36,13 @@ typedef struct h2_stream {
     int64_t clen; /* the request's content-length, -1 none */
     int headers_too_large;
     int started, is_head, eof, rst, out_paused, closed, submitted;
-    int in_flight; /* counted in h2_session.in_flight until its request ends */
+    int in_flight;        /* counted in h2_session.in_flight until its request ends */
     nghttp2_nv *trailers; /* owned, with the names and values in trailer_buf */
     size_t trailer_count;
     char *trailer_buf;
     struct h2_stream *prev, *next; /* live list */
-    ev_timer body_timer; /* limits.client_body_timeout_ms while the request body comes */
-    ev_tstamp body_at;   /* the last DATA (or the head) */
+    ev_timer body_timer;           /* limits.client_body_timeout_ms while the request body comes */
+    ev_tstamp body_at;             /* the last DATA (or the head) */
 } h2_stream;
 
 struct h2_session {
@@ -303,8 +303,8 @@ static void on_body_timer(struct ev_loop *loop, ev_timer *t, int revents)
         ev_timer_start(loop, t);
         return;
     }
-    al_log(AL_LOG_INFO, "client.timeout", "peer=%s phase=body stream=%d limit_ms=%u",
-           s->h->c->peer, s->id, ms);
+    al_log(AL_LOG_INFO, "client.timeout", "peer=%s phase=body stream=%d limit_ms=%u", s->h->c->peer,
+           s->id, ms);
     if (al_request_status(s->req) == 0) {
         al_request_refuse(s->req, 408, "body_timeout",
                           "no request body bytes arrived for limits.client_body_timeout_ms; "

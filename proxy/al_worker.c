@@ -87,8 +87,7 @@ void al_accept_log_failure(struct ev_loop *loop, al_accept_log *l, const char *l
     al_log(AL_LOG_WARN, "accept.failed",
            "listener=%s worker=%d errno=%d error=\"%s\"%s not_logged_since_last=%lu", listener, id,
            err, strerror(err),
-           paused ? " action=\"accepting paused until a connection closes\"" : "",
-           l->suppressed);
+           paused ? " action=\"accepting paused until a connection closes\"" : "", l->suppressed);
     l->last = now;
     l->suppressed = 0;
 }
