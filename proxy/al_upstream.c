@@ -435,6 +435,7 @@ static void req_finish(al_upstream_req *r, enum al_upstream_error err, const cha
     al_upstream_pool *p = r->pool;
     ev_timer_stop(p->loop, &r->first_byte_timer);
     ev_timer_stop(p->loop, &r->idle_timer);
+    ev_timer_stop(p->loop, &r->queue_timer);
     if (r->added) {
         curl_multi_remove_handle(p->multi, r->easy);
         r->added = 0;
@@ -654,6 +655,8 @@ static void queue_cb(struct ev_loop *loop, ev_timer *w, int revents)
     al_upstream_req *r = w->data;
     (void)loop;
     (void)revents;
+    if (r->cancelled || r->done)
+        return;
     int over = r->cq && r->client_cap && r->cq->active >= r->client_cap;
     snprintf(r->detail, sizeof r->detail,
              over ? "this client already has %u requests in flight to this upstream"
@@ -1551,6 +1554,7 @@ void al_upstream_cancel(al_upstream_req *r)
     r->cancelled = 1;
     ev_timer_stop(r->pool->loop, &r->first_byte_timer);
     ev_timer_stop(r->pool->loop, &r->idle_timer);
+    ev_timer_stop(r->pool->loop, &r->queue_timer);
     if (r->pool->cb_depth > 0) {
         /* the failing callback makes curl end the transfer; the queue frees it
          * if curl has not reported it done first */

@@ -441,6 +441,24 @@ def _port_open(port):
 GET_DEMO = b"GET /t/demo/victim HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 
 
+def refused_503(source, code):
+    """GETs from `source` until the answer is 503 `code` (a 200 only means airlock has
+    not yet read every staller's head: try again); each answer must come fast."""
+    def attempt():
+        t0 = time.monotonic()
+        raw = http_request(FAIR.proxy_port, GET_DEMO, source=source, timeout=6)
+        el = time.monotonic() - t0
+        assert el < 5, "an answer took %.1fs" % el
+        if raw.startswith(b"HTTP/1.1 200"):
+            time.sleep(0.1)
+            return None
+        status, head, body = json_refusal(raw)
+        assert status == 503 and body["error"] == code, raw[:400]
+        assert "retry-after: 1" in head, head
+        return True
+    wait_for(attempt, 20, "503 %s for %s" % (code, source))
+
+
 def victims_after():
     """With the stallers holding what they can: another client is served at once,
     the stalling client gets a fast, clear 503 (never silence)."""
@@ -449,13 +467,9 @@ def victims_after():
     el = time.monotonic() - t0
     assert raw.startswith(b"HTTP/1.1 200"), raw[:300]
     assert el < 5, "another client waited %.1fs" % el
-    t0 = time.monotonic()
-    raw = http_request(FAIR.proxy_port, GET_DEMO, source="127.0.0.1", timeout=6)
-    el = time.monotonic() - t0
-    status, head, body = json_refusal(raw)
-    assert status == 503 and body["error"] == "client_over_limit", raw[:400]
-    assert "retry-after: 1" in head, head
-    assert el < 5, "the 503 took %.1fs" % el
+    refused_503("127.0.0.1", "client_over_limit")
+    raw = http_request(FAIR.proxy_port, GET_DEMO, source="127.0.0.2", timeout=6)
+    assert raw.startswith(b"HTTP/1.1 200"), raw[:300]
 
 
 def test_stalled_bodies_do_not_lock_out_other_clients():
@@ -469,6 +483,25 @@ def test_stalled_bodies_do_not_lock_out_other_clients():
     finally:
         for s in stallers:
             s.close()
+
+
+def test_full_host_gives_newcomers_a_fast_503():
+    # 17 addresses x 8 stalled bodies: every one of the host's 128 slots is held, none
+    # over its client's cap; a newcomer waits limits.queue_timeout_ms, then 503
+    stallers = []
+    try:
+        for i in range(17):
+            for _ in range(8):
+                s = connect(FAIR.proxy_port, source="127.0.1.%d" % (i + 1))
+                s.sendall(b"POST /t/demo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+                stallers.append(s)
+        refused_503("127.0.0.3", "upstream_busy")
+    finally:
+        for s in stallers:
+            s.close()
+    # their slots come back: the newcomer is served again
+    wait_for(lambda: http_request(FAIR.proxy_port, GET_DEMO, source="127.0.0.3").startswith(
+        b"HTTP/1.1 200"), 10, "served once the stallers left")
 
 
 BIG = ("GET", "/t/demo/bytes?n=2000000", None)  # more than airlock and curl buffer
