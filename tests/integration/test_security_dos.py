@@ -455,6 +455,7 @@ def refused_503(source, code):
         status, head, body = json_refusal(raw)
         assert status == 503 and body["error"] == code, raw[:400]
         assert "retry-after: 1" in head, head
+        assert "proxy-status: airlock; error=connection_limit_reached" in head, head
         return True
     wait_for(attempt, 20, "503 %s for %s" % (code, source))
 
