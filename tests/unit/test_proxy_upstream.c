@@ -553,6 +553,19 @@ static void tc_init(tc *t)
     t->guard.data = t;
 }
 
+/* Another request on src's loop and pool (src stays the one tc_run and tc_free use). */
+static void tc_clone(tc *d, const tc *src)
+{
+    memset(d, 0, sizeof *d);
+    d->loop = src->loop;
+    d->pool = src->pool;
+    d->body_hash = FNV0;
+    ev_timer_init(&d->resume_recv, resume_recv_cb, 0.001, 0.);
+    d->resume_recv.data = d;
+    ev_timer_init(&d->resume_send, resume_send_cb, 0., 0.);
+    d->resume_send.data = d;
+}
+
 static void tc_reset(tc *t)
 {
     t->head_calls = t->done_calls = t->trailer_calls = t->status = 0;
@@ -1151,14 +1164,8 @@ static void test_h2_multiplexed_and_streamed(void **state)
     int pending = N;
     tc_init(&t[0]);
     for (int i = 0; i < N; i++) {
-        if (i) {
-            memcpy(&t[i], &t[0], offsetof(tc, heads));
-            t[i].body_hash = FNV0;
-            ev_timer_init(&t[i].resume_recv, resume_recv_cb, 0.001, 0.);
-            t[i].resume_recv.data = &t[i];
-            ev_timer_init(&t[i].resume_send, resume_send_cb, 0., 0.);
-            t[i].resume_send.data = &t[i];
-        }
+        if (i)
+            tc_clone(&t[i], &t[0]);
         t[i].pending = &pending;
         t[i].pause_every = i % 2 ? 5 : 0; /* half of the streams pause */
     }
@@ -1254,6 +1261,95 @@ static void test_invalid_input(void **state)
     tc_free(&t);
 }
 
+/* ---- fairness and the agent's stall ------------------------------------------ */
+
+/* n requests on t[0]'s loop and pool, each from `client`. */
+static void start_many(tc *t, int n, int *pending, const al_upstream_opts *o)
+{
+    for (int i = 0; i < n; i++) {
+        if (i)
+            tc_clone(&t[i], &t[0]);
+        t[i].pending = pending;
+        start(&t[i], o);
+    }
+}
+
+static void test_client_cap_queues_and_times_out(void **state)
+{
+    tc t[4], other;
+    int pending = 1;
+    tc_init(&t[0]);
+    atomic_store(&srv.mode, SRV_SILENT);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/held");
+    o.client = "10.0.0.1";
+    o.max_per_client = 2;
+    o.queue_timeout_ms = 3000;
+    int before = atomic_load(&srv.requests);
+    start_many(t, 3, &pending, &o); /* two run, the third waits for its client's slot */
+    /* another client is not behind them */
+    tc_clone(&other, &t[0]);
+    other.pending = &pending;
+    al_upstream_opts o2 = o;
+    o2.client = "10.0.0.2";
+    start(&other, &o2);
+    for (int i = 0; i < 200 && atomic_load(&srv.requests) - before < 3; i++)
+        tc_spin(&t[0], 0.01);
+    tc_spin(&t[0], 0.1);
+    assert_int_equal(atomic_load(&srv.requests) - before, 3); /* t0, t1, other */
+    /* a slot of the client comes free: the waiting one goes, not timed out */
+    al_upstream_cancel(t[0].req);
+    t[0].req = NULL;
+    for (int i = 0; i < 200 && atomic_load(&srv.requests) - before < 4; i++)
+        tc_spin(&t[0], 0.01);
+    assert_int_equal(atomic_load(&srv.requests) - before, 4);
+    assert_int_equal(t[2].done_calls, 0);
+    /* the client is at its cap again: one more waits queue_timeout_ms, then a clear error */
+    o.queue_timeout_ms = 200;
+    tc_clone(&t[3], &t[0]);
+    t[3].pending = &pending;
+    ev_tstamp t0 = ev_time();
+    start(&t[3], &o);
+    tc_run(&t[0]);
+    assert_int_equal(t[3].done_calls, 1);
+    assert_int_equal(t[3].err, AL_UPSTREAM_CLIENT_LIMIT);
+    assert_true(ev_time() - t0 >= 0.15);
+    assert_int_equal(t[1].done_calls + t[2].done_calls + other.done_calls, 0);
+    al_upstream_cancel(t[1].req);
+    al_upstream_cancel(t[2].req);
+    al_upstream_cancel(other.req);
+    tc_free(&t[0]);
+}
+
+/* on_body pauses and nobody resumes: the agent stopped reading */
+static int on_body_stall(void *arg, const char *data, size_t len)
+{
+    (void)arg;
+    (void)data;
+    (void)len;
+    return AL_ERR_AGAIN;
+}
+
+static void test_agent_stall_ends_the_exchange(void **state)
+{
+    tc t;
+    tc_init(&t);
+    atomic_store(&srv.mode, SRV_BIG);
+    char url[256];
+    al_upstream_opts o = base_opts(url, sizeof url, "127.0.0.1", srv.port, "/big");
+    o.idle_timeout_ms = 300;
+    al_upstream_cbs cbs = CBS;
+    cbs.on_body = on_body_stall;
+    ev_tstamp t0 = ev_time();
+    assert_int_equal(al_upstream_start(t.pool, &o, &cbs, &t, &t.req), AL_OK);
+    tc_run(&t);
+    assert_int_equal(t.done_calls, 1);
+    assert_int_equal(t.head_calls, 1);
+    assert_int_equal(t.err, AL_UPSTREAM_TIMEOUT_CLIENT);
+    assert_true(ev_time() - t0 >= 0.25);
+    tc_free(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1275,6 +1371,8 @@ int main(void)
         cmocka_unit_test(test_tls_to_plain_server),
         cmocka_unit_test(test_tls_handshake_fails),
         cmocka_unit_test(test_invalid_input),
+        cmocka_unit_test(test_client_cap_queues_and_times_out),
+        cmocka_unit_test(test_agent_stall_ends_the_exchange),
         cmocka_unit_test_setup_teardown(test_h2_multiplexed_and_streamed, h2_setup, h2_teardown),
         cmocka_unit_test_setup_teardown(test_h2_wrong_ca_is_tls_error, h2_setup, h2_teardown),
     };
