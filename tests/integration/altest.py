@@ -14,6 +14,7 @@ What it gives (all on 127.0.0.1, everything started is killed at exit, by pid):
     test_ca()                  dict(ca=, ca_key=, cert=, key=) of a test CA made once per process
     start_echo(tls=False)      -> (Proc, port, ca_file or None)   tests/peers/echo_upstream.py
     start_nginx_tls(h2=True)   -> (Proc, port, ca_file)           Debian nginx, TLS (+h2)
+    start_oidc(ttl=300, ...)   -> OidcProvider                    npm oidc-provider, HTTPS
     Airlock(table, providers, env)   the real binary on free ports with a temp state dir
     run(globals())             runs test_* functions in order; Skip("why") skips one
 
@@ -267,6 +268,82 @@ def start_echo(tls=False, timeout=10):
     port = wait_for(ready, timeout, "echo upstream READY")
     wait_port(port, proc=p)
     return p, port, ca
+
+
+NODE = shutil.which("node") or "node"
+TESTS_DIR = os.path.join(SOURCE_DIR, "tests")
+
+
+def node_modules_ready(*packages):
+    """True when tests/node_modules holds each npm package (installed by `npm ci`)."""
+    return all(os.path.isdir(os.path.join(TESTS_DIR, "node_modules", p)) for p in packages)
+
+
+class OidcProvider:
+    """tests/peers/oidc_provider.js (npm oidc-provider) over HTTPS with the test CA.
+    .proc .port .issuer .discovery_url .token_endpoint .jwks_uri .ca .client_id
+    .client_secret; .stats() -> the provider's own count of token requests;
+    .control(ttl=, delay_ms=, fail=)."""
+
+    def __init__(self, proc, port, issuer, ca, client_id, client_secret):
+        self.proc, self.port, self.issuer, self.ca = proc, port, issuer, ca
+        self.client_id, self.client_secret = client_id, client_secret
+        self.discovery_url = issuer + "/.well-known/openid-configuration"
+        self.token_endpoint = issuer + "/token"
+        self.jwks_uri = issuer + "/jwks"
+
+    def _call(self, method, path, body=None):
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.ca)
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.issuer + path, data=data, method=method,
+                                     headers={"content-type": "application/json"})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             urllib.request.HTTPSHandler(context=ctx))
+        with opener.open(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def stats(self):
+        return self._call("GET", "/__stats")
+
+    def control(self, **kw):
+        return self._call("POST", "/__control", kw)
+
+    def stop(self):
+        return self.proc.stop()
+
+
+def start_oidc(ttl=300, resources=(), client_id="airlock-test", client_secret=None,
+               auth_method="basic", timeout=20):
+    """Starts the real OpenID provider tests/peers/oidc_provider.js on 127.0.0.1 over
+    HTTPS (test CA); one confidential client allowed client_credentials; access tokens
+    are RS256 JWTs for the requested (or first of `resources`) resource, living `ttl` s.
+    Skips when tests/node_modules lacks oidc-provider. Returns an OidcProvider."""
+    if not node_modules_ready("oidc-provider", "jose"):
+        raise Skip("tests/node_modules has no oidc-provider: run (cd tests && npm ci)")
+    c = test_ca()
+    secret = client_secret or ("cs-" + os.urandom(12).hex())
+    argv = [NODE, os.path.join(PEERS_DIR, "oidc_provider.js"), "--cert", c["cert"], "--key",
+            c["key"], "--ttl", str(ttl),
+            "--client", "%s:%s%s" % (client_id, secret, ":post" if auth_method == "post" else "")]
+    for r in resources:
+        argv += ["--resource", r]
+    p = Proc(argv, name="oidc-provider", cwd=TESTS_DIR)
+
+    def ready():
+        for line in p.log_text().splitlines():
+            if line.startswith("READY "):
+                parts = line.split()
+                return int(parts[1]), parts[2]
+        if not p.alive():
+            raise RuntimeError("oidc provider exited:\n" + p.log_tail())
+        return None
+
+    port, issuer = wait_for(ready, timeout, "oidc provider READY")
+    return OidcProvider(p, port, issuer, c["ca"], client_id, secret)
+
+
+start_oidc.__test__ = False
 
 
 # Header values nginx echoes back (name in the JSON -> nginx variable). Values are

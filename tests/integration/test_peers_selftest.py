@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from altest import (Proc, free_port, run, start_echo,  # noqa: E402
-                    start_nginx_tls, tmpdir, wait_port, rss_kb)
+                    start_nginx_tls, start_oidc, tmpdir, wait_port, rss_kb)
 
 import requests  # noqa: E402  (Debian's python3-requests)
 
@@ -209,6 +209,46 @@ def test_nginx_tls_without_h2_speaks_http1():
                           "-w", "%{http_version}", "https://localhost:%d/" % port],
                          capture_output=True, text=True, timeout=10)
     assert out.stdout == "1.1", out
+
+
+def test_oidc_provider_issues_jwt_client_credentials_tokens_and_counts_them():
+    import base64
+    op = start_oidc(ttl=120, resources=["https://api.test/"])
+    try:
+        meta = S.get(op.discovery_url, verify=op.ca, timeout=10).json()
+        assert meta["issuer"] == op.issuer and meta["token_endpoint"] == op.token_endpoint, meta
+        assert "client_credentials" in meta["grant_types_supported"], meta
+        jwks = S.get(meta["jwks_uri"], verify=op.ca, timeout=10).json()
+        assert jwks["keys"] and all("d" not in k for k in jwks["keys"]), jwks  # public only
+        r = S.post(op.token_endpoint, auth=(op.client_id, op.client_secret), verify=op.ca,
+                   data={"grant_type": "client_credentials", "scope": "read",
+                         "resource": "https://mcp.test/"}, timeout=10)
+        assert r.status_code == 200, r.text
+        tok = r.json()
+        assert tok["token_type"].lower() == "bearer" and tok["expires_in"] == 120, tok
+        parts = tok["access_token"].split(".")
+        assert len(parts) == 3, "not a JWT"
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        assert claims["aud"] == "https://mcp.test/" and claims["scope"] == "read", claims
+        assert claims["iss"] == op.issuer and claims["client_id"] == op.client_id, claims
+        bad = S.post(op.token_endpoint, auth=(op.client_id, "wrong"), verify=op.ca,
+                     data={"grant_type": "client_credentials"}, timeout=10)
+        assert bad.status_code == 401 and bad.json()["error"] == "invalid_client", bad.text
+        post = S.post(op.token_endpoint, verify=op.ca, timeout=10,
+                      data={"grant_type": "client_credentials", "client_id": op.client_id,
+                            "client_secret": op.client_secret})
+        assert post.status_code == 200, post.text  # client_secret_post is accepted too
+        st = op.stats()
+        assert st["token_requests"] == 3 and st["token_errors"] == 1, st
+        assert st["last_params"]["auth"] == "post", st
+        assert "client_secret" not in json.dumps(st) or op.client_secret not in json.dumps(st), st
+        op.control(ttl=5)
+        r = S.post(op.token_endpoint, auth=(op.client_id, op.client_secret), verify=op.ca,
+                   data={"grant_type": "client_credentials"}, timeout=10)
+        assert r.json()["expires_in"] == 5, r.text
+        assert op.stats()["last_params"]["resource"] == "https://api.test/", op.stats()
+    finally:
+        op.stop()
 
 
 def test_proc_stop_kills_by_pid_and_cleanup_is_complete():

@@ -1,0 +1,164 @@
+// oidc_provider.js: a real OpenID Connect / OAuth 2.0 provider (npm `oidc-provider`,
+// pinned in tests/package.json) for airlock's OAuth tests. No mocked token endpoint:
+// the tokens, discovery document, JWKS and error answers are the library's own.
+//
+//   node oidc_provider.js --cert server.pem --key server.key [--port 0] [--ttl 300]
+//        [--client ID:SECRET[:AUTH_METHOD]]... [--resource URL]...
+//
+// - HTTPS on 127.0.0.1 (the test CA's server certificate; the issuer is
+//   https://127.0.0.1:PORT, so discovery lives at ISSUER/.well-known/openid-configuration);
+// - confidential clients allowed `client_credentials` only (default client
+//   "airlock-test" / secret from $OIDC_CLIENT_SECRET, client_secret_basic; ":post" as
+//   AUTH_METHOD selects client_secret_post), scopes "read write";
+// - resource indicators (RFC 8707) with accessTokenFormat 'jwt', so access tokens are
+//   RS256 JWTs signed by a key generated at start (published in the JWKS); a token
+//   request without `resource` gets the first --resource (or none: opaque token);
+// - access-token lifetime --ttl seconds, changeable at run time (POST /__control);
+// - GET /__stats -> {"token_requests": N, "token_errors": M, "ttl": S, "last_params": {...}}
+//   counts POSTs to the token endpoint as they arrive (at the provider, not in airlock);
+//   last_params lists the form parameter NAMES and the non-secret values (resource,
+//   scope, audience, grant_type) of the last token request, and how the client
+//   authenticated ("basic" or "post");
+// - POST /__control {"ttl": S, "delay_ms": D, "fail": "invalid_client"|null} changes the
+//   TTL, delays every token answer by D ms, or forces an error answer (a real
+//   oidc-provider error made by sending the request on with a wrong secret is not
+//   needed: wrong secrets are tested with a real wrong secret).
+// Prints "READY <port> <issuer>" when listening.
+import https from "node:https";
+import fs from "node:fs";
+import { generateKeyPair, exportJWK } from "jose";
+import Provider from "oidc-provider";
+
+const args = process.argv.slice(2);
+const opt = { port: 0, ttl: 300, clients: [], resources: [] };
+for (let i = 0; i < args.length; i++) {
+  const a = args[i];
+  const v = args[i + 1];
+  if (a === "--cert") opt.cert = v;
+  else if (a === "--key") opt.key = v;
+  else if (a === "--port") opt.port = Number(v);
+  else if (a === "--ttl") opt.ttl = Number(v);
+  else if (a === "--client") opt.clients.push(v);
+  else if (a === "--resource") opt.resources.push(v);
+  else {
+    console.error("unknown argument " + a);
+    process.exit(2);
+  }
+  i++;
+}
+if (!opt.cert || !opt.key) {
+  console.error("usage: oidc_provider.js --cert PEM --key PEM [--port N] [--ttl S]");
+  process.exit(2);
+}
+if (opt.clients.length === 0) {
+  opt.clients.push("airlock-test:" + (process.env.OIDC_CLIENT_SECRET || "airlock-test-secret"));
+}
+
+const stats = { token_requests: 0, token_errors: 0, ttl: opt.ttl, delay_ms: 0, last_params: null };
+let forcedError = null;
+
+const { privateKey } = await generateKeyPair("RS256", { extractable: true });
+const jwk = await exportJWK(privateKey);
+jwk.kid = "test-" + Date.now().toString(36);
+jwk.alg = "RS256";
+jwk.use = "sig";
+
+const server = https.createServer({
+  cert: fs.readFileSync(opt.cert),
+  key: fs.readFileSync(opt.key),
+});
+await new Promise((resolve) => server.listen(opt.port, "127.0.0.1", resolve));
+const port = server.address().port;
+const issuer = `https://127.0.0.1:${port}`;
+
+const clients = opt.clients.map((spec) => {
+  const [id, secret, method] = spec.split(":");
+  return {
+    client_id: id,
+    client_secret: secret,
+    grant_types: ["client_credentials"],
+    redirect_uris: [],
+    response_types: [],
+    scope: "read write",
+    token_endpoint_auth_method: method === "post" ? "client_secret_post" : "client_secret_basic",
+  };
+});
+
+const provider = new Provider(issuer, {
+  clients,
+  jwks: { keys: [jwk] },
+  scopes: ["read", "write"],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async (_ctx, _client, oneOf) => oneOf || opt.resources[0],
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (_ctx, resource) => ({
+        scope: "read write",
+        audience: resource,
+        accessTokenTTL: stats.ttl,
+        accessTokenFormat: "jwt",
+        jwt: { sign: { alg: "RS256" } },
+      }),
+    },
+  },
+  ttl: { ClientCredentials: () => stats.ttl },
+});
+provider.proxy = false;
+
+provider.on("grant.error", () => {
+  stats.token_errors++;
+});
+provider.on("server_error", (_ctx, err) => console.error("server_error", err));
+
+// Counts and records token requests before the library handles them; the test's own
+// control endpoints live beside it.
+provider.use(async (ctx, next) => {
+  if (ctx.path === "/__stats" && ctx.method === "GET") {
+    ctx.type = "application/json";
+    ctx.body = JSON.stringify(stats);
+    return;
+  }
+  if (ctx.path === "/__control" && ctx.method === "POST") {
+    const chunks = [];
+    for await (const c of ctx.req) chunks.push(c);
+    const body = JSON.parse(Buffer.concat(chunks).toString() || "{}");
+    if (typeof body.ttl === "number") stats.ttl = body.ttl;
+    if (typeof body.delay_ms === "number") stats.delay_ms = body.delay_ms;
+    if ("fail" in body) forcedError = body.fail;
+    ctx.type = "application/json";
+    ctx.body = JSON.stringify(stats);
+    return;
+  }
+  if (ctx.path === "/token" && ctx.method === "POST") {
+    stats.token_requests++;
+    if (stats.delay_ms > 0) await new Promise((r) => setTimeout(r, stats.delay_ms));
+    if (forcedError) {
+      stats.token_errors++;
+      ctx.status = 400;
+      ctx.type = "application/json";
+      ctx.body = JSON.stringify({ error: forcedError, error_description: "forced by the test" });
+      return;
+    }
+  }
+  await next();
+  if (ctx.path === "/token" && ctx.method === "POST" && ctx.oidc && ctx.oidc.params) {
+    // What the library parsed: parameter names, and the values that are not secrets.
+    const p = ctx.oidc.params;
+    const params = {
+      names: Object.keys(p).filter((k) => p[k] !== undefined).sort(),
+      auth: ctx.get("authorization") ? "basic" : "post",
+    };
+    for (const k of ["grant_type", "scope", "resource", "audience"]) {
+      if (p[k] !== undefined) params[k] = Array.isArray(p[k]) ? p[k].join(" ") : p[k];
+    }
+    stats.last_params = params;
+  }
+});
+
+server.on("request", provider.callback());
+console.log(`READY ${port} ${issuer}`);
