@@ -145,6 +145,12 @@ enum al_addr_class al_egress_classify(const struct sockaddr *sa)
     return AL_ADDR_RESERVED; /* not an internet address: never an upstream */
 }
 
+int al_egress_guard_public(const struct sockaddr *sa, void *arg)
+{
+    (void)arg;
+    return al_egress_classify(sa) == AL_ADDR_PUBLIC;
+}
+
 const char *al_egress_class_name(enum al_addr_class c)
 {
     switch (c) {

@@ -29,6 +29,9 @@ enum al_addr_class {
 
 enum al_addr_class al_egress_classify(const struct sockaddr *sa);
 const char *al_egress_class_name(enum al_addr_class c);
+/* 1 when sa is public: the guard serve installs on the control-plane fetcher
+ * (identity/al_fetch.h al_fetch_set_guard: OIDC discovery, JWKS, token endpoints). */
+int al_egress_guard_public(const struct sockaddr *sa, void *arg);
 
 struct ev_loop;
 typedef struct al_resolver al_resolver;
