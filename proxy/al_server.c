@@ -382,6 +382,23 @@ static void on_admin_accept(struct ev_loop *loop, ev_io *io, int revents)
 /* Providers named by the table against the store: a wrong environment refuses the
  * table; a missing provider is only logged (it may be created later and is picked up
  * live; until then its requests get 502 credential_unavailable). */
+/* Inbound JWT and policy rules compile with the table (check, explain) before the
+ * data path enforces them; until it does, serving such a table would look protected
+ * and not be, so serve and reload refuse it. */
+static int refuse_unenforced(const al_table *t, al_diags *d)
+{
+    if (t->inbound.mode == AL_INBOUND_JWT)
+        al_diags_add(d, t->path, t->inbound.mode_mark.line, t->inbound.mode_mark.column,
+                     "inbound.mode jwt is not enforced by this build's data path yet; serve "
+                     "refuses the table rather than run unauthenticated");
+    if (t->policy.rule_count)
+        al_diags_add(d, t->path, t->policy.rules[0].line, t->policy.rules[0].column,
+                     "policy rules are not enforced by this build's data path yet; serve "
+                     "refuses the table rather than run without them (airlock explain "
+                     "evaluates them)");
+    return d->count ? AL_ERR_CONFIG : AL_OK;
+}
+
 static int check_providers(const char *state_dir, const al_table *t, al_diags *d)
 {
     al_diags missing;
@@ -451,7 +468,8 @@ int al_server_reload(al_server *s, al_diags *d)
 {
     al_table *t = NULL;
     int rc = al_table_load(s->config_path, &t, d);
-    if (rc == AL_OK && (rc = check_providers(s->state_dir, t, d)) != AL_OK) {
+    if (rc == AL_OK && ((rc = refuse_unenforced(t, d)) != AL_OK ||
+                        (rc = check_providers(s->state_dir, t, d)) != AL_OK)) {
         al_table_unref(t);
         t = NULL;
     }
@@ -550,7 +568,8 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     if (!s->config_path || !s->state_dir)
         goto out;
     int rc = al_table_load(config_path, &s->table, &d);
-    if (rc == AL_OK && (rc = check_providers(state_dir, s->table, &d)) != AL_OK) {
+    if (rc == AL_OK && ((rc = refuse_unenforced(s->table, &d)) != AL_OK ||
+                        (rc = check_providers(state_dir, s->table, &d)) != AL_OK)) {
         al_table_unref(s->table);
         s->table = NULL;
     }

@@ -30,6 +30,8 @@
 #define M_IAM    M(AL_AUTH_IAM)
 #define TBL(f)   AL_SCOPE_TABLE, offsetof(al_table, f)
 #define TGT(f)   AL_SCOPE_TARGET, offsetof(al_target, f)
+#define RUL(f)   AL_SCOPE_RULE, offsetof(al_policy_rule, f)
+#define MAX_RULES 4096 /* policy rules in one table */
 
 static int parse_string(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_bool(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
@@ -43,7 +45,9 @@ static int parse_type(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_method(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_inbound_mode(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
-static int parse_policy(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_rule_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_rule_methods(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_rule_paths(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_fallback(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 
 const al_schema_row al_schema_rows[AL_S_COUNT] = {
@@ -69,14 +73,77 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                           0, "`default`",
                           "Environment of targets that name none; a target uses only "
                           "providers of its own environment."},
-    [AL_S_INBOUND] = {"inbound", AL_SK_MAP, NULL, TBL(listen), 0, 0, 0, 0, 0, "",
+    [AL_S_INBOUND] = {"inbound", AL_SK_MAP, NULL, TBL(inbound), 0, 0, 0, 0, 0, "",
                       "How agents authenticate to airlock."},
-    [AL_S_INBOUND_MODE] = {"inbound.mode", AL_SK_ENUM, parse_inbound_mode, TBL(listen), 0, 0, 0, 0,
-                           0, "`none`",
+    [AL_S_INBOUND_MODE] = {"inbound.mode", AL_SK_ENUM, parse_inbound_mode, TBL(inbound.mode), 0,
+                           0, 0, 0, 0, "`none`",
                            "`none`: any client that reaches the listener (keep listeners on "
-                           "loopback). JWT comes later."},
-    [AL_S_POLICY] = {"policy", AL_SK_EMPTY_MAP, parse_policy, TBL(listen), 0, 0, 0, 0, 0, "{}",
-                     "Per-principal rules; must be empty until inbound authentication lands."},
+                           "loopback); `jwt`: a bearer JWT access token from `inbound.jwt`'s "
+                           "issuer on every request."},
+    [AL_S_INBOUND_JWT] = {"inbound.jwt", AL_SK_MAP, NULL, TBL(inbound), 0, 0, 0, 0, 0, "",
+                          "The JWT issuer agents' tokens come from (mode `jwt`)."},
+    [AL_S_INBOUND_JWT_DISCOVERY_URL] = {"inbound.jwt.discovery_url", AL_SK_STRING, parse_string,
+                                        TBL(inbound.discovery_url), 0, 0, 0, 0, 0,
+                                        "required for `jwt`",
+                                        "The issuer's OpenID discovery document "
+                                        "(`.../.well-known/openid-configuration`); its `issuer` "
+                                        "must equal tokens' `iss`, its `jwks_uri` gives the "
+                                        "keys."},
+    [AL_S_INBOUND_JWT_AUDIENCES] = {"inbound.jwt.allowed_audiences", AL_SK_STRING_LIST,
+                                    parse_string_list, TBL(inbound.allowed_audiences),
+                                    offsetof(al_table, inbound.allowed_audience_count), 0, 0, 0,
+                                    0, "[] (not checked)",
+                                    "A token's `aud` must name one of these."},
+    [AL_S_INBOUND_JWT_CLIENTS] = {"inbound.jwt.allowed_clients", AL_SK_STRING_LIST,
+                                  parse_string_list, TBL(inbound.allowed_clients),
+                                  offsetof(al_table, inbound.allowed_client_count), 0, 0, 0, 0,
+                                  "[] (not checked)",
+                                  "A token's `client_id` (else `azp`) must be one of these."},
+    [AL_S_INBOUND_JWT_CA_FILE] = {"inbound.jwt.ca_file", AL_SK_STRING, parse_string,
+                                  TBL(inbound.ca_file), 0, 0, 0, 0, 0, "system CAs",
+                                  "CA bundle for the discovery and JWKS fetches; relative to "
+                                  "this file's directory."},
+    [AL_S_INBOUND_JWT_ALLOW_PRIVATE] = {"inbound.jwt.allow_private_network", AL_SK_BOOL,
+                                        parse_bool, TBL(inbound.allow_private_network), 0, 0, 1,
+                                        0, 0, "false",
+                                        "The issuer may resolve to a private or loopback "
+                                        "address (and may use http://)."},
+    [AL_S_INBOUND_JWT_CLOCK_SKEW] = {"inbound.jwt.clock_skew_s", AL_SK_UINT, parse_uint,
+                                     TBL(inbound.clock_skew_s), 0, 0, 600, 60, 0, "60",
+                                     "Clock skew (s) allowed on a token's `exp` and `nbf`."},
+    [AL_S_POLICY] = {"policy", AL_SK_MAP, NULL, TBL(policy), 0, 0, 0, 0, 0, "{}",
+                     "Who may use what (README \"Policy\"); no rules = everything allowed."},
+    [AL_S_POLICY_RULES] = {"policy.rules", AL_SK_RULE_LIST, NULL, TBL(policy.rules), 0, 0, 0, 0,
+                           0, "[]",
+                           "Allow rules; once there is one, a request no rule allows is "
+                           "refused (403 `policy_denied`)."},
+    [AL_S_R_NAME] = {"policy.rules[].name", AL_SK_STRING, parse_string, RUL(name), 0, 0, 0, 0, 0,
+                     "`FILE:LINE`", "A label for explain, audit and refusals."},
+    [AL_S_R_SUBJECTS] = {"policy.rules[].subjects", AL_SK_STRING_LIST, parse_string_list,
+                         RUL(subjects), offsetof(al_policy_rule, subject_count), 0, 0, 0, 0,
+                         "any", "The rule applies to tokens whose `sub` is one of these."},
+    [AL_S_R_CLIENTS] = {"policy.rules[].clients", AL_SK_STRING_LIST, parse_string_list,
+                        RUL(clients), offsetof(al_policy_rule, client_count), 0, 0, 0, 0, "any",
+                        "... whose `client_id` (else `azp`) is one of these."},
+    [AL_S_R_CLAIMS] = {"policy.rules[].claims", AL_SK_STRING_MAP, parse_string_map, RUL(claims),
+                       offsetof(al_policy_rule, claim_count), 0, 0, 0, 0, "any",
+                       "... whose claims have these values (an array claim, or a `scope` "
+                       "string, may hold the value among others)."},
+    [AL_S_R_TARGETS] = {"policy.rules[].targets", AL_SK_STRING_LIST, parse_rule_targets,
+                        RUL(targets), offsetof(al_policy_rule, target_count), 0, 0, 0, 0,
+                        "required", "Target names it allows; `\"*\"` = every target."},
+    [AL_S_R_METHODS] = {"policy.rules[].methods", AL_SK_STRING_LIST, parse_rule_methods,
+                        RUL(methods), offsetof(al_policy_rule, method_count), 0, 0, 0, 0, "any",
+                        "HTTP methods it allows."},
+    [AL_S_R_PATHS] = {"policy.rules[].paths", AL_SK_STRING_LIST, parse_rule_paths, RUL(paths),
+                      offsetof(al_policy_rule, path_count), 0, 0, 0, 0, "any",
+                      "Path patterns it allows, matched per segment on the normalised path "
+                      "below the target: `*` = one segment, `**` = any number (last)."},
+    [AL_S_R_MCP_TOOLS] = {"policy.rules[].mcp_tools", AL_SK_STRING_LIST, parse_string_list,
+                          RUL(mcp_tools), offsetof(al_policy_rule, mcp_tool_count), 0, 0, 0, 0,
+                          "any",
+                          "`mcp_server` targets: the `tools/call` names it allows; `tools/list` "
+                          "answers show only these."},
     [AL_S_EGRESS] = {"egress", AL_SK_MAP, NULL, TBL(egress), 0, 0, 0, 0, 0, "",
                      "Destinations beyond the targets."},
     [AL_S_EGRESS_PASSTHROUGH] = {"egress.passthrough", AL_SK_STRING_LIST, parse_passthrough,
@@ -310,6 +377,8 @@ const char *al_schema_kind_name(enum al_schema_kind k)
         return "map of strings";
     case AL_SK_EMPTY_MAP:
         return "map (empty)";
+    case AL_SK_RULE_LIST:
+        return "list of rules";
     }
     return "?";
 }
@@ -374,13 +443,15 @@ int al_schema_is_null(const yaml_node_t *n)
 
 static void *field(al_schema_ctx *c, const al_schema_row *r, size_t off)
 {
-    char *base = r->scope == AL_SCOPE_TABLE ? (char *)c->table : (char *)c->target;
+    char *base = r->scope == AL_SCOPE_TABLE    ? (char *)c->table
+                 : r->scope == AL_SCOPE_TARGET ? (char *)c->target
+                                               : (char *)c->rule;
     return base + off;
 }
 
 static const char *row_label(const al_schema_row *r)
 {
-    return r->scope == AL_SCOPE_TARGET ? al_schema_key(r) : r->path;
+    return r->scope != AL_SCOPE_TABLE ? al_schema_key(r) : r->path;
 }
 
 /* The scalar's text if v is a non-null scalar that fits, else reports and NULL. */
@@ -736,25 +807,94 @@ static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t 
 
 static int parse_inbound_mode(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
 {
-    const char *s = want_scalar(c, r, v);
-    if (!s)
-        return AL_ERR_CONFIG;
-    if (strcmp(s, "none") != 0) {
-        al_schema_error(c, v, "inbound mode '%s' is not supported yet; supported: none", s);
-        return AL_ERR_CONFIG;
+    static const char *const names[] = {"none", "jwt"};
+    int m;
+    int rc = parse_enum(c, r, v, names, 2, &m);
+    if (rc == AL_OK) {
+        c->table->inbound.mode = m ? AL_INBOUND_JWT : AL_INBOUND_NONE;
+        c->table->inbound.mode_mark = al_schema_mark(v);
     }
+    return rc;
+}
+
+/* The rule's list at row r, after parse_string_list stored it (for in-place checks). */
+static char **rule_list(al_schema_ctx *c, const al_schema_row *r, size_t *n)
+{
+    *n = *(size_t *)field(c, r, r->count_offset);
+    return *(char ***)field(c, r, r->offset);
+}
+
+static yaml_node_t *seq_item(al_schema_ctx *c, yaml_node_t *v, size_t i)
+{
+    return yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+}
+
+static int parse_rule_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    int rc = parse_string_list(c, r, v);
+    size_t n;
+    rule_list(c, r, &n);
+    if (rc != AL_OK || n == 0)
+        return rc;
+    /* the names are checked against the targets once all are known (al_table.c) */
+    if (!(c->rule->target_marks = calloc(n, sizeof *c->rule->target_marks)))
+        return AL_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        c->rule->target_marks[i] = al_schema_mark(seq_item(c, v, i));
     return AL_OK;
 }
 
-static int parse_policy(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+static int parse_rule_methods(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
 {
-    if (al_schema_is_null(v) ||
-        (v->type == YAML_MAPPING_NODE && v->data.mapping.pairs.top == v->data.mapping.pairs.start))
-        return AL_OK;
-    al_schema_error(c, v,
-                    "'policy' must be empty for now: per-principal policy comes with inbound "
-                    "auth (inbound.mode other than none), which is not supported yet");
-    return AL_ERR_CONFIG;
+    int rc = parse_string_list(c, r, v);
+    size_t n;
+    char **m = rule_list(c, r, &n);
+    for (size_t i = 0; rc == AL_OK && i < n; i++) {
+        int ok = m[i][0] != 0 && strlen(m[i]) <= 32;
+        for (char *p = m[i]; ok && *p; p++) {
+            ok = isalpha((unsigned char)*p) || *p == '-' || *p == '_';
+            *p = (char)toupper((unsigned char)*p); /* methods compare upper-case */
+        }
+        if (!ok)
+            al_schema_error(c, seq_item(c, v, i), "methods: '%.40s' is not an HTTP method",
+                            m[i]);
+    }
+    return rc;
+}
+
+/* A path pattern: "/" then segments; "*" and "**" only as whole segments, "**" last. */
+static const char *path_pattern_problem(const char *p)
+{
+    if (p[0] != '/')
+        return "must start with '/'";
+    if (strpbrk(p, "?#"))
+        return "cannot hold a query or fragment ('?', '#')";
+    for (const char *s = p + 1; *s;) {
+        size_t l = strcspn(s, "/");
+        if (memchr(s, '*', l) && strncmp(s, "*", l) != 0 && strncmp(s, "**", l) != 0)
+            return "'*' and '**' must be whole segments (\"/v1/*/items\", \"/files/**\")";
+        if (l == 2 && !strncmp(s, "**", 2) && s[2])
+            return "'**' must be the last segment";
+        if ((l == 1 && s[0] == '.') || (l == 2 && !strncmp(s, "..", 2)))
+            return "cannot hold '.' or '..' segments (paths are matched normalised)";
+        s += l;
+        if (*s == '/')
+            s++;
+    }
+    return NULL;
+}
+
+static int parse_rule_paths(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    int rc = parse_string_list(c, r, v);
+    size_t n;
+    char **m = rule_list(c, r, &n);
+    for (size_t i = 0; rc == AL_OK && i < n; i++) {
+        const char *why = path_pattern_problem(m[i]);
+        if (why)
+            al_schema_error(c, seq_item(c, v, i), "paths: '%.80s' %s", m[i], why);
+    }
+    return rc;
 }
 
 void al_schema_apply_defaults(al_table *t)
@@ -803,6 +943,7 @@ static void unknown_key(al_schema_ctx *c, const char *parent, yaml_node_t *k, co
     const char *where = !plen                               ? "at the top level"
                         : !strcmp(parent, "targets[]")      ? "in a target"
                         : !strcmp(parent, "targets[].auth") ? "in 'auth'"
+                        : !strcmp(parent, "policy.rules[]") ? "in a policy rule"
                                                             : NULL;
     char buf[128];
     if (!where) {
@@ -861,6 +1002,51 @@ static void walk_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *
     }
 }
 
+static void walk_rules(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    if (al_schema_is_null(v))
+        return;
+    if (v->type != YAML_SEQUENCE_NODE) {
+        al_schema_error(c, v, "'policy.rules' must be a list of rules (\"- targets: ...\")");
+        return;
+    }
+    size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    if (n > MAX_RULES) {
+        al_schema_error(c, v, "too many policy rules: %zu (at most %d)", n, MAX_RULES);
+        return;
+    }
+    al_policy_cfg *pc = &c->table->policy;
+    pc->rules = calloc(n ? n : 1, sizeof *pc->rules);
+    if (!pc->rules) {
+        al_schema_error(c, v, "out of memory");
+        return;
+    }
+    (void)r;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+        if (!item || item->type != YAML_MAPPING_NODE) {
+            al_schema_error(c, item, "each policy rule must be a mapping (targets: ..., ...)");
+            continue;
+        }
+        al_policy_rule *rule = &pc->rules[pc->rule_count++];
+        al_mark m = al_schema_mark(item);
+        rule->line = m.line;
+        rule->column = m.column;
+        c->rule = rule;
+        for (size_t id = 0; id < AL_S_COUNT; id++)
+            if (al_schema_rows[id].scope == AL_SCOPE_RULE)
+                memset(&c->seen[id], 0, sizeof c->seen[id]);
+        walk_map(c, "policy.rules[]", item);
+        if (!c->seen[AL_S_R_TARGETS].key.line)
+            al_schema_error(c, item,
+                            "this policy rule names no targets (targets: [name, ...], or "
+                            "[\"*\"] for every target)");
+        c->rule = NULL;
+        if (c->diags->count > AL_SCHEMA_MAX_DIAGS)
+            return;
+    }
+}
+
 static void walk_map(al_schema_ctx *c, const char *parent, yaml_node_t *map)
 {
     size_t plen = strlen(parent);
@@ -912,6 +1098,9 @@ static void walk_map(al_schema_ctx *c, const char *parent, yaml_node_t *map)
             break;
         case AL_SK_TARGET_LIST:
             walk_targets(c, r, v);
+            break;
+        case AL_SK_RULE_LIST:
+            walk_rules(c, r, v);
             break;
         default:
             r->parse(c, r, v);

@@ -26,7 +26,23 @@ enum al_schema_id {
     AL_S_ENVIRONMENT,
     AL_S_INBOUND,
     AL_S_INBOUND_MODE,
+    AL_S_INBOUND_JWT,
+    AL_S_INBOUND_JWT_DISCOVERY_URL,
+    AL_S_INBOUND_JWT_AUDIENCES,
+    AL_S_INBOUND_JWT_CLIENTS,
+    AL_S_INBOUND_JWT_CA_FILE,
+    AL_S_INBOUND_JWT_ALLOW_PRIVATE,
+    AL_S_INBOUND_JWT_CLOCK_SKEW,
     AL_S_POLICY,
+    AL_S_POLICY_RULES,
+    AL_S_R_NAME,
+    AL_S_R_SUBJECTS,
+    AL_S_R_CLIENTS,
+    AL_S_R_CLAIMS,
+    AL_S_R_TARGETS,
+    AL_S_R_METHODS,
+    AL_S_R_PATHS,
+    AL_S_R_MCP_TOOLS,
     AL_S_EGRESS,
     AL_S_EGRESS_PASSTHROUGH,
     AL_S_AUDIT,
@@ -86,9 +102,10 @@ enum al_schema_kind {
     AL_SK_STRING_OR_LIST, /* a provider, or a pool of them */
     AL_SK_STRING_MAP,
     AL_SK_EMPTY_MAP, /* reserved section: must be empty for now */
+    AL_SK_RULE_LIST, /* the list of policy rule mappings */
 };
 
-enum al_schema_scope { AL_SCOPE_TABLE, AL_SCOPE_TARGET };
+enum al_schema_scope { AL_SCOPE_TABLE, AL_SCOPE_TARGET, AL_SCOPE_RULE };
 
 typedef struct al_schema_ctx al_schema_ctx;
 typedef struct al_schema_row al_schema_row;
@@ -122,6 +139,7 @@ struct al_schema_ctx {
     al_diags *diags;
     al_table *table;                 /* being built; the walker appends targets to it */
     al_target *target;               /* the target being walked, else NULL */
+    al_policy_rule *rule;            /* the policy rule being walked, else NULL */
     al_schema_seen seen[AL_S_COUNT]; /* target rows are reset for each target */
     size_t max_targets;
     /* Called after each target mapping is walked (seen[] still holds its marks). */

@@ -171,6 +171,27 @@ static void table_free(al_table *t)
     free(t->listen.admin);
     free_strv(t->egress.passthrough, t->egress.passthrough_count);
     free(t->audit.file);
+    free(t->inbound.discovery_url);
+    free_strv(t->inbound.allowed_audiences, t->inbound.allowed_audience_count);
+    free_strv(t->inbound.allowed_clients, t->inbound.allowed_client_count);
+    free(t->inbound.ca_file);
+    for (size_t i = 0; i < t->policy.rule_count; i++) {
+        al_policy_rule *r = &t->policy.rules[i];
+        free(r->name);
+        free_strv(r->subjects, r->subject_count);
+        free_strv(r->clients, r->client_count);
+        for (size_t j = 0; j < r->claim_count; j++) {
+            free(r->claims[j].key);
+            free(r->claims[j].value);
+        }
+        free(r->claims);
+        free_strv(r->targets, r->target_count);
+        free(r->target_marks);
+        free_strv(r->methods, r->method_count);
+        free_strv(r->paths, r->path_count);
+        free_strv(r->mcp_tools, r->mcp_tool_count);
+    }
+    free(t->policy.rules);
     al_diags_free(&t->warnings);
     free(t);
 }
@@ -947,6 +968,104 @@ static void check_table(loader *L)
     }
 }
 
+/* inbound: jwt needs its issuer; jwt keys without mode jwt are a mistake. */
+static void check_inbound(loader *L)
+{
+    al_schema_ctx *c = &L->c;
+    al_inbound_cfg *in = &c->table->inbound;
+    if (in->mode != AL_INBOUND_JWT) {
+        if (seen_key(c, AL_S_INBOUND_JWT).line)
+            al_schema_error_at(c, seen_key(c, AL_S_INBOUND_JWT),
+                               "'inbound.jwt' is set but inbound.mode is not jwt; add "
+                               "`mode: jwt` or remove it");
+        return;
+    }
+    if (!in->discovery_url) {
+        al_schema_error_at(c, in->mode_mark,
+                           "inbound.mode jwt needs inbound.jwt.discovery_url (the issuer's "
+                           "https://.../.well-known/openid-configuration)");
+        return;
+    }
+    al_mark m = seen_val(c, AL_S_INBOUND_JWT_DISCOVERY_URL);
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL;
+    if (!u) {
+        L->oom = 1;
+        return;
+    }
+    if (curl_url_set(u, CURLUPART_URL, in->discovery_url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+        al_schema_error_at(c, m, "inbound.jwt.discovery_url is not a valid URL");
+    else if (strcmp(scheme, "https") != 0 && !(in->allow_private_network && !strcmp(scheme, "http")))
+        al_schema_error_at(c, m,
+                           "inbound.jwt.discovery_url must be https:// (http:// only with "
+                           "allow_private_network: true, for a test issuer)");
+    curl_free(scheme);
+    curl_free(host);
+    curl_url_cleanup(u);
+    if (in->ca_file) {
+        char *p = resolve(L->base_dir, in->ca_file);
+        if (!p)
+            L->oom = 1;
+        else {
+            free(in->ca_file);
+            in->ca_file = p;
+        }
+    }
+}
+
+static const al_target *find_target(const al_table *t, const char *name)
+{
+    for (size_t i = 0; i < t->target_count; i++)
+        if (t->targets[i].name && !strcmp(t->targets[i].name, name))
+            return &t->targets[i];
+    return NULL;
+}
+
+/* policy: every target a rule names exists; mcp_tools only on mcp_server targets;
+ * principal selectors need an inbound mode that names principals. */
+static void check_policy(loader *L)
+{
+    al_schema_ctx *c = &L->c;
+    al_table *t = c->table;
+    for (size_t i = 0; i < t->policy.rule_count; i++) {
+        al_policy_rule *r = &t->policy.rules[i];
+        if (t->inbound.mode == AL_INBOUND_NONE &&
+            (r->subject_count || r->client_count || r->claim_count))
+            al_schema_error_at(c, (al_mark){r->line, r->column},
+                               "this rule names principals (subjects/clients/claims) but "
+                               "inbound.mode is none, so no request has one; set inbound.mode: "
+                               "jwt");
+        for (size_t j = 0; j < r->target_count; j++) {
+            const char *name = r->targets[j];
+            al_mark m = r->target_marks ? r->target_marks[j] : (al_mark){r->line, r->column};
+            if (!strcmp(name, "*"))
+                continue;
+            const al_target *tg = find_target(t, name);
+            if (!tg) {
+                const char *names[64];
+                size_t n = 0;
+                for (size_t k = 0; k < t->target_count && n < 64; k++)
+                    if (t->targets[k].name)
+                        names[n++] = t->targets[k].name;
+                const char *near = al_schema_suggest(name, names, n);
+                if (near)
+                    al_schema_error_at(c, m, "policy rule names unknown target '%.63s'; did you "
+                                             "mean '%s'?",
+                                       name, near);
+                else
+                    al_schema_error_at(c, m, "policy rule names unknown target '%.63s'", name);
+            } else if (r->mcp_tool_count && tg->type != AL_TYPE_MCP_SERVER) {
+                al_schema_error_at(c, m,
+                                   "this rule has mcp_tools but target '%.63s' is %s, not "
+                                   "mcp_server; put MCP tools in a rule of their own",
+                                   name, al_target_type_name(tg->type));
+            }
+        }
+    }
+}
+
 /* ---- YAML --------------------------------------------------------------------------- */
 
 static void yaml_problem(al_diags *d, const char *file, const yaml_parser_t *p)
@@ -1061,6 +1180,8 @@ static int load_impl(const char *name, const char *data, size_t len, const char 
     L.c.on_target_arg = &L;
     al_schema_walk(&L.c, root);
     check_table(&L);
+    check_inbound(&L);
+    check_policy(&L);
     if (!L.oom)
         check_unique(&L); /* also next to other errors: all problems in one run */
     if (L.oom) {

@@ -160,6 +160,52 @@ typedef struct al_headers_cfg {
     int add_x_forwarded_for; /* default 0: agents' addresses stay inside */
 } al_headers_cfg;
 
+/* inbound: how agents authenticate to airlock (README "Inbound authentication"). */
+enum al_inbound_mode { AL_INBOUND_NONE, AL_INBOUND_JWT };
+typedef struct al_inbound_cfg {
+    enum al_inbound_mode mode; /* default none */
+    al_mark mode_mark;
+    /* mode jwt */
+    char *discovery_url; /* owned; https URL of the issuer's openid-configuration */
+    al_mark discovery_url_mark;
+    char **allowed_audiences; /* owned; empty = aud not checked */
+    size_t allowed_audience_count;
+    char **allowed_clients; /* owned; empty = client_id/azp not checked */
+    size_t allowed_client_count;
+    char *ca_file; /* owned; NULL = system CAs, for the discovery and JWKS fetches */
+    int allow_private_network; /* the issuer may be on a private address */
+    uint32_t clock_skew_s;     /* default 60 */
+} al_inbound_cfg;
+
+/* One allow rule of `policy.rules` (README "Policy"). A rule applies to a principal
+ * when every principal selector it has matches (any entry of each list); a request is
+ * allowed when some applying rule names its target, method, path and MCP tool. Empty
+ * method/path/tool lists mean "any". */
+typedef struct al_policy_rule {
+    char *name;       /* owned; NULL = none (then it is named by FILE:LINE) */
+    char **subjects;  /* owned; `sub` values */
+    size_t subject_count;
+    char **clients; /* owned; client_id (else azp) values */
+    size_t client_count;
+    al_kv *claims; /* owned; claim name -> value (an array claim may hold it) */
+    size_t claim_count;
+    char **targets; /* owned; target names, "*" = every target */
+    size_t target_count;
+    al_mark *target_marks; /* owned; where each target name was written */
+    char **methods;        /* owned; upper-case; empty = any */
+    size_t method_count;
+    char **paths; /* owned; segment patterns, README "Policy"; empty = any */
+    size_t path_count;
+    char **mcp_tools; /* owned; tools/call names; empty = any */
+    size_t mcp_tool_count;
+    int line, column; /* where the rule starts */
+} al_policy_rule;
+
+typedef struct al_policy_cfg {
+    al_policy_rule *rules; /* owned; none = everything allowed (no policy) */
+    size_t rule_count;
+} al_policy_cfg;
+
 typedef struct al_table {
     atomic_int refs;
     char *path;        /* owned; file it was loaded from */
@@ -172,6 +218,8 @@ typedef struct al_table {
     al_egress_cfg egress;
     al_audit_cfg audit;
     al_headers_cfg headers;
+    al_inbound_cfg inbound;
+    al_policy_cfg policy;
     al_target *targets; /* owned array */
     size_t target_count;
     struct al_router *router; /* owned; built at load time */
