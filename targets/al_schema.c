@@ -49,6 +49,7 @@ static int parse_rule_targets(al_schema_ctx *c, const al_schema_row *r, yaml_nod
 static int parse_rule_methods(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_rule_paths(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_fallback(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_aws_source(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 
 const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_LISTEN] = {"listen", AL_SK_MAP, NULL, TBL(listen), 0, 0, 0, 0, 0, "",
@@ -301,7 +302,25 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_A_SERVICE] = {"targets[].auth.service", AL_SK_STRING, parse_string, TGT(auth.service), 0,
                         0, 0, 0, M_IAM, "`lambda` (lambda), `execute-api` (api_gateway)",
                         "SigV4 signing name (required for smithy)."},
+    [AL_S_A_SOURCE] = {"targets[].auth.source", AL_SK_ENUM, parse_aws_source, TGT(auth.source), 0,
+                       0, 0, 0, M_IAM, "`store` with a provider, else `environment`",
+                       "Where the AWS credentials come from: `store` (the provider), "
+                       "`environment`, `container`, `imds` (IMDSv2) or `web_identity`."},
+    [AL_S_A_ROLE_ARN] = {"targets[].auth.role_arn", AL_SK_STRING, parse_string, TGT(auth.role_arn),
+                         0, 0, 0, 0, M_IAM, "none",
+                         "Role assumed with STS AssumeRole using the source's credentials."},
+    [AL_S_A_EXTERNAL_ID] = {"targets[].auth.external_id", AL_SK_STRING, parse_string,
+                            TGT(auth.external_id), 0, 0, 0, 0, M_IAM, "none",
+                            "ExternalId of the AssumeRole call (needs role_arn)."},
+    [AL_S_A_MAX_BODY_BYTES] = {"targets[].auth.max_body_bytes", AL_SK_UINT, parse_uint,
+                               TGT(auth.max_body_bytes), 0, 0, UINT32_MAX, 6291456, M_IAM,
+                               "6291456 (6 MiB)",
+                               "Largest request body signed (buffered to hash it); past it: 413."},
 };
+/* parse_uint writes a uint64_t at limits.max_body_bytes' offset: no uint32_t target row
+ * may share it. */
+_Static_assert(offsetof(al_target, auth.max_body_bytes) != offsetof(al_table, limits.max_body_bytes),
+               "auth.max_body_bytes shares limits.max_body_bytes' offset");
 
 /* ---- diagnostics helpers --------------------------------------------------- */
 
@@ -802,6 +821,17 @@ static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t 
     int rc = parse_enum(c, r, v, names, 2, &l);
     if (rc == AL_OK)
         c->target->auth.location = l ? AL_KEY_IN_QUERY : AL_KEY_IN_HEADER;
+    return rc;
+}
+
+static int parse_aws_source(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    static const char *const names[] = {"store", "environment", "container", "imds",
+                                        "web_identity"};
+    int i;
+    int rc = parse_enum(c, r, v, names, sizeof names / sizeof names[0], &i);
+    if (rc == AL_OK)
+        rc = store_string(c, field(c, r, r->offset), names[i]);
     return rc;
 }
 

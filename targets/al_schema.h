@@ -87,6 +87,10 @@ enum al_schema_id {
     AL_S_A_CUSTOM_PARAMETERS,
     AL_S_A_REGION,
     AL_S_A_SERVICE,
+    AL_S_A_SOURCE,
+    AL_S_A_ROLE_ARN,
+    AL_S_A_EXTERNAL_ID,
+    AL_S_A_MAX_BODY_BYTES,
     AL_S_COUNT
 };
 

@@ -153,6 +153,9 @@ static void target_free(al_target *t)
     free(a->custom_parameters);
     free(a->region);
     free(a->service);
+    free(a->source);
+    free(a->role_arn);
+    free(a->external_id);
 }
 
 static void table_free(al_table *t)
@@ -694,6 +697,32 @@ static void check_auth(loader *L, al_target *t, const char *label, yaml_node_t *
                                "target %s: iam on type '%s' needs 'service' (the SigV4 signing "
                                "name)",
                                label, al_target_type_name(t->type));
+        /* Credentials: the store's providers, or another source; a role on top. */
+        if (a->source && strcmp(a->source, "store") && a->provider_count)
+            al_schema_error_at(c, seen_val(c, AL_S_A_SOURCE),
+                               "target %s: source '%s' takes no 'provider' (the credentials come "
+                               "from the %s); drop one of them",
+                               label, a->source, a->source);
+        if (a->source && !strcmp(a->source, "store") && !a->provider_count)
+            al_schema_error_at(c, seen_val(c, AL_S_A_SOURCE),
+                               "target %s: source 'store' needs a 'provider' (an aws provider in "
+                               "the identity store)",
+                               label);
+        if (!a->source && !(a->source = strdup(a->provider_count ? "store" : "environment")))
+            L->oom = 1;
+        if (a->role_arn && (strncmp(a->role_arn, "arn:aws", 7) || !strstr(a->role_arn, ":role/") ||
+                            strpbrk(a->role_arn, " \t\r\n")))
+            al_schema_error_at(c, seen_val(c, AL_S_A_ROLE_ARN),
+                               "target %s: role_arn '%s' is not a role ARN "
+                               "(arn:aws:iam::ACCOUNT:role/NAME)",
+                               label, a->role_arn);
+        if (a->external_id && !a->role_arn)
+            al_schema_error_at(c, seen_val(c, AL_S_A_EXTERNAL_ID),
+                               "target %s: external_id needs role_arn (it is a parameter of "
+                               "AssumeRole)",
+                               label);
+        if (!seen_key(c, AL_S_A_MAX_BODY_BYTES).line)
+            a->max_body_bytes = (uint32_t)al_schema_rows[AL_S_A_MAX_BODY_BYTES].def;
     }
     (void)node;
 }

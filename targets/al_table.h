@@ -99,6 +99,13 @@ typedef struct al_auth {
     /* iam */
     char *region;  /* owned */
     char *service; /* owned; derived for lambda ("lambda") and api_gateway ("execute-api") */
+    /* owned; where the AWS credentials come from: "store" (the providers), "environment",
+     * "container", "imds", "web_identity" (identity/al_aws_creds.h); NULL = "store" with a
+     * provider, else "environment" */
+    char *source;
+    char *role_arn;          /* owned; assumed with STS AssumeRole on top, NULL = none */
+    char *external_id;       /* owned; with role_arn */
+    uint32_t max_body_bytes; /* signed bodies are buffered up to this; 413 past it; 6 MiB */
 } al_auth;
 
 typedef struct al_target {

@@ -416,7 +416,52 @@ static void test_iam_derived(void **state)
         "/2015-03-31/functions/arn:aws:lambda:eu-central-1:123456789012:function:f:7");
     assert_string_equal(gw->auth.region, "ap-southeast-2");
     assert_string_equal(gw->auth.service, "execute-api");
+    /* credential source: the store with a provider, else the environment; 6 MiB bodies */
+    assert_string_equal(fn->auth.source, "environment");
+    assert_string_equal(loc->auth.source, "store");
+    assert_int_equal(fn->auth.max_body_bytes, 6291456);
+    assert_null(fn->auth.role_arn);
     al_table_unref(t);
+}
+
+static void test_iam_sources(void **state)
+{
+    (void)state;
+    al_table *t = load_ok("targets:\n"
+                          "  - name: s\n"
+                          "    type: smithy\n"
+                          "    url: https://dynamodb.eu-west-1.amazonaws.com\n"
+                          "    auth: {method: iam, region: eu-west-1, service: dynamodb,\n"
+                          "           source: web_identity, role_arn: 'arn:aws:iam::1:role/r',\n"
+                          "           external_id: x-1, max_body_bytes: 1024}\n");
+    const al_auth *a = &t->targets[0].auth;
+    assert_string_equal(a->source, "web_identity");
+    assert_string_equal(a->role_arn, "arn:aws:iam::1:role/r");
+    assert_string_equal(a->external_id, "x-1");
+    assert_int_equal(a->max_body_bytes, 1024);
+    al_table_unref(t);
+    const char *head = "targets:\n  - {name: s, type: smithy, url: 'https://h', auth: {method: iam, "
+                       "region: us-east-1, service: s3, ";
+    char y[512];
+    snprintf(y, sizeof y, "%ssource: imdsv1}}\n", head);
+    expect_error(y, "t.yaml:2:107: error: unknown source 'imdsv1'; did you mean 'imds'? (one of: "
+                    "store, environment, container, imds, web_identity)\n");
+    snprintf(y, sizeof y, "%ssource: imds, provider: p}}\n", head);
+    expect_error(y, "t.yaml:2:107: error: target 's': source 'imds' takes no 'provider' (the "
+                    "credentials come from the imds); drop one of them\n");
+    snprintf(y, sizeof y, "%ssource: store}}\n", head);
+    expect_error(y, "t.yaml:2:107: error: target 's': source 'store' needs a 'provider' (an aws "
+                    "provider in the identity store)\n");
+    snprintf(y, sizeof y, "%srole_arn: 'arn:aws:iam::1:user/u'}}\n", head);
+    expect_error(y, "t.yaml:2:109: error: target 's': role_arn 'arn:aws:iam::1:user/u' is not a "
+                    "role ARN (arn:aws:iam::ACCOUNT:role/NAME)\n");
+    snprintf(y, sizeof y, "%sexternal_id: e}}\n", head);
+    expect_error(y, "t.yaml:2:112: error: target 's': external_id needs role_arn (it is a "
+                    "parameter of AssumeRole)\n");
+    expect_error("targets:\n  - {name: s, type: openapi, url: 'https://h', auth: {method: api_key, "
+                 "provider: p, source: environment}}\n",
+                 "t.yaml:2:85: error: target 's': 'source' does not apply to auth method "
+                 "'api_key' (only to: iam)\n");
 }
 
 static void test_positions(void **state)
@@ -725,6 +770,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_explicit_sections),
         cmocka_unit_test(test_iam_derived),
+        cmocka_unit_test(test_iam_sources),
         cmocka_unit_test(test_positions),
         cmocka_unit_test(test_empty_and_odd_documents),
         cmocka_unit_test(test_paths_resolved_against_file),
