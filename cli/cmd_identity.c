@@ -11,6 +11,8 @@
 #include "al_cli.h"
 #include "common/al_err.h"
 #include "identity/al_identity.h"
+#include "identity/al_token.h"
+#include "proxy/al_egress.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,13 +33,14 @@ enum action {
     A_LIST = 8,
     A_DELETE = 16,
     A_ROTATE = 32,
-    A_VERIFY = 64
+    A_VERIFY = 64,
+    A_TEST = 128
 };
 #define F_ALL   (F_NONE | F_API | F_OAUTH | F_AWS)
 #define F_PROV  (F_API | F_OAUTH | F_AWS)
-#define A_ALL   (A_CREATE | A_UPDATE | A_GET | A_LIST | A_DELETE | A_ROTATE | A_VERIFY)
+#define A_ALL   (A_CREATE | A_UPDATE | A_GET | A_LIST | A_DELETE | A_ROTATE | A_VERIFY | A_TEST)
 #define A_CU    (A_CREATE | A_UPDATE)
-#define A_NAMED (A_CREATE | A_UPDATE | A_GET | A_DELETE)
+#define A_NAMED (A_CREATE | A_UPDATE | A_GET | A_DELETE | A_TEST)
 
 static const struct verb {
     const char *name;
@@ -56,6 +59,8 @@ static const struct verb {
     {"get-oauth2-credential-provider", F_OAUTH, A_GET, "show one provider (never the secret)"},
     {"list-oauth2-credential-providers", F_OAUTH, A_LIST, "list OAuth 2.0 providers"},
     {"delete-oauth2-credential-provider", F_OAUTH, A_DELETE, "delete a provider"},
+    {"test-oauth2-credential-provider", F_OAUTH, A_TEST,
+     "request one client-credentials token and show its metadata (never the token)"},
     {"create-aws-credential-provider", F_AWS, A_CREATE, "store AWS access keys for SigV4"},
     {"update-aws-credential-provider", F_AWS, A_UPDATE, "rotate the keys or change settings"},
     {"get-aws-credential-provider", F_AWS, A_GET, "show one provider (never the keys)"},
@@ -89,6 +94,12 @@ enum opt {
     O_TOKEN_EP,
     O_AUTH_METHOD,
     O_TENANT,
+    O_CA_FILE,
+    O_ALLOW_INSECURE,
+    O_ALLOW_PRIVATE,
+    O_SCOPE,
+    O_AUDIENCE,
+    O_RESOURCE,
     O_AKID,
     O_SAK,
     O_SAK_FILE,
@@ -135,6 +146,16 @@ static const struct flag {
     [O_AUTH_METHOD] = {"--token-endpoint-auth-method", F_OAUTH, A_CU, 0, "METHOD",
                        "client_secret_basic (default) or client_secret_post"},
     [O_TENANT] = {"--tenant-id", F_OAUTH, A_CU, 0, "ID", "MicrosoftOauth2 tenant (default common)"},
+    [O_CA_FILE] = {"--ca-file", F_OAUTH, A_CU, 0, "FILE",
+                   "PEM CA bundle that alone verifies the provider's endpoints (default: system CAs)"},
+    /* arg NULL: a switch; "--flag" is true, "--flag=false" turns it off on update */
+    [O_ALLOW_INSECURE] = {"--allow-insecure-endpoints", F_OAUTH, A_CU, 0, NULL,
+                          "allow http:// discovery and token endpoints (secrets in clear text)"},
+    [O_ALLOW_PRIVATE] = {"--allow-private-network", F_OAUTH, A_CU, 0, NULL,
+                         "allow endpoints on private/loopback addresses (egress guard)"},
+    [O_SCOPE] = {"--scope", F_OAUTH, A_TEST, 0, "SCOPE", "a scope to request (repeatable)"},
+    [O_AUDIENCE] = {"--audience", F_OAUTH, A_TEST, 0, "AUD", "audience parameter"},
+    [O_RESOURCE] = {"--resource", F_OAUTH, A_TEST, 0, "URL", "RFC 8707 resource parameter"},
     [O_AKID] = {"--access-key-id", F_AWS, A_CU, 0, "ID", "AWS access key id (required on create)"},
     [O_SAK] = {"--secret-access-key", F_AWS, A_CU, 1, "-",
                "read the secret access key from standard input"},
@@ -170,7 +191,8 @@ static void usage_verb(FILE *out, const struct verb *v)
         if (!(flags[i].family & v->family) || !(flags[i].action & v->action))
             continue;
         char left[64];
-        snprintf(left, sizeof left, "%s %s", flags[i].name, flags[i].arg);
+        snprintf(left, sizeof left, "%s %s", flags[i].name,
+                 flags[i].arg ? flags[i].arg : "[=false]");
         fprintf(out, "  %-36s %s\n", left, flags[i].help);
     }
     fprintf(out, "  %-36s %s\n", "--help", "print this help");
@@ -317,6 +339,59 @@ static const char *family_kind(int f)
     return f == F_API ? "api_key" : f == F_OAUTH ? "oauth2" : f == F_AWS ? "aws" : NULL;
 }
 
+/* test-oauth2-credential-provider: one token through the same client serve uses (the
+ * egress guard, CA and scheme rules included); prints metadata, never the token. The
+ * error (with the provider's error and description) goes to stderr. */
+static int test_oauth2(al_identity *id, char **o, char **scopes, size_t n_scopes, json_t **res)
+{
+    al_identity_secret *all = NULL;
+    size_t n = 0;
+    al_oidc *oidc = NULL;
+    al_token_client *tc = NULL;
+    al_token *tok = NULL;
+    int rc = al_identity_load_secrets(id, &all, &n);
+    if (rc != AL_OK)
+        return rc;
+    const al_identity_secret *sec = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(all[i].name, o[O_NAME]) == 0 && strcmp(all[i].kind, "oauth2") == 0 &&
+            all[i].current)
+            sec = &all[i];
+    rc = AL_ERR_NOTFOUND;
+    if (!sec)
+        goto out;
+    al_token_spec spec = {.provider = sec->name,
+                          .version = sec->version,
+                          .config_json = sec->config_json,
+                          .secret = sec->value,
+                          .secret_len = sec->len,
+                          .scopes = scopes,
+                          .scope_count = n_scopes,
+                          .audience = o[O_AUDIENCE],
+                          .resource = o[O_RESOURCE]};
+    if ((rc = al_oidc_new(&oidc)) != AL_OK || (rc = al_token_client_new(oidc, &tc)) != AL_OK)
+        goto out;
+    al_fetch_set_guard(al_oidc_fetcher(oidc), al_egress_guard_public, NULL);
+    char err[512];
+    rc = al_token_get_wait(tc, &spec, &tok, err, sizeof err);
+    if (rc != AL_OK) {
+        fprintf(stderr, "airlock identity: the token request failed: %s\n", err);
+        goto out;
+    }
+    *res = json_pack("{s:s, s:I, s:s, s:I, s:b, s:s, s:b}", "name", sec->name, "version",
+                     (json_int_t)sec->version, "fingerprint", tok->fingerprint, "expiresIn",
+                     (json_int_t)tok->lifetime_s, "hasExpiry", tok->has_expiry, "scope",
+                     tok->scope, "longLived", tok->long_lived);
+out:
+    al_token_release(tok);
+    if (oidc)
+        al_fetch_stop(al_oidc_fetcher(oidc));
+    al_token_client_free(tc);
+    al_oidc_free(oidc);
+    al_identity_secrets_free(all, n);
+    return rc;
+}
+
 static int exit_for(int rc)
 {
     return rc == AL_OK ? 0 : 1;
@@ -325,6 +400,8 @@ static int exit_for(int rc)
 int al_cmd_identity(int argc, char **argv)
 {
     char *o[O_COUNT] = {0};
+    char *scopes[32];
+    size_t n_scopes = 0;
     json_t *tags = NULL, *config = NULL, *res = NULL;
     secret_buf secret = {0}, token = {0};
     al_identity *id = NULL;
@@ -379,7 +456,15 @@ int al_cmd_identity(int argc, char **argv)
             usage_verb(stderr, v);
             goto out;
         }
-        if (a[alen] == '=')
+        if (!flags[f].arg) {
+            val = a[alen] == '=' ? a + alen + 1 : "true";
+            if (strcmp(val, "true") != 0 && strcmp(val, "false") != 0) {
+                fprintf(stderr, "airlock identity %s: %s is a switch: give it alone, or as "
+                                "%s=false\n",
+                        v->name, flags[f].name, flags[f].name);
+                goto out;
+            }
+        } else if (a[alen] == '=')
             val = a + alen + 1;
         else if (i + 1 < argc)
             val = argv[++i];
@@ -396,6 +481,14 @@ int al_cmd_identity(int argc, char **argv)
                     "from an environment variable (%s-env VAR)\n",
                     flags[f].name, flags[f].name, flags[f].name, flags[f].name);
             goto out;
+        }
+        if (f == O_SCOPE) {
+            if (n_scopes >= sizeof scopes / sizeof scopes[0]) {
+                fprintf(stderr, "airlock identity: at most 32 --scope\n");
+                goto out;
+            }
+            scopes[n_scopes++] = (char *)val;
+            continue;
         }
         if (f == O_TAG) {
             const char *eq = strchr(val, '=');
@@ -441,6 +534,30 @@ int al_cmd_identity(int argc, char **argv)
             config = json_object();
         json_object_set_new(config, cfg_map[i][0], json_string(cfg_map[i][1]));
     }
+    if (o[O_CA_FILE]) {
+        /* serve runs from another directory: store the absolute path */
+        char *abs = realpath(o[O_CA_FILE], NULL);
+        if (!abs) {
+            fprintf(stderr, "airlock identity: --ca-file %s: %s\n", o[O_CA_FILE],
+                    strerror(errno));
+            goto out;
+        }
+        if (!config)
+            config = json_object();
+        json_object_set_new(config, "caFile", json_string(abs));
+        free(abs);
+    }
+    const int switches[][2] = {{O_ALLOW_INSECURE, 0}, {O_ALLOW_PRIVATE, 1}};
+    for (size_t i = 0; i < sizeof switches / sizeof switches[0]; i++) {
+        const char *val = o[switches[i][0]];
+        if (!val)
+            continue;
+        if (!config)
+            config = json_object();
+        json_object_set_new(config,
+                            switches[i][1] ? "allowPrivateNetwork" : "allowInsecureEndpoints",
+                            json_boolean(strcmp(val, "true") == 0));
+    }
 
     int stdin_used = 0, given = 0, tgiven = 0;
     if (v->family == F_API)
@@ -479,7 +596,15 @@ int al_cmd_identity(int argc, char **argv)
     }
     const char *kind = family_kind(v->family);
     ret = 1;
-    if (v->action == A_VERIFY) {
+    if (v->action == A_TEST) {
+        rc = al_identity_open(state_dir, AL_IDENTITY_SECRETS, &id);
+        if (rc == AL_OK)
+            rc = test_oauth2(id, o, scopes, n_scopes, &res);
+        if (rc != AL_OK && rc != AL_ERR_NOTFOUND) {
+            ret = 1;
+            goto out;
+        }
+    } else if (v->action == A_VERIFY) {
         rc = al_identity_open(state_dir, AL_IDENTITY_SECRETS, &id);
         if (rc == AL_OK) {
             rc = al_identity_verify(id, &res);

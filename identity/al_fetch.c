@@ -93,7 +93,7 @@ static void req_free(req *r)
         curl_easy_cleanup(r->easy);
     }
     curl_slist_free_all(r->headers);
-    wipe_free(r->form, r->form_len);
+    wipe_free(r->form, r->form ? r->form_len + 1 : 0);
     if (r->auth_header)
         wipe_free(r->auth_header, strlen(r->auth_header));
     wipe_free(r->body, r->body_cap);
@@ -505,7 +505,7 @@ int al_fetch_start(al_fetch *f, const al_fetch_request *rq, const al_fetch_opts 
             goto fail;
         memcpy(r->form, rq->form, rq->form_len);
         r->form[rq->form_len] = 0;
-        r->form_len = rq->form_len + 1;
+        r->form_len = rq->form_len; /* the NUL after it is wiped too */
     }
     if (rq->basic_auth && !(r->auth_header = basic_header(rq->basic_auth)))
         goto fail;

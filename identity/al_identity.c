@@ -479,6 +479,20 @@ static int oauth2_config(const json_t *in, json_t **out)
                         "client_secret_post\n");
         goto fail;
     }
+    static const char *const switches[] = {"allowInsecureEndpoints", "allowPrivateNetwork"};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *b = json_object_get(c, switches[i]);
+        if (b && !json_is_boolean(b)) {
+            fprintf(stderr, "airlock: %s must be true or false\n", switches[i]);
+            goto fail;
+        }
+    }
+    int insecure = json_is_true(json_object_get(c, "allowInsecureEndpoints"));
+    const char *ca = jstr(c, "caFile");
+    if (json_object_get(c, "caFile") && (!ca || access(ca, R_OK) != 0)) {
+        fprintf(stderr, "airlock: --ca-file %s is not a readable file\n", ca ? ca : "(not a string)");
+        goto fail;
+    }
     const char *urls[] = {"issuer", "discoveryUrl", "authorizationEndpoint", "tokenEndpoint"};
     for (size_t i = 0; i < 4; i++) {
         const char *u = jstr(c, urls[i]);
@@ -486,7 +500,18 @@ static int oauth2_config(const json_t *in, json_t **out)
             fprintf(stderr, "airlock: %s must be an http(s) URL\n", urls[i]);
             goto fail;
         }
+        /* The token request carries the client secret: http only when asked for. */
+        if (u && strncmp(u, "http://", 7) == 0 && !insecure) {
+            fprintf(stderr,
+                    "airlock: %s is http://, so the client secret and tokens would cross the "
+                    "network in clear text; use https:// or add --allow-insecure-endpoints\n",
+                    urls[i]);
+            goto fail;
+        }
     }
+    if (insecure)
+        fprintf(stderr, "airlock: warning: --allow-insecure-endpoints: this provider may send "
+                        "its client secret and receive tokens over plain http\n");
     *out = c;
     return AL_OK;
 fail:

@@ -61,7 +61,8 @@ typedef struct al_provider_spec {
     const char *description; /* NULL = none / keep */
     json_t *tags;            /* object of strings; NULL = none / keep (borrowed) */
     /* oauth2: {"vendor", "discoveryUrl", "issuer", "authorizationEndpoint",
-     * "tokenEndpoint", "clientId", "tokenEndpointAuthMethod", "tenantId"};
+     * "tokenEndpoint", "clientId", "tokenEndpointAuthMethod", "tenantId", "caFile",
+     * "allowInsecureEndpoints", "allowPrivateNetwork"};
      * aws: {"accessKeyId", "region"}. Borrowed; update: NULL = keep. */
     json_t *config;
     /* The secret: api key, OAuth client secret, AWS secret access key. update: NULL

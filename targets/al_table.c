@@ -146,6 +146,7 @@ static void target_free(al_target *t)
     free(a->prefix);
     free_strv(a->scopes, a->scope_count);
     free(a->audience);
+    free(a->resource);
     for (size_t i = 0; i < a->custom_parameter_count; i++) {
         free(a->custom_parameters[i].key);
         free(a->custom_parameters[i].value);

@@ -96,6 +96,9 @@ typedef struct al_auth {
     char *audience; /* owned, 2lo only */
     al_kv *custom_parameters;
     size_t custom_parameter_count;
+    char *resource;                    /* owned, 2lo only (RFC 8707); NULL = see al_token */
+    uint32_t default_token_lifetime_s; /* 2lo; 0 = 3600 */
+    uint32_t max_token_lifetime_s;     /* 2lo; 0 = 30 days */
     /* iam */
     char *region;  /* owned */
     char *service; /* owned; derived for lambda ("lambda") and api_gateway ("execute-api") */

@@ -1,0 +1,877 @@
+/* al_token: the OAuth 2.0 client-credentials token client and cache (see al_token.h).
+ *
+ * Owns: one al_flight table of tokens (values: refcounted tok_impl), the spec copies
+ * its entries hold (with the client secret: wiped on free), the contexts of token
+ * requests in flight, and the set of providers already warned about long-lived tokens.
+ *
+ * Flow of one load (never on a worker): load_token() [the thread that asked] ->
+ * endpoint known? else al_oidc metadata (cached; on_meta on the fetch thread) ->
+ * al_fetch POST (on_token on the fetch thread) -> al_token_parse_response() ->
+ * al_flight_complete() -> the waiters' callbacks, then one audit event.
+ *
+ * Invariants: a token's bytes live only in its tok_impl and the fetch layer's response
+ * buffer, both wiped; no log line, audit field or message is built from them (the
+ * fingerprint is a truncated SHA-256). */
+#include "al_token.h"
+#include "al_vault.h"
+#include "common/al_err.h"
+#include "common/al_log.h"
+#include "policy/al_audit.h"
+
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define DEFAULT_LIFETIME_S 3600
+#define DEFAULT_MAX_S      (30 * 86400)
+#define TOKEN_MAX          16384
+#define DESC_MAX           200
+#define WARNED_MAX         256
+
+typedef struct tok_impl {
+    al_token pub; /* first: an al_token* is a tok_impl* */
+    atomic_int refs;
+    char *token;
+    size_t token_len;
+    char *provider;
+    char *scope;
+    char fp[32];
+} tok_impl;
+
+/* The cache entry's copy of a spec (key_data). */
+typedef struct spec_copy {
+    al_token_spec s;
+    char *provider, *config_json, *audience, *resource;
+    unsigned char *secret;
+    char **scopes;
+    al_kv *custom;
+    json_t *cfg; /* parsed config_json */
+    al_fetch_opts fo;
+    char key_text[512]; /* provider/version/scopes/audience/resource, for audit and status */
+} spec_copy;
+
+typedef struct load_ctx {
+    struct load_ctx *next, *prev;
+    al_token_client *tc;
+    char *key;
+    spec_copy *sc;
+    int64_t started_ms;
+    char host[256];
+} load_ctx;
+
+struct al_token_client {
+    al_oidc *oidc;
+    al_flight *cache;
+    struct al_audit *audit;
+    pthread_mutex_t lock; /* loads list, warned set */
+    load_ctx *loads;
+    char *warned[WARNED_MAX];
+    size_t n_warned;
+};
+
+/* ---- tokens -------------------------------------------------------------------- */
+
+void al_token_retain(al_token *t)
+{
+    if (t)
+        atomic_fetch_add(&((tok_impl *)t)->refs, 1);
+}
+
+void al_token_release(al_token *t)
+{
+    tok_impl *ti = (tok_impl *)t;
+    if (!ti || atomic_fetch_sub(&ti->refs, 1) != 1)
+        return;
+    if (ti->token) {
+        OPENSSL_cleanse(ti->token, ti->token_len);
+        free(ti->token);
+    }
+    free(ti->provider);
+    free(ti->scope);
+    free(ti);
+}
+
+static void v_retain(void *v)
+{
+    al_token_retain(v);
+}
+
+static void v_release(void *v)
+{
+    al_token_release(v);
+}
+
+/* ---- specs and keys ---------------------------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* "provider/vN scopes=a,b audience=x resource=y": what the audit and status show. */
+static void key_text(const al_token_spec *s, char *buf, size_t len)
+{
+    char scopes[256] = "";
+    size_t used = 0;
+    char **sorted = s->scope_count ? malloc(s->scope_count * sizeof *sorted) : NULL;
+    if (sorted) {
+        memcpy(sorted, s->scopes, s->scope_count * sizeof *sorted);
+        qsort(sorted, s->scope_count, sizeof *sorted, cmp_str);
+        for (size_t i = 0; i < s->scope_count && used < sizeof scopes; i++) {
+            int n = snprintf(scopes + used, sizeof scopes - used, "%s%s", i ? " " : "", sorted[i]);
+            if (n > 0)
+                used += (size_t)n;
+        }
+        free(sorted);
+    }
+    snprintf(buf, len, "%s/v%u scopes=[%s] audience=%s resource=%s", s->provider, s->version,
+             scopes, s->audience ? s->audience : "-", s->resource ? s->resource : "-");
+}
+
+int al_token_cache_key(const al_token_spec *s, char *buf, size_t len)
+{
+    char text[2048];
+    key_text(s, text, sizeof text);
+    size_t used = (size_t)snprintf(buf, len, "%s", text);
+    for (size_t i = 0; i < s->custom_count && used < len; i++) {
+        int n = snprintf(buf + used, len - used, "\x1f%s=%s", s->custom[i].key, s->custom[i].value);
+        if (n < 0)
+            return AL_ERR_TOOBIG;
+        used += (size_t)n;
+    }
+    return used < len ? AL_OK : AL_ERR_TOOBIG;
+}
+
+static void spec_free(void *p)
+{
+    spec_copy *c = p;
+    if (!c)
+        return;
+    if (c->secret) {
+        OPENSSL_cleanse(c->secret, c->s.secret_len);
+        free(c->secret);
+    }
+    for (size_t i = 0; i < c->s.scope_count; i++)
+        free(c->scopes ? c->scopes[i] : NULL);
+    free(c->scopes);
+    for (size_t i = 0; i < c->s.custom_count; i++) {
+        free(c->custom ? c->custom[i].key : NULL);
+        free(c->custom ? c->custom[i].value : NULL);
+    }
+    free(c->custom);
+    free(c->provider);
+    free(c->config_json);
+    free(c->audience);
+    free(c->resource);
+    json_decref(c->cfg);
+    free(c);
+}
+
+static char *dup_or_null(const char *s, int *fail)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *fail = 1;
+    return d;
+}
+
+static void *spec_dup(const void *p)
+{
+    const al_token_spec *s = p;
+    spec_copy *c = calloc(1, sizeof *c);
+    int fail = 0;
+    if (!c)
+        return NULL;
+    c->s = *s;
+    c->provider = dup_or_null(s->provider, &fail);
+    c->config_json = dup_or_null(s->config_json, &fail);
+    c->audience = dup_or_null(s->audience, &fail);
+    c->resource = dup_or_null(s->resource, &fail);
+    c->secret = malloc(s->secret_len + 1);
+    if (c->secret) {
+        memcpy(c->secret, s->secret, s->secret_len);
+        c->secret[s->secret_len] = 0;
+    } else {
+        fail = 1;
+    }
+    if (s->scope_count && !(c->scopes = calloc(s->scope_count, sizeof *c->scopes)))
+        fail = 1;
+    for (size_t i = 0; c->scopes && i < s->scope_count; i++)
+        c->scopes[i] = dup_or_null(s->scopes[i], &fail);
+    if (s->custom_count && !(c->custom = calloc(s->custom_count, sizeof *c->custom)))
+        fail = 1;
+    for (size_t i = 0; c->custom && i < s->custom_count; i++) {
+        c->custom[i].key = dup_or_null(s->custom[i].key, &fail);
+        c->custom[i].value = dup_or_null(s->custom[i].value, &fail);
+    }
+    c->cfg = c->config_json ? json_loads(c->config_json, 0, NULL) : json_object();
+    if (!c->cfg || fail) {
+        c->s.scope_count = c->scopes ? s->scope_count : 0;
+        c->s.custom_count = c->custom ? s->custom_count : 0;
+        spec_free(c);
+        return NULL;
+    }
+    c->s.provider = c->provider;
+    c->s.config_json = c->config_json;
+    c->s.audience = c->audience;
+    c->s.resource = c->resource;
+    c->s.secret = c->secret;
+    c->s.scopes = c->scopes;
+    c->s.custom = c->custom;
+    c->fo.ca_file = json_string_value(json_object_get(c->cfg, "caFile"));
+    c->fo.allow_insecure = json_is_true(json_object_get(c->cfg, "allowInsecureEndpoints"));
+    c->fo.allow_private_network = json_is_true(json_object_get(c->cfg, "allowPrivateNetwork"));
+    key_text(&c->s, c->key_text, sizeof c->key_text);
+    return c;
+}
+
+void al_token_spec_from_target(al_token_spec *spec, const al_target *t, const char *provider,
+                               uint32_t version, const char *config_json,
+                               const unsigned char *secret, size_t secret_len)
+{
+    memset(spec, 0, sizeof *spec);
+    spec->provider = provider;
+    spec->version = version;
+    spec->config_json = config_json;
+    spec->secret = secret;
+    spec->secret_len = secret_len;
+    spec->scopes = t->auth.scopes;
+    spec->scope_count = t->auth.scope_count;
+    spec->audience = t->auth.audience;
+    /* The MCP authorization spec: clients send the server's URL as the resource. */
+    spec->resource = t->auth.resource                ? t->auth.resource
+                     : t->type == AL_TYPE_MCP_SERVER ? t->url
+                                                     : NULL;
+    spec->custom = t->auth.custom_parameters;
+    spec->custom_count = t->auth.custom_parameter_count;
+    spec->default_lifetime_s = t->auth.default_token_lifetime_s;
+    spec->max_lifetime_s = t->auth.max_token_lifetime_s;
+}
+
+/* ---- parsing the answer (pure) ------------------------------------------------------- */
+
+void al_token_sanitize(const char *s, const unsigned char *secret, size_t secret_len, char *out,
+                       size_t outlen, size_t max)
+{
+    size_t o = 0;
+    if (!outlen)
+        return;
+    for (size_t i = 0; s && s[i] && o + 1 < outlen && o < max; i++) {
+        if (secret && secret_len >= 4 && strncmp(s + i, (const char *)secret, secret_len) == 0) {
+            const char *cut = "[redacted]";
+            for (size_t k = 0; cut[k] && o + 1 < outlen; k++)
+                out[o++] = cut[k];
+            i += secret_len - 1;
+            continue;
+        }
+        unsigned char c = (unsigned char)s[i];
+        out[o++] = (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') ? (char)c : '?';
+    }
+    out[o] = 0;
+}
+
+static int visible_ascii(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+int al_token_parse_response(long status, const char *body, size_t len, const char *host,
+                            const al_token_spec *spec, int64_t now_unix, al_token **tok, char *msg,
+                            size_t msglen)
+{
+    json_error_t je;
+    json_t *j = json_loadb(body ? body : "", len, 0, &je);
+    int rc = AL_ERR_PROTO;
+    *tok = NULL;
+    if (status < 200 || status > 299) {
+        const char *e = json_string_value(json_object_get(j, "error"));
+        const char *d = json_string_value(json_object_get(j, "error_description"));
+        char es[80], ds[DESC_MAX + 16];
+        al_token_sanitize(e, spec->secret, spec->secret_len, es, sizeof es, 64);
+        al_token_sanitize(d, spec->secret, spec->secret_len, ds, sizeof ds, DESC_MAX);
+        if (e)
+            snprintf(msg, msglen, "token endpoint %s answered %ld: %s%s%s%s", host, status, es,
+                     d ? " (" : "", d ? ds : "", d ? ")" : "");
+        else
+            snprintf(msg, msglen, "token endpoint %s answered %ld without an OAuth error", host,
+                     status);
+        goto out;
+    }
+    if (!json_is_object(j)) {
+        snprintf(msg, msglen, "token endpoint %s answered %ld with a body that is not JSON", host,
+                 status);
+        goto out;
+    }
+    json_t *at = json_object_get(j, "access_token");
+    const char *tv = json_string_value(at);
+    size_t tl = tv ? json_string_length(at) : 0;
+    if (!tv || tl == 0 || tl > TOKEN_MAX || !visible_ascii(tv, tl)) {
+        snprintf(msg, msglen,
+                 "token endpoint %s answered without a usable access_token (missing, empty, "
+                 "longer than %d bytes or not visible ASCII)",
+                 host, TOKEN_MAX);
+        goto out;
+    }
+    const char *tt = json_string_value(json_object_get(j, "token_type"));
+    if (tt && strcasecmp(tt, "bearer") != 0) {
+        char ts[40];
+        al_token_sanitize(tt, NULL, 0, ts, sizeof ts, 32);
+        snprintf(msg, msglen, "token endpoint %s issued a '%s' token; only Bearer is supported",
+                 host, ts);
+        goto out;
+    }
+    json_t *ei = json_object_get(j, "expires_in");
+    int64_t life = 0;
+    if (json_is_integer(ei))
+        life = json_integer_value(ei);
+    else if (json_is_real(ei))
+        life = (int64_t)json_real_value(ei);
+    else if (json_is_string(ei))
+        life = strtoll(json_string_value(ei), NULL, 10);
+    int has_expiry = life > 0;
+    if (!has_expiry)
+        life = spec->default_lifetime_s ? spec->default_lifetime_s : DEFAULT_LIFETIME_S;
+    if (life > 10LL * 365 * 86400)
+        life = 10LL * 365 * 86400;
+    uint64_t max = spec->max_lifetime_s ? spec->max_lifetime_s : DEFAULT_MAX_S;
+    tok_impl *ti = calloc(1, sizeof *ti);
+    rc = AL_ERR_NOMEM;
+    if (!ti) {
+        snprintf(msg, msglen, "out of memory");
+        goto out;
+    }
+    atomic_init(&ti->refs, 1);
+    ti->token = malloc(tl + 1);
+    ti->provider = strdup(spec->provider ? spec->provider : "");
+    const char *sc = json_string_value(json_object_get(j, "scope"));
+    char req_scope[512] = "";
+    for (size_t i = 0, u = 0; i < spec->scope_count && u < sizeof req_scope; i++) {
+        int n =
+            snprintf(req_scope + u, sizeof req_scope - u, "%s%s", i ? " " : "", spec->scopes[i]);
+        if (n > 0)
+            u += (size_t)n;
+    }
+    ti->scope = strdup(sc ? sc : req_scope);
+    if (!ti->token || !ti->provider || !ti->scope) {
+        al_token_release(&ti->pub);
+        snprintf(msg, msglen, "out of memory");
+        goto out;
+    }
+    memcpy(ti->token, tv, tl);
+    ti->token[tl] = 0;
+    ti->token_len = tl;
+    al_vault_fingerprint((const unsigned char *)tv, tl, ti->fp);
+    ti->pub.access_token = ti->token;
+    ti->pub.len = tl;
+    ti->pub.provider = ti->provider;
+    ti->pub.version = spec->version;
+    ti->pub.fingerprint = ti->fp;
+    ti->pub.scope = ti->scope;
+    ti->pub.obtained_unix = now_unix;
+    ti->pub.lifetime_s = life;
+    ti->pub.has_expiry = has_expiry;
+    ti->pub.long_lived = !has_expiry || (uint64_t)life > max;
+    *tok = &ti->pub;
+    rc = AL_OK;
+out:
+    if (j) {
+        /* the parsed answer held the token: wipe jansson's copy before freeing */
+        json_t *at2 = json_object_get(j, "access_token");
+        if (json_is_string(at2) && json_string_length(at2))
+            OPENSSL_cleanse((void *)json_string_value(at2), json_string_length(at2));
+        json_decref(j);
+    }
+    return rc;
+}
+
+/* ---- loads ----------------------------------------------------------------------------- */
+
+static void ctx_free(load_ctx *c)
+{
+    al_token_client *tc = c->tc;
+    pthread_mutex_lock(&tc->lock);
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (tc->loads == c)
+        tc->loads = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    pthread_mutex_unlock(&tc->lock);
+    free(c->key);
+    free(c);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void audit_event(load_ctx *c, const char *outcome, int err, const char *msg,
+                        const al_token *t)
+{
+    al_token_client *tc = c->tc;
+    if (!tc->audit)
+        return;
+    al_audit_field f[] = {
+        {"provider", AL_AUDIT_STR, c->sc->s.provider, 0},
+        {"provider_version", AL_AUDIT_INT, NULL, c->sc->s.version},
+        {"token_endpoint_host", AL_AUDIT_STR, c->host[0] ? c->host : NULL, 0},
+        {"outcome", AL_AUDIT_STR, outcome, 0},
+        {"error", AL_AUDIT_STR, err ? msg : NULL, 0},
+        {"duration_ms", AL_AUDIT_INT, NULL, mono_ms() - c->started_ms},
+        {"lifetime_s", AL_AUDIT_INT, NULL, t ? t->lifetime_s : 0},
+        {"long_lived", AL_AUDIT_BOOL, NULL, t ? t->long_lived : 0},
+        {"cache_key", AL_AUDIT_STR, c->sc->key_text, 0},
+        {"token_fingerprint", AL_AUDIT_STR, t ? t->fingerprint : NULL, 0},
+    };
+    al_audit_submit_event(tc->audit, "token_request", f, sizeof f / sizeof f[0]);
+}
+
+static void warn_long_lived(al_token_client *tc, const al_token *t)
+{
+    pthread_mutex_lock(&tc->lock);
+    for (size_t i = 0; i < tc->n_warned; i++) {
+        if (strcmp(tc->warned[i], t->provider) == 0) {
+            pthread_mutex_unlock(&tc->lock);
+            return;
+        }
+    }
+    if (tc->n_warned < WARNED_MAX)
+        tc->warned[tc->n_warned++] = strdup(t->provider);
+    pthread_mutex_unlock(&tc->lock);
+    if (t->has_expiry)
+        al_log(AL_LOG_WARN, "token.long_lived",
+               "provider=%s lifetime_s=%lld: tokens living longer than max_token_lifetime_s "
+               "should not be used; shorten the provider's token lifetime",
+               t->provider, (long long)t->lifetime_s);
+    else
+        al_log(AL_LOG_WARN, "token.long_lived",
+               "provider=%s: the token endpoint gave no expires_in, so the token may live "
+               "forever; airlock refreshes it after default_token_lifetime_s",
+               t->provider);
+}
+
+static void finish(load_ctx *c, int err, al_token *t, const char *msg)
+{
+    al_token_client *tc = c->tc;
+    if (err == AL_OK) {
+        int64_t life_ms = t->lifetime_s * 1000;
+        int64_t skew = life_ms / 10 < 30000 ? life_ms / 10 : 30000;
+        audit_event(c, "ok", 0, NULL, t);
+        if (t->long_lived)
+            warn_long_lived(tc, t);
+        al_flight_complete(tc->cache, c->key, AL_OK, t, life_ms * 8 / 10, life_ms - skew, NULL);
+    } else {
+        audit_event(c, "error", err, msg, NULL);
+        al_flight_complete(tc->cache, c->key, err, NULL, 0, 0, msg);
+    }
+    ctx_free(c);
+}
+
+static void on_token(void *arg, const al_fetch_response *res)
+{
+    load_ctx *c = arg;
+    char msg[512];
+    al_token *t = NULL;
+    int err = res->err;
+    if (err == AL_ERR_TIMEOUT)
+        snprintf(msg, sizeof msg, "token endpoint %s", res->errmsg);
+    else if (err != AL_OK)
+        snprintf(msg, sizeof msg, "token endpoint unreachable: %s", res->errmsg);
+    else
+        err = al_token_parse_response(res->status, res->body, res->body_len, res->host, &c->sc->s,
+                                      (int64_t)time(NULL), &t, msg, sizeof msg);
+    finish(c, err, t, msg);
+}
+
+/* application/x-www-form-urlencoded value encoding into out[0..cap); returns the length
+ * written (cap is sized by the caller for the worst case: 3 bytes per input byte). */
+static size_t urlencode(char *out, size_t cap, const char *in, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t u = 0;
+    for (size_t i = 0; i < n && u + 3 < cap; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+            out[u++] = (char)ch;
+        } else {
+            out[u++] = '%';
+            out[u++] = hex[ch >> 4];
+            out[u++] = hex[ch & 15];
+        }
+    }
+    return u;
+}
+
+static void form_append(char *buf, size_t *used, size_t cap, const char *name, const char *val,
+                        size_t vlen)
+{
+    size_t u = *used;
+    if (u && u < cap)
+        buf[u++] = '&';
+    for (const char *p = name; *p && u < cap; p++)
+        buf[u++] = *p;
+    if (u < cap)
+        buf[u++] = '=';
+    u += urlencode(buf + u, cap - u, val, vlen);
+    *used = u;
+}
+
+static void send_token_request(load_ctx *c, const char *endpoint)
+{
+    const al_token_spec *s = &c->sc->s;
+    json_t *cfg = c->sc->cfg;
+    const char *client_id = json_string_value(json_object_get(cfg, "clientId"));
+    const char *method = json_string_value(json_object_get(cfg, "tokenEndpointAuthMethod"));
+    int post = method && strcmp(method, "client_secret_post") == 0;
+    char msg[400];
+    if (!client_id) {
+        finish(c, AL_ERR_CONFIG, NULL, "the provider has no clientId");
+        return;
+    }
+    /* Bound: every byte may become %XX. */
+    size_t cap = 64 + 3 * (strlen(client_id) + s->secret_len);
+    for (size_t i = 0; i < s->scope_count; i++)
+        cap += 3 * strlen(s->scopes[i]) + 3;
+    cap += 3 * ((s->audience ? strlen(s->audience) : 0) + (s->resource ? strlen(s->resource) : 0));
+    for (size_t i = 0; i < s->custom_count; i++)
+        cap += strlen(s->custom[i].key) + 3 * strlen(s->custom[i].value) + 2;
+    cap += 64;
+    char *form = malloc(cap), *basic = NULL;
+    char *scope = NULL;
+    size_t used = 0, scope_len = 0, basic_cap = 0;
+    int rc = AL_ERR_NOMEM;
+    if (!form)
+        goto fail;
+    form_append(form, &used, cap, "grant_type", "client_credentials", 18);
+    if (s->scope_count) {
+        for (size_t i = 0; i < s->scope_count; i++)
+            scope_len += strlen(s->scopes[i]) + 1;
+        if (!(scope = malloc(scope_len + 1)))
+            goto fail;
+        size_t u = 0;
+        for (size_t i = 0; i < s->scope_count; i++)
+            u += (size_t)sprintf(scope + u, "%s%s", i ? " " : "", s->scopes[i]);
+        form_append(form, &used, cap, "scope", scope, u);
+    }
+    if (s->audience)
+        form_append(form, &used, cap, "audience", s->audience, strlen(s->audience));
+    if (s->resource)
+        form_append(form, &used, cap, "resource", s->resource, strlen(s->resource));
+    for (size_t i = 0; i < s->custom_count; i++) {
+        /* the table cannot override what the grant and client authentication mean */
+        static const char *const reserved[] = {"grant_type", "client_id", "client_secret",
+                                               "client_assertion", "client_assertion_type"};
+        int skip = 0;
+        for (size_t k = 0; k < sizeof reserved / sizeof reserved[0]; k++)
+            skip |= strcmp(s->custom[i].key, reserved[k]) == 0;
+        if (!skip)
+            form_append(form, &used, cap, s->custom[i].key, s->custom[i].value,
+                        strlen(s->custom[i].value));
+    }
+    if (post) {
+        form_append(form, &used, cap, "client_id", client_id, strlen(client_id));
+        form_append(form, &used, cap, "client_secret", (const char *)s->secret, s->secret_len);
+    } else {
+        /* RFC 6749 2.3.1: id and secret form-urlencoded, then joined by ':' */
+        basic_cap = 3 * (strlen(client_id) + s->secret_len) + 8;
+        if (!(basic = malloc(basic_cap)))
+            goto fail;
+        size_t bu = urlencode(basic, basic_cap, client_id, strlen(client_id));
+        basic[bu++] = ':';
+        bu += urlencode(basic + bu, basic_cap - bu, (const char *)s->secret, s->secret_len);
+        basic[bu] = 0;
+    }
+    form[used < cap ? used : cap - 1] = 0;
+    al_fetch_request rq = {
+        .url = endpoint, .form = form, .form_len = strlen(form), .basic_auth = basic};
+    char eb[300];
+    rc = al_fetch_start(al_oidc_fetcher(c->tc->oidc), &rq, &c->sc->fo, on_token, c, NULL, eb,
+                        sizeof eb);
+    if (rc != AL_OK)
+        snprintf(msg, sizeof msg, "token endpoint refused: %s", eb);
+fail:
+    if (form) {
+        OPENSSL_cleanse(form, cap);
+        free(form);
+    }
+    if (basic) {
+        OPENSSL_cleanse(basic, basic_cap);
+        free(basic);
+    }
+    free(scope);
+    if (rc == AL_ERR_NOMEM)
+        snprintf(msg, sizeof msg, "out of memory");
+    if (rc != AL_OK)
+        finish(c, rc, NULL, msg);
+}
+
+static void set_host(load_ctx *c, const char *url)
+{
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    size_t n = strcspn(p, "/?#");
+    snprintf(c->host, sizeof c->host, "%.*s", (int)(n < 200 ? n : 200), p);
+}
+
+static void with_metadata(load_ctx *c, json_t *meta)
+{
+    const char *te = json_string_value(json_object_get(meta, "token_endpoint"));
+    if (!te) {
+        finish(c, AL_ERR_PROTO, NULL, "the provider's discovery document has no token_endpoint");
+        return;
+    }
+    set_host(c, te);
+    send_token_request(c, te);
+}
+
+static void on_meta(void *arg, int err, void *value, uint64_t gen, const char *msg)
+{
+    load_ctx *c = arg;
+    (void)gen;
+    if (err != AL_OK) {
+        char m[400];
+        snprintf(m, sizeof m, "discovery failed: %s", msg);
+        finish(c, err, NULL, m);
+        return;
+    }
+    with_metadata(c, value);
+}
+
+static void load_token(void *arg, al_flight *f, const char *key, void *key_data)
+{
+    al_token_client *tc = arg;
+    spec_copy *sc = key_data;
+    load_ctx *c = calloc(1, sizeof *c);
+    char *kc = strdup(key);
+    if (!c || !kc) {
+        free(c);
+        free(kc);
+        al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
+        return;
+    }
+    c->tc = tc;
+    c->key = kc;
+    c->sc = sc;
+    c->started_ms = mono_ms();
+    pthread_mutex_lock(&tc->lock);
+    c->next = tc->loads;
+    if (tc->loads)
+        tc->loads->prev = c;
+    tc->loads = c;
+    pthread_mutex_unlock(&tc->lock);
+    const char *te = json_string_value(json_object_get(sc->cfg, "tokenEndpoint"));
+    const char *disc = json_string_value(json_object_get(sc->cfg, "discoveryUrl"));
+    if (te) {
+        set_host(c, te);
+        send_token_request(c, te);
+        return;
+    }
+    if (!disc) {
+        finish(c, AL_ERR_CONFIG, NULL,
+               "the provider has neither a token endpoint nor a discovery URL");
+        return;
+    }
+    set_host(c, disc);
+    al_flight_result r;
+    int rc = al_oidc_get(tc->oidc, AL_OIDC_METADATA, disc, &sc->fo, 0, on_meta, c, &r);
+    if (rc == AL_OK) {
+        with_metadata(c, r.value);
+        al_oidc_release(tc->oidc, r.value);
+    } else if (rc != AL_ERR_AGAIN) {
+        char m[400];
+        snprintf(m, sizeof m, "discovery failed: %s", r.msg);
+        finish(c, rc, NULL, m);
+    }
+}
+
+/* ---- the client -------------------------------------------------------------------------- */
+
+static int make_cache(al_token_client *tc, int64_t (*now_ms)(void *), void *arg, al_flight **out)
+{
+    al_flight_config fc = {
+        .value_ops = {v_retain, v_release},
+        .key_data_dup = spec_dup,
+        .key_data_free = spec_free,
+        .load = load_token,
+        .load_arg = tc,
+        .now_ms = now_ms,
+        .clock_arg = arg,
+        .name = "token",
+    };
+    return al_flight_new(&fc, out);
+}
+
+int al_token_client_new(al_oidc *oidc, al_token_client **out)
+{
+    al_token_client *tc = calloc(1, sizeof *tc);
+    if (!tc)
+        return AL_ERR_NOMEM;
+    tc->oidc = oidc;
+    pthread_mutex_init(&tc->lock, NULL);
+    int rc = make_cache(tc, NULL, NULL, &tc->cache);
+    if (rc != AL_OK) {
+        pthread_mutex_destroy(&tc->lock);
+        free(tc);
+        return rc;
+    }
+    *out = tc;
+    return AL_OK;
+}
+
+void al_token_client_free(al_token_client *tc)
+{
+    if (!tc)
+        return;
+    while (tc->loads)
+        ctx_free(tc->loads);
+    al_flight_free(tc->cache);
+    for (size_t i = 0; i < tc->n_warned; i++)
+        free(tc->warned[i]);
+    pthread_mutex_destroy(&tc->lock);
+    free(tc);
+}
+
+void al_token_client_set_audit(al_token_client *tc, struct al_audit *audit)
+{
+    tc->audit = audit;
+}
+
+void al_token_client_set_clock(al_token_client *tc, int64_t (*now_ms)(void *arg), void *arg)
+{
+    al_flight *nf;
+    if (make_cache(tc, now_ms, arg, &nf) == AL_OK) {
+        al_flight_free(tc->cache);
+        tc->cache = nf;
+    }
+}
+
+int al_token_get(al_token_client *tc, const al_token_spec *spec, al_flight_cb cb, void *arg,
+                 al_flight_result *res)
+{
+    char key[4096];
+    if (al_token_cache_key(spec, key, sizeof key) != AL_OK) {
+        memset(res, 0, sizeof *res);
+        snprintf(res->msg, sizeof res->msg, "the token request's parameters are too long");
+        return AL_ERR_TOOBIG;
+    }
+    return al_flight_get(tc->cache, key, spec, 0, cb, arg, res);
+}
+
+int al_token_cancel(al_token_client *tc, uint64_t wait_id)
+{
+    return al_flight_cancel(tc->cache, wait_id);
+}
+
+int al_token_invalidate(al_token_client *tc, const al_token_spec *spec, uint64_t gen)
+{
+    char key[4096];
+    if (al_token_cache_key(spec, key, sizeof key) != AL_OK)
+        return 0;
+    return al_flight_invalidate(tc->cache, key, gen);
+}
+
+typedef struct wait_box {
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    int done, err;
+    al_token *tok;
+    char msg[256];
+} wait_box;
+
+static void wait_cb(void *arg, int err, void *value, uint64_t gen, const char *msg)
+{
+    wait_box *w = arg;
+    (void)gen;
+    pthread_mutex_lock(&w->m);
+    w->err = err;
+    w->tok = value;
+    al_token_retain(value);
+    snprintf(w->msg, sizeof w->msg, "%s", msg ? msg : "");
+    w->done = 1;
+    pthread_cond_signal(&w->c);
+    pthread_mutex_unlock(&w->m);
+}
+
+int al_token_get_wait(al_token_client *tc, const al_token_spec *spec, al_token **tok, char *errbuf,
+                      size_t errlen)
+{
+    wait_box w = {.done = 0};
+    al_flight_result r;
+    *tok = NULL;
+    pthread_mutex_init(&w.m, NULL);
+    pthread_cond_init(&w.c, NULL);
+    int rc = al_token_get(tc, spec, wait_cb, &w, &r);
+    if (rc == AL_OK) {
+        *tok = r.value;
+    } else if (rc == AL_ERR_AGAIN) {
+        pthread_mutex_lock(&w.m);
+        while (!w.done)
+            pthread_cond_wait(&w.c, &w.m);
+        pthread_mutex_unlock(&w.m);
+        rc = w.err;
+        *tok = w.tok;
+        if (rc != AL_OK && errbuf)
+            snprintf(errbuf, errlen, "%s", w.msg);
+    } else if (errbuf) {
+        snprintf(errbuf, errlen, "%s", r.msg);
+    }
+    pthread_cond_destroy(&w.c);
+    pthread_mutex_destroy(&w.m);
+    return rc;
+}
+
+typedef struct status_ctx {
+    json_t *arr;
+    int64_t now_ms, now_unix;
+} status_ctx;
+
+static void status_one(void *arg, const al_flight_info *in)
+{
+    status_ctx *s = arg;
+    const spec_copy *sc = in->key_data;
+    const al_token *t = in->value;
+    json_t *scopes = json_array();
+    for (size_t i = 0; sc && i < sc->s.scope_count; i++)
+        json_array_append_new(scopes, json_string(sc->s.scopes[i]));
+    /* monotonic deadlines as wall-clock seconds */
+    int64_t off = s->now_unix * 1000 - s->now_ms;
+    const char *state = in->state.loading ? "fetching"
+                        : t && s->now_ms < in->state.expires_at
+                            ? (s->now_ms >= in->state.refresh_at ? "refresh_due" : "valid")
+                        : in->state.failures ? "failing"
+                                             : "expired";
+    json_t *o =
+        json_pack("{s:s?, s:I, s:o, s:s?, s:s?, s:s?, s:I?, s:I?, s:I?, s:b, s:s, s:I, s:s?}",
+                  "provider", sc ? sc->s.provider : NULL, "version",
+                  (json_int_t)(sc ? sc->s.version : 0), "scopes", scopes, "audience",
+                  sc ? sc->s.audience : NULL, "resource", sc ? sc->s.resource : NULL, "fingerprint",
+                  t ? t->fingerprint : NULL, "obtained_at", (json_int_t)(t ? t->obtained_unix : 0),
+                  "expires_at", (json_int_t)(t ? (in->state.expires_at + off) / 1000 : 0),
+                  "refresh_at", (json_int_t)(t ? (in->state.refresh_at + off) / 1000 : 0),
+                  "long_lived", t ? t->long_lived : 0, "state", state, "failures",
+                  (json_int_t)in->state.failures, "last_error", in->last_err ? in->last_msg : NULL);
+    if (o)
+        json_array_append_new(s->arr, o);
+}
+
+json_t *al_token_status(al_token_client *tc)
+{
+    status_ctx s = {
+        .arr = json_array(), .now_ms = al_flight_now(tc->cache), .now_unix = (int64_t)time(NULL)};
+    al_flight_foreach(tc->cache, status_one, &s);
+    return json_pack("{s:o}", "tokens", s.arr);
+}
