@@ -103,7 +103,7 @@ typedef struct al_auth {
     char *region;  /* owned */
     char *service; /* owned; derived for lambda ("lambda") and api_gateway ("execute-api") */
     /* owned; where the AWS credentials come from: "store" (the providers), "environment",
-     * "container", "imds", "web_identity" (identity/al_aws_creds.h); NULL = "store" with a
+     * "container", "imds", "web_identity" (auth/al_aws_creds.h); NULL = "store" with a
      * provider, else "environment" */
     char *source;
     char *role_arn;          /* owned; assumed with STS AssumeRole on top, NULL = none */

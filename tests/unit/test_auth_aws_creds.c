@@ -1,4 +1,4 @@
-/* Unit tests for identity/al_aws_creds: the parsers, then every credential source
+/* Unit tests for auth/al_aws_creds: the parsers, then every credential source
  * against a local fake endpoint (an HTTP server thread in this file that records
  * what it was asked and answers from a route table): the container endpoint with its
  * authorization token, IMDSv2 (the fake refuses a GET without the session token, as
@@ -13,7 +13,7 @@
 #include <cmocka.h>
 
 #include "common/al_err.h"
-#include "identity/al_aws_creds.h"
+#include "auth/al_aws_creds.h"
 #include "identity/al_cred.h"
 
 #include <arpa/inet.h>

@@ -1,4 +1,4 @@
-/* libFuzzer harness for identity/al_aws_creds' parsers: the container endpoint's and
+/* libFuzzer harness for auth/al_aws_creds' parsers: the container endpoint's and
  * IMDS's JSON, STS's XML and RFC 3339 times come from endpoints airlock reaches over
  * the network. Besides crashes and sanitizer reports it checks that accepted
  * credentials can go into a header: no control character in the access key id or
@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "common/al_err.h"
-#include "identity/al_aws_creds.h"
+#include "auth/al_aws_creds.h"
 
 static void check(const al_aws_credentials *c)
 {
