@@ -16,6 +16,7 @@ int al_cmd_identity(int argc, char **argv);
 int al_cmd_ca(int argc, char **argv);
 int al_cmd_env(int argc, char **argv);
 int al_cmd_reload(int argc, char **argv);
+int al_cmd_audit(int argc, char **argv);
 
 /* Usage text of a command (NULL name = the top-level usage). */
 void al_cli_usage(FILE *out, const char *command);

@@ -19,6 +19,7 @@ static const struct {
     {"identity", al_cmd_identity, "manage credential providers in the encrypted store"},
     {"ca", al_cmd_ca, "create and print the local CA used for TLS interception"},
     {"env", al_cmd_env, "print the environment an agent needs to use the proxy"},
+    {"audit", al_cmd_audit, "verify the hash-chained audit log; export its public key"},
 };
 
 void al_cli_usage(FILE *out, const char *command)

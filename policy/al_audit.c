@@ -27,6 +27,7 @@
  * AL_AUDIT_LINE_MAX bytes (the encoder's field budgets guarantee it). Secrets never
  * reach here: callers pass provider names and versions only. */
 #include "al_audit.h"
+#include "al_audit_chain.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
 
@@ -39,13 +40,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#define BATCH_MAX (64 * 1024)          /* bytes handed to one write(2) */
-#define SLEEP_NS  (200 * 1000 * 1000L) /* IDLE backstop */
+#define BATCH_MAX (64 * 1024)          /* raw bytes taken from the ring per commit */
+#define OUT_MAX   (64 * 1024)          /* chained bytes handed to one write(2) */
+#define SLEEP_NS  (200 * 1000 * 1000L) /* IDLE backstop (also paces retries, checkpoints) */
 #define NAP_NS    (5 * 1000 * 1000L)   /* a line waits at most this long under load */
+#define RETRY_MIN_MS 100               /* a failed write is retried after this, doubling */
+#define RETRY_MAX_MS 1000
+#define LOG_EVERY_MS 30000 /* a failing or dropping log says so at most this often */
 
 enum { AWAKE = 0, NAP = 1, IDLE = 2 }; /* values of al_audit.sleeping */
 
@@ -59,18 +66,42 @@ struct al_audit {
     /* producers' side and consumer's side on separate cache lines */
     _Alignas(64) _Atomic size_t enqueue_pos;
     _Alignas(64) size_t dequeue_pos; /* writer thread only */
+    _Atomic size_t consumed;         /* dequeue_pos as others may read it (lag, writable) */
     _Atomic uint64_t dropped;
     _Atomic uint64_t written;
-    _Atomic int sleeping; /* futex word: AWAKE, NAP or IDLE */
+    _Atomic uint64_t failed;      /* write attempts that failed */
+    _Atomic uint64_t checkpoints; /* signed checkpoints written */
+    _Atomic uint64_t rotations;
+    _Atomic uint64_t pending_lines; /* taken from the ring, not yet in the file */
+    _Atomic int failing;            /* the last write failed; cleared by the next success */
+    _Atomic int sleeping;           /* futex word: AWAKE, NAP or IDLE */
     _Atomic int stop;
     _Atomic int reopen;
     size_t mask;
     audit_slot *slots; /* owned; mask + 1 of them */
     char *path;        /* owned */
     int fd;
-    int write_failing; /* writer only: log the first failure of a run, not each one */
+    /* writer thread only (and open/close around it) */
+    int chain;              /* lines carry seq/prev (al_audit_chain.h) */
+    al_audit_chain ch;      /* where the chain stands after the last line in the file */
+    EVP_PKEY *key;          /* owned; signs checkpoints; NULL = none */
+    uint32_t checkpoint_ms; /* 0 = only at rotation, reopen and close */
+    int64_t next_checkpoint_ms;
+    uint64_t since_checkpoint; /* lines written since the last checkpoint */
+    uint64_t max_bytes;        /* 0 = no size rotation */
+    uint32_t max_files;
+    int64_t size;            /* bytes in the open file, as of our last write or lock */
+    size_t pending;          /* bytes of batch not written yet (a write failed) */
+    int64_t retry_at_ms;     /* when to try them again */
+    int64_t retry_ms;        /* the current back-off */
+    int64_t fail_since_ms;   /* first failure of the current run; 0 = writing fine */
+    int64_t fail_logged_ms;  /* last log line about it */
+    uint64_t fail_run;       /* failed attempts in the current run */
+    uint64_t drop_reported;  /* dropped count the last log line / record named */
+    int64_t drop_logged_ms;
     pthread_t thread;
     char batch[BATCH_MAX];
+    char out[OUT_MAX];
 };
 
 static long futex(_Atomic int *word, int op, int val, const struct timespec *ts)
@@ -80,77 +111,357 @@ static long futex(_Atomic int *word, int op, int val, const struct timespec *ts)
 
 static int open_log(const char *path)
 {
-    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    /* read too: the chain's end is read back after a restart or a foreign append */
+    return open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 }
 
-/* Appends the batch; on failure the lines are lost and counted as dropped (the proxy
- * keeps serving: a full disk must not stop egress, it must be visible). */
-static void flush_batch(al_audit *a, size_t len, uint64_t lines)
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* flock(2) serializes us with the CLI's al_audit_append_line (store changes): each
+ * holds it while reading the chain's end and appending after it. */
+static void lock_fd(int fd)
+{
+    while (fd >= 0 && flock(fd, LOCK_EX) != 0 && errno == EINTR)
+        ;
+}
+
+static void unlock_fd(int fd)
+{
+    if (fd >= 0)
+        flock(fd, LOCK_UN);
+}
+
+/* Takes the file lock; if someone else appended since our last write, continues the
+ * chain after their last line (a chained one; an unchained foreign line is left for
+ * verify to report) and starts our next line on a line of its own. */
+static void lock_file(al_audit *a)
+{
+    struct stat st;
+    if (a->fd < 0)
+        return;
+    lock_fd(a->fd);
+    if (fstat(a->fd, &st) != 0 || st.st_size == a->size)
+        return;
+    a->size = st.st_size;
+    if (!a->chain)
+        return;
+    al_audit_chain c;
+    int64_t size;
+    int partial = 0;
+    if (al_audit_chain_from_fd(a->fd, &c, &size, &partial) == 1)
+        a->ch = c;
+    if (partial && write(a->fd, "\n", 1) == 1)
+        a->size++;
+}
+
+/* Appends buf whole or not at all: a failed write cuts off the part that reached the
+ * file, so the file never ends in half a line and the chain state stays true. */
+static int write_all(al_audit *a, const char *buf, size_t len)
 {
     size_t off = 0;
+    if (a->fd < 0) {
+        errno = EBADF;
+        return AL_ERR_IO;
+    }
     while (off < len) {
-        ssize_t w = a->fd >= 0 ? write(a->fd, a->batch + off, len - off) : -1;
+        ssize_t w = write(a->fd, buf + off, len - off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
-            if (!a->write_failing)
-                al_log(AL_LOG_ERROR, "audit.write_failed", "audit log %s: %s; records are dropped",
-                       a->path, a->fd >= 0 ? strerror(errno) : "not open");
-            a->write_failing = 1;
-            atomic_fetch_add(&a->dropped, lines);
-            return;
+            int e = w < 0 ? errno : ENOSPC;
+            if (off && ftruncate(a->fd, (off_t)a->size) != 0)
+                a->size += (int64_t)off; /* could not cut: verify will name the line */
+            errno = e;
+            return AL_ERR_IO;
         }
         off += (size_t)w;
     }
-    if (a->write_failing)
-        al_log(AL_LOG_INFO, "audit.write_recovered", "audit log %s writable again", a->path);
-    a->write_failing = 0;
-    atomic_fetch_add(&a->written, lines);
+    a->size += (int64_t)len;
+    return AL_OK;
 }
 
-/* Moves every published line into the batch (writing when it fills); returns how many
- * lines were taken. */
+/* A signed checkpoint for everything written so far (lock held). */
+static int write_checkpoint(al_audit *a, const char *reason)
+{
+    char line[AL_AUDIT_CHECKPOINT_MAX];
+    al_audit_chain c = a->ch;
+    if (!a->chain || !a->key)
+        return AL_OK;
+    int64_t now = now_ms();
+    int n = al_audit_chain_checkpoint(&c, a->key, now, reason, line, sizeof line);
+    if (n < 0)
+        return n;
+    if (write_all(a, line, (size_t)n) != AL_OK)
+        return AL_ERR_IO;
+    a->ch = c;
+    a->since_checkpoint = 0;
+    a->next_checkpoint_ms = now + a->checkpoint_ms;
+    atomic_fetch_add(&a->checkpoints, 1);
+    return AL_OK;
+}
+
+/* Built-in rotation (lock held on the old file): seal it with a checkpoint, shift
+ * path.N-1 -> path.N ... path -> path.1 (the oldest beyond max_files goes), open a new
+ * path. The chain goes on: the new file's first line names the old file's last. */
+static int rotate_file(al_audit *a)
+{
+    size_t plen = strlen(a->path) + 16;
+    char *from = malloc(plen), *to = malloc(plen);
+    int rc = AL_ERR_IO, fd = -1;
+    if (!from || !to) {
+        rc = AL_ERR_NOMEM;
+        goto out;
+    }
+    if (write_checkpoint(a, "rotate") != AL_OK)
+        goto out;
+    for (uint32_t i = a->max_files; i >= 1; i--) {
+        snprintf(to, plen, "%s.%u", a->path, i);
+        if (i == 1)
+            snprintf(from, plen, "%s", a->path);
+        else
+            snprintf(from, plen, "%s.%u", a->path, i - 1);
+        if (rename(from, to) != 0 && errno != ENOENT && i == 1)
+            goto out;
+    }
+    if ((fd = open_log(a->path)) < 0)
+        goto out;
+    lock_fd(fd);
+    unlock_fd(a->fd);
+    close(a->fd);
+    a->fd = fd;
+    a->size = 0;
+    atomic_fetch_add(&a->rotations, 1);
+    rc = AL_OK;
+out:
+    if (rc != AL_OK)
+        al_log(AL_LOG_ERROR, "audit.rotate_failed", "audit log %s: cannot rotate: %s", a->path,
+               strerror(errno));
+    free(from);
+    free(to);
+    return rc;
+}
+
+/* Writes the raw lines raw[0..len) (each "{...}\n"): chained when the chain is on,
+ * rotating before a write would take the file past max_bytes. Lock held. Returns how
+ * many bytes of raw are in the file (less than len when a write failed). */
+static size_t commit(al_audit *a, const char *raw, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        al_audit_chain c = a->ch;
+        size_t olen = 0, i = done;
+        uint64_t lines = 0;
+        int rotate = 0;
+        while (i < len) {
+            const char *nl = memchr(raw + i, '\n', len - i);
+            size_t ll = nl ? (size_t)(nl - (raw + i)) + 1 : len - i;
+            size_t need = ll + (a->chain ? AL_AUDIT_CHAIN_PREFIX_MAX : 0);
+            if (olen + need > sizeof a->out)
+                break;
+            if (a->max_bytes && a->size + (int64_t)olen > 0 &&
+                (uint64_t)a->size + olen + need + AL_AUDIT_CHECKPOINT_MAX > a->max_bytes) {
+                rotate = 1;
+                break;
+            }
+            if (a->chain) {
+                olen += al_audit_chain_line(&c, raw + i, ll, a->out + olen);
+            } else {
+                memcpy(a->out + olen, raw + i, ll);
+                olen += ll;
+            }
+            i += ll;
+            lines++;
+        }
+        if (olen) {
+            if (write_all(a, a->out, olen) != AL_OK)
+                return done;
+            a->ch = c;
+            done = i;
+            a->since_checkpoint += lines;
+            atomic_fetch_add(&a->written, lines);
+            atomic_fetch_sub(&a->pending_lines, lines);
+        }
+        if (rotate && rotate_file(a) != AL_OK)
+            return done;
+    }
+    return done;
+}
+
+static void submit_event_now(al_audit *a, const char *event, const al_audit_field *f, size_t n);
+
+/* A write failed: keep the lines (the writer takes no more from the ring until they are
+ * written, so a full ring drops and counts, and al_audit_writable() says no), retry
+ * with back-off, say so in the log at most every LOG_EVERY_MS. */
+static void note_failure(al_audit *a, int err)
+{
+    int64_t now = now_ms();
+    atomic_fetch_add(&a->failed, 1);
+    atomic_store(&a->failing, 1);
+    a->fail_run++;
+    if (!a->fail_since_ms) {
+        a->fail_since_ms = now;
+        a->retry_ms = RETRY_MIN_MS;
+    } else if ((a->retry_ms *= 2) > RETRY_MAX_MS) {
+        a->retry_ms = RETRY_MAX_MS;
+    }
+    a->retry_at_ms = now + a->retry_ms;
+    if (a->fail_run == 1 || now - a->fail_logged_ms >= LOG_EVERY_MS) {
+        al_log(AL_LOG_ERROR, "audit.write_failed",
+               "audit log %s: %s; %llu record(s) held and retried, %llu failed write(s) so far",
+               a->path, a->fd >= 0 ? strerror(err) : "not open",
+               (unsigned long long)atomic_load(&a->pending_lines),
+               (unsigned long long)a->fail_run);
+        a->fail_logged_ms = now;
+    }
+}
+
+/* Writing works again: log it and put the outage into the log itself. */
+static void note_recovery(al_audit *a)
+{
+    if (!a->fail_since_ms)
+        return;
+    int64_t now = now_ms();
+    al_log(AL_LOG_INFO, "audit.write_recovered", "audit log %s writable again after %lld ms",
+           a->path, (long long)(now - a->fail_since_ms));
+    al_audit_field f[] = {
+        {"failed_writes", AL_AUDIT_INT, NULL, (int64_t)a->fail_run},
+        {"outage_ms", AL_AUDIT_INT, NULL, now - a->fail_since_ms},
+        {"dropped_total", AL_AUDIT_INT, NULL, (int64_t)atomic_load(&a->dropped)},
+    };
+    a->fail_since_ms = 0;
+    a->fail_run = 0;
+    atomic_store(&a->failing, 0);
+    submit_event_now(a, "audit.write_failed", f, sizeof f / sizeof f[0]);
+}
+
+/* Records the ring could not take are counted by the producers; the writer makes the
+ * count visible: a log line and an "audit.dropped" record, at most every LOG_EVERY_MS. */
+static void report_drops(al_audit *a)
+{
+    uint64_t d = atomic_load(&a->dropped);
+    int64_t now;
+    if (d == a->drop_reported || (now = now_ms()) - a->drop_logged_ms < LOG_EVERY_MS)
+        return;
+    al_log(AL_LOG_WARN, "audit.dropped",
+           "audit log %s: %llu record(s) dropped (queue full or log unwritable), %llu in all",
+           a->path, (unsigned long long)(d - a->drop_reported), (unsigned long long)d);
+    al_audit_field f[] = {
+        {"count", AL_AUDIT_INT, NULL, (int64_t)(d - a->drop_reported)},
+        {"dropped_total", AL_AUDIT_INT, NULL, (int64_t)d},
+    };
+    a->drop_reported = d;
+    a->drop_logged_ms = now;
+    submit_event_now(a, "audit.dropped", f, sizeof f / sizeof f[0]);
+}
+
+/* Writes what a failed write left; 1 when nothing is left. Lock held. */
+static int flush_pending(al_audit *a, int force)
+{
+    if (!a->pending)
+        return 1;
+    if (!force && now_ms() < a->retry_at_ms)
+        return 0;
+    size_t done = commit(a, a->batch, a->pending);
+    if (done < a->pending) {
+        memmove(a->batch, a->batch + done, a->pending - done);
+        a->pending -= done;
+        note_failure(a, errno);
+        return 0;
+    }
+    a->pending = 0;
+    note_recovery(a);
+    return 1;
+}
+
+/* Moves every published line into the batch (committing when it fills); returns how
+ * many lines were taken. */
 static size_t drain(al_audit *a)
 {
     size_t taken = 0, blen = 0;
-    uint64_t blines = 0;
+    lock_file(a);
+    if (!flush_pending(a, 0))
+        goto out;
     for (;;) {
         size_t pos = a->dequeue_pos;
         audit_slot *s = &a->slots[pos & a->mask];
         if (atomic_load_explicit(&s->seq, memory_order_acquire) != pos + 1)
             break;
         if (blen + s->len > sizeof a->batch) {
-            flush_batch(a, blen, blines);
+            a->pending = blen;
+            if (!flush_pending(a, 1)) {
+                blen = 0;
+                break;
+            }
             blen = 0;
-            blines = 0;
         }
         memcpy(a->batch + blen, s->line, s->len);
         blen += s->len;
-        blines++;
+        atomic_fetch_add(&a->pending_lines, 1);
         atomic_store_explicit(&s->seq, pos + a->mask + 1, memory_order_release);
         a->dequeue_pos = pos + 1;
         taken++;
     }
-    if (blen)
-        flush_batch(a, blen, blines);
+    if (blen) {
+        a->pending = blen;
+        flush_pending(a, 1);
+    }
+    if (!a->pending && a->chain && a->key && a->checkpoint_ms && a->since_checkpoint &&
+        now_ms() >= a->next_checkpoint_ms && write_checkpoint(a, "interval") != AL_OK)
+        note_failure(a, errno);
+out:
+    unlock_fd(a->fd);
+    atomic_store(&a->consumed, a->dequeue_pos);
+    report_drops(a);
     return taken;
+}
+
+/* SIGUSR1/SIGHUP: seal the old file with a checkpoint, then open the path again. */
+static void reopen_file(al_audit *a)
+{
+    lock_file(a);
+    flush_pending(a, 1);
+    if (!a->pending)
+        write_checkpoint(a, "reopen");
+    int fd = open_log(a->path);
+    if (fd < 0) {
+        al_log(AL_LOG_ERROR, "audit.reopen_failed", "audit log %s: %s; keeping the old file",
+               a->path, strerror(errno));
+        unlock_fd(a->fd);
+        return;
+    }
+    unlock_fd(a->fd);
+    if (a->fd >= 0)
+        close(a->fd);
+    a->fd = fd;
+    a->size = -1; /* lock_file reads the new file's end (empty, or a chain to continue) */
+    /* The new file's first line, written at once: it names the old file's last line,
+     * so a CLI append into the empty file cannot start a chain of its own. */
+    char line[AL_AUDIT_LINE_MAX];
+    if (!a->chain)
+        return;
+    int n = al_audit_encode_event(now_ms(), "audit.reopen", NULL, 0, line, sizeof line);
+    lock_file(a);
+    if (n > 0 && !a->pending) {
+        atomic_fetch_add(&a->pending_lines, 1);
+        if (commit(a, line, (size_t)n) < (size_t)n) {
+            atomic_fetch_sub(&a->pending_lines, 1);
+            note_failure(a, errno);
+        }
+    }
+    unlock_fd(a->fd);
 }
 
 static void *writer_main(void *arg)
 {
     al_audit *a = arg;
     for (;;) {
-        if (atomic_exchange(&a->reopen, 0)) {
-            int fd = open_log(a->path);
-            if (fd >= 0) {
-                if (a->fd >= 0)
-                    close(a->fd);
-                a->fd = fd;
-            } else {
-                al_log(AL_LOG_ERROR, "audit.reopen_failed",
-                       "audit log %s: %s; keeping the old file", a->path, strerror(errno));
-            }
-        }
+        if (atomic_exchange(&a->reopen, 0))
+            reopen_file(a);
         if (drain(a)) {
             /* Lines are flowing: let more accumulate rather than being woken per line. */
             atomic_store(&a->sleeping, NAP);
@@ -184,6 +495,17 @@ static void *writer_main(void *arg)
         futex(&a->sleeping, FUTEX_WAIT_PRIVATE, IDLE, &ts);
         atomic_store(&a->sleeping, AWAKE);
     }
+    /* the last word: what is still held gets one more try, then the shutdown checkpoint */
+    lock_file(a);
+    if (flush_pending(a, 1))
+        write_checkpoint(a, "shutdown");
+    if (a->pending) {
+        uint64_t lost = atomic_exchange(&a->pending_lines, 0);
+        atomic_fetch_add(&a->dropped, lost);
+        al_log(AL_LOG_ERROR, "audit.lost", "audit log %s: %llu record(s) could not be written",
+               a->path, (unsigned long long)lost);
+    }
+    unlock_fd(a->fd);
     return NULL;
 }
 
@@ -198,11 +520,40 @@ static void wake_writer(al_audit *a, int urgent)
         futex(&a->sleeping, FUTEX_WAKE_PRIVATE, 1, NULL);
 }
 
-int al_audit_open_ex(const char *path, size_t slots, al_audit **out)
+/* Where the chain goes on at start: the end of the file, or when the file is new or
+ * empty (just rotated by us), the end of path.1. */
+static void resume_chain(al_audit *a)
+{
+    int64_t size;
+    int partial = 0;
+    al_audit_chain_init(&a->ch);
+    lock_fd(a->fd);
+    int rc = al_audit_chain_from_fd(a->fd, &a->ch, &size, &partial);
+    a->size = size;
+    if (partial && write(a->fd, "\n", 1) == 1)
+        a->size++;
+    if (rc != 1 && size == 0 && a->max_files) {
+        size_t plen = strlen(a->path) + 4;
+        char *prev = malloc(plen);
+        int fd = -1;
+        if (prev && snprintf(prev, plen, "%s.1", a->path) > 0 &&
+            (fd = open(prev, O_RDONLY | O_CLOEXEC)) >= 0) {
+            int64_t psize;
+            if (al_audit_chain_from_fd(fd, &a->ch, &psize, &partial) != 1)
+                al_audit_chain_init(&a->ch);
+        }
+        if (fd >= 0)
+            close(fd);
+        free(prev);
+    }
+    unlock_fd(a->fd);
+}
+
+int al_audit_open_opts(const char *path, const al_audit_opts *o, al_audit **out)
 {
     int rc = AL_ERR_NOMEM;
     al_audit *a = NULL;
-    size_t cap = 2;
+    size_t cap = 2, slots = o && o->slots ? o->slots : AL_AUDIT_QUEUE_DEFAULT;
     *out = NULL;
     if (!path || !*path)
         return AL_ERR_INVAL;
@@ -219,12 +570,32 @@ int al_audit_open_ex(const char *path, size_t slots, al_audit **out)
         goto fail;
     for (size_t i = 0; i < cap; i++)
         atomic_init(&a->slots[i].seq, i);
+    if (o) {
+        a->chain = o->chain;
+        a->checkpoint_ms = o->checkpoint_interval_ms;
+        a->max_bytes = o->max_file_bytes;
+        a->max_files = o->max_files ? o->max_files : 1;
+    }
+    if (a->chain && o->state_dir &&
+        (rc = al_audit_key_load_or_create(o->state_dir, &a->key)) != AL_OK) {
+        al_log(AL_LOG_ERROR, "audit.key_failed",
+               "cannot load or create the audit signing key %s/%s: %s", o->state_dir,
+               AL_AUDIT_KEY_FILE, al_strerror(rc));
+        goto fail;
+    }
     a->fd = open_log(path);
     if (a->fd < 0) {
         al_log(AL_LOG_ERROR, "audit.open_failed", "audit log %s: %s", path, strerror(errno));
         rc = AL_ERR_IO;
         goto fail;
     }
+    if (a->chain) {
+        resume_chain(a);
+    } else {
+        struct stat st;
+        a->size = fstat(a->fd, &st) == 0 ? st.st_size : 0;
+    }
+    a->next_checkpoint_ms = now_ms() + a->checkpoint_ms;
     if (pthread_create(&a->thread, NULL, writer_main, a) != 0) {
         rc = AL_ERR_NOMEM;
         goto fail;
@@ -235,11 +606,18 @@ fail:
     if (a) {
         if (a->fd >= 0)
             close(a->fd);
+        EVP_PKEY_free(a->key);
         free(a->slots);
         free(a->path);
         free(a);
     }
     return rc;
+}
+
+int al_audit_open_ex(const char *path, size_t slots, al_audit **out)
+{
+    al_audit_opts o = {.slots = slots};
+    return al_audit_open_opts(path, &o, out);
 }
 
 int al_audit_open(const char *path, al_audit **out)
@@ -259,13 +637,15 @@ void al_audit_close(al_audit *a)
         fdatasync(a->fd);
         close(a->fd);
     }
+    EVP_PKEY_free(a->key);
     free(a->slots);
     free(a->path);
     free(a);
 }
 
-/* Claims the next slot for a producer; NULL when the ring is full (counted). */
-static audit_slot *claim_slot(al_audit *a, size_t *pos_out)
+/* Claims the next slot for a producer; NULL when the ring is full (counted unless
+ * `quiet`: the writer's own reports of drops must not add to them). */
+static audit_slot *claim_slot_ex(al_audit *a, size_t *pos_out, int quiet)
 {
     size_t pos = atomic_load_explicit(&a->enqueue_pos, memory_order_relaxed);
     audit_slot *s;
@@ -278,6 +658,8 @@ static audit_slot *claim_slot(al_audit *a, size_t *pos_out)
                                                       memory_order_relaxed, memory_order_relaxed))
                 break;
         } else if (dif < 0) {
+            if (quiet)
+                return NULL;
             atomic_fetch_add_explicit(&a->dropped, 1, memory_order_relaxed);
             wake_writer(a, 1);
             return NULL;
@@ -287,6 +669,11 @@ static audit_slot *claim_slot(al_audit *a, size_t *pos_out)
     }
     *pos_out = pos;
     return s;
+}
+
+static audit_slot *claim_slot(al_audit *a, size_t *pos_out)
+{
+    return claim_slot_ex(a, pos_out, 0);
 }
 
 /* Publishes a claimed slot holding an encoding result n (a line length or an error). */
@@ -321,6 +708,45 @@ void al_audit_submit_event(al_audit *a, const char *event, const al_audit_field 
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     publish_slot(a, s, pos, al_audit_encode_event(ms, event, f, n, s->line, sizeof s->line));
+}
+
+/* The writer's own records (drops, outages) go through the ring like any other. */
+static void submit_event_now(al_audit *a, const char *event, const al_audit_field *f, size_t n)
+{
+    size_t pos;
+    audit_slot *s;
+    if (!a->chain || !(s = claim_slot_ex(a, &pos, 1)))
+        return; /* plain logs (tests, benchmarks) keep exactly what was submitted */
+    publish_slot(a, s, pos, al_audit_encode_event(now_ms(), event, f, n, s->line, sizeof s->line));
+}
+
+void al_audit_get_stats(const al_audit *ca, al_audit_stats *out)
+{
+    al_audit *a = (al_audit *)ca;
+    memset(out, 0, sizeof *out);
+    if (!a)
+        return;
+    out->written = atomic_load(&a->written);
+    out->dropped = atomic_load(&a->dropped);
+    out->failed = atomic_load(&a->failed);
+    out->checkpoints = atomic_load(&a->checkpoints);
+    out->rotations = atomic_load(&a->rotations);
+    size_t queued = atomic_load(&a->enqueue_pos) - atomic_load(&a->consumed);
+    out->lag = (uint64_t)queued + atomic_load(&a->pending_lines);
+    out->writable = al_audit_writable(a);
+}
+
+int al_audit_writable(const al_audit *ca)
+{
+    al_audit *a = (al_audit *)ca;
+    if (!a)
+        return 1;
+    if (atomic_load_explicit(&a->failing, memory_order_relaxed))
+        return 0;
+    /* a ring seven-eighths full is about to drop records */
+    size_t queued = atomic_load_explicit(&a->enqueue_pos, memory_order_relaxed) -
+                    atomic_load_explicit(&a->consumed, memory_order_relaxed);
+    return queued < a->mask + 1 - ((a->mask + 1) >> 3);
 }
 
 uint64_t al_audit_dropped(const al_audit *a)
@@ -757,23 +1183,37 @@ void al_audit_redact_query(const char *in, size_t len, char *out, size_t cap)
 
 int al_audit_append_line(const char *path, const char *json_object)
 {
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    int fd = open_log(path);
     if (fd < 0)
         return AL_ERR_IO;
     size_t n = strlen(json_object);
-    /* One write(2) of the whole line: O_APPEND keeps concurrent writers' lines whole. */
-    char *line = NULL;
-    int rc = AL_OK;
-    char stackbuf[4096];
-    if (n + 1 <= sizeof stackbuf)
-        line = stackbuf;
-    else
-        return close(fd), AL_ERR_TOOBIG;
+    char line[AL_AUDIT_LINE_MAX], out[1 + AL_AUDIT_LINE_MAX + AL_AUDIT_CHAIN_PREFIX_MAX];
+    int rc = AL_ERR_TOOBIG;
+    size_t olen = 0;
+    if (n + 1 > sizeof line)
+        goto out;
     memcpy(line, json_object, n);
     line[n] = '\n';
-    ssize_t w = write(fd, line, n + 1);
-    if (w != (ssize_t)(n + 1))
-        rc = AL_ERR_IO;
+    /* Under the same lock as the server's writer: read where the chain stands and
+     * append after it. A log whose last line is not chained (written with
+     * audit.chain: false) gets a plain line, as before. */
+    lock_fd(fd);
+    al_audit_chain c;
+    int64_t size = 0;
+    int partial = 0, chained = al_audit_chain_from_fd(fd, &c, &size, &partial);
+    if (partial)
+        out[olen++] = '\n';
+    if (chained == 1 || (chained == 0 && size == 0)) {
+        olen += al_audit_chain_line(&c, line, n + 1, out + olen);
+    } else {
+        memcpy(out + olen, line, n + 1);
+        olen += n + 1;
+    }
+    /* One write(2) of the whole line: O_APPEND keeps concurrent writers' lines whole. */
+    ssize_t w = write(fd, out, olen);
+    rc = w == (ssize_t)olen ? AL_OK : AL_ERR_IO;
+    unlock_fd(fd);
+out:
     close(fd);
     return rc;
 }

@@ -10,6 +10,12 @@
  * (al_audit_submit_event: table loads and reloads) through the same queue.
  * SIGHUP / SIGUSR1 make the server call al_audit_reopen() (logrotate's convention).
  *
+ * With the chain on (al_audit_opts.chain, the server's default) the writer gives each
+ * line a seq and the hash of the line before (al_audit_chain.h), signs a checkpoint
+ * every checkpoint_interval_ms, at rotation, reopen and close, rotates by size, and
+ * holds lines whose write failed (disk full) and retries them in order: records are
+ * lost only when the ring is full, and that is counted, logged and recorded.
+ *
  * Records never contain a secret: callers pass provider names and versions only. */
 #ifndef AL_AUDIT_H
 #define AL_AUDIT_H
@@ -72,7 +78,36 @@ typedef struct al_audit_field {
 /* Queue capacity of al_audit_open() (lines; a power of two). */
 #define AL_AUDIT_QUEUE_DEFAULT 1024
 
-/* Opens (creates 0600, appends) the log and starts the writer thread. */
+/* How the server opens the log (README "Tamper-evident audit log"). */
+typedef struct al_audit_opts {
+    size_t slots;                    /* ring size in lines; 0 = AL_AUDIT_QUEUE_DEFAULT */
+    int chain;                       /* seq/prev on every line, signed checkpoints */
+    const char *state_dir;           /* where the signing key lives; NULL = no checkpoints */
+    uint32_t checkpoint_interval_ms; /* 0 = only at rotation, reopen and close */
+    uint64_t max_file_bytes;         /* rotate before a write would pass it; 0 = never */
+    uint32_t max_files;              /* rotated files kept, path.1 .. path.N (>= 1) */
+} al_audit_opts;
+
+/* What the writer has done, for /metrics and the status page. */
+typedef struct al_audit_stats {
+    uint64_t written;     /* records appended (checkpoints not counted) */
+    uint64_t dropped;     /* records lost: the ring was full (or unwritable at close) */
+    uint64_t failed;      /* write attempts that failed (each is retried) */
+    uint64_t lag;         /* records queued or held, not yet in the file */
+    uint64_t checkpoints; /* signed checkpoints written */
+    uint64_t rotations;   /* size rotations */
+    int writable;         /* al_audit_writable() */
+} al_audit_stats;
+
+int al_audit_open_opts(const char *path, const al_audit_opts *o, al_audit **out);
+/* Copies the counters (atomics; safe from any thread). */
+void al_audit_get_stats(const al_audit *a, al_audit_stats *out);
+/* 0 while the last write failed (until a retry succeeds) or the ring is nearly full:
+ * with audit.on_failure: deny the data path refuses requests (503 audit_unavailable)
+ * rather than forward what may go unaudited. Two relaxed atomic loads. */
+int al_audit_writable(const al_audit *a);
+
+/* Opens (creates 0600, appends) the log and starts the writer thread (no chain). */
 int al_audit_open(const char *path, al_audit **out);
 /* Same with a queue of `slots` lines (rounded up to a power of two, >= 2). */
 int al_audit_open_ex(const char *path, size_t slots, al_audit **out);
@@ -116,7 +151,8 @@ int al_audit_file_sha256(const char *path, char hex[65]);
 void al_audit_redact_query(const char *path_and_query, size_t len, char *out, size_t cap);
 
 /* Synchronous append of one already-encoded JSON object (no newline needed), used by
- * the CLI for store events. Creates the file 0600. */
+ * the CLI for store events. Creates the file 0600. Under the writer's flock: when the
+ * log is chained (or empty) the line joins the chain. */
 int al_audit_append_line(const char *path, const char *json_object);
 
 #endif

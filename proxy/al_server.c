@@ -626,7 +626,15 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     } else if (asprintf(&audit_path, "%s/audit.log", state_dir) < 0) {
         audit_path = NULL;
     }
-    if (!audit_path || al_audit_open(audit_path, &s->audit) != 0) {
+    const al_audit_cfg *ac = &s->table->audit;
+    al_audit_opts aopts = {
+        .chain = ac->chain,
+        .state_dir = state_dir,
+        .checkpoint_interval_ms = ac->checkpoint_interval_ms,
+        .max_file_bytes = ac->max_file_bytes,
+        .max_files = ac->max_files,
+    };
+    if (!audit_path || al_audit_open_opts(audit_path, &aopts, &s->audit) != 0) {
         fprintf(stderr, "airlock serve: cannot open the audit log %s\n",
                 audit_path ? audit_path : "(none)");
         goto out;

@@ -50,6 +50,7 @@ static int parse_rule_methods(al_schema_ctx *c, const al_schema_row *r, yaml_nod
 static int parse_rule_paths(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_fallback(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_aws_source(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_audit_on_failure(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 
 const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_LISTEN] = {"listen", AL_SK_MAP, NULL, TBL(listen), 0, 0, 0, 0, 0, "",
@@ -162,6 +163,27 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                                        0, "10000",
                                        "A request still running after this long (ms) gets a "
                                        "`request_start` record; 0 = never."},
+    [AL_S_AUDIT_CHAIN] = {"audit.chain", AL_SK_BOOL, parse_bool, TBL(audit.chain), 0, 0, 1, 1, 0,
+                          "true",
+                          "Hash-chain the records (`seq`, `prev`) and sign checkpoints, for "
+                          "`airlock audit verify`; false writes plain lines."},
+    [AL_S_AUDIT_CHECKPOINT_INTERVAL] = {"audit.checkpoint_interval_ms", AL_SK_UINT, parse_uint,
+                                        TBL(audit.checkpoint_interval_ms), 0, 0, 86400000, 60000,
+                                        0, "60000",
+                                        "A signed checkpoint this often (ms) when records were "
+                                        "written; also at rotation, reopen and shutdown. 0 = "
+                                        "only then."},
+    [AL_S_AUDIT_MAX_FILE_BYTES] = {"audit.max_file_bytes", AL_SK_UINT, parse_uint,
+                                   TBL(audit.max_file_bytes), 0, 0, 4294967295u, 0, 0, "0",
+                                   "Rotate the log before it passes this size (`file.1`, "
+                                   "`file.2`, ...); 0 = never (logrotate + SIGUSR1)."},
+    [AL_S_AUDIT_MAX_FILES] = {"audit.max_files", AL_SK_UINT, parse_uint, TBL(audit.max_files), 0,
+                              1, 10000, 10, 0, "10",
+                              "Rotated files kept; the oldest beyond this is deleted."},
+    [AL_S_AUDIT_ON_FAILURE] = {"audit.on_failure", AL_SK_ENUM, parse_audit_on_failure,
+                               TBL(audit.on_failure), 0, 0, 0, 0, 0, "`continue`",
+                               "When the log cannot be written: `continue` (serve, count, log) "
+                               "or `deny` (503 `audit_unavailable` until it can)."},
     [AL_S_LIMITS] = {"limits", AL_SK_MAP, NULL, TBL(limits), 0, 0, 0, 0, 0, "",
                      "Timeouts and sizes of the data path."},
     [AL_S_LIMITS_CONNECT_TIMEOUT] = {"limits.connect_timeout_ms", AL_SK_UINT, parse_uint,
@@ -885,6 +907,24 @@ static int parse_rule_targets(al_schema_ctx *c, const al_schema_row *r, yaml_nod
         return AL_ERR_NOMEM;
     for (size_t i = 0; i < n; i++)
         c->rule->target_marks[i] = al_schema_mark(seq_item(c, v, i));
+    return AL_OK;
+}
+
+static int parse_audit_on_failure(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    const char *s = want_scalar(c, r, v);
+    if (!s)
+        return AL_ERR_CONFIG;
+    int val;
+    if (strcmp(s, "continue") == 0)
+        val = AL_AUDIT_ON_FAILURE_CONTINUE;
+    else if (strcmp(s, "deny") == 0)
+        val = AL_AUDIT_ON_FAILURE_DENY;
+    else {
+        al_schema_error(c, v, "'%s' must be continue or deny, not '%s'", row_label(r), s);
+        return AL_ERR_CONFIG;
+    }
+    *(int *)field(c, r, r->offset) = val;
     return AL_OK;
 }
 

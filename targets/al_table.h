@@ -163,7 +163,14 @@ typedef struct al_audit_cfg {
     char *file; /* owned; NULL = <state_dir>/audit.log; relative: against the file's directory */
     al_mark file_mark; /* where audit.file was written (line 0 when it was not) */
     uint32_t start_record_after_ms; /* default 10000; 0 = no "request_start" records */
+    int chain;                      /* default 1: seq/prev + signed checkpoints */
+    uint32_t checkpoint_interval_ms; /* default 60000; 0 = rotation/reopen/shutdown only */
+    uint32_t max_file_bytes;        /* default 0: no built-in rotation */
+    uint32_t max_files;             /* default 10 */
+    int on_failure;                 /* AL_AUDIT_ON_FAILURE_* (default continue) */
 } al_audit_cfg;
+
+enum { AL_AUDIT_ON_FAILURE_CONTINUE = 0, AL_AUDIT_ON_FAILURE_DENY = 1 };
 
 typedef struct al_headers_cfg {
     int add_via;             /* default 1 */

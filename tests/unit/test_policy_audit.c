@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <openssl/evp.h>
 
 #include "policy/al_audit.h"
 #include "common/al_err.h"
@@ -707,7 +708,18 @@ static void test_open_errors_and_append_line(void **state)
     assert_int_equal(al_audit_append_line(path, "{\"event\":\"provider.rotate\"}"), AL_OK);
     size_t len;
     char *s = slurp(path, &len);
-    assert_string_equal(s, "{\"event\":\"provider.create\"}\n{\"event\":\"provider.rotate\"}\n");
+    /* a new (empty) log is chained from its first line; the second line follows it */
+    char want[512], hex[65];
+    const char *first = "{\"seq\":0,\"prev\":\"0000000000000000000000000000000000000000000000"
+                        "000000000000000000\",\"event\":\"provider.create\"}";
+    unsigned char md[32];
+    unsigned mdlen = 0;
+    EVP_Digest(first, strlen(first), md, &mdlen, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    snprintf(want, sizeof want, "%s\n{\"seq\":1,\"prev\":\"%s\",\"event\":\"provider.rotate\"}\n",
+             first, hex);
+    assert_string_equal(s, want);
     free(s);
 }
 
