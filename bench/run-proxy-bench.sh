@@ -4,6 +4,7 @@
 #   bench/run-proxy-bench.sh [--airlock BIN] [--duration S] [--conc "1 10 50"]
 #                            [--streams M] [--sizes "small 1m"] [--rounds R]
 #                            [--peers "direct nginx haproxy airlock"]
+#                            [--audit-chain true|false]
 #
 # Upstream: Debian nginx (one worker) on free 127.0.0.1 ports, a small response and a
 # 1 MiB file, keep-alive HTTP/1.1 to every proxy. Load: h2load (one thread), h2c with
@@ -17,6 +18,8 @@
 #            --airlock BIN or $AIRLOCK_BIN, else the script builds a Release one in
 #            build-release/ (cmake -DCMAKE_BUILD_TYPE=Release, target airlock); a binary
 #            built with AL_SANITIZE is refused, another build type is reported.
+#            Its audit log is hash-chained with signed checkpoints (audit.chain: true,
+#            the default); --audit-chain false measures the plain log for comparison.
 # All four see the same URLs (/t/bench/small, /t/bench/1m.bin); before measuring, each
 # proxy is checked to deliver the injected header to the upstream. All peers run side by
 # side and are measured in turn for each size and concurrency; with --rounds R each
@@ -37,6 +40,7 @@ streams=10
 sizes="small 1m"
 peers="direct nginx haproxy airlock"
 rounds=1
+audit_chain=true
 while [ $# -gt 0 ]; do
   case "$1" in
     --airlock) airlock_bin=$2; shift 2 ;;
@@ -46,7 +50,8 @@ while [ $# -gt 0 ]; do
     --sizes) sizes=$2; shift 2 ;;
     --peers) peers=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --audit-chain) audit_chain=$2; shift 2 ;;
+    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run-proxy-bench: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -137,7 +142,7 @@ start_peer() {
       mkdir -p "$state"
       chmod 700 "$state"
       render bench/airlock-table.conf "$dir/airlock.yaml" DIR="$dir" PROXY_PORT="$peer_port" \
-        ADMIN_PORT="$admin_port" UPSTREAM_PORT="$upstream_port"
+        ADMIN_PORT="$admin_port" UPSTREAM_PORT="$upstream_port" AUDIT_CHAIN="$audit_chain"
       set +e
       out=$(printf '%s\n' "$key" | "$airlock_bin" identity create-api-key-credential-provider \
         --name bench-key --api-key - --state-dir "$state" 2>&1)
