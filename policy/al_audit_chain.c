@@ -56,9 +56,10 @@ static void advance(al_audit_chain *c, const char *out, size_t n)
 size_t al_audit_chain_line(al_audit_chain *c, const char *line, size_t len, char *out)
 {
     size_t n = put_prefix(c, out);
-    /* The encoders always write {"event":...}\n; anything else is not ours to splice. */
-    if (len < 4 || line[0] != '{' || line[1] == '}' || line[len - 1] != '\n' ||
-        line[len - 2] != '}') {
+    /* The encoders always write {"event":...}\n (jansson's compact form too: {"time":..);
+     * anything else is not ours to splice. */
+    if (len < 4 || line[0] != '{' || line[1] != '"' || line[len - 1] != '\n' ||
+        line[len - 2] != '}' || memchr(line, '\n', len - 1)) {
         static const char bad[] = ",\"event\":\"audit.invalid\"}\n";
         memcpy(out + n, bad, sizeof bad - 1);
         n += sizeof bad - 1;

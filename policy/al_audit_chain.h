@@ -36,8 +36,8 @@ typedef struct al_audit_chain {
 void al_audit_chain_init(al_audit_chain *c);
 /* Writes line (a JSON object "{...}\n", len bytes) into out with the chain prefix
  * inserted after its '{', advances c and returns the new length. out holds at least
- * len + AL_AUDIT_CHAIN_PREFIX_MAX bytes. A line that is not an object with at least
- * one field is wrapped as {"seq":..,"prev":..,"event":"audit.invalid"}. */
+ * len + AL_AUDIT_CHAIN_PREFIX_MAX bytes. A line that does not have the encoders' shape
+ * ({" ... }\n, one '\n') is replaced by {"seq":..,"prev":..,"event":"audit.invalid"}. */
 size_t al_audit_chain_line(al_audit_chain *c, const char *line, size_t len, char *out);
 /* Builds a signed checkpoint line (with '\n') into out (AL_AUDIT_CHECKPOINT_MAX bytes)
  * and advances c. Returns its length or a negative al_err. */
