@@ -411,8 +411,14 @@ static size_t drain(al_audit *a)
         flush_pending(a, 1);
     }
     if (!a->pending && a->chain && a->key && a->checkpoint_ms && a->since_checkpoint &&
-        now_ms() >= a->next_checkpoint_ms && write_checkpoint(a, "interval") != AL_OK)
-        note_failure(a, errno);
+        now_ms() >= a->next_checkpoint_ms) {
+        if (write_checkpoint(a, "interval") != AL_OK) {
+            note_failure(a, errno);
+            a->next_checkpoint_ms = a->retry_at_ms;
+        } else {
+            note_recovery(a);
+        }
+    }
 out:
     unlock_fd(a->fd);
     atomic_store(&a->consumed, a->dequeue_pos);
@@ -495,6 +501,10 @@ static void *writer_main(void *arg)
         futex(&a->sleeping, FUTEX_WAIT_PRIVATE, IDLE, &ts);
         atomic_store(&a->sleeping, AWAKE);
     }
+    /* records still in the ring (the writer could not write them in time) are lost */
+    uint64_t left = (uint64_t)(atomic_load(&a->enqueue_pos) - a->dequeue_pos);
+    if (left)
+        atomic_fetch_add(&a->dropped, left);
     /* the last word: what is still held gets one more try, then the shutdown checkpoint */
     lock_file(a);
     if (flush_pending(a, 1))
