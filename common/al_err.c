@@ -21,6 +21,7 @@ const char *al_strerror(int err)
     case AL_ERR_DNS: return "name resolution failed";
     case AL_ERR_EGRESS: return "destination refused by the egress guard";
     case AL_ERR_KEY: return "wrong master key or tampered data";
+    case AL_ERR_PENDING: return "pending: the answer comes later";
     }
     return "unknown error";
 }

@@ -24,6 +24,7 @@ enum al_err {
     AL_ERR_DNS = -14,     /* name resolution failed */
     AL_ERR_EGRESS = -15,  /* destination refused by the egress guard */
     AL_ERR_KEY = -16,     /* wrong master key or tampered ciphertext */
+    AL_ERR_PENDING = -17, /* accepted; the answer comes later through a callback */
 };
 
 /* Static English text for an al_err code; never NULL. */

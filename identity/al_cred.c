@@ -447,3 +447,21 @@ int al_cred_select(al_cred_cache *c, const al_cred_snapshot *s, const al_target 
     }
     return rested ? AL_ERR_AGAIN : AL_ERR_NOTFOUND;
 }
+
+uint32_t al_cred_rest_left_s(al_cred_cache *c, const al_target *t)
+{
+    if (!c || !t || atomic_load_explicit(&c->rest_active, memory_order_acquire) == 0)
+        return 0;
+    int64_t now = c->now_ms(c->now_arg), soonest = 0;
+    pthread_mutex_lock(&c->rest_lock);
+    for (size_t p = 0; p < t->auth.provider_count; p++)
+        for (size_t i = 0; i < REST_MAX; i++) {
+            const rest_entry *e = &c->rests[i];
+            if (e->until_ms > now && strcmp(e->name, t->auth.providers[p]) == 0 &&
+                (!soonest || e->until_ms < soonest))
+                soonest = e->until_ms;
+        }
+    pthread_mutex_unlock(&c->rest_lock);
+    /* rounded up: a client that waits this long finds a key awake */
+    return soonest ? (uint32_t)((soonest - now + 999) / 1000) : 0;
+}

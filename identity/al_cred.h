@@ -22,25 +22,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/al_secret.h"
 #include "targets/al_table.h"
 
 typedef struct al_cred_cache al_cred_cache;
 typedef struct al_cred_snapshot al_cred_snapshot;
 
-typedef struct al_secret_view {
-    const char *provider; /* provider name */
-    uint32_t version;     /* provider's secret version */
-    const char *kind;     /* "api_key", "oauth2", "aws" */
-    const char *environment;
-    const unsigned char *value; /* the secret (api_key: the key); NOT NUL-terminated */
-    size_t len;
-    /* Added by the identity module: */
-    const unsigned char *session_token; /* aws: optional session token, else NULL */
-    size_t session_token_len;
-    /* Non-secret settings as JSON text (oauth2: endpoints, clientId; aws: accessKeyId),
-     * NULL for api_key. */
-    const char *config_json;
-} al_secret_view;
 
 /* Opens the store under state_dir read-only for serving and starts the watcher.
  * master key rule as in identity/al_vault.h. */
@@ -78,6 +65,9 @@ uint64_t al_cred_snapshot_generation(const al_cred_snapshot *s);
 /* Tests: monotonic clock in ms for rests (NULL = CLOCK_MONOTONIC). */
 void al_cred_cache_set_clock(al_cred_cache *c, int64_t (*now_ms)(void *arg), void *arg);
 /* al_cred_select returns AL_ERR_AGAIN when every provider of the pool is resting: the
- * data path answers 429 itself instead of spending a request on a rested key. */
+ * data path answers 429 itself instead of spending a request on a rested key, with
+ * Retry-After from al_cred_rest_left_s: whole seconds (rounded up) until the first of
+ * t's providers wakes; 0 when none rests. */
+uint32_t al_cred_rest_left_s(al_cred_cache *c, const al_target *t);
 
 #endif

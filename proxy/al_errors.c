@@ -51,42 +51,31 @@ int al_error_json(al_buf *b, const char *code, const char *fmt, ...)
     return rc;
 }
 
+static const al_refusal_info refusals[AL_REF_COUNT] = {
+#define AL_REFUSAL_ROW(name, st, c, ps, by) [AL_REF_##name] = {st, c, ps, by},
+    AL_REFUSALS(AL_REFUSAL_ROW)
+#undef AL_REFUSAL_ROW
+};
+
+const al_refusal_info *al_refusal(enum al_refusal r)
+{
+    return (unsigned)r < AL_REF_COUNT ? &refusals[r] : &refusals[AL_REF_INTERNAL_ERROR];
+}
+
+enum al_refusal al_refusal_by_code(const char *code)
+{
+    for (size_t i = 0; code && i < AL_REF_COUNT; i++)
+        if (strcmp(code, refusals[i].code) == 0)
+            return (enum al_refusal)i;
+    return AL_REF_COUNT;
+}
+
 /* airlock's refusal codes -> RFC 9209 Proxy-Status error types (section 2.3). */
 const char *al_proxy_status_error(const char *code, int status)
 {
-    static const struct {
-        const char *code, *type;
-    } map[] = {
-        {"unknown_target", "destination_not_found"},
-        {"no_such_target", "destination_not_found"},
-        {"egress_denied", "destination_ip_prohibited"},
-        {"tunnel_host_mismatch", "http_request_denied"},
-        {"body_too_large", "http_request_denied"},
-        {"upstream_dns_failed", "dns_error"},
-        {"upstream_connect_failed", "connection_refused"},
-        {"upstream_connect_timeout", "connection_timeout"},
-        {"upstream_timeout", "http_response_timeout"},
-        {"upstream_tls_failed", "tls_protocol_error"},
-        {"upstream_reset", "connection_terminated"},
-        {"upstream_bad_framing", "http_protocol_error"},
-        {"credential_unavailable", "proxy_configuration_error"},
-        {"credential_invalid", "proxy_configuration_error"},
-        {"auth_method_unavailable", "proxy_configuration_error"},
-        {"interception_unavailable", "proxy_configuration_error"},
-        {"internal_error", "proxy_internal_error"},
-        {"bad_request", "http_request_error"},
-        {"path_not_normalized", "http_request_error"},
-        {"uri_too_long", "http_request_error"},
-        {"header_too_large", "http_request_error"},
-        {"request_timeout", "http_request_error"},
-        {"body_timeout", "http_request_error"},
-        {"client_timeout", "http_request_error"},
-        {"upstream_busy", "connection_limit_reached"},
-        {"client_over_limit", "connection_limit_reached"},
-    };
-    for (size_t i = 0; code && i < sizeof map / sizeof map[0]; i++)
-        if (strcmp(code, map[i].code) == 0)
-            return map[i].type;
+    enum al_refusal r = al_refusal_by_code(code);
+    if (r != AL_REF_COUNT)
+        return refusals[r].proxy_status;
     return status >= 500 ? "proxy_internal_error" : "http_request_denied";
 }
 

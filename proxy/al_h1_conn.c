@@ -13,7 +13,6 @@
 #include "al_server.h"
 #include "al_tunnel.h"
 #include "al_worker.h"
-#include "targets/al_router.h"
 #include "common/al_err.h"
 #include "common/al_reqtarget.h"
 
@@ -69,10 +68,9 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
     al_conn_queue(c, line, (size_t)len);
     for (size_t i = 0; i < n; i++) {
         const al_header *x = &h[i];
-        if ((x->name_len == 14 && strncasecmp(x->name, "content-length", 14) == 0) ||
-            (x->name_len == 17 && strncasecmp(x->name, "transfer-encoding", 17) == 0) ||
-            (x->name_len == 10 && strncasecmp(x->name, "connection", 10) == 0) ||
-            (x->name_len == 10 && strncasecmp(x->name, "keep-alive", 10) == 0))
+        /* airlock frames the response itself */
+        if (al_http_hop_by_hop(x->name, x->name_len) ||
+            al_http_name_is(x->name, x->name_len, "content-length"))
             continue;
         al_conn_queue(c, x->name, x->name_len);
         al_conn_queue(c, ": ", 2);
@@ -192,7 +190,7 @@ static void fail_request(h1_state *s, const al_h1_error *e)
     s->keep_alive = 0;
     s->st = H1_WAIT;
     if (!s->req) {
-        s->req = al_request_new(c->worker, &h1_sink, s, "http/1.1", c->peer);
+        s->req = al_request_new(&c->worker->rctx, &h1_sink, s, "http/1.1", c->peer);
         if (!s->req) {
             al_conn_close(c, 0);
             return;
@@ -202,76 +200,48 @@ static void fail_request(h1_state *s, const al_h1_error *e)
     al_request_refuse(s->req, e->status, e->code, "%s", e->reason);
 }
 
-static int passthrough_match(const al_table *t, const char *host, size_t hl)
-{
-    for (size_t i = 0; i < t->egress.passthrough_count; i++) {
-        const char *p = t->egress.passthrough[i];
-        size_t pl = strlen(p);
-        if (pl > 2 && p[0] == '*' && p[1] == '.') {
-            /* "*.example.com" matches names below example.com, not example.com itself */
-            if (hl > pl - 1 && strncasecmp(host + hl - (pl - 1), p + 1, pl - 1) == 0)
-                return 1;
-        } else if (pl == hl && strncasecmp(p, host, hl) == 0) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* CONNECT host:port: intercept (a target lives there), or refuse before any tunnel. */
+/* CONNECT host:port: the request pipeline decides (intercept, passthrough, or a
+ * refusal before any tunnel); this only carries the verdict out. */
 static void handle_connect(h1_state *s, const char *url, size_t url_len)
 {
     al_conn *c = s->c;
     al_server *srv = c->worker->server;
-    char host[256];
-    al_reqtarget rt;
-    if (al_reqtarget_parse_h1("CONNECT", url, url_len, &rt) != AL_OK ||
-        rt.host_len >= sizeof host) {
-        al_request_refuse(s->req, 400, "bad_request",
-                          "CONNECT needs host:port (a host name, IPv4 or [IPv6] address, no "
-                          "user information, and a port from 1 to 65535)");
-        return;
-    }
-    size_t hl = rt.host_len;
-    unsigned long port = rt.port;
-    memcpy(host, rt.host, hl);
-    host[hl] = '\0';
-    if (c->tunnel_host[0] || c->outer_tls) {
-        al_request_refuse(s->req, 400, "bad_request", "CONNECT inside a tunnel is not accepted");
-        return;
-    }
-    const al_table *t = al_request_table(s->req);
-    if (t->router && al_router_find_authority(t->router, host, hl, (uint16_t)port)) {
-        if (!srv || !srv->intercept_ctx) {
-            al_request_refuse(s->req, 502, "interception_unavailable",
-                              "airlock has no CA to intercept TLS for %s; create one with: "
-                              "airlock ca init, then restart airlock",
-                              host);
-            return;
-        }
+    int can_intercept = srv && srv->intercept_ctx;
+    switch (al_request_connect(s->req, url, url_len, c->tunnel_host[0] || c->outer_tls,
+                               can_intercept)) {
+    case AL_CONNECT_INTERCEPT: {
+        al_reqtarget rt;
+        char host[256];
+        al_reqtarget_parse_h1("CONNECT", url, url_len, &rt); /* checked by al_request_connect */
+        memcpy(host, rt.host, rt.host_len);
+        host[rt.host_len] = '\0';
         al_conn_queue(c, "HTTP/1.1 200 Connection established\r\n\r\n", 39);
-        c->tunnel_port = (uint16_t)port;
+        c->tunnel_port = rt.port;
         al_conn_start_tls(c, srv->intercept_ctx, host);
         al_request_note_done(s->req, 200);
         return;
     }
-    if (passthrough_match(t, host, hl)) {
+    case AL_CONNECT_PASSTHROUGH: {
+        al_reqtarget rt;
+        char host[256];
+        al_reqtarget_parse_h1("CONNECT", url, url_len, &rt);
+        memcpy(host, rt.host, rt.host_len);
+        host[rt.host_len] = '\0';
         al_req *r = s->req;
         s->req = NULL; /* the tunnel owns the CONNECT now */
-        al_tunnel_start(c, r, host, (uint16_t)port);
+        al_tunnel_start(c, r, host, rt.port);
         return;
     }
-    al_request_refuse(s->req, 403, "unknown_target",
-                      "CONNECT to %s:%lu is refused: no target and no egress.passthrough entry "
-                      "matches it",
-                      host, port);
+    case AL_CONNECT_REFUSED:
+        return;
+    }
 }
 
 static int start_request(h1_state *s, size_t head_len)
 {
     al_conn *c = s->c;
     const al_h1_head *h = &s->p.head;
-    s->req = al_request_new(c->worker, &h1_sink, s, "http/1.1", c->peer);
+    s->req = al_request_new(&c->worker->rctx, &h1_sink, s, "http/1.1", c->peer);
     if (!s->req)
         return -1;
     s->keep_alive = h->keep_alive && !c->worker->draining;

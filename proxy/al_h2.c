@@ -145,13 +145,8 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
     nva[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
     for (size_t i = 0; i < n; i++) {
         const al_header *x = &h[i];
-        static const char *const drop[] = {"connection",    "keep-alive", "transfer-encoding",
-                                           "upgrade",       "te",         "proxy-connection",
-                                           "content-length"};
-        int skip = 0;
-        for (size_t d = 0; d < sizeof drop / sizeof drop[0]; d++)
-            if (x->name_len == strlen(drop[d]) && strncasecmp(x->name, drop[d], x->name_len) == 0)
-                skip = 1;
+        int skip = al_http_hop_by_hop(x->name, x->name_len) ||
+                   al_http_name_is(x->name, x->name_len, "content-length");
         if (skip || x->name_len == 0 || x->name[0] == ':')
             continue;
         for (size_t j = 0; j < x->name_len; j++)
@@ -373,7 +368,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     ev_init(&s->body_timer, on_body_timer);
     s->body_timer.data = s;
     al_buf_init(&s->out, STREAM_OUT_HIGH + 64 * 1024);
-    s->req = al_request_new(h->c->worker, &h2_sink, s, "h2", h->c->peer);
+    s->req = al_request_new(&h->c->worker->rctx, &h2_sink, s, "h2", h->c->peer);
     if (!s->req) {
         free(s);
         return NGHTTP2_ERR_CALLBACK_FAILURE;

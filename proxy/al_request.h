@@ -1,6 +1,28 @@
-/* al_request: the protocol-neutral request path shared by HTTP/1.1 and HTTP/2 —
- * addressing (forward proxy or gateway), header filtering, credential injection,
- * the egress guard, the upstream exchange, the response and the audit record.
+/* al_request: the protocol-neutral request pipeline shared by HTTP/1.1 and HTTP/2.
+ *
+ * Stages (each a function in al_request.c that returns a result: go on, refused, or
+ * pending with a callback that resumes it on the worker's loop):
+ *
+ *   route       stage_route: target + upstream path from the head (pure; refusals
+ *               from the table: unknown_target, no_such_target, bad_request ...)
+ *   decide      stage_decide: the policy decision point — ctx->hooks.decide (inbound
+ *               auth, policy) or "allow, decided_by route"; CONNECT's intercept /
+ *               passthrough / refuse decision too (al_request_connect)
+ *   resolve     stage_resolve: c-ares + the egress guard (pending on DNS)
+ *   credential  stage_credential: ctx->cred[method] acquire -> now / pending /
+ *               error; cancelled when the request goes first
+ *   prepare     stage_prepare: the header list, the injector (auth/al_auth.h) with
+ *               the outgoing request, the URL; where a spooled body's SHA-256 plugs
+ *               in for injectors that need it (AL_AUTH_NEEDS_BODY_SHA256)
+ *   upstream    stage_upstream: ctx->upstream->start (libcurl by default)
+ *   respond     up_on_head/up_on_body/up_on_done: the response to the sink, 401/403
+ *               retry through the credential source, 429 rests the key
+ *   audit       write_audit: one record (decision apart from outcome), then
+ *               ctx->hooks.finished (metrics)
+ *
+ * The state (enum al_req_state, al_req_state_name) is set in one function
+ * (set_state). A request freed in any state cancels what it waits for (DNS, the
+ * credential, the upstream) and frees everything once.
  *
  * A protocol creates a request, sets its head (copied into the request's arena),
  * calls al_request_start(), feeds the body with al_request_body_write() while
@@ -12,20 +34,38 @@
  *
  * Lifetime: sink->end() is the last sink call. The protocol frees the request with
  * al_request_free() (also to abort one in flight: the upstream is cancelled), never
- * from inside a sink callback. Every request writes exactly one audit record. */
+ * from inside a sink callback. Every request writes exactly one audit record.
+ *
+ * The request sees its worker only through al_req_ctx: it never includes
+ * al_worker.h or al_server.h (tests/check_includes.py checks it). */
 #ifndef AL_REQUEST_H
 #define AL_REQUEST_H
 
+#include <ev.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "al_egress.h"
+#include "al_errors.h"
 #include "al_upstream.h"
+#include "identity/al_credsrc.h"
+#include "policy/al_audit.h"
+#include "targets/al_table.h"
 
 #define AL_REQ_BODY_BUF (64 * 1024)
 
-struct al_worker;
 typedef struct al_req al_req;
+
+enum al_req_state {
+    AL_REQ_NEW,        /* the head is arriving */
+    AL_REQ_RESOLVING,  /* routed and allowed; DNS + egress check */
+    AL_REQ_CREDENTIAL, /* waiting for the credential source */
+    AL_REQ_UPSTREAM,   /* handed to the upstream; the response streams */
+    AL_REQ_REFUSING,   /* sending airlock's own refusal */
+    AL_REQ_DONE,       /* ended (sink->end called, or a CONNECT handed over) */
+};
+const char *al_req_state_name(enum al_req_state s);
 
 typedef struct al_req_sink {
     /* The response head; content_length -1 when unknown. Headers exclude hop-by-hop.
@@ -42,11 +82,135 @@ typedef struct al_req_sink {
     void (*trailers)(void *arg, const al_header *h, size_t n);
 } al_req_sink;
 
-/* Creates a request on worker w; `protocol` is "http/1.1" or "h2", `client` the
- * peer "ip:port" (copied). */
-al_req *al_request_new(struct al_worker *w, const al_req_sink *sink, void *arg,
-                       const char *protocol, const char *client);
+/* ---- the decide stage: the policy decision point ------------------------- */
+
+/* What the decision point sees (all borrowed for the call). */
+typedef struct al_decide_req {
+    const char *method;   /* "CONNECT" for a tunnel request */
+    const al_target *target; /* the route's target; NULL for a passthrough CONNECT */
+    const char *host;     /* what the agent addressed (the target's host in gateway mode) */
+    uint16_t port;
+    const char *path;     /* the upstream path[?query]; NULL for CONNECT */
+    size_t path_len;
+    const al_header *headers; /* the agent's headers, Authorization and
+                                 Proxy-Authorization included (they never go upstream) */
+    size_t header_count;
+    const char *client;   /* "ip:port" */
+    const char *protocol; /* "http/1.1" or "h2" */
+    int in_tunnel;        /* inside an intercepted CONNECT (the CONNECT was decided) */
+} al_decide_req;
+
+/* The answer. allow 0 refuses with `refusal` (from AL_REFUSALS: UNAUTHENTICATED
+ * 401 with a WWW-Authenticate challenge, PROXY_AUTH_REQUIRED 407 with a
+ * Proxy-Authenticate one, POLICY_DENIED 403) and `message` (what to do; no secret).
+ * Strings are copied by the request before decide returns. */
+typedef struct al_decision {
+    int allow;
+    const char *decided_by; /* "route" (the default), "policy", ... */
+    const char *rule;       /* the rule that decided, NULL when none */
+    const char *principal;  /* who the caller is, NULL when unknown */
+    enum al_refusal refusal;
+    const char *message;
+    const char *challenge; /* the WWW-/Proxy-Authenticate value for 401/407, or NULL */
+} al_decision;
+
+/* Returns 0 with *d filled (d starts as "allow, decided_by route"). */
+typedef int (*al_decide_fn)(void *arg, const al_decide_req *q, al_decision *d);
+
+/* ---- response-body filter (echoed-secret scrubbing) ------------------------ */
+
+/* A per-request filter over the response body, opened when the head arrives.
+ * run() takes in[0..len) and appends what goes to the agent to `out`; it may hold
+ * bytes back (a secret split across chunks) and must emit the rest when final is 1.
+ * Over the whole body it emits exactly as many bytes as it took (replace, never
+ * insert or delete: the Content-Length the agent was told holds). Nonzero = abort
+ * the response. */
+typedef struct al_body_filter {
+    int (*run)(void *state, const char *in, size_t len, int final, al_buf *out);
+    void (*free)(void *state);
+    void *state;
+} al_body_filter;
+
+/* Leaves out->run NULL when this response needs no filter. sv is the injected
+ * credential (NULL when none): what an upstream might echo. */
+typedef int (*al_body_filter_open_fn)(void *arg, const al_target *t, const al_secret_view *sv,
+                                      int status, const al_header *h, size_t n,
+                                      al_body_filter *out);
+
+/* ---- the per-worker context ----------------------------------------------- */
+
+/* The upstream engine (libcurl's al_upstream by default; tests plug a fake). */
+typedef struct al_req_upstream_ops {
+    int (*start)(al_upstream_pool *p, const al_upstream_opts *o, const al_upstream_cbs *cb,
+                 void *arg, al_upstream_req **out);
+    void (*cancel)(al_upstream_req *u);
+    void (*resume_send)(al_upstream_req *u);
+    void (*resume_recv)(al_upstream_req *u);
+    uint32_t (*elapsed_ms)(const al_upstream_req *u);
+} al_req_upstream_ops;
+extern const al_req_upstream_ops al_req_upstream_curl;
+
+/* What the request may use of its worker; the worker fills it (owner = worker). */
+typedef struct al_req_ctx_ops {
+    /* The current table with a hold the request keeps until it ends (no atomics). */
+    al_table *(*table_hold)(void *owner, void **hold);
+    void (*table_release)(void *owner, void *hold);
+    /* 16 unpredictable bytes for a request id (zeroes + nonzero on CSPRNG failure). */
+    int (*random_id)(void *owner, unsigned char out[16]);
+} al_req_ctx_ops;
+
+typedef struct al_req_hooks {
+    al_decide_fn decide; /* NULL: every routed request is allowed (decided_by route) */
+    void *decide_arg;
+    /* Once per request, after its final audit record (metrics). */
+    void (*finished)(void *arg, const al_audit_request *rec);
+    void *finished_arg;
+    al_body_filter_open_fn body_filter; /* NULL: none */
+    void *body_filter_arg;
+} al_req_hooks;
+
+typedef struct al_req_ctx {
+    struct ev_loop *loop;
+    al_resolver *resolver;
+    al_upstream_pool *pool;
+    const al_req_upstream_ops *upstream; /* NULL: al_req_upstream_curl */
+    al_audit *audit;                     /* NULL: no audit log */
+    /* The credential source per auth method (the worker sets the store's for all;
+     * OAuth/IAM put theirs in their row). */
+    al_credsrc cred[AL_AUTH_COUNT];
+    al_req_hooks hooks;
+    const al_req_ctx_ops *ops;
+    void *owner;
+    const al_table *table; /* the owner's current table (audit.start_record_after_ms) */
+
+    /* Owned by al_request.c (start zeroed; al_req_ctx_release frees them). */
+    size_t in_flight;
+    void *free_reqs; /* ended requests kept for reuse */
+    size_t free_count;
+    al_req *audit_wait_head, *audit_wait_tail;
+    ev_timer audit_start_timer;
+    int audit_timer_ready;
+} al_req_ctx;
+
+/* Frees what al_request.c keeps in ctx (the reuse list, the start-record timer). */
+void al_req_ctx_release(al_req_ctx *ctx);
+
+/* Creates a request in ctx; `protocol` is "http/1.1" or "h2", `client` the peer
+ * "ip:port" (copied). */
+al_req *al_request_new(al_req_ctx *ctx, const al_req_sink *sink, void *arg, const char *protocol,
+                       const char *client);
 void al_request_free(al_req *r);
+enum al_req_state al_request_state(const al_req *r);
+
+/* CONNECT host:port (the head is set; the request is not started): route and decide.
+ * INTERCEPT: a target lives there (the caller answers 200 and starts TLS; the
+ * request is done). PASSTHROUGH: an egress.passthrough entry allows a blind tunnel
+ * (the caller hands the request to al_tunnel). REFUSED: answered through the sink.
+ * nested: the CONNECT came inside a tunnel or over TLS; can_intercept: a CA is
+ * loaded. */
+enum al_connect_verdict { AL_CONNECT_REFUSED, AL_CONNECT_INTERCEPT, AL_CONNECT_PASSTHROUGH };
+enum al_connect_verdict al_request_connect(al_req *r, const char *authority, size_t len,
+                                           int nested, int can_intercept);
 
 /* The head, as the protocol saw it. For HTTP/1.1, `target` is the request target
  * (absolute-form or origin-form) and scheme/authority are NULL; for HTTP/2 they are
@@ -65,8 +229,7 @@ void al_request_note_done(al_req *r, int status);
 void al_request_note_upstream(al_req *r, const char *addr, uint16_t port);
 /* Bytes a blind tunnel carried, for the audit record. */
 void al_request_note_bytes(al_req *r, uint64_t in, uint64_t out);
-/* The route-only lookups CONNECT needs (the worker's current table). */
-struct al_table;
+/* The table this request runs on. */
 struct al_table *al_request_table(const al_req *r);
 
 /* HTTP/2 pseudo-headers, one at a time (copied into the arena). */
@@ -80,7 +243,8 @@ int al_request_add_header(al_req *r, const char *name, size_t name_len, const ch
 /* The request is complete as far as its head; has_body / body_length (-1 unknown).
  * A refusal is answered through the sink before this returns. */
 void al_request_start(al_req *r, int has_body, int64_t body_length);
-/* Refuses the request with a JSON error before start (protocol-level errors). */
+/* Refuses the request with a JSON error before start (protocol-level errors).
+ * code is a refusal code of AL_REFUSALS; status the one to send. */
 void al_request_refuse(al_req *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -315,15 +315,11 @@ static void slist_free_wiped(struct curl_slist *l)
     curl_slist_free_all(l);
 }
 
+/* A response never passes on the hop-by-hop headers, nor a Proxy-Authenticate meant
+ * for airlock (the shared list is common/al_http's). */
 static int is_hop_by_hop(const char *name, size_t len)
 {
-    static const char *const names[] = {"connection",        "keep-alive", "proxy-connection",
-                                        "transfer-encoding", "te",         "upgrade",
-                                        "proxy-authenticate"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
-            return 1;
-    return 0;
+    return al_http_hop_by_hop(name, len) || al_http_name_is(name, len, "proxy-authenticate");
 }
 
 static int name_is(const al_header *h, const char *name)
@@ -865,18 +861,9 @@ static int named_by_connection(const hdr_block *b, const char *name, size_t nlen
 {
     for (size_t i = 0; i < b->count; i++) {
         const hdr_ent *e = &b->ent[i];
-        if (e->name_len != 10 || strncasecmp(b->data + e->name_off, "connection", 10) != 0)
-            continue;
-        const char *s = b->data + e->value_off, *end = s + e->value_len;
-        while (s < end) {
-            while (s < end && (*s == ',' || *s == ' ' || *s == '\t'))
-                s++;
-            const char *t = s;
-            while (s < end && *s != ',' && *s != ' ' && *s != '\t')
-                s++;
-            if ((size_t)(s - t) == nlen && nlen && strncasecmp(t, name, nlen) == 0)
-                return 1;
-        }
+        if (al_http_name_is(b->data + e->name_off, e->name_len, "connection") &&
+            al_http_connection_lists(b->data + e->value_off, e->value_len, name, nlen))
+            return 1;
     }
     return 0;
 }

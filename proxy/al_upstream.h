@@ -21,18 +21,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/al_http.h"
+
 struct ev_loop;
 typedef struct al_upstream_pool al_upstream_pool;
 typedef struct al_upstream_req al_upstream_req;
-
-/* A header as a pair of slices (not NUL-terminated; valid for the call only
- * unless said otherwise). */
-typedef struct al_header {
-    const char *name;
-    size_t name_len;
-    const char *value;
-    size_t value_len;
-} al_header;
 
 /* Why a request failed before or while talking to the upstream; the data path maps
  * these to 502/504 JSON errors. */

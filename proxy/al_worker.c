@@ -198,11 +198,6 @@ int al_worker_random_id(al_worker *w, unsigned char out[16])
     return AL_OK;
 }
 
-void al_worker_request_done(al_worker *w)
-{
-    (void)w;
-}
-
 al_worker_table *al_worker_table_acquire(al_worker *w)
 {
     w->current->users++;
@@ -221,6 +216,46 @@ void al_worker_table_release(al_worker *w, al_worker_table *slot)
             return;
         }
     }
+}
+
+static al_table *ctx_table_hold(void *owner, void **hold)
+{
+    al_worker_table *slot = al_worker_table_acquire(owner);
+    *hold = slot;
+    return slot->table;
+}
+
+static void ctx_table_release(void *owner, void *hold)
+{
+    al_worker_table_release(owner, hold);
+}
+
+static int ctx_random_id(void *owner, unsigned char out[16])
+{
+    return al_worker_random_id(owner, out);
+}
+
+static const al_req_ctx_ops req_ctx_ops = {
+    .table_hold = ctx_table_hold,
+    .table_release = ctx_table_release,
+    .random_id = ctx_random_id,
+};
+
+/* What the worker's requests may use: its loop, resolver and pool, the store-backed
+ * credential source for every method (OAuth and IAM put their own in their row),
+ * the audit log. */
+static void init_req_ctx(al_worker *w)
+{
+    al_req_ctx *x = &w->rctx;
+    x->loop = w->loop;
+    x->resolver = w->resolver;
+    x->pool = w->pool;
+    x->audit = w->server ? w->server->audit : NULL;
+    for (size_t m = 0; m < AL_AUTH_COUNT; m++)
+        x->cred[m] = al_credsrc_store(w->server ? w->server->creds : NULL);
+    x->ops = &req_ctx_ops;
+    x->owner = w;
+    x->table = w->table;
 }
 
 static void reap(al_worker *w)
@@ -303,6 +338,7 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
             al_worker_table *old = w->current;
             w->current = slot;
             w->table = t;
+            w->rctx.table = t;
             if (old->users == 0) {
                 al_table_unref(old->table);
                 free(old);
@@ -364,6 +400,7 @@ int al_worker_init(al_worker *w, int id, struct al_server *s, al_table *table)
     ev_prepare_init(&w->reaper, on_prepare);
     w->reaper.data = w;
     ev_prepare_start(w->loop, &w->reaper);
+    init_req_ctx(w);
     return AL_OK;
 fail:
     al_worker_destroy(w);
@@ -415,6 +452,7 @@ void al_worker_join(al_worker *w)
 
 void al_worker_destroy(al_worker *w)
 {
+    al_req_ctx_release(&w->rctx); /* while its loop lives (the start-record timer) */
     if (w->resolver)
         al_resolver_free(w->resolver);
     if (w->pool)
@@ -442,11 +480,5 @@ void al_worker_destroy(al_worker *w)
     }
     w->current = NULL;
     w->pending = w->table = NULL;
-    while (w->free_reqs) {
-        struct al_worker_free_req *f = w->free_reqs;
-        w->free_reqs = f->next;
-        free(f);
-    }
-    w->free_req_count = 0;
     pthread_mutex_destroy(&w->handoff);
 }

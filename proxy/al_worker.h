@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "al_conn.h"
+#include "al_request.h"
 #include "targets/al_table.h"
 
 struct al_server;
@@ -76,30 +77,17 @@ typedef struct al_worker {
     al_conn *conns; /* live connections (owned) */
     al_conn *dead;  /* closed, freed by the reaper */
     size_t conn_count;
-    size_t requests_in_flight;
     int draining;
 
-    /* Requests that may still need a "request_start" audit record, oldest first
-     * (al_request.c owns the list and the timer: audit.start_record_after_ms). */
-    struct al_req *audit_wait_head, *audit_wait_tail;
-    ev_timer audit_start_timer; /* initialised on first use (audit_timer_ready) */
-    int audit_timer_ready;
+    /* What this worker's requests may use (loop, resolver, pool, credential sources,
+     * audit, hooks); al_request.c keeps its per-worker state in it too. */
+    al_req_ctx rctx;
 
     /* CSPRNG output fetched in bulk for X-Request-Id (one RAND_bytes per 256 ids
      * rather than per request); this thread only. */
     unsigned char rid_pool[4096];
     size_t rid_left; /* unused bytes at the end of rid_pool; 0 = refill (a zeroed worker) */
-
-    /* Ended requests kept for reuse by al_request_new (owned; each starts with an
-     * al_worker_free_req link; at most AL_WORKER_FREE_REQS of them). */
-    struct al_worker_free_req *free_reqs;
-    size_t free_req_count;
 } al_worker;
-
-#define AL_WORKER_FREE_REQS 64
-struct al_worker_free_req {
-    struct al_worker_free_req *next;
-};
 
 /* Creates the loop, the listening socket(s), pool and resolver. `table` gets a new
  * reference. Returns 0 or a negative al_err (e.g. AL_ERR_IO when the port is taken). */
@@ -121,7 +109,6 @@ int al_worker_random_id(al_worker *w, unsigned char out[16]);
 
 /* Called by connections. */
 void al_worker_conn_dead(al_worker *w, al_conn *c);
-void al_worker_request_done(al_worker *w);
 
 /* "host:port" / "[v6]:port" (numeric) -> addrinfo (freeaddrinfo it); AL_ERR_CONFIG. */
 struct addrinfo;

@@ -1,19 +1,15 @@
-/* al_inject: the credential injectors and the request-header drop rule.
+/* al_auth_api_key: the api_key injector — the key in a header ("prefix+secret") or
+ * in a query parameter (see al_auth.h). Moved from targets/al_inject.c unchanged in
+ * behaviour.
  *
- * Owns: the method -> injector table (only api_key today; OAuth and SigV4 add a
- * file each and one row below), the api_key injector (header "prefix+secret" or a
- * query parameter), and the list of headers an agent may not pass upstream.
- *
- * Invariants: pure functions, no I/O, no logging, no global state. Every output that
- * will hold a secret is sized before the first secret byte is copied, so al_buf never
- * reallocates (and leaves behind) a partial copy; callers wipe the buffers. An agent
- * cannot smuggle its own credential next to the injected one: its header of the same
- * name is dropped, and every query parameter whose name, read as leniently as any
- * upstream framework might (decoded, double-decoded, ';' as a separator, trimmed,
- * case-insensitive), matches ours is removed. */
-#include "common/al_hex.h"
-#include "al_inject.h"
+ * An agent cannot smuggle its own credential next to the injected one: its header of
+ * the same name is dropped, and every query parameter whose name, read as leniently
+ * as any upstream framework might (decoded, double-decoded, ';' as a separator,
+ * trimmed, case-insensitive), matches ours is removed. Every output that will hold a
+ * secret is sized before the first secret byte is copied. */
+#include "al_auth.h"
 #include "common/al_err.h"
+#include "common/al_hex.h"
 
 #include <string.h>
 #include <strings.h>
@@ -23,24 +19,6 @@
 static int eq_ci(const char *a, size_t alen, const char *b, size_t blen)
 {
     return alen == blen && strncasecmp(a, b, alen) == 0;
-}
-
-/* Grows b so that `total` bytes fit without another reallocation, keeping its
- * contents. al_buf has no reserve call: append zeros, then take them back. */
-static int reserve(al_buf *b, size_t total)
-{
-    static const char zeros[256];
-    size_t keep = b->len;
-    while (b->len < total) {
-        size_t n = total - b->len;
-        int rc = al_buf_append(b, zeros, n < sizeof zeros ? n : sizeof zeros);
-        if (rc)
-            return rc;
-    }
-    b->len = keep;
-    if (b->data)
-        b->data[keep] = '\0';
-    return AL_OK;
 }
 
 static int unreserved(unsigned char c)
@@ -55,29 +33,6 @@ static size_t encoded_len(const unsigned char *p, size_t n)
     for (size_t i = 0; i < n; i++)
         out += unreserved(p[i]) ? 1 : 3;
     return out;
-}
-
-int al_inject_percent_encode(al_buf *b, const unsigned char *p, size_t n)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    int rc = reserve(b, b->len + encoded_len(p, n));
-    if (rc)
-        return rc;
-    /* Capacity is reserved: these appends copy, they never reallocate. */
-    for (size_t i = 0; i < n; i++) {
-        char e[3];
-        if (unreserved(p[i])) {
-            rc = al_buf_append(b, &p[i], 1);
-        } else {
-            e[0] = '%';
-            e[1] = hex[p[i] >> 4];
-            e[2] = hex[p[i] & 15];
-            rc = al_buf_append(b, e, 3);
-        }
-        if (rc)
-            return rc;
-    }
-    return AL_OK;
 }
 
 static unsigned char fold(unsigned char c)
@@ -179,12 +134,8 @@ static const char *api_key_prefix(const al_target *t)
     return strcasecmp(api_key_name(t), "Authorization") == 0 ? "Bearer " : "";
 }
 
-static int api_key_header(const al_target *t, const al_secret_view *s, al_inject_header *out,
-                          al_buf *value)
+int al_auth_api_key_header(const al_target *t, const al_secret_view *s, al_auth_out *out)
 {
-    out->name = NULL;
-    out->name_len = 0;
-    al_buf_reset(value);
     if (t->auth.location != AL_KEY_IN_HEADER)
         return AL_OK;
     const char *prefix = api_key_prefix(t);
@@ -192,22 +143,24 @@ static int api_key_header(const al_target *t, const al_secret_view *s, al_inject
     if (!s || (!s->value && s->len) || !header_value_ok((const unsigned char *)prefix, plen) ||
         !header_value_ok(s->value, s->len))
         return AL_ERR_INVAL;
-    int rc = reserve(value, plen + s->len);
+    al_buf *value = al_auth_out_add(out, api_key_name(t));
+    if (!value)
+        return AL_ERR_TOOBIG;
+    int rc = al_auth_reserve(value, plen + s->len);
     if (!rc)
         rc = al_buf_append(value, prefix, plen);
     if (!rc)
         rc = al_buf_append(value, s->value, s->len);
     if (rc) {
         al_buf_reset(value);
+        out->count--;
         return rc;
     }
-    out->name = api_key_name(t);
-    out->name_len = strlen(out->name);
     return AL_OK;
 }
 
-static int api_key_request_target(const al_target *t, const al_secret_view *s, const char *target,
-                                  size_t len, al_buf *out)
+int al_auth_api_key_target(const al_target *t, const al_secret_view *s, const char *target,
+                           size_t len, al_buf *out)
 {
     int rc = AL_OK;
     al_buf_reset(out);
@@ -221,7 +174,7 @@ static int api_key_request_target(const al_target *t, const al_secret_view *s, c
     size_t path_len = q ? (size_t)(q - target) : len;
 
     /* Worst case: every agent parameter kept, plus "?" "&" name "=" secret. */
-    rc = reserve(out, len + 2 + encoded_len((const unsigned char *)name, nlen) + 1 +
+    rc = al_auth_reserve(out, len + 2 + encoded_len((const unsigned char *)name, nlen) + 1 +
                           encoded_len(s->value, s->len));
     if (rc)
         goto fail;
@@ -243,8 +196,8 @@ static int api_key_request_target(const al_target *t, const al_secret_view *s, c
         }
     }
     if ((kept && (rc = al_buf_append(out, "&", 1))) ||
-        (rc = al_inject_percent_encode(out, (const unsigned char *)name, nlen)) ||
-        (rc = al_buf_append(out, "=", 1)) || (rc = al_inject_percent_encode(out, s->value, s->len)))
+        (rc = al_auth_percent_encode(out, (const unsigned char *)name, nlen)) ||
+        (rc = al_buf_append(out, "=", 1)) || (rc = al_auth_percent_encode(out, s->value, s->len)))
         goto fail;
     return AL_OK;
 fail:
@@ -260,57 +213,23 @@ static int api_key_drops_header(const al_target *t, const char *name, size_t len
     return eq_ci(name, len, ours, strlen(ours));
 }
 
-static const al_injector api_key_injector = {
+static unsigned api_key_needs(const al_target *t)
+{
+    (void)t;
+    return AL_AUTH_NEEDS_CREDENTIAL;
+}
+
+static int api_key_prepare(const al_target *t, const al_auth_req *req, const al_secret_view *s,
+                           al_auth_out *out)
+{
+    int rc = al_auth_api_key_header(t, s, out);
+    return rc ? rc : al_auth_api_key_target(t, s, req->target, req->target_len, &out->target);
+}
+
+const al_auth_injector al_auth_api_key_injector = {
     .method = AL_AUTH_API_KEY,
     .name = "api_key",
-    .header = api_key_header,
-    .request_target = api_key_request_target,
+    .needs = api_key_needs,
+    .prepare = api_key_prepare,
     .drops_header = api_key_drops_header,
 };
-
-/* ---- the table ------------------------------------------------------------ */
-
-static const al_injector *const injectors[AL_AUTH_COUNT] = {
-    [AL_AUTH_API_KEY] = &api_key_injector,
-};
-
-const al_injector *al_injector_for(enum al_auth_method m)
-{
-    if ((unsigned)m >= AL_AUTH_COUNT)
-        return NULL;
-    return injectors[m];
-}
-
-int al_inject_drop_request_header(const al_target *t, const char *name, size_t len)
-{
-    static const struct {
-        const char *s;
-        size_t n;
-    } hop[] = {
-#define H(x) {x, sizeof x - 1}
-        H("connection"),
-        H("keep-alive"),
-        H("proxy-connection"),
-        H("proxy-authorization"),
-        H("proxy-authenticate"),
-        H("te"),
-        H("trailer"),
-        H("transfer-encoding"),
-        H("upgrade"),
-        H("http2-settings"),
-#undef H
-    };
-    if (!name)
-        return 0;
-    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
-        if (eq_ci(name, len, hop[i].s, hop[i].n))
-            return 1;
-    if (!t)
-        return 0;
-    /* Every valid target injects some auth, and every method either sets
-     * Authorization or must not let the agent's own reach the upstream. */
-    if ((unsigned)t->auth.method < AL_AUTH_COUNT && eq_ci(name, len, "authorization", 13))
-        return 1;
-    const al_injector *inj = al_injector_for(t->auth.method);
-    return inj && inj->drops_header && inj->drops_header(t, name, len);
-}

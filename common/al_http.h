@@ -1,0 +1,36 @@
+/* al_http: the HTTP helpers every layer shares — the header slice type, the
+ * hop-by-hop header list (RFC 9110 §7.6.1) and the Connection header's tokens.
+ * Authorities and request targets are common/al_reqtarget's job.
+ *
+ * Pure functions: no I/O, no allocation, no logging. */
+#ifndef AL_HTTP_H
+#define AL_HTTP_H
+
+#include <stddef.h>
+
+/* A header as a pair of slices (not NUL-terminated; valid for the call only
+ * unless said otherwise). */
+typedef struct al_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+} al_header;
+
+/* 1 when name[0..len) equals the lower-case literal `lit`, in any case. */
+int al_http_name_is(const char *name, size_t len, const char *lit);
+
+/* 1 for a hop-by-hop header that never crosses a proxy: Connection, Keep-Alive,
+ * Proxy-Connection, TE, Transfer-Encoding, Upgrade. Each direction adds its own
+ * (the request side also drops Proxy-Authorization, Trailer, HTTP2-Settings; the
+ * response side Proxy-Authenticate), and the names a Connection header lists. */
+int al_http_hop_by_hop(const char *name, size_t len);
+
+/* 1 when the Connection header value v[0..vlen) lists the token name[0..nlen)
+ * (comma-separated, OWS around tokens, any case). An empty name is never listed. */
+int al_http_connection_lists(const char *v, size_t vlen, const char *name, size_t nlen);
+
+/* The first header named `lit` (lower-case literal) in h[0..n), or NULL. */
+const al_header *al_http_find(const al_header *h, size_t n, const char *lit);
+
+#endif
