@@ -1058,6 +1058,14 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
     put_u64(&e, r->total_ms);
     puts_(&e, ",\"decision\":");
     put_str(&e, r->decision, 16);
+    puts_(&e, ",\"decided_by\":");
+    put_str(&e, r->decided_by, 16);
+    puts_(&e, ",\"rule\":");
+    put_str(&e, r->rule, 96);
+    puts_(&e, ",\"principal\":");
+    put_str(&e, r->principal, 160);
+    puts_(&e, ",\"outcome\":");
+    put_str(&e, r->outcome, 16);
     puts_(&e, ",\"reason\":");
     put_str(&e, r->reason, 64);
     if (r->retry) {

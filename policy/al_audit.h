@@ -50,8 +50,18 @@ typedef struct al_audit_request {
     uint64_t bytes_out; /* to the agent */
     uint32_t upstream_ms;
     uint32_t total_ms;
-    const char *decision; /* "allow" or "deny" */
-    const char *reason;   /* error code for denials ("unknown_target"), else NULL */
+    /* The decision (would airlock let this through, and which check said so) apart
+     * from the outcome (what happened to it): a policy denial never reads like an
+     * outage. */
+    const char *decision;   /* "allow", "deny", NULL (ended before any decision) */
+    const char *decided_by; /* "route", "policy", "egress", "request", "limits", or NULL */
+    const char *rule;       /* the policy rule that decided, NULL when none */
+    const char *principal;  /* who the caller is (inbound auth), NULL when unknown */
+    const char *outcome;    /* "ok", "refused" (denied), "error" (allowed, then airlock
+                               answered an error), "aborted" (cut after the head),
+                               "client_closed", NULL while running (request_start) */
+    const char *reason;     /* the error code the agent got ("unknown_target",
+                               "upstream_timeout"), "client_closed", else NULL */
     /* The request was retried after a 401/403: "grace_previous_version" (with the
      * provider's previous version, provider_version says which) or "fallback_provider";
      * NULL when not retried (the key is then left out). */

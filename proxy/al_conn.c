@@ -566,7 +566,7 @@ static void handshake(al_conn *c)
             .client = c->peer,
             .host = c->tunnel_host[0] ? c->tunnel_host : NULL,
             .protocol = "tls",
-            .decision = "deny",
+            .outcome = "error", /* no request yet, so no decision */
             .reason = "tls_handshake_failed",
         };
         al_audit_submit(a, &rec);

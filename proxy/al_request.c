@@ -111,6 +111,13 @@ struct al_req {
     /* response */
     int status;
     int head_sent, finished, audited;
+    int aborted;     /* ended after the head without the whole response */
+    al_body_filter filter; /* the response-body filter, run NULL when none */
+    al_buf filt_out;       /* its output not yet taken by the sink */
+    size_t filt_off;
+    uint64_t filt_in, filt_emitted;
+    int filt_finish; /* the upstream ended; finish once filt_out is delivered */
+    int client_gone; /* freed before its end: the agent left */
     int64_t resp_length; /* Content-Length the agent was told, -1 none (or no body) */
     uint64_t resp_sent;  /* body bytes passed to the sink */
     const char *reason;
@@ -200,6 +207,10 @@ static uint32_t elapsed_ms(const struct timespec *t0)
 }
 
 static void make_request_id(al_req *r);
+static void filter_close(al_req *r);
+
+/* The response-body filter's output buffer (a few curl chunks and what it holds back). */
+#define FILTER_BUF_MAX (256 * 1024)
 
 const al_req_upstream_ops al_req_upstream_curl = {
     .start = al_upstream_start,
@@ -420,7 +431,16 @@ static void audit_fill(al_req *r, al_audit_request *rec, audit_bufs *b)
     rec->bytes_out = r->bytes_out;
     rec->upstream_ms = r->upstream_ms;
     rec->total_ms = elapsed_ms(&r->t0);
-    rec->decision = r->reason ? "deny" : "allow";
+    rec->decision = r->denied ? "deny" : r->decided_by ? "allow" : NULL;
+    rec->decided_by = r->decided_by;
+    rec->rule = r->rule;
+    rec->principal = r->principal;
+    rec->outcome = r->denied                                          ? "refused"
+                   : r->client_gone ? "client_closed"
+                   : r->aborted     ? "aborted"
+                   : r->reason      ? "error"
+                   : r->finished    ? "ok"
+                                    : NULL;
     rec->reason = r->reason;
     rec->retry = r->retry_name;
 }
@@ -523,7 +543,6 @@ static void on_audit_start_timer(struct ev_loop *loop, ev_timer *t, int revents)
         audit_bufs b;
         audit_fill(r, &rec, &b);
         rec.event = "request_start";
-        rec.decision = r->reason ? "deny" : "allow";
         al_audit_submit(a, &rec);
     }
 }
@@ -539,9 +558,11 @@ void al_request_free(al_req *r)
     if (r->up)
         up_ops(r)->cancel(r->up);
     r->up = NULL;
+    r->client_gone = !r->finished;
     if (!r->finished && !r->reason && r->status == 0)
         r->reason = "client_closed";
     write_audit(r);
+    filter_close(r);
     release_secret(r);
     al_buf_free(&r->refuse_body, 0);
     free(r->ring);
@@ -579,7 +600,9 @@ static void finish(al_req *r, int ok)
     if (r->finished)
         return;
     r->finished = 1;
+    r->aborted = !ok;
     set_state(r, AL_REQ_DONE);
+    filter_close(r);
     write_audit(r);
     release_secret(r);
     r->sink->end(r->arg, ok);
@@ -890,7 +913,61 @@ static void up_on_head(void *arg, int status, const al_header *h, size_t n)
     int bodyless = status == 204 || status == 304 || (r->method && !strcmp(r->method, "HEAD"));
     r->resp_length = bodyless ? -1 : clen;
     r->resp_sent = 0;
+    const al_req_hooks *hk = &r->ctx->hooks;
+    if (hk->body_filter && !bodyless) {
+        if (hk->body_filter(hk->body_filter_arg, r->t, r->have_secret ? &r->grant.sv : NULL,
+                            status, h, n, &r->filter) != AL_OK) {
+            memset(&r->filter, 0, sizeof r->filter);
+            r->head_sent = 0;
+            refuse(r, AL_REF_INTERNAL_ERROR,
+                   "the response filter could not start; see airlock's log");
+            return;
+        }
+        if (r->filter.run)
+            al_buf_init(&r->filt_out, FILTER_BUF_MAX);
+    }
     r->sink->head(r->arg, status, h, n, clen);
+}
+
+/* ---- response-body filter (al_req_hooks.body_filter) ---------------------- */
+
+/* Offers the filter's output not yet delivered: 0 all delivered, AL_ERR_AGAIN, or an
+ * error from the sink. */
+static int filter_flush(al_req *r)
+{
+    while (r->filt_off < r->filt_out.len) {
+        size_t n = r->filt_out.len - r->filt_off;
+        int rc = r->sink->body(r->arg, r->filt_out.data + r->filt_off, n);
+        if (rc)
+            return rc;
+        r->bytes_out += n;
+        r->filt_off += n;
+    }
+    al_buf_reset(&r->filt_out);
+    r->filt_off = 0;
+    return 0;
+}
+
+/* Runs the filter over in[0..len) (final: flush what it held back). Nonzero when it
+ * failed or broke its promise (more out than in: the Content-Length would lie). */
+static int filter_run(al_req *r, const char *in, size_t len, int final)
+{
+    size_t before = r->filt_out.len;
+    if (r->filter.run(r->filter.state, in, len, final, &r->filt_out))
+        return AL_ERR_PROTO;
+    r->filt_in += len;
+    r->filt_emitted += r->filt_out.len - before;
+    if (r->filt_emitted > r->filt_in || (final && r->filt_emitted != r->filt_in))
+        return AL_ERR_PROTO;
+    return 0;
+}
+
+static void filter_close(al_req *r)
+{
+    if (r->filter.free)
+        r->filter.free(r->filter.state);
+    memset(&r->filter, 0, sizeof r->filter);
+    al_buf_free(&r->filt_out, 1); /* it may hold what the filter scrubbed around */
 }
 
 static int up_on_body(void *arg, const char *data, size_t len)
@@ -901,15 +978,35 @@ static int up_on_body(void *arg, const char *data, size_t len)
     size_t n = len;
     if (r->resp_length >= 0 && (uint64_t)r->resp_length - r->resp_sent < n)
         n = (size_t)((uint64_t)r->resp_length - r->resp_sent);
-    int rc = n ? r->sink->body(r->arg, data, n) : 0;
-    if (rc == AL_ERR_AGAIN) {
-        r->out_paused = 1;
-        return AL_ERR_AGAIN;
+    int rc;
+    if (r->filter.run) {
+        /* what the filter gave last time goes first; the upstream offers `data` again */
+        rc = filter_flush(r);
+        if (rc == AL_ERR_AGAIN) {
+            r->out_paused = 1;
+            return AL_ERR_AGAIN;
+        }
+        if (rc < 0)
+            return rc;
+        if (n && filter_run(r, data, n, 0))
+            return AL_ERR_PROTO;
+        r->resp_sent += n;
+        rc = filter_flush(r);
+        if (rc == AL_ERR_AGAIN)
+            r->out_paused = 1; /* taken; held until resume_output */
+        else if (rc < 0)
+            return rc;
+    } else {
+        rc = n ? r->sink->body(r->arg, data, n) : 0;
+        if (rc == AL_ERR_AGAIN) {
+            r->out_paused = 1;
+            return AL_ERR_AGAIN;
+        }
+        if (rc < 0)
+            return rc;
+        r->bytes_out += n;
+        r->resp_sent += n;
     }
-    if (rc < 0)
-        return rc;
-    r->bytes_out += n;
-    r->resp_sent += n;
     if (n < len) {
         refuse(r, AL_REF_UPSTREAM_BAD_FRAMING,
                "%s:%u sent more body than its Content-Length (%lld bytes)", r->t->host, r->t->port,
@@ -922,7 +1019,9 @@ static int up_on_body(void *arg, const char *data, size_t len)
 static void up_on_trailers(void *arg, const al_header *h, size_t n)
 {
     al_req *r = arg;
-    if (!r->retrying && r->sink->trailers)
+    /* with a body filter, output may still be held: trailers are dropped (they would
+     * overtake it) */
+    if (!r->retrying && r->sink->trailers && !r->filter.run)
         r->sink->trailers(r->arg, h, n);
 }
 
@@ -975,6 +1074,21 @@ static void up_on_done(void *arg, enum al_upstream_error err, const char *detail
                    "%s:%u ended the body after %llu of its %lld bytes (Content-Length)", r->t->host,
                    r->t->port, (unsigned long long)r->resp_sent, (long long)r->resp_length);
             return;
+        }
+        if (r->filter.run) {
+            if (filter_run(r, "", 0, 1)) {
+                finish(r, 0);
+                return;
+            }
+            int rc = filter_flush(r);
+            if (rc == AL_ERR_AGAIN) {
+                r->filt_finish = 1; /* al_request_resume_output delivers and ends */
+                return;
+            }
+            if (rc < 0) {
+                finish(r, 0);
+                return;
+            }
         }
         finish(r, 1);
         return;
@@ -1789,6 +1903,15 @@ void al_request_resume_output(al_req *r)
     if (r->state == AL_REQ_REFUSING && !r->finished) {
         deliver_refusal(r);
         return;
+    }
+    if (r->filter.run && !r->finished) {
+        int rc = filter_flush(r);
+        if (rc == AL_ERR_AGAIN)
+            return;
+        if (rc < 0 || r->filt_finish) {
+            finish(r, rc == 0);
+            return;
+        }
     }
     if (r->out_paused && r->up) {
         r->out_paused = 0;

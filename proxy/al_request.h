@@ -132,7 +132,9 @@ typedef struct al_body_filter {
 } al_body_filter;
 
 /* Leaves out->run NULL when this response needs no filter. sv is the injected
- * credential (NULL when none): what an upstream might echo. */
+ * credential (NULL when none): what an upstream might echo; valid during the call
+ * only (copy what you need; wipe it in free). With a filter, the response's trailers
+ * are dropped (held output would come after them). Nonzero: the agent gets 500. */
 typedef int (*al_body_filter_open_fn)(void *arg, const al_target *t, const al_secret_view *sv,
                                       int status, const al_header *h, size_t n,
                                       al_body_filter *out);

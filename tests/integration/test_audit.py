@@ -58,6 +58,14 @@ targets:
     auth:
       method: api_key
       provider: missing-key
+  - name: down
+    type: openapi
+    url: http://127.0.0.1:9
+    allow_insecure_upstream: true
+    allow_private_network: true
+    auth:
+      method: api_key
+      provider: audit-key
 """
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -183,6 +191,7 @@ def test_refused_connect_has_host_and_port_not_path():
     assert rec["host"] == "api.evil.example" and rec["port"] == 8443, rec
     assert rec["path"] is None, rec
     assert rec["decision"] == "deny" and rec["reason"] == "unknown_target", rec
+    assert rec["decided_by"] == "route" and rec["outcome"] == "refused", rec
     # IPv6 authority
     s, data = raw_connect("[2001:db8::7]:443", "X-Request-Id: conn-v6\r\n")
     s.close()
@@ -197,6 +206,7 @@ def test_intercepted_connect_record():
     rec = wait_record(by_crid("conn-ok"), "intercepted CONNECT record")[-1]
     assert rec["host"] == "127.0.0.1" and rec["port"] == ECHO and rec["path"] is None, rec
     assert rec["status"] == 200 and rec["decision"] == "allow", rec
+    assert rec["decided_by"] == "route" and rec["outcome"] == "ok" and rec["reason"] is None, rec
 
 
 def test_passthrough_connect_records_upstream_addr():
@@ -214,6 +224,7 @@ def test_passthrough_connect_records_upstream_addr():
         assert rec["upstream_addr"] in ("127.0.0.1:%d" % ECHO, "[::1]:%d" % ECHO), rec
     else:
         assert rec["reason"] == "egress_denied" and rec["upstream_addr"] is None, rec
+        assert rec["decision"] == "deny" and rec["decided_by"] == "egress", rec
 
 
 def raw_request(target, crid):
@@ -283,8 +294,41 @@ def test_missing_provider_denial_names_it():
     assert code == 502 and json.loads(body)["error"] == "credential_unavailable", (code, body)
     rec = wait_record(by_crid("nokey-1"), "missing-provider record")[-1]
     assert rec["provider"] == "missing-key" and rec["provider_version"] is None, rec
-    assert rec["target"] == "nokey" and rec["decision"] == "deny", rec
+    # a missing credential is not a denial: the route allowed it, the outcome failed
+    assert rec["target"] == "nokey" and rec["decision"] == "allow", rec
+    assert rec["outcome"] == "error" and rec["reason"] == "credential_unavailable", rec
     assert rec["host"] == "localhost" and rec["port"] == ECHO, rec
+
+
+def test_decision_apart_from_outcome():
+    """An outage, a missing route and an agent that left read differently."""
+    code, _, body = curl(AL.gateway_url("down", "/x"), "-H", "X-Request-Id: down-1")
+    assert code == 502 and json.loads(body)["error"] == "upstream_connect_failed", (code, body)
+    rec = wait_record(by_crid("down-1"), "upstream failure record")[-1]
+    assert rec["decision"] == "allow" and rec["decided_by"] == "route", rec
+    assert rec["outcome"] == "error" and rec["reason"] == "upstream_connect_failed", rec
+    assert rec["rule"] is None and rec["principal"] is None, rec
+    code, _, _ = curl(AL.gateway_url("no-such", "/x"), "-H", "X-Request-Id: nosuch-1")
+    assert code == 404, code
+    rec = wait_record(by_crid("nosuch-1"), "no-such-target record")[-1]
+    assert rec["decision"] == "deny" and rec["decided_by"] == "route", rec
+    assert rec["outcome"] == "refused" and rec["reason"] == "no_such_target", rec
+    code, _, _ = curl(AL.gateway_url("api", "/bad/%2e%2e/x"), "-H", "X-Request-Id: bad-1")
+    assert code == 400, code
+    rec = wait_record(by_crid("bad-1"), "malformed request record")[-1]
+    assert rec["decision"] == "deny" and rec["decided_by"] == "request", rec
+    # the agent leaves in the middle of a stream
+    p = subprocess.Popen(["curl", "-sS", "-N", "-H", "X-Request-Id: gone-1",
+                          AL.gateway_url("api", "/sse?n=50&interval_ms=100")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        p.stdout.readline()  # the stream has started
+    finally:
+        p.kill()
+        p.communicate()
+    rec = wait_record(by_crid("gone-1"), "client-closed record")[-1]
+    assert rec["decision"] == "allow" and rec["outcome"] == "client_closed", rec
+    assert rec["status"] == 200, rec
 
 
 # --- 15: store changes and reloads ---------------------------------------------------
@@ -323,7 +367,7 @@ def test_table_load_and_reloads_are_recorded():
     loads = records(pred=lambda r: r.get("event") == "table.load")
     assert loads and loads[0]["result"] == "ok" and loads[0]["generation"] == 1, loads
     sha = hashlib.sha256(open(AL.table_path, "rb").read()).hexdigest()
-    assert loads[0]["sha256"] == sha and loads[0]["targets"] == 2, loads[0]
+    assert loads[0]["sha256"] == sha and loads[0]["targets"] == 3, loads[0]
     assert loads[0]["file"] == AL.table_path, loads[0]
     before = len(records(pred=lambda r: r.get("event") == "table.reload"))
     good = TABLE.replace("ECHO_PORT", str(ECHO)) + """  - name: extra
@@ -338,7 +382,7 @@ def test_table_load_and_reloads_are_recorded():
     sha2 = hashlib.sha256(open(AL.table_path, "rb").read()).hexdigest()
     assert sha2 != sha
     assert rel[0]["result"] == "ok" and rel[0]["sha256"] == sha2, rel
-    assert rel[0]["targets"] == 3 and rel[0]["generation"] == 2 and rel[0]["diagnostics"] == 0
+    assert rel[0]["targets"] == 4 and rel[0]["generation"] == 2 and rel[0]["diagnostics"] == 0
     # a table that does not load: failed, the generation in use stays, diagnostics counted
     AL.reload(good + "  - name: BAD NAME\n    type: nope\n")
     rel = wait_for(lambda: records(pred=lambda r: r.get("event") == "table.reload")[before + 1:],
@@ -430,6 +474,7 @@ def test_long_stream_gets_a_start_record_while_running():
         assert not records(pred=by_crid("long-sse")), "end record before the stream ended"
         assert start["target"] == "api" and start["path"] == "/sse?n=&interval_ms=", start
         assert start["provider"] == "audit-key" and start["decision"] == "allow", start
+        assert start["outcome"] is None, start
     finally:
         out, _ = p.communicate(timeout=30)
     assert out.count(b"event: tick") == 8, out

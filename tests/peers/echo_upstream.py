@@ -9,7 +9,8 @@ line says which). Keep-alive HTTP/1.1, one thread per connection.
 Endpoints (any method):
   /sse?n=5&interval_ms=200  text/event-stream, n events, flushed one by one
   /bytes?n=N[&cl=1]          N bytes streamed (chunked; with cl=1 Content-Length)
-  /status/NNN                that status with a JSON body (Retry-After: 1 for 429)
+  /status/NNN                that status with a JSON body (Retry-After: 1 for 429, or
+                             ?retry_after=S)
   /slow?ms=N                 waits N ms, then the echo response
   /reset                     closes the socket (RST) without answering
   /trailers                  chunked response with a trailer (X-Checksum)
@@ -195,7 +196,7 @@ class Handler(BaseHTTPRequestHandler):
                 code = 400
             if not 200 <= code <= 599:
                 code = 400
-            extra = {"Retry-After": "1"} if code == 429 else None
+            extra = {"Retry-After": str(qint("retry_after", 1))} if code == 429 else None
             obj = self._echo_obj(nbytes, digest)
             obj["status"] = code
             self._send_json(code, obj, extra)
