@@ -559,6 +559,7 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     char *audit_path = NULL;
 
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a spool file past RLIMIT_FSIZE: EFBIG, not death */
     s->last_reload_ok = -1;
     /* Absolute, so /status names the file whatever the operator's cwd. */
     s->config_path = realpath(config_path, NULL);
