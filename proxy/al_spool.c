@@ -105,11 +105,15 @@ int al_spool_new(const al_spool_cfg *cfg, al_spool **out)
     if (!dir || !*dir)
         dir = "/tmp";
     int rc = AL_ERR_NOMEM;
-    if (!(s->dir = strdup(dir)) || !(s->md = EVP_MD_CTX_new()))
+    if (!(s->dir = strdup(dir)))
         goto fail;
-    rc = AL_ERR_CRYPTO;
-    if (EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1)
-        goto fail;
+    if (cfg->sha256) {
+        if (!(s->md = EVP_MD_CTX_new()))
+            goto fail;
+        rc = AL_ERR_CRYPTO;
+        if (EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1)
+            goto fail;
+    }
     *out = s;
     return AL_OK;
 fail:
@@ -201,7 +205,7 @@ int al_spool_write(al_spool *s, const void *data, size_t len)
         return AL_OK;
     const unsigned char *p = data;
     int rc = AL_ERR_CRYPTO;
-    if (EVP_DigestUpdate(s->md, p, len) != 1)
+    if (s->md && EVP_DigestUpdate(s->md, p, len) != 1)
         goto fail;
     size_t room = s->memory_max - s->mem.len;
     size_t to_mem = len < room ? len : room;
@@ -233,8 +237,8 @@ int al_spool_finish(al_spool *s)
         return s->err;
     if (s->finished)
         return AL_OK;
-    unsigned int n = 0;
-    if (EVP_DigestFinal_ex(s->md, s->digest, &n) != 1 || n != sizeof s->digest)
+    unsigned int n = sizeof s->digest;
+    if (s->md && (EVP_DigestFinal_ex(s->md, s->digest, &n) != 1 || n != sizeof s->digest))
         return s->err = AL_ERR_CRYPTO;
     s->finished = 1;
     return AL_OK;
@@ -252,6 +256,8 @@ int al_spool_finished(const al_spool *s)
 
 int al_spool_sha256(const al_spool *s, unsigned char out[32])
 {
+    if (!s->md)
+        return AL_ERR_INVAL;
     if (!s->finished)
         return AL_ERR_AGAIN;
     memcpy(out, s->digest, sizeof s->digest);

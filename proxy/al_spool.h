@@ -28,7 +28,8 @@
  * the same error. SIGXFSZ must be ignored for RLIMIT_FSIZE to come back as EFBIG
  * (airlock ignores it at start).
  *
- * The SHA-256 of the body is computed as bytes arrive and is available once
+ * The SHA-256 of the body is computed as bytes arrive (when cfg.sha256 asks for it:
+ * a spool kept only for a retry skips the cost) and is available once
  * al_spool_finish() was called. Not thread-safe: one spool belongs to one worker. */
 #ifndef AL_SPOOL_H
 #define AL_SPOOL_H
@@ -44,6 +45,7 @@ typedef struct al_spool_cfg {
     size_t memory_max;  /* bytes kept in memory before the rest goes to a file */
     uint64_t max_bytes; /* total bound (> 0): past it a write is AL_ERR_TOOBIG */
     const char *dir;    /* directory of the temporary file; NULL: $TMPDIR, else /tmp */
+    int sha256;         /* compute the body's SHA-256 as bytes arrive */
 } al_spool_cfg;
 
 /* A position in a spool; any number of readers may read one spool. */
@@ -62,7 +64,8 @@ int al_spool_write(al_spool *s, const void *data, size_t len);
 int al_spool_finish(al_spool *s);
 uint64_t al_spool_size(const al_spool *s);
 int al_spool_finished(const al_spool *s);
-/* The body's SHA-256 (32 bytes); AL_ERR_AGAIN before al_spool_finish(). */
+/* The body's SHA-256 (32 bytes); AL_ERR_AGAIN before al_spool_finish(), AL_ERR_INVAL
+ * when cfg.sha256 was not set. */
 int al_spool_sha256(const al_spool *s, unsigned char out[32]);
 /* The same as 64 lower-case hex digits and a NUL (hex has 65 bytes). */
 int al_spool_sha256_hex(const al_spool *s, char hex[65]);

@@ -64,7 +64,8 @@ static int teardown(void **state)
 
 static al_spool *spool_new(const fixture *f, size_t memory_max, uint64_t max_bytes)
 {
-    al_spool_cfg cfg = {.memory_max = memory_max, .max_bytes = max_bytes, .dir = f->dir};
+    al_spool_cfg cfg = {
+        .memory_max = memory_max, .max_bytes = max_bytes, .dir = f->dir, .sha256 = 1};
     al_spool *s = NULL;
     assert_int_equal(al_spool_new(&cfg, &s), AL_OK);
     assert_non_null(s);
@@ -141,8 +142,21 @@ static void test_spool_memory_only(void **state)
     assert_sha(s, p, 4000);
     assert_int_equal(dir_entries(f->dir), 0);
     free(back);
-    free(p);
     al_spool_free(s);
+
+    /* kept only for a retry: no hash asked for, none computed, the bytes the same */
+    al_spool_cfg cfg = {.memory_max = 100, .max_bytes = 1 << 20, .dir = f->dir};
+    assert_int_equal(al_spool_new(&cfg, &s), AL_OK);
+    write_pieces(s, p, 4000, sizes, 4);
+    assert_int_equal(al_spool_finish(s), AL_OK);
+    unsigned char d[32];
+    assert_int_equal(al_spool_sha256(s, d), AL_ERR_INVAL);
+    back = read_all(s, 999, &n);
+    assert_int_equal(n, 4000);
+    assert_memory_equal(back, p, 4000);
+    free(back);
+    al_spool_free(s);
+    free(p);
 }
 
 static void test_spool_spills_to_file_and_reads_back_at_any_boundary(void **state)
@@ -381,7 +395,8 @@ static void test_spool_disk_errors_are_clean(void **state)
     fixture *f = *state;
     unsigned char *p = pattern(256 * 1024, 2);
     /* a directory that does not exist: the spill fails with AL_ERR_IO, for good */
-    al_spool_cfg cfg = {.memory_max = 1000, .max_bytes = 1 << 20, .dir = "/nonexistent/al-spool"};
+    al_spool_cfg cfg = {
+        .memory_max = 1000, .max_bytes = 1 << 20, .dir = "/nonexistent/al-spool", .sha256 = 1};
     al_spool *s = NULL;
     assert_int_equal(al_spool_new(&cfg, &s), AL_OK);
     assert_int_equal(al_spool_write(s, p, 1000), AL_OK); /* memory only so far */
