@@ -53,6 +53,13 @@ void al_credsrc_rest(const al_credsrc *s, const al_cred_grant *g, uint32_t secon
         s->ops->rest(s->self, g, seconds);
 }
 
+int al_credsrc_may_retry(const al_credsrc *s, const al_cred_query *q, const al_cred_grant *g)
+{
+    if (s->ops->may_retry)
+        return s->ops->may_retry(s->self, q, g);
+    return s->ops->rejected != NULL;
+}
+
 /* ---- the store ---------------------------------------------------------- */
 
 static int store_acquire(void *self, const al_cred_query *q, al_cred_grant *g,
@@ -109,6 +116,13 @@ static int store_rejected(void *self, const al_cred_query *q, const al_cred_gran
     return 0;
 }
 
+/* store_rejected only looks: asking it is side-effect free. */
+static int store_may_retry(void *self, const al_cred_query *q, const al_cred_grant *g)
+{
+    al_cred_query next;
+    return store_rejected(self, q, g, 401, &next);
+}
+
 static void store_rest(void *self, const al_cred_grant *g, uint32_t seconds)
 {
     if (self)
@@ -121,6 +135,7 @@ static const al_credsrc_ops store_ops = {
     .release = store_release,
     .rejected = store_rejected,
     .rest = store_rest,
+    .may_retry = store_may_retry,
 };
 
 al_credsrc al_credsrc_store(al_cred_cache *c)

@@ -71,6 +71,10 @@ typedef struct al_credsrc_ops {
     int (*rejected)(void *self, const al_cred_query *q, const al_cred_grant *g, int status,
                     al_cred_query *next);
     void (*rest)(void *self, const al_cred_grant *g, uint32_t seconds); /* may be NULL */
+    /* 1 when a 401/403 to a request sent with g could be retried (rejected() might
+     * answer 1), without side effects: the data path keeps the request body for that
+     * retry only then. May be NULL: "maybe" when rejected is set. */
+    int (*may_retry)(void *self, const al_cred_query *q, const al_cred_grant *g);
 } al_credsrc_ops;
 
 typedef struct al_credsrc {
@@ -85,6 +89,7 @@ void al_credsrc_release(const al_credsrc *s, al_cred_grant *g);
 int al_credsrc_rejected(const al_credsrc *s, const al_cred_query *q, const al_cred_grant *g,
                         int status, al_cred_query *next);
 void al_credsrc_rest(const al_credsrc *s, const al_cred_grant *g, uint32_t seconds);
+int al_credsrc_may_retry(const al_credsrc *s, const al_cred_query *q, const al_cred_grant *g);
 
 /* The store-backed source (api_key, and any method whose secret is the store's
  * current version): answers now. c may be NULL (the store is not open: every

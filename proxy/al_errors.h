@@ -35,6 +35,7 @@
     X(RATE_LIMITED, 429, "rate_limited", "http_request_denied", NULL)                          \
     X(HEADER_TOO_LARGE, 431, "header_too_large", "http_request_error", "limits")               \
     X(INTERNAL_ERROR, 500, "internal_error", "proxy_internal_error", NULL)                     \
+    X(BODY_SPOOL_FAILED, 500, "body_spool_failed", "proxy_internal_error", NULL)               \
     X(CREDENTIAL_UNAVAILABLE, 502, "credential_unavailable", "proxy_configuration_error", NULL) \
     X(CREDENTIAL_INVALID, 502, "credential_invalid", "proxy_configuration_error", NULL)        \
     X(AUTH_METHOD_UNAVAILABLE, 502, "auth_method_unavailable", "proxy_configuration_error",    \

@@ -5,6 +5,14 @@
  * with the request. The request body ring is AL_REQ_BODY_BUF bytes, allocated on
  * the first body byte. Buffers holding the injected secret are wiped when freed.
  *
+ * Body spool: prepare decides whether the body must be kept (al_spool): when a
+ * 401/403 to this credential could be retried (al_credsrc_may_retry) and the body's
+ * length is known and at most limits.retry_body_max_bytes, or when the injector
+ * signs the body's SHA-256 (then the request waits in SPOOLING until the body has
+ * ended). What the ring holds by then moves into the spool; later bytes go straight
+ * there and count as consumed at once. Every other body streams through the ring
+ * as before: no copy, no hash.
+ *
  * States (al_request.h): NEW -> RESOLVING -> CREDENTIAL -> UPSTREAM -> DONE, or
  * REFUSING -> DONE from any of them. Callbacks from the resolver and the upstream
  * may run synchronously inside the call that starts them; `state` is checked after
@@ -20,6 +28,7 @@
 #include "al_request.h"
 #include "al_egress.h"
 #include "al_errors.h"
+#include "al_spool.h"
 #include "auth/al_auth.h"
 #include "common/al_err.h"
 #include "common/al_http.h"
@@ -29,6 +38,7 @@
 #include "policy/al_audit.h"
 #include "targets/al_router.h"
 
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -39,7 +49,7 @@
 
 const char *al_req_state_name(enum al_req_state s)
 {
-    static const char *const names[] = {"new",      "resolving", "credential",
+    static const char *const names[] = {"new",      "resolving", "credential", "spooling",
                                         "upstream", "refusing",  "done"};
     return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "?";
 }
@@ -77,6 +87,9 @@ struct al_req {
     /* body */
     char *ring;
     size_t ring_head, ring_len;
+    al_spool *spool;          /* a body kept for a retry or its hash; NULL: the ring */
+    al_spool_reader spool_rd; /* the current attempt's place in it */
+    int spool_signed;         /* kept for its SHA-256 (bound: auth.max_body_bytes) */
     int has_body, body_ended, send_paused;
     int64_t body_length;
     uint64_t bytes_in, bytes_out;
@@ -566,6 +579,8 @@ void al_request_free(al_req *r)
     release_secret(r);
     al_buf_free(&r->refuse_body, 0);
     free(r->ring);
+    al_spool_free(r->spool);
+    r->spool = NULL;
     arena_blk *b = r->blocks;
     while (b && b != &r->first.blk) {
         arena_blk *next = b->next;
@@ -602,6 +617,8 @@ static void finish(al_req *r, int ok)
     r->finished = 1;
     r->aborted = !ok;
     set_state(r, AL_REQ_DONE);
+    al_spool_free(r->spool); /* no attempt reads it any more: memory and file go now */
+    r->spool = NULL;
     filter_close(r);
     write_audit(r);
     release_secret(r);
@@ -890,10 +907,11 @@ static void up_on_head(void *arg, int status, const al_header *h, size_t n)
     al_req *r = arg;
     /* 401/403: one retry, if the credential source says one may help (the store: the
      * previous key version in its grace period, else the fallback provider; OAuth: a
-     * fresh token). Only a body-less request can be sent again (the body spool will
-     * lift that). The response is dropped; up_on_done starts the retry. */
-    if ((status == 401 || status == 403) && r->cq.attempt == AL_CRED_FIRST && !r->has_body &&
-        r->have_secret && al_credsrc_rejected(r->src, &r->cq, &r->grant, status, &r->retry)) {
+     * fresh token). Only a body-less request or one whose body prepare kept can be
+     * sent again. The response is dropped; up_on_done starts the retry. */
+    if ((status == 401 || status == 403) && r->cq.attempt == AL_CRED_FIRST &&
+        (!r->has_body || r->spool) && r->have_secret &&
+        al_credsrc_rejected(r->src, &r->cq, &r->grant, status, &r->retry)) {
         if (!r->retry.provider ||
             (r->retry.provider = arena_dup(r, r->retry.provider, strlen(r->retry.provider)))) {
             r->retrying = 1;
@@ -1028,6 +1046,22 @@ static void up_on_trailers(void *arg, const al_header *h, size_t n)
 static ssize_t up_read_body(void *arg, char *buf, size_t cap)
 {
     al_req *r = arg;
+    if (r->spool) {
+        size_t got = 0;
+        int rc = al_spool_read(&r->spool_rd, buf, cap, &got);
+        if (rc == AL_ERR_AGAIN) {
+            r->send_paused = 1;
+            return AL_ERR_AGAIN;
+        }
+        if (rc) {
+            refuse(r, AL_REF_BODY_SPOOL_FAILED,
+                   "airlock could not read back the request body it kept for a retry "
+                   "(%s); check the disk of $TMPDIR",
+                   al_strerror(rc));
+            return rc;
+        }
+        return (ssize_t)got;
+    }
     if (r->ring_len == 0) {
         if (r->body_ended)
             return 0;
@@ -1261,6 +1295,71 @@ static void stage_credential(al_req *r)
 /* ---- prepare ------------------------------------------------------------ */
 
 static void stage_upstream(al_req *r, al_header *out, size_t n);
+static int spool_write(al_req *r, const char *data, size_t len);
+
+/* Where the body goes (see the file comment): the spool when a retry after 401/403
+ * could send it again or the injector signs its hash, else the ring. Returns 0 to go
+ * on, 1 when prepare waits in SPOOLING for the body's end, -1 when refused. */
+static int prepare_body(al_req *r, const al_auth_injector *inj)
+{
+    const al_target *t = r->t;
+    int sign = inj && (inj->needs(t) & AL_AUTH_NEEDS_BODY_SHA256);
+    if (!r->has_body || r->body_length == 0)
+        return 0;
+    if (!r->spool) {
+        uint64_t bound;
+        if (sign) {
+            bound = t->auth.max_body_bytes;
+            if (bound == 0 || (r->body_length > 0 && (uint64_t)r->body_length > bound)) {
+                refuse(r, AL_REF_BODY_TOO_LARGE,
+                       "the request body is larger than targets[].auth.max_body_bytes (%llu), "
+                       "the largest body airlock signs for target '%s'",
+                       (unsigned long long)bound, t->name);
+                return -1;
+            }
+        } else {
+            /* Kept only when it is worth it: a retry is possible for this credential,
+             * and the length is known and small enough. Any other body streams. */
+            uint64_t max = r->table->limits.retry_body_max_bytes;
+            if (r->body_length < 0 || (uint64_t)r->body_length > max ||
+                r->cq.attempt != AL_CRED_FIRST || !r->have_secret ||
+                !al_credsrc_may_retry(r->src, &r->cq, &r->grant))
+                return 0;
+            bound = (uint64_t)r->body_length;
+        }
+        al_spool_cfg cfg = {
+            .memory_max = r->table->limits.spool_memory_bytes, .max_bytes = bound, .sha256 = sign};
+        if (al_spool_new(&cfg, &r->spool) != AL_OK) {
+            refuse(r, AL_REF_INTERNAL_ERROR, "out of memory");
+            return -1;
+        }
+        r->spool_signed = sign;
+        /* What arrived while the request resolved and waited for its credential moves
+         * over (the upstream has taken nothing yet); the ring is not needed any more. */
+        while (r->ring_len) {
+            size_t chunk = AL_REQ_BODY_BUF - r->ring_head;
+            if (chunk > r->ring_len)
+                chunk = r->ring_len;
+            if (spool_write(r, r->ring + r->ring_head, chunk))
+                return -1;
+            r->ring_head = (r->ring_head + chunk) % AL_REQ_BODY_BUF;
+            r->ring_len -= chunk;
+        }
+        free(r->ring);
+        r->ring = NULL;
+        r->ring_head = 0;
+        if (r->body_ended && al_spool_finish(r->spool) != AL_OK) {
+            refuse(r, AL_REF_BODY_SPOOL_FAILED, "airlock could not keep the request body");
+            return -1;
+        }
+    }
+    al_spool_reader_init(&r->spool_rd, r->spool); /* each attempt from the start */
+    if (sign && !al_spool_finished(r->spool)) {
+        set_state(r, AL_REQ_SPOOLING); /* al_request_body_end resumes prepare */
+        return 1;
+    }
+    return 0;
+}
 
 /* Headers, injection, URL: the request as it will go. */
 static void stage_prepare(al_req *r)
@@ -1268,6 +1367,8 @@ static void stage_prepare(al_req *r)
     const al_target *t = r->t;
     const al_auth_injector *inj;
     if (target_injector(r, &inj))
+        return;
+    if (prepare_body(r, inj) != 0)
         return;
 
     /* Upstream headers: agent's minus hop-by-hop and credentials, plus ours; room for
@@ -1337,22 +1438,22 @@ static void stage_prepare(al_req *r)
             .now_ms = now_wall_ms(),
             .body_length = r->has_body ? r->body_length : 0,
         };
+        unsigned char digest[32];
         if (needs & AL_AUTH_NEEDS_BODY_SHA256) {
-            /* The body spool (issue 10 item 3) plugs in here: spool the body, then
-             * ar.body_sha256 = its digest and resume. Until it lands, only a
-             * body-less request has a known digest (SHA-256 of ""). */
+            /* prepare_body kept the whole body and hashed it as it came; no body
+             * hashes as "" */
             static const unsigned char empty_sha256[32] = {
                 0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4,
                 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b,
                 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
-            if (r->has_body) {
-                refuse(r, AL_REF_AUTH_METHOD_UNAVAILABLE,
-                       "target '%s' signs the request body (auth method %s), which this build "
-                       "cannot do for a request with a body yet",
-                       t->name, al_auth_method_name(t->auth.method));
-                return;
-            }
             ar.body_sha256 = empty_sha256;
+            if (r->spool) {
+                if (al_spool_sha256(r->spool, digest) != AL_OK) {
+                    refuse(r, AL_REF_INTERNAL_ERROR, "the request body's hash is missing");
+                    return;
+                }
+                ar.body_sha256 = digest;
+            }
         }
         const al_secret_view *sv = r->have_secret ? &r->grant.sv : NULL;
         if (inj->prepare(t, &ar, sv, &r->inj)) {
@@ -1850,7 +1951,38 @@ size_t al_request_body_room(const al_req *r)
 {
     if (r->state == AL_REQ_REFUSING || r->state == AL_REQ_DONE)
         return AL_REQ_BODY_BUF; /* the body is being discarded */
+    if (r->spool) /* kept whole: the write checks its bound */
+        return AL_REQ_BODY_BUF;
     return AL_REQ_BODY_BUF - r->ring_len;
+}
+
+/* Keeps bytes in the spool; they count as consumed at once. */
+static int spool_write(al_req *r, const char *data, size_t len)
+{
+    int rc = al_spool_write(r->spool, data, len);
+    if (rc == AL_ERR_TOOBIG && r->spool_signed) {
+        refuse(r, AL_REF_BODY_TOO_LARGE,
+               "the request body is larger than targets[].auth.max_body_bytes (%llu), the "
+               "largest body airlock signs for target '%s'",
+               (unsigned long long)r->t->auth.max_body_bytes, r->t->name);
+        return rc;
+    }
+    if (rc == AL_ERR_TOOBIG) { /* a kept body is exactly its declared length */
+        refuse(r, AL_REF_BAD_REQUEST, "the request body is longer than its Content-Length");
+        return rc;
+    }
+    if (rc) {
+        const char *why = rc == AL_ERR_IO ? strerror(errno) : al_strerror(rc); /* errno kept */
+        al_log(AL_LOG_WARN, "request.spool_failed", "target=%s error=%s", r->t->name, why);
+        refuse(r, AL_REF_BODY_SPOOL_FAILED,
+               "airlock could not keep the request body (%s); check that $TMPDIR exists and "
+               "has free space, or lower limits.retry_body_max_bytes",
+               why);
+        return rc;
+    }
+    if (r->sink->body_consumed)
+        r->sink->body_consumed(r->arg, len);
+    return AL_OK;
 }
 
 int al_request_body_write(al_req *r, const char *data, size_t len)
@@ -1868,9 +2000,14 @@ int al_request_body_write(al_req *r, const char *data, size_t len)
                (unsigned long long)maxb);
         return AL_ERR_TOOBIG;
     }
+    if (r->spool) {
+        if (spool_write(r, data, len))
+            return AL_ERR_TOOBIG; /* refused (413, 400, or a disk error): not taken */
+        len = 0;                  /* kept; wake a paused upstream below */
+    }
     if (len > AL_REQ_BODY_BUF - r->ring_len)
         return AL_ERR_TOOBIG;
-    if (!r->ring && !(r->ring = malloc(AL_REQ_BODY_BUF)))
+    if (len && !r->ring && !(r->ring = malloc(AL_REQ_BODY_BUF)))
         return AL_ERR_NOMEM;
     while (len) {
         size_t tail = (r->ring_head + r->ring_len) % AL_REQ_BODY_BUF;
@@ -1889,9 +2026,24 @@ int al_request_body_write(al_req *r, const char *data, size_t len)
     return AL_OK;
 }
 
+static void stage_prepare(al_req *r);
+
 void al_request_body_end(al_req *r)
 {
     r->body_ended = 1;
+    if (r->spool && r->state != AL_REQ_REFUSING && r->state != AL_REQ_DONE) {
+        int rc = al_spool_finish(r->spool);
+        if (rc) {
+            refuse(r, AL_REF_BODY_SPOOL_FAILED,
+                   "airlock could not keep the request body (%s); free space in $TMPDIR",
+                   al_strerror(rc));
+            return;
+        }
+        if (r->state == AL_REQ_SPOOLING) { /* prepare waited for the body's hash */
+            stage_prepare(r);
+            return;
+        }
+    }
     if (r->send_paused && r->up) {
         r->send_paused = 0;
         up_ops(r)->resume_send(r->up);

@@ -29,7 +29,10 @@
  * al_request_body_room() allows, and receives the response through its al_req_sink.
  * The request body is held in a bounded ring (AL_REQ_BODY_BUF); when the upstream
  * takes bytes out, sink->body_consumed() tells the protocol it may read more (the
- * h2 flow-control window is consumed only then). The response body is offered with
+ * h2 flow-control window is consumed only then). A body that may have to be sent
+ * again (a 401/403 retry) or whose SHA-256 an injector signs goes to a spool
+ * (al_spool.h) instead, decided in prepare: its bytes count as consumed as soon as
+ * they are kept, and each attempt reads it from the start. The response body is offered with
  * sink->body(); AL_ERR_AGAIN pauses the upstream until al_request_resume_output().
  *
  * Lifetime: sink->end() is the last sink call. The protocol frees the request with
@@ -61,6 +64,7 @@ enum al_req_state {
     AL_REQ_NEW,        /* the head is arriving */
     AL_REQ_RESOLVING,  /* routed and allowed; DNS + egress check */
     AL_REQ_CREDENTIAL, /* waiting for the credential source */
+    AL_REQ_SPOOLING,   /* prepare waits for the whole body (an injector signs its hash) */
     AL_REQ_UPSTREAM,   /* handed to the upstream; the response streams */
     AL_REQ_REFUSING,   /* sending airlock's own refusal */
     AL_REQ_DONE,       /* ended (sink->end called, or a CONNECT handed over) */
@@ -251,8 +255,9 @@ void al_request_refuse(al_req *r, int status, const char *code, const char *fmt,
     __attribute__((format(printf, 4, 5)));
 
 size_t al_request_body_room(const al_req *r);
-/* Appends body bytes (len <= room). AL_ERR_TOOBIG past limits.max_body_bytes (the
- * request is then answered 413). */
+/* Appends body bytes (len <= room). AL_ERR_TOOBIG when the bytes were not taken and
+ * the request is refused: past limits.max_body_bytes (413), a kept body past its
+ * bound (413/400) or that the disk could not hold (500 body_spool_failed). */
 int al_request_body_write(al_req *r, const char *data, size_t len);
 void al_request_body_end(al_req *r);
 /* The downstream can take more response bytes. */

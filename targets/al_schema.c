@@ -244,6 +244,17 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                                    TBL(limits.queue_timeout_ms), 0, 1, 3600000, 10000, 0, "10000",
                                    "Longest wait (ms) for an upstream slot; past it: 503 "
                                    "`upstream_busy` or `client_over_limit` with Retry-After."},
+    [AL_S_LIMITS_SPOOL_MEMORY_BYTES] = {"limits.spool_memory_bytes", AL_SK_UINT, parse_uint,
+                                        TBL(limits.spool_memory_bytes), 0, 0, 67108864, 1048576,
+                                        0, "1048576",
+                                        "Bytes of a kept request body held in memory; the rest "
+                                        "goes to an unnamed, encrypted file in `$TMPDIR`."},
+    [AL_S_LIMITS_RETRY_BODY_MAX_BYTES] = {"limits.retry_body_max_bytes", AL_SK_UINT, parse_uint,
+                                          TBL(limits.retry_body_max_bytes), 0, 0, 1073741824,
+                                          1048576, 0, "1048576",
+                                          "Largest request body (Content-Length) kept so a "
+                                          "401/403 can be retried with another key; a larger "
+                                          "one is streamed, not retried. 0: never kept."},
     [AL_S_HEADERS] = {"headers", AL_SK_MAP, NULL, TBL(headers), 0, 0, 0, 0, 0, "",
                       "Headers airlock adds to forwarded requests."},
     [AL_S_HEADERS_VIA] = {"headers.via", AL_SK_BOOL, parse_bool, TBL(headers.add_via), 0, 0, 1, 1,

@@ -152,6 +152,9 @@ typedef struct al_limits {
     /* Fairness, see README "Fairness limits". */
     uint32_t max_upstream_per_client; /* upstream transfers per client IP, host, worker; 64 */
     uint32_t queue_timeout_ms;        /* wait for an upstream slot before 503; 10000 */
+    /* Request bodies kept for a retry, see README "Request bodies and retries". */
+    uint32_t spool_memory_bytes;   /* of a spooled body in memory, the rest in a file; 1 MiB */
+    uint32_t retry_body_max_bytes; /* largest body kept for a retry; 1 MiB, 0 = never */
 } al_limits;
 
 typedef struct al_egress_cfg {

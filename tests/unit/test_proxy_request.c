@@ -7,7 +7,11 @@
  * and the callback never runs; a resting pool is 429 with Retry-After; a 401 is
  * retried once with what the source says (a refreshed credential); the decide hook's
  * 407 carries Proxy-Authenticate and nothing is acquired or sent; every request
- * ends with one audit callback whose decision is apart from its outcome. */
+ * ends with one audit callback whose decision is apart from its outcome. The body
+ * spool: a body that arrived while the credential was pending and the rest that
+ * comes while the first attempt reads is replayed whole by the retry; a body is not
+ * kept when no retry is possible or it is past limits.retry_body_max_bytes (the 401
+ * reaches the agent); a kept body the disk cannot hold is 500 body_spool_failed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +31,8 @@
 
 static const char TABLE[] = "listen:\n"
                             "  proxy: 127.0.0.1:18080\n"
+                            "limits:\n"
+                            "  spool_memory_bytes: 1024\n"
                             "targets:\n"
                             "  - name: api\n"
                             "    type: openapi\n"
@@ -46,6 +52,7 @@ static struct {
     al_credsrc_done_fn done;
     void *arg;
     int pending_live;
+    int no_retry;      /* may_retry answers 0 */
     const char *token; /* the secret handed out */
     al_cred_attempt last_attempt;
 } src;
@@ -101,12 +108,21 @@ static int fake_rejected(void *self, const al_cred_query *q, const al_cred_grant
     return 1;
 }
 
+static int fake_may_retry(void *self, const al_cred_query *q, const al_cred_grant *g)
+{
+    (void)self;
+    (void)q;
+    (void)g;
+    return !src.no_retry;
+}
+
 static const al_credsrc_ops fake_ops = {
     .name = "fake",
     .acquire = fake_acquire,
     .cancel = fake_cancel,
     .release = fake_release,
     .rejected = fake_rejected,
+    .may_retry = fake_may_retry,
 };
 
 /* The source answers later, as from the loop. */
@@ -346,6 +362,7 @@ static void test_state_names(void **state)
     (void)state;
     assert_string_equal(al_req_state_name(AL_REQ_NEW), "new");
     assert_string_equal(al_req_state_name(AL_REQ_CREDENTIAL), "credential");
+    assert_string_equal(al_req_state_name(AL_REQ_SPOOLING), "spooling");
     assert_string_equal(al_req_state_name(AL_REQ_DONE), "done");
     assert_string_equal(al_req_state_name((enum al_req_state)99), "?");
 }
@@ -600,6 +617,169 @@ static void test_body_filter_scrubs_across_chunks(void **state)
     assert_string_equal(audit.decision, "allow");
 }
 
+/* ---- the body spool ------------------------------------------------------ */
+
+static size_t consumed; /* request-body bytes the protocol was told it may read on */
+
+static void s_consumed(void *arg, size_t n)
+{
+    (void)arg;
+    consumed += n;
+}
+
+static const al_req_sink body_sink = {s_head, s_body, s_end, s_consumed, NULL};
+
+static al_req *start_post(int64_t len)
+{
+    al_req *r = al_request_new(&ctx, &body_sink, NULL, "http/1.1", "127.0.0.1:5555");
+    assert_non_null(r);
+    assert_int_equal(al_request_set_head(r, "POST", 4, NULL, 0, NULL, 0, "/t/api/up", 9), AL_OK);
+    consumed = 0;
+    al_request_start(r, 1, len);
+    run_while(r, AL_REQ_RESOLVING);
+    return r;
+}
+
+/* What the upstream engine pulls until the body pauses (AGAIN) or ends. */
+static size_t upstream_reads(char *buf, size_t cap, int *ended)
+{
+    size_t off = 0;
+    *ended = 0;
+    for (;;) {
+        size_t want = cap - off < 16384 ? cap - off : 16384;
+        ssize_t n = up.cbs->read_body(up.arg, buf + off, want);
+        if (n == AL_ERR_AGAIN)
+            break;
+        assert_true(n >= 0);
+        if (n == 0) {
+            *ended = 1;
+            break;
+        }
+        off += (size_t)n;
+        assert_true(off <= cap);
+    }
+    return off;
+}
+
+static void write_body(al_req *r, const char *p, size_t n)
+{
+    while (n) {
+        size_t room = al_request_body_room(r);
+        assert_true(room > 0);
+        size_t k = n < room ? n : room;
+        assert_int_equal(al_request_body_write(r, p, k), AL_OK);
+        p += k;
+        n -= k;
+    }
+}
+
+static void test_401_retry_replays_the_kept_body(void **state)
+{
+    (void)state;
+    enum { N = 100000 };
+    char *body = malloc(N), *got = malloc(N);
+    for (size_t i = 0; i < N; i++)
+        body[i] = (char)('a' + i % 23);
+    src.answer = AL_ERR_PENDING;
+    al_req *r = start_post(N);
+    assert_int_equal(al_request_state(r), AL_REQ_CREDENTIAL);
+    /* bytes that come while the credential is pending wait in the ring */
+    write_body(r, body, 30000);
+    assert_int_equal(consumed, 0);
+    src.answer = AL_OK; /* the retry's credential answers now */
+    answer_pending(AL_OK, "tok-1");
+    assert_int_equal(up.starts, 1);
+    assert_int_equal(consumed, 30000); /* moved into the spool: the agent may go on */
+    int ended;
+    assert_int_equal(upstream_reads(got, N, &ended), 30000);
+    assert_false(ended);
+    /* the rest arrives while the first attempt reads (behind the agent) */
+    write_body(r, body + 30000, N - 30000);
+    assert_int_equal(consumed, N);
+    al_request_body_end(r);
+    assert_int_equal(upstream_reads(got + 30000, N - 30000, &ended), N - 30000);
+    assert_true(ended);
+    assert_memory_equal(got, body, N);
+    /* 401: the retry sends the very same body again, from the start */
+    upstream_answers(401, "no");
+    assert_int_equal(up.starts, 2);
+    assert_int_equal(sink.status, 0);
+    memset(got, 0, N);
+    assert_int_equal(upstream_reads(got, N, &ended), N);
+    assert_true(ended);
+    assert_memory_equal(got, body, N);
+    upstream_answers(200, "ok");
+    assert_int_equal(sink.status, 200);
+    al_request_free(r);
+    assert_string_equal(audit.retry, "refreshed_credential");
+    free(body);
+    free(got);
+}
+
+static void test_body_not_kept_without_a_possible_retry_or_past_the_bound(void **state)
+{
+    (void)state;
+    char body[1000], got[1000];
+    memset(body, 'x', sizeof body);
+    for (int c = 0; c < 2; c++) {
+        memset(&up, 0, sizeof up);
+        memset(&sink, 0, sizeof sink);
+        src.answer = AL_OK;
+        src.no_retry = c == 0;
+        /* c == 1: a retry is possible, but the body is past retry_body_max_bytes */
+        al_req *r = start_post(c == 0 ? (int64_t)sizeof body : 2 * 1024 * 1024);
+        assert_int_equal(up.starts, 1);
+        assert_int_equal(al_request_body_room(r), AL_REQ_BODY_BUF);
+        write_body(r, body, sizeof body);
+        /* streamed through the ring: consumed only as the upstream reads */
+        assert_int_equal(consumed, 0);
+        assert_int_equal(al_request_body_room(r), AL_REQ_BODY_BUF - sizeof body);
+        int ended;
+        assert_int_equal(upstream_reads(got, sizeof got, &ended), sizeof body);
+        assert_int_equal(consumed, sizeof body);
+        upstream_answers(401, "no");
+        assert_int_equal(up.starts, 1); /* not retried: the 401 reaches the agent */
+        assert_int_equal(sink.status, 401);
+        al_request_free(r);
+        assert_string_equal(audit.retry, "");
+    }
+}
+
+static void test_kept_body_disk_failure_and_overflow_are_refused(void **state)
+{
+    (void)state;
+    char body[4096];
+    memset(body, 'y', sizeof body);
+    /* past spool_memory_bytes (1024) into a $TMPDIR that does not exist */
+    const char *old = getenv("TMPDIR");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("TMPDIR", "/nonexistent/airlock-spool-test", 1);
+    src.answer = AL_OK;
+    al_req *r = start_post(sizeof body);
+    assert_int_equal(up.starts, 1);
+    assert_int_equal(al_request_body_write(r, body, 1024), AL_OK);
+    assert_int_equal(al_request_body_write(r, body, 1), AL_ERR_TOOBIG);
+    if (saved)
+        setenv("TMPDIR", saved, 1);
+    else
+        unsetenv("TMPDIR");
+    free(saved);
+    assert_int_equal(sink.status, 500);
+    assert_non_null(strstr(sink.body, "\"error\":\"body_spool_failed\""));
+    assert_int_equal(up.live, 0); /* the upstream attempt was cancelled */
+    al_request_free(r);
+    assert_string_equal(audit.reason, "body_spool_failed");
+
+    /* a kept body longer than its declared length (h2 DATA past content-length) */
+    memset(&up, 0, sizeof up);
+    memset(&sink, 0, sizeof sink);
+    r = start_post(100);
+    assert_int_equal(al_request_body_write(r, body, 100), AL_OK);
+    assert_int_equal(al_request_body_write(r, body, 1), AL_ERR_TOOBIG);
+    assert_int_equal(sink.status, 400);
+    al_request_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -613,6 +793,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_decide_407_challenge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_route_denial_is_a_decision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_filter_scrubs_across_chunks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_401_retry_replays_the_kept_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_body_not_kept_without_a_possible_retry_or_past_the_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_body_disk_failure_and_overflow_are_refused,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
