@@ -15,6 +15,7 @@ What it gives (all on 127.0.0.1, everything started is killed at exit, by pid):
     start_echo(tls=False)      -> (Proc, port, ca_file or None)   tests/peers/echo_upstream.py
     start_nginx_tls(h2=True)   -> (Proc, port, ca_file)           Debian nginx, TLS (+h2)
     start_oidc(ttl=300, ...)   -> OidcProvider                    npm oidc-provider, HTTPS
+    start_resource_server(op, aud) -> (Proc, port, ca_file)       JWT-checking API + MCP server
     Airlock(table, providers, env)   the real binary on free ports with a temp state dir
     run(globals())             runs test_* functions in order; Skip("why") skips one
 
@@ -344,6 +345,35 @@ def start_oidc(ttl=300, resources=(), client_id="airlock-test", client_secret=No
 
 
 start_oidc.__test__ = False
+
+
+def start_resource_server(op, audience, mcp_audience=None, timeout=20):
+    """tests/peers/resource_server.js over HTTPS (test CA): a JSON API under /api/ and an
+    MCP server at /mcp that accept only Bearer JWTs signed by OidcProvider `op` for
+    `audience` (/mcp: `mcp_audience`, default the same). Returns (Proc, port, ca_file).
+    GET /__stats counts requests and distinct token ids; POST /__revoke revokes every
+    token seen so far."""
+    if not node_modules_ready("@modelcontextprotocol/sdk", "jose"):
+        raise Skip("tests/node_modules lacks the MCP SDK: run (cd tests && npm ci)")
+    c = test_ca()
+    argv = [NODE, os.path.join(PEERS_DIR, "resource_server.js"), "--issuer", op.issuer,
+            "--jwks", op.jwks_uri, "--audience", audience, "--mcp-audience",
+            mcp_audience or audience, "--cert", c["cert"], "--key", c["key"]]
+    p = Proc(argv, name="resource-server", cwd=TESTS_DIR, env={"NODE_EXTRA_CA_CERTS": c["ca"]})
+
+    def ready():
+        for line in p.log_text().splitlines():
+            if line.startswith("READY "):
+                return int(line.split()[1])
+        if not p.alive():
+            raise RuntimeError("resource server exited:\n" + p.log_tail())
+        return None
+
+    port = wait_for(ready, timeout, "resource server READY")
+    return p, port, c["ca"]
+
+
+start_resource_server.__test__ = False
 
 
 # Header values nginx echoes back (name in the JSON -> nginx variable). Values are

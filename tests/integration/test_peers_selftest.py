@@ -13,7 +13,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from altest import (Proc, free_port, run, start_echo,  # noqa: E402
-                    start_nginx_tls, start_oidc, tmpdir, wait_port, rss_kb)
+                    start_nginx_tls, start_oidc, start_resource_server, tmpdir, wait_port,
+                    rss_kb, NODE, TESTS_DIR)
 
 import requests  # noqa: E402  (Debian's python3-requests)
 
@@ -247,6 +248,51 @@ def test_oidc_provider_issues_jwt_client_credentials_tokens_and_counts_them():
                    data={"grant_type": "client_credentials"}, timeout=10)
         assert r.json()["expires_in"] == 5, r.text
         assert op.stats()["last_params"]["resource"] == "https://api.test/", op.stats()
+    finally:
+        op.stop()
+
+
+def test_resource_server_and_mcp_accept_only_the_providers_tokens():
+    op = start_oidc(ttl=120)
+    try:
+        rs, port, ca = start_resource_server(op, "https://api.test/",
+                                             mcp_audience="https://mcp.test/mcp")
+        base = "https://127.0.0.1:%d" % port
+
+        def token(resource):
+            r = S.post(op.token_endpoint, auth=(op.client_id, op.client_secret), verify=op.ca,
+                       data={"grant_type": "client_credentials", "resource": resource},
+                       timeout=10)
+            return r.json()["access_token"]
+
+        api_tok = token("https://api.test/")
+        r = S.post(base + "/api/x", data=b"hello", verify=ca, timeout=10,
+                   headers={"Authorization": "Bearer " + api_tok})
+        assert r.status_code == 200 and r.json()["body_len"] == 5, r.text
+        for bad in (None, "Bearer nope", "Bearer " + api_tok[:-4] + "AAAA",
+                    "Bearer " + token("https://other.test/")):
+            h = {"Authorization": bad} if bad else {}
+            r = S.get(base + "/api/x", headers=h, verify=ca, timeout=10)
+            assert r.status_code == 401, (bad, r.text)
+            assert 'error="invalid_token"' in r.headers["www-authenticate"], r.headers
+        # the MCP server: the official SDK client, streamed progress, with a direct token
+        env = dict(os.environ, NODE_EXTRA_CA_CERTS=ca, MCP_TEST_BEARER=token("https://mcp.test/mcp"))
+        out = subprocess.run([NODE, os.path.join(TESTS_DIR, "integration", "node", "mcp_client.mjs"),
+                              base + "/mcp"], capture_output=True, text=True, env=env, timeout=60)
+        j = json.loads(out.stdout.strip().splitlines()[-1])
+        assert j["ok"] and j["tools"] == ["count"] and j["result"] == "counted to 3", (j, out.stderr)
+        assert [p["progress"] for p in j["progress"]] == [1, 2, 3], j
+        assert j["progress"][0]["ms"] + 80 < j["result_ms"], j  # events arrived one by one
+        env["MCP_TEST_BEARER"] = api_tok  # wrong audience for /mcp
+        out = subprocess.run([NODE, os.path.join(TESTS_DIR, "integration", "node", "mcp_client.mjs"),
+                              base + "/mcp"], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 1, out.stdout
+        # revocation
+        assert S.post(base + "/__revoke", verify=ca, timeout=10).json()["revoked"] >= 2
+        r = S.get(base + "/api/x", headers={"Authorization": "Bearer " + api_tok}, verify=ca,
+                  timeout=10)
+        assert r.status_code == 401, r.text
+        rs.stop()
     finally:
         op.stop()
 

@@ -1,0 +1,147 @@
+// resource_server.js: an OAuth-protected upstream for airlock's 2LO tests — a JSON API
+// and an MCP server (official @modelcontextprotocol/sdk, Streamable HTTP) that accept a
+// request only with a Bearer JWT the OpenID provider signed (checked with `jose` against
+// the provider's JWKS: signature, issuer, audience, expiry), like a real resource server.
+//
+//   node resource_server.js --issuer URL --jwks URL --audience AUD [--mcp-audience AUD]
+//        [--cert PEM --key PEM] [--port 0]
+//   NODE_EXTRA_CA_CERTS=test-ca.pem so the JWKS fetch trusts the test CA.
+//
+// - /api/...   any method: 200 {"ok":true,"method","path","jti","scope","aud","body_sha256",
+//              "body_len"} with a valid token; else 401 with
+//              WWW-Authenticate: Bearer error="invalid_token" and a JSON error;
+// - /mcp       MCP Streamable HTTP (stateless: one server per request). Tool "count" sends
+//              three progress notifications, 50 ms apart, then its result, all as
+//              server-sent events on the POST's response stream;
+// - POST /__revoke     every token seen so far is rejected from now on (by jti);
+// - GET  /__stats      {"requests","accepted","rejected","jtis":[distinct jti seen, in order]}.
+// Prints "READY <port>" when listening.
+import http from "node:http";
+import https from "node:https";
+import fs from "node:fs";
+import crypto from "node:crypto";
+import { createRemoteJWKSet, jwtVerify } from "jose";
+import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+
+const args = process.argv.slice(2);
+const opt = { port: 0 };
+for (let i = 0; i < args.length; i += 2) {
+  const k = args[i].replace(/^--/, "").replace(/-([a-z])/g, (_, c) => c.toUpperCase());
+  opt[k] = args[i + 1];
+}
+for (const need of ["issuer", "jwks", "audience"]) {
+  if (!opt[need]) {
+    console.error(`resource_server.js: --${need} is required`);
+    process.exit(2);
+  }
+}
+
+const JWKS = createRemoteJWKSet(new URL(opt.jwks));
+const revoked = new Set();
+const stats = { requests: 0, accepted: 0, rejected: 0, jtis: [] };
+
+async function authenticate(req, audience) {
+  const h = req.headers.authorization || "";
+  const m = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(h);
+  if (!m) return { error: "no bearer token" };
+  try {
+    const { payload } = await jwtVerify(m[1], JWKS, { issuer: opt.issuer, audience });
+    if (revoked.has(payload.jti)) return { error: "token revoked" };
+    if (!stats.jtis.includes(payload.jti)) stats.jtis.push(payload.jti);
+    return { payload };
+  } catch (e) {
+    return { error: "token rejected: " + e.code };
+  }
+}
+
+function send(res, status, obj, extra = {}) {
+  res.writeHead(status, { "content-type": "application/json", ...extra });
+  res.end(JSON.stringify(obj));
+}
+
+async function readBody(req) {
+  const chunks = [];
+  for await (const c of req) chunks.push(c);
+  return Buffer.concat(chunks);
+}
+
+function mcpServer() {
+  const server = new McpServer({ name: "airlock-test-mcp", version: "1.0.0" });
+  server.registerTool(
+    "count",
+    { description: "counts to three, streaming progress" },
+    async (extra) => {
+      const token = extra._meta?.progressToken;
+      for (let i = 1; i <= 3; i++) {
+        if (token !== undefined) {
+          await extra.sendNotification({
+            method: "notifications/progress",
+            params: { progressToken: token, progress: i, total: 3 },
+          });
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return { content: [{ type: "text", text: "counted to 3" }] };
+    },
+  );
+  return server;
+}
+
+async function handle(req, res) {
+  const url = new URL(req.url, "http://x");
+  if (url.pathname === "/__stats") return send(res, 200, stats);
+  if (url.pathname === "/__revoke" && req.method === "POST") {
+    for (const j of stats.jtis) revoked.add(j);
+    return send(res, 200, { revoked: revoked.size });
+  }
+  stats.requests++;
+  const isMcp = url.pathname === "/mcp";
+  const auth = await authenticate(req, isMcp ? opt.mcpAudience || opt.audience : opt.audience);
+  if (auth.error) {
+    stats.rejected++;
+    await readBody(req);
+    return send(res, 401, { error: "invalid_token", message: auth.error }, {
+      "www-authenticate": 'Bearer error="invalid_token"',
+    });
+  }
+  stats.accepted++;
+  if (isMcp) {
+    const body = await readBody(req);
+    const parsed = body.length ? JSON.parse(body.toString()) : undefined;
+    const server = mcpServer();
+    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
+    res.on("close", () => {
+      transport.close();
+      server.close();
+    });
+    await server.connect(transport);
+    await transport.handleRequest(req, res, parsed);
+    return;
+  }
+  const body = await readBody(req);
+  const p = auth.payload;
+  return send(res, 200, {
+    ok: true,
+    method: req.method,
+    path: url.pathname,
+    jti: p.jti,
+    scope: p.scope || "",
+    aud: p.aud,
+    body_len: body.length,
+    body_sha256: crypto.createHash("sha256").update(body).digest("hex"),
+  });
+}
+
+const onRequest = (req, res) =>
+  handle(req, res).catch((e) => {
+    console.error("resource_server error", e);
+    if (!res.headersSent) send(res, 500, { error: "internal", message: String(e) });
+    else res.destroy();
+  });
+const server = opt.cert
+  ? https.createServer({ cert: fs.readFileSync(opt.cert), key: fs.readFileSync(opt.key) }, onRequest)
+  : http.createServer(onRequest);
+server.listen(Number(opt.port), "127.0.0.1", () => {
+  console.log(`READY ${server.address().port}`);
+});
