@@ -128,4 +128,7 @@ int al_auth_api_key_header(const al_target *t, const al_secret_view *s, al_auth_
 int al_auth_api_key_target(const al_target *t, const al_secret_view *s, const char *target,
                            size_t len, al_buf *out);
 
+/* ---- oauth2_2lo (al_auth_oauth2.c): Authorization: Bearer <token> ---- */
+extern const al_auth_injector al_auth_oauth2_injector;
+
 #endif

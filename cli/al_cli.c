@@ -5,8 +5,24 @@
 #include "al_cli.h"
 #include "targets/al_table.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+void al_cli_admin_url(const char *listen, char *out, size_t cap)
+{
+    const char *colon = strrchr(listen, ':');
+    size_t hl = colon ? (size_t)(colon - listen) : 0;
+    const char *host = "127.0.0.1";
+    if (hl && !(hl == 7 && strncmp(listen, "0.0.0.0", 7) == 0) &&
+        !(hl == 4 && strncmp(listen, "[::]", 4) == 0)) {
+        snprintf(out, cap, "http://%s", listen);
+        return;
+    }
+    if (hl == 4)
+        host = "[::1]";
+    snprintf(out, cap, "http://%s:%s", host, colon ? colon + 1 : "");
+}
 
 char *al_cli_state_dir(const char *flag_state_dir, const char *config_path)
 {

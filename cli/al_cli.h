@@ -26,4 +26,8 @@ void al_cli_usage(FILE *out, const char *command);
  * Either argument may be NULL. Returns a malloc'd path (never NULL unless OOM). */
 char *al_cli_state_dir(const char *flag_state_dir, const char *config_path);
 
+/* "http://HOST:PORT" of an admin listen address ("0.0.0.0:9090" and "[::]:9090" are
+ * asked on the loopback address of their family). */
+void al_cli_admin_url(const char *listen, char *out, size_t cap);
+
 #endif

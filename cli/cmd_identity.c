@@ -12,6 +12,7 @@
 #include "common/al_err.h"
 #include "identity/al_identity.h"
 #include "identity/al_token.h"
+#include "targets/al_table.h"
 #include "proxy/al_egress.h"
 
 #include <errno.h>
@@ -34,11 +35,13 @@ enum action {
     A_DELETE = 16,
     A_ROTATE = 32,
     A_VERIFY = 64,
-    A_TEST = 128
+    A_TEST = 128,
+    A_STATUS = 256
 };
 #define F_ALL   (F_NONE | F_API | F_OAUTH | F_AWS)
 #define F_PROV  (F_API | F_OAUTH | F_AWS)
-#define A_ALL   (A_CREATE | A_UPDATE | A_GET | A_LIST | A_DELETE | A_ROTATE | A_VERIFY | A_TEST)
+#define A_ALL                                                                                      \
+    (A_CREATE | A_UPDATE | A_GET | A_LIST | A_DELETE | A_ROTATE | A_VERIFY | A_TEST | A_STATUS)
 #define A_CU    (A_CREATE | A_UPDATE)
 #define A_NAMED (A_CREATE | A_UPDATE | A_GET | A_DELETE | A_TEST)
 
@@ -61,6 +64,8 @@ static const struct verb {
     {"delete-oauth2-credential-provider", F_OAUTH, A_DELETE, "delete a provider"},
     {"test-oauth2-credential-provider", F_OAUTH, A_TEST,
      "request one client-credentials token and show its metadata (never the token)"},
+    {"get-oauth2-token-status", F_OAUTH, A_STATUS,
+     "the tokens a running serve holds: expiry, scopes, fingerprint (never the token)"},
     {"create-aws-credential-provider", F_AWS, A_CREATE, "store AWS access keys for SigV4"},
     {"update-aws-credential-provider", F_AWS, A_UPDATE, "rotate the keys or change settings"},
     {"get-aws-credential-provider", F_AWS, A_GET, "show one provider (never the keys)"},
@@ -97,6 +102,8 @@ enum opt {
     O_CA_FILE,
     O_ALLOW_INSECURE,
     O_ALLOW_PRIVATE,
+    O_ADMIN,
+    O_PROVIDER_FILTER,
     O_SCOPE,
     O_AUDIENCE,
     O_RESOURCE,
@@ -153,6 +160,9 @@ static const struct flag {
                           "allow http:// discovery and token endpoints (secrets in clear text)"},
     [O_ALLOW_PRIVATE] = {"--allow-private-network", F_OAUTH, A_CU, 0, NULL,
                          "allow endpoints on private/loopback addresses (egress guard)"},
+    [O_ADMIN] = {"--admin", F_OAUTH, A_STATUS, 0, "URL",
+                 "the admin listener of serve (default: listen.admin of -c FILE)"},
+    [O_PROVIDER_FILTER] = {"--name", F_OAUTH, A_STATUS, 0, "NAME", "only this provider's tokens"},
     [O_SCOPE] = {"--scope", F_OAUTH, A_TEST, 0, "SCOPE", "a scope to request (repeatable)"},
     [O_AUDIENCE] = {"--audience", F_OAUTH, A_TEST, 0, "AUD", "audience parameter"},
     [O_RESOURCE] = {"--resource", F_OAUTH, A_TEST, 0, "URL", "RFC 8707 resource parameter"},
@@ -337,6 +347,61 @@ static void print_json(json_t *j)
 static const char *family_kind(int f)
 {
     return f == F_API ? "api_key" : f == F_OAUTH ? "oauth2" : f == F_AWS ? "aws" : NULL;
+}
+
+/* get-oauth2-token-status: GET /oauth2/tokens of the running serve (metadata only). */
+static int token_status(char **o, json_t **res)
+{
+    char url[512];
+    al_table *t = NULL;
+    al_fetch *f = NULL;
+    char *buf = NULL;
+    json_t *all = NULL;
+    int rc = AL_ERR_INVAL;
+    if (o[O_ADMIN]) {
+        snprintf(url, sizeof url, "%s/oauth2/tokens", o[O_ADMIN]);
+    } else {
+        al_diags d = {0};
+        if (!o[O_CONFIG] || al_table_load(o[O_CONFIG], &t, &d) != AL_OK || !t->listen.admin) {
+            fprintf(stderr, "airlock identity get-oauth2-token-status: give --admin URL, or -c "
+                            "FILE of a table with listen.admin\n");
+            al_diags_free(&d);
+            goto out;
+        }
+        al_diags_free(&d);
+        char base[300];
+        al_cli_admin_url(t->listen.admin, base, sizeof base);
+        snprintf(url, sizeof url, "%s/oauth2/tokens", base);
+    }
+    /* the admin listener is local and plain http by design */
+    al_fetch_opts fo = {.allow_insecure = 1, .allow_private_network = 1, .timeout_ms = 10000};
+    al_fetch_request rq = {.url = url};
+    al_fetch_response r;
+    if ((rc = al_fetch_new(&f)) != AL_OK)
+        goto out;
+    rc = al_fetch_wait(f, &rq, &fo, &r, &buf);
+    if (rc != AL_OK || r.status != 200 || !(all = json_loadb(r.body, r.body_len, 0, NULL))) {
+        fprintf(stderr, "airlock identity: cannot read %s: %s\n", url,
+                rc != AL_OK ? r.errmsg : "unexpected answer");
+        rc = rc != AL_OK ? rc : AL_ERR_PROTO;
+        goto out;
+    }
+    json_t *out = json_array(), *e;
+    size_t i;
+    json_array_foreach(json_object_get(all, "tokens"), i, e)
+    {
+        const char *p = json_string_value(json_object_get(e, "provider"));
+        if (!o[O_PROVIDER_FILTER] || (p && strcmp(p, o[O_PROVIDER_FILTER]) == 0))
+            json_array_append(out, e);
+    }
+    *res = json_pack("{s:o}", "tokens", out);
+    rc = AL_OK;
+out:
+    json_decref(all);
+    free(buf);
+    al_fetch_free(f);
+    al_table_unref(t);
+    return rc;
 }
 
 /* test-oauth2-credential-provider: one token through the same client serve uses (the
@@ -596,7 +661,13 @@ int al_cmd_identity(int argc, char **argv)
     }
     const char *kind = family_kind(v->family);
     ret = 1;
-    if (v->action == A_TEST) {
+    if (v->action == A_STATUS) {
+        rc = token_status(o, &res);
+        if (rc != AL_OK) {
+            ret = 1;
+            goto out;
+        }
+    } else if (v->action == A_TEST) {
         rc = al_identity_open(state_dir, AL_IDENTITY_SECRETS, &id);
         if (rc == AL_OK)
             rc = test_oauth2(id, o, scopes, n_scopes, &res);

@@ -43,21 +43,6 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg)
 }
 
 /* listen.admin "host:port" -> a URL to reach it from this machine. */
-static void admin_url(const char *listen, char *out, size_t cap)
-{
-    const char *colon = strrchr(listen, ':');
-    size_t hl = colon ? (size_t)(colon - listen) : 0;
-    const char *host = "127.0.0.1";
-    if (hl && !(hl == 7 && strncmp(listen, "0.0.0.0", 7) == 0) &&
-        !(hl == 4 && strncmp(listen, "[::]", 4) == 0)) {
-        snprintf(out, cap, "http://%s", listen);
-        return;
-    }
-    if (hl == 4)
-        host = "[::1]";
-    snprintf(out, cap, "http://%s:%s", host, colon ? colon + 1 : "");
-}
-
 static int report(const char *config, json_t *j, long http)
 {
     json_t *ok = json_object_get(j, "ok");
@@ -157,7 +142,7 @@ int al_cmd_reload(int argc, char **argv)
             return 1;
         }
         if (!admin)
-            admin_url(t->listen.admin, url, sizeof url);
+            al_cli_admin_url(t->listen.admin, url, sizeof url);
         al_table_unref(t);
     }
     if (admin)

@@ -24,6 +24,9 @@ typedef struct al_secret_view {
     /* Non-secret settings as JSON text (oauth2: endpoints, clientId; aws: accessKeyId),
      * NULL for api_key. */
     const char *config_json;
+    /* oauth2 grants: "sha256:" + 12 hex of the access token, for the audit record;
+     * NULL otherwise. */
+    const char *fingerprint;
 } al_secret_view;
 
 #endif

@@ -366,6 +366,23 @@ int al_flight_get(al_flight *f, const char *key, const void *key_data, int force
     return rc;
 }
 
+int al_flight_peek(al_flight *f, const char *key, al_flight_result *res)
+{
+    memset(res, 0, sizeof *res);
+    int64_t now = al_flight_now(f);
+    int rc = AL_ERR_NOTFOUND;
+    pthread_mutex_lock(&f->lock);
+    entry *e = find(f, key, hash_key(key), NULL);
+    if (e && e->st.has_value && now < e->st.expires_at) {
+        f->cfg.value_ops.retain(e->value);
+        res->value = e->value;
+        res->gen = e->gen;
+        rc = AL_OK;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return rc;
+}
+
 static waiter **find_waiter(al_flight *f, uint64_t id)
 {
     for (waiter **pp = &f->waiters; *pp; pp = &(*pp)->next)

@@ -127,6 +127,9 @@ typedef struct al_flight_result {
  * exists). cb may be NULL: then AL_ERR_AGAIN only starts the load. */
 int al_flight_get(al_flight *f, const char *key, const void *key_data, int force, al_flight_cb cb,
                   void *arg, al_flight_result *res);
+/* The usable value of `key` if there is one (retained), without starting a load or
+ * registering a waiter: AL_OK or AL_ERR_NOTFOUND. */
+int al_flight_peek(al_flight *f, const char *key, al_flight_result *res);
 /* Removes a waiter. Returns 1 when it was removed before its callback, 0 when the
  * callback has already run (or was never registered). Waits for a callback that is
  * running on another thread to finish. */

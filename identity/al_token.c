@@ -40,6 +40,7 @@ typedef struct tok_impl {
     size_t token_len;
     char *provider;
     char *scope;
+    char *key; /* the cache entry it belongs to (al_token_drop) */
     char fp[32];
 } tok_impl;
 
@@ -93,6 +94,7 @@ void al_token_release(al_token *t)
     }
     free(ti->provider);
     free(ti->scope);
+    free(ti->key);
     free(ti);
 }
 
@@ -137,7 +139,12 @@ int al_token_cache_key(const al_token_spec *s, char *buf, size_t len)
 {
     char text[2048];
     key_text(s, text, sizeof text);
-    size_t used = (size_t)snprintf(buf, len, "%s", text);
+    /* The provider's settings (endpoints, client id, CA...) change without a new secret
+     * version: tokens of other settings are other entries. */
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = s->config_json ? s->config_json : ""; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    size_t used = (size_t)snprintf(buf, len, "%s\x1f%016llx", text, (unsigned long long)h);
     for (size_t i = 0; i < s->custom_count && used < len; i++) {
         int n = snprintf(buf + used, len - used, "\x1f%s=%s", s->custom[i].key, s->custom[i].value);
         if (n < 0)
@@ -467,6 +474,7 @@ static void finish(load_ctx *c, int err, al_token *t, const char *msg)
 {
     al_token_client *tc = c->tc;
     if (err == AL_OK) {
+        ((tok_impl *)t)->key = strdup(c->key); /* NULL (no memory): al_token_drop is a no-op */
         int64_t life_ms = t->lifetime_s * 1000;
         int64_t skew = life_ms / 10 < 30000 ? life_ms / 10 : 30000;
         audit_event(c, "ok", 0, NULL, t);
@@ -771,6 +779,16 @@ int al_token_get(al_token_client *tc, const al_token_spec *spec, al_flight_cb cb
     return al_flight_get(tc->cache, key, spec, 0, cb, arg, res);
 }
 
+int al_token_peek(al_token_client *tc, const al_token_spec *spec, al_flight_result *res)
+{
+    char key[4096];
+    if (al_token_cache_key(spec, key, sizeof key) != AL_OK) {
+        memset(res, 0, sizeof *res);
+        return AL_ERR_NOTFOUND;
+    }
+    return al_flight_peek(tc->cache, key, res);
+}
+
 int al_token_cancel(al_token_client *tc, uint64_t wait_id)
 {
     return al_flight_cancel(tc->cache, wait_id);
@@ -782,6 +800,14 @@ int al_token_invalidate(al_token_client *tc, const al_token_spec *spec, uint64_t
     if (al_token_cache_key(spec, key, sizeof key) != AL_OK)
         return 0;
     return al_flight_invalidate(tc->cache, key, gen);
+}
+
+int al_token_drop(al_token_client *tc, const al_token *tok, uint64_t gen)
+{
+    const tok_impl *ti = (const tok_impl *)tok;
+    if (!ti || !ti->key)
+        return 0;
+    return al_flight_invalidate(tc->cache, ti->key, gen);
 }
 
 typedef struct wait_box {
@@ -854,16 +880,29 @@ static void status_one(void *arg, const al_flight_info *in)
                             ? (s->now_ms >= in->state.refresh_at ? "refresh_due" : "valid")
                         : in->state.failures ? "failing"
                                              : "expired";
-    json_t *o =
-        json_pack("{s:s?, s:I, s:o, s:s?, s:s?, s:s?, s:I?, s:I?, s:I?, s:b, s:s, s:I, s:s?}",
-                  "provider", sc ? sc->s.provider : NULL, "version",
-                  (json_int_t)(sc ? sc->s.version : 0), "scopes", scopes, "audience",
-                  sc ? sc->s.audience : NULL, "resource", sc ? sc->s.resource : NULL, "fingerprint",
-                  t ? t->fingerprint : NULL, "obtained_at", (json_int_t)(t ? t->obtained_unix : 0),
-                  "expires_at", (json_int_t)(t ? (in->state.expires_at + off) / 1000 : 0),
-                  "refresh_at", (json_int_t)(t ? (in->state.refresh_at + off) / 1000 : 0),
-                  "long_lived", t ? t->long_lived : 0, "state", state, "failures",
-                  (json_int_t)in->state.failures, "last_error", in->last_err ? in->last_msg : NULL);
+    json_t *o = json_object();
+    if (!o) {
+        json_decref(scopes);
+        return;
+    }
+    json_object_set_new(o, "provider", sc ? json_string(sc->s.provider) : json_null());
+    json_object_set_new(o, "version", json_integer(sc ? sc->s.version : 0));
+    json_object_set_new(o, "scopes", scopes);
+    json_object_set_new(o, "audience",
+                        sc && sc->s.audience ? json_string(sc->s.audience) : json_null());
+    json_object_set_new(o, "resource",
+                        sc && sc->s.resource ? json_string(sc->s.resource) : json_null());
+    json_object_set_new(o, "fingerprint", t ? json_string(t->fingerprint) : json_null());
+    json_object_set_new(o, "obtained_at", t ? json_integer(t->obtained_unix) : json_null());
+    json_object_set_new(o, "expires_at",
+                        t ? json_integer((in->state.expires_at + off) / 1000) : json_null());
+    json_object_set_new(o, "refresh_at",
+                        t ? json_integer((in->state.refresh_at + off) / 1000) : json_null());
+    json_object_set_new(o, "long_lived", json_boolean(t && t->long_lived));
+    json_object_set_new(o, "state", json_string(state));
+    json_object_set_new(o, "failures", json_integer(in->state.failures));
+    json_object_set_new(o, "last_error",
+                        in->last_err ? json_string(in->last_msg) : json_null());
     if (o)
         json_array_append_new(s->arr, o);
 }

@@ -95,8 +95,14 @@ void al_token_spec_from_target(al_token_spec *spec, const al_target *t, const ch
 int al_token_get(al_token_client *tc, const al_token_spec *spec, al_flight_cb cb, void *arg,
                  al_flight_result *res);
 int al_token_cancel(al_token_client *tc, uint64_t wait_id);
+/* A usable cached token for spec, without fetching: AL_OK (res->value retained) or
+ * AL_ERR_NOTFOUND. Used after a client-secret rotation: the previous version's token
+ * serves while the new version's is fetched. */
+int al_token_peek(al_token_client *tc, const al_token_spec *spec, al_flight_result *res);
 /* After an upstream rejected token generation `gen` of this spec: drops it (once). */
 int al_token_invalidate(al_token_client *tc, const al_token_spec *spec, uint64_t gen);
+/* The same for a token in hand (its entry is remembered in it). */
+int al_token_drop(al_token_client *tc, const al_token *tok, uint64_t gen);
 void al_token_retain(al_token *t);
 void al_token_release(al_token *t);
 /* Blocking form for the CLI and tests (never a worker): *tok retained. */

@@ -1072,6 +1072,10 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
         puts_(&e, ",\"retry\":");
         put_str(&e, r->retry, 32);
     }
+    if (r->token_fingerprint) {
+        puts_(&e, ",\"token_fingerprint\":");
+        put_str(&e, r->token_fingerprint, 32);
+    }
     return end_line(&e);
 }
 

@@ -66,6 +66,9 @@ typedef struct al_audit_request {
      * provider's previous version, provider_version says which) or "fallback_provider";
      * NULL when not retried (the key is then left out). */
     const char *retry;
+    /* oauth2_2lo: "sha256:" + 12 hex of the access token that was sent (never the
+     * token), linking the request to its token_request event; NULL leaves it out. */
+    const char *token_fingerprint;
 } al_audit_request;
 
 /* The longest line al_audit_encode_request() writes (newline included). Every string

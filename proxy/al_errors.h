@@ -40,6 +40,7 @@
     X(CREDENTIAL_INVALID, 502, "credential_invalid", "proxy_configuration_error", NULL)        \
     X(AUTH_METHOD_UNAVAILABLE, 502, "auth_method_unavailable", "proxy_configuration_error",    \
       NULL)                                                                                    \
+    X(TOKEN_ENDPOINT_ERROR, 502, "token_endpoint_error", "proxy_configuration_error", NULL)    \
     X(INTERCEPTION_UNAVAILABLE, 502, "interception_unavailable", "proxy_configuration_error",  \
       NULL)                                                                                    \
     X(UPSTREAM_DNS_FAILED, 502, "upstream_dns_failed", "dns_error", NULL)                      \
@@ -50,6 +51,7 @@
     X(UPSTREAM_BUSY, 503, "upstream_busy", "connection_limit_reached", NULL)                   \
     X(CLIENT_OVER_LIMIT, 503, "client_over_limit", "connection_limit_reached", NULL)           \
     X(UPSTREAM_CONNECT_TIMEOUT, 504, "upstream_connect_timeout", "connection_timeout", NULL)   \
+    X(TOKEN_ENDPOINT_TIMEOUT, 504, "token_endpoint_timeout", "connection_timeout", NULL)     \
     X(UPSTREAM_TIMEOUT, 504, "upstream_timeout", "http_response_timeout", NULL)
 
 enum al_refusal {

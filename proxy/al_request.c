@@ -456,6 +456,7 @@ static void audit_fill(al_req *r, al_audit_request *rec, audit_bufs *b)
                                     : NULL;
     rec->reason = r->reason;
     rec->retry = r->retry_name;
+    rec->token_fingerprint = r->grant.sv.fingerprint;
 }
 
 static void write_audit(al_req *r)
@@ -1237,6 +1238,17 @@ static void cred_ready(al_req *r, int rc)
                "provider '%s' of target '%s' has no credential in the store; create it "
                "with: %s",
                want, t->name, al_table_create_hint(t, want, hint, sizeof hint));
+        return;
+    }
+    if (rc && t->auth.method == AL_AUTH_OAUTH2_2LO && rc != AL_ERR_INVAL && rc != AL_ERR_NOMEM) {
+        /* the identity provider failed (detail: its host, error and description) */
+        const char *why = r->grant.detail ? r->grant.detail : al_strerror(rc);
+        memset(&r->grant, 0, sizeof r->grant);
+        refuse(r, rc == AL_ERR_TIMEOUT ? AL_REF_TOKEN_ENDPOINT_TIMEOUT : AL_REF_TOKEN_ENDPOINT_ERROR,
+               "could not get an OAuth access token for provider '%s' of target '%s': %s; "
+               "check the provider with `airlock identity test-oauth2-credential-provider "
+               "--name %s`",
+               want, t->name, why, want);
         return;
     }
     if (rc) {

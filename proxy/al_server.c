@@ -9,13 +9,16 @@
  * read of at most 4 KiB per connection, a fixed answer, close. */
 #include "al_server.h"
 #include "identity/al_identity.h"
+#include "identity/al_token.h"
 #include "al_errors.h"
+#include "al_egress.h"
 #include "al_listen_lock.h"
 #include "al_tls.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -290,6 +293,32 @@ static void admin_ca_cert(admin_conn *a)
     free(pem);
 }
 
+/* GET /oauth2/tokens: the token cache's metadata (expiry, scopes, fingerprint, state,
+ * last error) — never a token or a secret. */
+static void admin_oauth2_tokens(admin_conn *a)
+{
+    al_server *s = a->s;
+    json_t *j = s->tokens ? al_token_status(s->tokens) : json_pack("{s:[]}", "tokens");
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text) {
+        admin_reply(a, 500, "{\"error\":\"internal_error\",\"message\":\"out of memory\"}\n");
+        return;
+    }
+    size_t n = strlen(text);
+    char *body = malloc(n + 2);
+    if (body) {
+        memcpy(body, text, n);
+        body[n] = '\n';
+        body[n + 1] = 0;
+        admin_reply_n(a, 200, body, n + 1);
+    } else {
+        admin_reply(a, 500, "{\"error\":\"internal_error\",\"message\":\"out of memory\"}\n");
+    }
+    free(body);
+    free(text);
+}
+
 static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
 {
     admin_conn *a = io->data;
@@ -328,10 +357,13 @@ static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
             admin_reload(a);
     } else if (strncmp(a->buf, "GET /ca.crt ", 12) == 0) {
         admin_ca_cert(a);
+    } else if (strncmp(a->buf, "GET /oauth2/tokens ", 19) == 0) {
+        admin_oauth2_tokens(a);
     } else {
         admin_reply(a, 404,
                     "{\"error\":\"not_found\",\"message\":\"the admin listener serves GET "
-                    "/healthz, GET /readyz, GET /status, GET /ca.crt and POST /reload\"}\n");
+                    "/healthz, GET /readyz, GET /status, GET /ca.crt, GET /oauth2/tokens and POST "
+                    "/reload\"}\n");
     }
     admin_close(loop, a);
 }
@@ -546,6 +578,28 @@ static unsigned nproc(void)
     return n > 0 ? (unsigned)n : 1;
 }
 
+/* A provider allowed to use http endpoints is warned about at every start (the secret
+ * and tokens may cross the network in clear text). */
+static void warn_insecure_providers(al_server *s)
+{
+    if (!s->creds || !s->table)
+        return;
+    al_cred_snapshot *snap = al_cred_cache_acquire(s->creds);
+    for (size_t i = 0; i < s->table->target_count; i++) {
+        const al_target *t = &s->table->targets[i];
+        for (size_t k = 0; k < t->auth.provider_count; k++) {
+            al_secret_view sv;
+            if (al_cred_lookup(snap, t->auth.providers[k], &sv) == AL_OK && sv.config_json &&
+                strstr(sv.config_json, "\"allowInsecureEndpoints\":true"))
+                al_log(AL_LOG_WARN, "oauth2.insecure_endpoints",
+                       "provider=%s target=%s: allow-insecure-endpoints is set, so its client "
+                       "secret and tokens may travel over plain http",
+                       sv.provider, t->name);
+        }
+    }
+    al_cred_snapshot_release(snap);
+}
+
 int al_server_run(const char *config_path, const char *state_dir, unsigned workers)
 {
     al_server srv, *s = &srv;
@@ -641,6 +695,15 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
         goto out;
     }
     audit_table_load(s, "table.load", AL_OK, s->table, NULL);
+    /* OAuth: token endpoints and discovery go through the same egress guard as agent
+     * traffic (a provider's allowPrivateNetwork lifts it for that provider only). */
+    if (al_oidc_new(&s->oidc) != AL_OK || al_token_client_new(s->oidc, &s->tokens) != AL_OK) {
+        fprintf(stderr, "airlock serve: cannot start the OAuth token client\n");
+        goto out;
+    }
+    al_fetch_set_guard(al_oidc_fetcher(s->oidc), al_egress_guard_public, NULL);
+    al_token_client_set_audit(s->tokens, s->audit);
+    warn_insecure_providers(s);
 
     /* One airlock per address: the workers' SO_REUSEPORT would otherwise share it. */
     const char *addrs[2] = {s->table->listen.proxy, s->listener_ctx ? s->table->listen.tls : NULL};
@@ -727,6 +790,10 @@ out:
     for (size_t i = 0; i < 2; i++)
         if (s->listen_locks[i] >= 0)
             close(s->listen_locks[i]);
+    if (s->oidc)
+        al_fetch_stop(al_oidc_fetcher(s->oidc)); /* no token callback after this */
+    al_token_client_free(s->tokens);
+    al_oidc_free(s->oidc);
     if (s->audit)
         al_audit_close(s->audit);
     if (s->creds)

@@ -25,6 +25,10 @@ typedef struct al_server {
     al_table *table;      /* owned reference: the main thread's current snapshot */
     al_cred_cache *creds; /* owned; NULL when the store could not be opened */
     al_audit *audit;      /* owned */
+    /* OAuth 2.0 (2LO): the control-plane fetch thread + discovery cache, and the
+     * per-process token cache every worker's oauth2 credential source shares. */
+    struct al_oidc *oidc;            /* owned */
+    struct al_token_client *tokens; /* owned */
     al_worker *workers;   /* owned array */
     size_t worker_count;
     atomic_int workers_running;

@@ -5,6 +5,7 @@
  * this thread. Closed connections are freed by an ev_prepare watcher after the loop
  * iteration, when no callback of theirs can still be on the stack. */
 #include "al_worker.h"
+#include "al_credsrc_oauth2.h"
 #include "al_egress.h"
 #include "al_server.h"
 #include "al_upstream.h"
@@ -253,6 +254,9 @@ static void init_req_ctx(al_worker *w)
     x->audit = w->server ? w->server->audit : NULL;
     for (size_t m = 0; m < AL_AUTH_COUNT; m++)
         x->cred[m] = al_credsrc_store(w->server ? w->server->creds : NULL);
+    if (w->server && w->server->tokens &&
+        al_oauth2_src_new(w->loop, w->server->tokens, w->server->creds, &w->oauth2) == AL_OK)
+        x->cred[AL_AUTH_OAUTH2_2LO] = al_credsrc_oauth2(w->oauth2);
     x->ops = &req_ctx_ops;
     x->owner = w;
     x->table = w->table;
@@ -453,6 +457,8 @@ void al_worker_join(al_worker *w)
 void al_worker_destroy(al_worker *w)
 {
     al_req_ctx_release(&w->rctx); /* while its loop lives (the start-record timer) */
+    al_oauth2_src_free(w->oauth2);  /* cancels what waits for a token */
+    w->oauth2 = NULL;
     if (w->resolver)
         al_resolver_free(w->resolver);
     if (w->pool)

@@ -14,7 +14,10 @@
 //              three progress notifications, 50 ms apart, then its result, all as
 //              server-sent events on the POST's response stream;
 // - POST /__revoke     every token seen so far is rejected from now on (by jti);
-// - GET  /__stats      {"requests","accepted","rejected","jtis":[distinct jti seen, in order]}.
+// - GET  /__stats      {"requests","accepted","rejected","jtis":[distinct jti seen, in order],
+//                      "tokens":[the raw tokens, same order: for "never logged" checks]}.
+// --mcp-audience self: the audience /mcp wants is https://127.0.0.1:<its port>/mcp (what an
+// MCP client sends as RFC 8707 resource for that URL).
 // Prints "READY <port>" when listening.
 import http from "node:http";
 import https from "node:https";
@@ -39,7 +42,7 @@ for (const need of ["issuer", "jwks", "audience"]) {
 
 const JWKS = createRemoteJWKSet(new URL(opt.jwks));
 const revoked = new Set();
-const stats = { requests: 0, accepted: 0, rejected: 0, jtis: [] };
+const stats = { requests: 0, accepted: 0, rejected: 0, jtis: [], tokens: [] };
 
 async function authenticate(req, audience) {
   const h = req.headers.authorization || "";
@@ -48,10 +51,13 @@ async function authenticate(req, audience) {
   try {
     const { payload } = await jwtVerify(m[1], JWKS, { issuer: opt.issuer, audience });
     if (revoked.has(payload.jti)) return { error: "token revoked" };
-    if (!stats.jtis.includes(payload.jti)) stats.jtis.push(payload.jti);
+    if (!stats.jtis.includes(payload.jti)) {
+      stats.jtis.push(payload.jti);
+      stats.tokens.push(m[1]); // for the tests' "never in a log" greps
+    }
     return { payload };
   } catch (e) {
-    return { error: "token rejected: " + e.code };
+    return { error: "token rejected: " + e.code + (e.claim ? " (" + e.claim + ", want " + audience + ")" : "") };
   }
 }
 
@@ -96,8 +102,9 @@ async function handle(req, res) {
     return send(res, 200, { revoked: revoked.size });
   }
   stats.requests++;
-  const isMcp = url.pathname === "/mcp";
-  const auth = await authenticate(req, isMcp ? opt.mcpAudience || opt.audience : opt.audience);
+  const isMcp = url.pathname === "/mcp" || url.pathname === "/mcp/";
+  const mcpAud = opt.mcpAudience === "self" ? `https://127.0.0.1:${server.address().port}/mcp` : opt.mcpAudience;
+  const auth = await authenticate(req, isMcp ? mcpAud || opt.audience : opt.audience);
   if (auth.error) {
     stats.rejected++;
     await readBody(req);
