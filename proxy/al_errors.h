@@ -13,7 +13,8 @@
 /* Every refusal airlock answers itself, one row each: the enum name, the HTTP
  * status, the code in the JSON body and Proxy-Status, the RFC 9209 Proxy-Status
  * error type, and who denied it — "request" (malformed), "route" (nothing in the
- * table allows it), "policy" (the decide stage), "egress" (the SSRF guard), "limits"
+ * table allows it), "policy" (the decide stage), "egress" (the SSRF guard), "limits",
+ * "audit" (audit.on_failure: deny while the log cannot be written)
  * — or NULL when it is not a denial but an outcome: the request was allowed and
  * something failed (the upstream, a credential, the agent itself). The audit's
  * decision/outcome come from this column. */
@@ -50,6 +51,7 @@
     X(UPSTREAM_BAD_FRAMING, 502, "upstream_bad_framing", "http_protocol_error", NULL)          \
     X(UPSTREAM_BUSY, 503, "upstream_busy", "connection_limit_reached", NULL)                   \
     X(CLIENT_OVER_LIMIT, 503, "client_over_limit", "connection_limit_reached", NULL)           \
+    X(AUDIT_UNAVAILABLE, 503, "audit_unavailable", "proxy_internal_error", "audit")            \
     X(UPSTREAM_CONNECT_TIMEOUT, 504, "upstream_connect_timeout", "connection_timeout", NULL)   \
     X(TOKEN_ENDPOINT_TIMEOUT, 504, "token_endpoint_timeout", "connection_timeout", NULL)     \
     X(UPSTREAM_TIMEOUT, 504, "upstream_timeout", "http_response_timeout", NULL)

@@ -1861,8 +1861,19 @@ static int stage_decide(al_req *r, const al_target *t, const char *host, uint16_
         r->rule = arena_dup(r, d.rule, strnlen(d.rule, 256));
     if (d.principal)
         r->principal = arena_dup(r, d.principal, strnlen(d.principal, 256));
-    if (d.allow)
+    if (d.allow) {
+        /* audit.on_failure: deny — nothing is forwarded while the log may not record
+         * it (the writer's flag: its last write failed or its queue is nearly full) */
+        if (r->table->audit.on_failure == AL_AUDIT_ON_FAILURE_DENY && r->ctx->audit &&
+            !al_audit_writable(r->ctx->audit)) {
+            r->retry_after = "1";
+            refuse(r, AL_REF_AUDIT_UNAVAILABLE,
+                   "airlock cannot write its audit log right now (audit.on_failure: deny), so "
+                   "it forwards nothing; retry later, and tell airlock's operator");
+            return -1;
+        }
         return 0;
+    }
     if (d.challenge) {
         r->challenge = arena_dup(r, d.challenge, strnlen(d.challenge, 1024));
         r->challenge_name = d.refusal == AL_REF_PROXY_AUTH_REQUIRED ? "proxy-authenticate"

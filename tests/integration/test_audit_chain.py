@@ -424,20 +424,24 @@ def full_disk_run(mode):
 
 
 def test_disk_full_deny_refuses_and_forwards_nothing_unaudited():
-    if os.environ.get("AIRLOCK_TEST_AUDIT_DENY") != "1":
-        # the data path asks al_audit_writable() once the pipeline refactor (issue 10)
-        # has landed its decide stage; until then this test cannot pass
-        raise Skip("audit.on_failure: deny is not enforced by the data path yet")
     al, up, fs, log, filler, results = full_disk_run("deny")
     try:
         refused = [(i, b) for i, st, b in results if st == 503]
         assert refused, results
         for _, b in refused:
             assert b and b["error"] == "audit_unavailable" and b["message"], b
-        forwarded = set(p for p in up.paths if p.startswith("/t/") or "/during/" in p)
         # once refusing starts, every later request is refused while the disk is full
         first = refused[0][0]
-        assert all(st == 503 for i, st, b in results if i >= first + 2), results
+        assert all(st == 503 for i, st, b in results if i >= first), results
+        # the upstream saw exactly the requests the agent got a 200 for, none refused
+        ok = set("/during/%d" % i for i, st, b in results if st == 200)
+        assert set(p for p in up.paths if "/during/" in p) == ok, (sorted(ok), up.paths)
+        # the refusal says so in Proxy-Status too, with Retry-After
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-D", "-", "--noproxy", "*",
+                            al.gateway_url("api", "/probe")], capture_output=True, text=True)
+        assert " 503" in r.stdout.split("\n")[0], r.stdout
+        assert 'error_code="audit_unavailable"' in r.stdout and "retry-after: 1" in \
+            r.stdout.lower(), r.stdout
         # room again: the held records land, then requests flow again
         os.unlink(filler)
         wait_for(lambda: get(al, "/after/0")[0] == 200, 15, "requests flowing again")
@@ -449,8 +453,11 @@ def test_disk_full_deny_refuses_and_forwards_nothing_unaudited():
         assert sent, up.paths
         for p in sent:
             assert any(a.endswith(p) for a in audited), (p, sorted(audited))
-        assert forwarded is not None
         assert any(r.get("event") == "audit.write_failed" for r in lines), lines[-5:]
+        # the refusals are records too (held in the queue until there was room)
+        denied = [r for r in lines if r.get("reason") == "audit_unavailable"]
+        assert denied and all(r["decision"] == "deny" and r["decided_by"] == "audit" and
+                              r["status"] == 503 for r in denied), denied[:3]
         key = export_key(al)
         assert verify(al, log, key=key)["ok"]
     finally:

@@ -518,6 +518,52 @@ static void test_route_denial_is_a_decision(void **state)
     assert_string_equal(audit.reason, "no_such_target");
 }
 
+/* audit.on_failure: deny. The log is /dev/full (every write fails): once the writer
+ * has said so, an allowed request is refused 503 audit_unavailable in the decide stage,
+ * before a credential is taken or anything goes upstream; with continue it goes on. */
+static void test_audit_unwritable_denies(void **state)
+{
+    (void)state;
+    al_audit_opts o = {.chain = 1, .slots = 64};
+    al_audit *a = NULL;
+    if (al_audit_open_opts("/dev/full", &o, &a) != AL_OK)
+        skip();
+    al_audit_submit_event(a, "probe", NULL, 0);
+    for (int i = 0; i < 5000 && al_audit_writable(a); i++) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    assert_false(al_audit_writable(a));
+    ctx.audit = a;
+    src.answer = AL_OK;
+    /* continue (the default): the request goes on (upstream, via resolve/credential) */
+    al_req *r = start_get("/t/api/x");
+    assert_int_equal(sink.status, 0);
+    assert_int_equal(al_request_state(r), AL_REQ_UPSTREAM);
+    assert_int_equal(up.starts, 1);
+    al_request_free(r);
+    memset(&up, 0, sizeof up);
+    src.acquires = 0;
+    /* deny */
+    table->audit.on_failure = AL_AUDIT_ON_FAILURE_DENY;
+    memset(&sink, 0, sizeof sink);
+    r = al_request_new(&ctx, &test_sink, NULL, "http/1.1", "127.0.0.1:5555");
+    assert_int_equal(al_request_set_head(r, "GET", 3, NULL, 0, NULL, 0, "/t/api/x", 8), AL_OK);
+    al_request_start(r, 0, 0);
+    assert_int_equal(sink.status, 503);
+    assert_non_null(strstr(sink.body, "\"error\":\"audit_unavailable\""));
+    assert_non_null(strstr(sink.headers, "retry-after: 1\n"));
+    assert_int_equal(src.acquires, 0);
+    assert_int_equal(up.starts, 0);
+    al_request_free(r);
+    assert_string_equal(audit.decision, "deny");
+    assert_string_equal(audit.decided_by, "audit");
+    assert_string_equal(audit.reason, "audit_unavailable");
+    table->audit.on_failure = AL_AUDIT_ON_FAILURE_CONTINUE;
+    ctx.audit = NULL;
+    al_audit_close(a);
+}
+
 /* A scrubbing filter: the secret it was opened with becomes '*' of the same length,
  * also across chunk boundaries (it holds back a possible prefix). */
 typedef struct scrub {
@@ -792,6 +838,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_decide_407_challenge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_route_denial_is_a_decision, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_unwritable_denies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_filter_scrubs_across_chunks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_401_retry_replays_the_kept_body, setup, teardown),
         cmocka_unit_test_setup_teardown(
