@@ -14,6 +14,7 @@
 static const al_auth_injector *const injectors[AL_AUTH_COUNT] = {
     [AL_AUTH_API_KEY] = &al_auth_api_key_injector,
     [AL_AUTH_OAUTH2_2LO] = &al_auth_oauth2_injector,
+    [AL_AUTH_IAM] = &al_auth_sigv4_injector,
 };
 
 const al_auth_injector *al_auth_injector_for(enum al_auth_method m)

@@ -131,4 +131,10 @@ int al_auth_api_key_target(const al_target *t, const al_secret_view *s, const ch
 /* ---- oauth2_2lo (al_auth_oauth2.c): Authorization: Bearer <token> ---- */
 extern const al_auth_injector al_auth_oauth2_injector;
 
+/* ---- iam: AWS SigV4 (al_auth_sigv4.c) ---- */
+extern const al_auth_injector al_auth_sigv4_injector;
+/* The access key id of an `aws` credential (config_json's accessKeyId) as a view
+ * into it; AL_ERR_INVAL when there is none. */
+int al_auth_sigv4_access_key(const al_secret_view *s, const char **p, size_t *n);
+
 #endif

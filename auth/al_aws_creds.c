@@ -448,7 +448,8 @@ int al_aws_provider_new(const al_aws_provider_cfg *cfg, al_aws_provider **out, c
     p->session_name = strdup(cfg->session_name ? cfg->session_name : "airlock");
     p->sts_endpoint = strdup(sts && *sts ? sts : "https://sts.amazonaws.com");
     p->sts_region = strdup(cfg->sts_region ? cfg->sts_region : "us-east-1");
-    p->ca_file = dup_or_null(cfg->ca_file);
+    /* AWS_CA_BUNDLE: the CA bundle the AWS SDKs and CLI honour (a private STS, tests) */
+    p->ca_file = dup_or_null(cfg->ca_file ? cfg->ca_file : env("AWS_CA_BUNDLE"));
     int rc = AL_ERR_CONFIG;
     if (!p->session_name || !p->sts_endpoint || !p->sts_region) {
         rc = AL_ERR_NOMEM;

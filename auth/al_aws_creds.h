@@ -108,7 +108,7 @@ typedef struct al_aws_provider_cfg {
     const char
         *sts_endpoint;      /* default $AIRLOCK_AWS_STS_ENDPOINT, else https://sts.amazonaws.com */
     const char *sts_region; /* default "us-east-1" */
-    const char *ca_file;    /* optional CA bundle for the HTTPS fetches (tests) */
+    const char *ca_file; /* CA bundle for the HTTPS fetches; default $AWS_CA_BUNDLE, else system */
     uint32_t refresh_before_s; /* default 300 */
     uint32_t timeout_ms;       /* one fetch, default 5000 */
     /* STORE: the base credentials now (a new reference), or an error. */

@@ -1076,6 +1076,14 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
         puts_(&e, ",\"token_fingerprint\":");
         put_str(&e, r->token_fingerprint, 32);
     }
+    if (r->aws_service) {
+        puts_(&e, ",\"aws_access_key_id\":");
+        put_str(&e, r->aws_access_key_id, 128);
+        puts_(&e, ",\"aws_region\":");
+        put_str(&e, r->aws_region, 32);
+        puts_(&e, ",\"aws_service\":");
+        put_str(&e, r->aws_service, 64);
+    }
     return end_line(&e);
 }
 

@@ -69,6 +69,12 @@ typedef struct al_audit_request {
     /* oauth2_2lo: "sha256:" + 12 hex of the access token that was sent (never the
      * token), linking the request to its token_request event; NULL leaves it out. */
     const char *token_fingerprint;
+    /* iam targets: the access key id that signed, the region and signing name (never
+     * the secret, the session token or the signature); NULL for other methods (the keys
+     * are then left out). */
+    const char *aws_access_key_id;
+    const char *aws_region;
+    const char *aws_service;
 } al_audit_request;
 
 /* The longest line al_audit_encode_request() writes (newline included). Every string

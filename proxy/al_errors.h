@@ -21,6 +21,7 @@
 #define AL_REFUSALS(X)                                                                         \
     X(BAD_REQUEST, 400, "bad_request", "http_request_error", "request")                        \
     X(PATH_NOT_NORMALIZED, 400, "path_not_normalized", "http_request_error", "request")        \
+    X(PRESIGNED_URL, 400, "presigned_url_refused", "http_request_denied", "request")           \
     X(UNAUTHENTICATED, 401, "unauthenticated", "http_request_denied", "policy")                \
     X(POLICY_DENIED, 403, "policy_denied", "http_request_denied", "policy")                    \
     X(UNKNOWN_TARGET, 403, "unknown_target", "destination_not_found", "route")                 \
@@ -48,6 +49,7 @@
     X(UPSTREAM_CONNECT_FAILED, 502, "upstream_connect_failed", "connection_refused", NULL)     \
     X(UPSTREAM_TLS_FAILED, 502, "upstream_tls_failed", "tls_protocol_error", NULL)             \
     X(UPSTREAM_RESET, 502, "upstream_reset", "connection_terminated", NULL)                    \
+    X(FUNCTION_ERROR, 502, "function_error", "proxy_internal_response", NULL)                  \
     X(UPSTREAM_BAD_FRAMING, 502, "upstream_bad_framing", "http_protocol_error", NULL)          \
     X(UPSTREAM_BUSY, 503, "upstream_busy", "connection_limit_reached", NULL)                   \
     X(CLIENT_OVER_LIMIT, 503, "client_over_limit", "connection_limit_reached", NULL)           \

@@ -39,6 +39,7 @@
 #include "targets/al_router.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -109,8 +110,10 @@ struct al_req {
     al_auth_out inj;
     al_buf url;
     int retrying; /* the retry's query is in `retry` until the response is dropped */
+    int lambda_gateway; /* gateway call of a lambda target: POST .../invocations */
     al_cred_query retry;
     const char *retry_name; /* the audit's "retry", once retried */
+    char aws_akid[129];     /* iam: the access key id that signed (audit), "" = none */
 
     /* upstream */
     void *resolve_handle;
@@ -139,6 +142,11 @@ struct al_req {
     const char *challenge_name, *challenge; /* WWW-/Proxy-Authenticate of a 401/407 */
     al_buf refuse_body;
     size_t refuse_off;
+    const char *refuse_extra; /* JSON members added to the next refusal's body, or NULL */
+    /* lambda: X-Amz-Function-Error came back; the body is kept (bounded) for the 502 */
+    int fn_error;
+    char fn_kind[32]; /* its value: "Unhandled", "Handled" */
+    al_buf fn_body;
     char request_id[48];
     struct timespec t0;
     int64_t wall_ms;
@@ -275,6 +283,7 @@ al_req *al_request_new(al_req_ctx *ctx, const al_req_sink *sink, void *arg, cons
     al_auth_out_init(&r->inj);
     al_buf_init(&r->url, 64 * 1024);
     al_buf_init(&r->refuse_body, 4096);
+    al_buf_init(&r->fn_body, 64 * 1024);
     clock_gettime(CLOCK_MONOTONIC, &r->t0);
     r->wall_ms = now_wall_ms();
     make_request_id(r);
@@ -430,6 +439,11 @@ static void audit_fill(al_req *r, al_audit_request *rec, audit_bufs *b)
     /* the provider that served, else the one that was wanted (missing, store closed) */
     rec->provider = r->grant.sv.provider ? r->grant.sv.provider : r->provider_wanted;
     rec->provider_version = r->grant.sv.provider ? r->grant.sv.version : 0;
+    if (r->t && r->t->auth.method == AL_AUTH_IAM) { /* never the secret, token or signature */
+        rec->aws_access_key_id = r->aws_akid[0] ? r->aws_akid : NULL;
+        rec->aws_region = r->t->auth.region;
+        rec->aws_service = r->t->auth.service;
+    }
     rec->method = r->method;
     audit_addressing(r, rec, b);
     if (r->addr[0]) {
@@ -579,6 +593,7 @@ void al_request_free(al_req *r)
     filter_close(r);
     release_secret(r);
     al_buf_free(&r->refuse_body, 0);
+    al_buf_free(&r->fn_body, 0);
     free(r->ring);
     al_spool_free(r->spool);
     r->spool = NULL;
@@ -682,6 +697,16 @@ static void vrefuse(al_req *r, enum al_refusal ref, int status, const char *fmt,
     r->status = status;
     set_state(r, AL_REQ_REFUSING);
     al_error_json(&r->refuse_body, code, "%s", msg);
+    if (r->refuse_extra && r->refuse_body.len >= 2 &&
+        !memcmp(r->refuse_body.data + r->refuse_body.len - 2, "}\n", 2)) {
+        r->refuse_body.len -= 2; /* {"error":..,"message":..}\n + ,extra}\n */
+        if (al_buf_append(&r->refuse_body, ",", 1) ||
+            al_buf_append(&r->refuse_body, r->refuse_extra, strlen(r->refuse_extra)) ||
+            al_buf_append(&r->refuse_body, "}\n", 2)) {
+            al_buf_reset(&r->refuse_body);
+            al_error_json(&r->refuse_body, code, "%s", msg);
+        }
+    }
     /* RFC 9209 Proxy-Status: the reason reaches clients that never show the body of a
      * refused CONNECT (curl -v, requests' ProxyError). */
     al_buf ps;
@@ -919,6 +944,16 @@ static void up_on_head(void *arg, int status, const al_header *h, size_t n)
             return;
         }
     }
+    const al_header *fe = r->lambda_gateway ? al_http_find(h, n, "x-amz-function-error") : NULL;
+    if (fe) {
+        /* The function ran and failed: its error document is collected (bounded) and
+         * the agent gets a 502 naming it, not a 200 that looks like a result. */
+        int kl = (int)(fe->value_len > 31 ? 31 : fe->value_len);
+        snprintf(r->fn_kind, sizeof r->fn_kind, "%.*s", kl, fe->value);
+        r->fn_error = 1;
+        r->upstream_ms = up_ops(r)->elapsed_ms(r->up);
+        return;
+    }
     if (status == 429 && r->have_secret) {
         int64_t ra = header_int(h, n, "retry-after", 1);
         al_credsrc_rest(r->src, &r->grant, (uint32_t)(ra > 3600 ? 3600 : ra));
@@ -994,6 +1029,12 @@ static int up_on_body(void *arg, const char *data, size_t len)
     al_req *r = arg;
     if (r->retrying)
         return 0;
+    if (r->fn_error) { /* kept up to fn_body's limit; the rest is dropped */
+        size_t room = r->fn_body.max - r->fn_body.len;
+        if (al_buf_append(&r->fn_body, data, len < room ? len : room))
+            return AL_ERR_NOMEM;
+        return 0;
+    }
     size_t n = len;
     if (r->resp_length >= 0 && (uint64_t)r->resp_length - r->resp_sent < n)
         n = (size_t)((uint64_t)r->resp_length - r->resp_sent);
@@ -1086,6 +1127,33 @@ static ssize_t up_read_body(void *arg, char *buf, size_t cap)
     return (ssize_t)n;
 }
 
+/* A Lambda function error: 502 function_error with the function's errorType and
+ * errorMessage (from its error document) beside airlock's message. */
+static void function_error(al_req *r)
+{
+    json_t *doc = json_loadb(r->fn_body.data ? r->fn_body.data : "", r->fn_body.len, 0, NULL);
+    const char *type = json_string_value(json_object_get(doc, "errorType"));
+    const char *msg = json_string_value(json_object_get(doc, "errorMessage"));
+    json_t *extra = json_pack("{s:s, s:s?, s:s?}", "function_error", r->fn_kind, "error_type", type,
+                              "error_message", msg);
+    char *txt = extra ? json_dumps(extra, JSON_COMPACT) : NULL;
+    /* json_dumps gives {...}: the members only go into the refusal body */
+    if (txt && strlen(txt) > 2) {
+        txt[strlen(txt) - 1] = '\0';
+        r->refuse_extra = arena_dup(r, txt + 1, strlen(txt + 1));
+    }
+    char t[64], m[256];
+    snprintf(t, sizeof t, "%s", type ? type : "an error");
+    snprintf(m, sizeof m, "%s", msg ? msg : "no errorMessage");
+    free(txt);
+    json_decref(extra);
+    json_decref(doc);
+    refuse(r, AL_REF_FUNCTION_ERROR,
+           "the Lambda function %s failed (%s): %s: %s; the function's error is in "
+           "error_type and error_message",
+           r->t->function_arn, r->fn_kind, t, m);
+}
+
 static void up_on_done(void *arg, enum al_upstream_error err, const char *detail)
 {
     al_req *r = arg;
@@ -1100,6 +1168,10 @@ static void up_on_done(void *arg, enum al_upstream_error err, const char *detail
         r->cq = r->retry;
         r->retry_name = al_cred_attempt_retry_name(r->cq.attempt);
         stage_credential(r);
+        return;
+    }
+    if (r->fn_error && err == AL_UPSTREAM_OK) {
+        function_error(r);
         return;
     }
     switch (err) {
@@ -1195,7 +1267,8 @@ static int target_injector(al_req *r, const al_auth_injector **out)
 {
     const al_target *t = r->t;
     *out = NULL;
-    if (t->auth.provider_count == 0 && !t->auth.fallback_provider)
+    /* (iam names a credential source instead when its credentials are not the store's) */
+    if (t->auth.provider_count == 0 && !t->auth.fallback_provider && !t->auth.source)
         return 0;
     *out = al_auth_injector_for(t->auth.method);
     if (!*out) {
@@ -1291,7 +1364,9 @@ static void stage_credential(al_req *r)
     }
     r->provider_wanted = r->cq.attempt == AL_CRED_GRACE    ? r->cq.provider
                          : r->cq.attempt == AL_CRED_FALLBACK ? t->auth.fallback_provider
-                         : (t->auth.provider_count ? t->auth.providers[0] : "?");
+                         : t->auth.provider_count ? t->auth.providers[0]
+                         : t->auth.source           ? t->auth.source
+                                                    : "?";
     r->src = &r->ctx->cred[t->auth.method];
     r->cq.t = t;
     set_state(r, AL_REQ_CREDENTIAL);
@@ -1373,6 +1448,14 @@ static int prepare_body(al_req *r, const al_auth_injector *inj)
     return 0;
 }
 
+/* The upstream method: a Lambda invocation is always a POST (the gateway call's body
+ * is the event), whatever method the agent used in gateway mode. */
+static const char *up_method(const al_req *r)
+{
+    return r->t->type == AL_TYPE_LAMBDA && r->t->function_arn && r->lambda_gateway ? "POST"
+                                                                                  : r->method;
+}
+
 /* Headers, injection, URL: the request as it will go. */
 static void stage_prepare(al_req *r)
 {
@@ -1435,7 +1518,7 @@ static void stage_prepare(al_req *r)
         unsigned needs = inj->needs(t);
         const char *q = memchr(path, '?', path_len);
         al_auth_req ar = {
-            .method = r->method,
+            .method = up_method(r),
             .scheme = t->scheme,
             .host = t->host,
             .port = t->port,
@@ -1468,12 +1551,27 @@ static void stage_prepare(al_req *r)
             }
         }
         const al_secret_view *sv = r->have_secret ? &r->grant.sv : NULL;
-        if (inj->prepare(t, &ar, sv, &r->inj)) {
+        int prc = inj->prepare(t, &ar, sv, &r->inj);
+        if (prc == AL_ERR_PERM) {
+            refuse(r, AL_REF_PRESIGNED_URL,
+                   "target '%s' signs requests itself; a presigned URL (X-Amz-Signature, "
+                   "X-Amz-Credential in the query) cannot go through airlock: send the plain "
+                   "request (an SDK with any placeholder keys) and airlock signs it",
+                   t->name);
+            return;
+        }
+        if (prc) {
             refuse(r, AL_REF_CREDENTIAL_INVALID,
                    "the credential of provider '%s' cannot be sent (bytes not allowed in a "
                    "header or URL); update it in the store",
                    sv && sv->provider ? sv->provider : r->provider_wanted);
             return;
+        }
+        if (sv && t->auth.method == AL_AUTH_IAM) { /* the audit names the key that signed */
+            const char *ak;
+            size_t akn;
+            if (al_auth_sigv4_access_key(sv, &ak, &akn) == AL_OK)
+                snprintf(r->aws_akid, sizeof r->aws_akid, "%.*s", (int)akn, ak);
         }
         if (r->inj.count) { /* what the injector sets replaces the agent's */
             size_t k = 0;
@@ -1512,7 +1610,7 @@ static void stage_upstream(al_req *r, al_header *out, size_t n)
     if (colon)
         *colon = '\0';
     al_upstream_opts o = {
-        .method = r->method,
+        .method = up_method(r),
         .scheme = t->scheme,
         .path = r->url.data,
         .headers = out,
@@ -1762,13 +1860,27 @@ static int stage_route(al_req *r)
         const char *rest = name + nl;
         size_t rl = tl - 3 - nl;
         const char *bp = r->t->base_path ? r->t->base_path : "";
+        if (r->t->type == AL_TYPE_LAMBDA && r->t->function_arn) {
+            /* Any gateway call of a function invokes it: POST <base>/invocations, the
+             * agent's path dropped (its query kept: Qualifier=...). */
+            const char *qm = memchr(rest, '?', rl);
+            rest = qm ? qm : "";
+            rl = qm ? rl - (size_t)(qm - (name + nl)) : 0;
+            size_t need = strlen(bp) + 13;
+            char *lb = arena_alloc(r, need);
+            if (!lb)
+                return -1;
+            snprintf(lb, need, "%s/invocations", bp);
+            bp = lb;
+            r->lambda_gateway = 1;
+        }
         size_t bl = strlen(bp);
         char *p = arena_alloc(r, bl + rl + 2);
         if (!p)
             return -1;
         memcpy(p, bp, bl);
         size_t o = bl;
-        if (rl == 0 || rest[0] == '?')
+        if (!r->lambda_gateway && (rl == 0 || rest[0] == '?'))
             p[o++] = '/';
         memcpy(p + o, rest, rl);
         o += rl;

@@ -8,6 +8,7 @@
  * enforced by each worker's own timer. The admin listener is tiny and bounded: one
  * read of at most 4 KiB per connection, a fixed answer, close. */
 #include "al_server.h"
+#include "al_iam_credsrc.h"
 #include "identity/al_identity.h"
 #include "identity/al_token.h"
 #include "al_errors.h"
@@ -648,6 +649,8 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
                "credential get 502 until it is fixed and airlock restarted",
                state_dir, al_strerror(rc));
     }
+    if (al_iam_registry_new(s->creds, &s->iam))
+        s->iam = NULL; /* iam targets with a non-store source get 502 */
     /* The CA for CONNECT interception: created on first start so it works at once. */
     rc = al_ca_init(state_dir, 0);
     if (rc && rc != AL_ERR_EXISTS)
@@ -796,6 +799,7 @@ out:
     al_oidc_free(s->oidc);
     if (s->audit)
         al_audit_close(s->audit);
+    al_iam_registry_free(s->iam); /* its fetch threads stop; the workers are gone */
     if (s->creds)
         al_cred_cache_close(s->creds);
     if (s->intercept_ctx)

@@ -24,6 +24,7 @@ typedef struct al_server {
     struct ev_loop *loop;
     al_table *table;      /* owned reference: the main thread's current snapshot */
     al_cred_cache *creds; /* owned; NULL when the store could not be opened */
+    struct al_iam_registry *iam; /* owned: AWS credential providers of iam targets */
     al_audit *audit;      /* owned */
     /* OAuth 2.0 (2LO): the control-plane fetch thread + discovery cache, and the
      * per-process token cache every worker's oauth2 credential source shares. */

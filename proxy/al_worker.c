@@ -6,6 +6,7 @@
  * iteration, when no callback of theirs can still be on the stack. */
 #include "al_worker.h"
 #include "al_credsrc_oauth2.h"
+#include "al_iam_credsrc.h"
 #include "al_egress.h"
 #include "al_server.h"
 #include "al_upstream.h"
@@ -257,6 +258,9 @@ static void init_req_ctx(al_worker *w)
     if (w->server && w->server->tokens &&
         al_oauth2_src_new(w->loop, w->server->tokens, w->server->creds, &w->oauth2) == AL_OK)
         x->cred[AL_AUTH_OAUTH2_2LO] = al_credsrc_oauth2(w->oauth2);
+    /* iam: the store's providers, or the AWS credential sources (fetched off-loop) */
+    if (w->server && w->server->iam)
+        al_iam_credsrc_new(w->server->iam, w->loop, &x->cred[AL_AUTH_IAM]);
     x->ops = &req_ctx_ops;
     x->owner = w;
     x->table = w->table;
@@ -459,6 +463,7 @@ void al_worker_destroy(al_worker *w)
     al_req_ctx_release(&w->rctx); /* while its loop lives (the start-record timer) */
     al_oauth2_src_free(w->oauth2);  /* cancels what waits for a token */
     w->oauth2 = NULL;
+    al_iam_credsrc_free(&w->rctx.cred[AL_AUTH_IAM]);
     if (w->resolver)
         al_resolver_free(w->resolver);
     if (w->pool)
