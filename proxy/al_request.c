@@ -1600,6 +1600,18 @@ static void stage_prepare(al_req *r)
 
 /* ---- upstream ----------------------------------------------------------- */
 
+/* The body length the upstream is told: a signed body was spooled whole before the
+ * request went, so its length is known even when the agent sent it chunked (AWS wants
+ * a Content-Length with a signed payload). */
+static int64_t up_body_length(const al_req *r)
+{
+    if (!r->has_body)
+        return 0;
+    if (r->spool && r->spool_signed && al_spool_finished(r->spool))
+        return (int64_t)al_spool_size(r->spool);
+    return r->body_length;
+}
+
 static void stage_upstream(al_req *r, al_header *out, size_t n)
 {
     const al_target *t = r->t;
@@ -1621,7 +1633,7 @@ static void stage_upstream(al_req *r, al_header *out, size_t n)
         .allow_private = t->allow_private_network,
         .ca_file = t->ca_file,
         .has_body = r->has_body,
-        .body_length = r->has_body ? r->body_length : 0,
+        .body_length = up_body_length(r),
         .connect_timeout_ms = lim->connect_timeout_ms,
         .first_byte_timeout_ms = lim->first_byte_timeout_ms,
         .idle_timeout_ms = lim->idle_timeout_ms,
