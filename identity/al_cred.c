@@ -448,6 +448,22 @@ int al_cred_select(al_cred_cache *c, const al_cred_snapshot *s, const al_target 
     return rested ? AL_ERR_AGAIN : AL_ERR_NOTFOUND;
 }
 
+int al_cred_pool_awake(al_cred_cache *c, const al_cred_snapshot *s, const al_target *t,
+                       const char *except)
+{
+    if (!c || !s || !t)
+        return 0;
+    int64_t now = c->now_ms(c->now_arg);
+    al_secret_view sv;
+    for (size_t i = 0; i < t->auth.provider_count; i++) {
+        const char *p = t->auth.providers[i];
+        if ((!except || strcmp(p, except) != 0) && !is_resting(c, p, now) &&
+            al_cred_lookup(s, p, &sv) == AL_OK)
+            return 1;
+    }
+    return 0;
+}
+
 uint32_t al_cred_rest_left_s(al_cred_cache *c, const al_target *t)
 {
     if (!c || !t || atomic_load_explicit(&c->rest_active, memory_order_acquire) == 0)

@@ -69,5 +69,9 @@ void al_cred_cache_set_clock(al_cred_cache *c, int64_t (*now_ms)(void *arg), voi
  * Retry-After from al_cred_rest_left_s: whole seconds (rounded up) until the first of
  * t's providers wakes; 0 when none rests. */
 uint32_t al_cred_rest_left_s(al_cred_cache *c, const al_target *t);
+/* 1 when a provider of t's pool other than `except` is awake (not resting) and has a
+ * current version in s: a 429 to `except` can be retried with it. */
+int al_cred_pool_awake(al_cred_cache *c, const al_cred_snapshot *s, const al_target *t,
+                       const char *except);
 
 #endif

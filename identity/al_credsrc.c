@@ -15,6 +15,8 @@ const char *al_cred_attempt_retry_name(al_cred_attempt a)
         return "grace_previous_version";
     case AL_CRED_REFRESH:
         return "refreshed_credential";
+    case AL_CRED_OTHER_KEY:
+        return "another_pool_key";
     default:
         return NULL;
     }
@@ -77,6 +79,7 @@ static int store_acquire(void *self, const al_cred_query *q, al_cred_grant *g,
     int rc = q->attempt == AL_CRED_GRACE
                  ? al_cred_lookup_version(snap, q->provider, q->version, &g->sv)
                  : al_cred_select(c, snap, q->t, q->attempt == AL_CRED_FALLBACK, &g->sv);
+    /* (AL_CRED_OTHER_KEY selects like AL_CRED_FIRST: the key that got the 429 rests) */
     if (rc) {
         al_cred_snapshot_release(snap);
         memset(&g->sv, 0, sizeof g->sv);
@@ -98,9 +101,20 @@ static void store_release(void *self, al_cred_grant *g)
 static int store_rejected(void *self, const al_cred_query *q, const al_cred_grant *g, int status,
                           al_cred_query *next)
 {
-    (void)self;
     al_secret_view prev;
-    if ((status != 401 && status != 403) || q->attempt != AL_CRED_FIRST)
+    if (q->attempt != AL_CRED_FIRST)
+        return 0;
+    /* 429: the data path rested that key first; another awake key of the pool may
+     * answer (a pool of one: the upstream's 429 reaches the agent). */
+    if (status == 429) {
+        if (q->t->auth.provider_count > 1 && g->hold &&
+            al_cred_pool_awake(self, g->hold, q->t, g->sv.provider)) {
+            *next = (al_cred_query){q->t, AL_CRED_OTHER_KEY, NULL, 0};
+            return 1;
+        }
+        return 0;
+    }
+    if (status != 401 && status != 403)
         return 0;
     /* A rotated key the upstream does not know yet is the likelier cause: the
      * previous version first, then the fallback provider. */
@@ -120,7 +134,8 @@ static int store_rejected(void *self, const al_cred_query *q, const al_cred_gran
 static int store_may_retry(void *self, const al_cred_query *q, const al_cred_grant *g)
 {
     al_cred_query next;
-    return store_rejected(self, q, g, 401, &next);
+    return store_rejected(self, q, g, 401, &next) ||
+           (q->attempt == AL_CRED_FIRST && q->t->auth.provider_count > 1);
 }
 
 static void store_rest(void *self, const al_cred_grant *g, uint32_t seconds)

@@ -20,7 +20,9 @@
  * and with which query (the store: the previous key version in its rotation grace
  * period, else the target's fallback_provider; an OAuth source drops the cached
  * token and answers AL_CRED_REFRESH: acquire again fetches a new one). After a 429,
- * al_credsrc_rest() rests the key for the upstream's Retry-After.
+ * al_credsrc_rest() rests the key for the upstream's Retry-After, then
+ * al_credsrc_rejected(..., 429, ...) says whether another key of the pool is awake
+ * (the store: AL_CRED_OTHER_KEY).
  *
  * Sources are per worker or thread-safe; a pending answer always comes back on the
  * loop the source was created for. */
@@ -35,10 +37,11 @@
 #include "targets/al_table.h"
 
 typedef enum al_cred_attempt {
-    AL_CRED_FIRST = 0,    /* the normal choice (a pool: round-robin, rested keys skipped) */
-    AL_CRED_FALLBACK = 1, /* the target's fallback_provider, after a 401/403 */
-    AL_CRED_GRACE = 2,    /* q.provider's version q.version, in its rotation grace period */
-    AL_CRED_REFRESH = 3,  /* the source dropped what it gave before: a fresh credential */
+    AL_CRED_FIRST = 0,     /* the normal choice (a pool: round-robin, rested keys skipped) */
+    AL_CRED_FALLBACK = 1,  /* the target's fallback_provider, after a 401/403 */
+    AL_CRED_GRACE = 2,     /* q.provider's version q.version, in its rotation grace period */
+    AL_CRED_REFRESH = 3,   /* the source dropped what it gave before: a fresh credential */
+    AL_CRED_OTHER_KEY = 4, /* after a 429: another key of the pool (the one that got it rests) */
 } al_cred_attempt;
 
 /* The audit's "retry" value for an attempt (NULL for AL_CRED_FIRST). */

@@ -13,8 +13,8 @@
  * there and count as consumed at once. Every other body streams through the ring
  * as before: no copy, no hash.
  *
- * States (al_request.h): NEW -> RESOLVING -> CREDENTIAL -> UPSTREAM -> DONE, or
- * REFUSING -> DONE from any of them. Callbacks from the resolver and the upstream
+ * States (al_request.h): NEW -> RESOLVING -> CREDENTIAL [-> SPOOLING] -> UPSTREAM ->
+ * DONE, or REFUSING -> DONE from any of them. Callbacks from the resolver and the upstream
  * may run synchronously inside the call that starts them; `state` is checked after
  * each such call. A credential source answers later only through its callback (never
  * inside acquire).
@@ -957,6 +957,13 @@ static void up_on_head(void *arg, int status, const al_header *h, size_t n)
     if (status == 429 && r->have_secret) {
         int64_t ra = header_int(h, n, "retry-after", 1);
         al_credsrc_rest(r->src, &r->grant, (uint32_t)(ra > 3600 ? 3600 : ra));
+        /* then one retry with another awake key of the pool, when the request can be
+         * sent again; otherwise the upstream's 429 reaches the agent */
+        if (r->cq.attempt == AL_CRED_FIRST && (!r->has_body || r->spool) &&
+            al_credsrc_rejected(r->src, &r->cq, &r->grant, status, &r->retry)) {
+            r->retrying = 1; /* dropped; up_on_done starts the retry */
+            return;
+        }
     }
     r->status = status;
     r->upstream_ms = up_ops(r)->elapsed_ms(r->up);

@@ -16,7 +16,8 @@
  *               in for injectors that need it (AL_AUTH_NEEDS_BODY_SHA256)
  *   upstream    stage_upstream: ctx->upstream->start (libcurl by default)
  *   respond     up_on_head/up_on_body/up_on_done: the response to the sink, 401/403
- *               retry through the credential source, 429 rests the key
+ *               retry through the credential source, 429 rests the key and retries
+ *               with another awake key of the pool (a body is replayed from the spool)
  *   audit       write_audit: one record (decision apart from outcome), then
  *               ctx->hooks.finished (metrics)
  *

@@ -253,8 +253,8 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                                           TBL(limits.retry_body_max_bytes), 0, 0, 1073741824,
                                           1048576, 0, "1048576",
                                           "Largest request body (Content-Length) kept so a "
-                                          "401/403 can be retried with another key; a larger "
-                                          "one is streamed, not retried. 0: never kept."},
+                                          "401/403/429 can be retried with another key; a "
+                                          "larger one is streamed, not retried. 0: never kept."},
     [AL_S_HEADERS] = {"headers", AL_SK_MAP, NULL, TBL(headers), 0, 0, 0, 0, 0, "",
                       "Headers airlock adds to forwarded requests."},
     [AL_S_HEADERS_VIA] = {"headers.via", AL_SK_BOOL, parse_bool, TBL(headers.add_via), 0, 0, 1, 1,

@@ -11,6 +11,7 @@ attempt, the key it got and the length and SHA-256 of the body it read.
   when it ends;
 - a body larger than limits.retry_body_max_bytes, or of unknown length (chunked), is
   streamed and not retried: the 401 reaches the agent;
+- a 429 to one key of a pool is retried with the other key, with the same body;
 - a body whose first attempt succeeds goes upstream once."""
 import hashlib
 import http.server
@@ -24,6 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from altest import *  # noqa: E402,F401,F403
 
 MAIN = "sk-spool-main-4b1d9e7a2c"
+POOL_A = "sk-spool-pool-a-5c2e8b0d7f"
+POOL_B = "sk-spool-pool-b-1e9a4c6f3b"
 SPARE = "sk-spool-spare-8f3e0a6c1d"
 OLD = "sk-spool-old-2a7c9e1b5d"
 NEW = "sk-spool-new-6d0b3f8a4e"
@@ -48,6 +51,14 @@ targets:
       method: api_key
       provider: main-key
       fallback_provider: spare-key
+  - name: pool
+    type: openapi
+    url: http://127.0.0.1:UP_PORT/pool
+    allow_insecure_upstream: true
+    allow_private_network: true
+    auth:
+      method: api_key
+      provider: [pool-a, pool-b]
   - name: rot
     type: openapi
     url: http://127.0.0.1:UP_PORT/rot
@@ -63,10 +74,12 @@ S = {}  # al, spool_dir, bodies dir
 
 class Upstream(http.server.BaseHTTPRequestHandler):
     """Accepts the Authorization values in `accepted`; 401 for any other. /early/...
-    answers 401 before reading the body (then closes). Every attempt is recorded as
+    answers 401 before reading the body (then closes). With `fail_429` set, the next
+    request gets 429 (Retry-After: 1) whatever its key. Every attempt is recorded as
     (authorization, body bytes, body sha256, spool files airlock had open)."""
     protocol_version = "HTTP/1.1"
     accepted = set()
+    fail_429 = False
     seen = []
     lock = threading.Lock()
 
@@ -97,9 +110,11 @@ class Upstream(http.server.BaseHTTPRequestHandler):
                 left -= len(data)
         return n, h.hexdigest()
 
-    def answer(self, ok, obj, close=False):
+    def answer(self, ok, obj, close=False, status=None):
         body = json.dumps(obj).encode()
-        self.send_response(200 if ok else 401)
+        self.send_response(status or (200 if ok else 401))
+        if status == 429:
+            self.send_header("Retry-After", "1")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         if close:
@@ -120,7 +135,8 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         files = spool_files()
         with Upstream.lock:
             Upstream.seen.append((auth, n, sha, files))
-        self.answer(ok, {"ok": ok, "body_bytes": n, "body_sha256": sha})
+            status, Upstream.fail_429 = (429 if Upstream.fail_429 else None), False
+        self.answer(ok, {"ok": ok, "body_bytes": n, "body_sha256": sha}, status=status)
 
     do_PUT = do_POST
 
@@ -153,7 +169,8 @@ def setup():
     S["spool_dir"] = tmpdir("altest-spool-")
     S["bodies"] = tmpdir("altest-bodies-")
     al = Airlock(TABLE.replace("UP_PORT", str(srv.server_address[1])),
-                 providers={"main-key": MAIN, "spare-key": SPARE, "rot-key": OLD},
+                 providers={"main-key": MAIN, "spare-key": SPARE, "rot-key": OLD,
+                            "pool-a": POOL_A, "pool-b": POOL_B},
                  env={"TMPDIR": S["spool_dir"]})
     S["al"] = al
     al.start()
@@ -275,6 +292,20 @@ def test_grace_retry_replays_the_body():
     assert_nothing_left()
 
 
+def test_429_retry_with_the_other_pool_key_replays_the_body():
+    path, sha = body_file(200 * 1024, "b200k-pool")
+    reset([POOL_A, POOL_B])
+    Upstream.fail_429 = True  # whichever key goes first gets the 429 and rests
+    code, j, rid = post("pool", "/v1/upload", path)
+    assert code == 200 and j["body_sha256"] == sha, (code, j)
+    s = seen()
+    assert len(s) == 2 and {s[0][0], s[1][0]} == {"Bearer " + POOL_A, "Bearer " + POOL_B}, s
+    assert s[0][1:] == s[1][1:] == (200 * 1024, sha), s
+    rec = audit_of(rid)
+    assert rec["retry"] == "another_pool_key" and rec["status"] == 200, rec
+    assert_nothing_left()
+
+
 def test_body_past_the_retry_bound_is_streamed_not_retried():
     n = BOUND + 1
     path, sha = body_file(n, "bbound")
@@ -310,7 +341,7 @@ def test_accepted_first_time_goes_once():
     assert "retry" not in audit_of(rid)
     assert_nothing_left()
     text = open(S["al"].audit_path).read() + S["al"].log_text()
-    for k in (MAIN, SPARE, OLD, NEW):
+    for k in (MAIN, SPARE, OLD, NEW, POOL_A, POOL_B):
         assert k not in text
 
 

@@ -296,12 +296,18 @@ static void test_pool_rest_and_fallback(void **state)
     }
     assert_true(saw_b);
     /* Every member resting: AL_ERR_AGAIN, the data path answers 429 itself. */
+    /* A 429 to one member can be retried while another is awake (al_cred_pool_awake). */
     al_cred_rest(c, "a", 5);
+    assert_true(al_cred_pool_awake(c, s, &t, "a"));
     al_cred_rest(c, "b", 5);
+    assert_true(al_cred_pool_awake(c, s, &t, "a")); /* c */
+    assert_false(al_cred_pool_awake(c, s, &t, "c"));
     al_cred_rest(c, "c", 5);
+    assert_false(al_cred_pool_awake(c, s, &t, NULL));
     assert_int_equal(al_cred_select(c, s, &t, 0, &v), AL_ERR_AGAIN);
     fake_ms += 5000;
     assert_int_equal(al_cred_select(c, s, &t, 0, &v), AL_OK);
+    assert_true(al_cred_pool_awake(c, s, &t, "a"));
 
     /* A pool member missing from the store is skipped. */
     char *pool2[] = {"missing", "a"};
@@ -311,6 +317,7 @@ static void test_pool_rest_and_fallback(void **state)
         assert_int_equal(al_cred_select(c, s, &t, 0, &v), AL_OK);
         assert_string_equal(v.provider, "a");
     }
+    assert_false(al_cred_pool_awake(c, s, &t, "a")); /* "missing" has no key */
     /* Fallback after 401/403. */
     assert_int_equal(al_cred_select(c, s, &t, 1, &v), AL_ERR_NOTFOUND);
     t.auth.fallback_provider = "fb";
