@@ -3,7 +3,7 @@
 // the tokens, discovery document, JWKS and error answers are the library's own.
 //
 //   node oidc_provider.js --cert server.pem --key server.key [--port 0] [--ttl 300]
-//        [--client ID:SECRET[:AUTH_METHOD]]... [--resource URL]...
+//        [--client ID:SECRET[:AUTH_METHOD]]... [--resource URL]... [--key-out FILE]
 //
 // - HTTPS on 127.0.0.1 (the test CA's server certificate; the issuer is
 //   https://127.0.0.1:PORT, so discovery lives at ISSUER/.well-known/openid-configuration);
@@ -23,6 +23,10 @@
 //   TTL, delays every token answer by D ms, or forces an error answer (a real
 //   oidc-provider error made by sending the request on with a wrong secret is not
 //   needed: wrong secrets are tested with a real wrong secret).
+// - GET /__stats also counts GETs of the JWKS (jwks_requests), for tests of airlock
+//   re-fetching keys on an unknown kid;
+// - --key-out FILE writes the private signing JWK (mode 0600) so inbound-JWT tests can
+//   forge tokens with the issuer's real key (expired, wrong audience, ...) using jose.
 // Prints "READY <port> <issuer>" when listening.
 import https from "node:https";
 import fs from "node:fs";
@@ -40,6 +44,7 @@ for (let i = 0; i < args.length; i++) {
   else if (a === "--ttl") opt.ttl = Number(v);
   else if (a === "--client") opt.clients.push(v);
   else if (a === "--resource") opt.resources.push(v);
+  else if (a === "--key-out") opt.keyOut = v;
   else {
     console.error("unknown argument " + a);
     process.exit(2);
@@ -54,7 +59,14 @@ if (opt.clients.length === 0) {
   opt.clients.push("airlock-test:" + (process.env.OIDC_CLIENT_SECRET || "airlock-test-secret"));
 }
 
-const stats = { token_requests: 0, token_errors: 0, ttl: opt.ttl, delay_ms: 0, last_params: null };
+const stats = {
+  token_requests: 0,
+  token_errors: 0,
+  jwks_requests: 0,
+  ttl: opt.ttl,
+  delay_ms: 0,
+  last_params: null,
+};
 let forcedError = null;
 
 const { privateKey } = await generateKeyPair("RS256", { extractable: true });
@@ -62,6 +74,7 @@ const jwk = await exportJWK(privateKey);
 jwk.kid = "test-" + Date.now().toString(36);
 jwk.alg = "RS256";
 jwk.use = "sig";
+if (opt.keyOut) fs.writeFileSync(opt.keyOut, JSON.stringify(jwk), { mode: 0o600 });
 
 const server = https.createServer({
   cert: fs.readFileSync(opt.cert),
@@ -134,6 +147,7 @@ provider.use(async (ctx, next) => {
     ctx.body = JSON.stringify(stats);
     return;
   }
+  if (ctx.path === "/jwks" && ctx.method === "GET") stats.jwks_requests++;
   if (ctx.path === "/token" && ctx.method === "POST") {
     stats.token_requests++;
     if (stats.delay_ms > 0) await new Promise((r) => setTimeout(r, stats.delay_ms));
