@@ -12,6 +12,7 @@
 
 int al_cmd_serve(int argc, char **argv);
 int al_cmd_check(int argc, char **argv);
+int al_cmd_explain(int argc, char **argv);
 int al_cmd_identity(int argc, char **argv);
 int al_cmd_ca(int argc, char **argv);
 int al_cmd_env(int argc, char **argv);

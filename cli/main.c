@@ -16,6 +16,7 @@ static const struct {
     {"serve", al_cmd_serve, "run the proxy on the table given with -c FILE"},
     {"reload", al_cmd_reload, "reload the running serve's table and report the result"},
     {"check", al_cmd_check, "validate a target table and print its targets"},
+    {"explain", al_cmd_explain, "say what airlock would do with a request, sending nothing"},
     {"identity", al_cmd_identity, "manage credential providers in the encrypted store"},
     {"ca", al_cmd_ca, "create and print the local CA used for TLS interception"},
     {"env", al_cmd_env, "print the environment an agent needs to use the proxy"},

@@ -1063,7 +1063,17 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
     puts_(&e, ",\"rule\":");
     put_str(&e, r->rule, 96);
     puts_(&e, ",\"principal\":");
-    put_str(&e, r->principal, 160);
+    if (r->principal_iss || r->principal_sub || r->principal_client_id) {
+        puts_(&e, "{\"iss\":");
+        put_str(&e, r->principal_iss, 160);
+        puts_(&e, ",\"sub\":");
+        put_str(&e, r->principal_sub, 96);
+        puts_(&e, ",\"client_id\":");
+        put_str(&e, r->principal_client_id, 96);
+        puts_(&e, "}");
+    } else {
+        put_str(&e, r->principal, 160);
+    }
     puts_(&e, ",\"outcome\":");
     put_str(&e, r->outcome, 16);
     puts_(&e, ",\"reason\":");

@@ -75,6 +75,9 @@ typedef struct al_audit_request {
     const char *aws_access_key_id;
     const char *aws_region;
     const char *aws_service;
+    /* Inbound JWT: the principal's parts; when any is set, "principal" is written as
+     * {"iss","sub","client_id"} instead of the string above. */
+    const char *principal_iss, *principal_sub, *principal_client_id;
 } al_audit_request;
 
 /* The longest line al_audit_encode_request() writes (newline included). Every string

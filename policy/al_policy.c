@@ -77,15 +77,15 @@ static int score(const al_policy_rule *r, const al_policy_request *q)
 {
     if (!principal_applies(r, q->principal))
         return 0;
-    if (!q->target || (!str_in("*", r->targets, r->target_count) &&
-                       !str_in(q->target, r->targets, r->target_count)))
+    if (!str_in("*", r->targets, r->target_count) &&
+        (!q->target || !str_in(q->target, r->targets, r->target_count)))
         return 1;
-    if (r->method_count && !str_in(q->method, r->methods, r->method_count))
+    if (q->method && r->method_count && !str_in(q->method, r->methods, r->method_count))
         return 2;
-    if (r->path_count) {
+    if (q->path && r->path_count) {
         int ok = 0;
         for (size_t i = 0; !ok && i < r->path_count; i++)
-            ok = al_policy_path_match(r->paths[i], q->path ? q->path : "/");
+            ok = al_policy_path_match(r->paths[i], q->path);
         if (!ok)
             return 3;
     }

@@ -31,9 +31,12 @@ enum al_policy_missing {
 
 typedef struct al_policy_request {
     const al_principal *principal; /* NULL = anonymous (inbound.mode none) */
-    const char *target;            /* target name; NULL = no target (never allowed by rules) */
-    const char *method;            /* upper-case */
-    const char *path;              /* normalised, below the target's base; query ignored */
+    const char *target; /* target name; NULL = no target (a passthrough CONNECT: only
+                           rules naming "*" allow it) */
+    const char *method; /* upper-case; NULL = not checked (CONNECT: the requests inside
+                           the tunnel are decided one by one) */
+    const char *path;   /* normalised, below the target's base; query ignored; NULL =
+                           not checked (CONNECT) */
     const char *mcp_tool;          /* a tools/call's name; NULL when not a tools/call */
 } al_policy_request;
 

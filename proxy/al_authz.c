@@ -5,9 +5,11 @@
  * (or anonymous under mode none). */
 #include "al_authz.h"
 #include "common/al_err.h"
+#include "common/al_http.h"
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 const char *al_authz_policy_path(const al_target *t, const char *path, size_t len, char *buf,
                                  size_t n)
@@ -84,14 +86,20 @@ void al_authz_decide(const al_authz_in *in, al_authz_out *out)
         }
         out->principal = p;
     }
-    if (!al_policy_active(t))
+    int connect = in->method && !strcmp(in->method, "CONNECT");
+    /* An intercepted CONNECT only authenticates: each request inside the tunnel is
+     * routed and decided on its own (several targets may share one host:port). A
+     * passthrough CONNECT (no target) is never seen again, so the policy decides it. */
+    if (!al_policy_active(t) || (connect && in->target))
         return;
     char path[2048];
     al_policy_request q = {
         .principal = out->principal,
         .target = in->target ? in->target->name : NULL,
-        .method = in->method,
-        .path = al_authz_policy_path(in->target, in->path, in->path_len, path, sizeof path),
+        .method = connect ? NULL : in->method,
+        .path = connect
+                    ? NULL
+                    : al_authz_policy_path(in->target, in->path, in->path_len, path, sizeof path),
         .mcp_tool = in->mcp_tool,
     };
     al_policy_decide(t, &q, &out->policy);
@@ -109,4 +117,81 @@ void al_authz_out_free(al_authz_out *out)
 {
     al_principal_unref(out->principal);
     out->principal = NULL;
+}
+
+/* ---- the data path's decide hook ------------------------------------------------- */
+
+static const al_header *header(const al_decide_req *q, const char *name)
+{
+    for (size_t i = 0; i < q->header_count; i++)
+        if (al_http_name_is(q->headers[i].name, q->headers[i].name_len, name))
+            return &q->headers[i];
+    return NULL;
+}
+
+int al_authz_hook_decide(void *arg, const al_decide_req *q, al_decision *d)
+{
+    al_authz_state *st = arg;
+    const al_table *t = q->table;
+    if (!t || (t->inbound.mode == AL_INBOUND_NONE && !al_policy_active(t)))
+        return AL_OK; /* the route decides */
+    /* The decision's strings must live until the request copied them (before this
+     * returns to stage_decide's caller): one set per thread. */
+    static _Thread_local al_authz_out out;
+    static _Thread_local char label[256], iss[512], sub[512], cid[512];
+    const al_header *az = header(q, "authorization"), *paz = header(q, "proxy-authorization");
+    al_authz_in in = {
+        .table = t,
+        .inbound = st ? atomic_load_explicit(&st->inbound, memory_order_acquire) : NULL,
+        .method = q->method,
+        .target = q->target,
+        .path = q->path,
+        .path_len = q->path_len,
+        .gateway = q->gateway && !q->in_tunnel,
+        .authorization = az ? az->value : NULL,
+        .authorization_len = az ? az->value_len : 0,
+        .proxy_authorization = paz ? paz->value : NULL,
+        .proxy_authorization_len = paz ? paz->value_len : 0,
+        .now = (int64_t)time(NULL),
+        .inherited = st ? st->assume : NULL,
+        .mcp_tool = q->mcp_tool,
+    };
+    if (q->in_tunnel) { /* the CONNECT's token: the tunnel's principal */
+        in.proxy_authorization = q->tunnel_authorization;
+        in.proxy_authorization_len = q->tunnel_authorization_len;
+    }
+    al_authz_decide(&in, &out);
+    d->decided_by = "policy";
+    d->rule = out.rule[0] ? out.rule : NULL;
+    if (out.principal) {
+        al_principal_label(out.principal, label, sizeof label);
+        snprintf(iss, sizeof iss, "%s", out.principal->iss ? out.principal->iss : "");
+        snprintf(sub, sizeof sub, "%s", out.principal->sub ? out.principal->sub : "");
+        snprintf(cid, sizeof cid, "%s", out.principal->client_id ? out.principal->client_id : "");
+        d->principal = label;
+        d->principal_iss = out.principal->iss ? iss : NULL;
+        d->principal_sub = out.principal->sub ? sub : NULL;
+        d->principal_client_id = out.principal->client_id ? cid : NULL;
+    }
+    al_authz_out_free(&out);
+    if (out.allow && !q->mcp_tool && q->target && q->target->type == AL_TYPE_MCP_SERVER &&
+        al_policy_active(t)) {
+        /* would a tools/call of a tool no rule names be refused? then the policy limits
+         * tools here and the body must be read (a second, cheap decision: the token is
+         * cached) */
+        static _Thread_local al_authz_out probe;
+        in.mcp_tool = "";
+        al_authz_decide(&in, &probe);
+        d->inspect_mcp_body = !probe.allow && probe.policy.missing == AL_POLICY_MISS_TOOL;
+        al_authz_out_free(&probe);
+    }
+    if (out.allow)
+        return AL_OK;
+    d->allow = 0;
+    d->refusal = out.status == 401   ? AL_REF_UNAUTHENTICATED
+                 : out.status == 407 ? AL_REF_PROXY_AUTH_REQUIRED
+                                     : AL_REF_POLICY_DENIED;
+    d->message = out.message;
+    d->challenge = out.challenge[0] ? out.challenge : NULL;
+    return AL_OK;
 }

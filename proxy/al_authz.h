@@ -14,10 +14,12 @@
 #ifndef AL_AUTHZ_H
 #define AL_AUTHZ_H
 
+#include "al_request.h"
 #include "identity/al_inbound.h"
 #include "policy/al_policy.h"
 #include "targets/al_table.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -52,6 +54,17 @@ typedef struct al_authz_out {
 
 void al_authz_decide(const al_authz_in *in, al_authz_out *out);
 void al_authz_out_free(al_authz_out *out);
+
+/* The data path's decide hook (al_req_hooks.decide): arg is an al_authz_state whose
+ * inbound the server sets for the current table (NULL under mode none). Old inbound
+ * objects are kept by the server until it stops, so a request never sees one freed. */
+typedef struct al_authz_state {
+    _Atomic(al_inbound *) inbound;
+    /* `airlock explain --principal`: the principal a request without a token is taken
+     * to be (never set by serve). */
+    al_principal *assume;
+} al_authz_state;
+int al_authz_hook_decide(void *arg, const al_decide_req *q, al_decision *d);
 
 /* The path below the target's base path, query removed, into buf ("/" at least). */
 const char *al_authz_policy_path(const al_target *t, const char *path, size_t len, char *buf,

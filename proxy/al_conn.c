@@ -734,5 +734,6 @@ void al_conn_free(al_conn *c)
     al_buf_free(&c->out, 0);
     free(c->pre);
     free(c->in);
+    free(c->tunnel_auth);
     free(c);
 }

@@ -104,6 +104,10 @@ struct al_conn {
     /* Inside an intercepted CONNECT tunnel: the only host requests may address. */
     char tunnel_host[256];
     uint16_t tunnel_port;
+    /* The CONNECT's Proxy-Authorization value (malloc'd, NULL if none): requests in the
+     * tunnel are decided as its principal (inbound JWT). */
+    char *tunnel_auth;
+    size_t tunnel_auth_len;
     /* Client-side clock: one lazy timer; ct_kind and ct_since say which and from when. */
     ev_timer ct_timer;
     int ct_kind; /* enum al_conn_timeout */

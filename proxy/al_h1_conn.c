@@ -217,6 +217,17 @@ static void handle_connect(h1_state *s, const char *url, size_t url_len)
         host[rt.host_len] = '\0';
         al_conn_queue(c, "HTTP/1.1 200 Connection established\r\n\r\n", 39);
         c->tunnel_port = rt.port;
+        /* the tunnel's principal: its requests are decided with this token */
+        const al_h1_head *hd = &s->p.head;
+        for (size_t i = 0; i < hd->field_count && !c->tunnel_auth; i++)
+            if (al_http_name_is(hd->buf + hd->fields[i].name.off, hd->fields[i].name.len,
+                                "proxy-authorization") &&
+                (c->tunnel_auth = malloc(hd->fields[i].value.len + 1))) {
+                memcpy(c->tunnel_auth, hd->buf + hd->fields[i].value.off,
+                       hd->fields[i].value.len);
+                c->tunnel_auth[hd->fields[i].value.len] = '\0';
+                c->tunnel_auth_len = hd->fields[i].value.len;
+            }
         al_conn_start_tls(c, srv->intercept_ctx, host);
         al_request_note_done(s->req, 200);
         return;
@@ -268,7 +279,9 @@ static int start_request(h1_state *s, size_t head_len)
         return 0;
     }
     al_conn_consume(c, head_len); /* the request holds its own copy of the head */
-    if (c->tunnel_host[0] && al_request_set_tunnel(s->req, c->tunnel_host, c->tunnel_port))
+    if (c->tunnel_host[0] && (al_request_set_tunnel(s->req, c->tunnel_host, c->tunnel_port) ||
+                              al_request_set_tunnel_auth(s->req, c->tunnel_auth,
+                                                         c->tunnel_auth_len)))
         return -1;
     s->st = s->msg_done ? H1_WAIT : H1_BODY;
     al_request_start(s->req, has_body, blen);

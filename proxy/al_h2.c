@@ -374,7 +374,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     if (h->c->tunnel_host[0] &&
-        al_request_set_tunnel(s->req, h->c->tunnel_host, h->c->tunnel_port) != AL_OK) {
+        (al_request_set_tunnel(s->req, h->c->tunnel_host, h->c->tunnel_port) != AL_OK ||
+         al_request_set_tunnel_auth(s->req, h->c->tunnel_auth, h->c->tunnel_auth_len) != AL_OK)) {
         al_request_free(s->req);
         free(s);
         return NGHTTP2_ERR_CALLBACK_FAILURE;

@@ -36,6 +36,7 @@
 #include "common/al_reqtarget.h"
 #include "identity/al_credsrc.h"
 #include "policy/al_audit.h"
+#include "policy/al_mcp.h"
 #include "targets/al_router.h"
 
 #include <errno.h>
@@ -82,6 +83,13 @@ struct al_req {
     char *host;        /* for audit: the host the agent addressed */
     char *tunnel_host; /* intercepted CONNECT tunnel: the only host allowed */
     uint16_t tunnel_port;
+    char *tunnel_auth; /* the CONNECT's Proxy-Authorization (arena copy) or NULL */
+    size_t tunnel_auth_len;
+    int gateway; /* routed as /t/<name>/...: the agent's Authorization was for airlock */
+    int mcp_inspect, mcp_wait; /* the policy reads the JSON-RPC body before going on */
+    char *mcp_error;           /* a JSON-RPC error body to answer a refusal with (malloc) */
+    const char *mcp_tool_now;  /* the tools/call name being decided (body check) */
+    const json_t *mcp_id;      /* its JSON-RPC id (borrowed during the check) */
     char *up_path; /* path[?query] to send upstream (before injection) */
     size_t up_path_len;
 
@@ -99,6 +107,7 @@ struct al_req {
     const char *decided_by; /* static or from the table; NULL before the decision */
     const char *rule;       /* arena copy */
     const char *principal;  /* arena copy */
+    const char *principal_iss, *principal_sub, *principal_client_id; /* arena copies */
     int denied;             /* a denial (decision deny), not an outcome */
 
     /* credential */
@@ -471,6 +480,9 @@ static void audit_fill(al_req *r, al_audit_request *rec, audit_bufs *b)
     rec->reason = r->reason;
     rec->retry = r->retry_name;
     rec->token_fingerprint = r->grant.sv.fingerprint;
+    rec->principal_iss = r->principal_iss;
+    rec->principal_sub = r->principal_sub;
+    rec->principal_client_id = r->principal_client_id;
 }
 
 static void write_audit(al_req *r)
@@ -594,6 +606,7 @@ void al_request_free(al_req *r)
     release_secret(r);
     al_buf_free(&r->refuse_body, 0);
     al_buf_free(&r->fn_body, 0);
+    free(r->mcp_error);
     free(r->ring);
     al_spool_free(r->spool);
     r->spool = NULL;
@@ -696,15 +709,20 @@ static void vrefuse(al_req *r, enum al_refusal ref, int status, const char *fmt,
     }
     r->status = status;
     set_state(r, AL_REQ_REFUSING);
-    al_error_json(&r->refuse_body, code, "%s", msg);
-    if (r->refuse_extra && r->refuse_body.len >= 2 &&
-        !memcmp(r->refuse_body.data + r->refuse_body.len - 2, "}\n", 2)) {
-        r->refuse_body.len -= 2; /* {"error":..,"message":..}\n + ,extra}\n */
-        if (al_buf_append(&r->refuse_body, ",", 1) ||
-            al_buf_append(&r->refuse_body, r->refuse_extra, strlen(r->refuse_extra)) ||
-            al_buf_append(&r->refuse_body, "}\n", 2)) {
-            al_buf_reset(&r->refuse_body);
-            al_error_json(&r->refuse_body, code, "%s", msg);
+    if (r->mcp_error) { /* an MCP client understands a JSON-RPC error, not ours */
+        status = r->status = 200;
+        al_buf_append(&r->refuse_body, r->mcp_error, strlen(r->mcp_error));
+    } else {
+        al_error_json(&r->refuse_body, code, "%s", msg);
+        if (r->refuse_extra && r->refuse_body.len >= 2 &&
+            !memcmp(r->refuse_body.data + r->refuse_body.len - 2, "}\n", 2)) {
+            r->refuse_body.len -= 2; /* {"error":..,"message":..}\n + ,extra}\n */
+            if (al_buf_append(&r->refuse_body, ",", 1) ||
+                al_buf_append(&r->refuse_body, r->refuse_extra, strlen(r->refuse_extra)) ||
+                al_buf_append(&r->refuse_body, "}\n", 2)) {
+                al_buf_reset(&r->refuse_body);
+                al_error_json(&r->refuse_body, code, "%s", msg);
+            }
         }
     }
     /* RFC 9209 Proxy-Status: the reason reaches clients that never show the body of a
@@ -800,6 +818,15 @@ int al_request_set_tunnel(al_req *r, const char *host, uint16_t port)
     r->tunnel_host = arena_dup(r, host, strlen(host));
     r->tunnel_port = port;
     return r->tunnel_host ? AL_OK : AL_ERR_NOMEM;
+}
+
+int al_request_set_tunnel_auth(al_req *r, const char *value, size_t len)
+{
+    if (!value || !len)
+        return AL_OK;
+    r->tunnel_auth = arena_dup(r, value, len);
+    r->tunnel_auth_len = len;
+    return r->tunnel_auth ? AL_OK : AL_ERR_NOMEM;
 }
 
 void al_request_note_done(al_req *r, int status)
@@ -1487,6 +1514,11 @@ static void stage_prepare(al_req *r)
         if (al_auth_drop_request_header(t, h->name, h->name_len) ||
             named_by_connection(r, h->name, h->name_len))
             continue;
+        /* inbound JWT: the token airlock read never goes upstream */
+        if (r->table->inbound.mode == AL_INBOUND_JWT &&
+            (al_http_name_is(h->name, h->name_len, "proxy-authorization") ||
+             (r->gateway && al_http_name_is(h->name, h->name_len, "authorization"))))
+            continue;
         if (al_http_name_is(h->name, h->name_len, "host") ||
             al_http_name_is(h->name, h->name_len, "content-length") ||
             al_http_name_is(h->name, h->name_len, "expect") ||
@@ -1910,6 +1942,7 @@ static int stage_route(al_req *r)
         r->up_path = p;
         r->up_path_len = o;
         r->host = r->t->host;
+        r->gateway = 1;
         return 0;
     }
 
@@ -1979,6 +2012,11 @@ static int stage_decide(al_req *r, const al_target *t, const char *host, uint16_
             .client = r->client,
             .protocol = r->protocol,
             .in_tunnel = r->tunnel_host != NULL,
+            .table = r->table,
+            .gateway = r->gateway,
+            .tunnel_authorization = r->tunnel_auth,
+            .tunnel_authorization_len = r->tunnel_auth_len,
+            .mcp_tool = r->mcp_tool_now, /* the body check's second decision */
         };
         if (hk->decide(hk->decide_arg, &q, &d) != AL_OK) {
             d.allow = 0;
@@ -1992,6 +2030,14 @@ static int stage_decide(al_req *r, const al_target *t, const char *host, uint16_
         r->rule = arena_dup(r, d.rule, strnlen(d.rule, 256));
     if (d.principal)
         r->principal = arena_dup(r, d.principal, strnlen(d.principal, 256));
+    if (d.principal_iss)
+        r->principal_iss = arena_dup(r, d.principal_iss, strnlen(d.principal_iss, 512));
+    if (d.principal_sub)
+        r->principal_sub = arena_dup(r, d.principal_sub, strnlen(d.principal_sub, 512));
+    if (d.principal_client_id)
+        r->principal_client_id =
+            arena_dup(r, d.principal_client_id, strnlen(d.principal_client_id, 512));
+    r->mcp_inspect = d.inspect_mcp_body && t && t->type == AL_TYPE_MCP_SERVER;
     if (d.allow) {
         /* audit.on_failure: deny — nothing is forwarded while the log may not record
          * it (the writer's flag: its last write failed or its queue is nearly full) */
@@ -2005,6 +2051,11 @@ static int stage_decide(al_req *r, const al_target *t, const char *host, uint16_
         }
         return 0;
     }
+    if (r->mcp_tool_now) {
+        size_t n = 0;
+        r->mcp_error = al_mcp_error_response(r->mcp_id, AL_MCP_POLICY_ERROR,
+                                             d.message ? d.message : "not allowed by policy", &n);
+    }
     if (d.challenge) {
         r->challenge = arena_dup(r, d.challenge, strnlen(d.challenge, 1024));
         r->challenge_name = d.refusal == AL_REF_PROXY_AUTH_REQUIRED ? "proxy-authenticate"
@@ -2014,6 +2065,43 @@ static int stage_decide(al_req *r, const al_target *t, const char *host, uint16_
     refuse(r, d.refusal, "%s",
            d.message ? d.message : "airlock's policy does not allow this request");
     return -1;
+}
+
+/* The MCP body check (the policy limits tools here): every tools/call of the
+ * JSON-RPC body (one message or a batch) is decided by the hook; the first denied one
+ * is answered with a JSON-RPC error and nothing goes upstream. Then stage_resolve. */
+static void mcp_check(al_req *r)
+{
+    r->mcp_wait = 0;
+    char *body = malloc(r->ring_len ? r->ring_len : 1);
+    if (!body) {
+        refuse(r, AL_REF_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < r->ring_len; i++)
+        body[i] = r->ring[(r->ring_head + i) % AL_REQ_BODY_BUF];
+    al_mcp_calls calls;
+    int rc = al_mcp_parse_calls(body, r->ring_len, &calls);
+    free(body);
+    if (rc != AL_OK) {
+        refuse(r, AL_REF_BAD_REQUEST,
+               "the policy limits MCP tools for this target, and the request body is not "
+               "JSON-RPC airlock can read (%s)",
+               al_strerror(rc));
+        return;
+    }
+    uint16_t port = r->tunnel_host ? r->tunnel_port : r->t->port;
+    int denied = 0;
+    for (size_t i = 0; i < calls.count && !denied; i++) {
+        r->mcp_tool_now = calls.names[i];
+        r->mcp_id = calls.ids[i];
+        denied = stage_decide(r, r->t, r->host, port) != 0;
+    }
+    r->mcp_tool_now = NULL;
+    r->mcp_id = NULL;
+    al_mcp_calls_free(&calls);
+    if (!denied)
+        stage_resolve(r);
 }
 
 void al_request_start(al_req *r, int has_body, int64_t body_length)
@@ -2033,6 +2121,20 @@ void al_request_start(al_req *r, int has_body, int64_t body_length)
         refuse(r, AL_REF_BODY_TOO_LARGE,
                "the request body (%lld bytes) is larger than limits.max_body_bytes (%llu)",
                (long long)body_length, (unsigned long long)maxb);
+        return;
+    }
+    if (r->mcp_inspect && has_body) {
+        if (body_length > (int64_t)AL_REQ_BODY_BUF) {
+            refuse(r, AL_REF_BODY_TOO_LARGE,
+                   "an MCP request body over %d bytes cannot be checked against the policy's "
+                   "mcp_tools",
+                   AL_REQ_BODY_BUF);
+            return;
+        }
+        r->mcp_wait = 1; /* decided again once the body is here */
+        if (!r->body_ended)
+            return;
+        mcp_check(r);
         return;
     }
     stage_resolve(r);
@@ -2161,6 +2263,14 @@ int al_request_body_write(al_req *r, const char *data, size_t len)
     }
     if (len > AL_REQ_BODY_BUF - r->ring_len)
         return AL_ERR_TOOBIG;
+    if (r->mcp_wait && r->ring_len + len >= AL_REQ_BODY_BUF) {
+        /* the whole body must fit to be checked; the protocol would stop reading */
+        refuse(r, AL_REF_BODY_TOO_LARGE,
+               "an MCP request body of %d bytes or more cannot be checked against the "
+               "policy's mcp_tools",
+               AL_REQ_BODY_BUF);
+        return AL_ERR_TOOBIG;
+    }
     if (len && !r->ring && !(r->ring = malloc(AL_REQ_BODY_BUF)))
         return AL_ERR_NOMEM;
     while (len) {
@@ -2185,6 +2295,10 @@ static void stage_prepare(al_req *r);
 void al_request_body_end(al_req *r)
 {
     r->body_ended = 1;
+    if (r->mcp_wait && r->state == AL_REQ_NEW) {
+        mcp_check(r);
+        return;
+    }
     if (r->spool && r->state != AL_REQ_REFUSING && r->state != AL_REQ_DONE) {
         int rc = al_spool_finish(r->spool);
         if (rc) {

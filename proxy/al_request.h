@@ -103,6 +103,15 @@ typedef struct al_decide_req {
     const char *client;   /* "ip:port" */
     const char *protocol; /* "http/1.1" or "h2" */
     int in_tunnel;        /* inside an intercepted CONNECT (the CONNECT was decided) */
+    const al_table *table; /* the table the request runs on */
+    int gateway;           /* gateway mode (/t/<name>/...): the token is in Authorization */
+    /* Inside a tunnel: the CONNECT's Proxy-Authorization value (the tunnel's principal),
+     * NULL when it had none. */
+    const char *tunnel_authorization;
+    size_t tunnel_authorization_len;
+    /* An MCP tools/call found in the request body (second call of the hook, after the
+     * body arrived, when the first answer set inspect_mcp_body); NULL at head time. */
+    const char *mcp_tool;
 } al_decide_req;
 
 /* The answer. allow 0 refuses with `refusal` (from AL_REFUSALS: UNAUTHENTICATED
@@ -114,9 +123,16 @@ typedef struct al_decision {
     const char *decided_by; /* "route" (the default), "policy", ... */
     const char *rule;       /* the rule that decided, NULL when none */
     const char *principal;  /* who the caller is, NULL when unknown */
+    /* The authenticated principal's parts for the audit record (NULL when none). */
+    const char *principal_iss, *principal_sub, *principal_client_id;
     enum al_refusal refusal;
     const char *message;
     const char *challenge; /* the WWW-/Proxy-Authenticate value for 401/407, or NULL */
+    /* Allowed so far, but the policy limits MCP tools here: the request body (JSON-RPC,
+     * up to AL_REQ_BODY_BUF) is read before anything goes upstream and each tools/call
+     * name is decided by calling the hook again with q->mcp_tool. A denied call gets a
+     * JSON-RPC error response; the upstream never sees it. */
+    int inspect_mcp_body;
 } al_decision;
 
 /* Returns 0 with *d filled (d starts as "allow, decided_by route"). */
@@ -228,6 +244,9 @@ int al_request_set_head(al_req *r, const char *method, size_t method_len, const 
 /* Inside an intercepted CONNECT tunnel: requests may only address host:port (the
  * CONNECT authority); another host -> 403 tunnel_host_mismatch. host is copied. */
 int al_request_set_tunnel(al_req *r, const char *host, uint16_t port);
+/* Inside a tunnel: the CONNECT's Proxy-Authorization value (copied), so requests in the
+ * tunnel are decided as the tunnel's principal. */
+int al_request_set_tunnel_auth(al_req *r, const char *value, size_t len);
 /* Records a request that ended without a response body of its own (a CONNECT that
  * was accepted): status for the audit, decision allow. No sink call. */
 void al_request_note_done(al_req *r, int status);

@@ -415,21 +415,42 @@ static void on_admin_accept(struct ev_loop *loop, ev_io *io, int revents)
 /* Providers named by the table against the store: a wrong environment refuses the
  * table; a missing provider is only logged (it may be created later and is picked up
  * live; until then its requests get 502 credential_unavailable). */
-/* Inbound JWT and policy rules compile with the table (check, explain) before the
- * data path enforces them; until it does, serving such a table would look protected
- * and not be, so serve and reload refuse it. */
-static int refuse_unenforced(const al_table *t, al_diags *d)
+
+/* The authenticator for table t (mode jwt), made current for the decide hook; the
+ * previous one is kept until the server stops. prime: fetch the issuer's documents
+ * now (start-up; a failure is logged and tokens get keys_unavailable until a
+ * background fetch succeeds). */
+static int inbound_apply(al_server *s, const al_table *t, int prime)
 {
-    if (t->inbound.mode == AL_INBOUND_JWT)
-        al_diags_add(d, t->path, t->inbound.mode_mark.line, t->inbound.mode_mark.column,
-                     "inbound.mode jwt is not enforced by this build's data path yet; serve "
-                     "refuses the table rather than run unauthenticated");
-    if (t->policy.rule_count)
-        al_diags_add(d, t->path, t->policy.rules[0].line, t->policy.rules[0].column,
-                     "policy rules are not enforced by this build's data path yet; serve "
-                     "refuses the table rather than run without them (airlock explain "
-                     "evaluates them)");
-    return d->count ? AL_ERR_CONFIG : AL_OK;
+    al_inbound *in = NULL;
+    if (t->inbound.mode == AL_INBOUND_JWT) {
+        if (!s->oidc) {
+            if (al_oidc_new(&s->oidc) != AL_OK)
+                return AL_ERR_NOMEM;
+            al_fetch_set_guard(al_oidc_fetcher(s->oidc), al_egress_guard_public, NULL);
+        }
+        int rc = al_inbound_new(t, s->oidc, &in);
+        if (rc != AL_OK)
+            return rc;
+        char err[512] = "";
+        if (prime && (rc = al_inbound_prime(in, err, sizeof err)) != AL_OK)
+            al_log(AL_LOG_WARN, "inbound.keys_unavailable",
+                   "the issuer's keys could not be fetched from %s (%s): tokens are refused "
+                   "(keys_unavailable) until a later fetch succeeds",
+                   t->inbound.discovery_url, err);
+    }
+    al_inbound *old = atomic_exchange_explicit(&s->authz.inbound, in, memory_order_acq_rel);
+    if (old) {
+        al_inbound **v = realloc(s->inbound_old, (s->inbound_old_count + 1) * sizeof *v);
+        if (!v) {
+            atomic_store(&s->authz.inbound, old); /* keep the old one: nothing freed in use */
+            al_inbound_free(in);
+            return AL_ERR_NOMEM;
+        }
+        v[s->inbound_old_count++] = old;
+        s->inbound_old = v;
+    }
+    return AL_OK;
 }
 
 static int check_providers(const char *state_dir, const al_table *t, al_diags *d)
@@ -501,8 +522,7 @@ int al_server_reload(al_server *s, al_diags *d)
 {
     al_table *t = NULL;
     int rc = al_table_load(s->config_path, &t, d);
-    if (rc == AL_OK && ((rc = refuse_unenforced(t, d)) != AL_OK ||
-                        (rc = check_providers(s->state_dir, t, d)) != AL_OK)) {
+    if (rc == AL_OK && (rc = check_providers(s->state_dir, t, d)) != AL_OK) {
         al_table_unref(t);
         t = NULL;
     }
@@ -527,6 +547,9 @@ int al_server_reload(al_server *s, al_diags *d)
                t->state_dir ? t->state_dir : "(none)", s->state_dir);
     for (size_t i = 0; i < s->worker_count; i++)
         al_worker_post_table(&s->workers[i], t);
+    if (inbound_apply(s, t, 0) != AL_OK)
+        al_log(AL_LOG_ERROR, "inbound.reload_failed",
+               "out of memory setting up inbound authentication; the previous settings stay");
     al_table_unref(s->table);
     s->table = t;
     s->loaded_at_ms = wall_ms();
@@ -624,8 +647,7 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     if (!s->config_path || !s->state_dir)
         goto out;
     int rc = al_table_load(config_path, &s->table, &d);
-    if (rc == AL_OK && ((rc = refuse_unenforced(s->table, &d)) != AL_OK ||
-                        (rc = check_providers(state_dir, s->table, &d)) != AL_OK)) {
+    if (rc == AL_OK && (rc = check_providers(state_dir, s->table, &d)) != AL_OK) {
         al_table_unref(s->table);
         s->table = NULL;
     }
@@ -636,6 +658,10 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     }
     log_warnings(s->table);
     s->loaded_at_ms = wall_ms();
+    if (inbound_apply(s, s->table, 1) != AL_OK) {
+        fprintf(stderr, "airlock serve: cannot set up inbound authentication\n");
+        goto out;
+    }
     if (mkdir(state_dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "airlock serve: cannot create state dir %s: %s\n", state_dir,
                 strerror(errno));
@@ -808,6 +834,11 @@ out:
         SSL_CTX_free(s->listener_ctx);
     if (s->ca)
         al_ca_free(s->ca);
+    al_inbound_free(atomic_load(&s->authz.inbound));
+    for (size_t i = 0; i < s->inbound_old_count; i++)
+        al_inbound_free(s->inbound_old[i]);
+    free(s->inbound_old);
+    al_oidc_free(s->oidc); /* after the authenticators: they start loads, never callbacks */
     al_table_unref(s->table);
     al_diags_free(&d);
     free(audit_path);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "al_authz.h"
 #include "al_worker.h"
 #include "identity/al_cred.h"
 #include "policy/al_audit.h"
@@ -48,6 +49,13 @@ typedef struct al_server {
     void *listener_ctx;  /* SSL_CTX*, owned */
     int64_t loaded_at_ms; /* wall clock of the current table's load */
     int last_reload_ok;   /* -1 none yet, 0 the last one was refused, 1 applied */
+    /* Inbound JWT: the control-plane fetcher of the issuer's documents, the current
+     * table's authenticator (the decide hook reads authz.inbound) and the ones of
+     * earlier tables, kept until the server stops (requests may still use them). */
+    al_oidc *oidc;
+    al_authz_state authz;
+    al_inbound **inbound_old;
+    size_t inbound_old_count;
 } al_server;
 
 /* Reloads the table from s->config_path (main thread only; SIGHUP and POST /reload):

@@ -263,6 +263,10 @@ static void init_req_ctx(al_worker *w)
         al_iam_credsrc_new(w->server->iam, w->loop, &x->cred[AL_AUTH_IAM]);
     x->ops = &req_ctx_ops;
     x->owner = w;
+    if (w->server) { /* inbound JWT and policy (al_authz): the same code as explain */
+        x->hooks.decide = al_authz_hook_decide;
+        x->hooks.decide_arg = &w->server->authz;
+    }
     x->table = w->table;
 }
 
