@@ -726,7 +726,8 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     audit_table_load(s, "table.load", AL_OK, s->table, NULL);
     /* OAuth: token endpoints and discovery go through the same egress guard as agent
      * traffic (a provider's allowPrivateNetwork lifts it for that provider only). */
-    if (al_oidc_new(&s->oidc) != AL_OK || al_token_client_new(s->oidc, &s->tokens) != AL_OK) {
+    if ((!s->oidc && al_oidc_new(&s->oidc) != AL_OK) || /* inbound JWT may have made it */
+        al_token_client_new(s->oidc, &s->tokens) != AL_OK) {
         fprintf(stderr, "airlock serve: cannot start the OAuth token client\n");
         goto out;
     }
@@ -837,8 +838,7 @@ out:
     al_inbound_free(atomic_load(&s->authz.inbound));
     for (size_t i = 0; i < s->inbound_old_count; i++)
         al_inbound_free(s->inbound_old[i]);
-    free(s->inbound_old);
-    al_oidc_free(s->oidc); /* after the authenticators: they start loads, never callbacks */
+    free(s->inbound_old); /* (they start loads, never callbacks: nothing ran on the thread) */
     al_table_unref(s->table);
     al_diags_free(&d);
     free(audit_path);

@@ -49,10 +49,9 @@ typedef struct al_server {
     void *listener_ctx;  /* SSL_CTX*, owned */
     int64_t loaded_at_ms; /* wall clock of the current table's load */
     int last_reload_ok;   /* -1 none yet, 0 the last one was refused, 1 applied */
-    /* Inbound JWT: the control-plane fetcher of the issuer's documents, the current
-     * table's authenticator (the decide hook reads authz.inbound) and the ones of
-     * earlier tables, kept until the server stops (requests may still use them). */
-    al_oidc *oidc;
+    /* Inbound JWT (its documents come through `oidc` above): the current table's
+     * authenticator (the decide hook reads authz.inbound) and the ones of earlier
+     * tables, kept until the server stops (requests may still use them). */
     al_authz_state authz;
     al_inbound **inbound_old;
     size_t inbound_old_count;
