@@ -538,7 +538,15 @@ int al_server_reload(al_server *s, al_diags *d)
     log_warnings(t);
     if (!same_str(t->listen.proxy, s->table->listen.proxy))
         al_log(AL_LOG_WARN, "table.reload", "listen addresses change only on restart");
-    /* The store, CA and audit log stay where they were opened. */
+    /* The store, CA and audit log stay where they were opened (the writer's chain,
+     * checkpoint and rotation settings too; audit.on_failure is read per request). */
+    const al_audit_cfg *na = &t->audit, *oa = &s->table->audit;
+    if (!same_str(na->file, oa->file) || na->chain != oa->chain ||
+        na->checkpoint_interval_ms != oa->checkpoint_interval_ms ||
+        na->max_file_bytes != oa->max_file_bytes || na->max_files != oa->max_files)
+        al_log(AL_LOG_WARN, "table.reload",
+               "audit.file, chain, checkpoint_interval_ms, max_file_bytes and max_files "
+               "change only on restart");
     if (!same_str(t->state_dir, s->table->state_dir) && !same_str(t->state_dir, s->state_dir))
         al_log(AL_LOG_WARN, "table.reload",
                "state_dir changed in %s (%s -> %s) but takes effect only on restart; "

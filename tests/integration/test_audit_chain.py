@@ -360,6 +360,24 @@ def test_rotation_by_size_and_reopen_keep_the_chain():
         up.close()
 
 
+def test_reload_says_which_audit_keys_wait_for_a_restart():
+    up = Upstream()
+    al = Airlock(table(up), providers={"chain-key": SECRET})
+    try:
+        al.start()
+        al.reload(table(up, "  max_file_bytes: 100000\n  on_failure: deny\n"))
+        wait_for(lambda: "change only on restart" in al.log_text(), 10, "the reload warning")
+        assert get(al, "/x")[0] == 200
+        assert al.stop() == 0
+        key = export_key(al)
+        recs = [json.loads(l) for l in lines_of(al.audit_path)]
+        assert any(r.get("event") == "table.reload" for r in recs)
+        assert verify(al, al.audit_path, key=key)["ok"]
+    finally:
+        al.stop()
+        up.close()
+
+
 def mount_tmpfs(size="64k"):
     d = tmpdir("altest-auditfs-")
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size, "tmpfs", d],
