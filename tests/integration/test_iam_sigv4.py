@@ -82,6 +82,18 @@ targets:
     allow_private_network: true
     auth: {method: iam, region: us-east-1, service: example, source: environment,
            role_arn: "arn:aws:iam::123456789012:role/agent-role", external_id: ext-7}
+  - name: imds
+    type: smithy
+    url: https://127.0.0.1:UP1/imds
+    ca_file: CA
+    allow_private_network: true
+    auth: {method: iam, region: us-east-1, service: example, source: imds}
+  - name: webid
+    type: smithy
+    url: https://127.0.0.1:UP1/webid
+    ca_file: CA
+    allow_private_network: true
+    auth: {method: iam, region: us-east-1, service: example, source: web_identity}
   - name: sdk-lambda
     type: smithy
     url: https://localhost:UP2
@@ -159,7 +171,13 @@ def test_start():
     table = (TABLE.replace("UP1", str(UP1)).replace("UP2", str(UP2))
              .replace("CA", test_ca()["ca"]).replace("FN_FAIL", FN_FAIL)
              .replace("FN_THROTTLE", FN_THROTTLE).replace('"FN"', '"%s"' % FN))
+    wit = os.path.join(d, "web-identity-token")
+    with open(wit, "w") as f:
+        f.write("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2ln\n")
     AL = Airlock(table, env={
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:%d" % CRED,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": wit,
+        "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/irsa-agent",
         "AWS_ACCESS_KEY_ID": LONG_AKID, "AWS_SECRET_ACCESS_KEY": LONG_SECRET,
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:%d/creds/container" % CRED,
         "AWS_CONTAINER_AUTHORIZATION_TOKEN": CONTAINER_TOKEN,
@@ -283,6 +301,18 @@ def test_assume_role_once_under_concurrency_and_refreshed_before_expiry():
     wait_for(refreshed, STS_TTL + 10, "AssumeRole refreshed before expiry", interval=0.25)
     assert time.monotonic() - t0 < STS_TTL, "refreshed only after expiry"
     assert stats(UP1).get("AssumeRole", 0) == before + 2, stats(UP1)
+
+
+def test_imds_v2_and_web_identity_sources():
+    for name in ("imds", "webid"):
+        code, head, body = curl(AL.gateway_url(name, "/x"))
+        assert code == 200, (name, code, body)
+        assert json.loads(body)["akid"] == TEMP_AKID, body
+    s = stats(CRED, tls=False)
+    # IMDSv2 only: a token PUT came first, and no GET ever went without a token
+    assert s.get("imds_token", 0) >= 1 and s.get("imds_get", 0) >= 2, s
+    assert s.get("imds_get_refused", 0) == 0, s
+    assert stats(UP1).get("AssumeRoleWithWebIdentity", 0) >= 1
 
 
 def boto_session(**kw):
