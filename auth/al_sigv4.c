@@ -11,7 +11,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,18 +46,33 @@ static int name_is(const char *n, size_t len, const char *lit)
 static int encode(al_buf *b, const unsigned char *p, size_t n, int keep_slash)
 {
     static const char hex[] = "0123456789ABCDEF";
-    for (size_t i = 0; i < n; i++) {
-        int rc;
-        if (unreserved(p[i]) || (keep_slash && p[i] == '/')) {
-            rc = al_buf_append(b, &p[i], 1);
-        } else {
-            char e[3] = {'%', hex[p[i] >> 4], hex[p[i] & 15]};
+    size_t i = 0;
+    while (i < n) {
+        size_t run = i; /* a run of bytes kept as they are goes in one append */
+        while (run < n && (unreserved(p[run]) || (keep_slash && p[run] == '/')))
+            run++;
+        int rc = run > i ? al_buf_append(b, p + i, run - i) : AL_OK;
+        if (!rc && run < n) {
+            char e[3] = {'%', hex[p[run] >> 4], hex[p[run] & 15]};
             rc = al_buf_append(b, e, 3);
+            run++;
         }
         if (rc)
             return rc;
+        i = run;
     }
     return AL_OK;
+}
+
+/* Grows b once to hold `cap` bytes (al_buf has no reserve call: append, then take
+ * back), so building a canonical request does not reallocate (and wipe) on the way. */
+static void presize(al_buf *b, size_t cap)
+{
+    static const char zeros[1024];
+    if (cap > sizeof zeros)
+        cap = sizeof zeros;
+    if (al_buf_append(b, zeros, cap) == AL_OK)
+        al_buf_reset(b);
 }
 
 /* Percent-decodes p[0..n) and re-encodes it into b. A '%' not followed by two hex
@@ -366,19 +381,28 @@ static int append_value(al_buf *b, const char *v, size_t n)
         if (pending && (rc = al_buf_append(b, " ", 1)))
             return rc;
         pending = 0;
-        if ((rc = al_buf_append(b, &v[i], 1)))
+        size_t run = i + 1; /* the rest of this word in one append */
+        while (run < n && !ws((unsigned char)v[run]) && v[run] != '\0')
+            run++;
+        if ((rc = al_buf_append(b, &v[i], run - i)))
             return rc;
+        i = run - 1;
     }
     return AL_OK;
 }
 
 static int append_lower(al_buf *b, const char *n, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = lower((unsigned char)n[i]);
-        if (c <= 0x20 || c == ':' || c >= 0x7f)
-            return AL_ERR_INVAL;
-        int rc = al_buf_append(b, &c, 1);
+    char tmp[128];
+    for (size_t i = 0; i < len;) {
+        size_t k = 0;
+        for (; k < sizeof tmp && i < len; k++, i++) {
+            unsigned char c = lower((unsigned char)n[i]);
+            if (c <= 0x20 || c == ':' || c >= 0x7f)
+                return AL_ERR_INVAL;
+            tmp[k] = (char)c;
+        }
+        int rc = al_buf_append(b, tmp, k);
         if (rc)
             return rc;
     }
@@ -449,22 +473,59 @@ static int canonical_headers(const al_sigv4_request *r, const al_sigv4_header *e
 
 /* ---- crypto ---- */
 
+/* SHA-256 fetched once: OpenSSL 3's implicit fetch (EVP_sha256() in EVP_Digest, HMAC())
+ * takes a lock and a lookup on every call, which was most of a signature's cost. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+static int sha256_parts(const void *a, size_t an, const void *b, size_t bn, unsigned char out[32])
+{
+    pthread_once(&sha256_once, sha256_fetch);
+    EVP_MD_CTX *ctx = sha256_md ? EVP_MD_CTX_new() : NULL;
+    unsigned int len = 0;
+    int ok = ctx && EVP_DigestInit_ex(ctx, sha256_md, NULL) && EVP_DigestUpdate(ctx, a, an) &&
+             (!bn || EVP_DigestUpdate(ctx, b, bn)) && EVP_DigestFinal_ex(ctx, out, &len) &&
+             len == 32;
+    EVP_MD_CTX_free(ctx);
+    return ok ? AL_OK : AL_ERR_CRYPTO;
+}
+
+/* HMAC-SHA256 (RFC 2104) over the fetched digest; keys here are at most 64 bytes but
+ * the secret-derived first key ("AWS4" + secret), which is hashed when longer. */
 static int hmac(const void *key, size_t klen, const void *msg, size_t mlen, unsigned char out[32])
 {
-    unsigned int olen = 32;
-    if (!HMAC(EVP_sha256(), key, (int)klen, msg, mlen, out, &olen) || olen != 32)
-        return AL_ERR_CRYPTO;
-    return AL_OK;
+    unsigned char k0[64] = {0}, ipad[64], opad[64], inner[32];
+    int rc = AL_OK;
+    if (klen > 64)
+        rc = sha256_parts(key, klen, NULL, 0, k0);
+    else
+        memcpy(k0, key, klen);
+    for (int i = 0; i < 64; i++) {
+        ipad[i] = k0[i] ^ 0x36;
+        opad[i] = k0[i] ^ 0x5c;
+    }
+    if (!rc)
+        rc = sha256_parts(ipad, 64, msg, mlen, inner);
+    if (!rc)
+        rc = sha256_parts(opad, 64, inner, 32, out);
+    OPENSSL_cleanse(k0, sizeof k0);
+    OPENSSL_cleanse(ipad, sizeof ipad);
+    OPENSSL_cleanse(opad, sizeof opad);
+    OPENSSL_cleanse(inner, sizeof inner);
+    return rc;
 }
 
 int al_sigv4_sha256_hex(const void *p, size_t n, char out[65])
 {
     unsigned char md[32];
-    unsigned int len = 0;
-    if (!EVP_Digest(p, n, md, &len, EVP_sha256(), NULL) || len != 32)
-        return AL_ERR_CRYPTO;
-    al_hex_encode(md, 32, out);
-    return AL_OK;
+    int rc = sha256_parts(p, n, NULL, 0, md);
+    if (!rc)
+        al_hex_encode(md, 32, out);
+    return rc;
 }
 
 static int derive_key(const al_sigv4_creds *cr, const char *date, const char *region,
@@ -577,6 +638,17 @@ static int scope_part_ok(const char *s)
     return 1;
 }
 
+/* "date/region/service/aws4_request" */
+static int append_scope(al_buf *b, const char *date, const al_sigv4_params *p)
+{
+    int rc;
+    if ((rc = al_buf_append(b, date, 8)) || (rc = al_buf_append(b, "/", 1)) ||
+        (rc = al_buf_append(b, p->region, strlen(p->region))) || (rc = al_buf_append(b, "/", 1)) ||
+        (rc = al_buf_append(b, p->service, strlen(p->service))))
+        return rc;
+    return al_buf_append(b, "/aws4_request", 13);
+}
+
 int al_sigv4_sign(const al_sigv4_request *r, const al_sigv4_params *p, const al_sigv4_creds *cr,
                   al_sigv4_key_cache *cache, al_sigv4_result *out)
 {
@@ -616,6 +688,11 @@ int al_sigv4_sign(const al_sigv4_request *r, const al_sigv4_params *p, const al_
     al_buf_init(&own_cr, SCRATCH_MAX);
     al_buf_init(&own_sts, 4096);
     al_buf_init(&signed_h, 65536);
+    if (!creq->data)
+        presize(creq, 1024);
+    if (!sts->data)
+        presize(sts, 256);
+    presize(&signed_h, 256);
     al_buf_reset(creq);
     al_buf_reset(sts);
     unsigned char key[32], sig[32];
@@ -636,8 +713,10 @@ int al_sigv4_sign(const al_sigv4_request *r, const al_sigv4_params *p, const al_
         goto out;
     if ((rc = al_sigv4_sha256_hex(creq->data, creq->len, hexbuf)))
         goto out;
-    if ((rc = al_buf_appendf(sts, "AWS4-HMAC-SHA256\n%s\n%s/%s/%s/aws4_request\n%s", out->amz_date,
-                             date, p->region, p->service, hexbuf)))
+    if ((rc = al_buf_append(sts, "AWS4-HMAC-SHA256\n", 17)) ||
+        (rc = al_buf_append(sts, out->amz_date, 16)) || (rc = al_buf_append(sts, "\n", 1)) ||
+        (rc = append_scope(sts, date, p)) || (rc = al_buf_append(sts, "\n", 1)) ||
+        (rc = al_buf_append(sts, hexbuf, 64)))
         goto out;
     if ((rc = signing_key(cache, cr, date, p->region, p->service, key)) ||
         (rc = hmac(key, 32, sts->data, sts->len, sig)))
@@ -646,9 +725,12 @@ int al_sigv4_sign(const al_sigv4_request *r, const al_sigv4_params *p, const al_
     al_buf_reset(out->authorization);
     if ((rc = al_buf_append(out->authorization, "AWS4-HMAC-SHA256 Credential=", 28)) ||
         (rc = al_buf_append(out->authorization, cr->access_key_id, cr->access_key_id_len)) ||
-        (rc = al_buf_appendf(out->authorization,
-                             "/%s/%s/%s/aws4_request, SignedHeaders=%s, Signature=%s", date,
-                             p->region, p->service, signed_h.data, hexbuf)))
+        (rc = al_buf_append(out->authorization, "/", 1)) ||
+        (rc = append_scope(out->authorization, date, p)) ||
+        (rc = al_buf_append(out->authorization, ", SignedHeaders=", 16)) ||
+        (rc = al_buf_append(out->authorization, signed_h.data, signed_h.len)) ||
+        (rc = al_buf_append(out->authorization, ", Signature=", 12)) ||
+        (rc = al_buf_append(out->authorization, hexbuf, 64)))
         goto out;
 out:
     OPENSSL_cleanse(key, sizeof key);

@@ -2,8 +2,8 @@
 # run-proxy-bench.sh: airlock against nginx and HAProxy, one machine, one run.
 #
 #   bench/run-proxy-bench.sh [--airlock BIN] [--duration S] [--conc "1 10 50"]
-#                            [--streams M] [--sizes "small 1m"] [--rounds R]
-#                            [--peers "direct nginx haproxy airlock"]
+#                            [--streams M] [--sizes "small 1m post"] [--rounds R]
+#                            [--peers "direct nginx haproxy airlock iam"]
 #                            [--audit-chain true|false]
 #
 # Upstream: Debian nginx (one worker) on free 127.0.0.1 ports, a small response and a
@@ -20,6 +20,11 @@
 #            built with AL_SANITIZE is refused, another build type is reported.
 #            Its audit log is hash-chained with signed checkpoints (audit.chain: true,
 #            the default); --audit-chain false measures the plain log for comparison.
+#   iam      the same airlock binary, one worker, signing every request with AWS SigV4
+#            (an iam target, credentials from the environment) towards the same
+#            upstream; its ratio to the airlock (api_key) row is the cost of signing.
+# Sizes: small (GET, 24 B answer), 1m (GET, 1 MiB file), post (POST of a 512 B body to
+# the small answer: the iam peer hashes and signs the body).
 # All four see the same URLs (/t/bench/small, /t/bench/1m.bin); before measuring, each
 # proxy is checked to deliver the injected header to the upstream. All peers run side by
 # side and are measured in turn for each size and concurrency; with --rounds R each
@@ -37,8 +42,8 @@ duration=3
 warmup=1
 concs="1 10 50"
 streams=10
-sizes="small 1m"
-peers="direct nginx haproxy airlock"
+sizes="small 1m post"
+peers="direct nginx haproxy airlock iam"
 rounds=1
 audit_chain=true
 while [ $# -gt 0 ]; do
@@ -63,7 +68,7 @@ done
 # airlock's figures mean something only for an optimised, uninstrumented build.
 airlock_build="given"
 case " $peers " in
-  *" airlock "*)
+  *" airlock "* | *" iam "*)
     if [ -z "$airlock_bin" ]; then
       echo "building a Release airlock in build-release/ ..." >&2
       cmake -S "$src" -B "$src/build-release" -DCMAKE_BUILD_TYPE=Release -DAL_SANITIZE=OFF \
@@ -94,6 +99,7 @@ for d in up_client_body up_proxy up_fastcgi up_uwsgi up_scgi px_client_body px_p
   mkdir -p "$dir/$d"
 done
 head -c 1048576 /dev/urandom >"$dir/www/1m.bin"
+head -c 384 /dev/urandom | base64 -w0 >"$dir/post.body" # 512 bytes
 # nginx started as root serves files from its worker as "nobody": let it read them
 chmod 755 "$dir" "$dir/www"
 chmod 644 "$dir/www/1m.bin"
@@ -130,6 +136,20 @@ start_peer() {
       render bench/haproxy.conf "$dir/haproxy.cfg" PROXY_PORT="$peer_port" \
         UPSTREAM_PORT="$upstream_port" KEY="$key"
       haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.out" 2>&1 &
+      peer_pid=$!
+      ;;
+    iam)
+      if [ ! -x "$airlock_bin" ]; then
+        note="iam: skipped, $airlock_bin is not built"
+        return 1
+      fi
+      local iam_admin=$(free_port) istate=$dir/airlock-iam-state
+      mkdir -p "$istate"
+      chmod 700 "$istate"
+      render bench/airlock-iam-table.conf "$dir/airlock-iam.yaml" DIR="$dir" PROXY_PORT="$peer_port" \
+        ADMIN_PORT="$iam_admin" UPSTREAM_PORT="$upstream_port" AUDIT_CHAIN="$audit_chain"
+      AWS_ACCESS_KEY_ID=AKIDBENCHEXAMPLE AWS_SECRET_ACCESS_KEY="$key" \
+        "$airlock_bin" serve -c "$dir/airlock-iam.yaml" --state-dir "$istate" >"$dir/iam.out" 2>&1 &
       peer_pid=$!
       ;;
     airlock)
@@ -178,9 +198,13 @@ start_peer() {
     return 1
   fi
   # The proxy must really inject the header, else its figures mean nothing.
-  local got
+  local got want="authorization=Bearer $key"
   got=$(curl -sS --noproxy '*' --http2-prior-knowledge "http://127.0.0.1:$peer_port/t/bench/check" 2>&1 || true)
-  if [ "$got" != "authorization=Bearer $key" ]; then
+  if [ "$1" = iam ]; then # a SigV4 Authorization with the benchmark's key id
+    want="authorization=AWS4-HMAC-SHA256 Credential=AKIDBENCHEXAMPLE/"
+    got=${got:0:${#want}}
+  fi
+  if [ "$got" != "$want" ]; then
     note="$1: skipped, the upstream did not get the injected header (got: ${got:0:120})"
     kill -TERM "$peer_pid" 2>/dev/null || true
     peer_pid=""
@@ -191,10 +215,15 @@ start_peer() {
 # measure PEER SIZE CONC: one h2load run; appends a row to $dir/results.tsv.
 measure() {
   local peer=$1 size=$2 conc=$3 path out log rps p50 p99 ok failed rss
-  case "$size" in small) path=/t/bench/small ;; 1m) path=/t/bench/1m.bin ;; esac
+  local data=()
+  case "$size" in
+    small) path=/t/bench/small ;;
+    1m) path=/t/bench/1m.bin ;;
+    post) path=/t/bench/small data=(-d "$dir/post.body") ;;
+  esac
   log=$dir/h2load-$peer-$size-$conc.log
   out=$(h2load -c "$conc" -m "$streams" -t 1 -D "$duration" --warm-up-time "$warmup" \
-    --log-file="$log" "http://127.0.0.1:$peer_port$path" 2>&1) || true
+    "${data[@]}" --log-file="$log" "http://127.0.0.1:$peer_port$path" 2>&1) || true
   rps=$(printf '%s\n' "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
   ok=$(printf '%s\n' "$out" | awk '/^requests:/ {print $8}')
   failed=$(printf '%s\n' "$out" | awk '/^requests:/ {print $10 + $12 + $14}')
@@ -266,13 +295,13 @@ awk -F'\t' '
     if (!(($1 "," $2) in seen)) { seen[$1 "," $2] = 1; ks[++n] = $1 "," $2 } }
   function r(a, b) { return (b > 0 && a != "" && b != "") ? sprintf("%.2f", a / b) : "n/a" }
   END {
-    printf "| size | conns | airlock/nginx | airlock/haproxy | haproxy/nginx | p99 airlock/nginx |\n"
-    printf "|---|---|---:|---:|---:|---:|\n"
+    printf "| size | conns | airlock/nginx | airlock/haproxy | haproxy/nginx | p99 airlock/nginx | iam/airlock (api_key) |\n"
+    printf "|---|---|---:|---:|---:|---:|---:|\n"
     for (i = 1; i <= n; i++) {
       k = ks[i]; split(k, kk, ",")
       a = rps[k ",airlock"]; ng = rps[k ",nginx"]; h = rps[k ",haproxy"]
-      printf "| %s | %s | %s | %s | %s | %s |\n", kk[1], kk[2], r(a, ng), r(a, h), r(h, ng),
-        (p99[k ",airlock"] != "" ? r(p99[k ",airlock"], p99[k ",nginx"]) : "n/a")
+      printf "| %s | %s | %s | %s | %s | %s | %s |\n", kk[1], kk[2], r(a, ng), r(a, h), r(h, ng),
+        (p99[k ",airlock"] != "" ? r(p99[k ",airlock"], p99[k ",nginx"]) : "n/a"), r(rps[k ",iam"], a)
     }
   }' "$dir/median.tsv"
 for n in "${notes[@]}"; do echo "note: $n"; done
