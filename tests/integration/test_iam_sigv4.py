@@ -94,6 +94,25 @@ targets:
     ca_file: CA
     allow_private_network: true
     auth: {method: iam, region: us-east-1, service: example, source: web_identity}
+  - name: store
+    type: smithy
+    url: https://127.0.0.1:UP1/store
+    ca_file: CA
+    allow_private_network: true
+    auth: {method: iam, region: us-east-1, service: example, provider: aws-store}
+  - name: store-role
+    type: smithy
+    url: https://127.0.0.1:UP1/store-role
+    ca_file: CA
+    allow_private_network: true
+    auth: {method: iam, region: us-east-1, service: example, provider: aws-store,
+           role_arn: "arn:aws:iam::123456789012:role/from-store"}
+  - name: apigw
+    type: api_gateway
+    url: https://127.0.0.1:UP1/prod
+    ca_file: CA
+    allow_private_network: true
+    auth: {method: iam, region: ap-southeast-2, source: container}
   - name: sdk-lambda
     type: smithy
     url: https://localhost:UP2
@@ -184,6 +203,10 @@ def test_start():
         "AIRLOCK_AWS_STS_ENDPOINT": "https://127.0.0.1:%d/" % UP1,
         "AWS_CA_BUNDLE": test_ca()["ca"],
     })
+    r = AL.cli("identity", "create-aws-credential-provider", "--name", "aws-store",
+               "--access-key-id", LONG_AKID, "--secret-access-key", "-",
+               "--state-dir", AL.state_dir, stdin_data=LONG_SECRET + "\n")
+    assert r.returncode == 0, r.stdout + r.stderr
     AL.start()
 
 
@@ -313,6 +336,26 @@ def test_imds_v2_and_web_identity_sources():
     assert s.get("imds_token", 0) >= 1 and s.get("imds_get", 0) >= 2, s
     assert s.get("imds_get_refused", 0) == 0, s
     assert stats(UP1).get("AssumeRoleWithWebIdentity", 0) >= 1
+
+
+def test_store_provider_and_a_role_assumed_with_it():
+    code, head, body = curl("-X", "POST", "--data-binary", "store body",
+                            AL.gateway_url("store", "/s"))
+    assert code == 200, body
+    assert json.loads(body)["akid"] == LONG_AKID
+    code, head, body = curl(AL.gateway_url("store-role", "/s"))
+    assert code == 200, body
+    assert json.loads(body)["akid"].startswith("ASIAROLE"), body
+    a = [x for x in AL.audit_lines() if x.get("target") == "store"][-1]
+    assert a["provider"] == "aws-store" and a["aws_access_key_id"] == LONG_AKID, a
+
+
+def test_api_gateway_signs_for_execute_api():
+    code, head, body = curl(AL.gateway_url("apigw", "/orders?id=7"))
+    assert code == 200, body
+    doc = json.loads(body)
+    assert doc["service"] == "execute-api" and doc["region"] == "ap-southeast-2", doc
+    assert doc["path"] == "/prod/orders", doc
 
 
 def boto_session(**kw):
