@@ -24,6 +24,8 @@ static int one_message(json_t *m, al_mcp_calls *out)
     if (!json_is_object(m))
         return AL_ERR_PROTO;
     const char *method = json_string_value(json_object_get(m, "method"));
+    if (method && !strcmp(method, "tools/list"))
+        out->lists_tools = 1;
     if (!method || strcmp(method, "tools/call") != 0)
         return AL_OK;
     if (out->count == AL_MCP_MAX_CALLS)
@@ -100,6 +102,17 @@ static size_t filter_message(json_t *msg, al_mcp_tool_allowed_fn allowed, void *
     return removed;
 }
 
+/* filter_message over one message or each message of a batch. */
+static size_t filter_doc(json_t *doc, al_mcp_tool_allowed_fn allowed, void *arg)
+{
+    size_t removed = 0, i;
+    json_t *m;
+    if (!json_is_array(doc))
+        return filter_message(doc, allowed, arg);
+    json_array_foreach(doc, i, m) removed += filter_message(m, allowed, arg);
+    return removed;
+}
+
 int al_mcp_filter_tools_list(const char *body, size_t len, al_mcp_tool_allowed_fn allowed,
                              void *arg, char **out, size_t *out_len)
 {
@@ -108,14 +121,7 @@ int al_mcp_filter_tools_list(const char *body, size_t len, al_mcp_tool_allowed_f
     json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
     if (!doc)
         return AL_ERR_PROTO;
-    size_t removed = 0;
-    if (json_is_array(doc)) {
-        size_t i;
-        json_t *m;
-        json_array_foreach(doc, i, m) removed += filter_message(m, allowed, arg);
-    } else {
-        removed = filter_message(doc, allowed, arg);
-    }
+    size_t removed = filter_doc(doc, allowed, arg);
     int rc = AL_OK;
     if (removed) {
         *out = json_dumps(doc, JSON_COMPACT);
@@ -211,4 +217,45 @@ long al_mcp_filter_sse(const char *buf, size_t len, al_mcp_tool_allowed_fn allow
         used += evlen;
     }
     return (long)used;
+}
+
+/* Rewrites one JSON text in place (same length); returns the tools removed. */
+static size_t pad_one(char *p, size_t len, al_mcp_tool_allowed_fn allowed, void *arg)
+{
+    char *out = NULL;
+    size_t ol = 0, removed = 0;
+    json_t *doc = json_loadb(p, len, JSON_REJECT_DUPLICATES, NULL);
+    if (!doc)
+        return 0;
+    removed = filter_doc(doc, allowed, arg);
+    if (removed && (out = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(17))) &&
+        (ol = strlen(out)) <= len) {
+        memcpy(p, out, ol);
+        memset(p + ol, ' ', len - ol);
+    } else {
+        removed = 0;
+    }
+    free(out);
+    json_decref(doc);
+    return removed;
+}
+
+size_t al_mcp_filter_tools_padded(char *buf, size_t len, int sse, al_mcp_tool_allowed_fn allowed,
+                                  void *arg)
+{
+    if (!sse)
+        return pad_one(buf, len, allowed, arg);
+    size_t removed = 0;
+    for (size_t i = 0; i < len;) {
+        char *nl = memchr(buf + i, '\n', len - i);
+        size_t ll = (size_t)((nl ? nl : buf + len) - (buf + i));
+        char *line = buf + i;
+        size_t body = ll && line[ll - 1] == '\r' ? ll - 1 : ll;
+        if (body > 5 && !memcmp(line, "data:", 5)) {
+            size_t off = 5 + (line[5] == ' ');
+            removed += pad_one(line + off, body - off, allowed, arg);
+        }
+        i += ll + (nl ? 1 : 0);
+    }
+    return removed;
 }

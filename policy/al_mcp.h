@@ -22,6 +22,7 @@ typedef struct al_mcp_calls {
     char *names[AL_MCP_MAX_CALLS]; /* owned; "" when params.name is not a string */
     json_t *ids[AL_MCP_MAX_CALLS]; /* owned references; NULL for a notification */
     int batch;                     /* the body was a JSON array */
+    int lists_tools;               /* a tools/list request is among the messages */
 } al_mcp_calls;
 
 /* AL_OK (count may be 0: no tools/call), AL_ERR_PROTO when the body is not JSON-RPC
@@ -51,5 +52,14 @@ int al_mcp_filter_tools_list(const char *body, size_t len, al_mcp_tool_allowed_f
  * at the end is left for the next call), or a negative al_err. */
 long al_mcp_filter_sse(const char *buf, size_t len, al_mcp_tool_allowed_fn allowed, void *arg,
                        char **out, size_t *out_len);
+
+/* Same-length rewrite of a whole response body in place (buf[0..len)), for a response
+ * whose Content-Length is already promised: the tools `allowed` refuses are removed
+ * from every result.tools list and the JSON is padded with spaces (valid JSON
+ * whitespace) to the original length. sse: the body is Server-Sent Events; each
+ * one-line `data:` field is rewritten the same way. Returns how many tools were
+ * removed; a message it cannot rewrite within its length is left as it was. */
+size_t al_mcp_filter_tools_padded(char *buf, size_t len, int sse, al_mcp_tool_allowed_fn allowed,
+                                  void *arg);
 
 #endif

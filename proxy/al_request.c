@@ -89,6 +89,7 @@ struct al_req {
     int mcp_inspect, mcp_wait; /* the policy reads the JSON-RPC body before going on */
     char *mcp_error;           /* a JSON-RPC error body to answer a refusal with (malloc) */
     const char *mcp_tool_now;  /* the tools/call name being decided (body check) */
+    int mcp_list;              /* a tools/list under limited tools: filter the answer */
     const json_t *mcp_id;      /* its JSON-RPC id (borrowed during the check) */
     char *up_path; /* path[?query] to send upstream (before injection) */
     size_t up_path_len;
@@ -955,6 +956,69 @@ static int64_t header_int(const al_header *h, size_t n, const char *name, int64_
     return dflt;
 }
 
+/* tools/list under a policy that limits MCP tools: the answer is held (up to
+ * FILTER_BUF_MAX; past it, passed on as is), then the tools the principal may not call
+ * are taken out and the JSON padded with spaces to its length (the Content-Length the
+ * agent was told holds). Each tool is decided by the same hook as a tools/call. */
+static void decide_req_fill(al_req *r, const al_target *t, const char *host, uint16_t port,
+                            al_decide_req *q);
+
+typedef struct mcp_list_state {
+    al_req *r;
+    al_buf hold;
+    int sse, passthrough;
+} mcp_list_state;
+
+static int mcp_tool_allowed(void *arg, const char *tool)
+{
+    al_req *r = arg;
+    const al_req_hooks *hk = &r->ctx->hooks;
+    al_decision d = {.allow = 1, .refusal = AL_REF_POLICY_DENIED};
+    al_decide_req q;
+    decide_req_fill(r, r->t, r->host, r->tunnel_host ? r->tunnel_port : r->t->port, &q);
+    q.mcp_tool = tool;
+    return hk->decide && hk->decide(hk->decide_arg, &q, &d) == AL_OK && d.allow;
+}
+
+static int mcp_list_run(void *state, const char *in, size_t len, int final, al_buf *out)
+{
+    mcp_list_state *st = state;
+    if (!st->passthrough && al_buf_append(&st->hold, in, len) != AL_OK) {
+        st->passthrough = 1; /* too big to hold: the listing goes out unfiltered */
+        if (al_buf_append(out, st->hold.data, st->hold.len))
+            return AL_ERR_NOMEM;
+        al_buf_reset(&st->hold);
+    }
+    if (st->passthrough)
+        return len && al_buf_append(out, in, len) ? AL_ERR_NOMEM : 0;
+    if (!final)
+        return 0;
+    al_mcp_filter_tools_padded(st->hold.data, st->hold.len, st->sse, mcp_tool_allowed, st->r);
+    return al_buf_append(out, st->hold.data, st->hold.len) ? AL_ERR_NOMEM : 0;
+}
+
+static void mcp_list_free(void *state)
+{
+    mcp_list_state *st = state;
+    al_buf_free(&st->hold, 0);
+    free(st);
+}
+
+static int mcp_list_open(al_req *r, const al_header *h, size_t n)
+{
+    mcp_list_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return 0;
+    st->r = r;
+    al_buf_init(&st->hold, FILTER_BUF_MAX - 1);
+    for (size_t i = 0; i < n; i++)
+        if (al_http_name_is(h[i].name, h[i].name_len, "content-type") &&
+            memmem(h[i].value, h[i].value_len, "event-stream", 12))
+            st->sse = 1;
+    r->filter = (al_body_filter){mcp_list_run, mcp_list_free, st};
+    return 1;
+}
+
 static void up_on_head(void *arg, int status, const al_header *h, size_t n)
 {
     al_req *r = arg;
@@ -1014,6 +1078,8 @@ static void up_on_head(void *arg, int status, const al_header *h, size_t n)
         if (r->filter.run)
             al_buf_init(&r->filt_out, FILTER_BUF_MAX);
     }
+    if (!r->filter.run && r->mcp_list && !bodyless && status == 200 && mcp_list_open(r, h, n))
+        al_buf_init(&r->filt_out, FILTER_BUF_MAX);
     r->sink->head(r->arg, status, h, n, clen);
 }
 
@@ -1995,29 +2061,36 @@ static int stage_route(al_req *r)
 
 /* The policy decision point: ctx->hooks.decide, or allow (the route decided: the
  * table has a target for it). 0 to go on, -1 refused. */
+static void decide_req_fill(al_req *r, const al_target *t, const char *host, uint16_t port,
+                            al_decide_req *q)
+{
+    *q = (al_decide_req){
+        .method = r->method,
+        .target = t,
+        .host = host,
+        .port = port,
+        .path = r->up_path,
+        .path_len = r->up_path_len,
+        .headers = r->hdrs,
+        .header_count = r->hdr_count,
+        .client = r->client,
+        .protocol = r->protocol,
+        .in_tunnel = r->tunnel_host != NULL,
+        .table = r->table,
+        .gateway = r->gateway,
+        .tunnel_authorization = r->tunnel_auth,
+        .tunnel_authorization_len = r->tunnel_auth_len,
+        .mcp_tool = r->mcp_tool_now, /* the body check's second decision */
+    };
+}
+
 static int stage_decide(al_req *r, const al_target *t, const char *host, uint16_t port)
 {
     const al_req_hooks *hk = &r->ctx->hooks;
     al_decision d = {.allow = 1, .decided_by = "route", .refusal = AL_REF_POLICY_DENIED};
     if (hk->decide) {
-        al_decide_req q = {
-            .method = r->method,
-            .target = t,
-            .host = host,
-            .port = port,
-            .path = r->up_path,
-            .path_len = r->up_path_len,
-            .headers = r->hdrs,
-            .header_count = r->hdr_count,
-            .client = r->client,
-            .protocol = r->protocol,
-            .in_tunnel = r->tunnel_host != NULL,
-            .table = r->table,
-            .gateway = r->gateway,
-            .tunnel_authorization = r->tunnel_auth,
-            .tunnel_authorization_len = r->tunnel_auth_len,
-            .mcp_tool = r->mcp_tool_now, /* the body check's second decision */
-        };
+        al_decide_req q;
+        decide_req_fill(r, t, host, port, &q);
         if (hk->decide(hk->decide_arg, &q, &d) != AL_OK) {
             d.allow = 0;
             d.decided_by = "policy";
@@ -2099,6 +2172,7 @@ static void mcp_check(al_req *r)
     }
     r->mcp_tool_now = NULL;
     r->mcp_id = NULL;
+    r->mcp_list = calls.lists_tools;
     al_mcp_calls_free(&calls);
     if (!denied)
         stage_resolve(r);

@@ -1,7 +1,8 @@
 /* libFuzzer harness for policy/al_mcp: tools/call extraction from JSON-RPC bodies and
  * tools/list filtering (JSON and SSE). Oracles: every name found is a NUL-free
  * string; a filtered tools/list never names a tool the filter refused; the SSE
- * filter consumes at most its input. First byte: 0 calls, 1 filter JSON, 2 SSE. */
+ * filter consumes at most its input; the same-length rewrite stays JSON. First byte: 0
+ * calls, 1 filter JSON, 2 SSE; with bit 7 set, the padded rewrite (bit 0: SSE). */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,6 +23,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     const char *in = (const char *)data + 1;
     size_t n = size - 1;
+    if (data[0] & 0x80) { /* the same-length rewrite: never longer, never a new byte past len */
+        char *buf = malloc(n + 1);
+        memcpy(buf, in, n);
+        buf[n] = 0;
+        size_t removed = al_mcp_filter_tools_padded(buf, n, data[0] & 1, allow_short, NULL);
+        if (removed && !(data[0] & 1)) {
+            json_t *j = json_loadb(buf, n, 0, NULL);
+            if (!j)
+                abort(); /* a rewrite must still be JSON */
+            json_decref(j);
+        }
+        if (buf[n] != 0)
+            abort();
+        free(buf);
+        return 0;
+    }
     switch (data[0] % 3) {
     case 0: {
         al_mcp_calls c;

@@ -350,6 +350,7 @@ def test_mcp_tool_allowed_and_denied_through_the_gateway():
     before = mcp_stats()["calls"]
     out = mcp_client(TOK["agent-a"], "search", "delete")
     assert "connect_error" not in out, out
+    assert out["tools"] == ["search"], out  # tools/list shows what A may call
     assert out["results"]["search"] == {"ok": True, "text": "search ran"}, out
     d = out["results"]["delete"]
     assert d["ok"] is False and d.get("code") == -32001 and "delete" in d["error"], out

@@ -179,12 +179,49 @@ static void test_filter(void **state)
     free(out);
 }
 
+static void test_filter_padded(void **state)
+{
+    (void)state;
+    char body[] = "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[{\"name\":\"delete\","
+                  "\"description\":\"x\"},{\"name\":\"search\",\"n\":0.1}]}}";
+    size_t len = strlen(body);
+    assert_int_equal(al_mcp_filter_tools_padded(body, len, 0, only_search, NULL), 1);
+    assert_int_equal(strlen(body), len); /* same length: the Content-Length holds */
+    json_t *j = json_loads(body, 0, NULL);
+    assert_non_null(j); /* trailing spaces are JSON whitespace */
+    json_t *tools = json_object_get(json_object_get(j, "result"), "tools");
+    assert_int_equal(json_array_size(tools), 1);
+    json_decref(j);
+    assert_null(strstr(body, "delete"));
+    /* SSE: each data line rewritten in place; nothing to remove: untouched */
+    char sse[] = "event: message\r\ndata: {\"result\":{\"tools\":[{\"name\":\"delete\"},"
+                 "{\"name\":\"search\"}]}}\r\n\r\ndata: {\"result\":{}}\n\n";
+    char copy[sizeof sse];
+    memcpy(copy, sse, sizeof sse);
+    assert_int_equal(al_mcp_filter_tools_padded(sse, strlen(sse), 1, only_search, NULL), 1);
+    assert_int_equal(strlen(sse), strlen(copy));
+    assert_null(strstr(sse, "delete"));
+    assert_non_null(strstr(sse, "\r\n\r\ndata: {\"result\":{}}\n\n"));
+    char ok[] = "{\"result\":{\"tools\":[{\"name\":\"search\"}]}}";
+    assert_int_equal(al_mcp_filter_tools_padded(ok, strlen(ok), 0, only_search, NULL), 0);
+    char junk[] = "not json";
+    assert_int_equal(al_mcp_filter_tools_padded(junk, strlen(junk), 0, only_search, NULL), 0);
+    assert_string_equal(junk, "not json");
+    /* tools/list requests are noticed */
+    al_mcp_calls c;
+    const char *list = "{\"method\":\"tools/list\",\"id\":1}";
+    assert_int_equal(al_mcp_parse_calls(list, strlen(list), &c), AL_OK);
+    assert_true(c.lists_tools);
+    al_mcp_calls_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_calls),
         cmocka_unit_test(test_error_response),
         cmocka_unit_test(test_filter),
+        cmocka_unit_test(test_filter_padded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
