@@ -147,13 +147,13 @@ def test_500_concurrent_requests_on_a_cold_cache_cost_one_token_request():
 
 
 def test_refresh_ahead_keeps_requests_from_waiting():
-    e = Env(ttl=6)
+    e = Env(ttl=5)
     try:
         assert e.get().status_code == 200
         e.op.control(delay_ms=300)  # a request that waited for a token would take >= 300 ms
         before = e.tokens()
         slow = []
-        deadline = time.monotonic() + 8  # past one refresh point (80 % of 6 s)
+        deadline = time.monotonic() + 6  # past one refresh point (80 % of 5 s)
         n = 0
         while time.monotonic() < deadline:
             t0 = time.monotonic()
@@ -186,11 +186,14 @@ def test_revoked_token_is_replaced_once_and_the_request_replayed():
         last = [l for l in e.al.audit_lines() if l.get("path") == "/t/api/after-revoke"
                 or str(l.get("path", "")).endswith("/after-revoke")]
         assert last and last[-1]["retry"] == "refreshed_credential", last
-        # once: when the new token is refused too, the agent gets that 401
+        # a request with a body is replayed from the kept body, byte for byte
+        import hashlib
+        body = os.urandom(3000)
         S.post("https://127.0.0.1:%d/__revoke" % e.rs_port, verify=e.ca, timeout=10)
-        e.op.control(fail=None)
-        r = e.get("/again")
+        r = S.post(e.al.gateway_url("api", "/with-body"), data=body, timeout=30)
         assert r.status_code == 200, r.text
+        assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), r.json()
+        assert e.tokens() - before == 2 and e.rs_stats()["rejected"] == 2
     finally:
         e.stop()
 
@@ -216,6 +219,20 @@ def test_provider_down_valid_token_still_used_then_502_after_expiry():
     finally:
         e.al.stop()
         e.rs.stop()
+
+
+def test_token_endpoint_timeout_gives_504():
+    e = Env()
+    try:
+        e.op.control(delay_ms=12000)  # past the 10 s token request deadline
+        t0 = time.monotonic()
+        r = e.get()
+        assert r.status_code == 504, (r.status_code, r.text)
+        assert r.json()["error"] == "token_endpoint_timeout", r.text
+        assert "did not answer within 10000 ms" in r.json()["message"], r.text
+        assert 9 < time.monotonic() - t0 < 20
+    finally:
+        e.stop()
 
 
 def test_wrong_client_secret_gives_502_naming_invalid_client():
