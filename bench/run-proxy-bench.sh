@@ -3,7 +3,7 @@
 #
 #   bench/run-proxy-bench.sh [--airlock BIN] [--duration S] [--conc "1 10 50"]
 #                            [--streams M] [--sizes "small 1m post"] [--rounds R]
-#                            [--peers "direct nginx haproxy airlock iam"]
+#                            [--peers "direct nginx haproxy airlock iam oauth2_2lo"]
 #                            [--audit-chain true|false]
 #
 # Upstream: Debian nginx (one worker) on free 127.0.0.1 ports, a small response and a
@@ -25,7 +25,11 @@
 #            upstream; its ratio to the airlock (api_key) row is the cost of signing.
 # Sizes: small (GET, 24 B answer), 1m (GET, 1 MiB file), post (POST of a 512 B body to
 # the small answer: the iam peer hashes and signs the body).
-# All four see the same URLs (/t/bench/small, /t/bench/1m.bin); before measuring, each
+#   oauth2_2lo  the same airlock, but the target takes an OAuth 2.0 client-credentials
+#            token from a real OpenID provider (npm oidc-provider from tests/node_modules,
+#            HTTPS with a throw-away CA; skipped without node or the package): with the
+#            token cached, its requests/s should be within 5 % of the airlock row.
+# All peers see the same URLs (/t/bench/small, /t/bench/1m.bin); before measuring, each
 # proxy is checked to deliver the injected header to the upstream. All peers run side by
 # side and are measured in turn for each size and concurrency; with --rounds R each
 # row is the median round (by requests/s).
@@ -43,7 +47,7 @@ warmup=1
 concs="1 10 50"
 streams=10
 sizes="small 1m post"
-peers="direct nginx haproxy airlock iam"
+peers="direct nginx haproxy airlock iam oauth2_2lo"
 rounds=1
 audit_chain=true
 while [ $# -gt 0 ]; do
@@ -68,7 +72,7 @@ done
 # airlock's figures mean something only for an optimised, uninstrumented build.
 airlock_build="given"
 case " $peers " in
-  *" airlock "* | *" iam "*)
+  *" airlock "* | *" iam "* | *" oauth2_2lo "*)
     if [ -z "$airlock_bin" ]; then
       echo "building a Release airlock in build-release/ ..." >&2
       cmake -S "$src" -B "$src/build-release" -DCMAKE_BUILD_TYPE=Release -DAL_SANITIZE=OFF \
@@ -189,6 +193,53 @@ start_peer() {
         return 1
       fi
       ;;
+    oauth2_2lo)
+      if [ ! -x "$airlock_bin" ] || ! command -v node >/dev/null ||
+        [ ! -d "$src/tests/node_modules/oidc-provider" ]; then
+        note="oauth2_2lo: skipped, needs node and (cd tests && npm ci)"
+        return 1
+      fi
+      local admin_port state=$dir/airlock-oauth-state out rc op_port secret
+      secret="bench-$(openssl rand -hex 16)"
+      bash "$src/tests/peers/make_test_ca.sh" "$dir/ca" >/dev/null
+      (cd "$src/tests" && exec node peers/oidc_provider.js --cert "$dir/ca/server.pem" \
+        --key "$dir/ca/server.key" --ttl 3600 --client "bench:$secret") >"$dir/oidc.out" 2>&1 &
+      pids+=("$!")
+      for _ in $(seq 200); do
+        op_port=$(awk '/^READY/ {print $2}' "$dir/oidc.out")
+        [ -n "$op_port" ] && break
+        sleep 0.05
+      done
+      if [ -z "$op_port" ]; then
+        note="oauth2_2lo: skipped, the OpenID provider did not start: $(tail -2 "$dir/oidc.out" | tr '\n' ' ')"
+        return 1
+      fi
+      admin_port=$(free_port)
+      mkdir -p "$state"
+      chmod 700 "$state"
+      render bench/airlock-oauth-table.conf "$dir/airlock-oauth.yaml" DIR="$dir" \
+        PROXY_PORT="$peer_port" ADMIN_PORT="$admin_port" UPSTREAM_PORT="$upstream_port" \
+        AUDIT_CHAIN="$audit_chain"
+      set +e
+      out=$(printf '%s\n' "$secret" | "$airlock_bin" identity create-oauth2-credential-provider \
+        --name bench-idp --client-id bench --client-secret - --state-dir "$state" \
+        --discovery-url "https://127.0.0.1:$op_port/.well-known/openid-configuration" \
+        --ca-file "$dir/ca/ca.pem" --allow-private-network 2>&1)
+      rc=$?
+      set -e
+      if [ "$rc" -ne 0 ]; then
+        note="oauth2_2lo: skipped, creating the provider failed (exit $rc): $(printf '%s' "$out" | head -1)"
+        return 1
+      fi
+      "$airlock_bin" serve -c "$dir/airlock-oauth.yaml" --state-dir "$state" \
+        >"$dir/airlock-oauth.log" 2>&1 &
+      peer_pid=$!
+      for _ in $(seq 300); do
+        curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$admin_port/healthz" 2>/dev/null && break
+        kill -0 "$peer_pid" 2>/dev/null || break
+        sleep 0.05
+      done
+      ;;
   esac
   pids+=("$peer_pid")
   if ! wait_port "$peer_port" "$peer_pid"; then
@@ -203,6 +254,9 @@ start_peer() {
   if [ "$1" = iam ]; then # a SigV4 Authorization with the benchmark's key id
     want="authorization=AWS4-HMAC-SHA256 Credential=AKIDBENCHEXAMPLE/"
     got=${got:0:${#want}}
+  fi
+  if [ "$1" = oauth2_2lo ]; then # a token from the provider, whatever its bytes
+    case "$got" in "authorization=Bearer "?*) got=$want ;; esac
   fi
   if [ "$got" != "$want" ]; then
     note="$1: skipped, the upstream did not get the injected header (got: ${got:0:120})"
@@ -295,13 +349,14 @@ awk -F'\t' '
     if (!(($1 "," $2) in seen)) { seen[$1 "," $2] = 1; ks[++n] = $1 "," $2 } }
   function r(a, b) { return (b > 0 && a != "" && b != "") ? sprintf("%.2f", a / b) : "n/a" }
   END {
-    printf "| size | conns | airlock/nginx | airlock/haproxy | haproxy/nginx | p99 airlock/nginx | iam/airlock (api_key) |\n"
-    printf "|---|---|---:|---:|---:|---:|---:|\n"
+    printf "| size | conns | airlock/nginx | airlock/haproxy | haproxy/nginx | p99 airlock/nginx | iam/airlock (api_key) | oauth2_2lo/airlock (api_key) |\n"
+    printf "|---|---|---:|---:|---:|---:|---:|---:|\n"
     for (i = 1; i <= n; i++) {
       k = ks[i]; split(k, kk, ",")
       a = rps[k ",airlock"]; ng = rps[k ",nginx"]; h = rps[k ",haproxy"]
-      printf "| %s | %s | %s | %s | %s | %s | %s |\n", kk[1], kk[2], r(a, ng), r(a, h), r(h, ng),
-        (p99[k ",airlock"] != "" ? r(p99[k ",airlock"], p99[k ",nginx"]) : "n/a"), r(rps[k ",iam"], a)
+      printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", kk[1], kk[2], r(a, ng), r(a, h), r(h, ng),
+        (p99[k ",airlock"] != "" ? r(p99[k ",airlock"], p99[k ",nginx"]) : "n/a"), r(rps[k ",iam"], a),
+        r(rps[k ",oauth2_2lo"], a)
     }
   }' "$dir/median.tsv"
 for n in "${notes[@]}"; do echo "note: $n"; done

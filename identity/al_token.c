@@ -120,16 +120,22 @@ static void key_text(const al_token_spec *s, char *buf, size_t len)
 {
     char scopes[256] = "";
     size_t used = 0;
-    char **sorted = s->scope_count ? malloc(s->scope_count * sizeof *sorted) : NULL;
-    if (sorted) {
+    /* sorted, so [a b] and [b a] share tokens; on the stack for the usual few scopes */
+    char *small[8];
+    char **sorted = s->scope_count <= 8 ? small
+                    : s->scope_count   ? malloc(s->scope_count * sizeof *sorted)
+                                       : NULL;
+    if (sorted && s->scope_count) {
         memcpy(sorted, s->scopes, s->scope_count * sizeof *sorted);
-        qsort(sorted, s->scope_count, sizeof *sorted, cmp_str);
+        if (s->scope_count > 1)
+            qsort(sorted, s->scope_count, sizeof *sorted, cmp_str);
         for (size_t i = 0; i < s->scope_count && used < sizeof scopes; i++) {
             int n = snprintf(scopes + used, sizeof scopes - used, "%s%s", i ? " " : "", sorted[i]);
             if (n > 0)
                 used += (size_t)n;
         }
-        free(sorted);
+        if (sorted != small)
+            free(sorted);
     }
     snprintf(buf, len, "%s/v%u scopes=[%s] audience=%s resource=%s", s->provider, s->version,
              scopes, s->audience ? s->audience : "-", s->resource ? s->resource : "-");

@@ -229,10 +229,21 @@ static int oauth2_acquire(void *self, const al_cred_query *q, al_cred_grant *g,
     al_token_spec spec;
     al_token_spec_from_target(&spec, q->t, sv.provider, sv.version, sv.config_json, sv.value,
                               sv.len);
+    hold *h = malloc(sizeof *h);
+    if (!h) {
+        al_cred_snapshot_release(snap);
+        return AL_ERR_NOMEM;
+    }
+    al_flight_result res;
+    /* The hot path: a cached token, no waiter allocated (a due refresh starts here). */
+    rc = al_token_get(s->tc, &spec, NULL, NULL, &res);
+    if (rc == AL_OK) {
+        al_cred_snapshot_release(snap);
+        fill_grant(g, res.value, res.gen, h);
+        return AL_OK;
+    }
     pend *p = calloc(1, sizeof *p);
-    hold *h = calloc(1, sizeof *h);
-    if (!p || !h) {
-        free(p);
+    if (!p) {
         free(h);
         al_cred_snapshot_release(snap);
         return AL_ERR_NOMEM;
@@ -240,9 +251,9 @@ static int oauth2_acquire(void *self, const al_cred_query *q, al_cred_grant *g,
     p->src = s;
     p->done = done;
     p->arg = arg;
-    al_flight_result res;
     /* the spec's strings live in the snapshot until this returns; the cache copies */
-    rc = al_token_get(s->tc, &spec, on_token, p, &res);
+    if (rc == AL_ERR_AGAIN) /* join the load (or take what arrived meanwhile) */
+        rc = al_token_get(s->tc, &spec, on_token, p, &res);
     al_cred_snapshot *snap_prev = snap; /* kept for a rotation's previous version */
     if (rc == AL_OK) {
         al_cred_snapshot_release(snap);
