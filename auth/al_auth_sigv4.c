@@ -8,7 +8,8 @@
  * Authorization, X-Amz-Date, X-Amz-Security-Token and X-Amz-Content-Sha256 (an SDK
  * that signed with placeholder keys) are dropped and replaced: that is re-signing.
  * A presigned query (X-Amz-Signature, X-Amz-Credential, ...) is refused
- * (AL_ERR_PERM): an agent must not bring a signature of its own.
+ * (AL_ERR_PERM): an agent must not bring a signature of its own; so is a body signed
+ * chunk by chunk (x-amz-content-sha256: STREAMING-AWS4-..., AL_ERR_PROTO).
  *
  * Body: the payload hash is the SHA-256 of the whole body (AL_AUTH_NEEDS_BODY_SHA256,
  * the data path buffers it up to auth.max_body_bytes); S3 over https is signed with
@@ -94,12 +95,20 @@ static int sigv4_prepare(const al_target *t, const al_auth_req *req, const al_se
         return AL_ERR_INVAL;
     if (al_sigv4_query_is_presigned(req->query, req->query_len))
         return AL_ERR_PERM;
+    /* An SDK that signs its body chunk by chunk (aws-chunked, each chunk's signature
+     * chained to its own key) cannot be re-signed: the chunk signatures are in the body. */
+    const al_header *csha = al_http_find(req->headers, req->header_count, "x-amz-content-sha256");
+    if (csha && csha->value_len >= 10 && !strncasecmp(csha->value, "STREAMING-", 10) &&
+        !(csha->value_len == 34 && !strncmp(csha->value, "STREAMING-UNSIGNED-PAYLOAD-TRAILER", 34)))
+        return AL_ERR_PROTO;
     const char *akid;
     size_t akid_len;
     int rc = al_auth_sigv4_access_key(s, &akid, &akid_len);
     if (rc)
         return rc;
     unsigned flags = is_s3(t) ? (AL_SIGV4_S3 | AL_SIGV4_CONTENT_SHA256) : 0;
+    if (csha) /* the agent's goes; ours (the real payload hash) is set and signed */
+        flags |= AL_SIGV4_CONTENT_SHA256;
     char hash[65];
     if (req->body_sha256) {
         static const char hexd[] = "0123456789abcdef";
@@ -109,7 +118,10 @@ static int sigv4_prepare(const al_target *t, const al_auth_req *req, const al_se
         }
         hash[64] = '\0';
     } else if (unsigned_payload(t)) {
-        snprintf(hash, sizeof hash, "%s", AL_SIGV4_UNSIGNED_PAYLOAD);
+        /* an SDK's aws-chunked upload with unsigned chunks keeps its framing */
+        snprintf(hash, sizeof hash, "%s",
+                 csha && csha->value_len == 34 ? AL_SIGV4_STREAMING_UNSIGNED_TRAILER
+                                               : AL_SIGV4_UNSIGNED_PAYLOAD);
     } else {
         return AL_ERR_INVAL; /* the data path must hand the body's digest */
     }
@@ -192,9 +204,9 @@ static int sigv4_prepare(const al_target *t, const al_auth_req *req, const al_se
 static int sigv4_drops_header(const al_target *t, const char *name, size_t len)
 {
     (void)t;
+    /* (x-amz-content-sha256 reaches prepare, which looks at it and sets its own) */
     return al_http_name_is(name, len, "x-amz-date") ||
-           al_http_name_is(name, len, "x-amz-security-token") ||
-           al_http_name_is(name, len, "x-amz-content-sha256");
+           al_http_name_is(name, len, "x-amz-security-token");
 }
 
 const al_auth_injector al_auth_sigv4_injector = {

@@ -618,7 +618,7 @@ static int valid_hash(const char *h)
 {
     if (!h)
         return 0;
-    if (!strcmp(h, AL_SIGV4_UNSIGNED_PAYLOAD))
+    if (!strcmp(h, AL_SIGV4_UNSIGNED_PAYLOAD) || !strcmp(h, AL_SIGV4_STREAMING_UNSIGNED_TRAILER))
         return 1;
     if (strlen(h) != 64)
         return 0;

@@ -45,7 +45,9 @@
 #include "common/al_buf.h"
 
 #define AL_SIGV4_UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
-#define AL_SIGV4_EMPTY_SHA256     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+/* S3: an aws-chunked body with unsigned chunks and a checksum trailer (SDK uploads). */
+#define AL_SIGV4_STREAMING_UNSIGNED_TRAILER "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+#define AL_SIGV4_EMPTY_SHA256               "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 typedef struct al_sigv4_header {
     const char *name;
@@ -87,7 +89,8 @@ typedef struct al_sigv4_request {
     /* The headers the upstream receives that are to be signed; must include Host. */
     const al_sigv4_header *headers;
     size_t n_headers;
-    /* 64 lower-case hex digits (SHA-256 of the body) or AL_SIGV4_UNSIGNED_PAYLOAD. */
+    /* 64 lower-case hex digits (SHA-256 of the body), AL_SIGV4_UNSIGNED_PAYLOAD or
+     * AL_SIGV4_STREAMING_UNSIGNED_TRAILER. */
     const char *payload_hash;
 } al_sigv4_request;
 

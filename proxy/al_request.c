@@ -1665,6 +1665,14 @@ static void stage_prepare(al_req *r)
                    t->name);
             return;
         }
+        if (prc == AL_ERR_PROTO && t->auth.method == AL_AUTH_IAM) {
+            refuse(r, AL_REF_BAD_REQUEST,
+                   "the request body is signed chunk by chunk (x-amz-content-sha256: "
+                   "STREAMING-AWS4-...), with signatures airlock cannot redo; turn chunked "
+                   "payload signing off in the SDK (unsigned or whole-body payloads are "
+                   "signed by airlock)");
+            return;
+        }
         if (prc) {
             refuse(r, AL_REF_CREDENTIAL_INVALID,
                    "the credential of provider '%s' cannot be sent (bytes not allowed in a "

@@ -266,6 +266,10 @@ def test_presigned_url_refused():
         code, head, body = curl(AL.gateway_url("gw", "/obj?" + q))
         assert code == 400, (q, code, body)
         assert json.loads(body)["error"] == "presigned_url_refused", body
+    # a body signed chunk by chunk with the agent's key cannot be re-signed: refused
+    code, head, body = curl("-X", "PUT", "-H", "x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+                            "--data-binary", "x", AL.gateway_url("gw", "/obj"))
+    assert code == 400 and "chunk by chunk" in json.loads(body)["message"], (code, body)
 
 
 def test_lambda_invoke_with_session_token_from_container_endpoint():

@@ -117,7 +117,8 @@ static void test_resigns_sdk_request(void **state)
     /* the SDK's signing headers never go upstream */
     assert_true(al_auth_drop_request_header(&t, "x-amz-date", 10));
     assert_true(al_auth_drop_request_header(&t, "X-Amz-Security-Token", 20));
-    assert_true(al_auth_drop_request_header(&t, "x-amz-content-sha256", 20));
+    /* x-amz-content-sha256 is replaced (prepare sets it when the agent sent one) */
+    assert_false(al_auth_drop_request_header(&t, "x-amz-content-sha256", 20));
     assert_true(al_auth_drop_request_header(&t, "Authorization", 13));
     assert_false(al_auth_drop_request_header(&t, "X-Amz-Target", 12));
     al_auth_out_free(&o);
@@ -138,6 +139,12 @@ static void test_s3_unsigned_payload_and_single_encoding(void **state)
     assert_non_null(strstr(value_of(&o, "Authorization"),
                            "SignedHeaders=host;x-amz-content-sha256;x-amz-date,"));
     assert_string_equal(o.target.data, "/bucket/key%20a//b"); /* not normalised */
+    /* an SDK's aws-chunked upload with unsigned chunks: signed with that payload value */
+    al_header trailer = {"x-amz-content-sha256", 20, "STREAMING-UNSIGNED-PAYLOAD-TRAILER", 34};
+    al_auth_out_free(&o);
+    al_auth_out_init(&o);
+    assert_int_equal(prepare(&t, "/bucket/k", &trailer, 1, &lt, &o, 0), AL_OK);
+    assert_string_equal(value_of(&o, "X-Amz-Content-Sha256"), "STREAMING-UNSIGNED-PAYLOAD-TRAILER");
     al_auth_out_free(&o);
 }
 
@@ -158,6 +165,13 @@ static void test_refusals(void **state)
     k.config_json = "{}";
     assert_int_equal(prepare(&t, "/x", NULL, 0, &k, &o, 1), AL_ERR_INVAL);
     assert_int_equal(prepare(&t, "/x", NULL, 0, NULL, &o, 1), AL_ERR_INVAL);
+    /* a body signed chunk by chunk with the agent's key cannot be re-signed */
+    al_header chunked = {"X-Amz-Content-Sha256", 20, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", 34};
+    assert_int_equal(prepare(&t, "/x", &chunked, 1, &creds, &o, 1), AL_ERR_PROTO);
+    al_header trailer = {"x-amz-content-sha256", 20, "STREAMING-UNSIGNED-PAYLOAD-TRAILER", 34};
+    assert_int_equal(prepare(&t, "/x", &trailer, 1, &creds, &o, 1), AL_OK);
+    al_auth_out_free(&o);
+    al_auth_out_init(&o);
     /* lambda needs the body digest from the data path */
     assert_int_equal(prepare(&t, "/x", NULL, 0, &creds, &o, 0), AL_ERR_INVAL);
     /* a token with a newline would split headers */
