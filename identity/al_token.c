@@ -338,7 +338,7 @@ int al_token_parse_response(long status, const char *body, size_t len, const cha
     const char *tt = json_string_value(json_object_get(j, "token_type"));
     if (tt && strcasecmp(tt, "bearer") != 0) {
         char ts[40];
-        al_token_sanitize(tt, NULL, 0, ts, sizeof ts, 32);
+        al_token_sanitize(tt, spec->secret, spec->secret_len, ts, sizeof ts, 32);
         snprintf(msg, msglen, "token endpoint %s issued a '%s' token; only Bearer is supported",
                  host, ts);
         goto out;

@@ -44,7 +44,7 @@ targets:
     url: https://127.0.0.1:{rs}/mcp
     allow_private_network: true
     ca_file: {ca}
-    auth: {{method: oauth2_2lo, provider: idp}}
+    auth: {{method: oauth2_2lo, provider: idp, max_token_lifetime_s: 120}}
 """
 
 
@@ -306,6 +306,11 @@ def test_mcp_client_through_the_gateway_url_with_streamed_progress():
         assert j["progress"][0]["ms"] + 80 < j["result_ms"], j  # SSE events one by one
         lp = e.op.stats()["last_params"]
         assert lp["resource"] == "https://127.0.0.1:%d/mcp" % e.rs_port, lp
+        # 300 s tokens against max_token_lifetime_s 120: flagged, warned once per provider
+        ev = wait_for(lambda: [l for l in e.al.audit_lines() if l.get("event") == "token_request"],
+                      10, "the token_request record")
+        assert ev[0]["long_lived"] is True and ev[0]["lifetime_s"] == 300, ev
+        assert e.al.log_text().count('"event":"token.long_lived"') == 1, e.al.log_text()
         e.assert_no_secrets(out.stdout, out.stderr)
     finally:
         e.stop()

@@ -135,6 +135,12 @@ static void test_errors_name_the_provider_error_without_secrets(void **state)
     assert_non_null(strstr(msg, "[redacted]"));
     assert_null(strchr(msg, '\r'));
     assert_null(strchr(msg, '"'));
+    /* the secret echoed as a token_type (found by fuzz_identity_token) */
+    assert_int_not_equal(parse(200, "{\"access_token\":\"a\",\"token_type\":\"x "
+                                    "s3cr3t-client-secret\"}",
+                               &t, msg),
+                         AL_OK);
+    assert_null(strstr(msg, "s3cr3t"));
     /* very long description: cut */
     char body[4096];
     char longd[3000];
