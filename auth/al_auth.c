@@ -24,17 +24,18 @@ const al_auth_injector *al_auth_injector_for(enum al_auth_method m)
     return injectors[m];
 }
 
+/* Value buffers are set up when a header is added (most requests set one): the hot
+ * path touches only what it uses. */
 void al_auth_out_init(al_auth_out *o)
 {
-    memset(o, 0, sizeof *o);
-    for (size_t i = 0; i < AL_AUTH_MAX_HEADERS; i++)
-        al_buf_init(&o->value[i], 16 * 1024);
+    o->count = 0;
+    o->value_max = 0;
     al_buf_init(&o->target, 64 * 1024);
 }
 
 void al_auth_out_free(al_auth_out *o)
 {
-    for (size_t i = 0; i < AL_AUTH_MAX_HEADERS; i++)
+    for (size_t i = 0; i < o->count; i++)
         al_buf_free(&o->value[i], 1);
     al_buf_free(&o->target, 1);
     o->count = 0;
@@ -45,14 +46,15 @@ al_buf *al_auth_out_add(al_auth_out *o, const char *name)
     if (o->count >= AL_AUTH_MAX_HEADERS || !name)
         return NULL;
     o->name[o->count] = name;
-    al_buf_reset(&o->value[o->count]);
+    o->name_len[o->count] = strlen(name);
+    al_buf_init(&o->value[o->count], o->value_max ? o->value_max : 16 * 1024);
     return &o->value[o->count++];
 }
 
 int al_auth_out_sets(const al_auth_out *o, const char *name, size_t len)
 {
     for (size_t i = 0; i < o->count; i++)
-        if (strlen(o->name[i]) == len && strncasecmp(o->name[i], name, len) == 0)
+        if (al_http_name_eq(name, len, o->name[i], o->name_len[i]))
             return 1;
     return 0;
 }
@@ -103,14 +105,20 @@ int al_auth_percent_encode(al_buf *b, const unsigned char *p, size_t n)
 
 int al_auth_drop_request_header(const al_target *t, const char *name, size_t len)
 {
-    static const char *const req_only[] = {"proxy-authorization", "proxy-authenticate", "trailer",
-                                           "http2-settings"};
+    static const struct {
+        const char *s;
+        size_t n;
+    } req_only[] = {
+#define H(x) {x, sizeof x - 1}
+        H("proxy-authorization"), H("proxy-authenticate"), H("trailer"), H("http2-settings"),
+#undef H
+    };
     if (!name)
         return 0;
     if (al_http_hop_by_hop(name, len))
         return 1;
     for (size_t i = 0; i < sizeof req_only / sizeof req_only[0]; i++)
-        if (al_http_name_is(name, len, req_only[i]))
+        if (al_http_name_eq(name, len, req_only[i].s, req_only[i].n))
             return 1;
     if (!t)
         return 0;

@@ -67,8 +67,10 @@ typedef struct al_auth_req {
  * "path?query", empty when it is sent unchanged. */
 typedef struct al_auth_out {
     const char *name[AL_AUTH_MAX_HEADERS];
-    al_buf value[AL_AUTH_MAX_HEADERS];
+    size_t name_len[AL_AUTH_MAX_HEADERS];
+    al_buf value[AL_AUTH_MAX_HEADERS]; /* [0, count) are set up */
     size_t count;
+    size_t value_max; /* a value's limit; 0 = 16 KiB */
     al_buf target;
 } al_auth_out;
 

@@ -152,7 +152,7 @@ int al_auth_api_key_header(const al_target *t, const al_secret_view *s, al_auth_
     if (!rc)
         rc = al_buf_append(value, s->value, s->len);
     if (rc) {
-        al_buf_reset(value);
+        al_buf_free(value, 1);
         out->count--;
         return rc;
     }

@@ -44,3 +44,26 @@ rss_tree() {
   done
   echo "$total"
 }
+# start_upstream: the benchmark's upstream (Debian nginx, bench/upstream-nginx.conf, one
+# worker: a small response and a 1 MiB file) on free ports; sets upstream_port,
+# direct_port (h2c) and upstream_pid.
+start_upstream() {
+  local d
+  mkdir -p "$dir/www"
+  for d in up_client_body up_proxy up_fastcgi up_uwsgi up_scgi px_client_body px_proxy px_fastcgi px_uwsgi px_scgi; do
+    mkdir -p "$dir/$d"
+  done
+  head -c 1048576 /dev/urandom >"$dir/www/1m.bin"
+  # nginx started as root serves files from its worker as "nobody": let it read them
+  chmod 755 "$dir" "$dir/www"
+  chmod 644 "$dir/www/1m.bin"
+  upstream_port=$(free_port)
+  direct_port=$(free_port)
+  render bench/upstream-nginx.conf "$dir/upstream.conf" DIR="$dir" UPSTREAM_PORT="$upstream_port" \
+    DIRECT_PORT="$direct_port"
+  nginx -e "$dir/upstream-error.log" -p "$dir" -c "$dir/upstream.conf" >"$dir/upstream.out" 2>&1 &
+  upstream_pid=$!
+  pids+=("$upstream_pid")
+  wait_port "$upstream_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
+  wait_port "$direct_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
+}

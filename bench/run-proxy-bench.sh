@@ -98,25 +98,8 @@ dir=$(mktemp -d /tmp/airlock-bench.XXXXXX)
 . bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree
 
 key="bench-$(openssl rand -hex 16)"
-mkdir -p "$dir/www"
-for d in up_client_body up_proxy up_fastcgi up_uwsgi up_scgi px_client_body px_proxy px_fastcgi px_uwsgi px_scgi; do
-  mkdir -p "$dir/$d"
-done
-head -c 1048576 /dev/urandom >"$dir/www/1m.bin"
+start_upstream
 head -c 384 /dev/urandom | base64 -w0 >"$dir/post.body" # 512 bytes
-# nginx started as root serves files from its worker as "nobody": let it read them
-chmod 755 "$dir" "$dir/www"
-chmod 644 "$dir/www/1m.bin"
-
-upstream_port=$(free_port)
-direct_port=$(free_port)
-render bench/upstream-nginx.conf "$dir/upstream.conf" DIR="$dir" UPSTREAM_PORT="$upstream_port" \
-  DIRECT_PORT="$direct_port"
-nginx -e "$dir/upstream-error.log" -p "$dir" -c "$dir/upstream.conf" >"$dir/upstream.out" 2>&1 &
-upstream_pid=$!
-pids+=("$upstream_pid")
-wait_port "$upstream_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
-wait_port "$direct_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
 
 # start_peer NAME: starts the proxy, sets peer_pid/peer_port, or peer_pid="" with a note.
 note=""

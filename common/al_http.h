@@ -7,6 +7,7 @@
 #define AL_HTTP_H
 
 #include <stddef.h>
+#include <strings.h>
 
 /* A header as a pair of slices (not NUL-terminated; valid for the call only
  * unless said otherwise). */
@@ -17,8 +18,14 @@ typedef struct al_header {
     size_t value_len;
 } al_header;
 
-/* 1 when name[0..len) equals the lower-case literal `lit`, in any case. */
-int al_http_name_is(const char *name, size_t len, const char *lit);
+/* 1 when name[0..len) equals lit[0..lit_len), in any case. */
+static inline int al_http_name_eq(const char *name, size_t len, const char *lit, size_t lit_len)
+{
+    return len == lit_len && strncasecmp(name, lit, lit_len) == 0;
+}
+/* The same against a string literal (its length known at compile time: the hot
+ * path compares lengths before bytes). */
+#define al_http_name_is(name, len, lit) al_http_name_eq((name), (len), "" lit "", sizeof(lit) - 1)
 
 /* 1 for a hop-by-hop header that never crosses a proxy: Connection, Keep-Alive,
  * Proxy-Connection, TE, Transfer-Encoding, Upgrade. Each direction adds its own
@@ -27,8 +34,25 @@ int al_http_name_is(const char *name, size_t len, const char *lit);
 int al_http_hop_by_hop(const char *name, size_t len);
 
 /* 1 when the Connection header value v[0..vlen) lists the token name[0..nlen)
- * (comma-separated, OWS around tokens, any case). An empty name is never listed. */
-int al_http_connection_lists(const char *v, size_t vlen, const char *name, size_t nlen);
+ * (comma-separated, OWS around tokens, any case). An empty name is never listed.
+ * Inline: it runs for every header of every request and response. */
+static inline int al_http_connection_lists(const char *v, size_t vlen, const char *name,
+                                           size_t nlen)
+{
+    const char *p = v, *end = v + vlen;
+    if (!nlen)
+        return 0;
+    while (p < end) {
+        while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+            p++;
+        const char *s = p;
+        while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+            p++;
+        if ((size_t)(p - s) == nlen && strncasecmp(s, name, nlen) == 0)
+            return 1;
+    }
+    return 0;
+}
 
 /* The first header named `lit` (lower-case literal) in h[0..n), or NULL. */
 const al_header *al_http_find(const al_header *h, size_t n, const char *lit);

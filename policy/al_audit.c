@@ -1060,18 +1060,20 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
     put_str(&e, r->decision, 16);
     puts_(&e, ",\"decided_by\":");
     put_str(&e, r->decided_by, 16);
-    puts_(&e, ",\"rule\":");
-    put_str(&e, r->rule, 96);
-    puts_(&e, ",\"principal\":");
+    if (r->rule) { /* present once a policy decided (absent, not null: like retry) */
+        puts_(&e, ",\"rule\":");
+        put_str(&e, r->rule, 96);
+    }
     if (r->principal_iss || r->principal_sub || r->principal_client_id) {
-        puts_(&e, "{\"iss\":");
+        puts_(&e, ",\"principal\":{\"iss\":");
         put_str(&e, r->principal_iss, 160);
         puts_(&e, ",\"sub\":");
         put_str(&e, r->principal_sub, 96);
         puts_(&e, ",\"client_id\":");
         put_str(&e, r->principal_client_id, 96);
         puts_(&e, "}");
-    } else {
+    } else if (r->principal) {
+        puts_(&e, ",\"principal\":");
         put_str(&e, r->principal, 160);
     }
     puts_(&e, ",\"outcome\":");

@@ -55,8 +55,8 @@ typedef struct al_audit_request {
      * outage. */
     const char *decision;   /* "allow", "deny", NULL (ended before any decision) */
     const char *decided_by; /* "route", "policy", "egress", "request", "limits", or NULL */
-    const char *rule;       /* the policy rule that decided, NULL when none */
-    const char *principal;  /* who the caller is (inbound auth), NULL when unknown */
+    const char *rule;       /* the policy rule that decided, NULL when none (key left out) */
+    const char *principal;  /* who the caller is (inbound auth), NULL when unknown (left out) */
     const char *outcome;    /* "ok", "refused" (denied), "error" (allowed, then airlock
                                answered an error), "aborted" (cut after the head),
                                "client_closed", NULL while running (request_start) */

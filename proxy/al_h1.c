@@ -6,15 +6,17 @@
  * Body decoding runs http_parser on the following bytes and pauses it at the end of
  * the message, so bytes of a pipelined next request are never consumed. */
 #include "al_h1.h"
+#include "al_errors.h"
 
 #include <string.h>
 #include <strings.h>
 
-static void set_err(al_h1_error *err, int status, const char *code, const char *reason)
+static void set_err(al_h1_error *err, enum al_refusal ref, const char *reason)
 {
     if (err) {
-        err->status = status;
-        err->code = code;
+        err->ref = ref;
+        err->status = al_refusal(ref)->status;
+        err->code = al_refusal(ref)->code;
         err->reason = reason;
     }
 }
@@ -33,34 +35,34 @@ long al_h1_head_scan(const char *buf, size_t len, size_t limit, al_h1_error *err
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)buf[i];
         if (i >= limit) {
-            set_err(err, 431, "header_too_large",
+            set_err(err, AL_REF_HEADER_TOO_LARGE,
                     "the request head is larger than limits.max_header_bytes");
             return -1;
         }
         if (c == '\n') {
             if (i == 0 || buf[i - 1] != '\r') {
-                set_err(err, 400, "bad_request", "bare LF line ending in the request head");
+                set_err(err, AL_REF_BAD_REQUEST, "bare LF line ending in the request head");
                 return -1;
             }
             if (i - line_start == 1) /* an empty line: the end of the head */
                 return (long)(i + 1);
             line_start = i + 1;
             if (line_start < len && (buf[line_start] == ' ' || buf[line_start] == '\t')) {
-                set_err(err, 400, "bad_request", "obsolete line folding in the request head");
+                set_err(err, AL_REF_BAD_REQUEST, "obsolete line folding in the request head");
                 return -1;
             }
         } else if (c == '\r') {
             if (i + 1 < len && buf[i + 1] != '\n') {
-                set_err(err, 400, "bad_request", "CR not followed by LF in the request head");
+                set_err(err, AL_REF_BAD_REQUEST, "CR not followed by LF in the request head");
                 return -1;
             }
         } else if ((c < 0x20 && c != '\t') || c == 0x7f) {
-            set_err(err, 400, "bad_request", "control byte in the request head");
+            set_err(err, AL_REF_BAD_REQUEST, "control byte in the request head");
             return -1;
         }
     }
     if (len >= limit) {
-        set_err(err, 431, "header_too_large",
+        set_err(err, AL_REF_HEADER_TOO_LARGE,
                 "the request head is larger than limits.max_header_bytes");
         return -1;
     }
@@ -206,12 +208,12 @@ static int check_framing(al_h1_parser *p, al_h1_error *err)
         const al_h1_field *f = &h->fields[i];
         const char *v = h->buf + f->value.off;
         if (!is_token(h->buf + f->name.off, f->name.len)) {
-            set_err(err, 400, "bad_request", "invalid header field name");
+            set_err(err, AL_REF_BAD_REQUEST, "invalid header field name");
             return -1;
         }
         if (al_h1_slice_is(h->buf, f->name, "content-length")) {
             if (++cl > 1) {
-                set_err(err, 400, "bad_request", "more than one Content-Length header");
+                set_err(err, AL_REF_BAD_REQUEST, "more than one Content-Length header");
                 return -1;
             }
             int64_t n = 0;
@@ -221,20 +223,20 @@ static int check_framing(al_h1_parser *p, al_h1_error *err)
                 if (c == ' ' || c == '\t')
                     continue;
                 if (c < '0' || c > '9' || n > (INT64_MAX - 9) / 10) {
-                    set_err(err, 400, "bad_request", "invalid Content-Length");
+                    set_err(err, AL_REF_BAD_REQUEST, "invalid Content-Length");
                     return -1;
                 }
                 n = n * 10 + (c - '0');
                 digits++;
             }
             if (!digits) {
-                set_err(err, 400, "bad_request", "invalid Content-Length");
+                set_err(err, AL_REF_BAD_REQUEST, "invalid Content-Length");
                 return -1;
             }
             h->content_length = n;
         } else if (al_h1_slice_is(h->buf, f->name, "transfer-encoding")) {
             if (++te > 1 || !trimmed_is(v, f->value.len, "chunked")) {
-                set_err(err, 400, "bad_request",
+                set_err(err, AL_REF_BAD_REQUEST,
                         "Transfer-Encoding other than a single \"chunked\" is not accepted");
                 return -1;
             }
@@ -242,11 +244,11 @@ static int check_framing(al_h1_parser *p, al_h1_error *err)
         } else if (al_h1_slice_is(h->buf, f->name, "host")) {
             /* Two Hosts are two answers to "which server": peers may pick differently. */
             if (++h->host_count > 1) {
-                set_err(err, 400, "bad_request", "more than one Host header");
+                set_err(err, AL_REF_BAD_REQUEST, "more than one Host header");
                 return -1;
             }
             if (!host_value_ok(v, f->value.len)) {
-                set_err(err, 400, "bad_request", "invalid Host header value");
+                set_err(err, AL_REF_BAD_REQUEST, "invalid Host header value");
                 return -1;
             }
         } else if (al_h1_slice_is(h->buf, f->name, "expect")) {
@@ -254,7 +256,7 @@ static int check_framing(al_h1_parser *p, al_h1_error *err)
         }
     }
     if (cl && te) {
-        set_err(err, 400, "bad_request", "both Content-Length and Transfer-Encoding");
+        set_err(err, AL_REF_BAD_REQUEST, "both Content-Length and Transfer-Encoding");
         return -1;
     }
     return 0;
@@ -272,15 +274,15 @@ int al_h1_parse_head(al_h1_parser *p, const char *buf, size_t head_len, al_h1_bo
     size_t n = http_parser_execute(&p->hp, &settings, buf, head_len);
     enum http_errno e = HTTP_PARSER_ERRNO(&p->hp);
     if (p->cb_failed == 431) {
-        set_err(err, 431, "header_too_large", "too many header fields");
+        set_err(err, AL_REF_HEADER_TOO_LARGE, "too many header fields");
         return -1;
     }
     if ((e != HPE_OK && e != HPE_PAUSED) || !p->head_done || n != head_len) {
-        set_err(err, 400, "bad_request", http_errno_description(e));
+        set_err(err, AL_REF_BAD_REQUEST, http_errno_description(e));
         return -1;
     }
     if (p->hp.http_major != 1 || p->hp.http_minor > 1) {
-        set_err(err, 400, "bad_request", "only HTTP/1.0 and HTTP/1.1 are accepted");
+        set_err(err, AL_REF_BAD_REQUEST, "only HTTP/1.0 and HTTP/1.1 are accepted");
         return -1;
     }
     if (check_framing(p, err) != 0)
@@ -290,7 +292,7 @@ int al_h1_parse_head(al_h1_parser *p, const char *buf, size_t head_len, al_h1_bo
     p->head.http_minor = p->hp.http_minor;
     p->head.keep_alive = http_should_keep_alive(&p->hp);
     if (p->head.url.len == 0) {
-        set_err(err, 400, "bad_request", "empty request target");
+        set_err(err, AL_REF_BAD_REQUEST, "empty request target");
         return -1;
     }
     /* http_parser resumes with the body on the next execute. */
@@ -306,7 +308,7 @@ long al_h1_feed_body(al_h1_parser *p, const char *data, size_t len, al_h1_error 
     size_t n = http_parser_execute(&p->hp, &settings, data, len);
     enum http_errno e = HTTP_PARSER_ERRNO(&p->hp);
     if (e != HPE_OK && !(e == HPE_PAUSED && p->message_done)) {
-        set_err(err, 400, "bad_request",
+        set_err(err, AL_REF_BAD_REQUEST,
                 p->cb_failed ? "request body could not be taken" : http_errno_description(e));
         return -1;
     }

@@ -17,6 +17,8 @@
 
 #include <http_parser.h>
 #include <stddef.h>
+
+#include "al_errors.h"
 #include <stdint.h>
 
 #define AL_H1_MAX_HEADERS 128
@@ -47,6 +49,7 @@ typedef struct al_h1_head {
 
 /* A refusal: HTTP status (400 or 431), a JSON error code and a short reason. */
 typedef struct al_h1_error {
+    enum al_refusal ref; /* the refusal (proxy/al_errors.h); status and code are its row's */
     int status;
     const char *code;
     const char *reason;

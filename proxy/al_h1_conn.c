@@ -197,7 +197,7 @@ static void fail_request(h1_state *s, const al_h1_error *e)
         }
         al_request_set_head(s->req, "-", 1, NULL, 0, NULL, 0, "-", 1);
     }
-    al_request_refuse(s->req, e->status, e->code, "%s", e->reason);
+    al_request_refuse(s->req, e->ref, "%s", e->reason);
 }
 
 /* CONNECT host:port: the request pipeline decides (intercept, passthrough, or a
@@ -298,8 +298,9 @@ static int host_missing(const al_h1_head *h, al_h1_error *e)
 {
     if (h->host_count || h->http_minor < 1 || h->is_connect)
         return 0;
-    e->status = 400;
-    e->code = "bad_request";
+    e->ref = AL_REF_BAD_REQUEST;
+    e->status = al_refusal(e->ref)->status;
+    e->code = al_refusal(e->ref)->code;
     e->reason = "an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)";
     return 1;
 }
@@ -354,7 +355,7 @@ static int h1_on_read(al_conn *c)
                 s->st = H1_WAIT;
                 s->failed = 1;
                 s->keep_alive = 0;
-                al_request_refuse(s->req, e.status, e.code, "%s", e.reason);
+                al_request_refuse(s->req, e.ref, "%s", e.reason);
                 return 0;
             }
             return -1;
@@ -423,7 +424,7 @@ static void h1_on_timeout(al_conn *c, int kind)
 {
     h1_state *s = c->proto_state;
     if (kind == AL_CT_HEADER && c->in_len && s->st == H1_HEAD && !s->req) {
-        al_h1_error e = {408, "request_timeout",
+        al_h1_error e = {AL_REF_REQUEST_TIMEOUT, 408, "request_timeout",
                          "the request head did not arrive in time "
                          "(limits.client_header_timeout_ms); send the whole head at once"};
         c->in_len = 0; /* the partial head is not parsed */
@@ -435,7 +436,7 @@ static void h1_on_timeout(al_conn *c, int kind)
         s->st = H1_WAIT;
         s->failed = 1;
         s->keep_alive = 0;
-        al_request_refuse(s->req, 408, "body_timeout",
+        al_request_refuse(s->req, AL_REF_BODY_TIMEOUT,
                           "no request body bytes arrived for limits.client_body_timeout_ms; "
                           "send the body right after the head, or retry");
         return;

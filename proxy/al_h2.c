@@ -301,7 +301,7 @@ static void on_body_timer(struct ev_loop *loop, ev_timer *t, int revents)
     al_log(AL_LOG_INFO, "client.timeout", "peer=%s phase=body stream=%d limit_ms=%u", s->h->c->peer,
            s->id, ms);
     if (al_request_status(s->req) == 0) {
-        al_request_refuse(s->req, 408, "body_timeout",
+        al_request_refuse(s->req, AL_REF_BODY_TIMEOUT,
                           "no request body bytes arrived for limits.client_body_timeout_ms; "
                           "send the body right after the head, or retry");
     } else {
@@ -457,7 +457,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
     if (f->hd.type == NGHTTP2_HEADERS && !s->started) {
         s->started = 1;
         if (s->headers_too_large) {
-            al_request_refuse(s->req, 431, "header_too_large",
+            al_request_refuse(s->req, AL_REF_HEADER_TOO_LARGE,
                               "the request headers are larger than limits.max_header_bytes");
         } else {
             al_request_start(s->req, !end_stream, end_stream ? 0 : s->clen);

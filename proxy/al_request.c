@@ -674,16 +674,15 @@ static void deliver_refusal(al_req *r)
 
 /* Answers the request with airlock's refusal `ref` (AL_REFUSALS: status, code,
  * Proxy-Status type, and whether it is a denial or an outcome) unless it has
- * ended; after the response head it can only abort. `status` overrides the table's
- * (0: the table's). Cancels whatever the request waits for. */
-static void vrefuse(al_req *r, enum al_refusal ref, int status, const char *fmt, va_list ap)
+ * ended; after the response head it can only abort. Cancels whatever the request
+ * waits for. */
+static void vrefuse(al_req *r, enum al_refusal ref, const char *fmt, va_list ap)
 {
     const al_refusal_info *ri = al_refusal(ref);
     const char *code = ri->code;
+    int status = ri->status;
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);
-    if (!status)
-        status = ri->status;
     if (r->resolve_handle) {
         al_resolver_cancel(r->ctx->resolver, r->resolve_handle);
         r->resolve_handle = NULL;
@@ -762,16 +761,15 @@ static void refuse(al_req *r, enum al_refusal ref, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vrefuse(r, ref, 0, fmt, ap);
+    vrefuse(r, ref, fmt, ap);
     va_end(ap);
 }
 
-void al_request_refuse(al_req *r, int status, const char *code, const char *fmt, ...)
+void al_request_refuse(al_req *r, enum al_refusal ref, const char *fmt, ...)
 {
-    enum al_refusal ref = al_refusal_by_code(code);
     va_list ap;
     va_start(ap, fmt);
-    vrefuse(r, ref == AL_REF_COUNT ? AL_REF_BAD_REQUEST : ref, status, fmt, ap);
+    vrefuse(r, ref, fmt, ap);
     va_end(ap);
 }
 
@@ -1693,8 +1691,8 @@ static void stage_prepare(al_req *r)
                     out[k++] = out[i];
             n = k;
             for (size_t i = 0; i < r->inj.count; i++)
-                out[n++] = (al_header){r->inj.name[i], strlen(r->inj.name[i]),
-                                       r->inj.value[i].data, r->inj.value[i].len};
+                out[n++] = (al_header){r->inj.name[i], r->inj.name_len[i], r->inj.value[i].data,
+                                       r->inj.value[i].len};
         }
         if (r->inj.target.len) {
             path = r->inj.target.data;

@@ -269,10 +269,11 @@ int al_request_add_header(al_req *r, const char *name, size_t name_len, const ch
 /* The request is complete as far as its head; has_body / body_length (-1 unknown).
  * A refusal is answered through the sink before this returns. */
 void al_request_start(al_req *r, int has_body, int64_t body_length);
-/* Refuses the request with a JSON error before start (protocol-level errors).
- * code is a refusal code of AL_REFUSALS; status the one to send. */
-void al_request_refuse(al_req *r, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+/* Refuses the request with airlock's refusal `ref` (AL_REFUSALS: status, code,
+ * Proxy-Status) and a printf message saying what to do (protocol-level errors, a
+ * tunnel that could not open). */
+void al_request_refuse(al_req *r, enum al_refusal ref, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 size_t al_request_body_room(const al_req *r);
 /* Appends body bytes (len <= room). AL_ERR_TOOBIG when the bytes were not taken and

@@ -74,11 +74,11 @@ void al_tunnel_abort(al_tunnel *t)
 }
 
 /* Refuses the CONNECT (HTTP/1.1 still owns the connection), then frees the tunnel. */
-static void fail(al_tunnel *t, int status, const char *code, const char *msg)
+static void fail(al_tunnel *t, enum al_refusal ref, const char *msg)
 {
     al_req *r = t->req;
     t->req = NULL;
-    al_request_refuse(r, status, code, "%s", msg);
+    al_request_refuse(r, ref, "%s", msg);
     al_request_free(r);
     al_h1_conn_tunnel_gone(t->c);
     tunnel_free(t);
@@ -194,7 +194,7 @@ static void on_connect_io(struct ev_loop *loop, ev_io *io, int revents)
         char msg[400];
         snprintf(msg, sizeof msg, "could not connect to %s:%u: %s", t->host, t->port,
                  strerror(err));
-        fail(t, 502, "upstream_connect_failed", msg);
+        fail(t, AL_REF_UPSTREAM_CONNECT_FAILED, msg);
         return;
     }
     ev_io_stop(t->c->worker->loop, &t->io);
@@ -210,7 +210,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     char msg[320];
     snprintf(msg, sizeof msg, "connecting to %s:%u timed out", t->host, t->port);
-    fail(t, 504, "upstream_connect_timeout", msg);
+    fail(t, AL_REF_UPSTREAM_CONNECT_TIMEOUT, msg);
 }
 
 static void on_resolved(void *arg, const al_resolve_result *res)
@@ -223,12 +223,12 @@ static void on_resolved(void *arg, const al_resolve_result *res)
     if (res->err == AL_ERR_EGRESS) {
         snprintf(msg, sizeof msg, "%s resolves to a %s address (%s), which airlock refuses",
                  t->host, al_egress_class_name(res->refused_class), res->addr_text);
-        fail(t, 403, "egress_denied", msg);
+        fail(t, AL_REF_EGRESS_DENIED, msg);
         return;
     }
     if (res->err) {
         snprintf(msg, sizeof msg, "could not resolve %s", t->host);
-        fail(t, 502, "upstream_dns_failed", msg);
+        fail(t, AL_REF_UPSTREAM_DNS_FAILED, msg);
         return;
     }
     t->phase = T_CONNECTING;
@@ -238,7 +238,7 @@ static void on_resolved(void *arg, const al_resolve_result *res)
                       errno != EINPROGRESS)) {
         snprintf(msg, sizeof msg, "could not connect to %s:%u: %s", t->host, t->port,
                  strerror(errno));
-        fail(t, 502, "upstream_connect_failed", msg);
+        fail(t, AL_REF_UPSTREAM_CONNECT_FAILED, msg);
         return;
     }
     struct ev_loop *loop = t->c->worker->loop;
@@ -256,7 +256,7 @@ int al_tunnel_start(al_conn *c, al_req *req, const char *host, uint16_t port)
 {
     al_tunnel *t = calloc(1, sizeof *t);
     if (!t) {
-        al_request_refuse(req, 500, "internal_error", "out of memory");
+        al_request_refuse(req, AL_REF_INTERNAL_ERROR, "out of memory");
         al_request_free(req);
         return AL_ERR_NOMEM;
     }

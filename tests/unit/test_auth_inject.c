@@ -35,14 +35,19 @@ static int shim_header(const al_target *t, const al_secret_view *s, al_inject_he
 {
     al_auth_out o;
     al_auth_out_init(&o);
-    al_buf_free(&o.value[0], 1);
-    o.value[0] = *v; /* the caller's buffer (and limit) */
-    al_buf_reset(&o.value[0]);
+    o.value_max = v->max; /* the caller's limit */
     int rc = al_auth_api_key_header(t, s, &o);
-    *v = o.value[0];
-    memset(&o.value[0], 0, sizeof o.value[0]);
-    h->name = o.count ? o.name[0] : NULL;
-    h->name_len = o.count ? strlen(o.name[0]) : 0;
+    size_t max = v->max;
+    al_buf_free(v, 1); /* replaced, as the old hook did */
+    int set = o.count > 0;
+    if (set) {
+        *v = o.value[0];
+        o.count = 0;
+    } else {
+        al_buf_init(v, max);
+    }
+    h->name = rc == AL_OK && set ? o.name[0] : NULL;
+    h->name_len = h->name ? strlen(h->name) : 0;
     al_auth_out_free(&o);
     return rc;
 }
