@@ -7,6 +7,7 @@
 #define AL_HTTP_H
 
 #include <stddef.h>
+#include <string.h>
 #include <strings.h>
 
 /* A header as a pair of slices (not NUL-terminated; valid for the call only
@@ -23,9 +24,12 @@ static inline int al_http_name_eq(const char *name, size_t len, const char *lit,
 {
     return len == lit_len && strncasecmp(name, lit, lit_len) == 0;
 }
-/* The same against a string literal (its length known at compile time: the hot
- * path compares lengths before bytes). */
-#define al_http_name_is(name, len, lit) al_http_name_eq((name), (len), "" lit "", sizeof(lit) - 1)
+/* 1 when name[0..len) equals the NUL-terminated lit, in any case. Inline: with a
+ * literal the compiler folds strlen, so the hot path compares lengths first. */
+static inline int al_http_name_is(const char *name, size_t len, const char *lit)
+{
+    return al_http_name_eq(name, len, lit, strlen(lit));
+}
 
 /* 1 for a hop-by-hop header that never crosses a proxy: Connection, Keep-Alive,
  * Proxy-Connection, TE, Transfer-Encoding, Upgrade. Each direction adds its own
