@@ -341,6 +341,19 @@ static int iam_rejected(void *self, const al_cred_query *q, const al_cred_grant 
     return al_credsrc_rejected(&s->store, q, &inner, status, next);
 }
 
+/* Side-effect free: whether rejected() could offer a retry (the body spool keeps the
+ * body for it). Fetched credentials: never. */
+static int iam_may_retry(void *self, const al_cred_query *q, const al_cred_grant *g)
+{
+    iam_src *s = self;
+    const hold *h = g->hold;
+    if (!h || h->kind != HOLD_STORE)
+        return 0;
+    al_cred_grant inner = *g;
+    inner.hold = h->store_hold;
+    return al_credsrc_may_retry(&s->store, q, &inner);
+}
+
 /* AWS throttles per function, account or API, not per access key: resting the key
  * would refuse every other call it signs. A 429 passes to the agent with its
  * Retry-After, and nothing rests. */
@@ -358,6 +371,7 @@ static const al_credsrc_ops iam_ops = {
     .release = iam_release,
     .rejected = iam_rejected,
     .rest = iam_rest,
+    .may_retry = iam_may_retry,
 };
 
 int al_iam_credsrc_new(al_iam_registry *reg, struct ev_loop *loop, al_credsrc *out)
