@@ -621,8 +621,12 @@ static void warn_insecure_providers(al_server *s)
         const al_target *t = &s->table->targets[i];
         for (size_t k = 0; k < t->auth.provider_count; k++) {
             al_secret_view sv;
-            if (al_cred_lookup(snap, t->auth.providers[k], &sv) == AL_OK && sv.config_json &&
-                strstr(sv.config_json, "\"allowInsecureEndpoints\":true"))
+            if (al_cred_lookup(snap, t->auth.providers[k], &sv) != AL_OK || !sv.config_json)
+                continue;
+            json_t *cfg = json_loads(sv.config_json, 0, NULL);
+            int insecure = json_is_true(json_object_get(cfg, "allowInsecureEndpoints"));
+            json_decref(cfg);
+            if (insecure)
                 al_log(AL_LOG_WARN, "oauth2.insecure_endpoints",
                        "provider=%s target=%s: allow-insecure-endpoints is set, so its client "
                        "secret and tokens may travel over plain http",

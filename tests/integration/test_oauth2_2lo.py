@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from altest import Airlock, run, start_oidc  # noqa: E402
+from altest import Airlock, run, start_oidc, wait_for  # noqa: E402
 
 TABLE = """
 listen: {proxy: "127.0.0.1:{proxy_port}", admin: "127.0.0.1:{admin_port}"}
@@ -91,6 +91,26 @@ def test_http_endpoints_need_allow_insecure_endpoints():
                "--allow-insecure-endpoints", "--state-dir", al.state_dir, stdin_data="s\n")
     assert r.returncode == 0 and "warning" in r.stderr, r.stderr
     no_secrets(p, r.stdout, r.stderr)
+
+
+def test_serve_warns_at_start_about_insecure_endpoints():
+    al = Airlock(TABLE.replace("targets: []", """targets:
+  - name: plain-api
+    type: openapi
+    url: https://api.example.com
+    auth: {method: oauth2_2lo, provider: plain}"""))
+    r = al.cli("identity", "create-oauth2-credential-provider", "--name", "plain", "--client-id",
+               "x", "--client-secret", "-", "--token-endpoint", "http://127.0.0.1:9/token",
+               "--issuer", "http://127.0.0.1:9", "--authorization-endpoint",
+               "http://127.0.0.1:9/auth", "--allow-insecure-endpoints", "--state-dir",
+               al.state_dir, stdin_data="not-a-real-secret\n")
+    assert r.returncode == 0, r.stderr
+    al.start()
+    try:
+        wait_for(lambda: "oauth2.insecure_endpoints" in al.log_text(), 10, "the start warning")
+        assert "provider=plain" in al.log_text() and "not-a-real-secret" not in al.log_text()
+    finally:
+        al.stop()
 
 
 def test_token_through_discovery_with_ca_file_counted_at_the_provider():
