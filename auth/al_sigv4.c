@@ -244,11 +244,14 @@ static int rewrite_query(const char *q, size_t n, int sorted, al_buf *out)
     int rc = split_query(q, n, &enc, &ps, &np);
     if (rc)
         goto out;
+    /* Pairs that are all empty ("&&", "=") leave enc without a buffer; offsets
+     * into NULL are undefined even when zero (found by fuzz_auth_sigv4). */
+    const char *base = enc.data ? enc.data : "";
     /* Insertion sort: queries have a handful of pairs, and qsort has no context arg. */
     for (size_t i = 1; sorted && i < np; i++) {
         qpair x = ps[i];
         size_t j = i;
-        while (j > 0 && qpair_cmp_buf(enc.data, &ps[j - 1], &x) > 0) {
+        while (j > 0 && qpair_cmp_buf(base, &ps[j - 1], &x) > 0) {
             ps[j] = ps[j - 1];
             j--;
         }
@@ -258,11 +261,11 @@ static int rewrite_query(const char *q, size_t n, int sorted, al_buf *out)
         if (i)
             rc = al_buf_append(out, "&", 1);
         if (!rc)
-            rc = al_buf_append(out, enc.data + ps[i].k, ps[i].klen);
+            rc = al_buf_append(out, base + ps[i].k, ps[i].klen);
         if (!rc)
             rc = al_buf_append(out, "=", 1);
         if (!rc)
-            rc = al_buf_append(out, enc.data + ps[i].v, ps[i].vlen);
+            rc = al_buf_append(out, base + ps[i].v, ps[i].vlen);
     }
 out:
     free(ps);
@@ -311,7 +314,7 @@ int al_sigv4_query_is_presigned(const char *q, size_t n)
         goto out;
     }
     for (size_t i = 0; i < np; i++) {
-        const char *k = enc.data + ps[i].k;
+        const char *k = (enc.data ? enc.data : "") + ps[i].k;
         size_t kl = ps[i].klen;
         /* The encoded key is canonical: "X-Amz-Signature" has no bytes to encode, so a
          * %58-style spelling arrives here decoded to the same letters. */
