@@ -556,21 +556,10 @@ static void handshake(al_conn *c)
     ERR_clear_error();
     al_log(AL_LOG_INFO, "tls.handshake_failed", "peer=%s host=%s reason=%s", c->peer,
            c->tunnel_host[0] ? c->tunnel_host : "-", why);
-    /* Security teams see refused handshakes too (an agent without the CA, a probe). */
-    al_audit *a = c->worker->server ? c->worker->server->audit : NULL;
-    if (a) {
-        struct timespec now;
-        clock_gettime(CLOCK_REALTIME, &now);
-        al_audit_request rec = {
-            .time_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000,
-            .client = c->peer,
-            .host = c->tunnel_host[0] ? c->tunnel_host : NULL,
-            .protocol = "tls",
-            .outcome = "error", /* no request yet, so no decision */
-            .reason = "tls_handshake_failed",
-        };
-        al_audit_submit(a, &rec);
-    }
+    /* Security teams see refused handshakes too (an agent without the CA, a probe):
+     * the request pipeline records it (audit, the finished hook). */
+    al_request_note_tls_failure(&c->worker->rctx, c->peer,
+                                c->tunnel_host[0] ? c->tunnel_host : NULL);
     conn_kill(c);
 }
 

@@ -505,6 +505,22 @@ static void write_audit(al_req *r)
         hk->finished(hk->finished_arg, &rec);
 }
 
+void al_request_note_tls_failure(al_req_ctx *ctx, const char *client, const char *host)
+{
+    al_audit_request rec = {
+        .time_ms = now_wall_ms(),
+        .client = client,
+        .host = host,
+        .protocol = "tls",
+        .outcome = "error", /* no request yet, so no decision */
+        .reason = "tls_handshake_failed",
+    };
+    if (ctx->audit)
+        al_audit_submit(ctx->audit, &rec);
+    if (ctx->hooks.finished)
+        ctx->hooks.finished(ctx->hooks.finished_arg, &rec);
+}
+
 /* ---- start records ------------------------------------------------------ */
 
 static uint32_t start_record_after_ms(const al_req_ctx *ctx)

@@ -215,6 +215,11 @@ typedef struct al_req_ctx {
     int audit_timer_ready;
 } al_req_ctx;
 
+/* A TLS handshake that failed before any request: one audit record (protocol "tls",
+ * no decision, outcome error, reason tls_handshake_failed) and the finished hook.
+ * host: the intercepted CONNECT's host, or NULL. */
+void al_request_note_tls_failure(al_req_ctx *ctx, const char *client, const char *host);
+
 /* Frees what al_request.c keeps in ctx (the reuse list, the start-record timer). */
 void al_req_ctx_release(al_req_ctx *ctx);
 

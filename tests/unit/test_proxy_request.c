@@ -564,6 +564,50 @@ static void test_audit_unwritable_denies(void **state)
     al_audit_close(a);
 }
 
+static void test_free_in_upstream_cancels_once(void **state)
+{
+    (void)state;
+    src.answer = AL_OK;
+    al_req *r = start_get("/t/api/slow");
+    assert_int_equal(al_request_state(r), AL_REQ_UPSTREAM);
+    assert_true(up.live);
+    al_request_free(r); /* the agent left while the upstream works */
+    assert_int_equal(up.cancels, 1);
+    assert_int_equal(src.releases, 1);
+    assert_int_equal(sink.ended, 0);
+    assert_int_equal(audit.records, 1);
+    assert_string_equal(audit.decision, "allow");
+    assert_string_equal(audit.reason, "client_closed");
+}
+
+static void test_free_while_refusal_paused(void **state)
+{
+    (void)state;
+    sink.again = 1000; /* the agent reads nothing */
+    al_req *r = al_request_new(&ctx, &test_sink, NULL, "h2", "127.0.0.1:5555");
+    assert_int_equal(al_request_set_head(r, "GET", 3, NULL, 0, NULL, 0, "/t/nope/x", 9), AL_OK);
+    al_request_start(r, 0, 0);
+    assert_int_equal(sink.status, 404);
+    assert_int_equal(al_request_state(r), AL_REQ_REFUSING);
+    al_request_resume_output(r); /* still paused */
+    assert_int_equal(sink.ended, 0);
+    al_request_free(r);
+    assert_int_equal(audit.records, 1);
+    assert_string_equal(audit.decision, "deny");
+    assert_string_equal(audit.reason, "no_such_target");
+    assert_int_equal(src.acquires, 0);
+    assert_int_equal(up.starts, 0);
+}
+
+static void test_tls_failure_record(void **state)
+{
+    (void)state;
+    al_request_note_tls_failure(&ctx, "127.0.0.1:9", "api.example");
+    assert_int_equal(audit.records, 1);
+    assert_string_equal(audit.decision, ""); /* no request, no decision */
+    assert_string_equal(audit.reason, "tls_handshake_failed");
+}
+
 /* A scrubbing filter: the secret it was opened with becomes '*' of the same length,
  * also across chunk boundaries (it holds back a possible prefix). */
 typedef struct scrub {
@@ -840,6 +884,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_route_denial_is_a_decision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_unwritable_denies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_filter_scrubs_across_chunks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_free_in_upstream_cancels_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_free_while_refusal_paused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_failure_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_401_retry_replays_the_kept_body, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_body_not_kept_without_a_possible_retry_or_past_the_bound, setup, teardown),
