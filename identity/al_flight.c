@@ -514,6 +514,52 @@ void al_flight_clear(al_flight *f)
     pthread_mutex_unlock(&f->lock);
 }
 
+void al_flight_sync_init(al_flight_sync *s, al_flight *f)
+{
+    memset(s, 0, sizeof *s);
+    s->f = f;
+    pthread_mutex_init(&s->m, NULL);
+    pthread_cond_init(&s->c, NULL);
+}
+
+void al_flight_sync_cb(void *arg, int err, void *value, uint64_t gen, const char *msg)
+{
+    al_flight_sync *s = arg;
+    (void)gen;
+    pthread_mutex_lock(&s->m);
+    s->err = err;
+    s->value = value;
+    if (value)
+        s->f->cfg.value_ops.retain(value);
+    snprintf(s->msg, sizeof s->msg, "%s", msg ? msg : "");
+    s->done = 1;
+    pthread_cond_signal(&s->c);
+    pthread_mutex_unlock(&s->m);
+}
+
+int al_flight_sync_wait(al_flight_sync *s, int rc, const al_flight_result *res, void **value,
+                        char *errbuf, size_t errlen)
+{
+    *value = NULL;
+    if (rc == AL_OK) {
+        *value = res->value;
+    } else if (rc == AL_ERR_AGAIN) {
+        pthread_mutex_lock(&s->m);
+        while (!s->done)
+            pthread_cond_wait(&s->c, &s->m);
+        pthread_mutex_unlock(&s->m);
+        rc = s->err;
+        *value = s->value;
+        if (rc != AL_OK && errbuf)
+            snprintf(errbuf, errlen, "%s", s->msg);
+    } else if (errbuf) {
+        snprintf(errbuf, errlen, "%s", res->msg);
+    }
+    pthread_cond_destroy(&s->c);
+    pthread_mutex_destroy(&s->m);
+    return rc;
+}
+
 void al_flight_release(al_flight *f, void *value)
 {
     if (value)

@@ -36,6 +36,7 @@
 #ifndef AL_FLIGHT_H
 #define AL_FLIGHT_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -144,6 +145,25 @@ int al_flight_invalidate(al_flight *f, const char *key, uint64_t gen);
 /* Drops every entry that is not loading and has no waiter (tests, provider deleted). */
 void al_flight_clear(al_flight *f);
 void al_flight_release(al_flight *f, void *value);
+
+/* The blocking form of a get, for start-up, the CLI and tests (never a worker loop):
+ *   al_flight_sync s;
+ *   al_flight_sync_init(&s, f);
+ *   rc = al_flight_get(f, key, data, force, al_flight_sync_cb, &s, &res);  (or a wrapper)
+ *   rc = al_flight_sync_wait(&s, rc, &res, &value, errbuf, errlen);
+ * AL_OK: value retained for the caller; else errbuf says why. s is finished after it. */
+typedef struct al_flight_sync {
+    al_flight *f;
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    int done, err;
+    void *value;
+    char msg[256];
+} al_flight_sync;
+void al_flight_sync_init(al_flight_sync *s, al_flight *f);
+void al_flight_sync_cb(void *arg, int err, void *value, uint64_t gen, const char *msg);
+int al_flight_sync_wait(al_flight_sync *s, int rc, const al_flight_result *res, void **value,
+                        char *errbuf, size_t errlen);
 
 /* Metadata of one entry, for status listings. */
 typedef struct al_flight_info {

@@ -406,51 +406,15 @@ void al_oidc_release(al_oidc *o, json_t *doc)
     json_decref(doc);
 }
 
-typedef struct wait_box {
-    pthread_mutex_t m;
-    pthread_cond_t c;
-    int done, err;
-    json_t *doc;
-    char msg[256];
-} wait_box;
-
-static void wait_cb(void *arg, int err, void *value, uint64_t gen, const char *msg)
-{
-    wait_box *w = arg;
-    (void)gen;
-    pthread_mutex_lock(&w->m);
-    w->err = err;
-    w->doc = value ? json_incref((json_t *)value) : NULL;
-    snprintf(w->msg, sizeof w->msg, "%s", msg ? msg : "");
-    w->done = 1;
-    pthread_cond_signal(&w->c);
-    pthread_mutex_unlock(&w->m);
-}
-
 int al_oidc_get_wait(al_oidc *o, enum al_oidc_kind kind, const char *url, const al_fetch_opts *opts,
                      int force, json_t **doc, char *errbuf, size_t errlen)
 {
-    wait_box w = {.done = 0};
+    al_flight_sync w;
     al_flight_result r;
-    *doc = NULL;
-    pthread_mutex_init(&w.m, NULL);
-    pthread_cond_init(&w.c, NULL);
-    int rc = al_oidc_get(o, kind, url, opts, force, wait_cb, &w, &r);
-    if (rc == AL_OK) {
-        *doc = r.value;
-    } else if (rc == AL_ERR_AGAIN) {
-        pthread_mutex_lock(&w.m);
-        while (!w.done)
-            pthread_cond_wait(&w.c, &w.m);
-        pthread_mutex_unlock(&w.m);
-        rc = w.err;
-        *doc = w.doc;
-        if (rc != AL_OK && errbuf)
-            snprintf(errbuf, errlen, "%s", w.msg);
-    } else if (errbuf) {
-        snprintf(errbuf, errlen, "%s", r.msg);
-    }
-    pthread_cond_destroy(&w.c);
-    pthread_mutex_destroy(&w.m);
+    void *v;
+    al_flight_sync_init(&w, o->docs);
+    int rc = al_oidc_get(o, kind, url, opts, force, al_flight_sync_cb, &w, &r);
+    rc = al_flight_sync_wait(&w, rc, &r, &v, errbuf, errlen);
+    *doc = v;
     return rc;
 }

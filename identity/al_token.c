@@ -123,8 +123,8 @@ static void key_text(const al_token_spec *s, char *buf, size_t len)
     /* sorted, so [a b] and [b a] share tokens; on the stack for the usual few scopes */
     char *small[8];
     char **sorted = s->scope_count <= 8 ? small
-                    : s->scope_count   ? malloc(s->scope_count * sizeof *sorted)
-                                       : NULL;
+                    : s->scope_count    ? malloc(s->scope_count * sizeof *sorted)
+                                        : NULL;
     if (sorted && s->scope_count) {
         memcpy(sorted, s->scopes, s->scope_count * sizeof *sorted);
         if (s->scope_count > 1)
@@ -816,53 +816,16 @@ int al_token_drop(al_token_client *tc, const al_token *tok, uint64_t gen)
     return al_flight_invalidate(tc->cache, ti->key, gen);
 }
 
-typedef struct wait_box {
-    pthread_mutex_t m;
-    pthread_cond_t c;
-    int done, err;
-    al_token *tok;
-    char msg[256];
-} wait_box;
-
-static void wait_cb(void *arg, int err, void *value, uint64_t gen, const char *msg)
-{
-    wait_box *w = arg;
-    (void)gen;
-    pthread_mutex_lock(&w->m);
-    w->err = err;
-    w->tok = value;
-    al_token_retain(value);
-    snprintf(w->msg, sizeof w->msg, "%s", msg ? msg : "");
-    w->done = 1;
-    pthread_cond_signal(&w->c);
-    pthread_mutex_unlock(&w->m);
-}
-
 int al_token_get_wait(al_token_client *tc, const al_token_spec *spec, al_token **tok, char *errbuf,
                       size_t errlen)
 {
-    wait_box w = {.done = 0};
+    al_flight_sync w;
     al_flight_result r;
-    *tok = NULL;
-    pthread_mutex_init(&w.m, NULL);
-    pthread_cond_init(&w.c, NULL);
-    int rc = al_token_get(tc, spec, wait_cb, &w, &r);
-    if (rc == AL_OK) {
-        *tok = r.value;
-    } else if (rc == AL_ERR_AGAIN) {
-        pthread_mutex_lock(&w.m);
-        while (!w.done)
-            pthread_cond_wait(&w.c, &w.m);
-        pthread_mutex_unlock(&w.m);
-        rc = w.err;
-        *tok = w.tok;
-        if (rc != AL_OK && errbuf)
-            snprintf(errbuf, errlen, "%s", w.msg);
-    } else if (errbuf) {
-        snprintf(errbuf, errlen, "%s", r.msg);
-    }
-    pthread_cond_destroy(&w.c);
-    pthread_mutex_destroy(&w.m);
+    void *v;
+    al_flight_sync_init(&w, tc->cache);
+    int rc = al_token_get(tc, spec, al_flight_sync_cb, &w, &r);
+    rc = al_flight_sync_wait(&w, rc, &r, &v, errbuf, errlen);
+    *tok = v;
     return rc;
 }
 
@@ -907,8 +870,7 @@ static void status_one(void *arg, const al_flight_info *in)
     json_object_set_new(o, "long_lived", json_boolean(t && t->long_lived));
     json_object_set_new(o, "state", json_string(state));
     json_object_set_new(o, "failures", json_integer(in->state.failures));
-    json_object_set_new(o, "last_error",
-                        in->last_err ? json_string(in->last_msg) : json_null());
+    json_object_set_new(o, "last_error", in->last_err ? json_string(in->last_msg) : json_null());
     if (o)
         json_array_append_new(s->arr, o);
 }
