@@ -85,6 +85,7 @@ enum opt {
     O_DESC,
     O_TAG,
     O_GRACE,
+    O_MAX_AGE,
     O_API_KEY,
     O_API_KEY_FILE,
     O_API_KEY_ENV,
@@ -133,6 +134,8 @@ static const struct flag {
     [O_TAG] = {"--tag", F_PROV, A_CU, 0, "KEY=VALUE", "a tag (repeatable)"},
     [O_GRACE] = {"--grace", F_PROV, A_UPDATE, 0, "DURATION",
                  "how long the previous version stays usable: 24h (default), 30m, 0 = cut off"},
+    [O_MAX_AGE] = {"--rotation-max-age", F_PROV, A_CU, 0, "DURATION",
+                   "rotate at least this often (e.g. 90d; 0 = no limit): older is flagged"},
     [O_API_KEY] = {"--api-key", F_API, A_CU, 1, "-", "read the API key from standard input"},
     [O_API_KEY_FILE] = {"--api-key-file", F_API, A_CU, 0, "FILE", "read the API key from FILE"},
     [O_API_KEY_ENV] = {"--api-key-env", F_API, A_CU, 0, "VAR", "read the API key from $VAR"},
@@ -581,6 +584,12 @@ int al_cmd_identity(int argc, char **argv)
         goto out;
     }
 
+    int64_t max_age = -1;
+    if (o[O_MAX_AGE] && parse_duration(o[O_MAX_AGE], &max_age) != AL_OK) {
+        fprintf(stderr,
+                "airlock identity: --rotation-max-age takes a duration like 90d, 24h or 0\n");
+        goto out;
+    }
     /* Non-secret settings per kind. */
     const char *cfg_map[][2] = {{"vendor", o[O_VENDOR]},
                                 {"clientId", o[O_CLIENT_ID]},
@@ -622,6 +631,11 @@ int al_cmd_identity(int argc, char **argv)
         json_object_set_new(config,
                             switches[i][1] ? "allowPrivateNetwork" : "allowInsecureEndpoints",
                             json_boolean(strcmp(val, "true") == 0));
+    }
+    if (max_age >= 0) { /* kept with the provider's settings; 0 removes the limit */
+        if (!config)
+            config = json_object();
+        json_object_set_new(config, "rotationMaxAge", json_integer(max_age));
     }
 
     int stdin_used = 0, given = 0, tgiven = 0;

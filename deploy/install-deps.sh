@@ -14,6 +14,9 @@ packages=(
   python3 python3-requests python3-httpx python3-h2 nodejs npm git groff-base
   # AWS SigV4: an independent verifier (botocore) and an SDK playing an agent (boto3)
   python3-botocore python3-boto3
+  # security-team features: promtool / a real Prometheus scrape, and the status page
+  # in a real headless browser (npm puppeteer-core drives this one, downloads none)
+  prometheus chromium
 )
 
 SUDO=""
@@ -36,10 +39,14 @@ else
   echo "install-deps: all packages present"
 fi
 
-# The Debian nginx/haproxy packages start system services on install; airlock's
-# tests and benchmarks run their own instances on free ports, so stop those.
-for svc in nginx haproxy; do
+# The Debian nginx/haproxy/prometheus packages start system services on install;
+# airlock's tests and benchmarks run their own instances on free ports, so stop those
+# (and keep Prometheus from coming back at boot: it would hold port 9090).
+for svc in nginx haproxy prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     $SUDO systemctl stop "$svc" || true
   fi
 done
+if command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable prometheus >/dev/null 2>&1 || true
+fi

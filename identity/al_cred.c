@@ -481,3 +481,23 @@ uint32_t al_cred_rest_left_s(al_cred_cache *c, const al_target *t)
     /* rounded up: a client that waits this long finds a key awake */
     return soonest ? (uint32_t)((soonest - now + 999) / 1000) : 0;
 }
+
+size_t al_cred_providers(const al_cred_snapshot *s, al_cred_provider_info *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; s && i < s->n; i++) {
+        const al_identity_secret *it = &s->items[i];
+        if (!it->current)
+            continue;
+        if (n < cap)
+            out[n] = (al_cred_provider_info){.name = it->name,
+                                             .kind = it->kind,
+                                             .environment = it->environment,
+                                             .version = it->version,
+                                             .created_at = it->created_at,
+                                             .fingerprint = it->fingerprint,
+                                             .rotation_max_age = it->rotation_max_age};
+        n++;
+    }
+    return n;
+}

@@ -64,6 +64,18 @@ int al_cred_lookup_previous(const al_cred_snapshot *s, const char *provider, uin
 uint64_t al_cred_snapshot_generation(const al_cred_snapshot *s);
 /* Tests: monotonic clock in ms for rests (NULL = CLOCK_MONOTONIC). */
 void al_cred_cache_set_clock(al_cred_cache *c, int64_t (*now_ms)(void *arg), void *arg);
+/* What the status page and the metrics show of a provider: never the secret. */
+typedef struct al_cred_provider_info {
+    const char *name, *kind, *environment;
+    uint32_t version;         /* current version */
+    int64_t created_at;       /* unix s the current version was created */
+    const char *fingerprint;  /* "sha256:" + 12 hex */
+    int64_t rotation_max_age; /* s; 0 = none */
+} al_cred_provider_info;
+/* The current version of every provider of the snapshot, in name order: fills out[i]
+ * for i < cap and returns how many there are. Strings live as long as the snapshot
+ * reference the caller holds. */
+size_t al_cred_providers(const al_cred_snapshot *s, al_cred_provider_info *out, size_t cap);
 /* al_cred_select returns AL_ERR_AGAIN when every provider of the pool is resting: the
  * data path answers 429 itself instead of spending a request on a rested key, with
  * Retry-After from al_cred_rest_left_s: whole seconds (rounded up) until the first of

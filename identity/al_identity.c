@@ -968,6 +968,17 @@ static json_t *iso_time(int64_t t)
     return json_string(buf);
 }
 
+/* The provider's rotation_max_age (seconds, in its config as "rotationMaxAge"), 0 when
+ * unset: status pages and alerts flag a current version older than that. */
+static int64_t rotation_max_age(const al_store_record *r)
+{
+    json_t *cfg = r->config_json ? json_loads(r->config_json, 0, NULL) : NULL;
+    json_t *v = cfg ? json_object_get(cfg, "rotationMaxAge") : NULL;
+    int64_t s = json_is_integer(v) && json_integer_value(v) > 0 ? json_integer_value(v) : 0;
+    json_decref(cfg);
+    return s;
+}
+
 static const al_store_version *current_of(const al_store_record *r)
 {
     for (size_t i = 0; i < r->version_count; i++)
@@ -1008,6 +1019,13 @@ static json_t *describe_json(al_identity *id, const al_store_record *r)
                 json_object_set(o, "credentialProviderVendor", json_object_get(cfg, "vendor"));
             json_object_set_new(o, key, cfg);
         }
+    }
+    int64_t max_age = rotation_max_age(r);
+    if (max_age) {
+        const al_store_version *cur = current_of(r);
+        json_object_set_new(o, "rotationMaxAge", json_integer(max_age));
+        json_object_set_new(o, "rotationOverdue",
+                            json_boolean(cur && now - cur->created_at > max_age));
     }
     json_t *hist = json_array();
     for (size_t i = 0; i < r->version_count; i++) {
@@ -1257,6 +1275,9 @@ int al_identity_load_secrets(al_identity *id, al_identity_secret **out, size_t *
             s->kind = strdup(r->kind);
             s->environment = strdup(r->environment);
             s->config_json = r->config_json ? strdup(r->config_json) : NULL;
+            s->created_at = v->created_at;
+            memcpy(s->fingerprint, v->fingerprint, sizeof s->fingerprint);
+            s->rotation_max_age = rotation_max_age(r);
             s->version = v->version;
             s->current = current;
             s->expires_at = current ? 0 : v->expires_at;

@@ -104,6 +104,9 @@ typedef struct al_identity_secret {
     size_t len;
     unsigned char *session_token; /* aws, may be NULL */
     size_t session_token_len;
+    int64_t created_at;       /* unix s the version was created */
+    char fingerprint[32];     /* "sha256:" + 12 hex of the secret; never the secret */
+    int64_t rotation_max_age; /* the provider's rotation_max_age in s; 0 = none */
 } al_identity_secret;
 
 /* Every usable version of every provider. Fails as a whole (AL_ERR_KEY) if any row

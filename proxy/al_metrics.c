@@ -624,7 +624,9 @@ size_t al_metrics_targets(al_metrics *m, al_metrics_target_summary *out, size_t 
                 for (int b = 0; b < STATUS_CLASSES; b++) {
                     s->requests += t->req[a][b][0] + t->req[a][b][1];
                     s->denied += t->req[a][b][1];
-                    s->errors += t->req[a][b][1] + (b == 5 ? t->req[a][b][0] : 0);
+                    /* an error: a 4xx/5xx answer (the upstream's or airlock's own), or
+                     * a refusal whatever its status; what the alert rules count */
+                    s->errors += b >= 4 ? t->req[a][b][0] + t->req[a][b][1] : t->req[a][b][1];
                 }
             s->last_ms = t->last_ms;
         }

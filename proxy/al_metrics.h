@@ -89,7 +89,7 @@ int al_metrics_render(al_metrics *m, const al_metrics_extra *x, al_buf *out);
 /* Summaries for the status page, summed over the shards. */
 typedef struct al_metrics_target_summary {
     char name[AL_METRICS_NAME_MAX];
-    uint64_t requests, errors, denied; /* errors: status 5xx or a refusal */
+    uint64_t requests, errors, denied; /* errors: status 4xx/5xx or a refusal */
     int64_t last_ms;                   /* wall clock of the last request, 0 = none */
 } al_metrics_target_summary;
 typedef struct al_metrics_refusal {

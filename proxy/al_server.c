@@ -14,6 +14,7 @@
 #include "al_errors.h"
 #include "al_egress.h"
 #include "al_listen_lock.h"
+#include "al_metrics.h"
 #include "al_tls.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
@@ -88,13 +89,23 @@ static void admin_close(struct ev_loop *loop, admin_conn *a)
     admin_resume(s); /* a descriptor came back */
 }
 
-static void admin_reply_n(admin_conn *a, int status, const char *body, size_t len)
+/* Content types of the admin answers. The HTML page allows no script, no external
+ * load, no framing (it shows credential metadata). */
+#define CT_JSON "application/json"
+#define CT_PROM "text/plain; version=0.0.4; charset=utf-8"
+#define CT_HTML                                                                            \
+    "text/html; charset=utf-8\r\ncontent-security-policy: default-src 'none'; style-src "   \
+    "'unsafe-inline'; frame-ancestors 'none'\r\nx-content-type-options: nosniff\r\n"       \
+    "referrer-policy: no-referrer"
+
+static void admin_reply_ct(admin_conn *a, int status, const char *ctype, const char *body,
+                           size_t len)
 {
-    char head[256];
+    char head[512];
     int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncache-control: "
+                     "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncache-control: "
                      "no-store\r\ncontent-length: %zu\r\nconnection: close\r\n\r\n",
-                     status, al_http_reason(status), len);
+                     status, al_http_reason(status), ctype, len);
     /* Bodies are bounded by the al_buf that built them (up to 256 KiB for /status of a
      * huge table): written blocking with a 2 s send timeout, so a peer that does not
      * read costs the main thread at most that and is then cut off. */
@@ -115,6 +126,11 @@ static void admin_reply_n(admin_conn *a, int status, const char *body, size_t le
             off += (size_t)w;
         }
     }
+}
+
+static void admin_reply_n(admin_conn *a, int status, const char *body, size_t len)
+{
+    admin_reply_ct(a, status, CT_JSON, body, len);
 }
 
 static void admin_reply(admin_conn *a, int status, const char *body)
@@ -191,6 +207,294 @@ static void table_json(const al_server *s, al_buf *b)
     al_buf_appendf(b, ",\"targets\":%zu}", s->table ? s->table->target_count : 0);
 }
 
+/* ---- what the security team sees: /metrics, /status.json, /status --------- */
+
+static int64_t wall_ms(void);
+
+/* A provider is "old" past its rotation_max_age; without one, "long-lived" past this. */
+#define LONG_LIVED_S (90 * 86400)
+#define STATUS_PROVIDERS_MAX 1024
+#define STATUS_TARGETS_MAX 512
+#define STATUS_REFUSALS 20
+
+/* The providers of the current credential snapshot (held by the caller: *snap is
+ * acquired here and released by the caller with al_cred_snapshot_release). */
+static size_t providers_now(const al_server *s, al_cred_snapshot **snap,
+                            al_cred_provider_info *out, size_t cap)
+{
+    *snap = s->creds ? al_cred_cache_acquire(s->creds) : NULL;
+    size_t n = *snap ? al_cred_providers(*snap, out, cap) : 0;
+    return n < cap ? n : cap;
+}
+
+/* "old" / "long_lived" / NULL for a provider's current version. */
+static const char *provider_flag(const al_cred_provider_info *p, int64_t now_s)
+{
+    int64_t age = p->created_at ? now_s - p->created_at : 0;
+    if (p->rotation_max_age && age > p->rotation_max_age)
+        return "old";
+    if (!p->rotation_max_age && age > LONG_LIVED_S)
+        return "long_lived";
+    return NULL;
+}
+
+static void iso_ms(int64_t ms, char out[32])
+{
+    time_t sec = (time_t)(ms / 1000);
+    struct tm tm;
+    out[0] = '\0';
+    if (ms > 0 && gmtime_r(&sec, &tm))
+        strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void json_time(al_buf *b, int64_t ms)
+{
+    char t[32];
+    iso_ms(ms, t);
+    json_str(b, t[0] ? t : NULL);
+}
+
+static void admin_metrics(admin_conn *a)
+{
+    al_server *s = a->s;
+    al_cred_provider_info *info = calloc(STATUS_PROVIDERS_MAX, sizeof *info);
+    al_metrics_provider *mp = calloc(STATUS_PROVIDERS_MAX, sizeof *mp);
+    al_cred_snapshot *snap = NULL;
+    size_t n = info && mp ? providers_now(s, &snap, info, STATUS_PROVIDERS_MAX) : 0;
+    for (size_t i = 0; i < n; i++)
+        mp[i] = (al_metrics_provider){info[i].name, info[i].version, info[i].created_at,
+                                      info[i].rotation_max_age, info[i].fingerprint};
+    al_metrics_extra x = {.now_ms = wall_ms(),
+                          .audit_written = s->audit ? al_audit_written(s->audit) : 0,
+                          .audit_dropped = s->audit ? al_audit_dropped(s->audit) : 0,
+                          .table_generation = s->table_generation,
+                          .providers = mp,
+                          .provider_count = n};
+    al_buf b;
+    al_buf_init(&b, 8 * 1024 * 1024);
+    if (al_metrics_render(s->metrics, &x, &b) == AL_OK && b.data)
+        admin_reply_ct(a, 200, CT_PROM, b.data, b.len);
+    else
+        admin_reply(a, 500,
+                    "{\"error\":\"metrics_failed\",\"message\":\"the metrics could not be "
+                    "rendered (out of memory or over 8 MiB); see the server log\"}\n");
+    al_buf_free(&b, 0);
+    if (snap)
+        al_cred_snapshot_release(snap);
+    free(mp);
+    free(info);
+}
+
+/* ,"targets":[...],"providers":[...],"recent_refusals":[...],"audit":{...} */
+static void status_activity_json(al_server *s, al_buf *b)
+{
+    int64_t now = wall_ms();
+    al_metrics_target_summary *ts = calloc(STATUS_TARGETS_MAX, sizeof *ts);
+    al_cred_provider_info *info = calloc(STATUS_PROVIDERS_MAX, sizeof *info);
+    al_metrics_refusal rf[STATUS_REFUSALS];
+    size_t nt = ts ? al_metrics_targets(s->metrics, ts, STATUS_TARGETS_MAX) : 0;
+    put(b, ",\"targets\":[");
+    for (size_t i = 0; i < nt; i++) {
+        put(b, i ? ",{\"name\":" : "{\"name\":");
+        json_str(b, ts[i].name);
+        al_buf_appendf(b,
+                       ",\"requests\":%llu,\"errors\":%llu,\"denied\":%llu,\"error_rate\":%.4f,"
+                       "\"last_request\":",
+                       (unsigned long long)ts[i].requests, (unsigned long long)ts[i].errors,
+                       (unsigned long long)ts[i].denied,
+                       ts[i].requests ? (double)ts[i].errors / (double)ts[i].requests : 0.);
+        json_time(b, ts[i].last_ms);
+        put(b, "}");
+    }
+    put(b, "],\"providers\":[");
+    al_cred_snapshot *snap = NULL;
+    size_t np = info ? providers_now(s, &snap, info, STATUS_PROVIDERS_MAX) : 0;
+    for (size_t i = 0; i < np; i++) {
+        const al_cred_provider_info *p = &info[i];
+        put(b, i ? ",{\"name\":" : "{\"name\":");
+        json_str(b, p->name);
+        put(b, ",\"kind\":");
+        json_str(b, p->kind);
+        put(b, ",\"environment\":");
+        json_str(b, p->environment);
+        al_buf_appendf(b, ",\"version\":%u,\"fingerprint\":", (unsigned)p->version);
+        json_str(b, p->fingerprint);
+        put(b, ",\"created_at\":");
+        json_time(b, p->created_at * 1000);
+        al_buf_appendf(b, ",\"age_seconds\":%lld,\"rotation_max_age\":",
+                       (long long)(p->created_at ? now / 1000 - p->created_at : 0));
+        if (p->rotation_max_age)
+            al_buf_appendf(b, "%lld", (long long)p->rotation_max_age);
+        else
+            put(b, "null");
+        put(b, ",\"last_used\":");
+        json_time(b, al_metrics_provider_last_use(s->metrics, p->name));
+        put(b, ",\"flag\":");
+        json_str(b, provider_flag(p, now / 1000));
+        put(b, "}");
+    }
+    if (snap)
+        al_cred_snapshot_release(snap);
+    put(b, "],\"recent_refusals\":[");
+    size_t nr = al_metrics_recent_refusals(s->metrics, rf, STATUS_REFUSALS);
+    for (size_t i = 0; i < nr; i++) {
+        put(b, i ? ",{\"time\":" : "{\"time\":");
+        json_time(b, rf[i].time_ms);
+        put(b, ",\"target\":");
+        json_str(b, rf[i].target);
+        put(b, ",\"reason\":");
+        json_str(b, rf[i].reason);
+        al_buf_appendf(b, ",\"status\":%d}", rf[i].status);
+    }
+    al_buf_appendf(b, "],\"audit\":{\"written\":%llu,\"dropped\":%llu}",
+                   (unsigned long long)(s->audit ? al_audit_written(s->audit) : 0),
+                   (unsigned long long)(s->audit ? al_audit_dropped(s->audit) : 0));
+    free(info);
+    free(ts);
+}
+
+/* HTML text: every byte that could open markup is an entity. */
+static void html(al_buf *b, const char *v)
+{
+    for (const char *p = v ? v : ""; *p; p++) {
+        switch (*p) {
+        case '<': put(b, "&lt;"); break;
+        case '>': put(b, "&gt;"); break;
+        case '&': put(b, "&amp;"); break;
+        case '"': put(b, "&quot;"); break;
+        case '\'': put(b, "&#39;"); break;
+        default: al_buf_append(b, p, 1);
+        }
+    }
+}
+
+static void html_age(al_buf *b, int64_t s)
+{
+    if (s >= 86400)
+        al_buf_appendf(b, "%lldd", (long long)(s / 86400));
+    else if (s >= 3600)
+        al_buf_appendf(b, "%lldh", (long long)(s / 3600));
+    else
+        al_buf_appendf(b, "%lldm", (long long)(s / 60));
+}
+
+/* GET /status: one self-contained page (no script, no external asset), refreshed by
+ * the browser every 15 s. The same data as /status.json. */
+static void admin_status_html(admin_conn *a)
+{
+    al_server *s = a->s;
+    int64_t now = wall_ms();
+    char when[32];
+    al_buf b;
+    al_buf_init(&b, 1024 * 1024);
+    put(&b, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta http-equiv=\"refresh\" content=\"15\">"
+            "<meta name=\"viewport\" content=\"width=device-width\">"
+            "<title>airlock status</title><style>"
+            "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}"
+            "table{border-collapse:collapse;margin-bottom:1.5em}"
+            "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+            "th{background:#f3f3f3}td.n{text-align:right}"
+            "tr.warn td{background:#fff4d6}tr.bad td{background:#ffe0e0}"
+            ".tag{font-weight:bold;color:#a40000}code{font-size:90%}"
+            "</style></head><body>\n<h1>airlock</h1>\n");
+    iso_ms(s->loaded_at_ms, when);
+    al_buf_appendf(&b, "<p id=\"summary\">status <b>%s</b> &middot; table generation %llu (",
+                   ready(s) ? "ready" : "not ready", (unsigned long long)s->table_generation);
+    html(&b, s->config_path);
+    put(&b, ", loaded ");
+    html(&b, when);
+    al_buf_appendf(&b, ") &middot; %zu workers &middot; audit records written %llu, dropped "
+                       "%llu</p>\n",
+                   s->worker_count,
+                   (unsigned long long)(s->audit ? al_audit_written(s->audit) : 0),
+                   (unsigned long long)(s->audit ? al_audit_dropped(s->audit) : 0));
+
+    /* targets: every target of the table, with its traffic since start */
+    al_metrics_target_summary *ts = calloc(STATUS_TARGETS_MAX, sizeof *ts);
+    size_t nt = ts ? al_metrics_targets(s->metrics, ts, STATUS_TARGETS_MAX) : 0;
+    put(&b, "<h2>Targets</h2>\n<table id=\"targets\"><tr><th>target</th><th>requests</th>"
+            "<th>errors</th><th>error rate</th><th>refused</th><th>last request</th></tr>\n");
+    for (size_t i = 0; s->table && i < s->table->target_count; i++) {
+        const char *name = s->table->targets[i].name;
+        const al_metrics_target_summary *t = NULL;
+        for (size_t j = 0; j < nt; j++)
+            if (!strcmp(ts[j].name, name))
+                t = &ts[j];
+        double rate = t && t->requests ? (double)t->errors / (double)t->requests : 0.;
+        al_buf_appendf(&b, "<tr%s><td>", rate > 0.10 ? " class=\"bad\"" : "");
+        html(&b, name);
+        iso_ms(t ? t->last_ms : 0, when);
+        al_buf_appendf(&b,
+                       "</td><td class=\"n\">%llu</td><td class=\"n\">%llu</td><td "
+                       "class=\"n\">%.1f %%</td><td class=\"n\">%llu</td><td>%s</td></tr>\n",
+                       (unsigned long long)(t ? t->requests : 0),
+                       (unsigned long long)(t ? t->errors : 0), rate * 100.,
+                       (unsigned long long)(t ? t->denied : 0), when[0] ? when : "never");
+    }
+    put(&b, "</table>\n");
+    free(ts);
+
+    /* providers: metadata only, never a secret */
+    al_cred_provider_info *info = calloc(STATUS_PROVIDERS_MAX, sizeof *info);
+    al_cred_snapshot *snap = NULL;
+    size_t np = info ? providers_now(s, &snap, info, STATUS_PROVIDERS_MAX) : 0;
+    put(&b, "<h2>Credential providers</h2>\n<table id=\"providers\"><tr><th>provider</th>"
+            "<th>kind</th><th>environment</th><th>version</th><th>fingerprint</th>"
+            "<th>age</th><th>rotation max age</th><th>last use</th><th></th></tr>\n");
+    for (size_t i = 0; i < np; i++) {
+        const al_cred_provider_info *p = &info[i];
+        const char *flag = provider_flag(p, now / 1000);
+        al_buf_appendf(&b, "<tr%s><td>",
+                       !flag ? "" : !strcmp(flag, "old") ? " class=\"bad\"" : " class=\"warn\"");
+        html(&b, p->name);
+        put(&b, "</td><td>");
+        html(&b, p->kind);
+        put(&b, "</td><td>");
+        html(&b, p->environment);
+        al_buf_appendf(&b, "</td><td class=\"n\">%u</td><td><code>", (unsigned)p->version);
+        html(&b, p->fingerprint);
+        put(&b, "</code></td><td>");
+        html_age(&b, p->created_at ? now / 1000 - p->created_at : 0);
+        put(&b, "</td><td>");
+        if (p->rotation_max_age)
+            html_age(&b, p->rotation_max_age);
+        else
+            put(&b, "&ndash;");
+        iso_ms(al_metrics_provider_last_use(s->metrics, p->name), when);
+        al_buf_appendf(&b, "</td><td>%s</td><td>%s</td></tr>\n", when[0] ? when : "never",
+                       !flag                    ? ""
+                       : !strcmp(flag, "old")   ? "<span class=\"tag\">rotation overdue</span>"
+                                                : "<span class=\"tag\">long-lived</span>");
+    }
+    put(&b, "</table>\n");
+    if (snap)
+        al_cred_snapshot_release(snap);
+    free(info);
+
+    al_metrics_refusal rf[STATUS_REFUSALS];
+    size_t nr = al_metrics_recent_refusals(s->metrics, rf, STATUS_REFUSALS);
+    put(&b, "<h2>Recent refusals</h2>\n<table id=\"refusals\"><tr><th>time</th><th>target</th>"
+            "<th>reason</th><th>status</th></tr>\n");
+    for (size_t i = 0; i < nr; i++) {
+        iso_ms(rf[i].time_ms, when);
+        al_buf_appendf(&b, "<tr><td>%s</td><td>", when);
+        html(&b, rf[i].target);
+        put(&b, "</td><td>");
+        html(&b, rf[i].reason);
+        al_buf_appendf(&b, "</td><td class=\"n\">%d</td></tr>\n", rf[i].status);
+    }
+    if (!nr)
+        put(&b, "<tr><td colspan=\"4\">none since start</td></tr>\n");
+    put(&b, "</table>\n<p>Machine-readable: <a href=\"/status.json\">/status.json</a>, "
+            "<a href=\"/metrics\">/metrics</a>.</p>\n</body></html>\n");
+    if (b.data)
+        admin_reply_ct(a, 200, CT_HTML, b.data, b.len);
+    else
+        admin_reply(a, 500, "{\"error\":\"status_failed\",\"message\":\"out of memory\"}\n");
+    al_buf_free(&b, 0);
+}
+
 static void admin_status(admin_conn *a, int readyz)
 {
     al_server *s = a->s;
@@ -222,6 +526,7 @@ static void admin_status(admin_conn *a, int readyz)
                        s->draining ? "true" : "false");
         put(&b, ",\"last_reload\":");
         json_str(&b, s->last_reload_ok < 0 ? NULL : s->last_reload_ok ? "ok" : "failed");
+        status_activity_json(s, &b);
     }
     put(&b, "}\n");
     admin_reply_n(a, ok || !readyz ? 200 : 503, b.data ? b.data : "{}\n", b.data ? b.len : 3);
@@ -345,8 +650,12 @@ static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
         admin_reply(a, 200, "{\"status\":\"ok\"}\n");
     } else if (strncmp(a->buf, "GET /readyz ", 12) == 0) {
         admin_status(a, 1);
-    } else if (strncmp(a->buf, "GET /status ", 12) == 0) {
+    } else if (strncmp(a->buf, "GET /status.json ", 17) == 0) {
         admin_status(a, 0);
+    } else if (strncmp(a->buf, "GET /status ", 12) == 0) {
+        admin_status_html(a);
+    } else if (strncmp(a->buf, "GET /metrics ", 13) == 0) {
+        admin_metrics(a);
     } else if (strncmp(a->buf, "POST /reload ", 13) == 0) {
         /* A browser page may POST here cross-origin without a preflight: requests that
          * carry an Origin are not from `airlock reload`, curl or systemd. */
@@ -363,8 +672,9 @@ static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
     } else {
         admin_reply(a, 404,
                     "{\"error\":\"not_found\",\"message\":\"the admin listener serves GET "
-                    "/healthz, GET /readyz, GET /status, GET /ca.crt, GET /oauth2/tokens and POST "
-                    "/reload\"}\n");
+                    "/healthz, GET /readyz, GET /status, GET /status.json, GET /metrics, GET "
+                    "/ca.crt, GET /oauth2/tokens and POST /reload\"}
+");
     }
     admin_close(loop, a);
 }
@@ -760,7 +1070,7 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     unsigned n =
         workers ? workers : (s->table->limits.workers ? s->table->limits.workers : nproc());
     s->workers = calloc(n, sizeof *s->workers);
-    if (!s->workers)
+    if (!s->workers || al_metrics_new(n, &s->metrics) != AL_OK)
         goto out;
     for (size_t i = 0; i < n; i++) {
         rc = al_worker_init(&s->workers[i], (int)i, s, s->table);
@@ -827,6 +1137,7 @@ out:
     for (size_t i = 0; i < s->worker_count; i++)
         al_worker_destroy(&s->workers[i]);
     free(s->workers);
+    al_metrics_free(s->metrics); /* after the workers: they write it until they stop */
     if (s->admin_fd >= 0)
         close(s->admin_fd);
     for (size_t i = 0; i < 2; i++)

@@ -55,6 +55,7 @@ typedef struct al_server {
     al_authz_state authz;
     al_inbound **inbound_old;
     size_t inbound_old_count;
+    struct al_metrics *metrics; /* owned; one shard per worker (al_metrics.h) */
 } al_server;
 
 /* Reloads the table from s->config_path (main thread only; SIGHUP and POST /reload):

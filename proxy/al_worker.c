@@ -8,6 +8,7 @@
 #include "al_credsrc_oauth2.h"
 #include "al_iam_credsrc.h"
 #include "al_egress.h"
+#include "al_metrics.h"
 #include "al_server.h"
 #include "al_upstream.h"
 #include "common/al_err.h"
@@ -288,6 +289,10 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *chk, int revents)
     al_worker *w = chk->data;
     (void)revents;
     reap(w);
+    /* the worker's gauges, published once per loop turn: two relaxed stores */
+    if (w->server)
+        al_metrics_set_active(al_metrics_shard_at(w->server->metrics, (size_t)w->id),
+                              w->conn_count, w->requests_in_flight);
     if (w->draining && w->conn_count == 0)
         ev_break(loop, EVBREAK_ALL);
 }

@@ -189,7 +189,7 @@ def sha256_file(path):
 
 def test_status_shows_the_loaded_table():
     al = airlock()
-    st, body = admin(al, "GET", "/status")
+    st, body = admin(al, "GET", "/status.json")
     assert st == 200, body
     t = body["table"]
     assert t["path"] == os.path.realpath(al.table_path), t
@@ -202,7 +202,7 @@ def test_status_shows_the_loaded_table():
 
 def test_reload_refuses_a_bad_table_with_diagnostics_and_keeps_the_old_one():
     al = airlock()
-    gen = admin(al, "GET", "/status")[1]["table"]["generation"]
+    gen = admin(al, "GET", "/status.json")[1]["table"]["generation"]
     good = al.render(STATE["table"])
     bad = good + "    bogus_key: 1\n"
     bad_line = len(bad.split("\n")) - 1
@@ -217,7 +217,7 @@ def test_reload_refuses_a_bad_table_with_diagnostics_and_keeps_the_old_one():
         assert body["table"]["generation"] == gen, body
         # The old table keeps working.
         assert http_get(al.gateway_url("api", "/still"))[0] == 200
-        assert admin(al, "GET", "/status")[1]["last_reload"] == "failed"
+        assert admin(al, "GET", "/status.json")[1]["last_reload"] == "failed"
         # The CLI exits non-zero and prints FILE:LINE:COLUMN, via -c and via --admin.
         r = al.cli("reload", "-c", al.table_path)
         assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
@@ -226,7 +226,7 @@ def test_reload_refuses_a_bad_table_with_diagnostics_and_keeps_the_old_one():
         assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
         assert "%s:%d:5:" % (os.path.realpath(al.table_path), bad_line) in r.stderr, r.stderr
         assert "stays in use" in r.stderr, r.stderr
-        assert admin(al, "GET", "/status")[1]["table"]["generation"] == gen
+        assert admin(al, "GET", "/status.json")[1]["table"]["generation"] == gen
     finally:
         al.write_table(STATE["table"])
     # A good table: applied, generation up, hash of the new file.
@@ -246,7 +246,7 @@ def test_reload_refuses_a_bad_table_with_diagnostics_and_keeps_the_old_one():
     r = al.cli("reload", "-c", al.table_path)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "generation %d" % (gen + 2) in r.stdout, r.stdout
-    assert admin(al, "GET", "/status")[1]["table"]["generation"] == gen + 2
+    assert admin(al, "GET", "/status.json")[1]["table"]["generation"] == gen + 2
     assert http_get(al.gateway_url("api2", "/x"))[0] == 404
 
 
@@ -270,7 +270,7 @@ def test_missing_provider_is_visible_in_readiness_status_and_log():
         st, body = admin(al, "GET", "/readyz")
         assert st == 200 and body["status"] == "degraded", body
         assert body["degraded_targets"] == want, body
-        assert admin(al, "GET", "/status")[1]["degraded_targets"] == want
+        assert admin(al, "GET", "/status.json")[1]["degraded_targets"] == want
         assert re.search(r'"table.provider_missing".*ghost-key', al.log_text()), al.log_text()
         r = al.cli("reload", "-c", al.table_path)
         assert r.returncode == 0 and "provider 'ghost-key' is not in the store" in r.stderr, r
@@ -285,7 +285,7 @@ def test_missing_provider_is_visible_in_readiness_status_and_log():
 
 def test_reload_refuses_browser_requests_and_unknown_paths():
     al = airlock()
-    gen = admin(al, "GET", "/status")[1]["table"]["generation"]
+    gen = admin(al, "GET", "/status.json")[1]["table"]["generation"]
     req = urllib.request.Request("http://127.0.0.1:%d/reload" % al.admin_port, method="POST",
                                  data=b"", headers={"Origin": "http://evil.example"})
     try:
@@ -293,7 +293,7 @@ def test_reload_refuses_browser_requests_and_unknown_paths():
         raise AssertionError("POST /reload with an Origin was accepted")
     except urllib.error.HTTPError as e:
         assert e.code == 403, e.code
-    assert admin(al, "GET", "/status")[1]["table"]["generation"] == gen
+    assert admin(al, "GET", "/status.json")[1]["table"]["generation"] == gen
     st, body = admin(al, "GET", "/reload")
     assert st == 404 and "POST /reload" in body["message"], body
     r = al.cli("reload", "--admin", "127.0.0.1:%d" % free_port())

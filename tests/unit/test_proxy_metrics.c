@@ -142,6 +142,8 @@ static void test_counts_summed_over_shards(void **state)
     assert_int_equal(sum[2].errors, 1);
     assert_string_equal(sum[1].name, "github");
     assert_int_equal(sum[1].denied, 2);
+    assert_int_equal(sum[1].errors, 2);
+    assert_int_equal(sum[0].errors, 1); /* _none: the 404 unknown_target */
     free(t);
     al_metrics_free(m);
 }
