@@ -291,6 +291,10 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_T_ALLOW_INSECURE] = {"targets[].allow_insecure_upstream", AL_SK_BOOL, parse_bool,
                                TGT(allow_insecure_upstream), 0, 0, 1, 0, 0, "false",
                                "Allow an `http://` upstream (credentials in clear text)."},
+    [AL_S_T_SCRUB] = {"targets[].scrub_echoed_credential", AL_SK_BOOL, parse_bool,
+                      TGT(scrub_echoed_credential), 0, 0, 1, 1, 0, "true",
+                      "Replace the injected credential with `[REDACTED]` where the upstream's "
+                      "response echoes it (headers and body)."},
     [AL_S_T_CA_FILE] = {"targets[].ca_file", AL_SK_STRING, parse_string, TGT(ca_file), 0, 0, 0, 0,
                         0, "system CAs",
                         "PEM CA bundle that verifies the upstream; relative to this file's "
@@ -1081,6 +1085,9 @@ static void walk_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *
         al_target *tg = &t->targets[t->target_count++];
         tg->auth.method = AL_AUTH_NONE;
         tg->type = AL_TYPE_COUNT; /* = not given; the type's parser sets it */
+        for (size_t k = 0; k < AL_S_COUNT; k++) /* target booleans that default to true */
+            if (al_schema_rows[k].scope == AL_SCOPE_TARGET && al_schema_rows[k].kind == AL_SK_BOOL)
+                *(int *)((char *)tg + al_schema_rows[k].offset) = (int)al_schema_rows[k].def;
         al_mark m = al_schema_mark(item);
         tg->line = m.line;
         tg->column = m.column;

@@ -81,6 +81,7 @@ enum al_schema_id {
     AL_S_T_ENVIRONMENT,
     AL_S_T_ALLOW_PRIVATE,
     AL_S_T_ALLOW_INSECURE,
+    AL_S_T_SCRUB,
     AL_S_T_CA_FILE,
     AL_S_T_AUTH,
     AL_S_A_METHOD,

@@ -125,6 +125,7 @@ typedef struct al_target {
     al_mark environment_mark; /* where the target's environment was written, else its start */
     int allow_private_network;
     int allow_insecure_upstream;
+    int scrub_echoed_credential; /* default 1: an echoed credential reaches the agent redacted */
     char *ca_file; /* owned; NULL = system CAs */
     al_auth auth;
     int line, column; /* where the target was defined, for later diagnostics */

@@ -289,6 +289,7 @@ static void test_defaults(void **state)
                           "    type: openapi\n"
                           "    url: http://[::1]:8080/q\n"
                           "    allow_insecure_upstream: true\n"
+                          "    scrub_echoed_credential: false\n"
                           "    auth: {method: api_key, provider: k, location: query}\n"
                           "  - name: open\n"
                           "    type: openapi\n"
@@ -306,6 +307,9 @@ static void test_defaults(void **state)
     assert_string_equal(a->environment, "default");
     assert_false(a->allow_private_network);
     assert_false(a->allow_insecure_upstream);
+    assert_true(a->scrub_echoed_credential); /* on unless a target turns it off */
+    assert_true(o->scrub_echoed_credential);
+    assert_false(q->scrub_echoed_credential);
     assert_null(a->ca_file);
     assert_string_equal(b->url, "https://b.example.com:8443");
     assert_string_equal(b->base_path, "");
