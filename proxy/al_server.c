@@ -374,8 +374,10 @@ static void html_age(al_buf *b, int64_t s)
         al_buf_appendf(b, "%lldd", (long long)(s / 86400));
     else if (s >= 3600)
         al_buf_appendf(b, "%lldh", (long long)(s / 3600));
-    else
+    else if (s >= 60)
         al_buf_appendf(b, "%lldm", (long long)(s / 60));
+    else
+        al_buf_appendf(b, "%llds", (long long)(s > 0 ? s : 0));
 }
 
 /* GET /status: one self-contained page (no script, no external asset), refreshed by

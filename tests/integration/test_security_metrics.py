@@ -46,7 +46,7 @@ targets:
       provider: sec-key
   - name: calm
     type: openapi
-    url: http://127.0.0.1:ECHO_PORT
+    url: http://127.0.0.1:ECHO_PORT/calm
     allow_insecure_upstream: true
     allow_private_network: true
     auth:
@@ -104,7 +104,7 @@ def sample(text, name, **labels):
 
 def traffic(al):
     """8 good requests and 2 upstream 500s to api, 1 to calm, 1 to a target that does
-    not exist (refused: unknown_target)."""
+    not exist (refused: no_such_target)."""
     if S.get("traffic"):
         return
     for i in range(10):
@@ -131,7 +131,7 @@ def test_metrics_count_what_agents_did_and_promtool_accepts_them():
                   decision="allow") == 2, text
     assert sample(text, "airlock_requests_total", target="calm", method="read", status="2xx",
                   decision="allow") == 1, text
-    assert sample(text, "airlock_refusals_total", reason="unknown_target") == 1, text
+    assert sample(text, "airlock_refusals_total", reason="no_such_target") == 1, text
     assert sample(text, "airlock_upstream_duration_seconds_count", target="api") == 10, text
     assert sample(text, "airlock_request_duration_seconds_bucket", target="api", le="+Inf") == 10
     assert sample(text, "airlock_credential_uses_total", provider="sec-key") == 10, text
@@ -163,7 +163,7 @@ def test_status_json_keeps_the_table_and_adds_activity():
     assert prov["sec-key"]["version"] == 1 and prov["sec-key"]["last_used"], prov
     assert prov["sec-key"]["flag"] is None and prov["sec-key"]["rotation_max_age"] is None
     assert prov["old-key"]["rotation_max_age"] == 1, prov
-    assert any(r["reason"] == "unknown_target" and r["status"] == 404
+    assert any(r["reason"] == "no_such_target" and r["status"] == 404
                for r in j["recent_refusals"]), j["recent_refusals"]
     assert j["audit"]["written"] >= 1, j
     assert SECRET not in body and OLD_SECRET not in body
@@ -195,7 +195,7 @@ def test_status_page_in_a_real_browser():
     assert re.match(r"^sha256:[0-9a-f]{12}$", providers["sec-key"][4]), providers
     assert providers["old-key"][-1] == "rotation overdue", providers["old-key"]
     assert providers["sec-key"][-1] == "", providers["sec-key"]
-    assert any(row[1:3] == ["_none", "unknown_target"] for row in page["refusals"]), page
+    assert any(row[1:3] == ["_none", "no_such_target"] for row in page["refusals"]), page
     # self-contained: the page itself is the only thing the browser fetched
     assert page["requests"] == [url], page["requests"]
     for where in ("text", "html"):
