@@ -15,7 +15,7 @@ static void usage(FILE *out)
         "\n"
         "Runs the proxy on the target table FILE: listen.proxy (HTTP/1.1 and h2c,\n"
         "forward proxy and /t/<target>/ gateway mode) and listen.admin (/healthz,\n"
-        "/readyz, /status, POST /reload).\n"
+        "/readyz, /status, /status.json, /metrics, POST /reload).\n"
         "  -c, --config FILE  the target table (required)\n"
         "  --state-dir DIR    credential store, CA and audit log (default: $AIRLOCK_STATE_DIR,\n"
         "                     else the table's state_dir, else ./.airlock)\n"
