@@ -22,14 +22,13 @@ typedef _Atomic uint64_t ctr;
 #define STATUS_CLASSES 6 /* none, 1xx .. 5xx */
 #define DECISIONS      2 /* allow, deny */
 #define BUCKETS        14
-static const uint32_t bucket_ms[BUCKETS] = {5,    10,   25,    50,    100,   250,   500,
+static const uint32_t bucket_ms[BUCKETS] = {5,    10,   25,   50,    100,   250,   500,
                                             1000, 2500, 5000, 10000, 30000, 60000, 120000};
 static const char *const bucket_le[BUCKETS] = {"0.005", "0.01", "0.025", "0.05", "0.1",
                                                "0.25",  "0.5",  "1",     "2.5",  "5",
                                                "10",    "30",   "60",    "120"};
 static const char *const method_names[METHOD_CLASSES] = {"read", "write", "connect", "other"};
-static const char *const status_names[STATUS_CLASSES] = {"none", "1xx", "2xx",
-                                                         "3xx",  "4xx", "5xx"};
+static const char *const status_names[STATUS_CLASSES] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
 static const char *const decision_names[DECISIONS] = {"allow", "deny"};
 static const char *const token_names[AL_METRICS_TOKEN_OUTCOMES] = {"fetched", "cache_hit",
                                                                    "failed"};
@@ -108,8 +107,7 @@ int al_metrics_new(size_t shards, al_metrics **out)
     al_metrics *m = calloc(1, sizeof *m);
     if (!m)
         return AL_ERR_NOMEM;
-    if (shards &&
-        !(m->shards = aligned_alloc(64, ((shards * sizeof *m->shards + 63) / 64) * 64))) {
+    if (shards && !(m->shards = aligned_alloc(64, ((shards * sizeof *m->shards + 63) / 64) * 64))) {
         free(m);
         return AL_ERR_NOMEM;
     }
@@ -191,8 +189,8 @@ static size_t target_slot(al_metrics_shard *sh, const char *name)
 
 static size_t provider_slot(al_metrics_shard *sh, const char *name)
 {
-    return intern(sh->providers, sizeof sh->providers[0], PROVIDER_SLOTS,
-                  AL_METRICS_PROVIDERS_MAX, &sh->provider_n, name);
+    return intern(sh->providers, sizeof sh->providers[0], PROVIDER_SLOTS, AL_METRICS_PROVIDERS_MAX,
+                  &sh->provider_n, name);
 }
 
 static size_t reason_slot(al_metrics_shard *sh, const char *name)
@@ -522,8 +520,7 @@ int al_metrics_render(al_metrics *m, const al_metrics_extra *x, al_buf *o)
         al_buf_appendf(o, "} %llu\n", (unsigned long long)g.t[i].scrubbed);
     }
 
-    scalar(o, "airlock_active_connections", "gauge", "Agent connections open now.",
-           g.connections);
+    scalar(o, "airlock_active_connections", "gauge", "Agent connections open now.", g.connections);
     scalar(o, "airlock_active_streams", "gauge",
            "Requests in flight now (HTTP/1.1 requests and HTTP/2 streams).", g.streams);
 
@@ -533,8 +530,8 @@ int al_metrics_render(al_metrics *m, const al_metrics_extra *x, al_buf *o)
            "Audit records lost (queue full or write failed).", x ? x->audit_dropped : 0);
     scalar(o, "airlock_audit_write_failures_total", "counter",
            "Failed writes to the audit log file.", x ? x->audit_failed : 0);
-    scalar(o, "airlock_audit_lag_records", "gauge",
-           "Audit records queued and not yet written.", x ? x->audit_lag : 0);
+    scalar(o, "airlock_audit_lag_records", "gauge", "Audit records queued and not yet written.",
+           x ? x->audit_lag : 0);
     scalar(o, "airlock_table_generation", "gauge",
            "Generation of the target table in use (1 at start, +1 per applied reload).",
            x ? x->table_generation : 0);

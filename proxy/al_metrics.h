@@ -68,9 +68,9 @@ void al_metrics_count_token(al_metrics_shard *sh, const char *provider,
 /* What the admin thread adds from outside the shards. */
 typedef struct al_metrics_provider {
     const char *name;
-    uint32_t version;      /* current version */
-    int64_t created_at;    /* unix s the current version was created; 0 = unknown */
-    int64_t max_age_s;     /* its provider's rotation_max_age; 0 = none */
+    uint32_t version;        /* current version */
+    int64_t created_at;      /* unix s the current version was created; 0 = unknown */
+    int64_t max_age_s;       /* its provider's rotation_max_age; 0 = none */
     const char *fingerprint; /* "sha256:..." (never the secret); may be NULL */
 } al_metrics_provider;
 

@@ -18,8 +18,8 @@
 #include "common/al_err.h"
 #include "proxy/al_metrics.h"
 
-static al_audit_request req(const char *target, const char *method, int status,
-                            const char *reason, uint32_t up_ms, uint32_t total_ms)
+static al_audit_request req(const char *target, const char *method, int status, const char *reason,
+                            uint32_t up_ms, uint32_t total_ms)
 {
     al_audit_request r;
     memset(&r, 0, sizeof r);
@@ -78,9 +78,14 @@ static void test_counts_summed_over_shards(void **state)
     al_metrics_count_token(b, "oauth-idp", AL_METRICS_TOKEN_FAILED);
     al_metrics_count_token(b, "oauth-idp", AL_METRICS_TOKEN_CACHE_HIT);
     al_metrics_provider prov[] = {{"openai-prod", 3, 1700000000 - 86400, 30 * 86400, NULL}};
-    al_metrics_extra x = {.now_ms = 1700000000000, .audit_written = 12, .audit_dropped = 1,
-                          .audit_failed = 2, .audit_lag = 5, .table_generation = 4,
-                          .providers = prov, .provider_count = 1};
+    al_metrics_extra x = {.now_ms = 1700000000000,
+                          .audit_written = 12,
+                          .audit_dropped = 1,
+                          .audit_failed = 2,
+                          .audit_lag = 5,
+                          .table_generation = 4,
+                          .providers = prov,
+                          .provider_count = 1};
     char *t = render(m, &x);
     assert_has(t, "# TYPE airlock_requests_total counter\n");
     assert_has(t, "airlock_requests_total{target=\"openai\",method=\"write\",status=\"2xx\","
@@ -119,8 +124,7 @@ static void test_counts_summed_over_shards(void **state)
     assert_has(t, "airlock_audit_lag_records 5\n");
     assert_has(t, "airlock_table_generation 4\n");
     assert_has(t, "airlock_token_requests_total{provider=\"oauth-idp\",outcome=\"failed\"} 2\n");
-    assert_has(t,
-               "airlock_token_requests_total{provider=\"oauth-idp\",outcome=\"cache_hit\"} 1\n");
+    assert_has(t, "airlock_token_requests_total{provider=\"oauth-idp\",outcome=\"cache_hit\"} 1\n");
     assert_has(t, "airlock_credential_uses_total{provider=\"openai-prod\"} 10\n");
     assert_has(t, "airlock_credential_age_seconds{provider=\"openai-prod\"} 86400\n");
     assert_has(t, "airlock_credential_rotation_max_age_seconds{provider=\"openai-prod\"} "
