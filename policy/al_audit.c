@@ -1096,6 +1096,10 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
         puts_(&e, ",\"aws_service\":");
         put_str(&e, r->aws_service, 64);
     }
+    if (r->scrubbed) {
+        puts_(&e, ",\"scrubbed\":");
+        put_u64(&e, r->scrubbed);
+    }
     return end_line(&e);
 }
 

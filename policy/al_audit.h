@@ -78,6 +78,9 @@ typedef struct al_audit_request {
     /* Inbound JWT: the principal's parts; when any is set, "principal" is written as
      * {"iss","sub","client_id"} instead of the string above. */
     const char *principal_iss, *principal_sub, *principal_client_id;
+    /* Echoed credentials replaced in the response (headers and body); 0 = none (the key
+     * is then left out). */
+    uint32_t scrubbed;
 } al_audit_request;
 
 /* The longest line al_audit_encode_request() writes (newline included). Every string

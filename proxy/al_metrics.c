@@ -236,6 +236,8 @@ void al_metrics_count_request(al_metrics_shard *sh, const al_audit_request *rec)
         observe(&t->upstream, rec->upstream_ms);
     observe(&t->total, rec->total_ms);
     atomic_store_explicit(&t->last_ms, rec->time_ms, memory_order_relaxed);
+    if (rec->scrubbed)
+        add(&t->scrubbed, rec->scrubbed);
     if (rec->provider && rec->provider_version) {
         pslot *p = &sh->providers[provider_slot(sh, rec->provider)];
         add(&p->uses, 1);
@@ -264,12 +266,6 @@ void al_metrics_set_active(al_metrics_shard *sh, uint64_t connections, uint64_t 
         return;
     atomic_store_explicit(&sh->connections, connections, memory_order_relaxed);
     atomic_store_explicit(&sh->streams, streams, memory_order_relaxed);
-}
-
-void al_metrics_count_scrub(al_metrics_shard *sh, const char *target, uint64_t n)
-{
-    if (sh && n)
-        add(&sh->targets[target_slot(sh, target)].scrubbed, n);
 }
 
 void al_metrics_count_token(al_metrics_shard *sh, const char *provider,

@@ -46,13 +46,10 @@ al_metrics_shard *al_metrics_shard_at(al_metrics *m, size_t i);
 /* Counts one finished request from the record the audit log gets (same moment, same
  * values): requests by target, method class, status class and decision; upstream
  * (when it had an upstream) and total latency; refusals by reason and egress-guard
- * denials; the provider's last use. `now_ms` is the wall clock. */
+ * denials; echoed credentials scrubbed; the provider's last use. `now_ms` is the wall clock. */
 void al_metrics_count_request(al_metrics_shard *sh, const al_audit_request *rec);
 /* Live connections and in-flight requests (h1 requests and h2 streams) of the worker. */
 void al_metrics_set_active(al_metrics_shard *sh, uint64_t connections, uint64_t streams);
-/* `n` echoed secrets replaced in a response of `target`. */
-void al_metrics_count_scrub(al_metrics_shard *sh, const char *target, uint64_t n);
-
 enum al_metrics_token_outcome {
     AL_METRICS_TOKEN_FETCHED,   /* a token endpoint answered with a token */
     AL_METRICS_TOKEN_CACHE_HIT, /* a cached token served the request */

@@ -111,7 +111,14 @@ static void test_encode_fields(void **state)
     assert_string_equal(json_string_value(json_object_get(j, "decision")), "allow");
     assert_true(json_is_null(json_object_get(j, "reason")));
     assert_null(json_object_get(j, "truncated"));
+    assert_null(json_object_get(j, "scrubbed")); /* only when something was replaced */
     json_decref(j);
+    r.scrubbed = 3;
+    n = al_audit_encode_request(&r, buf, sizeof buf);
+    j = parse_line(buf, n);
+    assert_int_equal(json_integer_value(json_object_get(j, "scrubbed")), 3);
+    json_decref(j);
+    r.scrubbed = 0;
 
     /* NULL strings are null; no provider means no version */
     al_audit_request d = {

@@ -64,6 +64,7 @@ static void test_counts_summed_over_shards(void **state)
     r = req("openai", "POST", 502, NULL, 3000, 3001);
     al_metrics_count_request(a, &r);
     r = req("openai", "GET", 200, NULL, 2, 3);
+    r.scrubbed = 2; /* the upstream echoed the key twice */
     al_metrics_count_request(b, &r);
     r = req("github", "CONNECT", 403, "egress_denied", 0, 1);
     al_metrics_count_request(a, &r);
@@ -73,7 +74,6 @@ static void test_counts_summed_over_shards(void **state)
     al_metrics_count_request(b, &r);
     al_metrics_set_active(a, 4, 2);
     al_metrics_set_active(b, 1, 1);
-    al_metrics_count_scrub(b, "openai", 2);
     al_metrics_count_token(a, "oauth-idp", AL_METRICS_TOKEN_FAILED);
     al_metrics_count_token(b, "oauth-idp", AL_METRICS_TOKEN_FAILED);
     al_metrics_count_token(b, "oauth-idp", AL_METRICS_TOKEN_CACHE_HIT);
