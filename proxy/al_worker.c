@@ -9,6 +9,7 @@
 #include "al_iam_credsrc.h"
 #include "al_egress.h"
 #include "al_metrics.h"
+#include "al_scrub.h"
 #include "al_server.h"
 #include "al_upstream.h"
 #include "common/al_err.h"
@@ -244,6 +245,65 @@ static const al_req_ctx_ops req_ctx_ops = {
     .random_id = ctx_random_id,
 };
 
+/* ---- hooks: metrics and echoed-secret scrubbing ---------------------------- */
+
+/* Once per request, with its final audit record: the worker's metrics shard. */
+static void on_request_finished(void *arg, const al_audit_request *rec)
+{
+    al_worker *w = arg;
+    al_metrics_count_request(al_metrics_shard_at(w->server->metrics, (size_t)w->id), rec);
+}
+
+/* The response-body filter that replaces the injected credential (al_scrub, same
+ * length, so the Content-Length the agent was told holds). */
+typedef struct scrub_filter {
+    al_scrub s;
+} scrub_filter;
+
+static int scrub_run(void *state, const char *in, size_t len, int final, al_buf *out)
+{
+    scrub_filter *f = state;
+    int rc = len ? al_scrub_feed(&f->s, in, len, out) : AL_OK;
+    if (rc == AL_OK && final)
+        rc = al_scrub_finish(&f->s, out);
+    return rc;
+}
+
+static uint64_t scrub_count(void *state)
+{
+    return ((scrub_filter *)state)->s.count;
+}
+
+static void scrub_free(void *state)
+{
+    scrub_filter *f = state;
+    al_scrub_free(&f->s);
+    free(f);
+}
+
+static int scrub_open(void *arg, const al_target *t, const al_secret_view *sv, int status,
+                      const al_header *h, size_t n, al_body_filter *out)
+{
+    (void)arg, (void)status, (void)h, (void)n;
+    memset(out, 0, sizeof *out);
+    if (!t || !t->scrub_echoed_credential || !sv || !sv->value || sv->len < AL_SCRUB_MIN_SECRET ||
+        sv->len > AL_SCRUB_MAX_SECRET)
+        return AL_OK; /* nothing injected, scrubbing off, or a key too short to match */
+    scrub_filter *f = calloc(1, sizeof *f);
+    if (!f)
+        return AL_ERR_NOMEM;
+    /* the secret view stays valid while the request holds its credential: the filter is
+     * closed before the credential is released */
+    int rc = al_scrub_init(&f->s, sv->value, sv->len, AL_SCRUB_KEEP_LENGTH);
+    if (rc != AL_OK) {
+        free(f);
+        return rc;
+    }
+    *out = (al_body_filter){.run = scrub_run, .count = scrub_count, .free = scrub_free,
+                            .state = f};
+    return AL_OK;
+}
+
 /* What the worker's requests may use: its loop, resolver and pool, the store-backed
  * credential source for every method (OAuth and IAM put their own in their row),
  * the audit log. */
@@ -262,6 +322,12 @@ static void init_req_ctx(al_worker *w)
     /* iam: the store's providers, or the AWS credential sources (fetched off-loop) */
     if (w->server && w->server->iam)
         al_iam_credsrc_new(w->server->iam, w->loop, &x->cred[AL_AUTH_IAM]);
+    if (w->server && w->server->metrics) {
+        x->hooks.finished = on_request_finished;
+        x->hooks.finished_arg = w;
+    }
+    x->hooks.body_filter = scrub_open;
+    x->hooks.body_filter_arg = w;
     x->ops = &req_ctx_ops;
     x->owner = w;
     if (w->server) { /* inbound JWT and policy (al_authz): the same code as explain */
@@ -292,7 +358,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *chk, int revents)
     /* the worker's gauges, published once per loop turn: two relaxed stores */
     if (w->server)
         al_metrics_set_active(al_metrics_shard_at(w->server->metrics, (size_t)w->id),
-                              w->conn_count, w->requests_in_flight);
+                              w->conn_count, w->rctx.in_flight);
     if (w->draining && w->conn_count == 0)
         ev_break(loop, EVBREAK_ALL);
 }
