@@ -26,6 +26,7 @@
  * list. The request id is airlock's own, made when the request is; the agent's
  * X-Request-Id is recorded apart (client_request_id) and not forwarded. */
 #include "al_request.h"
+#include "al_scrub.h"
 #include "al_egress.h"
 #include "al_errors.h"
 #include "al_spool.h"
@@ -143,6 +144,7 @@ struct al_req {
     size_t filt_off;
     uint64_t filt_in, filt_emitted;
     int filt_finish; /* the upstream ended; finish once filt_out is delivered */
+    uint32_t head_scrubbed, body_scrubbed; /* echoed credentials replaced (audited) */
     int client_gone; /* freed before its end: the agent left */
     int64_t resp_length; /* Content-Length the agent was told, -1 none (or no body) */
     uint64_t resp_sent;  /* body bytes passed to the sink */
@@ -484,6 +486,7 @@ static void audit_fill(al_req *r, al_audit_request *rec, audit_bufs *b)
     rec->principal_iss = r->principal_iss;
     rec->principal_sub = r->principal_sub;
     rec->principal_client_id = r->principal_client_id;
+    rec->scrubbed = r->head_scrubbed + r->body_scrubbed;
 }
 
 static void write_audit(al_req *r)
@@ -1018,6 +1021,39 @@ static void mcp_list_free(void *state)
     free(st);
 }
 
+/* Two response-body filters one after the other (a's output is b's input); both keep
+ * the length, so the chain does. Counts are a's (the scrubber's). */
+typedef struct filter_chain {
+    al_body_filter a, b;
+    al_buf mid;
+} filter_chain;
+
+static int chain_run(void *state, const char *in, size_t len, int final, al_buf *out)
+{
+    filter_chain *c = state;
+    al_buf_reset(&c->mid);
+    if (c->a.run(c->a.state, in, len, final, &c->mid))
+        return AL_ERR_PROTO;
+    return c->b.run(c->b.state, c->mid.data ? c->mid.data : "", c->mid.len, final, out);
+}
+
+static uint64_t chain_count(void *state)
+{
+    filter_chain *c = state;
+    return c->a.count ? c->a.count(c->a.state) : 0;
+}
+
+static void chain_free(void *state)
+{
+    filter_chain *c = state;
+    if (c->a.free)
+        c->a.free(c->a.state);
+    if (c->b.free)
+        c->b.free(c->b.state);
+    al_buf_free(&c->mid, 1); /* it held response bytes around a scrubbed credential */
+    free(c);
+}
+
 static int mcp_list_open(al_req *r, const al_header *h, size_t n)
 {
     mcp_list_state *st = calloc(1, sizeof *st);
@@ -1029,8 +1065,64 @@ static int mcp_list_open(al_req *r, const al_header *h, size_t n)
         if (al_http_name_is(h[i].name, h[i].name_len, "content-type") &&
             memmem(h[i].value, h[i].value_len, "event-stream", 12))
             st->sse = 1;
-    r->filter = (al_body_filter){mcp_list_run, mcp_list_free, st};
+    al_body_filter f = {mcp_list_run, mcp_list_free, st, NULL};
+    if (!r->filter.run) {
+        r->filter = f;
+        return 1;
+    }
+    /* the credential scrubber is on too: it runs first, the listing filter on its output */
+    filter_chain *c = calloc(1, sizeof *c);
+    if (!c) {
+        mcp_list_free(st);
+        return 0;
+    }
+    c->a = r->filter;
+    c->b = f;
+    al_buf_init(&c->mid, FILTER_BUF_MAX);
+    r->filter = (al_body_filter){chain_run, chain_free, c, chain_count};
     return 1;
+}
+
+/* Echoed-secret scrubbing of the response head: a header value that contains the
+ * credential injected into this request reaches the agent with it replaced (al_scrub,
+ * same length), on targets that keep scrub_echoed_credential on. The common case
+ * (no header contains it) costs one memmem per header and copies nothing; otherwise
+ * *out is a copy of the headers in the request's arena. Returns 0 or AL_ERR_NOMEM. */
+static int scrub_head(al_req *r, const al_header *h, size_t n, const al_header **out)
+{
+    const al_secret_view *sv = &r->grant.sv;
+    *out = h;
+    if (!r->have_secret || !r->t || !r->t->scrub_echoed_credential || !sv->value ||
+        sv->len < AL_SCRUB_MIN_SECRET || sv->len > AL_SCRUB_MAX_SECRET)
+        return AL_OK;
+    size_t first = n;
+    for (size_t i = 0; i < n && first == n; i++)
+        if (h[i].value_len >= sv->len && memmem(h[i].value, h[i].value_len, sv->value, sv->len))
+            first = i;
+    if (first == n)
+        return AL_OK;
+    al_header *copy = arena_alloc(r, n * sizeof *copy);
+    al_scrub sc;
+    al_buf v;
+    int rc = copy ? al_scrub_init(&sc, sv->value, sv->len, AL_SCRUB_KEEP_LENGTH) : AL_ERR_NOMEM;
+    if (rc != AL_OK)
+        return rc;
+    al_buf_init(&v, 1 << 20);
+    memcpy(copy, h, n * sizeof *copy);
+    for (size_t i = first; i < n && rc == AL_OK; i++) {
+        int hits = al_scrub_value(&sc, h[i].value, h[i].value_len, &v);
+        if (hits < 0)
+            rc = hits;
+        else if (hits > 0 && !(copy[i].value = arena_dup(r, v.data, v.len)))
+            rc = AL_ERR_NOMEM;
+        else if (hits > 0)
+            r->head_scrubbed += (uint32_t)hits;
+    }
+    al_buf_free(&v, 1); /* it held bytes around the secret */
+    al_scrub_free(&sc);
+    if (rc == AL_OK)
+        *out = copy;
+    return rc;
 }
 
 static void up_on_head(void *arg, int status, const al_header *h, size_t n)
@@ -1092,8 +1184,14 @@ static void up_on_head(void *arg, int status, const al_header *h, size_t n)
         if (r->filter.run)
             al_buf_init(&r->filt_out, FILTER_BUF_MAX);
     }
-    if (!r->filter.run && r->mcp_list && !bodyless && status == 200 && mcp_list_open(r, h, n))
+    if (r->mcp_list && !bodyless && status == 200 && mcp_list_open(r, h, n))
         al_buf_init(&r->filt_out, FILTER_BUF_MAX);
+    if (scrub_head(r, h, n, &h) != AL_OK) {
+        filter_close(r);
+        r->head_sent = 0;
+        refuse(r, AL_REF_INTERNAL_ERROR, "out of memory scrubbing the response headers");
+        return;
+    }
     r->sink->head(r->arg, status, h, n, clen);
 }
 
@@ -1125,6 +1223,8 @@ static int filter_run(al_req *r, const char *in, size_t len, int final)
         return AL_ERR_PROTO;
     r->filt_in += len;
     r->filt_emitted += r->filt_out.len - before;
+    if (r->filter.count) /* kept here: the audit record may be written after the close */
+        r->body_scrubbed = (uint32_t)r->filter.count(r->filter.state);
     if (r->filt_emitted > r->filt_in || (final && r->filt_emitted != r->filt_in))
         return AL_ERR_PROTO;
     return 0;

@@ -148,10 +148,10 @@ typedef int (*al_decide_fn)(void *arg, const al_decide_req *q, al_decision *d);
  * the response. */
 typedef struct al_body_filter {
     int (*run)(void *state, const char *in, size_t len, int final, al_buf *out);
-    /* Replacements made so far (NULL: none counted); audited as "scrubbed". */
-    uint64_t (*count)(void *state);
     void (*free)(void *state);
     void *state;
+    /* Replacements made so far (NULL: none counted); audited as "scrubbed". */
+    uint64_t (*count)(void *state);
 } al_body_filter;
 
 /* Leaves out->run NULL when this response needs no filter. sv is the injected

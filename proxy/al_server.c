@@ -264,9 +264,14 @@ static void admin_metrics(admin_conn *a)
     for (size_t i = 0; i < n; i++)
         mp[i] = (al_metrics_provider){info[i].name, info[i].version, info[i].created_at,
                                       info[i].rotation_max_age, info[i].fingerprint};
+    al_audit_stats as = {0};
+    if (s->audit)
+        al_audit_get_stats(s->audit, &as);
     al_metrics_extra x = {.now_ms = wall_ms(),
-                          .audit_written = s->audit ? al_audit_written(s->audit) : 0,
-                          .audit_dropped = s->audit ? al_audit_dropped(s->audit) : 0,
+                          .audit_written = as.written,
+                          .audit_dropped = as.dropped,
+                          .audit_failed = as.failed,
+                          .audit_lag = as.lag,
                           .table_generation = s->table_generation,
                           .providers = mp,
                           .provider_count = n};
@@ -346,9 +351,15 @@ static void status_activity_json(al_server *s, al_buf *b)
         json_str(b, rf[i].reason);
         al_buf_appendf(b, ",\"status\":%d}", rf[i].status);
     }
-    al_buf_appendf(b, "],\"audit\":{\"written\":%llu,\"dropped\":%llu}",
-                   (unsigned long long)(s->audit ? al_audit_written(s->audit) : 0),
-                   (unsigned long long)(s->audit ? al_audit_dropped(s->audit) : 0));
+    al_audit_stats as = {0};
+    if (s->audit)
+        al_audit_get_stats(s->audit, &as);
+    al_buf_appendf(b,
+                   "],\"audit\":{\"written\":%llu,\"dropped\":%llu,\"failed_writes\":%llu,"
+                   "\"lag\":%llu,\"checkpoints\":%llu,\"writable\":%s}",
+                   (unsigned long long)as.written, (unsigned long long)as.dropped,
+                   (unsigned long long)as.failed, (unsigned long long)as.lag,
+                   (unsigned long long)as.checkpoints, s->audit && !as.writable ? "false" : "true");
     free(info);
     free(ts);
 }
@@ -406,11 +417,17 @@ static void admin_status_html(admin_conn *a)
     html(&b, s->config_path);
     put(&b, ", loaded ");
     html(&b, when);
-    al_buf_appendf(&b, ") &middot; %zu workers &middot; audit records written %llu, dropped "
-                       "%llu</p>\n",
-                   s->worker_count,
-                   (unsigned long long)(s->audit ? al_audit_written(s->audit) : 0),
-                   (unsigned long long)(s->audit ? al_audit_dropped(s->audit) : 0));
+    al_audit_stats as = {0};
+    if (s->audit)
+        al_audit_get_stats(s->audit, &as);
+    al_buf_appendf(&b,
+                   ") &middot; %zu workers &middot; audit records written %llu, dropped %llu, "
+                   "failed writes %llu%s</p>\n",
+                   s->worker_count, (unsigned long long)as.written,
+                   (unsigned long long)as.dropped, (unsigned long long)as.failed,
+                   s->audit && !as.writable ? " &middot; <span class=\"tag\">audit log not "
+                                              "writable</span>"
+                                            : "");
 
     /* targets: every target of the table, with its traffic since start */
     al_metrics_target_summary *ts = calloc(STATUS_TARGETS_MAX, sizeof *ts);
