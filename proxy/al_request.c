@@ -145,6 +145,8 @@ struct al_req {
     uint64_t filt_in, filt_emitted;
     int filt_finish; /* the upstream ended; finish once filt_out is delivered */
     uint32_t head_scrubbed, body_scrubbed; /* echoed credentials replaced (audited) */
+    al_header *held_trailers; /* arena; trailers waiting for the filter's last output */
+    size_t held_trailer_n;
     int client_gone; /* freed before its end: the agent left */
     int64_t resp_length; /* Content-Length the agent was told, -1 none (or no body) */
     uint64_t resp_sent;  /* body bytes passed to the sink */
@@ -1293,10 +1295,36 @@ static int up_on_body(void *arg, const char *data, size_t len)
 static void up_on_trailers(void *arg, const al_header *h, size_t n)
 {
     al_req *r = arg;
-    /* with a body filter, output may still be held: trailers are dropped (they would
-     * overtake it) */
-    if (!r->retrying && r->sink->trailers && !r->filter.run)
-        r->sink->trailers(r->arg, h, n);
+    const al_header *out = h;
+    if (r->retrying || !r->sink->trailers || scrub_head(r, h, n, &out) != AL_OK)
+        return; /* out of memory scrubbing them: dropped rather than sent unscrubbed */
+    if (!r->filter.run) {
+        r->sink->trailers(r->arg, out, n);
+        return;
+    }
+    /* with a body filter, output may still be held: the trailers wait for it (sent
+     * before the end by send_held_trailers), or they would overtake it */
+    al_header *c = arena_alloc(r, (n ? n : 1) * sizeof *c);
+    for (size_t i = 0; c && i < n; i++) {
+        c[i].name = arena_dup(r, out[i].name, out[i].name_len);
+        c[i].value = arena_dup(r, out[i].value, out[i].value_len);
+        c[i].name_len = out[i].name_len;
+        c[i].value_len = out[i].value_len;
+        if (!c[i].name || !c[i].value)
+            c = NULL;
+    }
+    if (c) {
+        r->held_trailers = c;
+        r->held_trailer_n = n;
+    }
+}
+
+/* The trailers kept while the body filter still held output, once it is all out. */
+static void send_held_trailers(al_req *r)
+{
+    if (r->held_trailer_n && r->sink->trailers)
+        r->sink->trailers(r->arg, r->held_trailers, r->held_trailer_n);
+    r->held_trailer_n = 0;
 }
 
 static ssize_t up_read_body(void *arg, char *buf, size_t cap)
@@ -1410,6 +1438,7 @@ static void up_on_done(void *arg, enum al_upstream_error err, const char *detail
                 finish(r, 0);
                 return;
             }
+            send_held_trailers(r);
         }
         finish(r, 1);
         return;
@@ -2525,6 +2554,8 @@ void al_request_resume_output(al_req *r)
         if (rc == AL_ERR_AGAIN)
             return;
         if (rc < 0 || r->filt_finish) {
+            if (rc == 0)
+                send_held_trailers(r);
             finish(r, rc == 0);
             return;
         }

@@ -69,6 +69,7 @@ targets:
     type: openapi
     url: https://localhost:NGINX_PORT
     ca_file: NGINX_CA
+    scrub_echoed_credential: false  # nginx echoes the injected key back: the check reads it
     allow_private_network: true
     auth:
       method: api_key

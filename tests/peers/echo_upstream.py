@@ -16,6 +16,11 @@ Endpoints (any method):
   /trailers                  chunked response with a trailer (X-Checksum)
   anything else              200 JSON {"method","path","query","headers":{lower-name:[values]},
                              "body_bytes","body_sha256","http_version"}
+                             query and header values: every character a JSON
+                             \\u escape: the same strings once parsed, but the raw bytes
+                             never hold the credential airlock injected, which airlock
+                             would otherwise scrub from the response (echoed-secret
+                             scrubbing; tests/peers/echo_key_upstream.py echoes raw).
 
 Request bodies (Content-Length or chunked) are read in 64 KiB pieces and hashed as
 they arrive, so a 100 MB upload never sits in memory.
@@ -41,6 +46,29 @@ MAX_LINE = 8 * 1024  # a chunk-size or trailer line longer than this is a broken
 
 class BadRequest(Exception):
     pass
+
+
+def opaque_json(obj):
+    """json.dumps(obj), with "query" and the values under "headers" written as
+    \\u escapes only."""
+    hdrs = obj.get("headers") if isinstance(obj, dict) else None
+    if not isinstance(hdrs, dict):
+        return json.dumps(obj)
+    lits = []
+
+    def mark(v):
+        lits.append('"' + "".join("\\u%04x" % ord(c) if ord(c) < 0x10000 else json.dumps(c)[1:-1]
+                                  for c in v) + '"')
+        return "\x00echo-header-%d\x00" % (len(lits) - 1)
+    o = dict(obj)
+    o["headers"] = {k: [mark(v) for v in vs] for k, vs in hdrs.items()}
+    for k in ("query",):  # a key in the query string (location: query)
+        if isinstance(o.get(k), str):
+            o[k] = mark(o[k])
+    text = json.dumps(o)
+    for i, lit in enumerate(lits):
+        text = text.replace('"\\u0000echo-header-%d\\u0000"' % i, lit, 1)
+    return text
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -93,7 +121,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- responses ---------------------------------------------------------------
     def _send_json(self, status, obj, extra=None):
-        body = json.dumps(obj).encode()
+        body = opaque_json(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         for k, v in (extra or {}).items():
