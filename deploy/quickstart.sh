@@ -163,7 +163,7 @@ if port_busy "$upstream_port"; then
 fi
 logdir=$state/logs
 mkdir -p "$logdir"
-"$py" tests/peers/echo_upstream.py --port "$upstream_port" >"$logdir/echo.log" 2>&1 &
+"$py" tests/peers/echo_upstream.py --port "$upstream_port" --plain >"$logdir/echo.log" 2>&1 &
 echo_pid=$!
 wait_until 100 port_busy "$upstream_port" || {
   echo "quickstart: the echo upstream did not start:" >&2

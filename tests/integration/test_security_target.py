@@ -83,6 +83,7 @@ targets:
     url: http://127.0.0.1:NGX_PORT/v1
     allow_insecure_upstream: true
     allow_private_network: true
+    scrub_echoed_credential: false  # nginx echoes the key raw; the checks read it back
     auth:
       method: api_key
       provider: real-key

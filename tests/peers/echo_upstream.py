@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """echo_upstream: the tests' own HTTP/1.1 upstream (stdlib only, /usr/bin/python3).
 
-    echo_upstream.py --port N [--host 127.0.0.1] [--tls-cert C --tls-key K]
+    echo_upstream.py --port N [--host 127.0.0.1] [--tls-cert C --tls-key K] [--plain]
 
 Prints "READY <port>" on stdout once listening (--port 0 picks a free port, and the
 line says which). Keep-alive HTTP/1.1, one thread per connection.
@@ -21,6 +21,8 @@ Endpoints (any method):
                              never hold the credential airlock injected, which airlock
                              would otherwise scrub from the response (echoed-secret
                              scrubbing; tests/peers/echo_key_upstream.py echoes raw).
+                             --plain writes them as they are (the quickstart's demo, whose
+                             target turns scrubbing off to show the key it injected).
 
 Request bodies (Content-Length or chunked) are read in 64 KiB pieces and hashed as
 they arrive, so a 100 MB upload never sits in memory.
@@ -121,7 +123,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- responses ---------------------------------------------------------------
     def _send_json(self, status, obj, extra=None):
-        body = opaque_json(obj).encode()
+        body = (json.dumps(obj) if self.server.plain else opaque_json(obj)).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         for k, v in (extra or {}).items():
@@ -259,6 +261,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(PeerServer):
     peer_name = "echo"
+    plain = False  # --plain: header values echoed as they are
 
 
 def main():
@@ -267,10 +270,13 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
+    ap.add_argument("--plain", action="store_true",
+                    help="echo header values as they are (not \\u-escaped)")
     a = ap.parse_args()
     if bool(a.tls_cert) != bool(a.tls_key):
         ap.error("--tls-cert and --tls-key go together")
     srv = Server((a.host, a.port), Handler)
+    srv.plain = a.plain
     if a.tls_cert:
         srv.ssl_ctx = tls_context(a.tls_cert, a.tls_key)
     print("READY %d" % srv.server_address[1], flush=True)
