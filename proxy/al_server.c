@@ -692,8 +692,7 @@ static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
         admin_reply(a, 404,
                     "{\"error\":\"not_found\",\"message\":\"the admin listener serves GET "
                     "/healthz, GET /readyz, GET /status, GET /status.json, GET /metrics, GET "
-                    "/ca.crt, GET /oauth2/tokens and POST /reload\"}
-");
+                    "/ca.crt, GET /oauth2/tokens and POST /reload\"}\n");
     }
     admin_close(loop, a);
 }
