@@ -69,6 +69,8 @@ struct al_token_client {
     al_oidc *oidc;
     al_flight *cache;
     struct al_audit *audit;
+    void (*observe)(void *arg, const char *provider, int ok); /* al_token_client_set_observer */
+    void *observe_arg;
     pthread_mutex_t lock; /* loads list, warned set */
     load_ctx *loads;
     char *warned[WARNED_MAX];
@@ -435,6 +437,8 @@ static void audit_event(load_ctx *c, const char *outcome, int err, const char *m
                         const al_token *t)
 {
     al_token_client *tc = c->tc;
+    if (tc->observe)
+        tc->observe(tc->observe_arg, c->sc->s.provider, !err && t);
     if (!tc->audit)
         return;
     al_audit_field f[] = {
@@ -762,6 +766,13 @@ void al_token_client_free(al_token_client *tc)
 void al_token_client_set_audit(al_token_client *tc, struct al_audit *audit)
 {
     tc->audit = audit;
+}
+
+void al_token_client_set_observer(al_token_client *tc,
+                                  void (*fn)(void *arg, const char *provider, int ok), void *arg)
+{
+    tc->observe = fn;
+    tc->observe_arg = arg;
 }
 
 void al_token_client_set_clock(al_token_client *tc, int64_t (*now_ms)(void *arg), void *arg)

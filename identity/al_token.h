@@ -83,6 +83,10 @@ int al_token_client_new(al_oidc *oidc, al_token_client **out);
 /* Call after al_fetch_stop(al_oidc_fetcher(oidc)) or before any token was asked for. */
 void al_token_client_free(al_token_client *tc);
 void al_token_client_set_audit(al_token_client *tc, struct al_audit *audit);
+/* Called once per token-endpoint answer (the same moment as its token_request audit
+ * record), on the fetch thread: ok = a token came back. For metrics. */
+void al_token_client_set_observer(al_token_client *tc,
+                                  void (*fn)(void *arg, const char *provider, int ok), void *arg);
 /* Tests: the cache clock (ms, monotonic) and the back-off base. */
 void al_token_client_set_clock(al_token_client *tc, int64_t (*now_ms)(void *arg), void *arg);
 

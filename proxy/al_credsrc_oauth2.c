@@ -10,6 +10,7 @@
  * on_done, or by cancel). The token is never logged; detail strings carry the token
  * endpoint's host and the provider's sanitised error only. */
 #include "al_credsrc_oauth2.h"
+#include "al_metrics.h"
 #include "common/al_err.h"
 
 #include <ev.h>
@@ -46,7 +47,13 @@ struct al_oauth2_src {
     pend *ready; /* answered, waiting for the loop */
     pend *pending;
     char detail[256]; /* the last immediate failure's message (loop thread) */
+    struct al_metrics_shard *metrics; /* the worker's; NULL = not counted */
 };
+
+void al_oauth2_src_set_metrics(al_oauth2_src *s, struct al_metrics_shard *sh)
+{
+    s->metrics = sh;
+}
 
 static void unlink_pending(al_oauth2_src *s, pend *p)
 {
@@ -256,6 +263,7 @@ static int oauth2_acquire(void *self, const al_cred_query *q, al_cred_grant *g,
         rc = al_token_get(s->tc, &spec, on_token, p, &res);
     al_cred_snapshot *snap_prev = snap; /* kept for a rotation's previous version */
     if (rc == AL_OK) {
+        al_metrics_count_token(s->metrics, sv.provider, AL_METRICS_TOKEN_CACHE_HIT);
         al_cred_snapshot_release(snap);
         free(p);
         fill_grant(g, res.value, res.gen, h);

@@ -26,6 +26,10 @@ typedef struct al_oauth2_src al_oauth2_src;
 
 int al_oauth2_src_new(struct ev_loop *loop, al_token_client *tc, al_cred_cache *creds,
                       al_oauth2_src **out);
+/* The worker's metrics shard: a request answered from the token cache is counted as
+ * airlock_token_requests_total{outcome="cache_hit"} (NULL: not counted). */
+struct al_metrics_shard;
+void al_oauth2_src_set_metrics(al_oauth2_src *s, struct al_metrics_shard *sh);
 /* Cancels what is pending (no on_done after this). */
 void al_oauth2_src_free(al_oauth2_src *s);
 al_credsrc al_credsrc_oauth2(al_oauth2_src *s);

@@ -209,6 +209,12 @@ static void table_json(const al_server *s, al_buf *b)
 
 /* ---- what the security team sees: /metrics, /status.json, /status --------- */
 
+/* A token endpoint answered (fetch thread): airlock_token_requests_total. */
+static void on_token_answer(void *arg, const char *provider, int ok)
+{
+    al_metrics_count_token(arg, provider, ok ? AL_METRICS_TOKEN_FETCHED : AL_METRICS_TOKEN_FAILED);
+}
+
 static int64_t wall_ms(void);
 
 /* A provider is "old" past its rotation_max_age; without one, "long-lived" past this. */
@@ -1088,8 +1094,10 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     unsigned n =
         workers ? workers : (s->table->limits.workers ? s->table->limits.workers : nproc());
     s->workers = calloc(n, sizeof *s->workers);
-    if (!s->workers || al_metrics_new(n, &s->metrics) != AL_OK)
+    /* one shard per worker, and one for the token fetch thread (its only writer) */
+    if (!s->workers || al_metrics_new(n + 1, &s->metrics) != AL_OK)
         goto out;
+    al_token_client_set_observer(s->tokens, on_token_answer, al_metrics_shard_at(s->metrics, n));
     for (size_t i = 0; i < n; i++) {
         rc = al_worker_init(&s->workers[i], (int)i, s, s->table);
         if (rc) {

@@ -317,8 +317,11 @@ static void init_req_ctx(al_worker *w)
     for (size_t m = 0; m < AL_AUTH_COUNT; m++)
         x->cred[m] = al_credsrc_store(w->server ? w->server->creds : NULL);
     if (w->server && w->server->tokens &&
-        al_oauth2_src_new(w->loop, w->server->tokens, w->server->creds, &w->oauth2) == AL_OK)
+        al_oauth2_src_new(w->loop, w->server->tokens, w->server->creds, &w->oauth2) == AL_OK) {
+        al_oauth2_src_set_metrics(w->oauth2,
+                                  al_metrics_shard_at(w->server->metrics, (size_t)w->id));
         x->cred[AL_AUTH_OAUTH2_2LO] = al_credsrc_oauth2(w->oauth2);
+    }
     /* iam: the store's providers, or the AWS credential sources (fetched off-loop) */
     if (w->server && w->server->iam)
         al_iam_credsrc_new(w->server->iam, w->loop, &x->cred[AL_AUTH_IAM]);

@@ -15,6 +15,7 @@ their token by fingerprint."""
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -142,7 +143,15 @@ def test_500_concurrent_requests_on_a_cold_cache_cost_one_token_request():
         assert toks[0]["expires_at"] > time.time() + 200, toks
         assert json.loads(e.al.cli("identity", "get-oauth2-token-status", "--name", "other",
                                    "-c", e.al.table_path).stdout) == {"tokens": []}
-        e.assert_no_secrets(st.stdout, *[d.decode("latin-1") for _, d in res[:5]])
+        # /metrics: one token fetched at the endpoint; a warm request is a cache hit
+        assert e.get("/warm").status_code == 200
+        code, metrics = http_get("http://127.0.0.1:%d/metrics" % e.al.admin_port)
+        metrics = metrics.decode()
+        assert code == 200 and ('airlock_token_requests_total{provider="idp",outcome="fetched"} 1\n'
+                                in metrics), metrics
+        assert re.search(r'^airlock_token_requests_total\{provider="idp",outcome="cache_hit"\} '
+                         r'[1-9]', metrics, re.M), metrics
+        e.assert_no_secrets(st.stdout, metrics, *[d.decode("latin-1") for _, d in res[:5]])
     finally:
         e.stop()
 
