@@ -245,6 +245,7 @@ static int oauth2_acquire(void *self, const al_cred_query *q, al_cred_grant *g,
     /* The hot path: a cached token, no waiter allocated (a due refresh starts here). */
     rc = al_token_get(s->tc, &spec, NULL, NULL, &res);
     if (rc == AL_OK) {
+        al_metrics_count_token(s->metrics, sv.provider, AL_METRICS_TOKEN_CACHE_HIT);
         al_cred_snapshot_release(snap);
         fill_grant(g, res.value, res.gen, h);
         return AL_OK;
