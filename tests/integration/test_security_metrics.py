@@ -203,6 +203,33 @@ def test_status_page_in_a_real_browser():
     assert took < 60, took
 
 
+def test_active_connections_and_streams_gauges():
+    al = airlock()
+    import socket
+    idle = socket.create_connection(("127.0.0.1", al.proxy_port), timeout=5)
+    done = threading.Event()
+    # a request that stays in flight for a while: a stream in the gauge
+    th = threading.Thread(target=lambda: (gw(al, "api", "/slow?ms=3000"), done.set()),
+                          daemon=True)
+    th.start()
+    try:
+        def seen():
+            t = admin_get(al, "/metrics")[2]
+            c, s = sample(t, "airlock_active_connections"), sample(t, "airlock_active_streams")
+            return (c, s) if c is not None and c >= 2 and s is not None and s >= 1 else None
+        wait_for(seen, 10, "one idle connection and one request in flight counted")
+    finally:
+        idle.close()
+        th.join(10)
+    assert done.is_set()
+
+    def back_to_zero():
+        t = admin_get(al, "/metrics")[2]
+        return sample(t, "airlock_active_streams") == 0 and \
+            sample(t, "airlock_active_connections") == 0
+    wait_for(back_to_zero, 10, "the gauges back at 0")
+
+
 # --- a real Prometheus -------------------------------------------------------------
 
 def fast_rules(src, dst):
