@@ -262,7 +262,11 @@ if wait_port "$SPORT"; then
     >/dev/null 2>"$T/py.err" && ok "Python requests trusts the CA through REQUESTS_CA_BUNDLE" || bad "Python requests" "$(tail -1 "$T/py.err")"
   run_env "$PY" -c 'import httpx,sys; sys.exit(0 if httpx.get("https://localhost:%s/" % sys.argv[1], timeout=5).status_code == 200 else 1)' "$SPORT" \
     >/dev/null 2>"$T/httpx.err" && ok "Python httpx trusts the CA through SSL_CERT_FILE" || bad "Python httpx" "$(tail -1 "$T/httpx.err")"
-  if command -v node >/dev/null 2>&1; then
+  # Node is a required test peer (deploy/install-deps.sh): missing, it is a failure,
+  # not a silent skip.
+  if ! command -v node >/dev/null 2>&1; then
+    bad "Node https/fetch trust the CA" "node is not installed (deploy/install-deps.sh installs it)"
+  else
     run_env node -e '
       const https = require("https");
       https.get({host: "localhost", port: process.argv[1], path: "/"}, r => process.exit(r.statusCode === 200 ? 0 : 1))
