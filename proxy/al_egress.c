@@ -483,6 +483,11 @@ static void ares_init_once(void)
 
 int al_resolver_new(struct ev_loop *loop, al_resolver **out)
 {
+    return al_resolver_new_ex(loop, 0, out);
+}
+
+int al_resolver_new_ex(struct ev_loop *loop, unsigned flags, al_resolver **out)
+{
     int rc = AL_ERR_NOMEM;
     pthread_once(&ares_once, ares_init_once);
     if (ares_init_rc != ARES_SUCCESS)
@@ -500,7 +505,8 @@ int al_resolver_new(struct ev_loop *loop, al_resolver **out)
     o.sock_state_cb_data = r;
     o.timeout = 2000; /* ms per try: a dead resolver costs at most ~4 s, not 20 */
     o.tries = 2;
-    o.lookups = (char *)"fb"; /* /etc/hosts first, then DNS */
+    /* /etc/hosts first, then DNS; "b" alone never reads the hosts file */
+    o.lookups = (char *)(flags & AL_RESOLVER_DNS_ONLY ? "b" : "fb");
     int st = ares_init_options(&r->ch, &o,
                                ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES |
                                    ARES_OPT_LOOKUPS);

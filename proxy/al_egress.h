@@ -50,6 +50,12 @@ typedef struct al_resolve_result {
 typedef void (*al_resolve_cb)(void *arg, const al_resolve_result *res);
 
 int al_resolver_new(struct ev_loop *loop, al_resolver **out);
+/* al_resolver_new with flags. AL_RESOLVER_DNS_ONLY: answers come only from the DNS
+ * servers, never from the hosts file (al_resolver_new reads /etc/hosts first), so a
+ * test that serves every answer from its own DNS server does not depend on what the
+ * machine's /etc/hosts maps. */
+#define AL_RESOLVER_DNS_ONLY 1u
+int al_resolver_new_ex(struct ev_loop *loop, unsigned flags, al_resolver **out);
 void al_resolver_free(al_resolver *r);
 /* Resolves host (a name or a literal address) and checks it. The callback may run
  * before this returns (cache hit or literal). When allow_private is 0 any address

@@ -1,7 +1,9 @@
 /* Unit tests for proxy/al_egress: the address classes (a table of address -> class)
  * and the resolver on a real libev loop with real c-ares, talking to a tiny DNS
- * server run by this test on 127.0.0.1 (records below), plus /etc/hosts for
- * "localhost". Waits are bounded polls of the loop, never fixed sleeps. */
+ * server run by this test on 127.0.0.1 (records below). That resolver never reads the
+ * hosts file (AL_RESOLVER_DNS_ONLY), so a machine whose /etc/hosts maps one of the
+ * names cannot change an answer; only test_localhost uses the default resolver, for
+ * "localhost" from /etc/hosts. Waits are bounded polls of the loop, never fixed sleeps. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -281,7 +283,7 @@ static void on_result(void *arg, const al_resolve_result *res)
 
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents) {}
 
-static int setup(void **state)
+static int setup_with(void **state, unsigned flags)
 {
     fixture *f = calloc(1, sizeof *f);
     assert_non_null(f);
@@ -298,12 +300,24 @@ static int setup(void **state)
     ev_io_start(f->loop, &f->dns.io);
     ev_timer_init(&f->tick, on_tick, 0.05, 0.05);
     ev_timer_start(f->loop, &f->tick);
-    assert_int_equal(al_resolver_new(f->loop, &f->r), AL_OK);
+    assert_int_equal(al_resolver_new_ex(f->loop, flags, &f->r), AL_OK);
     char servers[64];
     snprintf(servers, sizeof servers, "127.0.0.1:%u", f->dns.port);
     assert_int_equal(al_resolver_set_servers(f->r, servers), AL_OK);
     *state = f;
     return 0;
+}
+
+/* Every answer from the test's DNS server. */
+static int setup(void **state)
+{
+    return setup_with(state, AL_RESOLVER_DNS_ONLY);
+}
+
+/* What airlock runs with: /etc/hosts first, then the DNS server. */
+static int setup_hosts(void **state)
+{
+    return setup_with(state, 0);
 }
 
 static int teardown(void **state)
@@ -434,6 +448,37 @@ static void test_localhost(void **state)
     assert_true(strcmp(w.res.addr_text, "127.0.0.1") == 0 || strcmp(w.res.addr_text, "::1") == 0);
     /* From /etc/hosts, not from DNS. */
     assert_int_equal(f->dns.queries, 0);
+}
+
+static void test_dns_only_ignores_hosts_file(void **state)
+{
+    fixture *f = *state;
+    /* Every name this machine's /etc/hosts maps (Debian's always holds its hostname) is
+     * asked of the DNS server, not answered from the file. ("localhost" is left out:
+     * c-ares answers it itself, RFC 6761.) */
+    FILE *hosts = fopen("/etc/hosts", "r");
+    char line[512];
+    int asked = 0;
+    while (hosts && fgets(line, sizeof line, hosts) && asked < 8) {
+        char *save = NULL, *tok = strtok_r(line, " \t\r\n", &save);
+        if (!tok || tok[0] == '#')
+            continue;
+        while ((tok = strtok_r(NULL, " \t\r\n", &save)) && tok[0] != '#') {
+            size_t tl = strlen(tok);
+            if (strcasecmp(tok, "localhost") == 0 ||
+                (tl > 10 && strcasecmp(tok + tl - 10, ".localhost") == 0))
+                continue;
+            waiter w;
+            int before = f->dns.queries;
+            if (resolve_wait(f, tok, 443, 1, &w))
+                fail_msg("%s: answered from /etc/hosts", tok);
+            assert_true(f->dns.queries > before);
+            asked++;
+        }
+    }
+    if (hosts)
+        fclose(hosts);
+    print_message("%d name(s) of /etc/hosts asked of DNS\n", asked);
 }
 
 static const resolve_case g_names[] = {
@@ -571,7 +616,8 @@ int main(void)
         cmocka_unit_test(test_classify_table),
         cmocka_unit_test(test_classify_odd),
         cmocka_unit_test_setup_teardown(test_literals, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_localhost, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_localhost, setup_hosts, teardown),
+        cmocka_unit_test_setup_teardown(test_dns_only_ignores_hosts_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dns_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allow_private_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache, setup, teardown),
