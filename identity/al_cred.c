@@ -54,6 +54,7 @@ struct al_cred_cache {
     int stop;
     uint64_t failed_generation; /* last generation that failed to load (log once) */
     int have_failed;
+    atomic_uint_least64_t failed_seen; /* failed_generation + 1 for readers, 0 = none */
     atomic_uint rr[RR_SLOTS];
     pthread_mutex_t rest_lock;
     rest_entry rests[REST_MAX];
@@ -111,6 +112,15 @@ al_cred_snapshot *al_cred_cache_acquire(al_cred_cache *c)
 uint64_t al_cred_snapshot_generation(const al_cred_snapshot *s)
 {
     return s->generation;
+}
+
+int al_cred_cache_failed_generation(al_cred_cache *c, uint64_t *generation)
+{
+    uint64_t v = atomic_load(&c->failed_seen);
+    if (v == 0)
+        return 0;
+    *generation = v - 1;
+    return 1;
 }
 
 static void publish(al_cred_cache *c, al_cred_snapshot *s)
@@ -189,6 +199,7 @@ static void refresh(al_cred_cache *c)
         int rc = load(c, &next);
         if (rc == AL_OK) {
             c->have_failed = 0;
+            atomic_store(&c->failed_seen, 0);
             al_log(AL_LOG_INFO, "identity.reload", "generation=%llu versions=%zu",
                    (unsigned long long)next->generation, next->n);
             publish(c, next);
@@ -200,6 +211,7 @@ static void refresh(al_cred_cache *c)
                        "keeping the previous credentials: %s", al_strerror(rc));
             c->have_failed = 1;
             c->failed_generation = gen;
+            atomic_store(&c->failed_seen, gen + 1);
         }
     }
     al_cred_snapshot_release(cur);

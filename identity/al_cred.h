@@ -62,6 +62,10 @@ int al_cred_lookup_previous(const al_cred_snapshot *s, const char *provider, uin
                             al_secret_view *out);
 /* The store change counter the snapshot was built from. */
 uint64_t al_cred_snapshot_generation(const al_cred_snapshot *s);
+/* 1 with *generation set when the watcher's latest reload failed (the previous
+ * snapshot is kept; generation is the store's change counter it could not load), 0
+ * when it succeeded or none failed. Lets a test wait until a refresh was tried. */
+int al_cred_cache_failed_generation(al_cred_cache *c, uint64_t *generation);
 /* Tests: monotonic clock in ms for rests (NULL = CLOCK_MONOTONIC). */
 void al_cred_cache_set_clock(al_cred_cache *c, int64_t (*now_ms)(void *arg), void *arg);
 /* What the status page and the metrics show of a provider: never the secret. */

@@ -150,7 +150,14 @@ static void test_failed_refresh_keeps_old_snapshot(void **state)
     uint64_t gen = al_cred_snapshot_generation(s);
     al_cred_snapshot_release(s);
     flip_current_sealed_byte("k");
-    usleep(700 * 1000); /* > two watcher periods: the refresh has been tried */
+    /* wait (bounded) until the watcher has tried the changed store and failed, rather
+     * than sleeping and hoping it has */
+    uint64_t failed = 0;
+    int64_t start = mono_ms();
+    while (!(al_cred_cache_failed_generation(c, &failed) && failed > gen) &&
+           mono_ms() - start < 10000)
+        usleep(10000);
+    assert_true(failed > gen);
     s = al_cred_cache_acquire(c);
     assert_int_equal(al_cred_snapshot_generation(s), gen);
     al_secret_view v;
@@ -167,7 +174,7 @@ static void test_failed_refresh_keeps_old_snapshot(void **state)
                            .grace_s = 0};
     assert_int_equal(al_identity_update(id, &sp, NULL), AL_OK);
     al_identity_close(id);
-    assert_true(wait_for(c, "k", "fixed", 2000) >= 0);
+    assert_true(wait_for(c, "k", "fixed", 10000) >= 0);
     al_cred_cache_close(c);
 }
 
