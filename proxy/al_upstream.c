@@ -38,6 +38,7 @@
  * stalls for idle_timeout_ms ends with AL_UPSTREAM_TIMEOUT_CLIENT, so it cannot
  * hold an upstream slot for ever (a slow agent that still moves bytes restarts it).
  * While a request waits for a slot of its host, queue_timeout_ms bounds the wait.
+ * curl's connect deadline has a timer of ours behind it (see arm_connect).
  *
  * Fairness: a host has AL_UPSTREAM_MAX_HOST_CONNECTIONS slots per worker; one client
  * address holds at most max_per_client of them, its further requests wait, and the
@@ -130,10 +131,11 @@ struct al_upstream_req {
     int allow_private;
     int user_body;       /* read_body is called */
     int64_t body_length; /* as given; meaningful when user_body */
-    uint32_t first_byte_ms, idle_ms;
+    uint32_t first_byte_ms, idle_ms, connect_ms;
 
-    ev_timer first_byte_timer, idle_timer, queue_timer;
+    ev_timer first_byte_timer, idle_timer, queue_timer, connect_timer;
     ev_tstamp last_activity;
+    ev_tstamp handed_at; /* ev_time() when curl got the transfer (connect backstop) */
     struct timespec started;
     uint32_t first_byte_elapsed; /* ms, 0 until the first response byte */
 
@@ -391,6 +393,7 @@ static void req_release(al_upstream_req *r)
     ev_timer_stop(p->loop, &r->first_byte_timer);
     ev_timer_stop(p->loop, &r->idle_timer);
     ev_timer_stop(p->loop, &r->queue_timer);
+    ev_timer_stop(p->loop, &r->connect_timer);
     deferred_unlink(r);
     if (r->prev)
         r->prev->next = r->next;
@@ -432,6 +435,7 @@ static void req_finish(al_upstream_req *r, enum al_upstream_error err, const cha
     ev_timer_stop(p->loop, &r->first_byte_timer);
     ev_timer_stop(p->loop, &r->idle_timer);
     ev_timer_stop(p->loop, &r->queue_timer);
+    ev_timer_stop(p->loop, &r->connect_timer);
     if (r->added) {
         curl_multi_remove_handle(p->multi, r->easy);
         r->added = 0;
@@ -676,6 +680,45 @@ static void update_idle(al_upstream_req *r)
     }
 }
 
+/* curl's connect timeout, with grace: the backstop below fires only if curl's did not. */
+#define CONNECT_GRACE_S 0.1
+
+static void connect_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    al_upstream_req *r = w->data;
+    (void)revents;
+    if (r->prereq || r->done || r->cancelled)
+        return;
+    /* measured from the real clock: a timer started while the loop's clock was stale
+     * fires early */
+    ev_tstamp left = r->handed_at + r->connect_ms / 1000.0 + CONNECT_GRACE_S - ev_time();
+    if (left > 0.0005) {
+        ev_timer_set(w, left, 0.);
+        ev_timer_start(loop, w);
+        return;
+    }
+    snprintf(r->detail, sizeof r->detail, "no connection within %u ms", r->connect_ms);
+    req_finish(r, AL_UPSTREAM_TIMEOUT_CONNECT, r->detail);
+}
+
+/* The transfer is curl's now: curl's CURLOPT_CONNECTTIMEOUT_MS governs the connect,
+ * and this timer backs it up. libcurl 7.88 can lose that timeout: when an earlier
+ * timeout of the same transfer fires late (the loop was busy, e.g. loading a CA
+ * bundle) within 1 ms of the connect deadline, add_next_timeout() rounds the
+ * difference down to 0 ms and drops the connect deadline as past, while
+ * Curl_timeleft() still sees 1 ms left; nothing is armed after that, and a
+ * handshake the peer never answers waited for ever (test_tls_to_plain_server hung
+ * 1 run in 300 under CPU load). */
+static void arm_connect(al_upstream_req *r)
+{
+    r->added = 1;
+    if (r->connect_ms && !r->prereq) {
+        r->handed_at = ev_time();
+        ev_timer_set(&r->connect_timer, r->connect_ms / 1000.0 + CONNECT_GRACE_S, 0.);
+        ev_timer_start(r->pool->loop, &r->connect_timer);
+    }
+}
+
 static void arm_first_byte(al_upstream_req *r)
 {
     if (r->first_byte_ms && !r->head_done && !ev_is_active(&r->first_byte_timer)) {
@@ -726,6 +769,7 @@ static int prereq_cb(void *clientp, char *primary_ip, char *local_ip, int primar
 {
     al_upstream_req *r = clientp;
     r->prereq = 1;
+    ev_timer_stop(r->pool->loop, &r->connect_timer);
     /* with no body to send, the request is out as soon as this returns */
     if (!r->user_body || r->body_length == 0)
         arm_first_byte(r);
@@ -1079,7 +1123,7 @@ static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
                 req_finish(r, AL_UPSTREAM_CONNECT, r->detail);
                 continue;
             }
-            r->added = 1;
+            arm_connect(r);
         }
         int changed = (r->want_send && r->send_paused) || (r->want_recv && r->recv_paused);
         if (r->want_send)
@@ -1339,6 +1383,8 @@ static al_upstream_req *req_get(al_upstream_pool *p)
     r->idle_timer.data = r;
     ev_init(&r->queue_timer, queue_cb);
     r->queue_timer.data = r;
+    ev_init(&r->connect_timer, connect_cb);
+    r->connect_timer.data = r;
     return r;
 }
 
@@ -1362,6 +1408,7 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
     r->body_length = o->has_body ? o->body_length : 0;
     r->first_byte_ms = o->first_byte_timeout_ms;
     r->idle_ms = o->idle_timeout_ms;
+    r->connect_ms = o->connect_timeout_ms;
     r->client_cap = o->max_per_client;
     r->queue_ms = o->queue_timeout_ms;
     clock_gettime(CLOCK_MONOTONIC, &r->started);
@@ -1489,7 +1536,7 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
             rc = AL_ERR_NOMEM;
             goto fail;
         }
-        r->added = 1;
+        arm_connect(r);
     }
     *out = r;
     return AL_OK;
@@ -1542,6 +1589,7 @@ void al_upstream_cancel(al_upstream_req *r)
     ev_timer_stop(r->pool->loop, &r->first_byte_timer);
     ev_timer_stop(r->pool->loop, &r->idle_timer);
     ev_timer_stop(r->pool->loop, &r->queue_timer);
+    ev_timer_stop(r->pool->loop, &r->connect_timer);
     if (r->pool->cb_depth > 0) {
         /* the failing callback makes curl end the transfer; the queue frees it
          * if curl has not reported it done first */
