@@ -332,7 +332,7 @@ def start_oidc(ttl=300, resources=(), client_id="airlock-test", client_secret=No
     """Starts the real OpenID provider tests/peers/oidc_provider.js on 127.0.0.1 over
     HTTPS (test CA); one confidential client allowed client_credentials; access tokens
     are RS256 JWTs for the requested (or first of `resources`) resource, living `ttl` s.
-    Skips when tests/node_modules lacks oidc-provider. Returns an OidcProvider."""
+    Not run (a failure) when tests/node_modules lacks oidc-provider. Returns an OidcProvider."""
     if not node_modules_ready("oidc-provider", "jose"):
         raise Skip("tests/node_modules has no oidc-provider: run (cd tests && npm ci)")
     c = test_ca()
