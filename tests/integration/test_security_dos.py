@@ -128,10 +128,14 @@ def wait_closed(s, deadline=DEADLINE):
         got += d
 
 
-def assert_closed_by_timeout(s, what, sent_at=None):
+def assert_closed_by_timeout(s, what, sent_at):
+    """sent_at: time.monotonic() taken before the client did what starts airlock's clock
+    (before connect() for the clocks that run from accept). airlock's clock cannot start
+    before it, so el >= the limit; taken after it (after connect, after reading a
+    response), a test process descheduled for a few hundred ms under load saw an
+    on-time close as early ("closed after 0.57s, before the 1.0s limit")."""
     el, got = wait_closed(s)
-    if sent_at is not None:
-        el = time.monotonic() - sent_at
+    el = time.monotonic() - sent_at
     # a timer never fires early: closing much sooner means something else closed it
     assert el >= LIMIT * 0.8, "%s: closed after %.2fs, before the %.1fs limit" % (what, el, LIMIT)
     return el, got
@@ -240,8 +244,9 @@ def reset_count(seen):
 
 def test_idle_tcp_connection_is_closed():
     for port in (AL.proxy_port,):
+        t0 = time.monotonic()
         s = connect(port)
-        assert_closed_by_timeout(s, "idle connection")
+        assert_closed_by_timeout(s, "idle connection", sent_at=t0)
 
 
 def test_partial_heads_get_408_and_close():
@@ -252,8 +257,8 @@ def test_partial_heads_get_408_and_close():
         b"\r\n\r\nGET / HTTP/1.1\r\n",               # leading empty lines, then a start
     ]
     for raw in spellings:
+        t0 = time.monotonic()  # the header clock runs from accept
         s = connect(AL.proxy_port)
-        t0 = time.monotonic()
         s.sendall(raw)
         _, got = assert_closed_by_timeout(s, repr(raw), sent_at=t0)
         if got:  # a partial head is answered 408 before the close
@@ -264,8 +269,8 @@ def test_partial_heads_get_408_and_close():
 def test_trickled_head_does_not_extend_the_header_clock():
     # slowloris: one byte every 200 ms never completes a head; the clock counts from
     # the first byte, so the connection goes within the limit whatever the trickle
-    s = connect(AL.proxy_port)
     t0 = time.monotonic()
+    s = connect(AL.proxy_port)
     line = b"GET /t/demo/x HTTP/1.1\r\nX-Slow: " + b"a" * 200
     got = b""
     closed = False
@@ -292,20 +297,22 @@ def test_trickled_head_does_not_extend_the_header_clock():
 
 
 def test_partial_h2_preface_is_closed():
+    t0 = time.monotonic()
     s = connect(AL.proxy_port)
     s.sendall(H2_PREFACE[:14])  # "PRI * HTTP/2.0": could still be the preface
-    assert_closed_by_timeout(s, "partial h2 preface")
+    assert_closed_by_timeout(s, "partial h2 preface", sent_at=t0)
 
 
 def test_h2_preface_without_settings_is_closed():
+    t0 = time.monotonic()
     s = connect(AL.proxy_port)
     s.sendall(H2_PREFACE)
-    assert_closed_by_timeout(s, "h2 preface without SETTINGS")
+    assert_closed_by_timeout(s, "h2 preface without SETTINGS", sent_at=t0)
 
 
 def test_h2_connection_without_streams_gets_goaway():
+    t0 = time.monotonic()  # the no-stream clock may start before h2_open returns
     s, c, _ = h2_open(AL.proxy_port)
-    t0 = time.monotonic()
     _, got = assert_closed_by_timeout(s, "idle h2 connection", sent_at=t0)
     events = c.receive_data(got)
     assert any(isinstance(e, h2.events.ConnectionTerminated) for e in events), events
@@ -313,14 +320,18 @@ def test_h2_connection_without_streams_gets_goaway():
 
 def test_half_client_hello_on_tls_listener_is_closed():
     for n in (0, 5, 60):
+        hello = client_hello_prefix(n)  # made first: the CA bundle loads slowly under load
+        t0 = time.monotonic()  # the handshake clock runs from accept
         s = connect(AL.tls_port)
         if n:
-            s.sendall(client_hello_prefix(n))
-        assert_closed_by_timeout(s, "TLS listener, %d bytes of ClientHello" % n)
+            s.sendall(hello)
+        assert_closed_by_timeout(s, "TLS listener, %d bytes of ClientHello" % n, sent_at=t0)
 
 
 def test_half_client_hello_inside_connect_is_closed():
+    hello = client_hello_prefix(40)
     s = connect(AL.proxy_port)
+    t0 = time.monotonic()  # the handshake clock starts as the 200 goes out
     s.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (ECHO, ECHO))
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -328,13 +339,13 @@ def test_half_client_hello_inside_connect_is_closed():
         assert d, buf
         buf += d
     assert buf.startswith(b"HTTP/1.1 200"), buf
-    t0 = time.monotonic()
-    s.sendall(client_hello_prefix(40))
+    s.sendall(hello)
     assert_closed_by_timeout(s, "half ClientHello after CONNECT", sent_at=t0)
 
 
 def test_keepalive_idle_connection_is_closed():
     s = connect(AL.proxy_port)
+    t0 = time.monotonic()  # the keep-alive clock starts once the response is written
     s.sendall(b"GET /t/demo/ka HTTP/1.1\r\nHost: a\r\n\r\n")
     buf = b""
     while True:
@@ -346,7 +357,6 @@ def test_keepalive_idle_connection_is_closed():
         if cl and len(body) >= int(cl[0].split(b":")[1]):
             break
     assert buf.startswith(b"HTTP/1.1 200"), buf[:200]
-    t0 = time.monotonic()
     el, got = assert_closed_by_timeout(s, "keep-alive idle", sent_at=t0)
     assert got == b"", got
 
@@ -533,8 +543,10 @@ def test_h2_zero_window_streams_are_reset_after_idle_timeout():
 def test_h2_zero_window_with_finished_responses_is_closed():
     # small responses: the upstream is done at once, only the agent's window of 0
     # keeps the streams open; the output clock (limits.idle_timeout_ms) ends it
+    t0 = time.monotonic()  # before the clock can start (see assert_closed_by_timeout)
     s, c, ids = h2_open(AL.proxy_port, [("GET", "/t/demo/small", None)] * 5, zero_window=True)
-    el, got = wait_closed(s, DEADLINE + 2)
+    _, got = wait_closed(s, DEADLINE + 2)
+    el = time.monotonic() - t0
     assert el >= LIMIT, "closed after %.2fs" % el
     heads = [e for e in c.receive_data(got) if isinstance(e, h2.events.ResponseReceived)]
     assert len(heads) == len(ids), heads
