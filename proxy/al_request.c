@@ -1127,16 +1127,33 @@ static int scrub_head(al_req *r, const al_header *h, size_t n, const al_header *
     return rc;
 }
 
+/* 1 when a WWW-Authenticate header says the Bearer token itself was refused (RFC 6750
+ * 3.1 error="invalid_token"): a 403 that says so is a rejected token, not a scope. */
+static int bearer_invalid_token(const al_header *h, size_t n)
+{
+    static const char want[] = "invalid_token";
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].name_len != 16 || strncasecmp(h[i].name, "www-authenticate", 16) != 0 ||
+            h[i].value_len < 6 || strncasecmp(h[i].value, "bearer", 6) != 0)
+            continue;
+        for (size_t k = 0; k + sizeof want - 1 <= h[i].value_len; k++)
+            if (strncasecmp(h[i].value + k, want, sizeof want - 1) == 0)
+                return 1;
+    }
+    return 0;
+}
+
 static void up_on_head(void *arg, int status, const al_header *h, size_t n)
 {
     al_req *r = arg;
+    int rejected_as = status == 403 && bearer_invalid_token(h, n) ? 401 : status;
     /* 401/403: one retry, if the credential source says one may help (the store: the
      * previous key version in its grace period, else the fallback provider; OAuth: a
      * fresh token). Only a body-less request or one whose body prepare kept can be
      * sent again. The response is dropped; up_on_done starts the retry. */
     if ((status == 401 || status == 403) && r->cq.attempt == AL_CRED_FIRST &&
         (!r->has_body || r->spool) && r->have_secret &&
-        al_credsrc_rejected(r->src, &r->cq, &r->grant, status, &r->retry)) {
+        al_credsrc_rejected(r->src, &r->cq, &r->grant, rejected_as, &r->retry)) {
         if (!r->retry.provider ||
             (r->retry.provider = arena_dup(r, r->retry.provider, strlen(r->retry.provider)))) {
             r->retrying = 1;

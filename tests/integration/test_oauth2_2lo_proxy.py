@@ -199,6 +199,12 @@ def test_revoked_token_is_replaced_once_and_the_request_replayed():
                                  if str(l.get("path", "")).endswith("/after-revoke")], 10,
                         "the retried request's audit record")
         assert last[-1]["retry"] == "refreshed_credential", last
+        # a 403 with WWW-Authenticate: Bearer error="invalid_token" is a rejected token too
+        S.post("https://127.0.0.1:%d/__revoke" % e.rs_port, verify=e.ca, timeout=10)
+        r = e.get("/as403/x")
+        assert r.status_code == 200, r.text
+        assert e.tokens() - before == 2, e.tokens() - before
+        before = e.tokens() - 1
         # a request with a body is replayed from the kept body, byte for byte
         import hashlib
         body = os.urandom(3000)
@@ -206,7 +212,7 @@ def test_revoked_token_is_replaced_once_and_the_request_replayed():
         r = S.post(e.al.gateway_url("api", "/with-body"), data=body, timeout=30)
         assert r.status_code == 200, r.text
         assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), r.json()
-        assert e.tokens() - before == 2 and e.rs_stats()["rejected"] == 2
+        assert e.tokens() - before == 2 and e.rs_stats()["rejected"] == 3
     finally:
         e.stop()
 

@@ -7,6 +7,7 @@
 //        [--cert PEM --key PEM] [--port 0]
 //   NODE_EXTRA_CA_CERTS=test-ca.pem so the JWKS fetch trusts the test CA.
 //
+// - /api/as403/... answers a refused token with 403 (+ the same WWW-Authenticate);
 // - /api/...   any method: 200 {"ok":true,"method","path","jti","scope","aud","body_sha256",
 //              "body_len"} with a valid token; else 401 with
 //              WWW-Authenticate: Bearer error="invalid_token" and a JSON error;
@@ -108,7 +109,9 @@ async function handle(req, res) {
   if (auth.error) {
     stats.rejected++;
     await readBody(req);
-    return send(res, 401, { error: "invalid_token", message: auth.error }, {
+    // /api/as403/...: the same refusal as a 403 (some servers answer so; RFC 6750 allows it)
+    const st = url.pathname.startsWith("/api/as403/") ? 403 : 401;
+    return send(res, st, { error: "invalid_token", message: auth.error }, {
       "www-authenticate": 'Bearer error="invalid_token"',
     });
   }
