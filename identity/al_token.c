@@ -349,8 +349,12 @@ int al_token_parse_response(long status, const char *body, size_t len, const cha
     int64_t life = 0;
     if (json_is_integer(ei))
         life = json_integer_value(ei);
-    else if (json_is_real(ei))
-        life = (int64_t)json_real_value(ei);
+    else if (json_is_real(ei)) {
+        /* Clamp before converting: a double past INT64_MAX (or NaN) is undefined as an
+         * integer (found by fuzz_identity_token). */
+        double d = json_real_value(ei);
+        life = d > 0 && d < 1e12 ? (int64_t)d : (d >= 1e12 ? (int64_t)1e12 : 0);
+    }
     else if (json_is_string(ei))
         life = strtoll(json_string_value(ei), NULL, 10);
     int has_expiry = life > 0;
