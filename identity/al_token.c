@@ -552,6 +552,12 @@ static void form_append(char *buf, size_t *used, size_t cap, const char *name, c
     *used = u;
 }
 
+void al_token_form_append(char *buf, size_t *used, size_t cap, const char *name, const char *val,
+                          size_t vlen)
+{
+    form_append(buf, used, cap, name, val, vlen);
+}
+
 static void send_token_request(load_ctx *c, const char *endpoint)
 {
     const al_token_spec *s = &c->sc->s;

@@ -126,6 +126,10 @@ int al_token_cache_key(const al_token_spec *spec, char *buf, size_t len);
 int al_token_parse_response(long status, const char *body, size_t len, const char *host,
                             const al_token_spec *spec, int64_t now_unix, al_token **tok, char *msg,
                             size_t msglen);
+/* Appends "&name=value" (the value form-urlencoded; no '&' first in an empty buf) at
+ * buf[*used], never past cap (size cap for 3 bytes per value byte); *used advances. */
+void al_token_form_append(char *buf, size_t *used, size_t cap, const char *name, const char *val,
+                          size_t vlen);
 /* Copies printable ASCII of s (at most max bytes) into out, with `secret` cut out. */
 void al_token_sanitize(const char *s, const unsigned char *secret, size_t secret_len, char *out,
                        size_t outlen, size_t max);

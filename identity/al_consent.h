@@ -1,0 +1,91 @@
+/* al_consent: the pending consents of OAuth 2.0 on behalf of a user (3LO) — airlock's
+ * own single-use authorization links and the state of each authorization request
+ * between the redirect to the provider and its callback (issue 14).
+ *
+ *   al_consent_start(c, &b, id)      a request for (user, provider, scope, target) had
+ *                                    no token: a new link id (32 random bytes,
+ *                                    base64url) valid AL_CONSENT_TTL_S, for the 401
+ *                                    consent_required's authorization_url;
+ *   al_consent_open(c, id, &a, ...)  the link is opened (once: the id is consumed):
+ *                                    a fresh state, PKCE verifier (S256, always) and
+ *                                    nonce (when the scope asks for openid); returns
+ *                                    the authorization request's parameters (the
+ *                                    provider's URL query, or a PAR body, RFC 9126);
+ *   al_consent_finish(c, state, &f)  the callback: the state is consumed (a replay or
+ *                                    a forged or expired state is AL_ERR_NOTFOUND /
+ *                                    AL_ERR_TIMEOUT, nothing to store); f holds the
+ *                                    binding (user, provider, scope, target) and the
+ *                                    verifier for the code exchange.
+ *
+ * Binding mode `link`: the link is the capability — whoever opens it first consents
+ * for the user it was made for (fine for one user; documented risk). Link ids and
+ * states are compared in constant time; a table full of pending consents refuses new
+ * ones (AL_ERR_AGAIN) rather than dropping a pending one. Nothing here logs; the
+ * verifier is wiped when a flow is cleared. Thread-safe (one mutex). */
+#ifndef AL_CONSENT_H
+#define AL_CONSENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "targets/al_table.h"
+
+#define AL_CONSENT_TTL_S  600
+#define AL_CONSENT_ID_LEN 43 /* base64url of 32 bytes, no padding */
+
+typedef struct al_consent al_consent;
+
+typedef struct al_consent_binding {
+    const char *user;     /* "iss sub" of the inbound JWT, or the trusted header's user */
+    const char *provider; /* the store's OAuth client */
+    const char *scope;    /* space-separated, as requested */
+    const char *target;
+} al_consent_binding;
+
+/* A consumed authorization request (al_consent_finish); clear with al_consent_flow_clear. */
+typedef struct al_consent_flow {
+    char *user, *provider, *scope, *target; /* owned */
+    char verifier[AL_CONSENT_ID_LEN + 1];   /* PKCE code_verifier: never logged */
+    char nonce[AL_CONSENT_ID_LEN + 1];      /* "" when no openid scope */
+} al_consent_flow;
+
+/* The provider side of an authorization request. */
+typedef struct al_consent_authz {
+    const char *client_id;
+    const char *redirect_uri; /* airlock's callback */
+    const al_kv *extra;       /* the target's custom_parameters (vendor quirks) */
+    size_t extra_count;
+} al_consent_authz;
+
+/* max_pending: links and states kept at once (0 = 1024). */
+int al_consent_new(size_t max_pending, al_consent **out);
+void al_consent_free(al_consent *c);
+/* Tests: the clock (unix seconds). */
+void al_consent_set_clock(al_consent *c, int64_t (*now_s)(void *arg), void *arg);
+
+/* id gets AL_CONSENT_ID_LEN chars + NUL. AL_ERR_INVAL for an empty or control-character
+ * field, AL_ERR_AGAIN when max_pending consents are pending. */
+int al_consent_start(al_consent *c, const al_consent_binding *b, char id[AL_CONSENT_ID_LEN + 1]);
+/* Consumes link `id`: *params (malloc'd) is the form-urlencoded authorization request
+ * (response_type=code, client_id, redirect_uri, scope, state, code_challenge,
+ * code_challenge_method=S256, nonce, extra). AL_ERR_NOTFOUND: unknown or already opened;
+ * AL_ERR_TIMEOUT: expired. The state lives AL_CONSENT_TTL_S from now. */
+int al_consent_open(al_consent *c, const char *id, const al_consent_authz *a, char **params);
+/* Consumes `state`; see above. */
+int al_consent_finish(al_consent *c, const char *state, al_consent_flow *f);
+void al_consent_flow_clear(al_consent_flow *f);
+/* Links and states pending now (expired ones are not counted). */
+size_t al_consent_pending(al_consent *c);
+
+/* Pure parts. */
+/* RFC 7636 4.2: BASE64URL(SHA256(verifier)), 43 chars + NUL. */
+int al_consent_pkce_s256(const char *verifier, char out[AL_CONSENT_ID_LEN + 1]);
+/* url + ('?' or '&') + params, malloc'd. */
+char *al_consent_url(const char *endpoint, const char *params);
+/* The token request bodies (form-urlencoded, malloc'd; client authentication is the
+ * token client's): grant_type=authorization_code (RFC 6749 4.1.3 + RFC 7636 4.5), and
+ * grant_type=refresh_token (RFC 6749 6). Wipe them after use (they hold a code or token). */
+char *al_consent_code_form(const char *code, const char *redirect_uri, const char *verifier);
+char *al_consent_refresh_form(const char *refresh_token, const char *scope);
+
+#endif
