@@ -48,6 +48,25 @@ typedef struct al_store_record {
 void al_store_record_clear(al_store_record *r);
 void al_store_records_free(al_store_record *recs, size_t n);
 
+/* A user's OAuth tokens (3LO), keyed by (provider, user): metadata in clear, the tokens
+ * sealed by al_vault (identity/al_user_token.h). Not part of the change counter: serve
+ * reads them per request instead of from the provider snapshot. */
+typedef struct al_store_user_token {
+    char *provider; /* owned */
+    char *user;     /* owned */
+    char *scope;    /* owned; may be "" */
+    int64_t obtained_at, expires_at, updated_at; /* unix seconds; expires_at 0 = unknown */
+    int has_refresh;
+    char fingerprint[32]; /* of the access token */
+    unsigned char *wrapped_key; /* owned; NULL in list() answers */
+    size_t wrapped_key_len;
+    unsigned char *sealed; /* owned; NULL in list() answers */
+    size_t sealed_len;
+} al_store_user_token;
+
+void al_store_user_token_clear(al_store_user_token *u);
+void al_store_user_tokens_free(al_store_user_token *u, size_t n);
+
 typedef struct al_store al_store;
 
 typedef struct al_store_ops {
@@ -70,6 +89,12 @@ typedef struct al_store_ops {
     /* Store-wide metadata (the master-key check value). AL_ERR_NOTFOUND if unset.
      * *out is malloc'd. */
     int (*meta_get)(al_store *s, const char *key, char **out);
+    /* User tokens: get (AL_ERR_NOTFOUND), put (insert or replace, durable when it
+     * returns), list (provider NULL = all; metadata only), del (AL_ERR_NOTFOUND). */
+    int (*user_get)(al_store *s, const char *provider, const char *user, al_store_user_token *out);
+    int (*user_put)(al_store *s, const al_store_user_token *u);
+    int (*user_list)(al_store *s, const char *provider, al_store_user_token **out, size_t *n);
+    int (*user_del)(al_store *s, const char *provider, const char *user);
 } al_store_ops;
 
 struct al_store {

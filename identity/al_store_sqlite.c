@@ -35,6 +35,11 @@ static const char schema_sql[] =
     " expires_at INTEGER NOT NULL, wiped INTEGER NOT NULL, fingerprint TEXT NOT NULL,"
     " wrapped_key BLOB, sealed BLOB, PRIMARY KEY (provider, version));"
     "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS user_tokens ("
+    " provider TEXT NOT NULL, user TEXT NOT NULL, scope TEXT NOT NULL,"
+    " obtained_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+    " has_refresh INTEGER NOT NULL, fingerprint TEXT NOT NULL, wrapped_key BLOB NOT NULL,"
+    " sealed BLOB NOT NULL, PRIMARY KEY (provider, user));"
     "INSERT OR IGNORE INTO meta (k, v) VALUES ('generation', '0');";
 
 static char *dup_col(sqlite3_stmt *st, int col)
@@ -424,6 +429,167 @@ static void sq_close(al_store *base)
     free(s);
 }
 
+void al_store_user_token_clear(al_store_user_token *u)
+{
+    if (!u)
+        return;
+    free(u->provider);
+    free(u->user);
+    free(u->scope);
+    if (u->wrapped_key)
+        OPENSSL_cleanse(u->wrapped_key, u->wrapped_key_len);
+    if (u->sealed)
+        OPENSSL_cleanse(u->sealed, u->sealed_len);
+    free(u->wrapped_key);
+    free(u->sealed);
+    memset(u, 0, sizeof *u);
+}
+
+void al_store_user_tokens_free(al_store_user_token *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        al_store_user_token_clear(&u[i]);
+    free(u);
+}
+
+#define USER_COLS                                                                                  \
+    "SELECT provider, user, scope, obtained_at, expires_at, updated_at, has_refresh, "             \
+    "fingerprint"
+
+static int user_row(sqlite3_stmt *st, al_store_user_token *u, int blobs)
+{
+    memset(u, 0, sizeof *u);
+    u->provider = dup_col(st, 0);
+    u->user = dup_col(st, 1);
+    u->scope = dup_col(st, 2);
+    u->obtained_at = sqlite3_column_int64(st, 3);
+    u->expires_at = sqlite3_column_int64(st, 4);
+    u->updated_at = sqlite3_column_int64(st, 5);
+    u->has_refresh = sqlite3_column_int(st, 6);
+    const unsigned char *fp = sqlite3_column_text(st, 7);
+    snprintf(u->fingerprint, sizeof u->fingerprint, "%s", fp ? (const char *)fp : "");
+    if (blobs) {
+        u->wrapped_key = dup_blob(st, 8, &u->wrapped_key_len);
+        u->sealed = dup_blob(st, 9, &u->sealed_len);
+        if (!u->wrapped_key || !u->sealed)
+            return AL_ERR_NOMEM;
+    }
+    return (u->provider && u->user && u->scope) ? AL_OK : AL_ERR_NOMEM;
+}
+
+static int sq_user_get(al_store *base, const char *provider, const char *user,
+                       al_store_user_token *out)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    int rc;
+    memset(out, 0, sizeof *out);
+    if (sqlite3_prepare_v2(s->db,
+                           USER_COLS ", wrapped_key, sealed FROM user_tokens "
+                                     "WHERE provider = ? AND user = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare user get");
+    sqlite3_bind_text(st, 1, provider, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, user, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW)
+        rc = user_row(st, out, 1);
+    else
+        rc = step == SQLITE_DONE ? AL_ERR_NOTFOUND : db_err(s, "user get");
+    sqlite3_finalize(st);
+    if (rc != AL_OK)
+        al_store_user_token_clear(out);
+    return rc;
+}
+
+/* One statement: SQLite commits it atomically (and, with synchronous=FULL, durably
+ * before it returns), so a rotated refresh token is on disk before it is used. */
+static int sq_user_put(al_store *base, const al_store_user_token *u)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    int rc = AL_OK;
+    if (!u->wrapped_key || !u->sealed)
+        return AL_ERR_INVAL;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT OR REPLACE INTO user_tokens (provider, user, scope, "
+                           "obtained_at, expires_at, updated_at, has_refresh, fingerprint, "
+                           "wrapped_key, sealed) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare user put");
+    sqlite3_bind_text(st, 1, u->provider, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, u->user, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, u->scope ? u->scope : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, u->obtained_at);
+    sqlite3_bind_int64(st, 5, u->expires_at);
+    sqlite3_bind_int64(st, 6, u->updated_at);
+    sqlite3_bind_int(st, 7, u->has_refresh);
+    sqlite3_bind_text(st, 8, u->fingerprint, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 9, u->wrapped_key, (int)u->wrapped_key_len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 10, u->sealed, (int)u->sealed_len, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_err(s, "user put");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int sq_user_list(al_store *base, const char *provider, al_store_user_token **out,
+                        size_t *n)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    al_store_user_token *v = NULL;
+    size_t count = 0;
+    int rc = AL_OK, step;
+    if (sqlite3_prepare_v2(s->db,
+                           provider ? USER_COLS " FROM user_tokens WHERE provider = ? "
+                                                "ORDER BY provider, user"
+                                    : USER_COLS " FROM user_tokens ORDER BY provider, user",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare user list");
+    if (provider)
+        sqlite3_bind_text(st, 1, provider, -1, SQLITE_STATIC);
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        al_store_user_token *nv = realloc(v, (count + 1) * sizeof *nv);
+        if (!nv) {
+            rc = AL_ERR_NOMEM;
+            break;
+        }
+        v = nv;
+        rc = user_row(st, &v[count++], 0);
+        if (rc != AL_OK)
+            break;
+    }
+    if (rc == AL_OK && step != SQLITE_DONE)
+        rc = db_err(s, "user list");
+    sqlite3_finalize(st);
+    if (rc != AL_OK) {
+        al_store_user_tokens_free(v, count);
+        return rc;
+    }
+    *out = v;
+    *n = count;
+    return AL_OK;
+}
+
+static int sq_user_del(al_store *base, const char *provider, const char *user)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    int rc = AL_OK;
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM user_tokens WHERE provider = ? AND user = ?", -1,
+                           &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare user delete");
+    sqlite3_bind_text(st, 1, provider, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, user, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_err(s, "user delete");
+    else if (sqlite3_changes(s->db) == 0)
+        rc = AL_ERR_NOTFOUND;
+    sqlite3_finalize(st);
+    return rc;
+}
+
 static const al_store_ops sqlite_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -433,6 +599,10 @@ static const al_store_ops sqlite_ops = {
     .del = sq_del,
     .generation = sq_generation,
     .meta_get = sq_meta_get,
+    .user_get = sq_user_get,
+    .user_put = sq_user_put,
+    .user_list = sq_user_list,
+    .user_del = sq_user_del,
 };
 
 int al_store_sqlite_open(const char *state_dir, int flags, al_store **out)
