@@ -36,12 +36,15 @@ enum action {
     A_ROTATE = 32,
     A_VERIFY = 64,
     A_TEST = 128,
-    A_STATUS = 256
+    A_STATUS = 256,
+    A_ULIST = 512,
+    A_UDEL = 1024
 };
 #define F_ALL   (F_NONE | F_API | F_OAUTH | F_AWS)
 #define F_PROV  (F_API | F_OAUTH | F_AWS)
 #define A_ALL                                                                                      \
-    (A_CREATE | A_UPDATE | A_GET | A_LIST | A_DELETE | A_ROTATE | A_VERIFY | A_TEST | A_STATUS)
+    (A_CREATE | A_UPDATE | A_GET | A_LIST | A_DELETE | A_ROTATE | A_VERIFY | A_TEST | A_STATUS |  \
+     A_ULIST | A_UDEL)
 #define A_CU    (A_CREATE | A_UPDATE)
 #define A_NAMED (A_CREATE | A_UPDATE | A_GET | A_DELETE | A_TEST)
 
@@ -66,6 +69,10 @@ static const struct verb {
      "request one client-credentials token and show its metadata (never the token)"},
     {"get-oauth2-token-status", F_OAUTH, A_STATUS,
      "the tokens a running serve holds: expiry, scopes, fingerprint (never the token)"},
+    {"list-user-tokens", F_OAUTH, A_ULIST,
+     "the users' tokens (3LO) of a provider: user, scope, expiry, fingerprint (never a token)"},
+    {"delete-user-token", F_OAUTH, A_UDEL,
+     "delete a user's tokens (3LO); their next request asks for consent again"},
     {"create-aws-credential-provider", F_AWS, A_CREATE, "store AWS access keys for SigV4"},
     {"update-aws-credential-provider", F_AWS, A_UPDATE, "rotate the keys or change settings"},
     {"get-aws-credential-provider", F_AWS, A_GET, "show one provider (never the keys)"},
@@ -116,6 +123,8 @@ enum opt {
     O_STOK_FILE,
     O_STOK_ENV,
     O_REGION,
+    O_UPROVIDER,
+    O_UUSER,
     O_COUNT
 };
 
@@ -181,6 +190,10 @@ static const struct flag {
                      "read a session token from FILE"},
     [O_STOK_ENV] = {"--session-token-env", F_AWS, A_CU, 0, "VAR", "read a session token from $VAR"},
     [O_REGION] = {"--region", F_AWS, A_CU, 0, "REGION", "default signing region"},
+    [O_UPROVIDER] = {"--provider", F_OAUTH, A_ULIST | A_UDEL, 0, "NAME",
+                     "the OAuth provider (required for delete-user-token)"},
+    [O_UUSER] = {"--user", F_OAUTH, A_UDEL, 0, "USER",
+                 "the end user, as list-user-tokens shows it (\"ISSUER SUB\" or a header's id)"},
 };
 
 static void usage_top(FILE *out)
@@ -700,6 +713,31 @@ int al_cmd_identity(int argc, char **argv)
                 ret = 1;
                 goto out;
             }
+        }
+    } else if (v->action & (A_ULIST | A_UDEL)) {
+        if (v->action == A_UDEL && (!o[O_UPROVIDER] || !o[O_UUSER])) {
+            fprintf(stderr, "airlock identity %s: --provider and --user are required\n", v->name);
+            ret = 2;
+            goto out;
+        }
+        rc = v->action == A_ULIST ? al_identity_open_readonly(state_dir, &id)
+                                  : al_identity_open(state_dir, AL_IDENTITY_WRITE, &id);
+        if (rc == AL_ERR_NOTFOUND && v->action == A_ULIST) {
+            res = json_pack("{s:[]}", "userTokens");
+            rc = AL_OK;
+        } else if (rc == AL_OK && v->action == A_ULIST)
+            rc = al_identity_list_user_tokens(id, o[O_UPROVIDER], &res);
+        else if (rc == AL_OK) {
+            rc = al_identity_delete_user_token(id, o[O_UPROVIDER], o[O_UUSER]);
+            if (rc == AL_ERR_NOTFOUND) {
+                fprintf(stderr, "airlock identity: no tokens of user '%s' for provider '%s'\n",
+                        o[O_UUSER], o[O_UPROVIDER]);
+                ret = 1;
+                goto out;
+            }
+            if (rc == AL_OK)
+                res = json_pack("{s:s, s:s, s:b}", "provider", o[O_UPROVIDER], "user",
+                                o[O_UUSER], "deleted", 1);
         }
     } else if (v->action & (A_GET | A_LIST)) {
         rc = al_identity_open_readonly(state_dir, &id);

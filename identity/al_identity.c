@@ -922,6 +922,39 @@ int al_identity_delete(al_identity *id, const char *name, const char *kind)
     return rc;
 }
 
+int al_identity_list_user_tokens(al_identity *id, const char *provider, json_t **out)
+{
+    al_store_user_token *u = NULL;
+    size_t n = 0;
+    if (!id->store->ops->user_list)
+        return AL_ERR_DB;
+    int rc = id->store->ops->user_list(id->store, provider, &u, &n);
+    if (rc != AL_OK)
+        return rc;
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(
+            arr, json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:b, s:s}", "provider", u[i].provider,
+                           "user", u[i].user, "scope", u[i].scope, "obtainedAt",
+                           (json_int_t)u[i].obtained_at, "expiresAt", (json_int_t)u[i].expires_at,
+                           "updatedAt", (json_int_t)u[i].updated_at, "hasRefreshToken",
+                           u[i].has_refresh, "fingerprint", u[i].fingerprint));
+    al_store_user_tokens_free(u, n);
+    *out = arr ? json_pack("{s:o}", "userTokens", arr) : NULL;
+    return *out ? AL_OK : AL_ERR_NOMEM;
+}
+
+int al_identity_delete_user_token(al_identity *id, const char *provider, const char *user)
+{
+    if (!id->store->ops->user_del)
+        return AL_ERR_DB;
+    int rc = id->store->ops->user_del(id->store, provider, user);
+    if (rc == AL_OK)
+        audit_ex(id, "identity.user_token_delete", provider, "oauth2", 0,
+                 json_pack("{s:s, s:s}", "end_user", user, "outcome", "deleted"));
+    return rc;
+}
+
 int al_identity_purge_expired(al_identity *id)
 {
     al_store_record *recs = NULL;

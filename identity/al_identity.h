@@ -34,6 +34,11 @@ enum al_identity_open_flags {
 int al_identity_open(const char *state_dir, int flags, al_identity **out);
 /* Metadata only, never creates or generates anything: for `airlock check`. */
 int al_identity_open_readonly(const char *state_dir, al_identity **out);
+/* 3LO user tokens: {"userTokens": [{provider, user, scope, obtainedAt, expiresAt,
+ * updatedAt, hasRefreshToken, fingerprint}]} (provider NULL = all), never a token; and
+ * deleting one user's tokens (audited as identity.user_token_delete; AL_ERR_NOTFOUND). */
+int al_identity_list_user_tokens(al_identity *id, const char *provider, json_t **out);
+int al_identity_delete_user_token(al_identity *id, const char *provider, const char *user);
 void al_identity_close(al_identity *id);
 
 /* Callback for al_table_check_providers (targets/al_table.h): arg is an al_identity*;
