@@ -372,9 +372,29 @@ static int h1_on_read(al_conn *c)
     }
 }
 
+/* A request is in flight with nothing pipelined behind it: the connection reads on
+ * (into an empty input buffer) only so that the agent's close is seen at once. Without
+ * it a quiet SSE stream whose agent left stays in CLOSE-WAIT, holding its upstream
+ * exchange, until the stream ends, and a draining server waits for it. Pipelined
+ * bytes stop the reading again (at most one buffer held); a CONNECT's tunnel or TLS
+ * start owns the bytes after its head. */
+static int h1_watching_eof(al_conn *c, const h1_state *s)
+{
+    return s->st == H1_WAIT && s->req && !s->resp_done && !s->tunnel && !c->start_tls_ctx &&
+           c->in_len == 0;
+}
+
 static void h1_on_eof(al_conn *c)
 {
     h1_state *s = c->proto_state;
+    if (h1_watching_eof(c, s)) {
+        /* The agent closed (or half-closed: indistinguishable without a write) while
+         * its response was pending: nobody takes the rest, cancel the exchange (audited
+         * as client_closed), as nginx does without proxy_ignore_client_abort. */
+        s->peer_eof = 1;
+        al_conn_close(c, 0);
+        return;
+    }
     s->peer_eof = 1;
     if (s->st == H1_WAIT && s->req && !s->resp_done) {
         al_conn_update(c); /* finish the response, then close */
@@ -399,7 +419,7 @@ static int h1_wants_read(al_conn *c)
         return 1;
     if (s->st == H1_BODY)
         return al_request_body_room(s->req) > 0;
-    return 0;
+    return h1_watching_eof(c, s);
 }
 
 static int h1_timeout_kind(al_conn *c)
