@@ -37,6 +37,7 @@ import tempfile
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -326,12 +327,50 @@ class OidcProvider:
     def stop(self):
         return self.proc.stop()
 
+    def consent(self, authorize_url, login, redirect_prefix, approve=True, timeout=20):
+        """Plays the end user in a browser: follows authorize_url (airlock's link or the
+        provider's authorization URL) with a cookie jar, signs in as `login` on the
+        provider's development login page (any login is accepted; the account id is
+        the login name), approves (or aborts) its consent page, and returns the URL the
+        provider finally redirects to under redirect_prefix (the callback with code and
+        state, or error) without requesting it. Redirects elsewhere (airlock's own link
+        to the provider) are followed."""
+        import requests
+        s = requests.Session()
+        s.trust_env = False
+        url, method, data = authorize_url, "GET", None
+        deadline = time.time() + timeout
+        for _ in range(20):
+            assert time.time() < deadline, "consent took longer than %d s" % timeout
+            if url.startswith(redirect_prefix):
+                return url
+            r = s.request(method, url, data=data, allow_redirects=False, verify=self.ca,
+                          timeout=10)
+            if r.status_code in (301, 302, 303, 307, 308):
+                url = urllib.parse.urljoin(url, r.headers["location"])
+                method, data = "GET", None
+                continue
+            assert r.status_code == 200, "%s %s -> %d %s" % (method, url, r.status_code,
+                                                             r.text[:300])
+            path = urllib.parse.urlparse(url).path
+            assert path.startswith("/interaction/"), "unexpected page %s: %s" % (url,
+                                                                                r.text[:300])
+            if 'name="login"' in r.text:
+                method, data = "POST", {"prompt": "login", "login": login, "password": "any"}
+            elif approve:
+                method, data = "POST", {"prompt": "consent"}
+            else:
+                url, method, data = url + "/abort", "GET", None
+        raise AssertionError("too many redirects from " + authorize_url)
+
 
 def start_oidc(ttl=300, resources=(), client_id="airlock-test", client_secret=None,
-               auth_method="basic", timeout=20):
+               auth_method="basic", timeout=20, user_clients=()):
     """Starts the real OpenID provider tests/peers/oidc_provider.js on 127.0.0.1 over
     HTTPS (test CA); one confidential client allowed client_credentials; access tokens
     are RS256 JWTs for the requested (or first of `resources`) resource, living `ttl` s.
+    user_clients: (id, secret, redirect_uri) clients for OAuth on behalf of a user
+    (authorization_code + PKCE + refresh_token; see OidcProvider.consent).
     Not run (a failure) when tests/node_modules lacks oidc-provider. Returns an OidcProvider."""
     if not node_modules_ready("oidc-provider", "jose"):
         raise Skip("tests/node_modules has no oidc-provider: run (cd tests && npm ci)")
@@ -342,6 +381,8 @@ def start_oidc(ttl=300, resources=(), client_id="airlock-test", client_secret=No
             "--client", "%s:%s%s" % (client_id, secret, ":post" if auth_method == "post" else "")]
     for r in resources:
         argv += ["--resource", r]
+    for cid, csec, redirect in user_clients:
+        argv += ["--user-client", "%s:%s:%s" % (cid, csec, redirect)]
     p = Proc(argv, name="oidc-provider", cwd=TESTS_DIR)
 
     def ready():

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from altest import (Proc, free_port, run, start_echo,  # noqa: E402
@@ -248,6 +249,80 @@ def test_oidc_provider_issues_jwt_client_credentials_tokens_and_counts_them():
                    data={"grant_type": "client_credentials"}, timeout=10)
         assert r.json()["expires_in"] == 5, r.text
         assert op.stats()["last_params"]["resource"] == "https://api.test/", op.stats()
+    finally:
+        op.stop()
+
+
+def test_oidc_provider_3lo_code_flow_with_pkce_and_rotating_refresh_tokens():
+    """The provider's user-facing side that airlock's 3LO builds on: its development login
+    and consent pages driven with a cookie jar (OidcProvider.consent), PKCE S256 required,
+    a code used once, the refresh token rotated on every use and a reused one refused,
+    and two users getting tokens with their own subject."""
+    import base64
+    redirect = "https://airlock.test/oauth2/callback"
+    op = start_oidc(ttl=60, resources=["https://api.test/"],
+                    user_clients=[("agent-3lo", "s3cret-3lo", redirect)])
+    meta = S.get(op.discovery_url, verify=op.ca, timeout=10).json()
+    auth_ep = meta["authorization_endpoint"]
+    assert "S256" in meta["code_challenge_methods_supported"], meta
+
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    def authorize(login, pkce=True):
+        verifier = b64(os.urandom(32))
+        state = b64(os.urandom(16))
+        q = {"response_type": "code", "client_id": "agent-3lo", "redirect_uri": redirect,
+             "scope": "openid offline_access read", "state": state, "prompt": "consent",
+             "nonce": b64(os.urandom(16))}
+        if pkce:
+            q["code_challenge"] = b64(hashlib.sha256(verifier.encode()).digest())
+            q["code_challenge_method"] = "S256"
+        url = auth_ep + "?" + urllib.parse.urlencode(q)
+        back = urllib.parse.urlparse(op.consent(url, login, redirect))
+        got = dict(urllib.parse.parse_qsl(back.query))
+        assert got.get("state") == state, got
+        return got, verifier
+
+    def token(**form):
+        return S.post(op.token_endpoint, auth=("agent-3lo", "s3cret-3lo"), data=form,
+                      verify=op.ca, timeout=10)
+
+    def claims(jwt):
+        p = jwt.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+
+    try:
+        got, _ = authorize("alice", pkce=False)
+        assert got.get("error") == "invalid_request", got  # PKCE is required
+        got, verifier = authorize("alice")
+        r = token(grant_type="authorization_code", code=got["code"], redirect_uri=redirect,
+                  code_verifier=verifier)
+        assert r.status_code == 200, r.text
+        t1 = r.json()
+        assert t1["refresh_token"] and t1["expires_in"] == 60, t1
+        assert claims(t1["access_token"])["sub"] == "alice", claims(t1["access_token"])
+        r = token(grant_type="refresh_token", refresh_token=t1["refresh_token"])
+        assert r.status_code == 200, r.text
+        t2 = r.json()
+        assert t2["refresh_token"] != t1["refresh_token"], "refresh token not rotated"
+        assert claims(t2["access_token"])["sub"] == "alice"
+        reuse = token(grant_type="refresh_token", refresh_token=t1["refresh_token"])
+        assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant", reuse.text
+        # a code is single use (a replay also revokes what it issued: RFC 6749 4.1.2)
+        again = token(grant_type="authorization_code", code=got["code"], redirect_uri=redirect,
+                      code_verifier=verifier)
+        assert again.status_code == 400 and again.json()["error"] == "invalid_grant", again.text
+        gotc, _ = authorize("carol")  # a code with the wrong verifier
+        bad = token(grant_type="authorization_code", code=gotc["code"], redirect_uri=redirect,
+                    code_verifier=b64(os.urandom(32)))
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_grant", bad.text
+        gotb, vb = authorize("bob")
+        r = token(grant_type="authorization_code", code=gotb["code"], redirect_uri=redirect,
+                  code_verifier=vb)
+        assert r.status_code == 200 and claims(r.json()["access_token"])["sub"] == "bob", r.text
+        st = op.stats()
+        assert st["code_grants"] == 2 and st["refresh_grants"] == 1, st
     finally:
         op.stop()
 

@@ -4,6 +4,7 @@
 //
 //   node oidc_provider.js --cert server.pem --key server.key [--port 0] [--ttl 300]
 //        [--client ID:SECRET[:AUTH_METHOD]]... [--resource URL]... [--key-out FILE]
+//        [--user-client ID:SECRET:REDIRECT_URI]...
 //
 // - HTTPS on 127.0.0.1 (the test CA's server certificate; the issuer is
 //   https://127.0.0.1:PORT, so discovery lives at ISSUER/.well-known/openid-configuration);
@@ -27,6 +28,14 @@
 //   re-fetching keys on an unknown kid;
 // - --key-out FILE writes the private signing JWK (mode 0600) so inbound-JWT tests can
 //   forge tokens with the issuer's real key (expired, wrong audience, ...) using jose.
+// - --user-client adds a confidential client for OAuth on behalf of a user (3LO):
+//   authorization_code with PKCE S256 (required) and refresh_token, scopes
+//   "openid offline_access read write", redirect URI REDIRECT_URI; refresh tokens are
+//   rotated on every use (rotateRefreshToken), so a test sees rotation; with any such
+//   client the library's development interactions are on: its login page accepts any
+//   login name and password (the account id is the login name), then a consent page
+//   (offline_access is only granted with prompt=consent). Authorization codes and
+//   refresh tokens are counted in /__stats (code_grants, refresh_grants).
 // Prints "READY <port> <issuer>" when listening.
 import https from "node:https";
 import fs from "node:fs";
@@ -34,7 +43,7 @@ import { generateKeyPair, exportJWK } from "jose";
 import Provider from "oidc-provider";
 
 const args = process.argv.slice(2);
-const opt = { port: 0, ttl: 300, clients: [], resources: [] };
+const opt = { port: 0, ttl: 300, clients: [], resources: [], userClients: [] };
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
   const v = args[i + 1];
@@ -44,6 +53,7 @@ for (let i = 0; i < args.length; i++) {
   else if (a === "--ttl") opt.ttl = Number(v);
   else if (a === "--client") opt.clients.push(v);
   else if (a === "--resource") opt.resources.push(v);
+  else if (a === "--user-client") opt.userClients.push(v);
   else if (a === "--key-out") opt.keyOut = v;
   else {
     console.error("unknown argument " + a);
@@ -66,6 +76,8 @@ const stats = {
   ttl: opt.ttl,
   delay_ms: 0,
   last_params: null,
+  code_grants: 0,
+  refresh_grants: 0,
 };
 let forcedError = null;
 
@@ -97,12 +109,30 @@ const clients = opt.clients.map((spec) => {
   };
 });
 
+for (const spec of opt.userClients) {
+  // ID:SECRET:REDIRECT_URI (the URI itself contains ':')
+  const i = spec.indexOf(":");
+  const j = spec.indexOf(":", i + 1);
+  clients.push({
+    client_id: spec.slice(0, i),
+    client_secret: spec.slice(i + 1, j),
+    grant_types: ["authorization_code", "refresh_token"],
+    redirect_uris: [spec.slice(j + 1)],
+    response_types: ["code"],
+    scope: "openid offline_access read write",
+    token_endpoint_auth_method: "client_secret_basic",
+  });
+}
+
 const provider = new Provider(issuer, {
   clients,
+  findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
+  pkce: { required: () => true },
+  rotateRefreshToken: true,
   jwks: { keys: [jwk] },
-  scopes: ["read", "write"],
+  scopes: ["openid", "offline_access", "read", "write"],
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: opt.userClients.length > 0 },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
@@ -119,7 +149,12 @@ const provider = new Provider(issuer, {
       }),
     },
   },
-  ttl: { ClientCredentials: () => stats.ttl },
+  ttl: {
+    ClientCredentials: () => stats.ttl,
+    AccessToken: () => stats.ttl,
+    RefreshToken: () => 24 * 3600,
+    Grant: () => 24 * 3600,
+  },
 });
 provider.proxy = false;
 
@@ -163,6 +198,8 @@ provider.use(async (ctx, next) => {
   if (ctx.path === "/token" && ctx.method === "POST" && ctx.oidc && ctx.oidc.params) {
     // What the library parsed: parameter names, and the values that are not secrets.
     const p = ctx.oidc.params;
+    if (ctx.status === 200 && p.grant_type === "authorization_code") stats.code_grants++;
+    if (ctx.status === 200 && p.grant_type === "refresh_token") stats.refresh_grants++;
     const params = {
       names: Object.keys(p).filter((k) => p[k] !== undefined).sort(),
       auth: ctx.get("authorization") ? "basic" : "post",
