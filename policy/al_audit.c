@@ -404,6 +404,10 @@ static size_t drain(al_audit *a)
         atomic_fetch_add(&a->pending_lines, 1);
         atomic_store_explicit(&s->seq, pos + a->mask + 1, memory_order_release);
         a->dequeue_pos = pos + 1;
+        /* published per line, before any write: a line in the batch must not also count
+         * as queued in the lag (a failed write below is visible to readers at once, and
+         * they saw each held line twice: lag 10 for 5 records) */
+        atomic_store_explicit(&a->consumed, a->dequeue_pos, memory_order_release);
         taken++;
     }
     if (blen) {
