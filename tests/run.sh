@@ -34,7 +34,10 @@ for f in build-fuzz/tests/fuzz_*; do
   mkdir -p "$corpus"
   work=$(mktemp -d)
   echo "fuzz: $name for ${fuzz_seconds}s"
+  # A crashing input is written under build-fuzz/ (git ignores it), not into the
+  # checkout's root; its path is in the log tail printed on failure.
   "$f" -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=0 \
+    -artifact_prefix="build-fuzz/$name-" \
     "$work" "$corpus" 2>build-fuzz/$name.log || { tail -50 build-fuzz/$name.log; exit 1; }
   rm -rf "$work"
 done
