@@ -67,3 +67,15 @@ start_upstream() {
   wait_port "$upstream_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
   wait_port "$direct_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
 }
+
+# header_arrived GOT KEY: 0 when the upstream's /check answer GOT shows that it received
+# "Authorization: Bearer KEY". airlock scrubs a credential the upstream echoes back
+# ([REDACTED] padded with '*' to the key's length), so that exact shape counts as proof
+# too: the scrubber replaces only the very bytes it injected.
+header_arrived() {
+  local got=$1 key=$2 stars
+  [ "$got" = "authorization=Bearer $key" ] && return 0
+  [ ${#key} -ge 10 ] || return 1
+  stars=$(printf '%*s' $((${#key} - 10)) '' | tr ' ' '*')
+  [ "$got" = "authorization=Bearer [REDACTED]$stars" ]
+}

@@ -241,7 +241,7 @@ start_peer() {
   if [ "$1" = oauth2_2lo ]; then # a token from the provider, whatever its bytes
     case "$got" in "authorization=Bearer "?*) got=$want ;; esac
   fi
-  if [ "$got" != "$want" ]; then
+  if [ "$got" != "$want" ] && ! { [ "$want" = "authorization=Bearer $key" ] && header_arrived "$got" "$key"; }; then
     note="$1: skipped, the upstream did not get the injected header (got: ${got:0:120})"
     kill -TERM "$peer_pid" 2>/dev/null || true
     peer_pid=""

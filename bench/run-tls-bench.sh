@@ -188,7 +188,7 @@ start_peer() {
   # The proxy must really inject the header, else its figures mean nothing.
   # shellcheck disable=SC2086
   got=$("$tlsload" ${args_of[$1]} --path /check --once 2>&1 || true)
-  if [ "$got" != "authorization=Bearer $key" ]; then
+  if ! header_arrived "$got" "$key"; then
     note="$1: skipped, the upstream did not get the injected header (got: ${got:0:160})"
     return 1
   fi
