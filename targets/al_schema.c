@@ -1056,25 +1056,49 @@ static void unknown_key(al_schema_ctx *c, const char *parent, yaml_node_t *k, co
         al_schema_error(c, k, "unknown key '%s' %s (known: %s)", ks, where, known);
 }
 
-static void walk_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+/* The shared start of a list of mappings (targets, policy rules): a null value is an
+ * empty list, anything but a sequence is an error, at most `max` items. Returns the
+ * zeroed array of n elements of `elem` bytes (owned by the caller), or NULL with an
+ * error reported (or for a null value). */
+static void *list_begin(al_schema_ctx *c, yaml_node_t *v, const char *what, const char *shape,
+                        size_t max, size_t elem, size_t *n_out)
 {
+    *n_out = 0;
     if (al_schema_is_null(v))
-        return;
+        return NULL;
     if (v->type != YAML_SEQUENCE_NODE) {
-        al_schema_error(c, v, "'targets' must be a list of targets (\"- name: ...\")");
-        return;
+        al_schema_error(c, v, "'%s' must be a list of %s", what, shape);
+        return NULL;
     }
     size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
-    if (n > c->max_targets) {
-        al_schema_error(c, v, "too many targets: %zu (at most %zu)", n, c->max_targets);
-        return;
+    if (n > max) {
+        al_schema_error(c, v, "too many %s: %zu (at most %zu)", what, n, max);
+        return NULL;
     }
-    al_table *t = c->table;
-    t->targets = calloc(n ? n : 1, sizeof *t->targets);
-    if (!t->targets) {
+    void *a = calloc(n ? n : 1, elem);
+    if (!a)
         al_schema_error(c, v, "out of memory");
+    else
+        *n_out = n;
+    return a;
+}
+
+/* A new list item: keys seen in the previous item of this scope do not count. */
+static void reset_seen(al_schema_ctx *c, int scope)
+{
+    for (size_t id = 0; id < AL_S_COUNT; id++)
+        if ((int)al_schema_rows[id].scope == scope)
+            memset(&c->seen[id], 0, sizeof c->seen[id]);
+}
+
+static void walk_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    al_table *t = c->table;
+    size_t n;
+    t->targets = list_begin(c, v, "targets", "targets (\"- name: ...\")", c->max_targets,
+                            sizeof *t->targets, &n);
+    if (!t->targets)
         return;
-    }
     (void)r;
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
@@ -1092,9 +1116,7 @@ static void walk_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *
         tg->line = m.line;
         tg->column = m.column;
         c->target = tg;
-        for (size_t id = 0; id < AL_S_COUNT; id++)
-            if (al_schema_rows[id].scope == AL_SCOPE_TARGET)
-                memset(&c->seen[id], 0, sizeof c->seen[id]);
+        reset_seen(c, AL_SCOPE_TARGET);
         walk_map(c, "targets[]", item);
         if (c->on_target)
             c->on_target(c, item, c->on_target_arg);
@@ -1106,23 +1128,12 @@ static void walk_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *
 
 static void walk_rules(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
 {
-    if (al_schema_is_null(v))
-        return;
-    if (v->type != YAML_SEQUENCE_NODE) {
-        al_schema_error(c, v, "'policy.rules' must be a list of rules (\"- targets: ...\")");
-        return;
-    }
-    size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
-    if (n > MAX_RULES) {
-        al_schema_error(c, v, "too many policy rules: %zu (at most %d)", n, MAX_RULES);
-        return;
-    }
     al_policy_cfg *pc = &c->table->policy;
-    pc->rules = calloc(n ? n : 1, sizeof *pc->rules);
-    if (!pc->rules) {
-        al_schema_error(c, v, "out of memory");
+    size_t n;
+    pc->rules = list_begin(c, v, "policy.rules", "rules (\"- targets: ...\")", MAX_RULES,
+                           sizeof *pc->rules, &n);
+    if (!pc->rules)
         return;
-    }
     (void)r;
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
@@ -1135,9 +1146,7 @@ static void walk_rules(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
         rule->line = m.line;
         rule->column = m.column;
         c->rule = rule;
-        for (size_t id = 0; id < AL_S_COUNT; id++)
-            if (al_schema_rows[id].scope == AL_SCOPE_RULE)
-                memset(&c->seen[id], 0, sizeof c->seen[id]);
+        reset_seen(c, AL_SCOPE_RULE);
         walk_map(c, "policy.rules[]", item);
         if (!c->seen[AL_S_R_TARGETS].key.line)
             al_schema_error(c, item,
