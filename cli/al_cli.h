@@ -18,6 +18,7 @@ int al_cmd_ca(int argc, char **argv);
 int al_cmd_env(int argc, char **argv);
 int al_cmd_reload(int argc, char **argv);
 int al_cmd_audit(int argc, char **argv);
+int al_cmd_store(int argc, char **argv);
 
 /* Usage text of a command (NULL name = the top-level usage). */
 void al_cli_usage(FILE *out, const char *command);
@@ -26,6 +27,11 @@ void al_cli_usage(FILE *out, const char *command);
  * else the state_dir of the table given with -c FILE, else ./.airlock.
  * Either argument may be NULL. Returns a malloc'd path (never NULL unless OOM). */
 char *al_cli_state_dir(const char *flag_state_dir, const char *config_path);
+
+/* The store rule: the `store` of the table given with -c FILE chooses the backend
+ * (identity/al_store.h); without -c, or a table without `store`, it is the SQLite
+ * store in the state dir. Returns 0, or 1 after printing the table's problems. */
+int al_cli_choose_store(const char *config_path);
 
 /* "http://HOST:PORT" of an admin listen address ("0.0.0.0:9090" and "[::]:9090" are
  * asked on the loopback address of their family). */

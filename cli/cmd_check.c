@@ -6,6 +6,7 @@
  * and the schema reference, both generated from data (matrix.yaml, al_schema rows).
  * Exit: 0 valid, 1 invalid or unreadable, 2 usage. */
 #include "al_cli.h"
+#include "identity/al_store.h"
 #include "common/al_err.h"
 #include "identity/al_identity.h"
 #include "targets/al_matrix.h"
@@ -389,7 +390,9 @@ int al_cmd_check(int argc, char **argv)
                          t->warnings.items[i].column, "%s", t->warnings.items[i].message);
         /* Providers against the store: names that exist, environments that match. */
         char *state_dir = al_cli_state_dir(state_flag, file);
-        int src = state_dir ? al_identity_check_table(state_dir, t, &d, NULL) : AL_ERR_NOMEM;
+        int src = !state_dir                         ? AL_ERR_NOMEM
+                  : al_store_choose_table(t) != AL_OK ? AL_ERR_NOMEM
+                                                     : al_identity_check_table(state_dir, t, &d, NULL);
         if (src == AL_ERR_NOTFOUND) {
             if (names_providers(t))
                 al_diags_add(&w, file, 0, 0,

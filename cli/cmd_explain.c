@@ -13,6 +13,7 @@
  * Exit: 0 the request would be forwarded, 1 it would be refused (or the table is
  * invalid), 2 usage. */
 #include "al_cli.h"
+#include "identity/al_store.h"
 #include "common/al_buf.h"
 #include "common/al_err.h"
 #include "identity/al_cred.h"
@@ -604,7 +605,8 @@ int al_cmd_explain(int argc, char **argv)
         atomic_store(&st.inbound, inb);
     }
     state_dir = al_cli_state_dir(state_flag, config);
-    if (state_dir && al_cred_cache_open(state_dir, &creds) != AL_OK)
+    if (state_dir && (al_store_choose_table(t) != AL_OK ||
+                      al_cred_cache_open(state_dir, &creds) != AL_OK))
         creds = NULL;
     loop = ev_loop_new(EVFLAG_AUTO);
     if (!loop || al_resolver_new(loop, &resolver) != AL_OK)

@@ -9,6 +9,7 @@
  * environment variable (--X-env). A secret written on the command line is refused
  * without echoing it. Secret buffers are wiped before they are freed. */
 #include "al_cli.h"
+#include "identity/al_store.h"
 #include "common/al_err.h"
 #include "identity/al_identity.h"
 #include "identity/al_token.h"
@@ -135,7 +136,7 @@ static const struct flag {
     const char *arg, *help;
 } flags[O_COUNT] = {
     [O_STATE_DIR] = {"--state-dir", F_ALL, A_ALL, 0, "DIR", "the store's directory"},
-    [O_CONFIG] = {"-c", F_ALL, A_ALL, 0, "FILE", "take state_dir from this target table"},
+    [O_CONFIG] = {"-c", F_ALL, A_ALL, 0, "FILE", "take state_dir and store from this target table"},
     [O_NAME] = {"--name", F_PROV, A_NAMED, 0, "NAME", "provider name (required)"},
     [O_ENV] = {"--environment", F_PROV, A_CU, 0, "ENV",
                "environment, e.g. dev or prod (default: default)"},
@@ -682,7 +683,7 @@ int al_cmd_identity(int argc, char **argv)
     }
 
     state_dir = al_cli_state_dir(o[O_STATE_DIR], o[O_CONFIG]);
-    if (!state_dir) {
+    if (!state_dir || al_cli_choose_store(o[O_CONFIG])) {
         ret = 1;
         goto out;
     }
@@ -785,12 +786,22 @@ int al_cmd_identity(int argc, char **argv)
         if (rc == AL_OK && v->action == A_DELETE)
             res = json_pack("{s:s, s:b}", "name", o[O_NAME], "deleted", 1);
     }
+    const al_store_choice *sc = al_store_chosen();
+    char where[4400];
+    al_store_describe(sc, state_dir, where, sizeof where);
     if (rc == AL_ERR_NOTFOUND) {
         if (o[O_NAME])
             fprintf(stderr, "airlock identity: no %s credential provider named '%s' in %s\n",
-                    kind ? kind : "", o[O_NAME], state_dir);
+                    kind ? kind : "", o[O_NAME], sc->backend ? where : state_dir);
         else
-            fprintf(stderr, "airlock identity: no identity store in %s\n", state_dir);
+            fprintf(stderr, "airlock identity: no identity store in %s\n",
+                    sc->backend ? where : state_dir);
+    } else if (rc == AL_ERR_DB && sc->backend == AL_STORE_BACKEND_POSTGRES) {
+        fprintf(stderr,
+                "airlock identity %s: failed: the store's database, %s, is unreachable or "
+                "refused the change (see the message above); nothing was changed — retry "
+                "when it is back\n",
+                v->name, where);
     } else if (rc != AL_OK) {
         fprintf(stderr, "airlock identity %s: failed: %s\n", v->name, al_strerror(rc));
     } else {

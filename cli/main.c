@@ -21,6 +21,7 @@ static const struct {
     {"ca", al_cmd_ca, "create and print the local CA used for TLS interception"},
     {"env", al_cmd_env, "print the environment an agent needs to use the proxy"},
     {"audit", al_cmd_audit, "verify the hash-chained audit log; export its public key"},
+    {"store", al_cmd_store, "copy the identity store between SQLite and PostgreSQL, verified"},
 };
 
 void al_cli_usage(FILE *out, const char *command)

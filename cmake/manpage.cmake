@@ -26,7 +26,7 @@ matches each request to a target of its YAML table, injects the target's credent
 from its encrypted store, checks the destination, and writes one audit record.
 The full manual is README.md in the documentation directory (share/doc/airlock).
 ")
-foreach(cmd serve check identity ca env)
+foreach(cmd serve check identity store ca env)
   help_text(text ${cmd})
   string(APPEND page ".SH AIRLOCK ${cmd}\n.nf\n${text}.fi\n")
 endforeach()

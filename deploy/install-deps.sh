@@ -8,12 +8,15 @@ packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   # libraries
   libnghttp2-dev libssl-dev libcurl4-openssl-dev libyaml-dev libc-ares-dev libev-dev
-  libjansson-dev libsqlite3-dev libhttp-parser-dev libcmocka-dev
+  libjansson-dev libsqlite3-dev libhttp-parser-dev libcmocka-dev libpq-dev
   # test peers and clients
   curl openssl nginx haproxy nghttp2-client nghttp2-server wrk sqlite3 procps
   python3 python3-requests python3-httpx python3-h2 nodejs npm git groff-base
   # AWS SigV4: an independent verifier (botocore) and an SDK playing an agent (boto3)
   python3-botocore python3-boto3
+  # the PostgreSQL store (several replicas): the tests start a private server with the
+  # package's initdb/postgres (as its `postgres` user when run as root)
+  postgresql
   # security-team features: promtool / a real Prometheus scrape, and the status page
   # in a real headless browser (npm puppeteer-core drives this one, downloads none)
   prometheus chromium
@@ -39,10 +42,10 @@ else
   echo "install-deps: all packages present"
 fi
 
-# The Debian nginx/haproxy/prometheus packages start system services on install;
-# airlock's tests and benchmarks run their own instances on free ports, so stop those
-# (and keep Prometheus from coming back at boot: it would hold port 9090).
-for svc in nginx haproxy prometheus; do
+# The Debian nginx/haproxy/prometheus/postgresql packages start system services on
+# install; airlock's tests and benchmarks run their own instances on free ports, so stop
+# those (and keep Prometheus from coming back at boot: it would hold port 9090).
+for svc in nginx haproxy prometheus postgresql; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     $SUDO systemctl stop "$svc" || true
   fi

@@ -12,19 +12,32 @@
  *    held while decrypting or while a request runs;
  *  - a refresh that fails (wrong key, tampered row, database error) keeps the old
  *    snapshot and logs once per store generation, without secret bytes;
- *  - only the watcher thread touches the al_identity handle. */
+ *  - only the watcher thread touches the al_identity handle;
+ *  - the watcher waits on the store's change descriptor when it has one (PostgreSQL
+ *    LISTEN: a change by any replica wakes it at once) and still re-reads the change
+ *    counter every LISTEN_POLL_MS, the fallback for what a reconnect missed; without
+ *    one (SQLite, or PostgreSQL down) it polls every POLL_MS;
+ *  - the store is never read on a worker thread: a down or slow database delays only
+ *    the watcher, and the workers keep the last snapshot (degraded mode). */
 #include "al_cred.h"
 #include "al_identity.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
 
+#include "al_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define POLL_MS   250
+#define LISTEN_POLL_MS 1000
 #define RR_SLOTS  64
 #define REST_MAX  64
 #define NAME_MAX_ 128
@@ -49,9 +62,8 @@ struct al_cred_cache {
     al_cred_snapshot *current; /* the cache holds one reference */
     pthread_t watcher;
     int watcher_started;
-    pthread_mutex_t stop_lock;
-    pthread_cond_t stop_cond;
-    int stop;
+    int stop_fds[2]; /* a byte on [1] stops the watcher */
+    atomic_int loaded; /* a snapshot came from the store, or there is no store yet */
     uint64_t failed_generation; /* last generation that failed to load (log once) */
     int have_failed;
     atomic_uint_least64_t failed_seen; /* failed_generation + 1 for readers, 0 = none */
@@ -197,6 +209,8 @@ static void refresh(al_cred_cache *c)
     al_cred_snapshot *cur = al_cred_cache_acquire(c), *next = NULL;
     if (needs_reload(c, cur)) {
         int rc = load(c, &next);
+        if (rc == AL_OK || rc == AL_ERR_NOTFOUND)
+            atomic_store(&c->loaded, 1);
         if (rc == AL_OK) {
             c->have_failed = 0;
             atomic_store(&c->failed_seen, 0);
@@ -217,27 +231,32 @@ static void refresh(al_cred_cache *c)
     al_cred_snapshot_release(cur);
 }
 
+/* Sleeps until the stop byte, a change announced by the store, or the poll period. */
+static int watcher_wait(al_cred_cache *c)
+{
+    al_store *st = c->id ? al_identity_store(c->id) : NULL;
+    int fd = st && st->ops->change_fd ? st->ops->change_fd(st) : -1;
+    struct pollfd p[2] = {{.fd = c->stop_fds[0], .events = POLLIN},
+                          {.fd = fd, .events = POLLIN}};
+    int n = poll(p, fd >= 0 ? 2 : 1, fd >= 0 ? LISTEN_POLL_MS : POLL_MS);
+    if (n > 0 && p[0].revents)
+        return 1;
+    if (n > 0 && fd >= 0 && p[1].revents)
+        st->ops->change_drain(st); /* the counter is read next either way */
+    return 0;
+}
+
 static void *watcher_main(void *arg)
 {
     al_cred_cache *c = arg;
-    pthread_mutex_lock(&c->stop_lock);
-    while (!c->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += POLL_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&c->stop_cond, &c->stop_lock, &ts);
-        if (c->stop)
-            break;
-        pthread_mutex_unlock(&c->stop_lock);
+    while (!watcher_wait(c))
         refresh(c);
-        pthread_mutex_lock(&c->stop_lock);
-    }
-    pthread_mutex_unlock(&c->stop_lock);
     return NULL;
+}
+
+int al_cred_cache_ready(al_cred_cache *c)
+{
+    return c && atomic_load(&c->loaded);
 }
 
 int al_cred_cache_open(const char *state_dir, al_cred_cache **out)
@@ -248,18 +267,25 @@ int al_cred_cache_open(const char *state_dir, al_cred_cache **out)
     if (!c)
         return AL_ERR_NOMEM;
     pthread_mutex_init(&c->swap_lock, NULL);
-    pthread_mutex_init(&c->stop_lock, NULL);
     pthread_mutex_init(&c->rest_lock, NULL);
-    pthread_cond_init(&c->stop_cond, NULL);
+    c->stop_fds[0] = c->stop_fds[1] = -1;
     c->now_ms = mono_ms;
+    if (pipe2(c->stop_fds, O_CLOEXEC) != 0) {
+        rc = AL_ERR_IO;
+        goto fail;
+    }
     c->state_dir = strdup(state_dir);
     if (!c->state_dir) {
         rc = AL_ERR_NOMEM;
         goto fail;
     }
     rc = load(c, &s);
-    if (rc == AL_ERR_NOTFOUND) {
-        /* No store yet: serve with no credentials; the watcher picks it up. */
+    if (rc == AL_OK || rc == AL_ERR_NOTFOUND)
+        atomic_store(&c->loaded, 1);
+    if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_DB) {
+        /* No store yet, or its database is unreachable (PostgreSQL down): start with no
+         * credentials; the watcher picks the store up when it appears or comes back,
+         * and al_cred_cache_ready says 0 until a database that is there was read. */
         s = snapshot_new();
         rc = s ? AL_OK : AL_ERR_NOMEM;
     }
@@ -283,18 +309,19 @@ void al_cred_cache_close(al_cred_cache *c)
     if (!c)
         return;
     if (c->watcher_started) {
-        pthread_mutex_lock(&c->stop_lock);
-        c->stop = 1;
-        pthread_cond_signal(&c->stop_cond);
-        pthread_mutex_unlock(&c->stop_lock);
+        char b = 1;
+        while (write(c->stop_fds[1], &b, 1) < 0 && errno == EINTR)
+            ;
         pthread_join(c->watcher, NULL);
+    }
+    if (c->stop_fds[0] >= 0) {
+        close(c->stop_fds[0]);
+        close(c->stop_fds[1]);
     }
     al_cred_snapshot_release(c->current);
     al_identity_close(c->id);
     pthread_mutex_destroy(&c->swap_lock);
-    pthread_mutex_destroy(&c->stop_lock);
     pthread_mutex_destroy(&c->rest_lock);
-    pthread_cond_destroy(&c->stop_cond);
     free(c->state_dir);
     free(c);
 }

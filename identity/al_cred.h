@@ -33,6 +33,11 @@ typedef struct al_cred_snapshot al_cred_snapshot;
  * master key rule as in identity/al_vault.h. */
 int al_cred_cache_open(const char *state_dir, al_cred_cache **out);
 void al_cred_cache_close(al_cred_cache *c);
+/* 1 once the cache has read the store (or found there is none yet): it can serve. 0
+ * while the store's database has been unreachable since start (PostgreSQL down): the
+ * watcher keeps trying and /readyz says not ready. Once 1, it stays 1 — a database
+ * lost later leaves the loaded credentials in use. */
+int al_cred_cache_ready(al_cred_cache *c);
 
 /* Current snapshot with a new reference (lock-free: one atomic load + increment). */
 al_cred_snapshot *al_cred_cache_acquire(al_cred_cache *c);

@@ -191,8 +191,7 @@ static int identity_open(const char *state_dir, int flags, al_identity **out)
         rc = AL_ERR_NOMEM;
         goto fail;
     }
-    rc = al_store_sqlite_open(state_dir, (flags & AL_IDENTITY_WRITE) ? AL_STORE_CREATE : 0,
-                              &id->store);
+    rc = al_store_open(state_dir, (flags & AL_IDENTITY_WRITE) ? AL_STORE_CREATE : 0, &id->store);
     if (rc != AL_OK)
         goto fail;
     if (flags & (AL_IDENTITY_WRITE | AL_IDENTITY_SECRETS)) {
@@ -257,6 +256,11 @@ const char *al_identity_provider_env_cb(void *arg, const char *provider)
         if (strcmp(id->envs[i].name, provider) == 0)
             return id->envs[i].environment;
     return NULL;
+}
+
+al_store *al_identity_store(al_identity *id)
+{
+    return id->store;
 }
 
 int al_identity_generation(al_identity *id, uint64_t *out)

@@ -97,6 +97,9 @@ int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out);
 
 /* The store's change counter (bumped by every committed change, by any process). */
 int al_identity_generation(al_identity *id, uint64_t *out);
+/* The store under id (its change notifications, refresh locks, user tokens); owned by
+ * id and used by id's thread only. */
+struct al_store *al_identity_store(al_identity *id);
 
 /* One usable (current or in-grace) secret version, decrypted. */
 typedef struct al_identity_secret {

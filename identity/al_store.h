@@ -68,6 +68,7 @@ void al_store_user_token_clear(al_store_user_token *u);
 void al_store_user_tokens_free(al_store_user_token *u, size_t n);
 
 typedef struct al_store al_store;
+struct al_store_lock;
 
 typedef struct al_store_ops {
     const char *name;
@@ -95,7 +96,47 @@ typedef struct al_store_ops {
     int (*user_put)(al_store *s, const al_store_user_token *u);
     int (*user_list)(al_store *s, const char *provider, al_store_user_token **out, size_t *n);
     int (*user_del)(al_store *s, const char *provider, const char *user);
+    /* ---- added for several replicas (PostgreSQL) ---- */
+    /* A descriptor that becomes readable when another process may have changed the
+     * store (PostgreSQL: the LISTEN connection's socket), or -1 (SQLite: poll the
+     * generation). After it is readable, change_drain() consumes what arrived and
+     * returns 1 if a change was announced, 0 if not, negative on error. NULL = none. */
+    int (*change_fd)(al_store *s);
+    int (*change_drain)(al_store *s);
+    /* The other store-wide meta entries (every key but "generation"): for `store
+     * migrate`. *keys and *vals are malloc'd arrays of malloc'd strings. */
+    int (*meta_list)(al_store *s, char ***keys, char ***vals, size_t *n);
+    /* One refresh at a time across processes and replicas (issue 17 item 3): takes the
+     * exclusive lock named `key` (e.g. "3lo\nPROVIDER\nUSER"), waiting at most
+     * timeout_ms (AL_ERR_TIMEOUT). Thread-safe — it uses its own database connection
+     * (PostgreSQL: a session advisory lock, released if this process dies) or its own
+     * open file description (SQLite: an OFD byte-range lock on <state_dir>/identity.db
+     * .locks, one host) — and it blocks: never call it on a worker's event loop.
+     *
+     * The protocol for a refresh that rotates a secret (3LO refresh tokens):
+     *   1. refresh_lock(key);
+     *   2. re-read the stored row (user_get): if another replica refreshed it while we
+     *      waited (its updated_at/fingerprint differ from the copy we started with and
+     *      it is still valid), use that token and skip to 5;
+     *   3. call the provider;
+     *   4. store the answer (user_put, durable) BEFORE using it;
+     *   5. al_store_unlock.
+     * The loser of a race thus reads the winner's token and never spends the rotated
+     * refresh token a second time. */
+    int (*refresh_lock)(al_store *s, const char *key, int timeout_ms, struct al_store_lock **out);
 } al_store_ops;
+
+/* A held refresh lock; al_store_unlock releases and frees it (NULL is fine). It may
+ * outlive the al_store it came from. */
+typedef struct al_store_lock {
+    void (*release)(struct al_store_lock *l);
+} al_store_lock;
+
+static inline void al_store_unlock(al_store_lock *l)
+{
+    if (l)
+        l->release(l);
+}
 
 struct al_store {
     const al_store_ops *ops;
@@ -108,6 +149,50 @@ enum al_store_open_flags {
 /* Opens <state_dir>/identity.db (SQLite, WAL, busy timeout 5 s). Without
  * AL_STORE_CREATE a missing database is AL_ERR_NOTFOUND. */
 int al_store_sqlite_open(const char *state_dir, int flags, al_store **out);
+
+/* ---- backend choice (table key `store`, identity/al_store.c) ----
+ *
+ * The backend is a process-wide choice made once at start, before any thread opens
+ * the store (serve from its table, the CLI from -c FILE): every opener — serve's
+ * credential watcher, the CLI, the 3LO refresh — must see the same store, so they all
+ * go through al_store_open. The DSN is read from its file or variable at open time
+ * and is never logged, printed or put in an error. */
+enum al_store_backend { AL_STORE_BACKEND_SQLITE = 0, AL_STORE_BACKEND_POSTGRES = 1 };
+
+typedef struct al_store_choice {
+    int backend;          /* enum al_store_backend */
+    const char *dsn_file; /* postgres: file holding the libpq connection string */
+    const char *dsn_env;  /* postgres: environment variable holding it */
+} al_store_choice;
+
+/* Copies `c` as the process-wide choice (NULL = SQLite). Not thread-safe: call before
+ * any store is opened. */
+int al_store_choose(const al_store_choice *c);
+/* The choice written in a loaded table's `store` (targets/al_table.h). */
+struct al_table;
+int al_store_choose_table(const struct al_table *t);
+/* 1 when the table's `store` differs from the current choice (serve: a restart is
+ * needed to switch). */
+int al_store_table_differs(const struct al_table *t);
+/* The current choice (strings valid until the next al_store_choose). */
+const al_store_choice *al_store_chosen(void);
+/* Opens the chosen backend. SQLite: <state_dir>/identity.db. PostgreSQL: the database
+ * of the DSN; without AL_STORE_CREATE a database without airlock's schema is
+ * AL_ERR_NOTFOUND (the schema is created and migrated only by writers). */
+int al_store_open(const char *state_dir, int flags, al_store **out);
+/* Opens a given choice (store migrate opens two). */
+int al_store_open_choice(const al_store_choice *c, const char *state_dir, int flags,
+                         al_store **out);
+/* A short human name of the chosen store for messages: "<state_dir>/identity.db" or
+ * "PostgreSQL (DSN from FILE|$VAR)"; never the DSN. Written into buf. */
+const char *al_store_describe(const al_store_choice *c, const char *state_dir, char *buf,
+                              size_t n);
+
+/* PostgreSQL (identity/al_store_pg.c). `dsn` is the libpq connection string (key=value
+ * or postgresql:// URI); `origin` says where it came from for messages ("file F",
+ * "$VAR"). The schema is versioned (table schema_version) and migrated in one
+ * transaction under an advisory lock at an AL_STORE_CREATE open. */
+int al_store_pg_open(const char *dsn, const char *origin, int flags, al_store **out);
 
 /* Convenience wrappers over the vtable. */
 static inline void al_store_close(al_store *s)

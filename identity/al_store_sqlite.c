@@ -14,15 +14,20 @@
 #include "common/al_log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 typedef struct al_store_sqlite {
     al_store base;
     sqlite3 *db;
+    char lock_path[4200]; /* <state_dir>/identity.db.locks: refresh locks */
 } al_store_sqlite;
 
 static const char schema_sql[] =
@@ -590,6 +595,111 @@ static int sq_user_del(al_store *base, const char *provider, const char *user)
     return rc;
 }
 
+static int sq_meta_list(al_store *base, char ***keys, char ***vals, size_t *n)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    char **k = NULL, **v = NULL;
+    size_t count = 0;
+    int rc = AL_OK, step;
+    if (sqlite3_prepare_v2(s->db, "SELECT k, v FROM meta WHERE k <> 'generation' ORDER BY k", -1,
+                           &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare meta list");
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        char **nk = realloc(k, (count + 1) * sizeof *nk);
+        if (nk)
+            k = nk;
+        char **nv = nk ? realloc(v, (count + 1) * sizeof *nv) : NULL;
+        if (nv)
+            v = nv;
+        if (!nk || !nv) {
+            rc = AL_ERR_NOMEM;
+            break;
+        }
+        k[count] = dup_col(st, 0);
+        v[count] = dup_col(st, 1);
+        count++;
+        if (!k[count - 1] || !v[count - 1]) {
+            rc = AL_ERR_NOMEM;
+            break;
+        }
+    }
+    if (rc == AL_OK && step != SQLITE_DONE)
+        rc = db_err(s, "meta list");
+    sqlite3_finalize(st);
+    if (rc != AL_OK) {
+        for (size_t i = 0; i < count; i++) {
+            free(k[i]);
+            free(v[i]);
+        }
+        free(k);
+        free(v);
+        return rc;
+    }
+    *keys = k;
+    *vals = v;
+    *n = count;
+    return AL_OK;
+}
+
+/* Refresh locks on one host: an open file description lock (F_OFD_SETLK) on one byte of
+ * the lock file chosen by the key's hash. OFD locks belong to the open file, not the
+ * process, so two threads of one serve exclude each other as two processes do, and
+ * the kernel drops the lock when the holder dies. */
+typedef struct sq_lock {
+    al_store_lock base;
+    int fd;
+} sq_lock;
+
+static void sq_lock_release(al_store_lock *l)
+{
+    sq_lock *sl = (sq_lock *)l;
+    close(sl->fd); /* closing the description releases its OFD locks */
+    free(sl);
+}
+
+static int sq_refresh_lock(al_store *base, const char *key, int timeout_ms, al_store_lock **out)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    uint32_t slot;
+    SHA256((const unsigned char *)key, strlen(key), md);
+    memcpy(&slot, md, sizeof slot);
+    sq_lock *l = calloc(1, sizeof *l);
+    if (!l)
+        return AL_ERR_NOMEM;
+    l->base.release = sq_lock_release;
+    mode_t old = umask(077);
+    l->fd = open(s->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    umask(old);
+    if (l->fd < 0) {
+        al_log(AL_LOG_ERROR, "identity.store", "refresh lock %s: %s", s->lock_path,
+               strerror(errno));
+        free(l);
+        return AL_ERR_IO;
+    }
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)(slot >> 1),
+                       .l_len = 1};
+    struct timespec start, now, nap = {0, 5 * 1000000L};
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (fcntl(l->fd, F_OFD_SETLK, &fl) == 0)
+            break;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t waited = (int64_t)(now.tv_sec - start.tv_sec) * 1000 +
+                         (now.tv_nsec - start.tv_nsec) / 1000000;
+        if ((errno != EAGAIN && errno != EACCES && errno != EINTR) || waited >= timeout_ms) {
+            int rc = errno == EAGAIN || errno == EACCES ? AL_ERR_TIMEOUT : AL_ERR_IO;
+            close(l->fd);
+            free(l);
+            return rc;
+        }
+        nanosleep(&nap, NULL); /* OFD locks have no timed wait */
+    }
+    *out = &l->base;
+    return AL_OK;
+}
+
 static const al_store_ops sqlite_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -603,6 +713,8 @@ static const al_store_ops sqlite_ops = {
     .user_put = sq_user_put,
     .user_list = sq_user_list,
     .user_del = sq_user_del,
+    .meta_list = sq_meta_list,
+    .refresh_lock = sq_refresh_lock,
 };
 
 int al_store_sqlite_open(const char *state_dir, int flags, al_store **out)
@@ -626,6 +738,7 @@ int al_store_sqlite_open(const char *state_dir, int flags, al_store **out)
     if (!s)
         return AL_ERR_NOMEM;
     s->base.ops = &sqlite_ops;
+    snprintf(s->lock_path, sizeof s->lock_path, "%s.locks", path);
     /* The database holds only ciphertext, but nobody else needs to read it. */
     mode_t old = umask(077);
     int orc = sqlite3_open_v2(path, &s->db,

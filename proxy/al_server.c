@@ -10,6 +10,7 @@
 #include "al_server.h"
 #include "al_iam_credsrc.h"
 #include "identity/al_identity.h"
+#include "identity/al_store.h"
 #include "identity/al_token.h"
 #include "al_errors.h"
 #include "al_egress.h"
@@ -56,9 +57,11 @@ static void log_warnings(const al_table *t)
                w->items[i].line, w->items[i].column, w->items[i].message);
 }
 
+/* Not ready only when serving is impossible: a store database lost after the
+ * credentials were loaded leaves them in use (al_cred_cache_ready stays 1). */
 static int ready(const al_server *s)
 {
-    return s->table && s->creds && !s->draining &&
+    return s->table && s->creds && al_cred_cache_ready(s->creds) && !s->draining &&
            atomic_load(&s->workers_running) == (int)s->worker_count;
 }
 
@@ -887,6 +890,11 @@ int al_server_reload(al_server *s, al_diags *d)
                "still using %s",
                s->config_path, s->table->state_dir ? s->table->state_dir : "(none)",
                t->state_dir ? t->state_dir : "(none)", s->state_dir);
+    if (al_store_table_differs(t))
+        al_log(AL_LOG_WARN, "table.reload",
+               "store changed in %s but takes effect only on restart; still using the "
+               "store airlock started with",
+               s->config_path);
     for (size_t i = 0; i < s->worker_count; i++)
         al_worker_post_table(&s->workers[i], t);
     if (inbound_apply(s, t, 0) != AL_OK)
@@ -993,6 +1001,8 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     if (!s->config_path || !s->state_dir)
         goto out;
     int rc = al_table_load(config_path, &s->table, &d);
+    if (rc == AL_OK)
+        rc = al_store_choose_table(s->table); /* before anything opens the store */
     if (rc == AL_OK && (rc = check_providers(state_dir, s->table, &d)) != AL_OK) {
         al_table_unref(s->table);
         s->table = NULL;

@@ -51,6 +51,7 @@ static int parse_rule_paths(al_schema_ctx *c, const al_schema_row *r, yaml_node_
 static int parse_fallback(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_aws_source(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_audit_on_failure(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_store_backend(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 
 const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_LISTEN] = {"listen", AL_SK_MAP, NULL, TBL(listen), 0, 0, 0, 0, 0, "",
@@ -75,6 +76,20 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                           0, "`default`",
                           "Environment of targets that name none; a target uses only "
                           "providers of its own environment."},
+    [AL_S_STORE] = {"store", AL_SK_MAP, NULL, TBL(store), 0, 0, 0, 0, 0, "",
+                    "Where the identity store lives (README \"The identity store in PostgreSQL\")."},
+    [AL_S_STORE_BACKEND] = {"store.backend", AL_SK_ENUM, parse_store_backend, TBL(store.backend),
+                            0, 0, 0, 0, 0, "`sqlite`",
+                            "`sqlite`: `<state_dir>/identity.db`, one host; `postgres`: a "
+                            "PostgreSQL database shared by several replicas."},
+    [AL_S_STORE_DSN_FILE] = {"store.dsn_file", AL_SK_STRING, parse_string, TBL(store.dsn_file), 0,
+                             0, 0, 0, 0, "one of dsn_file, dsn_env for `postgres`",
+                             "File holding the libpq connection string (with its password; "
+                             "mode 0600); relative to this file's directory. Never the string "
+                             "itself."},
+    [AL_S_STORE_DSN_ENV] = {"store.dsn_env", AL_SK_STRING, parse_string, TBL(store.dsn_env), 0, 0,
+                            0, 0, 0, "",
+                            "Name of the environment variable holding the connection string."},
     [AL_S_INBOUND] = {"inbound", AL_SK_MAP, NULL, TBL(inbound), 0, 0, 0, 0, 0, "",
                       "How agents authenticate to airlock."},
     [AL_S_INBOUND_MODE] = {"inbound.mode", AL_SK_ENUM, parse_inbound_mode, TBL(inbound.mode), 0,
@@ -943,6 +958,16 @@ static int parse_audit_on_failure(al_schema_ctx *c, const al_schema_row *r, yaml
     return AL_OK;
 }
 
+static int parse_store_backend(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    static const char *const names[] = {"sqlite", "postgres"};
+    int b;
+    int rc = parse_enum(c, r, v, names, 2, &b);
+    if (rc == AL_OK)
+        c->table->store.backend = b ? AL_STORE_POSTGRES : AL_STORE_SQLITE;
+    return rc;
+}
+
 static int parse_rule_methods(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
 {
     int rc = parse_string_list(c, r, v);
@@ -1049,6 +1074,19 @@ static void unknown_key(al_schema_ctx *c, const char *parent, yaml_node_t *k, co
         snprintf(buf, sizeof buf, "in '%s'", parent);
         where = buf;
     }
+    static const char *const dsn_words[] = {"dsn",     "url",      "uri",
+                                            "conninfo", "password", "connection_string"};
+    for (size_t i = 0; !strcmp(parent, "store") && i < sizeof dsn_words / sizeof dsn_words[0];
+         i++)
+        if (!strcmp(ks, dsn_words[i])) {
+            al_schema_error(c, k,
+                            "'store.%s': the connection string and its password never go in "
+                            "the table (it is read by people and tools that must not see it); "
+                            "put it in a file named by store.dsn_file (mode 0600) or an "
+                            "environment variable named by store.dsn_env",
+                            ks);
+            return;
+        }
     const char *near = al_schema_suggest(ks, names, n);
     if (near)
         al_schema_error(c, k, "unknown key '%s' %s; did you mean '%s'?", ks, where, near);

@@ -175,6 +175,8 @@ static void table_free(al_table *t)
     free(t->listen.admin);
     free_strv(t->egress.passthrough, t->egress.passthrough_count);
     free(t->audit.file);
+    free(t->store.dsn_file);
+    free(t->store.dsn_env);
     free(t->inbound.discovery_url);
     free_strv(t->inbound.allowed_audiences, t->inbound.allowed_audience_count);
     free_strv(t->inbound.allowed_clients, t->inbound.allowed_client_count);
@@ -998,6 +1000,63 @@ static void check_table(loader *L)
     }
 }
 
+/* A value that is a connection string, not a file name or a variable name: refused so
+ * the password is not left in the table (the message never echoes it). */
+static int looks_like_dsn(const char *v)
+{
+    return strstr(v, "://") || strstr(v, "password") || strstr(v, "host=") ||
+           strstr(v, "dbname=") || strstr(v, "user=");
+}
+
+/* store: postgres needs exactly one source of its connection string; sqlite none. */
+static void check_store(loader *L)
+{
+    al_schema_ctx *c = &L->c;
+    al_store_cfg *st = &c->table->store;
+    al_mark fm = seen_val(c, AL_S_STORE_DSN_FILE), em = seen_val(c, AL_S_STORE_DSN_ENV);
+    if (st->dsn_file && looks_like_dsn(st->dsn_file))
+        al_schema_error_at(c, fm,
+                           "store.dsn_file names the file holding the connection string, but "
+                           "this value looks like the connection string itself: never put it "
+                           "(or its password) in the table");
+    if (st->dsn_env) {
+        int ok = (isalpha((unsigned char)st->dsn_env[0]) || st->dsn_env[0] == '_') &&
+                 strlen(st->dsn_env) <= 128;
+        for (const char *p = st->dsn_env; ok && *p; p++)
+            ok = isalnum((unsigned char)*p) || *p == '_';
+        if (!ok)
+            al_schema_error_at(c, em,
+                               "store.dsn_env must be the NAME of an environment variable "
+                               "(letters, digits, '_'), e.g. AIRLOCK_STORE_DSN%s",
+                               looks_like_dsn(st->dsn_env)
+                                   ? "; this looks like the connection string itself, which "
+                                     "never goes in the table"
+                                   : "");
+    }
+    if (st->backend == AL_STORE_POSTGRES) {
+        if (!st->dsn_file && !st->dsn_env)
+            al_schema_error_at(c, seen_val(c, AL_S_STORE_BACKEND),
+                               "store.backend postgres needs store.dsn_file (a file holding the "
+                               "connection string) or store.dsn_env (an environment variable "
+                               "holding it)");
+        else if (st->dsn_file && st->dsn_env)
+            al_schema_error_at(c, em, "give store.dsn_file or store.dsn_env, not both");
+    } else if (st->dsn_file || st->dsn_env) {
+        al_schema_error_at(c, st->dsn_file ? fm : em,
+                           "store.%s is for store.backend postgres (the backend is sqlite)",
+                           st->dsn_file ? "dsn_file" : "dsn_env");
+    }
+    if (st->dsn_file) {
+        char *p = resolve(L->base_dir, st->dsn_file);
+        if (!p)
+            L->oom = 1;
+        else {
+            free(st->dsn_file);
+            st->dsn_file = p;
+        }
+    }
+}
+
 /* inbound: jwt needs its issuer; jwt keys without mode jwt are a mistake. */
 static void check_inbound(loader *L)
 {
@@ -1210,6 +1269,7 @@ static int load_impl(const char *name, const char *data, size_t len, const char 
     L.c.on_target_arg = &L;
     al_schema_walk(&L.c, root);
     check_table(&L);
+    check_store(&L);
     check_inbound(&L);
     check_policy(&L);
     if (!L.oom)
@@ -1302,6 +1362,39 @@ int al_table_load(const char *path, al_table **out, al_diags *diags)
     free(dir);
     free(data);
     return rc;
+}
+
+int al_table_peek_has(const char *path, const char *key)
+{
+    char *data = NULL;
+    size_t len = 0;
+    int found = 0;
+    al_diags d;
+    al_diags_init(&d);
+    yaml_parser_t p;
+    yaml_document_t doc;
+    int rc = read_file(path, &data, &len, &d);
+    al_diags_free(&d);
+    if (rc != AL_OK)
+        return 0;
+    if (!yaml_parser_initialize(&p)) {
+        free(data);
+        return 0;
+    }
+    yaml_parser_set_input_string(&p, (const unsigned char *)data, len);
+    if (yaml_parser_load(&p, &doc)) {
+        yaml_node_t *root = yaml_document_get_root_node(&doc);
+        for (yaml_node_pair_t *pr =
+                 root && root->type == YAML_MAPPING_NODE ? root->data.mapping.pairs.start : NULL;
+             pr && pr < root->data.mapping.pairs.top && !found; pr++) {
+            yaml_node_t *k = yaml_document_get_node(&doc, pr->key);
+            found = k && k->type == YAML_SCALAR_NODE && !strcmp((char *)k->data.scalar.value, key);
+        }
+        yaml_document_delete(&doc);
+    }
+    yaml_parser_delete(&p);
+    free(data);
+    return found;
 }
 
 char *al_table_peek_state_dir(const char *path)

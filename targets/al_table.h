@@ -227,6 +227,16 @@ typedef struct al_policy_cfg {
     size_t rule_count;
 } al_policy_cfg;
 
+/* store: which database holds the identity store (README "Running several replicas").
+ * The PostgreSQL connection string holds a password: it is read from dsn_file or the
+ * variable dsn_env at open time, never written in the table. */
+enum { AL_STORE_SQLITE = 0, AL_STORE_POSTGRES = 1 };
+typedef struct al_store_cfg {
+    int backend;    /* AL_STORE_SQLITE (default) or AL_STORE_POSTGRES */
+    char *dsn_file; /* owned; resolved against the table file's directory */
+    char *dsn_env;  /* owned; an environment variable's name */
+} al_store_cfg;
+
 typedef struct al_table {
     atomic_int refs;
     char *path;        /* owned; file it was loaded from */
@@ -241,6 +251,7 @@ typedef struct al_table {
     al_headers_cfg headers;
     al_inbound_cfg inbound;
     al_policy_cfg policy;
+    al_store_cfg store;
     al_target *targets; /* owned array */
     size_t target_count;
     struct al_router *router; /* owned; built at load time */
@@ -285,5 +296,7 @@ const char *al_table_create_hint(const al_target *tg, const char *provider, char
  * directory, without validating the rest (the CLI's state-dir rule). Returns a
  * malloc'd string or NULL if the file has none or cannot be read. */
 char *al_table_peek_state_dir(const char *path);
+/* 1 when the table file has the top-level key `key` (read without validating). */
+int al_table_peek_has(const char *path, const char *key);
 
 #endif

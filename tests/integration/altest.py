@@ -16,6 +16,9 @@ What it gives (all on 127.0.0.1, everything started is killed at exit, by pid):
     start_nginx_tls(h2=True)   -> (Proc, port, ca_file)           Debian nginx, TLS (+h2)
     start_oidc(ttl=300, ...)   -> OidcProvider                    npm oidc-provider, HTTPS
     start_resource_server(op, aud) -> (Proc, port, ca_file)       JWT-checking API + MCP server
+    start_postgres()           -> Postgres: a private PostgreSQL (Debian's package) on a
+                               free port and a temp data dir; .dsn_file .dsn .password
+                               .stop() (fast shutdown) .start() .psql(sql) .dump()
     Airlock(table, providers, env)   the real binary on free ports with a temp state dir
     run(globals())             runs test_* functions in order
     Skip("why")                a test that could not run: a failure (CI must run every test)
@@ -536,6 +539,134 @@ def _read(path):
 
 
 # --- airlock -----------------------------------------------------------------------
+
+class Postgres:
+    """A private PostgreSQL server from Debian's `postgresql` package: initdb on a
+    temporary directory, `postgres` in the foreground on a free 127.0.0.1 port (no
+    Unix socket outside its directory, no system service touched), password (SCRAM)
+    authentication for a role `airlock` owning database `airlock`.
+
+    initdb and postgres refuse to run as root: as root (CI) both run as the package's
+    `postgres` user through setpriv (which execs, no fork, and keeps the parent-death
+    signal so a killed test leaves no server behind); as another user, as that user.
+
+    .port .dsn (libpq key=value string WITH the password: write it only to files)
+    .dsn_file (0600 file holding .dsn, for `store.dsn_file`) .password .data_dir
+    .start() / .stop() (fast shutdown: sessions are cut at once, like a crash of the
+    connection) .psql(sql) -> stdout text .dump() -> pg_dump text of the database.
+    The superuser's password goes to psql/pg_dump through PGPASSWORD, never argv."""
+
+    def __init__(self):
+        import glob, pwd, secrets
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                      key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+        if not bins:
+            raise Skip("PostgreSQL is not installed (Debian package postgresql; "
+                       "deploy/install-deps.sh installs it)")
+        self.bin = os.path.dirname(bins[-1])
+        self.root = tmpdir("altest-pg-")
+        self.data_dir = os.path.join(self.root, "data")
+        self.run_dir = os.path.join(self.root, "run")
+        self.prefix = []
+        uid = gid = None
+        if os.geteuid() == 0:
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise Skip("running as root and there is no 'postgres' user to run "
+                           "PostgreSQL as (the Debian package creates it)")
+            uid, gid = pw.pw_uid, pw.pw_gid
+            self.prefix = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % gid,
+                           "--init-groups", "--pdeathsig", "KILL", "--"]
+        os.chmod(self.root, 0o755)
+        os.mkdir(self.run_dir, 0o700)
+        self.port = free_port()
+        self.admin_password = secrets.token_hex(16)
+        self.password = "pw-" + secrets.token_hex(12)
+        pwfile = os.path.join(self.root, "pwfile")
+        with open(pwfile, "w") as f:
+            f.write(self.admin_password + "\n")
+        os.chmod(pwfile, 0o600)
+        if uid is not None:
+            for d in (self.root, self.run_dir, pwfile):
+                os.chown(d, uid, gid)
+        r = subprocess.run(self.prefix + [os.path.join(self.bin, "initdb"), "-D", self.data_dir,
+                                          "-U", "postgres", "--auth=scram-sha-256",
+                                          "--pwfile=" + pwfile, "-E", "UTF8", "--no-sync",
+                                          "--locale=C"],
+                           capture_output=True, text=True, cwd=self.root, timeout=120)
+        os.unlink(pwfile)
+        if r.returncode != 0:
+            raise RuntimeError("initdb failed: %s" % (r.stdout + r.stderr)[-2000:])
+        with open(os.path.join(self.data_dir, "postgresql.conf"), "a") as f:
+            f.write("listen_addresses = '127.0.0.1'\nport = %d\n"
+                    "unix_socket_directories = '%s'\nfsync = off\n"
+                    "shared_buffers = 16MB\nmax_connections = 60\n"
+                    "log_min_messages = warning\n" % (self.port, self.run_dir))
+        self.proc = None
+        self.start()
+        self.psql("CREATE ROLE airlock LOGIN PASSWORD '%s'; "
+                  "CREATE DATABASE airlock OWNER airlock;" % self.password, db="postgres")
+        self.dsn = ("host=127.0.0.1 port=%d dbname=airlock user=airlock password=%s"
+                    % (self.port, self.password))
+        self.dsn_file = os.path.join(self.root, "store.dsn")
+        fd = os.open(self.dsn_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.dsn + "\n")
+
+    def start(self, timeout=30):
+        self.proc = Proc(self.prefix + [os.path.join(self.bin, "postgres"), "-D", self.data_dir],
+                         name="postgres", log_path=os.path.join(self.root, "postgres.log"))
+        wait_for(lambda: not self.proc.alive() or self._ready(), timeout=timeout,
+                 what="PostgreSQL to accept connections", interval=0.1)
+        if not self.proc.alive():
+            raise RuntimeError("postgres exited:\n%s" % self.proc.log_tail())
+        return self
+
+    def _ready(self):
+        r = subprocess.run([os.path.join(self.bin, "pg_isready"), "-h", "127.0.0.1",
+                            "-p", str(self.port), "-t", "1"], capture_output=True)
+        return r.returncode == 0
+
+    def stop(self, timeout=20):
+        """Fast shutdown (SIGINT): open sessions are disconnected, as in an outage."""
+        if self.proc and self.proc.alive():
+            self.proc.signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc:
+            self.proc.stop()
+
+    def _admin_env(self):
+        env = dict(os.environ)
+        env["PGPASSWORD"] = self.admin_password
+        return env
+
+    def psql(self, sql, db="airlock"):
+        r = subprocess.run([os.path.join(self.bin, "psql"), "-X", "-q", "-At", "-v",
+                            "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+                            "-U", "postgres", "-d", db],
+                           input=sql, capture_output=True, text=True, env=self._admin_env(),
+                           timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError("psql failed: %s" % r.stderr.strip())
+        return r.stdout
+
+    def dump(self):
+        r = subprocess.run([os.path.join(self.bin, "pg_dump"), "-h", "127.0.0.1", "-p",
+                            str(self.port), "-U", "postgres", "airlock"],
+                           capture_output=True, env=self._admin_env(), timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError("pg_dump failed: %s" % r.stderr.decode("utf-8", "replace"))
+        return r.stdout
+
+
+def start_postgres():
+    """A new private PostgreSQL server (see Postgres)."""
+    return Postgres()
+
 
 def http_get(url, timeout=5, headers=None):
     """(status, body bytes) of a plain GET without any proxy; HTTP errors are returned."""
