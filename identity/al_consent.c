@@ -1,8 +1,9 @@
 /* al_consent: pending 3LO consents (see al_consent.h).
  *
- * Owns: a fixed array of entries, each either a link (not yet opened: `id` set) or an
- * authorization request waiting for its callback (`state` set), with its binding
- * strings, PKCE verifier and nonce.
+ * Owns: a fixed array of entries, each a link (not yet opened: `id` set), an
+ * authorization request waiting for its callback (`state` set), or (app binding mode)
+ * the tokens of a finished flow waiting for the application (`session id` set), with
+ * its binding strings, PKCE verifier and nonce, or held tokens.
  *
  * Invariants: an entry is consumed exactly once (open clears the id, finish frees the
  * entry); a lookup scans every live entry with CRYPTO_memcmp so timing does not tell
@@ -20,14 +21,17 @@
 #include <string.h>
 #include <time.h>
 
+enum entry_kind { K_LINK = 0, K_STATE = 1, K_SESSION = 2 };
+
 typedef struct entry {
     int used;
-    int opened;                      /* 0: a link (id); 1: an authorization request (state) */
+    int opened;                      /* enum entry_kind: what `key` is */
     int64_t expires_s;               /* unix seconds */
     char key[AL_CONSENT_ID_LEN + 1]; /* the link id, then the state */
-    char *user, *provider, *scope, *target;
+    char *user, *provider, *scope, *target, *return_url;
     char verifier[AL_CONSENT_ID_LEN + 1];
     char nonce[AL_CONSENT_ID_LEN + 1];
+    al_user_token tok; /* K_SESSION: the held tokens (wiped when cleared) */
 } entry;
 
 struct al_consent {
@@ -96,6 +100,8 @@ static void entry_clear(entry *e)
     free(e->provider);
     free(e->scope);
     free(e->target);
+    free(e->return_url);
+    al_user_token_clear(&e->tok);
     OPENSSL_cleanse(e, sizeof *e);
 }
 
@@ -136,12 +142,12 @@ void al_consent_set_clock(al_consent *c, int64_t (*now_s)(void *arg), void *arg)
 
 /* A binding field: non-empty, at most 1024 bytes, no control characters (it ends up
  * in audit lines and in the store's key). */
-static int field_ok(const char *s, int may_be_empty)
+static int field_ok_max(const char *s, int may_be_empty, size_t max)
 {
     if (!s)
         return 0;
     size_t n = strlen(s);
-    if ((!n && !may_be_empty) || n > 1024)
+    if ((!n && !may_be_empty) || n > max)
         return 0;
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
@@ -149,14 +155,15 @@ static int field_ok(const char *s, int may_be_empty)
     return 1;
 }
 
-int al_consent_start(al_consent *c, const al_consent_binding *b, char id[AL_CONSENT_ID_LEN + 1])
+static int field_ok(const char *s, int may_be_empty)
 {
-    if (!field_ok(b->user, 0) || !field_ok(b->provider, 0) || !field_ok(b->scope, 1) ||
-        !field_ok(b->target, 0))
-        return AL_ERR_INVAL;
-    int rc = AL_ERR_AGAIN;
-    pthread_mutex_lock(&c->lock);
-    int64_t now = c->now_s(c->now_arg);
+    return field_ok_max(s, may_be_empty, 1024);
+}
+
+/* A free slot (expired entries are freed on the way), or NULL when the table is full.
+ * Called with the lock held. */
+static entry *free_slot(al_consent *c, int64_t now)
+{
     entry *e = NULL;
     for (size_t i = 0; i < c->cap; i++) {
         if (c->e[i].used && c->e[i].expires_s <= now)
@@ -164,14 +171,28 @@ int al_consent_start(al_consent *c, const al_consent_binding *b, char id[AL_CONS
         if (!c->e[i].used && !e)
             e = &c->e[i];
     }
+    return e;
+}
+
+int al_consent_start(al_consent *c, const al_consent_binding *b, char id[AL_CONSENT_ID_LEN + 1])
+{
+    if (!field_ok(b->user, 0) || !field_ok(b->provider, 0) || !field_ok(b->scope, 1) ||
+        !field_ok(b->target, 0) ||
+        (b->return_url && !field_ok_max(b->return_url, 0, AL_CONSENT_URL_MAX)))
+        return AL_ERR_INVAL;
+    int rc = AL_ERR_AGAIN;
+    pthread_mutex_lock(&c->lock);
+    int64_t now = c->now_s(c->now_arg);
+    entry *e = free_slot(c, now);
     if (!e)
         goto out;
     e->user = strdup(b->user);
     e->provider = strdup(b->provider);
     e->scope = strdup(b->scope);
     e->target = strdup(b->target);
+    e->return_url = b->return_url ? strdup(b->return_url) : NULL;
     rc = AL_ERR_NOMEM;
-    if (!e->user || !e->provider || !e->scope || !e->target)
+    if (!e->user || !e->provider || !e->scope || !e->target || (b->return_url && !e->return_url))
         goto fail;
     if ((rc = random_id(e->key)) != AL_OK)
         goto fail;
@@ -210,12 +231,77 @@ static entry *find(al_consent *c, const char *key, int opened, int64_t now, int 
     return hit;
 }
 
-static int wants_openid(const char *scope)
+/* scope (space-separated) holds the scope word w */
+static int has_scope(const char *scope, const char *w)
 {
-    for (const char *p = scope; (p = strstr(p, "openid")) != NULL; p += 6)
-        if ((p == scope || p[-1] == ' ') && (p[6] == 0 || p[6] == ' '))
+    size_t n = strlen(w);
+    if (!n)
+        return 0;
+    for (const char *p = scope; (p = strstr(p, w)) != NULL; p += n)
+        if ((p == scope || p[-1] == ' ') && (p[n] == 0 || p[n] == ' '))
             return 1;
     return 0;
+}
+
+/* the protocol's own parameters are airlock's: neither a table nor a quirk overrides them */
+static int own_param(const char *k, size_t n)
+{
+    static const char *const own[] = {"response_type",  "client_id",
+                                      "redirect_uri",   "scope",
+                                      "state",          "code_challenge",
+                                      "code_challenge_method", "nonce",
+                                      "request_uri",    "request"};
+    for (size_t j = 0; j < sizeof own / sizeof own[0]; j++)
+        if (strlen(own[j]) == n && memcmp(k, own[j], n) == 0)
+            return 1;
+    return 0;
+}
+
+static int extra_has(const al_consent_authz *a, const char *k, size_t n)
+{
+    for (size_t i = 0; i < a->extra_count; i++)
+        if (strlen(a->extra[i].key) == n && memcmp(a->extra[i].key, k, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* The scope of the request: the binding's, plus the quirk's add_scope words it lacks.
+ * malloc'd. */
+static char *request_scope(const char *scope, const al_consent_quirks *q)
+{
+    size_t n = strlen(scope), cap = n + (q && q->add_scope ? strlen(q->add_scope) : 0) + 2;
+    char *s = malloc(cap);
+    if (!s)
+        return NULL;
+    memcpy(s, scope, n + 1);
+    if (!q || !q->add_scope)
+        return s;
+    for (const char *p = q->add_scope; *p;) {
+        size_t w = strcspn(p, " ");
+        char word[128];
+        if (w && w < sizeof word) {
+            memcpy(word, p, w);
+            word[w] = 0;
+            if (!has_scope(s, word)) {
+                if (n)
+                    s[n++] = ' ';
+                memcpy(s + n, word, w + 1);
+                n += w;
+            }
+        }
+        p += w;
+        p += *p == ' ';
+    }
+    return s;
+}
+
+/* The vendor quirk applies to this request (its when_scope is requested, or it has none). */
+static const al_consent_quirks *quirks_for(const al_consent_authz *a, const char *scope)
+{
+    const al_consent_quirks *q = a->quirks;
+    if (!q || (q->when_scope && !has_scope(scope, q->when_scope)))
+        return NULL;
+    return q;
 }
 
 static size_t param_len(const char *v)
@@ -231,8 +317,8 @@ int al_consent_open(al_consent *c, const char *id, const al_consent_authz *a, ch
     pthread_mutex_lock(&c->lock);
     int64_t now = c->now_s(c->now_arg);
     int expired = 0, rc;
-    char *form = NULL;
-    entry *e = find(c, id, 0, now, &expired);
+    char *form = NULL, *scope = NULL;
+    entry *e = find(c, id, K_LINK, now, &expired);
     if (!e) {
         rc = expired ? AL_ERR_TIMEOUT : AL_ERR_NOTFOUND;
         goto out;
@@ -241,21 +327,26 @@ int al_consent_open(al_consent *c, const char *id, const al_consent_authz *a, ch
     if ((rc = random_id(e->key)) != AL_OK || (rc = random_id(e->verifier)) != AL_OK ||
         (rc = al_consent_pkce_s256(e->verifier, challenge)) != AL_OK)
         goto fail;
-    int oid = wants_openid(e->scope);
+    int oid = has_scope(e->scope, "openid");
     if (oid && (rc = random_id(e->nonce)) != AL_OK)
         goto fail;
-    size_t cap = 512 + param_len(a->client_id) + param_len(a->redirect_uri) + param_len(e->scope);
+    const al_consent_quirks *q = quirks_for(a, e->scope);
+    rc = AL_ERR_NOMEM;
+    if (!(scope = request_scope(e->scope, q)))
+        goto fail;
+    size_t cap = 512 + param_len(a->client_id) + param_len(a->redirect_uri) + param_len(scope);
     for (size_t i = 0; i < a->extra_count; i++)
         cap += param_len(a->extra[i].key) + param_len(a->extra[i].value);
-    rc = AL_ERR_NOMEM;
+    if (q && q->params)
+        cap += strlen(q->params) + 2;
     if (!(form = malloc(cap)))
         goto fail;
     size_t u = 0;
     al_token_form_append(form, &u, cap, "response_type", "code", 4);
     al_token_form_append(form, &u, cap, "client_id", a->client_id, strlen(a->client_id));
     al_token_form_append(form, &u, cap, "redirect_uri", a->redirect_uri, strlen(a->redirect_uri));
-    if (*e->scope)
-        al_token_form_append(form, &u, cap, "scope", e->scope, strlen(e->scope));
+    if (*scope)
+        al_token_form_append(form, &u, cap, "scope", scope, strlen(scope));
     al_token_form_append(form, &u, cap, "state", e->key, AL_CONSENT_ID_LEN);
     al_token_form_append(form, &u, cap, "code_challenge", challenge, AL_CONSENT_ID_LEN);
     al_token_form_append(form, &u, cap, "code_challenge_method", "S256", 4);
@@ -263,27 +354,44 @@ int al_consent_open(al_consent *c, const char *id, const al_consent_authz *a, ch
         al_token_form_append(form, &u, cap, "nonce", e->nonce, AL_CONSENT_ID_LEN);
     for (size_t i = 0; i < a->extra_count; i++) {
         const char *k = a->extra[i].key;
-        /* the protocol's own parameters are airlock's: a table cannot override them */
-        static const char *const own[] = {
-            "response_type", "client_id",      "redirect_uri",          "scope",
-            "state",         "code_challenge", "code_challenge_method", "nonce"};
-        int skip = 0;
-        for (size_t j = 0; j < sizeof own / sizeof own[0]; j++)
-            skip |= strcmp(k, own[j]) == 0;
-        if (!skip)
+        if (!own_param(k, strlen(k)))
             al_token_form_append(form, &u, cap, k, a->extra[i].value, strlen(a->extra[i].value));
+    }
+    /* the vendor's parameters (already form-encoded data), unless the table set them */
+    for (const char *p = q ? q->params : NULL; p && *p;) {
+        size_t n = strcspn(p, "&"), k = strcspn(p, "=&");
+        if (k && k < n && !own_param(p, k) && !extra_has(a, p, k) && u + n + 1 < cap) {
+            form[u++] = '&';
+            memcpy(form + u, p, n);
+            u += n;
+        }
+        p += n;
+        p += *p == '&';
     }
     form[u < cap ? u : cap - 1] = 0;
     e->opened = 1;
     e->expires_s = now + AL_CONSENT_TTL_S;
     *params = form;
+    form = NULL;
     rc = AL_OK;
     goto out;
 fail:
     entry_clear(e); /* a link that failed half-way is not reusable */
 out:
     pthread_mutex_unlock(&c->lock);
+    free(scope);
     return rc;
+}
+
+/* The binding strings move from e to f (the entry is consumed by the caller). */
+static void take_binding(entry *e, al_consent_flow *f)
+{
+    f->user = e->user;
+    f->provider = e->provider;
+    f->scope = e->scope;
+    f->target = e->target;
+    f->return_url = e->return_url;
+    e->user = e->provider = e->scope = e->target = e->return_url = NULL;
 }
 
 int al_consent_finish(al_consent *c, const char *state, al_consent_flow *f)
@@ -291,18 +399,13 @@ int al_consent_finish(al_consent *c, const char *state, al_consent_flow *f)
     memset(f, 0, sizeof *f);
     pthread_mutex_lock(&c->lock);
     int expired = 0, rc = AL_OK;
-    entry *e = find(c, state, 1, c->now_s(c->now_arg), &expired);
+    entry *e = find(c, state, K_STATE, c->now_s(c->now_arg), &expired);
     if (!e) {
         rc = expired ? AL_ERR_TIMEOUT : AL_ERR_NOTFOUND;
     } else {
-        /* ownership of the strings moves to f; the entry is consumed */
-        f->user = e->user;
-        f->provider = e->provider;
-        f->scope = e->scope;
-        f->target = e->target;
         memcpy(f->verifier, e->verifier, sizeof f->verifier);
         memcpy(f->nonce, e->nonce, sizeof f->nonce);
-        e->user = e->provider = e->scope = e->target = NULL;
+        take_binding(e, f);
         entry_clear(e);
     }
     pthread_mutex_unlock(&c->lock);
@@ -315,7 +418,249 @@ void al_consent_flow_clear(al_consent_flow *f)
     free(f->provider);
     free(f->scope);
     free(f->target);
+    free(f->return_url);
     OPENSSL_cleanse(f, sizeof *f);
+}
+
+int al_consent_hold(al_consent *c, al_consent_flow *f, al_user_token *t,
+                    char session_id[AL_CONSENT_ID_LEN + 1])
+{
+    int rc = AL_ERR_INVAL;
+    if (!f->user || !f->provider || !f->scope || !f->target || !t->access_token)
+        goto out_unlocked;
+    rc = AL_ERR_AGAIN;
+    pthread_mutex_lock(&c->lock);
+    int64_t now = c->now_s(c->now_arg);
+    entry *e = free_slot(c, now);
+    if (!e)
+        goto out;
+    if ((rc = random_id(e->key)) != AL_OK) {
+        OPENSSL_cleanse(e->key, sizeof e->key);
+        goto out;
+    }
+    /* the strings and the tokens move: nothing is copied, nothing left behind in f, t */
+    e->user = f->user;
+    e->provider = f->provider;
+    e->scope = f->scope;
+    e->target = f->target;
+    e->return_url = f->return_url;
+    f->user = f->provider = f->scope = f->target = f->return_url = NULL;
+    e->tok = *t;
+    memset(t, 0, sizeof *t);
+    e->used = 1;
+    e->opened = K_SESSION;
+    e->expires_s = now + AL_CONSENT_SESSION_TTL_S;
+    memcpy(session_id, e->key, sizeof e->key);
+out:
+    pthread_mutex_unlock(&c->lock);
+out_unlocked:
+    al_consent_flow_clear(f);
+    al_user_token_clear(t);
+    return rc;
+}
+
+int al_consent_complete(al_consent *c, const char *session_id, const char *user,
+                        al_consent_flow *f, al_user_token *t)
+{
+    memset(f, 0, sizeof *f);
+    memset(t, 0, sizeof *t);
+    pthread_mutex_lock(&c->lock);
+    int expired = 0, rc = AL_OK;
+    entry *e = find(c, session_id, K_SESSION, c->now_s(c->now_arg), &expired);
+    if (!e) {
+        rc = expired ? AL_ERR_TIMEOUT : AL_ERR_NOTFOUND;
+    } else if (!user || strcmp(user, e->user) != 0) {
+        /* another user (a forwarded link, a stolen session id): the tokens belong to
+         * whoever consented at the provider, never to this caller; wiped now */
+        rc = AL_ERR_PERM;
+        entry_clear(e);
+    } else {
+        take_binding(e, f);
+        *t = e->tok;
+        memset(&e->tok, 0, sizeof e->tok);
+        entry_clear(e);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/* ---- return URLs (app mode) ---------------------------------------------------------- */
+
+typedef struct url_parts {
+    int https;
+    char host[256]; /* lower case; "[...]" kept for IPv6 */
+    unsigned port;
+    const char *path; /* into the URL; "" = "/" */
+    size_t path_len;
+    int has_query;
+} url_parts;
+
+static int ieq_prefix(const char *s, const char *p)
+{
+    for (; *p; s++, p++)
+        if (!*s || (*s | 0x20) != *p)
+            return 0;
+    return 1;
+}
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    ch = (char)(ch | 0x20);
+    return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+/* Parses the strict subset of URLs described in al_consent.h; NULL = fine, else why not. */
+static const char *url_parse(const char *url, url_parts *u)
+{
+    memset(u, 0, sizeof *u);
+    size_t n = strlen(url);
+    if (n > AL_CONSENT_URL_MAX)
+        return "longer than 2048 bytes";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)url[i];
+        if (ch <= 0x20 || ch >= 0x7f)
+            return "it holds a space, a control character or a non-ASCII byte";
+        if (ch == '\\')
+            return "it holds a backslash";
+        if (ch == '#')
+            return "it holds a fragment ('#')";
+    }
+    const char *p;
+    if (ieq_prefix(url, "https://"))
+        u->https = 1, p = url + 8;
+    else if (ieq_prefix(url, "http://"))
+        p = url + 7;
+    else
+        return "it is not an absolute http:// or https:// URL";
+    size_t alen = strcspn(p, "/?");
+    if (memchr(p, '@', alen))
+        return "it holds userinfo ('@' before the host)";
+    const char *h = p, *hend = p + alen, *colon = NULL;
+    size_t hl = 0;
+    if (*h == '[') {
+        const char *rb = memchr(h, ']', alen);
+        if (!rb)
+            return "its IPv6 host has no ']'";
+        for (const char *q = h + 1; q < rb; q++)
+            if (hexval(*q) < 0 && *q != ':' && *q != '.')
+                return "its IPv6 host holds other characters than hex digits, ':' and '.'";
+        hl = (size_t)(rb - h) + 1;
+        if (h + hl < hend && h[hl] != ':')
+            return "something follows its IPv6 host";
+        colon = h + hl < hend ? h + hl : NULL;
+    } else {
+        colon = memchr(h, ':', alen);
+        hl = colon ? (size_t)(colon - h) : alen;
+        for (size_t i = 0; i < hl; i++) {
+            char ch = h[i];
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                  ch == '-' || ch == '.'))
+                return "its host holds other characters than letters, digits, '-' and '.'";
+        }
+        if (hl && (h[0] == '.' || h[hl - 1] == '.' || memmem(h, hl, "..", 2)))
+            return "its host has an empty label";
+    }
+    if (!hl || hl >= sizeof u->host)
+        return "its host is empty or too long";
+    for (size_t i = 0; i < hl; i++)
+        u->host[i] = (char)((h[i] >= 'A' && h[i] <= 'Z') ? h[i] | 0x20 : h[i]);
+    u->port = u->https ? 443 : 80;
+    if (colon) {
+        size_t pl = (size_t)(hend - colon - 1);
+        unsigned v = 0;
+        if (!pl || pl > 5)
+            return "its port is not a number from 1 to 65535";
+        for (size_t i = 1; i <= pl; i++) {
+            if (colon[i] < '0' || colon[i] > '9')
+                return "its port is not a number from 1 to 65535";
+            v = v * 10 + (unsigned)(colon[i] - '0');
+        }
+        if (!v || v > 65535)
+            return "its port is not a number from 1 to 65535";
+        u->port = v;
+    }
+    u->path = hend;
+    u->path_len = strcspn(hend, "?");
+    u->has_query = hend[u->path_len] == '?';
+    /* the path, segment by segment: no empty, "." or ".." segment, no encoded
+     * separator, dot or percent (each is read differently by some browser or server) */
+    const char *s = u->path, *end = u->path + u->path_len;
+    while (s < end) {
+        s++; /* the '/' */
+        const char *se = memchr(s, '/', (size_t)(end - s));
+        if (!se)
+            se = end;
+        size_t sl = (size_t)(se - s);
+        if ((!sl && se < end) || (sl == 1 && s[0] == '.') || (sl == 2 && s[0] == '.' && s[1] == '.'))
+            return "its path has an empty, '.' or '..' segment";
+        for (const char *q = s; q < se; q++) {
+            if (*q != '%')
+                continue;
+            int hi = q + 2 < se ? hexval(q[1]) : -1;
+            int lo = hi >= 0 ? hexval(q[2]) : -1;
+            if (hi < 0 || lo < 0)
+                return "its path has a '%' that is not followed by two hex digits";
+            int v = hi << 4 | lo;
+            if (v == '.' || v == '/' || v == '\\' || v == '%' || v < 0x20 || v >= 0x7f)
+                return "its path has an encoded '.', '/', '\\', '%' or control byte";
+        }
+        s = se;
+    }
+    return NULL;
+}
+
+static int loopback_host(const char *h)
+{
+    return strcmp(h, "localhost") == 0 || strcmp(h, "[::1]") == 0 || strncmp(h, "127.", 4) == 0;
+}
+
+int al_consent_return_url_valid(const char *url, char *errbuf, size_t errlen)
+{
+    url_parts u;
+    const char *why = url ? url_parse(url, &u) : "it is empty";
+    if (!why && u.has_query)
+        why = "it has a query (the allow-list names where a return URL may point; the "
+              "application adds its own query)";
+    if (!why && !u.https && !loopback_host(u.host))
+        why = "it is http:// to a host that is not loopback (the session id would cross the "
+              "network in clear text); use https://";
+    if (why && errbuf && errlen)
+        snprintf(errbuf, errlen, "not a usable return URL: %s", why);
+    return why ? AL_ERR_INVAL : AL_OK;
+}
+
+int al_consent_return_url_allowed(const char *url, char *const *allow, size_t n)
+{
+    url_parts c, a;
+    if (!url || url_parse(url, &c))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!allow[i] || al_consent_return_url_valid(allow[i], NULL, 0) != AL_OK ||
+            url_parse(allow[i], &a))
+            continue;
+        if (c.https != a.https || c.port != a.port || strcmp(c.host, a.host) != 0)
+            continue;
+        const char *ap = a.path_len ? a.path : "/", *cp = c.path_len ? c.path : "/";
+        size_t al = a.path_len ? a.path_len : 1, cl = c.path_len ? c.path_len : 1;
+        if (cl < al || memcmp(cp, ap, al) != 0)
+            continue;
+        if (cl == al || ap[al - 1] == '/' || cp[al] == '/')
+            return 1;
+    }
+    return 0;
+}
+
+char *al_consent_return_redirect(const char *return_url, const char *session_id)
+{
+    size_t a = strlen(return_url), b = strlen(session_id);
+    char *u = malloc(a + b + 13);
+    if (!u)
+        return NULL;
+    snprintf(u, a + b + 13, "%s%csession_id=%s", return_url, strchr(return_url, '?') ? '&' : '?',
+             session_id);
+    return u;
 }
 
 size_t al_consent_pending(al_consent *c)

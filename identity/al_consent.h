@@ -18,7 +18,20 @@
  *                                    verifier for the code exchange.
  *
  * Binding mode `link`: the link is the capability — whoever opens it first consents
- * for the user it was made for (fine for one user; documented risk). Link ids and
+ * for the user it was made for (fine for one user; documented risk).
+ *
+ * Binding mode `app` (AgentCore's CompleteResourceTokenAuth): the binding carries the
+ * application's return URL (checked against the target's allow-list with
+ * al_consent_return_url_allowed); at the callback the exchanged tokens are not stored
+ * but held under a new session id (al_consent_hold), the user's browser is sent to the
+ * return URL with it, and the application completes the session with the identity of
+ * its signed-in user (al_consent_complete): the tokens are handed out for storing only
+ * when that user is the one the flow was started for; any other user consumes the
+ * session and the held tokens are wiped.
+ *
+ * Vendor quirks (refresh tokens need `access_type=offline`, `offline_access`, ...) are
+ * data — al_consent_quirks rows in the vendor table (al_identity.c) — merged into the
+ * authorization request by al_consent_open without a branch per vendor. Link ids and
  * states are compared in constant time; a table full of pending consents refuses new
  * ones (AL_ERR_AGAIN) rather than dropping a pending one. Nothing here logs; the
  * verifier is wiped when a flow is cleared. Thread-safe (one mutex). */
@@ -28,10 +41,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "identity/al_user_token.h"
 #include "targets/al_table.h"
 
 #define AL_CONSENT_TTL_S  600
 #define AL_CONSENT_ID_LEN 43 /* base64url of 32 bytes, no padding */
+#define AL_CONSENT_SESSION_TTL_S 600 /* app mode: held tokens wait this long */
+#define AL_CONSENT_URL_MAX 2048
 
 typedef struct al_consent al_consent;
 
@@ -40,21 +56,35 @@ typedef struct al_consent_binding {
     const char *provider; /* the store's OAuth client */
     const char *scope;    /* space-separated, as requested */
     const char *target;
+    const char *return_url; /* app binding mode: the application's (allow-listed) return
+                             * URL; NULL in link mode */
 } al_consent_binding;
 
 /* A consumed authorization request (al_consent_finish); clear with al_consent_flow_clear. */
 typedef struct al_consent_flow {
     char *user, *provider, *scope, *target; /* owned */
+    char *return_url;                       /* owned; NULL in link mode */
     char verifier[AL_CONSENT_ID_LEN + 1];   /* PKCE code_verifier: never logged */
     char nonce[AL_CONSENT_ID_LEN + 1];      /* "" when no openid scope */
 } al_consent_flow;
+
+/* What a vendor needs in an authorization request to hand out a refresh token (a row
+ * of the vendor table, al_identity_vendor_quirks). */
+typedef struct al_consent_quirks {
+    const char *when_scope; /* applies only when the requested scope holds this one
+                             * (CustomOauth2: "openid"); NULL = always */
+    const char *add_scope;  /* space-separated scopes added unless requested already */
+    const char *params;     /* form-urlencoded parameters added unless the target's
+                             * custom_parameters set them ("access_type=offline&...") */
+} al_consent_quirks;
 
 /* The provider side of an authorization request. */
 typedef struct al_consent_authz {
     const char *client_id;
     const char *redirect_uri; /* airlock's callback */
-    const al_kv *extra;       /* the target's custom_parameters (vendor quirks) */
+    const al_kv *extra;       /* the target's custom_parameters (they win over quirks) */
     size_t extra_count;
+    const al_consent_quirks *quirks; /* the provider's vendor row; NULL = none */
 } al_consent_authz;
 
 /* max_pending: links and states kept at once (0 = 1024). */
@@ -76,6 +106,34 @@ int al_consent_finish(al_consent *c, const char *state, al_consent_flow *f);
 void al_consent_flow_clear(al_consent_flow *f);
 /* Links and states pending now (expired ones are not counted). */
 size_t al_consent_pending(al_consent *c);
+
+/* App binding mode. al_consent_hold: the callback's tokens wait for the application: f
+ * (its strings) and t (its tokens) move into the table (both cleared, whatever the
+ * result); session_id gets a new id valid AL_CONSENT_SESSION_TTL_S. AL_ERR_AGAIN when
+ * the table is full (the tokens are wiped). */
+int al_consent_hold(al_consent *c, al_consent_flow *f, al_user_token *t,
+                    char session_id[AL_CONSENT_ID_LEN + 1]);
+/* The application completes `session_id` for `user` (consumed whatever the outcome):
+ *   AL_OK            *f (binding) and *t (tokens) are the caller's to store and clear;
+ *   AL_ERR_PERM      the flow was started for another user: nothing is handed out, the
+ *                    held tokens are wiped;
+ *   AL_ERR_NOTFOUND  unknown, forged or already completed; AL_ERR_TIMEOUT: expired. */
+int al_consent_complete(al_consent *c, const char *session_id, const char *user,
+                        al_consent_flow *f, al_user_token *t);
+
+/* Return URLs (app mode). An allow-list entry is an absolute http(s) URL without
+ * userinfo, query or fragment (http only for a loopback host: the session id would
+ * cross the network in clear): al_consent_return_url_valid says why not in errbuf
+ * (check time). A candidate is allowed when its scheme, host (case-insensitive) and
+ * port (default ports filled in) equal an entry's and its path is the entry's path or
+ * lies under it ("/cb" allows "/cb" and "/cb/x", not "/cbx"); a query is allowed. Any
+ * spelling that parsers disagree on is refused outright: userinfo ('@'), backslashes,
+ * control or non-ASCII bytes, fragments, "//" or dot segments or encoded '.', '/', '\'
+ * or '%' in the path, a host that is not plain letters, digits, '-' and '.'. */
+int al_consent_return_url_valid(const char *url, char *errbuf, size_t errlen);
+int al_consent_return_url_allowed(const char *url, char *const *allow, size_t n);
+/* return_url + ('?' or '&') + "session_id=" + id, malloc'd. */
+char *al_consent_return_redirect(const char *return_url, const char *session_id);
 
 /* Pure parts. */
 /* RFC 7636 4.2: BASE64URL(SHA256(verifier)), 43 chars + NUL. */

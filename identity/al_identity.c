@@ -10,6 +10,7 @@
  *  - plaintext secrets exist only in buffers this module wipes before freeing;
  *  - audit lines and errors carry names and versions, never secret bytes. */
 #include "al_identity.h"
+#include "al_consent.h"
 #include "al_store.h"
 #include "al_vault.h"
 #include "common/al_err.h"
@@ -63,26 +64,47 @@ int al_identity_kind_valid(const char *kind)
 
 typedef struct vendor_row {
     const char *vendor, *issuer, *discovery, *authorization, *token;
+    /* What the vendor needs in a user's authorization request (3LO) to hand out a
+     * refresh token: merged by al_consent_open, never a branch per vendor. */
+    al_consent_quirks refresh;
 } vendor_row;
 
 static const vendor_row vendors[] = {
-    {"CustomOauth2", NULL, NULL, NULL, NULL},
+    /* generic OpenID Connect (Core 11): offline_access, which needs prompt=consent;
+     * only when the request is an OpenID one (a plain OAuth server may refuse it) */
+    {"CustomOauth2", NULL, NULL, NULL, NULL, {"openid", "offline_access", "prompt=consent"}},
+    /* Google: no offline_access scope; access_type=offline, and prompt=consent or a
+     * second consent returns no refresh token */
     {"GoogleOauth2", "https://accounts.google.com",
      "https://accounts.google.com/.well-known/openid-configuration",
-     "https://accounts.google.com/o/oauth2/v2/auth", "https://oauth2.googleapis.com/token"},
+     "https://accounts.google.com/o/oauth2/v2/auth", "https://oauth2.googleapis.com/token",
+     {NULL, NULL, "access_type=offline&prompt=consent"}},
+    /* GitHub: refresh tokens come with expiring user tokens (an app setting) */
     {"GithubOauth2", "https://github.com", NULL, "https://github.com/login/oauth/authorize",
-     "https://github.com/login/oauth/access_token"},
+     "https://github.com/login/oauth/access_token", {NULL, NULL, NULL}},
     {"MicrosoftOauth2", "https://login.microsoftonline.com/{tenant}/v2.0",
      "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration",
      "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize",
-     "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"},
+     "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+     {NULL, "offline_access", NULL}},
     {"SlackOauth2", "https://slack.com", "https://slack.com/.well-known/openid-configuration",
-     "https://slack.com/oauth/v2/authorize", "https://slack.com/api/oauth.v2.access"},
+     "https://slack.com/oauth/v2/authorize", "https://slack.com/api/oauth.v2.access",
+     {NULL, NULL, NULL}},
     {"SalesforceOauth2", "https://login.salesforce.com",
      "https://login.salesforce.com/.well-known/openid-configuration",
      "https://login.salesforce.com/services/oauth2/authorize",
-     "https://login.salesforce.com/services/oauth2/token"},
+     "https://login.salesforce.com/services/oauth2/token", {NULL, "refresh_token", NULL}},
 };
+
+const al_consent_quirks *al_identity_vendor_quirks(const char *vendor)
+{
+    if (!vendor)
+        vendor = "CustomOauth2";
+    for (size_t i = 0; i < sizeof vendors / sizeof vendors[0]; i++)
+        if (strcmp(vendors[i].vendor, vendor) == 0)
+            return &vendors[i].refresh;
+    return NULL;
+}
 
 static const char *const auth_methods[] = {"client_secret_basic", "client_secret_post"};
 

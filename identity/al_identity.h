@@ -127,6 +127,12 @@ void al_identity_secrets_free(al_identity_secret *s, size_t n);
  * (with the document still filled in) if any does not open. Never includes a secret. */
 int al_identity_verify(al_identity *id, json_t **out);
 
+/* The vendor's refresh-token quirks for a user's authorization request (3LO): a row
+ * of the vendor table (vendor = the provider config's "vendor"; NULL = CustomOauth2),
+ * for al_consent_authz.quirks. NULL for an unknown vendor. */
+struct al_consent_quirks;
+const struct al_consent_quirks *al_identity_vendor_quirks(const char *vendor);
+
 /* Kind names used on the CLI and in output. */
 int al_identity_kind_valid(const char *kind);
 

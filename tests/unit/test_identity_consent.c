@@ -2,7 +2,12 @@
  * with an injected clock — PKCE S256 against RFC 7636's own example, a link opens once,
  * a state finishes once (replay), forged and truncated states, expiry of links and
  * states, the binding carried through, hostile binding fields, the table bound, the
- * protocol parameters a custom_parameters entry cannot override, and the token forms. */
+ * protocol parameters a custom_parameters entry cannot override, and the token forms.
+ * App binding mode: a session completed by its own user hands out the tokens once; by
+ * another user it is refused, consumed and nothing is handed out; expiry and forged ids;
+ * the return URL allow-list against many spellings that parsers disagree on; the vendor
+ * table's refresh-token quirks (Google, Microsoft, Salesforce, generic OIDC) merged into
+ * the authorization request without overriding the protocol's parameters or the table's. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +16,7 @@
 
 #include "common/al_err.h"
 #include "identity/al_consent.h"
+#include "identity/al_identity.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,30 +37,34 @@ static al_consent *mk(size_t cap)
     return c;
 }
 
-static const al_consent_binding alice = {"https://idp.example alice", "github", "openid repo",
-                                         "gh"};
-static const al_consent_authz authz = {"client-1", "https://airlock.example/oauth2/callback", NULL,
-                                       0};
+static const al_consent_binding alice = {.user = "https://idp.example alice",
+                                         .provider = "github",
+                                         .scope = "openid repo",
+                                         .target = "gh"};
+static const al_consent_authz authz = {.client_id = "client-1",
+                                       .redirect_uri = "https://airlock.example/oauth2/callback"};
 
-/* The value of parameter `name` in a form (not decoded), copied into out. */
+/* The value of parameter `name` in a form (not decoded), copied into out: 1, or 0 when
+ * absent, -1 when too long or present twice. */
 static int param(const char *form, const char *name, char *out, size_t cap)
 {
     size_t n = strlen(name);
+    int found = 0;
     for (const char *p = form; p && *p;) {
         if (strncmp(p, name, n) == 0 && p[n] == '=') {
             const char *v = p + n + 1, *e = strchr(v, '&');
             size_t l = e ? (size_t)(e - v) : strlen(v);
-            if (l >= cap)
-                return 0;
+            if (l >= cap || found)
+                return -1;
             memcpy(out, v, l);
             out[l] = 0;
-            return 1;
+            found = 1;
         }
         p = strchr(p, '&');
         if (p)
             p++;
     }
-    return 0;
+    return found;
 }
 
 static void test_pkce_rfc7636_example(void **st)
@@ -267,6 +277,407 @@ static void test_token_forms(void **st)
     assert_null(al_consent_refresh_form("", NULL));
 }
 
+/* app binding mode: alice's flow returns to the application */
+static const al_consent_binding alice_app = {.user = "https://idp.example alice",
+                                             .provider = "google",
+                                             .scope = "openid calendar",
+                                             .target = "cal",
+                                             .return_url = "https://app.example/done"};
+
+/* Runs start + open + finish for b: the consumed flow in *f. */
+static void flow(al_consent *c, const al_consent_binding *b, al_consent_flow *f)
+{
+    char id[AL_CONSENT_ID_LEN + 1], state[128];
+    char *form = NULL;
+    assert_int_equal(al_consent_start(c, b, id), AL_OK);
+    assert_int_equal(al_consent_open(c, id, &authz, &form), AL_OK);
+    assert_int_equal(param(form, "state", state, sizeof state), 1);
+    free(form);
+    assert_int_equal(al_consent_finish(c, state, f), AL_OK);
+}
+
+static void tokens(al_user_token *t, const char *access, const char *refresh)
+{
+    memset(t, 0, sizeof *t);
+    t->access_token = strdup(access);
+    t->access_len = strlen(access);
+    t->refresh_token = refresh ? strdup(refresh) : NULL;
+    t->scope = strdup("openid calendar");
+}
+
+static void test_session_completed_by_its_user(void **st)
+{
+    (void)st;
+    al_consent *c = mk(0);
+    al_consent_flow f;
+    al_user_token t;
+    char sid[AL_CONSENT_ID_LEN + 1];
+    flow(c, &alice_app, &f);
+    assert_string_equal(f.return_url, "https://app.example/done");
+    tokens(&t, "AT-alice", "RT-alice");
+    assert_int_equal(al_consent_hold(c, &f, &t, sid), AL_OK);
+    /* moved, not copied: nothing left with the caller */
+    assert_null(f.user);
+    assert_null(t.access_token);
+    assert_null(t.refresh_token);
+    assert_int_equal(strlen(sid), AL_CONSENT_ID_LEN);
+    assert_int_equal(al_consent_pending(c), 1);
+
+    /* a forged or truncated session id, or a state/link id, finds nothing */
+    char forged[AL_CONSENT_ID_LEN + 1];
+    memcpy(forged, sid, sizeof forged);
+    forged[5] = forged[5] == 'A' ? 'B' : 'A';
+    al_consent_flow g;
+    al_user_token u;
+    assert_int_equal(al_consent_complete(c, forged, alice_app.user, &g, &u), AL_ERR_NOTFOUND);
+    assert_int_equal(al_consent_complete(c, "short", alice_app.user, &g, &u), AL_ERR_NOTFOUND);
+    assert_int_equal(al_consent_complete(c, NULL, alice_app.user, &g, &u), AL_ERR_NOTFOUND);
+    assert_int_equal(al_consent_finish(c, sid, &g), AL_ERR_NOTFOUND); /* not a state */
+
+    assert_int_equal(al_consent_complete(c, sid, alice_app.user, &g, &u), AL_OK);
+    assert_string_equal(g.user, alice_app.user);
+    assert_string_equal(g.provider, "google");
+    assert_string_equal(g.target, "cal");
+    assert_string_equal(u.access_token, "AT-alice");
+    assert_string_equal(u.refresh_token, "RT-alice");
+    al_consent_flow_clear(&g);
+    al_user_token_clear(&u);
+    /* once */
+    assert_int_equal(al_consent_complete(c, sid, alice_app.user, &g, &u), AL_ERR_NOTFOUND);
+    assert_int_equal(al_consent_pending(c), 0);
+    al_consent_free(c);
+}
+
+static void test_session_completed_by_another_user_is_refused(void **st)
+{
+    (void)st;
+    al_consent *c = mk(0);
+    al_consent_flow f, g;
+    al_user_token t, u;
+    char sid[AL_CONSENT_ID_LEN + 1];
+    const char *others[] = {"https://idp.example bob",
+                            "https://idp.example alice ",
+                            "https://idp.example Alice",
+                            "https://idp.example",
+                            "",
+                            NULL};
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+        flow(c, &alice_app, &f);
+        tokens(&t, "AT-alice", "RT-alice");
+        assert_int_equal(al_consent_hold(c, &f, &t, sid), AL_OK);
+        assert_int_equal(al_consent_complete(c, sid, others[i], &g, &u), AL_ERR_PERM);
+        assert_null(g.user);
+        assert_null(u.access_token);
+        /* consumed: not even the right user gets the tokens afterwards */
+        assert_int_equal(al_consent_complete(c, sid, alice_app.user, &g, &u), AL_ERR_NOTFOUND);
+        assert_null(u.access_token);
+        assert_int_equal(al_consent_pending(c), 0);
+    }
+    al_consent_free(c);
+}
+
+static void test_session_expiry_and_bound(void **st)
+{
+    (void)st;
+    al_consent *c = mk(2);
+    al_consent_flow f, g;
+    al_user_token t, u;
+    char sid[AL_CONSENT_ID_LEN + 1], sid2[AL_CONSENT_ID_LEN + 1];
+    flow(c, &alice_app, &f);
+    tokens(&t, "AT", NULL);
+    assert_int_equal(al_consent_hold(c, &f, &t, sid), AL_OK);
+    fake_now += AL_CONSENT_SESSION_TTL_S;
+    assert_int_equal(al_consent_complete(c, sid, alice_app.user, &g, &u), AL_ERR_TIMEOUT);
+    assert_int_equal(al_consent_complete(c, sid, alice_app.user, &g, &u), AL_ERR_NOTFOUND);
+
+    /* a full table refuses to hold more, and wipes what it was given */
+    flow(c, &alice_app, &f);
+    tokens(&t, "AT1", NULL);
+    assert_int_equal(al_consent_hold(c, &f, &t, sid), AL_OK);
+    flow(c, &alice_app, &f);
+    tokens(&t, "AT2", NULL);
+    assert_int_equal(al_consent_hold(c, &f, &t, sid2), AL_OK);
+    char id[AL_CONSENT_ID_LEN + 1];
+    assert_int_equal(al_consent_start(c, &alice_app, id), AL_ERR_AGAIN);
+    memset(&f, 0, sizeof f);
+    f.user = strdup("u");
+    f.provider = strdup("p");
+    f.scope = strdup("");
+    f.target = strdup("t");
+    tokens(&t, "AT3", NULL);
+    assert_int_equal(al_consent_hold(c, &f, &t, sid), AL_ERR_AGAIN);
+    assert_null(f.user);
+    assert_null(t.access_token);
+    al_consent_free(c); /* frees the held tokens (ASan: no leak) */
+}
+
+static void test_hold_needs_tokens(void **st)
+{
+    (void)st;
+    al_consent *c = mk(0);
+    al_consent_flow f;
+    al_user_token t;
+    char sid[AL_CONSENT_ID_LEN + 1];
+    flow(c, &alice_app, &f);
+    memset(&t, 0, sizeof t);
+    assert_int_equal(al_consent_hold(c, &f, &t, sid), AL_ERR_INVAL);
+    assert_null(f.user);
+    assert_int_equal(al_consent_pending(c), 0);
+    al_consent_free(c);
+}
+
+static void test_return_url_in_binding(void **st)
+{
+    (void)st;
+    al_consent *c = mk(0);
+    char id[AL_CONSENT_ID_LEN + 1];
+    al_consent_binding b = alice_app;
+    b.return_url = "https://app.example/\r\nx";
+    assert_int_equal(al_consent_start(c, &b, id), AL_ERR_INVAL);
+    b.return_url = "";
+    assert_int_equal(al_consent_start(c, &b, id), AL_ERR_INVAL);
+    al_consent_flow f;
+    b.return_url = NULL; /* link mode */
+    flow(c, &b, &f);
+    assert_null(f.return_url);
+    al_consent_flow_clear(&f);
+    al_consent_free(c);
+}
+
+static void test_return_url_allow_list(void **st)
+{
+    (void)st;
+    char *allow[] = {"https://app.example.com/oauth/done", "http://127.0.0.1:8080/cb/",
+                     "https://[::1]:9443/x", "https://Other.Example.ORG"};
+    size_t n = sizeof allow / sizeof allow[0];
+    const char *ok[] = {
+        "https://app.example.com/oauth/done",
+        "https://app.example.com/oauth/done?x=1&y=2",
+        "https://app.example.com/oauth/done/step2",
+        "HTTPS://APP.EXAMPLE.COM/oauth/done",     /* scheme and host are case-insensitive */
+        "https://App.Example.Com:443/oauth/done", /* the default port spelled out */
+        "http://127.0.0.1:8080/cb/",
+        "http://127.0.0.1:8080/cb/more",
+        "https://[::1]:9443/x",
+        "https://other.example.org",
+        "https://other.example.org/",
+        "https://other.example.org/anything/below?q",
+        "https://app.example.com/oauth/done/%41", /* a harmless escape */
+    };
+    const char *bad[] = {
+        "https://app.example.com/oauth/donex",             /* not under the path */
+        "https://app.example.com/oauth",                   /* above it */
+        "https://app.example.com/OAUTH/done",              /* paths are case-sensitive */
+        "https://app.example.com:8443/oauth/done",         /* another port */
+        "http://app.example.com/oauth/done",               /* another scheme */
+        "https://app.example.com.evil.example/oauth/done", /* a suffix host */
+        "https://evil.example/app.example.com/oauth/done",
+        "https://app.example.com@evil.example/oauth/done", /* userinfo */
+        "https://evil.example@app.example.com/oauth/done",
+        "https://app.example.com:443@evil.example/oauth/done",
+        "https://evil.example\\@app.example.com/oauth/done", /* backslashes */
+        "https://app.example.com\\oauth\\done",
+        "https:\\\\app.example.com/oauth/done",
+        "https://app.example.com/oauth/done\\..\\..\\evil",
+        "//app.example.com/oauth/done", /* scheme-relative */
+        "/oauth/done",
+        "https:/app.example.com/oauth/done",
+        "https:app.example.com/oauth/done",
+        "javascript://app.example.com/oauth/done%0aalert(1)",
+        "https://app.example.com/oauth/done/../../evil", /* dot segments */
+        "https://app.example.com/oauth/done/./x",
+        "https://app.example.com/oauth/done/..",
+        "https://app.example.com/oauth/done/%2e%2e/%2e%2e/evil", /* encoded dots */
+        "https://app.example.com/oauth/done/%2E%2E/evil",
+        "https://app.example.com/oauth/done/.%2e/evil",
+        "https://app.example.com/oauth/done%2f..%2f..%2fevil",
+        "https://app.example.com/oauth/done/%5c..%5cevil",
+        "https://app.example.com/oauth/done/%252e%252e/evil", /* double encoding */
+        "https://app.example.com/oauth/done/%",
+        "https://app.example.com/oauth/done/%4",
+        "https://app.example.com/oauth/done/%0d%0aSet-Cookie:x",
+        "https://app.example.com/oauth/done//evil.example", /* empty segment */
+        "https://app.example.com//oauth/done",
+        "https://app.example.com./oauth/done", /* trailing dot */
+        "https://app..example.com/oauth/done",
+        "https://app%2eexample.com/oauth/done", /* encoded host */
+        "https://app.example.com%2f@evil.example/oauth/done",
+        "https://xn--app-example.com/oauth/done",
+        "https://app.example.com/oauth/done#frag", /* fragments */
+        "https://app.example.com/oauth/done#@evil.example",
+        "https://app.example.com /oauth/done", /* spaces, controls, non-ASCII */
+        "https://app.example.com/oauth/done\t",
+        "https://app.example.com/oauth/done\r\nLocation: https://evil.example",
+        "https://app.\xc3\xa9xample.com/oauth/done",
+        "https://app.example.com:/oauth/done", /* odd ports */
+        "https://app.example.com:0443x/oauth/done",
+        "https://app.example.com:65979/oauth/done",
+        "https://app.example.com:+443/oauth/done",
+        "https://app.example.com:4430000/oauth/done",
+        "http://127.0.0.1:8080/cb", /* the entry ends in '/': "/cb" is above it */
+        "http://127.0.0.2:8080/cb/",
+        "http://127.0.0.1:8080/cb/../admin",
+        "https://[::1]:9443/xy",
+        "https://[::1]/x",
+        "https://[::1:9443/x",
+        "https://[::1]x:9443/x",
+        "https://[::g]:9443/x",
+        "https://other.example.org.evil/",
+        "",
+        "https://",
+        "https:///oauth/done",
+        NULL,
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if (!al_consent_return_url_allowed(ok[i], allow, n))
+            fail_msg("refused: %s", ok[i]);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (al_consent_return_url_allowed(bad[i], allow, n))
+            fail_msg("allowed: %s", bad[i]);
+    /* an empty list allows nothing */
+    assert_false(al_consent_return_url_allowed("https://app.example.com/oauth/done", allow, 0));
+    /* a bad entry in the list is skipped, never matched loosely */
+    char *bad_list[] = {"https://app.example.com/oauth/done?x=1", "http://app.example.com/"};
+    assert_false(
+        al_consent_return_url_allowed("https://app.example.com/oauth/done?x=1", bad_list, 2));
+    assert_false(al_consent_return_url_allowed("http://app.example.com/", bad_list, 2));
+    /* a long URL */
+    char longu[4096];
+    memset(longu, 'a', sizeof longu);
+    memcpy(longu, "https://app.example.com/oauth/done/", 35);
+    longu[sizeof longu - 1] = 0;
+    assert_false(al_consent_return_url_allowed(longu, allow, n));
+}
+
+static void test_return_url_entries_checked(void **st)
+{
+    (void)st;
+    char err[256];
+    const char *good[] = {"https://app.example.com/cb", "https://app.example.com",
+                          "http://127.0.0.1:9000/cb", "http://localhost/cb", "http://[::1]:1/"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        if (al_consent_return_url_valid(good[i], err, sizeof err) != AL_OK)
+            fail_msg("%s: %s", good[i], err);
+    }
+    const char *badv[] = {"https://app.example.com/cb?x=1",
+                          "http://app.example.com/cb",
+                          "https://u@app.example.com/cb",
+                          "ftp://app.example.com/",
+                          "https://app.example.com/cb#f",
+                          "app.example.com/cb",
+                          NULL};
+    for (size_t i = 0; i < sizeof badv / sizeof badv[0]; i++) {
+        err[0] = 0;
+        assert_int_equal(al_consent_return_url_valid(badv[i], err, sizeof err), AL_ERR_INVAL);
+        assert_int_equal(strncmp(err, "not a usable return URL: ", 25), 0);
+    }
+}
+
+static void test_return_redirect(void **st)
+{
+    (void)st;
+    char *u = al_consent_return_redirect("https://app.example/done", "SID");
+    assert_string_equal(u, "https://app.example/done?session_id=SID");
+    free(u);
+    u = al_consent_return_redirect("https://app.example/done?a=b", "SID");
+    assert_string_equal(u, "https://app.example/done?a=b&session_id=SID");
+    free(u);
+}
+
+/* Opens a link for scope with the vendor's quirks (and extra): the authorization form. */
+static char *open_with(const char *vendor, const char *scope, const al_kv *extra, size_t n)
+{
+    al_consent *c = mk(0);
+    char id[AL_CONSENT_ID_LEN + 1];
+    al_consent_binding b = alice_app;
+    b.scope = scope;
+    al_consent_authz a = authz;
+    a.quirks = al_identity_vendor_quirks(vendor);
+    a.extra = extra;
+    a.extra_count = n;
+    char *form = NULL;
+    assert_int_equal(al_consent_start(c, &b, id), AL_OK);
+    assert_int_equal(al_consent_open(c, id, &a, &form), AL_OK);
+    al_consent_free(c);
+    return form;
+}
+
+static void test_vendor_quirks(void **st)
+{
+    (void)st;
+    char v[256];
+    struct {
+        const char *vendor, *scope, *want_scope, *access_type, *prompt;
+    } cases[] = {
+        /* Google: parameters, no extra scope */
+        {"GoogleOauth2", "openid https://www.googleapis.com/auth/calendar",
+         "openid%20https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcalendar", "offline", "consent"},
+        /* Microsoft: offline_access added, once */
+        {"MicrosoftOauth2", "User.Read", "User.Read%20offline_access", NULL, NULL},
+        {"MicrosoftOauth2", "offline_access User.Read", "offline_access%20User.Read", NULL, NULL},
+        {"MicrosoftOauth2", "", "offline_access", NULL, NULL},
+        /* Salesforce: refresh_token scope */
+        {"SalesforceOauth2", "api", "api%20refresh_token", NULL, NULL},
+        /* generic OpenID Connect: offline_access + prompt=consent, OpenID requests only */
+        {NULL, "openid read", "openid%20read%20offline_access", NULL, "consent"},
+        {"CustomOauth2", "openid", "openid%20offline_access", NULL, "consent"},
+        {"CustomOauth2", "read write", "read%20write", NULL, NULL},
+        {"CustomOauth2", "openidx read", "openidx%20read", NULL, NULL},
+        /* GitHub, Slack: nothing */
+        {"GithubOauth2", "repo", "repo", NULL, NULL},
+        {"SlackOauth2", "chat:write", "chat%3Awrite", NULL, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *form = open_with(cases[i].vendor, cases[i].scope, NULL, 0);
+        if (*cases[i].want_scope) {
+            assert_int_equal(param(form, "scope", v, sizeof v), 1);
+            if (strcmp(v, cases[i].want_scope) != 0)
+                fail_msg("%s %s: scope %s", cases[i].vendor ? cases[i].vendor : "(none)",
+                         cases[i].scope, v);
+        }
+        const char *names[] = {"access_type", "prompt"};
+        const char *want[] = {cases[i].access_type, cases[i].prompt};
+        for (int k = 0; k < 2; k++) {
+            int got = param(form, names[k], v, sizeof v);
+            if (want[k] ? (got != 1 || strcmp(v, want[k]) != 0) : got != 0)
+                fail_msg("%s: %s %s", cases[i].vendor ? cases[i].vendor : "(none)", names[k],
+                         got == 1 ? v : "(absent)");
+        }
+        /* the protocol's own parameters once each */
+        const char *own[] = {"response_type", "client_id",      "redirect_uri",
+                             "state",         "code_challenge", "code_challenge_method"};
+        for (size_t k = 0; k < sizeof own / sizeof own[0]; k++)
+            assert_int_equal(param(form, own[k], v, sizeof v), 1);
+        free(form);
+    }
+    assert_null(al_identity_vendor_quirks("NoSuchVendor"));
+
+    /* the table's custom_parameters win over a quirk, and neither overrides the protocol */
+    al_kv extra[] = {{"prompt", "select_account"}, {"state", "attacker"}};
+    char *form = open_with("GoogleOauth2", "openid", extra, 2);
+    assert_int_equal(param(form, "prompt", v, sizeof v), 1);
+    assert_string_equal(v, "select_account");
+    assert_int_equal(param(form, "access_type", v, sizeof v), 1);
+    assert_string_equal(v, "offline");
+    assert_null(strstr(form, "attacker"));
+    free(form);
+
+    /* a quirk row cannot override the protocol's parameters either */
+    al_consent_quirks evil = {NULL, "x", "state=evil&redirect_uri=evil&=novalue&noequals&ok=1"};
+    al_consent *c = mk(0);
+    char id[AL_CONSENT_ID_LEN + 1];
+    al_consent_authz a = authz;
+    a.quirks = &evil;
+    assert_int_equal(al_consent_start(c, &alice_app, id), AL_OK);
+    assert_int_equal(al_consent_open(c, id, &a, &form), AL_OK);
+    assert_null(strstr(form, "evil"));
+    assert_null(strstr(form, "noequals"));
+    assert_null(strstr(form, "&=novalue"));
+    assert_int_equal(param(form, "ok", v, sizeof v), 1);
+    free(form);
+    al_consent_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -277,6 +688,15 @@ int main(void)
         cmocka_unit_test(test_hostile_binding_and_bound),
         cmocka_unit_test(test_extra_parameters_and_no_nonce),
         cmocka_unit_test(test_token_forms),
+        cmocka_unit_test(test_session_completed_by_its_user),
+        cmocka_unit_test(test_session_completed_by_another_user_is_refused),
+        cmocka_unit_test(test_session_expiry_and_bound),
+        cmocka_unit_test(test_hold_needs_tokens),
+        cmocka_unit_test(test_return_url_in_binding),
+        cmocka_unit_test(test_return_url_allow_list),
+        cmocka_unit_test(test_return_url_entries_checked),
+        cmocka_unit_test(test_return_redirect),
+        cmocka_unit_test(test_vendor_quirks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
