@@ -12,7 +12,9 @@
 #include "identity/al_store.h"
 #include "common/al_err.h"
 #include "identity/al_identity.h"
+#include "identity/al_revoke.h"
 #include "identity/al_token.h"
+#include "identity/al_user_token.h"
 #include "targets/al_table.h"
 #include "proxy/al_egress.h"
 
@@ -73,7 +75,8 @@ static const struct verb {
     {"list-user-tokens", F_OAUTH, A_ULIST,
      "the users' tokens (3LO) of a provider: user, scope, expiry, fingerprint (never a token)"},
     {"delete-user-token", F_OAUTH, A_UDEL,
-     "delete a user's tokens (3LO); their next request asks for consent again"},
+     "revoke a user's tokens (3LO) at the provider (RFC 7009) and delete them; their next "
+     "request asks for consent again"},
     {"create-aws-credential-provider", F_AWS, A_CREATE, "store AWS access keys for SigV4"},
     {"update-aws-credential-provider", F_AWS, A_UPDATE, "rotate the keys or change settings"},
     {"get-aws-credential-provider", F_AWS, A_GET, "show one provider (never the keys)"},
@@ -126,6 +129,9 @@ enum opt {
     O_REGION,
     O_UPROVIDER,
     O_UUSER,
+    O_REVOKE_EP,
+    O_PAR_EP,
+    O_USE_PAR,
     O_COUNT
 };
 
@@ -195,6 +201,13 @@ static const struct flag {
                      "the OAuth provider (required for delete-user-token)"},
     [O_UUSER] = {"--user", F_OAUTH, A_UDEL, 0, "USER",
                  "the end user, as list-user-tokens shows it (\"ISSUER SUB\" or a header's id)"},
+    [O_REVOKE_EP] = {"--revocation-endpoint", F_OAUTH, A_CU, 0, "URL",
+                     "RFC 7009 revocation endpoint (default: the discovery document's)"},
+    [O_PAR_EP] = {"--par-endpoint", F_OAUTH, A_CU, 0, "URL",
+                  "RFC 9126 pushed authorization request endpoint (default: discovery's)"},
+    [O_USE_PAR] = {"--use-par", F_OAUTH, A_CU, 0, NULL,
+                   "push users' authorization requests (RFC 9126) even when the provider "
+                   "does not require it"},
 };
 
 static void usage_top(FILE *out)
@@ -474,6 +487,65 @@ out:
     return rc;
 }
 
+/* delete-user-token, before the delete: revokes the user's refresh token (else access
+ * token) at the provider (RFC 7009). Its outcome is reported (*rev, stderr) and audited,
+ * but only a missing row stops the delete (AL_ERR_NOTFOUND): a provider that is down or
+ * refuses must not keep an operator from cutting a user off in airlock. */
+static int revoke_user_token(al_identity *id, const char *provider, const char *user,
+                             json_t **rev)
+{
+    al_user_token t;
+    al_identity_secret *all = NULL;
+    size_t n = 0;
+    al_oidc *oidc = NULL;
+    char msg[512] = "";
+    const char *outcome = "failed", *type = NULL;
+    int rc = al_identity_load_user_token(id, provider, user, &t);
+    if (rc == AL_ERR_NOTFOUND)
+        return rc;
+    if (rc != AL_OK) {
+        outcome = "not_opened";
+        snprintf(msg, sizeof msg, "the stored tokens do not open (%s), so they cannot be revoked",
+                 al_strerror(rc));
+        goto out;
+    }
+    type = t.refresh_token ? "refresh_token" : "access_token";
+    const al_identity_secret *sec = NULL;
+    if ((rc = al_identity_load_secrets(id, &all, &n)) == AL_OK)
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(all[i].name, provider) == 0 && strcmp(all[i].kind, "oauth2") == 0 &&
+                all[i].current)
+                sec = &all[i];
+    if (!sec) {
+        snprintf(msg, sizeof msg, "no current oauth2 credential provider '%s' to revoke with",
+                 provider);
+        goto out;
+    }
+    if ((rc = al_oidc_new(&oidc)) != AL_OK) {
+        snprintf(msg, sizeof msg, "%s", al_strerror(rc));
+        goto out;
+    }
+    al_fetch_set_guard(al_oidc_fetcher(oidc), al_egress_guard_public, NULL);
+    rc = al_revoke_wait(oidc, sec->config_json, sec->value, sec->len,
+                        t.refresh_token ? t.refresh_token : t.access_token, type, msg, sizeof msg);
+    outcome = rc == AL_OK ? "revoked" : rc == AL_ERR_NOTFOUND ? "no_endpoint" : "failed";
+out:
+    al_identity_audit_user_token_revoke(id, provider, user, type, outcome, *msg ? msg : NULL);
+    if (strcmp(outcome, "revoked") != 0)
+        fprintf(stderr,
+                "airlock identity: warning: the user's token was not revoked at the provider "
+                "(%s); the tokens are deleted from airlock's store anyway\n",
+                msg);
+    *rev = json_pack("{s:s, s:s?, s:s?}", "outcome", outcome, "tokenType", type, "error",
+                     *msg ? msg : NULL);
+    if (oidc)
+        al_fetch_stop(al_oidc_fetcher(oidc));
+    al_oidc_free(oidc);
+    al_identity_secrets_free(all, n);
+    al_user_token_clear(&t);
+    return AL_OK;
+}
+
 static int exit_for(int rc)
 {
     return rc == AL_OK ? 0 : 1;
@@ -613,6 +685,8 @@ int al_cmd_identity(int argc, char **argv)
                                 {"tokenEndpoint", o[O_TOKEN_EP]},
                                 {"tokenEndpointAuthMethod", o[O_AUTH_METHOD]},
                                 {"tenantId", o[O_TENANT]},
+                                {"revocationEndpoint", o[O_REVOKE_EP]},
+                                {"parEndpoint", o[O_PAR_EP]},
                                 {"accessKeyId", o[O_AKID]},
                                 {"region", o[O_REGION]}};
     for (size_t i = 0; i < sizeof cfg_map / sizeof cfg_map[0]; i++) {
@@ -635,16 +709,19 @@ int al_cmd_identity(int argc, char **argv)
         json_object_set_new(config, "caFile", json_string(abs));
         free(abs);
     }
-    const int switches[][2] = {{O_ALLOW_INSECURE, 0}, {O_ALLOW_PRIVATE, 1}};
+    const struct {
+        int flag;
+        const char *key;
+    } switches[] = {{O_ALLOW_INSECURE, "allowInsecureEndpoints"},
+                    {O_ALLOW_PRIVATE, "allowPrivateNetwork"},
+                    {O_USE_PAR, "usePar"}};
     for (size_t i = 0; i < sizeof switches / sizeof switches[0]; i++) {
-        const char *val = o[switches[i][0]];
+        const char *val = o[switches[i].flag];
         if (!val)
             continue;
         if (!config)
             config = json_object();
-        json_object_set_new(config,
-                            switches[i][1] ? "allowPrivateNetwork" : "allowInsecureEndpoints",
-                            json_boolean(strcmp(val, "true") == 0));
+        json_object_set_new(config, switches[i].key, json_boolean(strcmp(val, "true") == 0));
     }
     if (max_age >= 0) { /* kept with the provider's settings; 0 removes the limit */
         if (!config)
@@ -721,15 +798,19 @@ int al_cmd_identity(int argc, char **argv)
             ret = 2;
             goto out;
         }
-        rc = v->action == A_ULIST ? al_identity_open_readonly(state_dir, &id)
-                                  : al_identity_open(state_dir, AL_IDENTITY_WRITE, &id);
+        rc = v->action == A_ULIST
+                 ? al_identity_open_readonly(state_dir, &id)
+                 : al_identity_open(state_dir, AL_IDENTITY_WRITE | AL_IDENTITY_SECRETS, &id);
         if (rc == AL_ERR_NOTFOUND && v->action == A_ULIST) {
             res = json_pack("{s:[]}", "userTokens");
             rc = AL_OK;
         } else if (rc == AL_OK && v->action == A_ULIST)
             rc = al_identity_list_user_tokens(id, o[O_UPROVIDER], &res);
         else if (rc == AL_OK) {
-            rc = al_identity_delete_user_token(id, o[O_UPROVIDER], o[O_UUSER]);
+            json_t *rev = NULL;
+            rc = revoke_user_token(id, o[O_UPROVIDER], o[O_UUSER], &rev);
+            if (rc == AL_OK)
+                rc = al_identity_delete_user_token(id, o[O_UPROVIDER], o[O_UUSER]);
             if (rc == AL_ERR_NOTFOUND) {
                 fprintf(stderr, "airlock identity: no tokens of user '%s' for provider '%s'\n",
                         o[O_UUSER], o[O_UPROVIDER]);
@@ -737,8 +818,9 @@ int al_cmd_identity(int argc, char **argv)
                 goto out;
             }
             if (rc == AL_OK)
-                res = json_pack("{s:s, s:s, s:b}", "provider", o[O_UPROVIDER], "user",
-                                o[O_UUSER], "deleted", 1);
+                res = json_pack("{s:s, s:s, s:b, s:O}", "provider", o[O_UPROVIDER], "user",
+                                o[O_UUSER], "deleted", 1, "revocation", rev);
+            json_decref(rev);
         }
     } else if (v->action & (A_GET | A_LIST)) {
         rc = al_identity_open_readonly(state_dir, &id);

@@ -12,6 +12,7 @@
 #include "al_identity.h"
 #include "al_consent.h"
 #include "al_store.h"
+#include "al_user_token.h"
 #include "al_vault.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
@@ -505,8 +506,9 @@ static int oauth2_config(const json_t *in, json_t **out)
                         "client_secret_post\n");
         goto fail;
     }
-    static const char *const switches[] = {"allowInsecureEndpoints", "allowPrivateNetwork"};
-    for (size_t i = 0; i < 2; i++) {
+    static const char *const switches[] = {"allowInsecureEndpoints", "allowPrivateNetwork",
+                                           "usePar"};
+    for (size_t i = 0; i < sizeof switches / sizeof switches[0]; i++) {
         json_t *b = json_object_get(c, switches[i]);
         if (b && !json_is_boolean(b)) {
             fprintf(stderr, "airlock: %s must be true or false\n", switches[i]);
@@ -519,8 +521,9 @@ static int oauth2_config(const json_t *in, json_t **out)
         fprintf(stderr, "airlock: --ca-file %s is not a readable file\n", ca ? ca : "(not a string)");
         goto fail;
     }
-    const char *urls[] = {"issuer", "discoveryUrl", "authorizationEndpoint", "tokenEndpoint"};
-    for (size_t i = 0; i < 4; i++) {
+    const char *urls[] = {"issuer",        "discoveryUrl",       "authorizationEndpoint",
+                          "tokenEndpoint", "revocationEndpoint", "parEndpoint"};
+    for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
         const char *u = jstr(c, urls[i]);
         if (u && strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) {
             fprintf(stderr, "airlock: %s must be an http(s) URL\n", urls[i]);
@@ -968,6 +971,24 @@ int al_identity_list_user_tokens(al_identity *id, const char *provider, json_t *
     al_store_user_tokens_free(u, n);
     *out = arr ? json_pack("{s:o}", "userTokens", arr) : NULL;
     return *out ? AL_OK : AL_ERR_NOMEM;
+}
+
+int al_identity_load_user_token(al_identity *id, const char *provider, const char *user,
+                                al_user_token *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!id->vault)
+        return AL_ERR_KEY;
+    return al_user_token_load(id->store, id->vault, provider, user, out);
+}
+
+void al_identity_audit_user_token_revoke(al_identity *id, const char *provider, const char *user,
+                                         const char *token_type, const char *outcome,
+                                         const char *error)
+{
+    audit_ex(id, "identity.user_token_revoke", provider, "oauth2", 0,
+             json_pack("{s:s, s:s?, s:s, s:s?}", "end_user", user, "token_type", token_type,
+                       "outcome", outcome, "error", error));
 }
 
 int al_identity_delete_user_token(al_identity *id, const char *provider, const char *user)

@@ -39,6 +39,17 @@ int al_identity_open_readonly(const char *state_dir, al_identity **out);
  * deleting one user's tokens (audited as identity.user_token_delete; AL_ERR_NOTFOUND). */
 int al_identity_list_user_tokens(al_identity *id, const char *provider, json_t **out);
 int al_identity_delete_user_token(al_identity *id, const char *provider, const char *user);
+/* One user's tokens, opened (needs AL_IDENTITY_SECRETS or WRITE): for revoking them at
+ * the provider before a delete. AL_ERR_NOTFOUND, AL_ERR_KEY (does not open). */
+struct al_user_token;
+int al_identity_load_user_token(al_identity *id, const char *provider, const char *user,
+                                struct al_user_token *out);
+/* Audits identity.user_token_revoke: end_user, token_type ("refresh_token" /
+ * "access_token"), outcome ("revoked", "failed", "no_endpoint", "not_opened") and the
+ * error sentence (never a token). */
+void al_identity_audit_user_token_revoke(al_identity *id, const char *provider, const char *user,
+                                         const char *token_type, const char *outcome,
+                                         const char *error);
 void al_identity_close(al_identity *id);
 
 /* Callback for al_table_check_providers (targets/al_table.h): arg is an al_identity*;

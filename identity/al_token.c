@@ -292,6 +292,22 @@ void al_token_sanitize(const char *s, const unsigned char *secret, size_t secret
     out[o] = 0;
 }
 
+void al_token_error_message(const char *what, const char *host, long status, const json_t *answer,
+                            const unsigned char *secret, size_t secret_len, char *msg,
+                            size_t msglen)
+{
+    const char *e = json_string_value(json_object_get(answer, "error"));
+    const char *d = json_string_value(json_object_get(answer, "error_description"));
+    char es[80], ds[DESC_MAX + 16];
+    al_token_sanitize(e, secret, secret_len, es, sizeof es, 64);
+    al_token_sanitize(d, secret, secret_len, ds, sizeof ds, DESC_MAX);
+    if (e)
+        snprintf(msg, msglen, "%s %s answered %ld: %s%s%s%s", what, host, status, es,
+                 d ? " (" : "", d ? ds : "", d ? ")" : "");
+    else
+        snprintf(msg, msglen, "%s %s answered %ld without an OAuth error", what, host, status);
+}
+
 static int visible_ascii(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -309,17 +325,8 @@ int al_token_parse_response(long status, const char *body, size_t len, const cha
     int rc = AL_ERR_PROTO;
     *tok = NULL;
     if (status < 200 || status > 299) {
-        const char *e = json_string_value(json_object_get(j, "error"));
-        const char *d = json_string_value(json_object_get(j, "error_description"));
-        char es[80], ds[DESC_MAX + 16];
-        al_token_sanitize(e, spec->secret, spec->secret_len, es, sizeof es, 64);
-        al_token_sanitize(d, spec->secret, spec->secret_len, ds, sizeof ds, DESC_MAX);
-        if (e)
-            snprintf(msg, msglen, "token endpoint %s answered %ld: %s%s%s%s", host, status, es,
-                     d ? " (" : "", d ? ds : "", d ? ")" : "");
-        else
-            snprintf(msg, msglen, "token endpoint %s answered %ld without an OAuth error", host,
-                     status);
+        al_token_error_message("token endpoint", host, status, j, spec->secret, spec->secret_len,
+                               msg, msglen);
         goto out;
     }
     if (!json_is_object(j)) {
@@ -558,6 +565,84 @@ void al_token_form_append(char *buf, size_t *used, size_t cap, const char *name,
     form_append(buf, used, cap, name, val, vlen);
 }
 
+/* RFC 6749 2.3.1: id and secret form-urlencoded, then joined by ':' (malloc'd, *cap its
+ * size for wiping). */
+static char *basic_credentials(const char *client_id, const unsigned char *secret,
+                               size_t secret_len, size_t *cap)
+{
+    *cap = 3 * (strlen(client_id) + secret_len) + 8;
+    char *basic = malloc(*cap);
+    if (!basic)
+        return NULL;
+    size_t bu = urlencode(basic, *cap, client_id, strlen(client_id));
+    basic[bu++] = ':';
+    bu += urlencode(basic + bu, *cap - bu, (const char *)secret, secret_len);
+    basic[bu] = 0;
+    return basic;
+}
+
+static void wipe_free(char *p, size_t n)
+{
+    if (p) {
+        OPENSSL_cleanse(p, n);
+        free(p);
+    }
+}
+
+int al_token_post_init(al_token_post *p, const char *config_json, const unsigned char *secret,
+                       size_t secret_len, const char *url, const char *params)
+{
+    memset(p, 0, sizeof *p);
+    json_t *cfg = config_json ? json_loads(config_json, 0, NULL) : NULL;
+    const char *client_id = json_string_value(json_object_get(cfg, "clientId"));
+    const char *method = json_string_value(json_object_get(cfg, "tokenEndpointAuthMethod"));
+    int post = method && strcmp(method, "client_secret_post") == 0, rc = AL_ERR_CONFIG;
+    if (!client_id || !*client_id)
+        goto out;
+    p->fo.ca_file = json_string_value(json_object_get(cfg, "caFile"));
+    p->fo.allow_insecure = json_is_true(json_object_get(cfg, "allowInsecureEndpoints"));
+    p->fo.allow_private_network = json_is_true(json_object_get(cfg, "allowPrivateNetwork"));
+    rc = AL_ERR_NOMEM;
+    if (p->fo.ca_file && !(p->ca_file = strdup(p->fo.ca_file)))
+        goto out;
+    p->fo.ca_file = p->ca_file;
+    size_t n = strlen(params);
+    p->form_cap = n + 32 + 3 * (strlen(client_id) + secret_len);
+    if (!(p->form = malloc(p->form_cap)))
+        goto out;
+    memcpy(p->form, params, n + 1);
+    size_t used = n;
+    if (post) {
+        /* a PAR body names the client already (client_id is an authorization parameter) */
+        int has_id = strncmp(params, "client_id=", 10) == 0 || strstr(params, "&client_id=");
+        if (!has_id)
+            form_append(p->form, &used, p->form_cap, "client_id", client_id, strlen(client_id));
+        form_append(p->form, &used, p->form_cap, "client_secret", (const char *)secret,
+                    secret_len);
+        p->form[used < p->form_cap ? used : p->form_cap - 1] = 0;
+    } else if (!(p->basic = basic_credentials(client_id, secret, secret_len, &p->basic_cap))) {
+        goto out;
+    }
+    p->rq.url = url;
+    p->rq.form = p->form;
+    p->rq.form_len = strlen(p->form);
+    p->rq.basic_auth = p->basic;
+    rc = AL_OK;
+out:
+    json_decref(cfg);
+    if (rc != AL_OK)
+        al_token_post_clear(p);
+    return rc;
+}
+
+void al_token_post_clear(al_token_post *p)
+{
+    wipe_free(p->form, p->form_cap);
+    wipe_free(p->basic, p->basic_cap);
+    free(p->ca_file);
+    memset(p, 0, sizeof *p);
+}
+
 static void send_token_request(load_ctx *c, const char *endpoint)
 {
     const al_token_spec *s = &c->sc->s;
@@ -614,14 +699,8 @@ static void send_token_request(load_ctx *c, const char *endpoint)
         form_append(form, &used, cap, "client_id", client_id, strlen(client_id));
         form_append(form, &used, cap, "client_secret", (const char *)s->secret, s->secret_len);
     } else {
-        /* RFC 6749 2.3.1: id and secret form-urlencoded, then joined by ':' */
-        basic_cap = 3 * (strlen(client_id) + s->secret_len) + 8;
-        if (!(basic = malloc(basic_cap)))
+        if (!(basic = basic_credentials(client_id, s->secret, s->secret_len, &basic_cap)))
             goto fail;
-        size_t bu = urlencode(basic, basic_cap, client_id, strlen(client_id));
-        basic[bu++] = ':';
-        bu += urlencode(basic + bu, basic_cap - bu, (const char *)s->secret, s->secret_len);
-        basic[bu] = 0;
     }
     form[used < cap ? used : cap - 1] = 0;
     al_fetch_request rq = {

@@ -130,6 +130,27 @@ int al_token_parse_response(long status, const char *body, size_t len, const cha
  * buf[*used], never past cap (size cap for 3 bytes per value byte); *used advances. */
 void al_token_form_append(char *buf, size_t *used, size_t cap, const char *name, const char *val,
                           size_t vlen);
+/* A client-authenticated form POST to one of the provider's endpoints (token, pushed
+ * authorization request, revocation): params (form-urlencoded) plus the client's
+ * credentials as its config_json says — client_secret_basic (default: HTTP Basic) or
+ * client_secret_post (client_id, unless params names it, and client_secret in the
+ * body) — and the fetch options of its config (caFile, allowInsecureEndpoints,
+ * allowPrivateNetwork). p->rq and p->fo are ready for al_fetch; the buffers hold the
+ * secret: al_token_post_clear wipes them. AL_ERR_CONFIG: no clientId. */
+typedef struct al_token_post {
+    al_fetch_request rq;
+    al_fetch_opts fo;
+    char *form, *basic, *ca_file;
+    size_t form_cap, basic_cap;
+} al_token_post;
+int al_token_post_init(al_token_post *p, const char *config_json, const unsigned char *secret,
+                       size_t secret_len, const char *url, const char *params);
+void al_token_post_clear(al_token_post *p);
+/* "<what> <host> answered <status>: <error> (<error_description>)" from an OAuth error
+ * answer (RFC 6749 5.2; answer may be NULL), sanitized, `secret` cut out. */
+void al_token_error_message(const char *what, const char *host, long status, const json_t *answer,
+                            const unsigned char *secret, size_t secret_len, char *msg,
+                            size_t msglen);
 /* Copies printable ASCII of s (at most max bytes) into out, with `secret` cut out. */
 void al_token_sanitize(const char *s, const unsigned char *secret, size_t secret_len, char *out,
                        size_t outlen, size_t max);

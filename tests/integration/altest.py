@@ -327,6 +327,12 @@ class OidcProvider:
     def control(self, **kw):
         return self._call("POST", "/__control", kw)
 
+    def active_refresh_tokens(self, account):
+        """How many refresh tokens issued to `account` the provider still honours (its
+        own store: not revoked, rotated away or expired)."""
+        return self._call("GET", "/__active_refresh_tokens?account="
+                          + urllib.parse.quote(account))["active"]
+
     def stop(self):
         return self.proc.stop()
 
@@ -368,12 +374,15 @@ class OidcProvider:
 
 
 def start_oidc(ttl=300, resources=(), client_id="airlock-test", client_secret=None,
-               auth_method="basic", timeout=20, user_clients=()):
+               auth_method="basic", timeout=20, user_clients=(), par_clients=(),
+               require_par=False):
     """Starts the real OpenID provider tests/peers/oidc_provider.js on 127.0.0.1 over
     HTTPS (test CA); one confidential client allowed client_credentials; access tokens
     are RS256 JWTs for the requested (or first of `resources`) resource, living `ttl` s.
     user_clients: (id, secret, redirect_uri) clients for OAuth on behalf of a user
-    (authorization_code + PKCE + refresh_token; see OidcProvider.consent).
+    (authorization_code + PKCE + refresh_token; see OidcProvider.consent); par_clients:
+    the same, but required to push their authorization requests first (RFC 9126);
+    require_par: PAR required for every client (and said so in discovery).
     Not run (a failure) when tests/node_modules lacks oidc-provider. Returns an OidcProvider."""
     if not node_modules_ready("oidc-provider", "jose"):
         raise Skip("tests/node_modules has no oidc-provider: run (cd tests && npm ci)")
@@ -386,6 +395,10 @@ def start_oidc(ttl=300, resources=(), client_id="airlock-test", client_secret=No
         argv += ["--resource", r]
     for cid, csec, redirect in user_clients:
         argv += ["--user-client", "%s:%s:%s" % (cid, csec, redirect)]
+    for cid, csec, redirect in par_clients:
+        argv += ["--par-client", "%s:%s:%s" % (cid, csec, redirect)]
+    if require_par:
+        argv += ["--require-par"]
     p = Proc(argv, name="oidc-provider", cwd=TESTS_DIR)
 
     def ready():

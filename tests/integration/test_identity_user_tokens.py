@@ -73,8 +73,13 @@ def test_delete_audited_once():
     state = store_with_rows()
     r = cli(state, "delete-user-token", "--provider", "gh", "--user", "https://idp.example bob")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"provider": "gh", "user": "https://idp.example bob",
-                                    "deleted": True}
+    # the marker rows do not open, so nothing can be revoked at the provider: said on
+    # stderr and in the output, audited, and the delete happens anyway
+    out = json.loads(r.stdout)
+    assert out["revocation"]["outcome"] == "not_opened", out
+    del out["revocation"]
+    assert out == {"provider": "gh", "user": "https://idp.example bob", "deleted": True}, out
+    assert "not revoked at the provider" in r.stderr, r.stderr
     left = json.loads(cli(state, "list-user-tokens", "--provider", "gh").stdout)["userTokens"]
     assert [t["user"] for t in left] == ["https://idp.example alice"]
     r = cli(state, "delete-user-token", "--provider", "gh", "--user", "https://idp.example bob")
@@ -90,6 +95,8 @@ def test_delete_audited_once():
     assert len(lines) == 1, lines
     assert lines[0]["provider"] == "gh" and lines[0]["end_user"] == "https://idp.example bob"
     assert lines[0]["outcome"] == "deleted"
+    rev = [json.loads(x) for x in audit.decode().splitlines() if "user_token_revoke" in x]
+    assert len(rev) == 1 and rev[0]["outcome"] == "not_opened", rev
 
 
 def test_usage_and_missing_store():

@@ -327,6 +327,72 @@ def test_oidc_provider_3lo_code_flow_with_pkce_and_rotating_refresh_tokens():
         op.stop()
 
 
+def test_oidc_provider_par_client_and_revocation():
+    """The PAR client (RFC 9126) must push its authorization request: a plain one is
+    refused, a pushed one (request_uri) completes; discovery advertises the endpoint but
+    does not require PAR for everybody; a refresh token revoked at the revocation endpoint
+    (RFC 7009) is no longer honoured, and the provider's own count says so."""
+    import base64
+    redirect = "https://airlock.test/oauth2/callback"
+    op = start_oidc(ttl=60, resources=["https://api.test/"],
+                    par_clients=[("agent-par", "s3cret-par", redirect)])
+    meta = S.get(op.discovery_url, verify=op.ca, timeout=10).json()
+    assert meta["pushed_authorization_request_endpoint"] == op.issuer + "/request", meta
+    assert not meta.get("require_pushed_authorization_requests"), meta
+    assert meta["revocation_endpoint"] == op.issuer + "/token/revocation", meta
+
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    verifier = b64(os.urandom(32))
+    q = {"response_type": "code", "client_id": "agent-par", "redirect_uri": redirect,
+         "scope": "openid offline_access read", "state": "st-1", "prompt": "consent",
+         "code_challenge": b64(hashlib.sha256(verifier.encode()).digest()),
+         "code_challenge_method": "S256"}
+    try:
+        back = urllib.parse.urlparse(op.consent(meta["authorization_endpoint"] + "?"
+                                                + urllib.parse.urlencode(q), "dora", redirect))
+        got = dict(urllib.parse.parse_qsl(back.query))
+        assert got.get("error") == "invalid_request", got  # not pushed: refused
+        r = S.post(meta["pushed_authorization_request_endpoint"], data=q,
+                   auth=("agent-par", "s3cret-par"), verify=op.ca, timeout=10)
+        assert r.status_code == 201, r.text
+        ru = r.json()
+        assert ru["request_uri"].startswith("urn:ietf:params:oauth:request_uri:"), ru
+        assert ru["expires_in"] > 0, ru
+        url = meta["authorization_endpoint"] + "?" + urllib.parse.urlencode(
+            {"client_id": "agent-par", "request_uri": ru["request_uri"]})
+        got = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(
+            op.consent(url, "dora", redirect)).query))
+        assert got.get("state") == "st-1" and got.get("code"), got
+        r = S.post(op.token_endpoint, auth=("agent-par", "s3cret-par"), verify=op.ca, timeout=10,
+                   data={"grant_type": "authorization_code", "code": got["code"],
+                         "redirect_uri": redirect, "code_verifier": verifier})
+        assert r.status_code == 200 and r.json()["refresh_token"], r.text
+        rt = r.json()["refresh_token"]
+        assert op.active_refresh_tokens("dora") == 1
+        st = op.stats()
+        assert st["par_requests"] == 1 and st["authz_par"] == 1, st
+        r = S.post(meta["revocation_endpoint"], auth=("agent-par", "s3cret-par"), verify=op.ca,
+                   data={"token": rt, "token_type_hint": "refresh_token"}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert op.active_refresh_tokens("dora") == 0
+        assert op.stats()["revocations"] == 1
+        r = S.post(op.token_endpoint, auth=("agent-par", "s3cret-par"), verify=op.ca, timeout=10,
+                   data={"grant_type": "refresh_token", "refresh_token": rt})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    finally:
+        op.stop()
+    # --require-par: discovery says so
+    op = start_oidc(ttl=60, user_clients=[("agent-3lo", "s3cret-3lo", redirect)],
+                    require_par=True)
+    try:
+        meta = S.get(op.discovery_url, verify=op.ca, timeout=10).json()
+        assert meta["require_pushed_authorization_requests"] is True, meta
+    finally:
+        op.stop()
+
+
 def test_resource_server_and_mcp_accept_only_the_providers_tokens():
     op = start_oidc(ttl=120)
     try:

@@ -4,7 +4,8 @@
 //
 //   node oidc_provider.js --cert server.pem --key server.key [--port 0] [--ttl 300]
 //        [--client ID:SECRET[:AUTH_METHOD]]... [--resource URL]... [--key-out FILE]
-//        [--user-client ID:SECRET:REDIRECT_URI]...
+//        [--user-client ID:SECRET:REDIRECT_URI]... [--par-client ID:SECRET:REDIRECT_URI]...
+//        [--require-par]
 //
 // - HTTPS on 127.0.0.1 (the test CA's server certificate; the issuer is
 //   https://127.0.0.1:PORT, so discovery lives at ISSUER/.well-known/openid-configuration);
@@ -36,6 +37,16 @@
 //   login name and password (the account id is the login name), then a consent page
 //   (offline_access is only granted with prompt=consent). Authorization codes and
 //   refresh tokens are counted in /__stats (code_grants, refresh_grants).
+// - --par-client adds the same kind of client, but one that must push its authorization
+//   requests first (RFC 9126, require_pushed_authorization_requests: only this client's
+//   metadata says so, discovery does not); --require-par makes PAR required for every
+//   client and says so in discovery. /__stats counts par_requests (POSTs to the PAR
+//   endpoint), authorizations (GET /auth with request_uri: authz_par, without:
+//   authz_plain) and revocations (POSTs to the revocation endpoint, RFC 7009, answered
+//   200).
+// - GET /__active_refresh_tokens?account=ID -> {"active": N}: how many refresh tokens
+//   issued to that account the provider still honours (its own store: not revoked, not
+//   consumed by a rotation, not expired), never a token.
 // Prints "READY <port> <issuer>" when listening.
 import https from "node:https";
 import fs from "node:fs";
@@ -43,7 +54,7 @@ import { generateKeyPair, exportJWK } from "jose";
 import Provider from "oidc-provider";
 
 const args = process.argv.slice(2);
-const opt = { port: 0, ttl: 300, clients: [], resources: [], userClients: [] };
+const opt = { port: 0, ttl: 300, clients: [], resources: [], userClients: [], parClients: [] };
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
   const v = args[i + 1];
@@ -54,6 +65,11 @@ for (let i = 0; i < args.length; i++) {
   else if (a === "--client") opt.clients.push(v);
   else if (a === "--resource") opt.resources.push(v);
   else if (a === "--user-client") opt.userClients.push(v);
+  else if (a === "--par-client") opt.parClients.push(v);
+  else if (a === "--require-par") {
+    opt.requirePar = true;
+    i--; // a switch: no value
+  }
   else if (a === "--key-out") opt.keyOut = v;
   else {
     console.error("unknown argument " + a);
@@ -78,7 +94,13 @@ const stats = {
   last_params: null,
   code_grants: 0,
   refresh_grants: 0,
+  par_requests: 0,
+  authz_par: 0,
+  authz_plain: 0,
+  revocations: 0,
 };
+// refresh token ids issued, per account (for /__active_refresh_tokens)
+const refreshByAccount = new Map();
 let forcedError = null;
 
 const { privateKey } = await generateKeyPair("RS256", { extractable: true });
@@ -109,7 +131,10 @@ const clients = opt.clients.map((spec) => {
   };
 });
 
-for (const spec of opt.userClients) {
+const userClientSpecs = opt.userClients
+  .map((spec) => [spec, false])
+  .concat(opt.parClients.map((spec) => [spec, true]));
+for (const [spec, par] of userClientSpecs) {
   // ID:SECRET:REDIRECT_URI (the URI itself contains ':')
   const i = spec.indexOf(":");
   const j = spec.indexOf(":", i + 1);
@@ -121,6 +146,7 @@ for (const spec of opt.userClients) {
     response_types: ["code"],
     scope: "openid offline_access read write",
     token_endpoint_auth_method: "client_secret_basic",
+    require_pushed_authorization_requests: par,
   });
 }
 
@@ -132,7 +158,11 @@ const provider = new Provider(issuer, {
   jwks: { keys: [jwk] },
   scopes: ["openid", "offline_access", "read", "write"],
   features: {
-    devInteractions: { enabled: opt.userClients.length > 0 },
+    devInteractions: { enabled: userClientSpecs.length > 0 },
+    pushedAuthorizationRequests: {
+      enabled: true,
+      requirePushedAuthorizationRequests: !!opt.requirePar,
+    },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
@@ -162,6 +192,10 @@ provider.on("grant.error", () => {
   stats.token_errors++;
 });
 provider.on("server_error", (_ctx, err) => console.error("server_error", err));
+provider.on("refresh_token.saved", (token) => {
+  if (!refreshByAccount.has(token.accountId)) refreshByAccount.set(token.accountId, new Set());
+  refreshByAccount.get(token.accountId).add(token.jti);
+});
 
 // Counts and records token requests before the library handles them; the test's own
 // control endpoints live beside it.
@@ -182,7 +216,22 @@ provider.use(async (ctx, next) => {
     ctx.body = JSON.stringify(stats);
     return;
   }
+  if (ctx.path === "/__active_refresh_tokens" && ctx.method === "GET") {
+    let active = 0;
+    for (const jti of refreshByAccount.get(ctx.query.account) || []) {
+      const t = await provider.RefreshToken.find(jti);
+      if (t && !t.isExpired && !t.consumed) active++;
+    }
+    ctx.type = "application/json";
+    ctx.body = JSON.stringify({ active });
+    return;
+  }
   if (ctx.path === "/jwks" && ctx.method === "GET") stats.jwks_requests++;
+  if (ctx.path === "/request" && ctx.method === "POST") stats.par_requests++;
+  if (ctx.path === "/auth" && ctx.method === "GET") {
+    if (ctx.query.request_uri) stats.authz_par++;
+    else stats.authz_plain++;
+  }
   if (ctx.path === "/token" && ctx.method === "POST") {
     stats.token_requests++;
     if (stats.delay_ms > 0) await new Promise((r) => setTimeout(r, stats.delay_ms));
@@ -195,6 +244,8 @@ provider.use(async (ctx, next) => {
     }
   }
   await next();
+  if (ctx.path === "/token/revocation" && ctx.method === "POST" && ctx.status === 200)
+    stats.revocations++;
   if (ctx.path === "/token" && ctx.method === "POST" && ctx.oidc && ctx.oidc.params) {
     // What the library parsed: parameter names, and the values that are not secrets.
     const p = ctx.oidc.params;
