@@ -79,3 +79,95 @@ header_arrived() {
   stars=$(printf '%*s' $((${#key} - 10)) '' | tr ' ' '*')
   [ "$got" = "authorization=Bearer [REDACTED]$stars" ]
 }
+
+# start_airlock NAME TEMPLATE [VAR=value...]: airlock ($airlock_bin) as peer NAME with the
+# table TEMPLATE rendered (DIR, PROXY_PORT=$peer_port, ADMIN_PORT, UPSTREAM_PORT=$upstream_port,
+# AUDIT_CHAIN=${audit_chain:-true}, plus the VAR=value given) and $key stored as the API key
+# of provider bench-key (on stdin, never in argv); waits for /healthz. Sets peer_pid (pushed
+# on pids), or returns 1 with `note` saying why.
+start_airlock() {
+  local name=$1 template=$2 admin_port state=$dir/$1-state out rc
+  shift 2
+  if [ ! -x "$airlock_bin" ]; then
+    note="$name: skipped, $airlock_bin is not built"
+    return 1
+  fi
+  admin_port=$(free_port)
+  rm -rf "$state" # a fresh store: a peer started again creates its provider again
+  mkdir -p "$state"
+  chmod 700 "$state"
+  render "$template" "$dir/$name.yaml" DIR="$dir" PROXY_PORT="$peer_port" ADMIN_PORT="$admin_port" \
+    UPSTREAM_PORT="$upstream_port" AUDIT_CHAIN="${audit_chain:-true}" STATE="$state" "$@"
+  set +e
+  out=$(printf '%s\n' "$key" | "$airlock_bin" identity create-api-key-credential-provider \
+    --name bench-key --api-key - --state-dir "$state" 2>&1)
+  rc=$?
+  set -e
+  if [ "$rc" -ne 0 ]; then
+    note="$name: skipped, creating the provider failed (exit $rc): $(printf '%s' "$out" | head -1)"
+    return 1
+  fi
+  "$airlock_bin" serve -c "$dir/$name.yaml" --state-dir "$state" >"$dir/$name.log" 2>&1 &
+  peer_pid=$!
+  pids+=("$peer_pid")
+  for _ in $(seq 300); do
+    curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$admin_port/healthz" 2>/dev/null && break
+    kill -0 "$peer_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  if ! kill -0 "$peer_pid" 2>/dev/null; then
+    if grep -q "not built yet" "$dir/$name.log"; then
+      note="$name: skipped, 'airlock serve' is not built yet"
+    else
+      note="$name: skipped, serve exited: $(tail -3 "$dir/$name.log" | tr '\n' ' ')"
+    fi
+    peer_pid=""
+    return 1
+  fi
+}
+
+# release_airlock_bin: sets airlock_bin (if empty) to a Release build in build-release/,
+# building it when needed; refuses a sanitizer build; sets airlock_build (build type).
+release_airlock_bin() {
+  local cache
+  airlock_build="given"
+  if [ -z "$airlock_bin" ]; then
+    echo "building a Release airlock in build-release/ ..." >&2
+    cmake -S "$src" -B "$src/build-release" -DCMAKE_BUILD_TYPE=Release -DAL_SANITIZE=OFF \
+      >/dev/null || { echo "bench: cmake configure failed" >&2; exit 1; }
+    cmake --build "$src/build-release" -j2 --target airlock >/dev/null ||
+      { echo "bench: building airlock failed" >&2; exit 1; }
+    airlock_bin=$src/build-release/airlock
+  fi
+  cache=$(dirname "$airlock_bin")/CMakeCache.txt
+  if [ -f "$cache" ]; then
+    if grep -q '^AL_SANITIZE:BOOL=ON' "$cache"; then
+      echo "bench: $airlock_bin is built with AL_SANITIZE (ASan/UBSan): not a benchmark build" >&2
+      exit 1
+    fi
+    airlock_build=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$cache")
+    [ "$airlock_build" = Release ] ||
+      echo "bench: warning: $airlock_bin is a '${airlock_build:-default}' build, not Release" >&2
+  fi
+}
+
+# start_all PEER...: runs the script's start_peer for each peer; fills `running` (the
+# peers up), `pid_of` / `port_of` (by peer) and `notes` (why others were skipped, also
+# printed).
+start_all() {
+  declare -gA pid_of port_of
+  running=()
+  notes=()
+  local peer
+  for peer in "$@"; do
+    note=""
+    if start_peer "$peer"; then
+      pid_of[$peer]=$peer_pid
+      port_of[$peer]=$peer_port
+      running+=("$peer")
+    else
+      echo "  $note"
+      notes+=("$note")
+    fi
+  done
+}

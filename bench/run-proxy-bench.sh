@@ -69,33 +69,14 @@ for tool in nginx haproxy h2load curl openssl /usr/bin/python3; do
   command -v "$tool" >/dev/null || { echo "run-proxy-bench: $tool missing: run deploy/install-deps.sh" >&2; exit 1; }
 done
 
+dir=$(mktemp -d /tmp/airlock-bench.XXXXXX)
+. bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree, start_airlock
+
 # airlock's figures mean something only for an optimised, uninstrumented build.
 airlock_build="given"
 case " $peers " in
-  *" airlock "* | *" iam "* | *" oauth2_2lo "*)
-    if [ -z "$airlock_bin" ]; then
-      echo "building a Release airlock in build-release/ ..." >&2
-      cmake -S "$src" -B "$src/build-release" -DCMAKE_BUILD_TYPE=Release -DAL_SANITIZE=OFF \
-        >/dev/null || { echo "run-proxy-bench: cmake configure failed" >&2; exit 1; }
-      cmake --build "$src/build-release" -j2 --target airlock >/dev/null ||
-        { echo "run-proxy-bench: building airlock failed" >&2; exit 1; }
-      airlock_bin=$src/build-release/airlock
-    fi
-    cache=$(dirname "$airlock_bin")/CMakeCache.txt
-    if [ -f "$cache" ]; then
-      if grep -q '^AL_SANITIZE:BOOL=ON' "$cache"; then
-        echo "run-proxy-bench: $airlock_bin is built with AL_SANITIZE (ASan/UBSan): not a benchmark build" >&2
-        exit 1
-      fi
-      airlock_build=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$cache")
-      [ "$airlock_build" = Release ] ||
-        echo "run-proxy-bench: warning: $airlock_bin is a '${airlock_build:-default}' build, not Release" >&2
-    fi
-    ;;
+  *" airlock "* | *" iam "* | *" oauth2_2lo "*) release_airlock_bin ;;
 esac
-
-dir=$(mktemp -d /tmp/airlock-bench.XXXXXX)
-. bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree
 
 key="bench-$(openssl rand -hex 16)"
 start_upstream
@@ -140,41 +121,7 @@ start_peer() {
       peer_pid=$!
       ;;
     airlock)
-      if [ ! -x "$airlock_bin" ]; then
-        note="airlock: skipped, $airlock_bin is not built"
-        return 1
-      fi
-      local admin_port state=$dir/airlock-state out rc
-      admin_port=$(free_port)
-      mkdir -p "$state"
-      chmod 700 "$state"
-      render bench/airlock-table.conf "$dir/airlock.yaml" DIR="$dir" PROXY_PORT="$peer_port" \
-        ADMIN_PORT="$admin_port" UPSTREAM_PORT="$upstream_port" AUDIT_CHAIN="$audit_chain"
-      set +e
-      out=$(printf '%s\n' "$key" | "$airlock_bin" identity create-api-key-credential-provider \
-        --name bench-key --api-key - --state-dir "$state" 2>&1)
-      rc=$?
-      set -e
-      if [ "$rc" -ne 0 ]; then
-        note="airlock: skipped, creating the provider failed (exit $rc): $(printf '%s' "$out" | head -1)"
-        return 1
-      fi
-      "$airlock_bin" serve -c "$dir/airlock.yaml" --state-dir "$state" >"$dir/airlock.log" 2>&1 &
-      peer_pid=$!
-      for _ in $(seq 300); do
-        curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$admin_port/healthz" 2>/dev/null && break
-        kill -0 "$peer_pid" 2>/dev/null || break
-        sleep 0.05
-      done
-      if ! kill -0 "$peer_pid" 2>/dev/null; then
-        if grep -q "not built yet" "$dir/airlock.log"; then
-          note="airlock: skipped, 'airlock serve' is not built yet"
-        else
-          note="airlock: skipped, serve exited: $(tail -3 "$dir/airlock.log" | tr '\n' ' ')"
-        fi
-        peer_pid=""
-        return 1
-      fi
+      start_airlock airlock bench/airlock-table.conf || return 1
       ;;
     oauth2_2lo)
       if [ ! -x "$airlock_bin" ] || ! command -v node >/dev/null ||
@@ -286,23 +233,10 @@ echo "load average before: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "airlock: $airlock_bin (build type ${airlock_build:-unknown})"
 echo "load: h2load -t 1 -c {$concs} -m $streams -D ${duration}s (warm-up ${warmup}s), h2c prior knowledge"
 : >"$dir/results.tsv"
-notes=()
 # All peers run side by side (an idle one costs nothing) and the measurements are
 # interleaved (for each size and concurrency: every peer in turn), so a burst of
 # noise on a shared machine hits all peers alike rather than one.
-declare -A pid_of port_of
-running=()
-for peer in $peers; do
-  note=""
-  if start_peer "$peer"; then
-    pid_of[$peer]=$peer_pid
-    port_of[$peer]=$peer_port
-    running+=("$peer")
-  else
-    echo "  $note"
-    notes+=("$note")
-  fi
-done
+start_all $peers
 for round in $(seq "$rounds"); do
   [ "$rounds" -gt 1 ] && echo "round $round of $rounds"
   for size in $sizes; do
