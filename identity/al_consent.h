@@ -21,10 +21,10 @@
  * for the user it was made for (fine for one user; documented risk).
  *
  * Binding mode `app` (AgentCore's CompleteResourceTokenAuth): the binding carries the
- * application's return URL (checked against the target's allow-list with
- * al_consent_return_url_allowed); at the callback the exchanged tokens are not stored
- * but held under a new session id (al_consent_hold), the user's browser is sent to the
- * return URL with it, and the application completes the session with the identity of
+ * application's return URL (checked against the target's allow-list by the caller:
+ * common/al_return_url.h); at the callback the exchanged tokens are not stored but held
+ * under a new session id (al_consent_hold), the user's browser is sent to the return
+ * URL with it, and the application completes the session with the identity of
  * its signed-in user (al_consent_complete): the tokens are handed out for storing only
  * when that user is the one the flow was started for; any other user consumes the
  * session and the held tokens are wiped.
@@ -47,7 +47,6 @@
 #define AL_CONSENT_TTL_S  600
 #define AL_CONSENT_ID_LEN 43 /* base64url of 32 bytes, no padding */
 #define AL_CONSENT_SESSION_TTL_S 600 /* app mode: held tokens wait this long */
-#define AL_CONSENT_URL_MAX 2048
 
 typedef struct al_consent al_consent;
 
@@ -120,20 +119,6 @@ int al_consent_hold(al_consent *c, al_consent_flow *f, al_user_token *t,
  *   AL_ERR_NOTFOUND  unknown, forged or already completed; AL_ERR_TIMEOUT: expired. */
 int al_consent_complete(al_consent *c, const char *session_id, const char *user,
                         al_consent_flow *f, al_user_token *t);
-
-/* Return URLs (app mode). An allow-list entry is an absolute http(s) URL without
- * userinfo, query or fragment (http only for a loopback host: the session id would
- * cross the network in clear): al_consent_return_url_valid says why not in errbuf
- * (check time). A candidate is allowed when its scheme, host (case-insensitive) and
- * port (default ports filled in) equal an entry's and its path is the entry's path or
- * lies under it ("/cb" allows "/cb" and "/cb/x", not "/cbx"); a query is allowed. Any
- * spelling that parsers disagree on is refused outright: userinfo ('@'), backslashes,
- * control or non-ASCII bytes, fragments, "//" or dot segments or encoded '.', '/', '\'
- * or '%' in the path, a host that is not plain letters, digits, '-' and '.'. */
-int al_consent_return_url_valid(const char *url, char *errbuf, size_t errlen);
-int al_consent_return_url_allowed(const char *url, char *const *allow, size_t n);
-/* return_url + ('?' or '&') + "session_id=" + id, malloc'd. */
-char *al_consent_return_redirect(const char *return_url, const char *session_id);
 
 /* Pure parts. */
 /* RFC 7636 4.2: BASE64URL(SHA256(verifier)), 43 chars + NUL. */

@@ -1,9 +1,9 @@
 /* libFuzzer harness: what a provider or a browser sends to airlock's 3LO extras —
  * identity/al_par's parser of pushed authorization request answers, al_revoke's check of
- * revocation answers (bytes from the provider), and al_consent's return URL allow-list
+ * revocation answers (bytes from the provider), and common/al_return_url's allow-list
  * (a URL from the application's request). Input: byte 0 picks the HTTP status and which
  * of them runs, the rest is the body or the URL. */
-#include "identity/al_consent.h"
+#include "common/al_return_url.h"
 #include "identity/al_par.h"
 #include "identity/al_revoke.h"
 
@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(url, body, len);
         url[len] = 0;
         char *allow[] = {"https://app.example.com/cb", "http://127.0.0.1:8080/"};
-        if (al_consent_return_url_allowed(url, allow, 2)) {
+        if (al_return_url_allowed(url, allow, 2)) {
             /* the origin of an entry, then the end of the authority (a port, the path) */
             int a = strncasecmp(url, "https://app.example.com", 23) == 0 &&
                     (url[23] == '/' || url[23] == ':');
