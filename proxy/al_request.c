@@ -255,9 +255,46 @@ const al_req_upstream_ops al_req_upstream_curl = {
     .elapsed_ms = al_upstream_elapsed_ms,
 };
 
+/* The native engine behind the same ops: the opaque pool and request pointers are
+ * the engine's own types, converted back here (and only here). */
+static int native_start(al_upstream_pool *p, const al_upstream_opts *o, const al_upstream_cbs *cb,
+                        void *arg, al_upstream_req **out)
+{
+    return al_up_start((al_up_engine *)(void *)p, o, cb, arg, (al_up_req **)(void *)out);
+}
+static void native_cancel(al_upstream_req *u)
+{
+    al_up_cancel((al_up_req *)(void *)u);
+}
+static void native_resume_send(al_upstream_req *u)
+{
+    al_up_resume_send((al_up_req *)(void *)u);
+}
+static void native_resume_recv(al_upstream_req *u)
+{
+    al_up_resume_recv((al_up_req *)(void *)u);
+}
+static uint32_t native_elapsed_ms(const al_upstream_req *u)
+{
+    return al_up_elapsed_ms((const al_up_req *)(const void *)u);
+}
+
+const al_req_upstream_ops al_req_upstream_native = {
+    .start = native_start,
+    .cancel = native_cancel,
+    .resume_send = native_resume_send,
+    .resume_recv = native_resume_recv,
+    .elapsed_ms = native_elapsed_ms,
+};
+
+/* The request's engine: fixed for its life (its table is). */
 static const al_req_upstream_ops *up_ops(const al_req *r)
 {
-    return r->ctx->upstream ? r->ctx->upstream : &al_req_upstream_curl;
+    if (r->ctx->upstream)
+        return r->ctx->upstream;
+    if (r->ctx->native && r->table->limits.upstream_engine == AL_UPSTREAM_ENGINE_NATIVE)
+        return &al_req_upstream_native;
+    return &al_req_upstream_curl;
 }
 static void audit_wait_add(al_req *r);
 static void audit_wait_remove(al_req *r);
@@ -1916,7 +1953,11 @@ static void stage_upstream(al_req *r, al_header *out, size_t n)
     };
     set_state(r, AL_REQ_UPSTREAM);
     al_upstream_req *up = NULL;
-    int rc = up_ops(r)->start(r->ctx->pool, &o, &upstream_cbs, r, &up);
+    const al_req_upstream_ops *ops = up_ops(r);
+    al_upstream_pool *pool = ops == &al_req_upstream_native
+                                 ? (al_upstream_pool *)(void *)r->ctx->native
+                                 : r->ctx->pool;
+    int rc = ops->start(pool, &o, &upstream_cbs, r, &up);
     if (rc) {
         refuse(r, AL_REF_UPSTREAM_CONNECT_FAILED, "could not start the request to %s:%u: %s",
                t->host, t->port, al_strerror(rc));

@@ -53,6 +53,7 @@
 #include "al_egress.h"
 #include "al_errors.h"
 #include "al_upstream.h"
+#include "upstream/al_up_engine.h"
 #include "identity/al_credsrc.h"
 #include "policy/al_audit.h"
 #include "targets/al_table.h"
@@ -164,7 +165,8 @@ typedef int (*al_body_filter_open_fn)(void *arg, const al_target *t, const al_se
 
 /* ---- the per-worker context ----------------------------------------------- */
 
-/* The upstream engine (libcurl's al_upstream by default; tests plug a fake). */
+/* The upstream engine: libcurl's al_upstream or airlock's own (upstream/al_up_engine.h),
+ * as limits.upstream_engine says; tests plug a fake. */
 typedef struct al_req_upstream_ops {
     int (*start)(al_upstream_pool *p, const al_upstream_opts *o, const al_upstream_cbs *cb,
                  void *arg, al_upstream_req **out);
@@ -174,6 +176,9 @@ typedef struct al_req_upstream_ops {
     uint32_t (*elapsed_ms)(const al_upstream_req *u);
 } al_req_upstream_ops;
 extern const al_req_upstream_ops al_req_upstream_curl;
+/* The native engine through the same ops: its pool argument is an al_up_engine and its
+ * requests al_up_reqs (converted back in the wrappers). */
+extern const al_req_upstream_ops al_req_upstream_native;
 
 /* What the request may use of its worker; the worker fills it (owner = worker). */
 typedef struct al_req_ctx_ops {
@@ -198,7 +203,8 @@ typedef struct al_req_ctx {
     struct ev_loop *loop;
     al_resolver *resolver;
     al_upstream_pool *pool;
-    const al_req_upstream_ops *upstream; /* NULL: al_req_upstream_curl */
+    const al_req_upstream_ops *upstream; /* NULL: by limits.upstream_engine */
+    al_up_engine *native;                /* the native engine (NULL: curl only) */
     al_audit *audit;                     /* NULL: no audit log */
     /* The credential source per auth method (the worker sets the store's for all;
      * OAuth/IAM put theirs in their row). */

@@ -53,6 +53,7 @@
 #include "al_upstream.h"
 #include "al_egress.h"
 #include "common/al_err.h"
+#include "upstream/al_up_h1.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -912,108 +913,38 @@ static int named_by_connection(const hdr_block *b, const char *name, size_t nlen
     return 0;
 }
 
-/* The elements of a comma-separated header value, OWS trimmed: *s..*e on each
- * call, 0 when there are no more. */
-static int list_next(const char **p, const char *end, const char **s, const char **e)
-{
-    while (*p < end && (**p == ',' || **p == ' ' || **p == '\t'))
-        (*p)++;
-    if (*p >= end)
-        return 0;
-    *s = *p;
-    while (*p < end && **p != ',')
-        (*p)++;
-    *e = *p;
-    while (*e > *s && ((*e)[-1] == ' ' || (*e)[-1] == '\t'))
-        (*e)--;
-    return 1;
-}
-
-/* How the body of the final response head is framed, checked before anything of it
- * goes to the agent: airlock frames the agent's response from what it was told here,
- * so an upstream that says two things (Content-Length with Transfer-Encoding, two
- * different lengths, "+2", a coding other than chunked) could make the agent read
- * the tail of this body as the answer to its next request on a kept-alive
- * connection. Identical repeated lengths ("2, 2", or the header twice) are one
- * length (RFC 9110 section 8.6); anything else ambiguous is refused.
- * Returns NULL if the framing is unambiguous (*cl: the length's digits or NULL),
- * else why. */
-static const char *framing_problem(const hdr_block *b, int h2, const hdr_ent **cl)
-{
-    const char *len = NULL;
-    size_t len_n = 0, te_elems = 0;
-    int te_chunked = 0;
-    *cl = NULL;
-    for (size_t i = 0; i < b->count; i++) {
-        const hdr_ent *ent = &b->ent[i];
-        const char *name = b->data + ent->name_off;
-        const char *p = b->data + ent->value_off, *end = p + ent->value_len, *s, *e;
-        if (ent->name_len == 14 && strncasecmp(name, "content-length", 14) == 0) {
-            int any = 0;
-            while (list_next(&p, end, &s, &e)) {
-                size_t n = (size_t)(e - s);
-                any = 1;
-                if (n == 0 || n > 18)
-                    return "invalid Content-Length";
-                for (const char *d = s; d < e; d++)
-                    if (*d < '0' || *d > '9')
-                        return "invalid Content-Length";
-                /* leading zeros would make "02" and "2" differ as text: compare values */
-                while (n > 1 && *s == '0')
-                    s++, n--;
-                if (len && (n != len_n || memcmp(s, len, n) != 0))
-                    return "conflicting Content-Length values";
-                len = s;
-                len_n = n;
-            }
-            if (!any)
-                return "invalid Content-Length";
-            *cl = ent;
-        } else if (ent->name_len == 17 && strncasecmp(name, "transfer-encoding", 17) == 0) {
-            if (h2)
-                return "Transfer-Encoding in an HTTP/2 response";
-            while (list_next(&p, end, &s, &e)) {
-                te_elems++;
-                te_chunked = (size_t)(e - s) == 7 && strncasecmp(s, "chunked", 7) == 0;
-            }
-            if (!te_elems || !te_chunked)
-                return "a Transfer-Encoding other than chunked";
-        }
-    }
-    if (te_elems && (te_elems != 1 || !te_chunked))
-        return "a Transfer-Encoding other than chunked";
-    if (te_elems && len)
-        return "both Content-Length and Transfer-Encoding";
-    return NULL;
-}
-
+/* The framing rules (two lengths, Content-Length with Transfer-Encoding, a coding
+ * other than chunked, ...) are the native engine's codec's, upstream/al_up_h1.h:
+ * airlock frames the agent's response from what it was told here. */
 static int deliver_head(al_upstream_req *r)
 {
-    al_header h[AL_UPSTREAM_MAX_HEADERS];
+    al_header all[AL_UPSTREAM_MAX_HEADERS], h[AL_UPSTREAM_MAX_HEADERS];
     size_t n = 0;
     const hdr_block *b = &r->head;
-    const hdr_ent *cl = NULL;
-    const char *why = framing_problem(b, r->resp_h2, &cl);
+    for (size_t i = 0; i < b->count; i++) {
+        const hdr_ent *e = &b->ent[i];
+        all[i] = (al_header){b->data + e->name_off, e->name_len, b->data + e->value_off,
+                             e->value_len};
+    }
+    al_up_framing f;
+    const char *why = al_up_framing_problem(all, b->count, r->resp_h2, &f);
     if (why) {
         fail_with(r, AL_UPSTREAM_BAD_FRAMING, why);
         return AL_ERR_PROTO; /* curl ends the transfer and closes the connection */
     }
     int cl_done = 0;
     for (size_t i = 0; i < b->count; i++) {
-        const hdr_ent *e = &b->ent[i];
-        const char *name = b->data + e->name_off;
-        if (is_hop_by_hop(name, e->name_len) || named_by_connection(b, name, e->name_len))
+        const al_header *e = &all[i];
+        if (is_hop_by_hop(e->name, e->name_len) || named_by_connection(b, e->name, e->name_len))
             continue;
-        if (e->name_len == 14 && strncasecmp(name, "content-length", 14) == 0) {
+        if (al_http_name_is(e->name, e->name_len, "content-length")) {
             /* one header with one value, however the upstream repeated it */
-            const char *p = b->data + cl->value_off, *end = p + cl->value_len, *s, *t;
-            if (cl_done || !list_next(&p, end, &s, &t))
-                continue;
+            if (!cl_done)
+                h[n++] = (al_header){e->name, e->name_len, f.text, f.text_len};
             cl_done = 1;
-            h[n++] = (al_header){name, e->name_len, s, (size_t)(t - s)};
             continue;
         }
-        h[n++] = (al_header){name, e->name_len, b->data + e->value_off, e->value_len};
+        h[n++] = *e;
     }
     r->pool->cb_depth++;
     if (r->cbs.on_head)

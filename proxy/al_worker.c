@@ -304,6 +304,14 @@ static int scrub_open(void *arg, const al_target *t, const al_secret_view *sv, i
     return AL_OK;
 }
 
+/* The native engine's defence in depth: the class of a non-public address. */
+static const char *egress_refuses(const struct sockaddr *sa, void *arg)
+{
+    (void)arg;
+    enum al_addr_class c = al_egress_classify(sa);
+    return c == AL_ADDR_PUBLIC ? NULL : al_egress_class_name(c);
+}
+
 /* What the worker's requests may use: its loop, resolver and pool, the store-backed
  * credential source for every method (OAuth and IAM put their own in their row),
  * the audit log. */
@@ -313,6 +321,7 @@ static void init_req_ctx(al_worker *w)
     x->loop = w->loop;
     x->resolver = w->resolver;
     x->pool = w->pool;
+    x->native = w->native;
     x->audit = w->server ? w->server->audit : NULL;
     for (size_t m = 0; m < AL_AUTH_COUNT; m++)
         x->cred[m] = al_credsrc_store(w->server ? w->server->creds : NULL);
@@ -475,6 +484,10 @@ int al_worker_init(al_worker *w, int id, struct al_server *s, al_table *table)
     rc = al_upstream_pool_new(w->loop, &w->pool);
     if (rc)
         goto fail;
+    rc = al_up_engine_new(w->loop, &w->native);
+    if (rc)
+        goto fail;
+    al_up_engine_set_guard(w->native, egress_refuses, NULL);
     rc = al_resolver_new(w->loop, &w->resolver);
     if (rc)
         goto fail;
@@ -546,6 +559,8 @@ void al_worker_destroy(al_worker *w)
         al_resolver_free(w->resolver);
     if (w->pool)
         al_upstream_pool_free(w->pool);
+    al_up_engine_free(w->native);
+    w->native = NULL;
     w->resolver = NULL;
     w->pool = NULL;
     if (w->listen_fd >= 0)

@@ -71,6 +71,7 @@ typedef struct al_worker {
     int stop_requested; /* under handoff */
 
     struct al_upstream_pool *pool; /* owned */
+    al_up_engine *native;          /* owned: the native upstream engine */
     struct al_resolver *resolver;  /* owned */
     void *tls_ctx;                 /* SSL_CTX* for listen.tls (shared, not owned) */
 

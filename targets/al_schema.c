@@ -52,6 +52,7 @@ static int parse_fallback(al_schema_ctx *c, const al_schema_row *r, yaml_node_t 
 static int parse_aws_source(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_audit_on_failure(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_store_backend(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_upstream_engine(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 
 const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_LISTEN] = {"listen", AL_SK_MAP, NULL, TBL(listen), 0, 0, 0, 0, 0, "",
@@ -270,6 +271,11 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                                           "Largest request body (Content-Length) kept so a "
                                           "401/403/429 can be retried with another key; a "
                                           "larger one is streamed, not retried. 0: never kept."},
+    [AL_S_LIMITS_UPSTREAM_ENGINE] = {"limits.upstream_engine", AL_SK_ENUM, parse_upstream_engine,
+                                     TBL(limits.upstream_engine), 0, 0, 0, 0, 0, "`curl`",
+                                     "Who talks to upstreams on the data path: `curl` (libcurl) "
+                                     "or `native` (airlock's own engine: HTTP/1.1, OpenSSL, "
+                                     "its own pool). The control plane always uses libcurl."},
     [AL_S_HEADERS] = {"headers", AL_SK_MAP, NULL, TBL(headers), 0, 0, 0, 0, 0, "",
                       "Headers airlock adds to forwarded requests."},
     [AL_S_HEADERS_VIA] = {"headers.via", AL_SK_BOOL, parse_bool, TBL(headers.add_via), 0, 0, 1, 1,
@@ -938,6 +944,17 @@ static int parse_rule_targets(al_schema_ctx *c, const al_schema_row *r, yaml_nod
     for (size_t i = 0; i < n; i++)
         c->rule->target_marks[i] = al_schema_mark(seq_item(c, v, i));
     return AL_OK;
+}
+
+static int parse_upstream_engine(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    static const char *const names[] = {"curl", "native"};
+    int i;
+    int rc = parse_enum(c, r, v, names, 2, &i);
+    if (rc == AL_OK)
+        *(int *)field(c, r, r->offset) =
+            i ? AL_UPSTREAM_ENGINE_NATIVE : AL_UPSTREAM_ENGINE_CURL;
+    return rc;
 }
 
 static int parse_audit_on_failure(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
