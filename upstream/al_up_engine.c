@@ -1141,7 +1141,7 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
     al_up_req *r = req_get(e);
     if (!r)
         return AL_ERR_NOMEM;
-    int rc;
+    int rc = AL_ERR_INVAL;
     r->cbs = *cbs;
     r->arg = arg;
     r->has_body = o->has_body != 0;
