@@ -4,6 +4,7 @@ A threading server whose TLS handshake runs in the connection's thread, not the 
 loop, so a client that stalls its handshake cannot stop the peer from accepting.
 Subclasses set `peer_name` (for stderr lines) and, for TLS, `ssl_ctx` via tls_context().
 """
+import socket
 import ssl
 import sys
 from http.server import ThreadingHTTPServer
@@ -26,6 +27,9 @@ class PeerServer(ThreadingHTTPServer):
 
     def get_request(self):
         sock, addr = super().get_request()
+        # BaseHTTPRequestHandler writes the head and the body in two writes: without
+        # TCP_NODELAY the body waits for the client's delayed ACK (~40 ms per request).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_ctx is not None:
             sock = self.ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr

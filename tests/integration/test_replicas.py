@@ -1,0 +1,388 @@
+"""Integration: three `airlock serve` replicas sharing one store, HAProxy in front.
+
+The replicas share the store in one state dir (SQLite, several processes: the change
+counter and BEGIN IMMEDIATE transactions) and one master key file; each has its own
+listeners and audit file (`serve` refuses a second airlock on the same address).
+HAProxy runs the repository's own example, deploy/haproxy/airlock-frontend.cfg, with
+only its addresses rewritten to 127.0.0.1 (and a header naming the replica that
+answered, a stats socket, logs on stdout and a lower maxconn), so the health checks, retries and redispatch under test
+are the ones operators copy. The upstream is tests/peers/echo_upstream.py, which echoes
+the header airlock injected: the client checks every answer carries exactly the old or
+the new key.
+
+Under load from a pool of keep-alive clients (GETs, plus a few POSTs):
+  1. a key rotation through the CLI (`identity update-api-key-credential-provider`,
+     another process than the replicas) is used by every replica within a second,
+     measured per replica from the CLI's exit, and printed; no request fails;
+  2. one replica is killed with SIGKILL: HAProxy routes around it; no GET fails (each
+     one in flight on the dead replica is replayed by HAProxy); a POST in flight on it
+     may fail with HAProxy's 502 — the example deliberately does not replay non-idempotent
+     requests (the upstream may have acted on it) — and each such failure must be one
+     HAProxy logged against the killed replica;
+  3. the keys, the master key and no secret appear in the replicas' logs, audit files,
+     HAProxy's log or any process's command line (`ps`).
+"""
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from altest import *  # noqa: E402,F401
+
+REPLICAS = 3
+GET_CLIENTS = 8
+POST_CLIENTS = 2
+LOAD_PHASE_S = 2.0  # seconds of load before the rotation, between it and the kill, after
+KEY1 = "repl-old-" + os.urandom(16).hex()
+KEY2 = "repl-new-" + os.urandom(16).hex()
+HAPROXY_EXAMPLE = os.path.join(SOURCE_DIR, "deploy", "haproxy", "airlock-frontend.cfg")
+
+TABLE = """
+listen:
+  proxy: 127.0.0.1:{proxy_port}
+  admin: 127.0.0.1:{admin_port}
+audit:
+  file: {state_dir}/audit.log
+limits:
+  workers: 1
+  # Every agent reaches airlock from HAProxy's address: the per-client cap would
+  # otherwise count all of them as one client (README "Running several replicas").
+  max_upstream_per_client: 0
+targets:
+  - name: echo
+    type: openapi
+    url: http://127.0.0.1:%d
+    allow_insecure_upstream: true
+    allow_private_network: true
+    auth:
+      method: api_key
+      provider: echo-key
+"""
+
+
+class Cluster:
+    pass
+
+
+C = Cluster()
+
+
+def sh(argv, env=None, stdin=None, timeout=60):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([str(a) for a in argv], input=stdin, capture_output=True, text=True,
+                          env=e, timeout=timeout)
+
+
+def store_env():
+    return {"AIRLOCK_STATE_DIR": C.state, "AIRLOCK_MASTER_KEY_FILE": C.master_key}
+
+
+def haproxy_config(frontend_port, replicas, sock):
+    """The example with addresses rewritten; every rewrite must match exactly once (or
+    once per server), so a reshaped example fails here instead of testing something else."""
+    with open(HAPROXY_EXAMPLE) as f:
+        text = f.read()
+
+    def sub(pattern, repl, count=1):
+        nonlocal text
+        text, n = re.subn(pattern, repl, text, flags=re.M)
+        assert n == count, "%s: expected %d match(es) of %r, found %d" % (
+            HAPROXY_EXAMPLE, count, pattern, n)
+
+    sub(r"^(\s*)log /dev/log local0 info$",
+        r"\1log stdout format raw local0 info\n\1stats socket %s level admin" % sock)
+    # 20000 connections need 40k descriptors: more than a test machine may grant.
+    sub(r"^(\s*)maxconn 20000$", r"\1maxconn 2000")
+    sub(r"^(\s*)bind 10\.0\.0\.10:8080$", r"\1bind 127.0.0.1:%d" % frontend_port)
+    servers = iter(replicas)
+
+    def server(m):
+        a = next(servers)
+        return "%sserver %s 127.0.0.1:%d port %d" % (m.group(1), m.group(2), a.proxy_port,
+                                                      a.admin_port)
+    text, n = re.subn(r"^(\s*)server (airlock-\d+) 10\.0\.0\.\d+:8080 port 8081$", server,
+                      text, flags=re.M)
+    assert n == len(replicas), "%s: %d server lines, want %d" % (HAPROXY_EXAMPLE, n,
+                                                                 len(replicas))
+    sub(r"^(backend airlock)$", r"\1\n    http-response set-header X-Airlock-Replica %s")
+    return text
+
+
+def haproxy_cmd(cmd):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(C.haproxy_sock)
+        s.sendall(cmd.encode() + b"\n")
+        out = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return out.decode()
+            out += b
+
+
+def server_states():
+    """{server name: status} of backend airlock from HAProxy's stats ('UP', 'DOWN', ...)."""
+    lines = haproxy_cmd("show stat").splitlines()
+    head = lines[0].lstrip("# ").split(",")
+    out = {}
+    for line in lines[1:]:
+        row = dict(zip(head, line.split(",")))
+        if row.get("pxname") == "airlock" and row.get("svname", "").startswith("airlock-"):
+            out[row["svname"]] = row["status"]
+    return out
+
+
+class Load:
+    """Keep-alive clients through HAProxy; every answer recorded as
+    (t_start, t_end, method, status, replica, injected key or error)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.results = []
+        self.threads = [threading.Thread(target=self.run, args=("GET", i), daemon=True)
+                        for i in range(GET_CLIENTS)]
+        self.threads += [threading.Thread(target=self.run, args=("POST", i), daemon=True)
+                         for i in range(POST_CLIENTS)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+            assert not t.is_alive(), "a load client is stuck"
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.results)
+
+    def run(self, method, i):
+        conn = None
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+            t0 = time.monotonic()
+            status, replica, key, err = None, None, None, None
+            try:
+                body = b'{"n": %d}' % n if method == "POST" else None
+                conn.request(method, "/t/echo/load/%s-%d-%d" % (method, i, n), body=body,
+                             headers={"Content-Type": "application/json"} if body else {})
+                r = conn.getresponse()
+                data = r.read()
+                status, replica = r.status, r.getheader("X-Airlock-Replica")
+                if status == 200:
+                    auth = json.loads(data)["headers"].get("authorization", [None])
+                    key = auth[0]
+                else:
+                    err = data[:300].decode("utf-8", "replace")
+                if r.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                err = "%s: %s" % (type(e).__name__, e)
+                conn.close()
+                conn = None
+            with self.lock:
+                self.results.append((t0, time.monotonic(), method, status, replica, key, err))
+        if conn is not None:
+            conn.close()
+
+
+def wait_served(load, since, what, per_replica=20, timeout=20):
+    names = ["airlock-%d" % (i + 1) for i in range(REPLICAS)]
+
+    def enough():
+        counts = {n: 0 for n in names}
+        for t0, _t1, _m, st, rep, key, _e in load.snapshot():
+            if t0 >= since and st == 200 and rep in counts and key == what:
+                counts[rep] += 1
+        return all(c >= per_replica for c in counts.values())
+    wait_for(enough, timeout, "every replica answering with %s" % what[:15])
+
+
+def failures(results):
+    return [r for r in results if r[3] != 200 or r[5] not in ("Bearer " + KEY1, "Bearer " + KEY2)]
+
+
+def test_setup():
+    if not os.path.exists(AIRLOCK_BIN):
+        raise Skip("airlock binary not built: %s" % AIRLOCK_BIN)
+    for tool in ("haproxy",):
+        if not shutil.which(tool) and not os.path.exists("/usr/sbin/" + tool):
+            raise Skip("%s not installed (deploy/install-deps.sh)" % tool)
+    secrets = tmpdir("altest-repl-secrets-")
+    os.chmod(secrets, 0o700)
+    C.master_key = os.path.join(secrets, "master.key")
+    C.master_key_hex = os.urandom(32).hex()
+    fd = os.open(C.master_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (C.master_key_hex + "\n").encode())
+    os.close(fd)
+    C.state = tmpdir("altest-repl-store-")
+    os.chmod(C.state, 0o700)
+    # What an operator does once before starting replicas: the CA and the provider.
+    r = sh([AIRLOCK_BIN, "ca", "init"], env=store_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = sh([AIRLOCK_BIN, "identity", "create-api-key-credential-provider", "--name", "echo-key",
+            "--api-key", "-"], env=store_env(), stdin=KEY1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    C.echo, C.echo_port, _ = start_echo()
+    C.replicas = []
+    for _ in range(REPLICAS):
+        a = Airlock(TABLE % C.echo_port, env=store_env())
+        C.replicas.append(a)
+    for a in C.replicas:
+        a.start()
+        wait_for(lambda: http_get("http://127.0.0.1:%d/readyz" % a.admin_port)[0] == 200, 15,
+                 "replica /readyz 200")
+    d = tmpdir("altest-repl-haproxy-")
+    C.haproxy_sock = os.path.join(d, "stats.sock")
+    C.haproxy_port = free_port()
+    cfg = os.path.join(d, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(haproxy_config(C.haproxy_port, C.replicas, C.haproxy_sock))
+    r = sh(["haproxy", "-c", "-f", cfg])
+    assert r.returncode == 0, r.stdout + r.stderr
+    C.haproxy = Proc(["haproxy", "-db", "-f", cfg], name="haproxy")
+    wait_port(C.haproxy_port, proc=C.haproxy)
+    wait_for(lambda: os.path.exists(C.haproxy_sock), 10, "haproxy stats socket")
+    wait_for(lambda: set(server_states().values()) == {"UP"} and len(server_states()) == REPLICAS,
+             15, "haproxy seeing every replica UP")
+    C.load = Load(C.haproxy_port)
+    C.t_load = time.monotonic()
+    C.load.start()
+    wait_served(C.load, C.t_load, "Bearer " + KEY1)
+    # Under load for a while before the rotation.
+    wait_for(lambda: time.monotonic() - C.t_load > LOAD_PHASE_S, LOAD_PHASE_S + 5, "load phase")
+
+
+def test_rotation_reaches_every_replica_within_a_second():
+    t_cli = time.monotonic()
+    r = sh([AIRLOCK_BIN, "identity", "update-api-key-credential-provider", "--name", "echo-key",
+            "--api-key", "-"], env=store_env(), stdin=KEY2)
+    t_done = time.monotonic()
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_served(C.load, t_done, "Bearer " + KEY2, per_replica=20, timeout=10)
+    wait_for(lambda: time.monotonic() - t_done > LOAD_PHASE_S, LOAD_PHASE_S + 5, "load phase")
+    res = [x for x in C.load.snapshot() if x[0] >= C.t_load]
+    bad = failures(res)
+    assert not bad, "%d requests failed during the rotation, e.g. %r" % (len(bad), bad[:5])
+    worst = 0.0
+    for i in range(REPLICAS):
+        name = "airlock-%d" % (i + 1)
+        mine = sorted((x for x in res if x[4] == name), key=lambda x: x[0])
+        # The replica has switched once every request it answered that started later
+        # carries the new key: the start of the first such run, after the CLI exited.
+        last_old = max((x[0] for x in mine if x[5] == "Bearer " + KEY1), default=None)
+        first_new = min((x[1] for x in mine if x[5] == "Bearer " + KEY2 and
+                         (last_old is None or x[0] > last_old)))
+        old_after = [x for x in mine if x[5] == "Bearer " + KEY1 and x[0] > first_new]
+        assert not old_after, "%s went back to the old key after using the new one" % name
+        prop = max(0.0, first_new - t_done)
+        stale = (last_old - t_done) if last_old is not None else float("nan")
+        print("rotation: %s answers with the new key %.3f s after the CLI exited (last "
+              "request with the old key started %+.3f s from it; CLI ran %.3f s)"
+              % (name, prop, stale, t_done - t_cli), flush=True)
+        worst = max(worst, prop)
+    print("rotation propagation (worst replica, from the CLI's exit): %.3f s; %d requests, "
+          "0 failed" % (worst, len(res)), flush=True)
+    assert worst < 1.0, "a replica took %.3f s to use the rotated key" % worst
+
+
+def test_sigkill_one_replica_under_load():
+    victim = C.replicas[1]
+    vname = "airlock-2"
+    t_kill = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.proc.wait(10)
+    wait_for(lambda: server_states().get(vname) == "DOWN", 10, "haproxy marking %s DOWN" % vname)
+    t_down = time.monotonic()
+    # Keep loading the two survivors for a while after HAProxy gave up on the victim.
+    survivors = ["airlock-1", "airlock-3"]
+
+    def enough():
+        n = {s: 0 for s in survivors}
+        for x in C.load.snapshot():
+            if x[0] > t_down and x[3] == 200 and x[4] in n:
+                n[x[4]] += 1
+        return all(v >= 50 for v in n.values()) and time.monotonic() - t_down > LOAD_PHASE_S
+    wait_for(enough, 20, "the survivors answering after the kill")
+    C.load.finish()
+    res = [x for x in C.load.snapshot() if x[0] >= C.t_load]
+    after = [x for x in res if x[1] >= t_kill]
+    bad = failures(res)
+    bad_get = [x for x in bad if x[2] == "GET"]
+    bad_post = [x for x in bad if x[2] == "POST"]
+    answered_by_victim_late = [x for x in res if x[4] == vname and x[0] > t_down]
+    hlog = C.haproxy.log_text()
+    print("sigkill: %d requests after the kill (%d GET, %d POST), %d failed GET, %d failed "
+          "POST; HAProxy marked the replica DOWN %.3f s after the kill"
+          % (len(after), sum(1 for x in after if x[2] == "GET"),
+             sum(1 for x in after if x[2] == "POST"), len(bad_get), len(bad_post),
+             t_down - t_kill), flush=True)
+    assert not bad_get, "GET requests lost though HAProxy could replay them: %r" % bad_get[:5]
+    assert not answered_by_victim_late, "answers from a dead replica?"
+    # A POST the victim had taken may fail: HAProxy does not replay it (the example's
+    # disable-l7-retry; airlock may have sent it upstream already). HAProxy answers 502
+    # when it was the client connection's first request; on a kept-alive connection it
+    # closes the connection without an answer and without a log line, as a server
+    # closing an idle keep-alive connection would ("http-reuse safe": the client decides
+    # whether to retry). Either way the request was in flight at the kill, or sent on
+    # one of the victim's idle connections before HAProxy marked it down: each POST
+    # client has one request at a time, so at most POST_CLIENTS of them.
+    for x in bad_post:
+        assert x[3] == 502 or (x[3] is None and "RemoteDisconnected" in x[6]), (
+            "a POST failed otherwise than a 502 or a closed keep-alive connection: %r" % (x,))
+        assert x[1] >= t_kill and x[0] <= t_down, (
+            "a POST failed that was not in flight between the kill and DOWN: %r" % (x,))
+    assert len(bad_post) <= POST_CLIENTS, bad_post
+    # GETs HAProxy replayed: the retries field (actconn/feconn/beconn/srv_conn/retries,
+    # "+N" when redispatched) of the log lines.
+    replayed = sum(1 for m in re.finditer(r" \d+/\d+/\d+/\d+/\+?(\d+) \d+/\d+ \"GET ", hlog)
+                   if int(m.group(1)) > 0)
+    print("sigkill: %d GET replayed by HAProxy on another replica, %d POST not replayed "
+          "(failed: in flight on the killed replica)" % (replayed, len(bad_post)), flush=True)
+    print("load: %d requests in all (%.0f/s), %d failed (%d GET, %d POST)" % (
+        len(res), len(res) / (time.monotonic() - C.t_load), len(bad), len(bad_get),
+        len(bad_post)), flush=True)
+
+
+def test_no_secret_in_logs_audit_or_ps():
+    secrets = [KEY1, KEY2, C.master_key_hex]
+    files = []
+    for a in C.replicas:
+        files += [a.log_path, a.audit_path]
+    files += [C.haproxy.log_path, C.echo.log_path, os.path.join(C.state, "audit.log"),
+              os.path.join(C.state, "identity.db")]
+    for path in files:
+        assert os.path.exists(path), "expected %s to exist" % path
+        with open(path, "rb") as f:
+            data = f.read()
+        for s in secrets:
+            assert s.encode() not in data, "a secret is in %s" % path
+    # The replicas' audit files hold their requests (a check that reads nothing finds nothing).
+    for a in C.replicas:
+        assert any(x.get("target") == "echo" for x in a.audit_lines()), a.audit_path
+    ps = sh(["ps", "-eo", "pid,args", "--no-headers", "-ww"]).stdout
+    assert str(C.replicas[0].pid) in ps, "ps does not show the replicas?"
+    for s in secrets:
+        assert s not in ps, "a secret is on a command line"
+
+
+if __name__ == "__main__":
+    run(globals())
