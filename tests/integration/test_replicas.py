@@ -14,12 +14,14 @@ Under load from a pool of keep-alive clients (GETs, plus a few POSTs):
   1. a key rotation through the CLI (`identity update-api-key-credential-provider`,
      another process than the replicas) is used by every replica within a second,
      measured per replica from the CLI's exit, and printed; no request fails;
-  2. one replica is killed with SIGKILL: HAProxy routes around it; no GET fails (each
+  2. one replica is drained (SIGTERM) and started again: HAProxy takes it out and back
+     in, no request fails;
+  3. one replica is killed with SIGKILL: HAProxy routes around it; no GET fails (each
      one in flight on the dead replica is replayed by HAProxy); a POST in flight on it
      may fail with HAProxy's 502 — the example deliberately does not replay non-idempotent
      requests (the upstream may have acted on it) — and each such failure must be one
      HAProxy logged against the killed replica;
-  3. the keys, the master key and no secret appear in the replicas' logs, audit files,
+  4. the keys, the master key and no secret appear in the replicas' logs, audit files,
      HAProxy's log or any process's command line (`ps`).
 """
 import http.client
@@ -304,6 +306,30 @@ def test_rotation_reaches_every_replica_within_a_second():
     assert worst < 1.0, "a replica took %.3f s to use the rotated key" % worst
 
 
+def test_sigterm_drains_one_replica_and_it_rejoins():
+    """A rolling restart of one replica: SIGTERM (it turns /readyz 503, stops accepting,
+    finishes what it has), then the same replica started again; HAProxy takes it out and
+    back in. No request fails."""
+    a = C.replicas[2]
+    name = "airlock-3"
+    t0 = time.monotonic()
+    a.proc.signal(signal.SIGTERM)
+    status = a.proc.wait(30)
+    assert status == 0, "the drained replica exited with %s:\n%s" % (status, a.proc.log_tail())
+    wait_for(lambda: server_states().get(name) == "DOWN", 10, "haproxy marking %s DOWN" % name)
+    a.start()
+    wait_for(lambda: server_states().get(name) == "UP", 15, "haproxy marking %s UP" % name)
+    t_up = time.monotonic()
+    wait_for(lambda: sum(1 for x in C.load.snapshot() if x[0] > t_up and x[4] == name
+                         and x[3] == 200) >= 50, 10, "the restarted replica answering")
+    C.t_term_end = time.monotonic()
+    res = [x for x in C.load.snapshot() if t0 <= x[0] <= C.t_term_end]
+    bad = failures(res)
+    print("sigterm: %d requests while %s drained, stopped, restarted and rejoined (%.2f s), "
+          "%d failed" % (len(res), name, C.t_term_end - t0, len(bad)), flush=True)
+    assert not bad, "requests failed during a drain: %r" % bad[:5]
+
+
 def test_sigkill_one_replica_under_load():
     victim = C.replicas[1]
     vname = "airlock-2"
@@ -323,7 +349,8 @@ def test_sigkill_one_replica_under_load():
         return all(v >= 50 for v in n.values()) and time.monotonic() - t_down > LOAD_PHASE_S
     wait_for(enough, 20, "the survivors answering after the kill")
     C.load.finish()
-    res = [x for x in C.load.snapshot() if x[0] >= C.t_load]
+    every = [x for x in C.load.snapshot() if x[0] >= C.t_load]
+    res = [x for x in every if x[0] > C.t_term_end]
     after = [x for x in res if x[1] >= t_kill]
     bad = failures(res)
     bad_get = [x for x in bad if x[2] == "GET"]
@@ -358,8 +385,8 @@ def test_sigkill_one_replica_under_load():
     print("sigkill: %d GET replayed by HAProxy on another replica, %d POST not replayed "
           "(failed: in flight on the killed replica)" % (replayed, len(bad_post)), flush=True)
     print("load: %d requests in all (%.0f/s), %d failed (%d GET, %d POST)" % (
-        len(res), len(res) / (time.monotonic() - C.t_load), len(bad), len(bad_get),
-        len(bad_post)), flush=True)
+        len(every), len(every) / (time.monotonic() - C.t_load), len(failures(every)),
+        len(bad_get), len(bad_post)), flush=True)
 
 
 def test_no_secret_in_logs_audit_or_ps():
