@@ -14,6 +14,8 @@
 static const al_auth_injector *const injectors[AL_AUTH_COUNT] = {
     [AL_AUTH_API_KEY] = &al_auth_api_key_injector,
     [AL_AUTH_OAUTH2_2LO] = &al_auth_oauth2_injector,
+    /* the user's access token, as a Bearer like 2LO's (the source differs) */
+    [AL_AUTH_OAUTH2_3LO] = &al_auth_oauth2_injector,
     [AL_AUTH_IAM] = &al_auth_sigv4_injector,
 };
 

@@ -209,6 +209,36 @@ out:
     return rc;
 }
 
+static int same(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && !strcmp(a, b));
+}
+
+int al_consent_start_shared(al_consent *c, const al_consent_binding *b,
+                            char id[AL_CONSENT_ID_LEN + 1], uint32_t *ttl_left, int *reused)
+{
+    int found = 0;
+    pthread_mutex_lock(&c->lock);
+    int64_t now = c->now_s(c->now_arg);
+    for (size_t i = 0; i < c->cap && !found; i++) {
+        entry *e = &c->e[i];
+        if (e->used && !e->opened && e->expires_s - now >= AL_CONSENT_REUSE_MIN_S &&
+            same(e->user, b->user) && same(e->provider, b->provider) &&
+            same(e->scope, b->scope) && same(e->target, b->target) &&
+            same(e->return_url, b->return_url)) {
+            memcpy(id, e->key, sizeof e->key);
+            *ttl_left = (uint32_t)(e->expires_s - now);
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    *reused = found;
+    if (found)
+        return AL_OK;
+    *ttl_left = AL_CONSENT_TTL_S;
+    return al_consent_start(c, b, id);
+}
+
 /* The live entry of kind `opened` whose key is `key` (constant-time compare over every
  * entry), or NULL. *expired is set when it matched an expired one (then freed). */
 static entry *find(al_consent *c, const char *key, int opened, int64_t now, int *expired)
@@ -393,6 +423,30 @@ static void take_binding(entry *e, al_consent_flow *f)
     f->target = e->target;
     f->return_url = e->return_url;
     e->user = e->provider = e->scope = e->target = e->return_url = NULL;
+}
+
+int al_consent_link_binding(al_consent *c, const char *id, al_consent_flow *f)
+{
+    memset(f, 0, sizeof *f);
+    pthread_mutex_lock(&c->lock);
+    int expired = 0, rc = AL_OK;
+    entry *e = find(c, id, 0, c->now_s(c->now_arg), &expired);
+    if (!e) {
+        rc = expired ? AL_ERR_TIMEOUT : AL_ERR_NOTFOUND;
+    } else {
+        f->user = strdup(e->user);
+        f->provider = strdup(e->provider);
+        f->scope = strdup(e->scope);
+        f->target = strdup(e->target);
+        f->return_url = e->return_url ? strdup(e->return_url) : NULL;
+        if (!f->user || !f->provider || !f->scope || !f->target ||
+            (e->return_url && !f->return_url))
+            rc = AL_ERR_NOMEM;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc != AL_OK)
+        al_consent_flow_clear(f);
+    return rc;
 }
 
 int al_consent_finish(al_consent *c, const char *state, al_consent_flow *f)

@@ -95,11 +95,23 @@ void al_consent_set_clock(al_consent *c, int64_t (*now_s)(void *arg), void *arg)
 /* id gets AL_CONSENT_ID_LEN chars + NUL. AL_ERR_INVAL for an empty or control-character
  * field, AL_ERR_AGAIN when max_pending consents are pending. */
 int al_consent_start(al_consent *c, const al_consent_binding *b, char id[AL_CONSENT_ID_LEN + 1]);
+/* The same, except that a link not opened yet for exactly this binding, with at least
+ * AL_CONSENT_REUSE_MIN_S left, is handed out again (*reused 1, *ttl_left: its seconds
+ * left): an agent
+ * retrying before its user consented gets the link it already has, so retries cannot
+ * fill the table. Still single use. */
+#define AL_CONSENT_REUSE_MIN_S 60
+int al_consent_start_shared(al_consent *c, const al_consent_binding *b,
+                            char id[AL_CONSENT_ID_LEN + 1], uint32_t *ttl_left, int *reused);
 /* Consumes link `id`: *params (malloc'd) is the form-urlencoded authorization request
  * (response_type=code, client_id, redirect_uri, scope, state, code_challenge,
  * code_challenge_method=S256, nonce, extra). AL_ERR_NOTFOUND: unknown or already opened;
  * AL_ERR_TIMEOUT: expired. The state lives AL_CONSENT_TTL_S from now. */
 int al_consent_open(al_consent *c, const char *id, const al_consent_authz *a, char **params);
+/* The binding of link `id` without consuming it (the caller needs its provider before
+ * al_consent_open); f->verifier and f->nonce stay empty. AL_ERR_NOTFOUND /
+ * AL_ERR_TIMEOUT as al_consent_open. Clear f with al_consent_flow_clear. */
+int al_consent_link_binding(al_consent *c, const char *id, al_consent_flow *f);
 /* Consumes `state`; see above. */
 int al_consent_finish(al_consent *c, const char *state, al_consent_flow *f);
 void al_consent_flow_clear(al_consent_flow *f);

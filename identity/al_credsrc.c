@@ -109,7 +109,7 @@ static int store_rejected(void *self, const al_cred_query *q, const al_cred_gran
     if (status == 429) {
         if (q->t->auth.provider_count > 1 && g->hold &&
             al_cred_pool_awake(self, g->hold, q->t, g->sv.provider)) {
-            *next = (al_cred_query){q->t, AL_CRED_OTHER_KEY, NULL, 0};
+            *next = (al_cred_query){.t = q->t, .attempt = AL_CRED_OTHER_KEY};
             return 1;
         }
         return 0;
@@ -120,11 +120,12 @@ static int store_rejected(void *self, const al_cred_query *q, const al_cred_gran
      * previous version first, then the fallback provider. */
     if (g->hold && g->sv.provider &&
         al_cred_lookup_previous(g->hold, g->sv.provider, g->sv.version, &prev) == AL_OK) {
-        *next = (al_cred_query){q->t, AL_CRED_GRACE, prev.provider, prev.version};
+        *next = (al_cred_query){
+            .t = q->t, .attempt = AL_CRED_GRACE, .provider = prev.provider, .version = prev.version};
         return 1;
     }
     if (q->t->auth.fallback_provider) {
-        *next = (al_cred_query){q->t, AL_CRED_FALLBACK, NULL, 0};
+        *next = (al_cred_query){.t = q->t, .attempt = AL_CRED_FALLBACK};
         return 1;
     }
     return 0;

@@ -52,6 +52,10 @@ typedef struct al_cred_query {
     al_cred_attempt attempt;
     const char *provider; /* AL_CRED_GRACE: the provider and version wanted */
     uint32_t version;
+    /* OAuth on behalf of a user (oauth2_3lo): the end user ("ISS SUB" or a trusted
+     * client's user header; NULL = unknown) and the table the request runs on. */
+    const char *user;
+    const al_table *table;
 } al_cred_query;
 
 typedef struct al_cred_grant {
@@ -59,6 +63,11 @@ typedef struct al_cred_grant {
     void *hold;             /* the source's reference (the store: its snapshot) */
     uint32_t retry_after_s; /* with AL_ERR_AGAIN: seconds until a key wakes */
     const char *detail;     /* with an error: why, for the refusal message (static) */
+    /* AL_ERR_PERM from an oauth2_3lo source: the user has not consented yet (or the
+     * grant is gone): airlock's single-use authorization link for them, valid
+     * consent_expires_in seconds (the 401 consent_required's authorization_url). */
+    const char *consent_url;
+    uint32_t consent_expires_in;
 } al_cred_grant;
 
 typedef void (*al_credsrc_done_fn)(void *arg, int rc, al_cred_grant *g);

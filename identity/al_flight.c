@@ -501,6 +501,21 @@ int al_flight_invalidate(al_flight *f, const char *key, uint64_t gen)
     return dropped;
 }
 
+int al_flight_forget(al_flight *f, const char *key)
+{
+    int done = 0;
+    pthread_mutex_lock(&f->lock);
+    entry *e = find(f, key, hash_key(key), NULL);
+    if (e && !e->st.loading) {
+        al_refresh_drop(&e->st);
+        e->st.retry_at = 0;
+        e->st.failures = 0;
+        done = 1;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return done;
+}
+
 void al_flight_clear(al_flight *f)
 {
     pthread_mutex_lock(&f->lock);

@@ -1080,6 +1080,10 @@ int al_audit_encode_request(const al_audit_request *r, char *buf, size_t cap)
         puts_(&e, ",\"principal\":");
         put_str(&e, r->principal, 160);
     }
+    if (r->end_user) {
+        puts_(&e, ",\"end_user\":");
+        put_str(&e, r->end_user, 256);
+    }
     puts_(&e, ",\"outcome\":");
     put_str(&e, r->outcome, 16);
     puts_(&e, ",\"reason\":");

@@ -78,6 +78,9 @@ typedef struct al_audit_request {
     /* Inbound JWT: the principal's parts; when any is set, "principal" is written as
      * {"iss","sub","client_id"} instead of the string above. */
     const char *principal_iss, *principal_sub, *principal_client_id;
+    /* OAuth on behalf of a user (3LO): the end user the request acts for ("ISS SUB" or a
+     * trusted client's user header), NULL when none (the key is left out). */
+    const char *end_user;
     /* Echoed credentials replaced in the response (headers and body); 0 = none (the key
      * is then left out). */
     uint32_t scrubbed;

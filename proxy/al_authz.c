@@ -129,6 +129,69 @@ static const al_header *header(const al_decide_req *q, const char *name)
     return NULL;
 }
 
+/* A user header's value: 1..256 bytes of printable ASCII, no space at either end (it
+ * becomes the key of the user's tokens and a field of audit lines). */
+static int user_value_ok(const char *v, size_t n)
+{
+    if (n == 0 || n > 256 || v[0] == ' ' || v[n - 1] == ' ')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+/* The end user of an allowed request (OAuth on behalf of a user): the trusted client's
+ * inbound.user_header, else the token's "ISS SUB". A user header from anyone else is
+ * refused, not ignored: a caller that believes it acts for a user must learn it does
+ * not. Returns 0, or -1 with d set to refuse. */
+static int end_user(const al_table *t, const al_decide_req *q, const char *iss, const char *sub,
+                    const char *cid, al_decision *d)
+{
+    static _Thread_local char user[1100];
+    static _Thread_local char msg[512];
+    const al_header *uh = NULL;
+    size_t seen = 0;
+    for (size_t i = 0; t->inbound.user_header && i < q->header_count; i++)
+        if (al_http_name_is(q->headers[i].name, q->headers[i].name_len, t->inbound.user_header)) {
+            uh = uh ? uh : &q->headers[i];
+            seen++;
+        }
+    if (uh) {
+        int trusted = 0;
+        for (size_t i = 0; cid && i < t->inbound.user_header_trusted_count; i++)
+            trusted |= !strcmp(cid, t->inbound.user_header_trusted[i]);
+        d->allow = 0;
+        d->refusal = trusted ? AL_REF_BAD_REQUEST : AL_REF_POLICY_DENIED;
+        d->message = msg;
+        if (!trusted) {
+            snprintf(msg, sizeof msg,
+                     "the request names an end user in %s, but its caller (client '%.100s') "
+                     "is not in inbound.user_header.trusted_clients; send the request without "
+                     "that header (it then acts for the token's own subject), or ask the "
+                     "operator to trust this client",
+                     t->inbound.user_header, cid ? cid : "none");
+            return -1;
+        }
+        if (seen > 1 || !user_value_ok(uh->value, uh->value_len)) {
+            snprintf(msg, sizeof msg,
+                     "%s must appear once, with 1 to 256 printable ASCII characters and no "
+                     "space at either end",
+                     t->inbound.user_header);
+            return -1;
+        }
+        d->allow = 1;
+        snprintf(user, sizeof user, "%.*s", (int)uh->value_len, uh->value);
+        d->end_user = user;
+        return 0;
+    }
+    if (iss && sub && *iss && *sub) {
+        snprintf(user, sizeof user, "%s %s", iss, sub);
+        d->end_user = user;
+    }
+    return 0;
+}
+
 int al_authz_hook_decide(void *arg, const al_decide_req *q, al_decision *d)
 {
     al_authz_state *st = arg;
@@ -185,8 +248,10 @@ int al_authz_hook_decide(void *arg, const al_decide_req *q, al_decision *d)
         d->inspect_mcp_body = !probe.allow && probe.policy.missing == AL_POLICY_MISS_TOOL;
         al_authz_out_free(&probe);
     }
-    if (out.allow)
+    if (out.allow) {
+        end_user(t, q, d->principal_iss, d->principal_sub, d->principal_client_id, d);
         return AL_OK;
+    }
     d->allow = 0;
     d->refusal = out.status == 401   ? AL_REF_UNAUTHENTICATED
                  : out.status == 407 ? AL_REF_PROXY_AUTH_REQUIRED

@@ -23,6 +23,7 @@
     X(PATH_NOT_NORMALIZED, 400, "path_not_normalized", "http_request_error", "request")        \
     X(PRESIGNED_URL, 400, "presigned_url_refused", "http_request_denied", "request")           \
     X(UNAUTHENTICATED, 401, "unauthenticated", "http_request_denied", "policy")                \
+    X(CONSENT_REQUIRED, 401, "consent_required", "http_request_denied", NULL)                  \
     X(POLICY_DENIED, 403, "policy_denied", "http_request_denied", "policy")                    \
     X(UNKNOWN_TARGET, 403, "unknown_target", "destination_not_found", "route")                 \
     X(EGRESS_DENIED, 403, "egress_denied", "destination_ip_prohibited", "egress")              \

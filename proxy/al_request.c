@@ -53,7 +53,7 @@
 const char *al_req_state_name(enum al_req_state s)
 {
     static const char *const names[] = {"new",      "resolving", "credential", "spooling",
-                                        "upstream", "refusing",  "done"};
+                                        "upstream", "local",     "refusing",   "done"};
     return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "?";
 }
 
@@ -110,6 +110,8 @@ struct al_req {
     const char *rule;       /* arena copy */
     const char *principal;  /* arena copy */
     const char *principal_iss, *principal_sub, *principal_client_id; /* arena copies */
+    const char *end_user;   /* arena copy: who an oauth2_3lo request acts for, or NULL */
+    void *local_pending;    /* hooks.local works on it (AL_REQ_LOCAL) */
     int denied;             /* a denial (decision deny), not an outcome */
 
     /* credential */
@@ -525,6 +527,7 @@ static void audit_fill(al_req *r, al_audit_request *rec, audit_bufs *b)
     rec->principal_iss = r->principal_iss;
     rec->principal_sub = r->principal_sub;
     rec->principal_client_id = r->principal_client_id;
+    rec->end_user = r->end_user;
     rec->scrubbed = r->head_scrubbed + r->body_scrubbed;
 }
 
@@ -657,6 +660,9 @@ void al_request_free(al_req *r)
     if (r->up)
         up_ops(r)->cancel(r->up);
     r->up = NULL;
+    if (r->local_pending && ctx->hooks.local_cancel)
+        ctx->hooks.local_cancel(ctx->hooks.local_arg, r->local_pending);
+    r->local_pending = NULL;
     r->client_gone = !r->finished;
     if (!r->finished && !r->reason && r->status == 0)
         r->reason = "client_closed";
@@ -752,6 +758,10 @@ static void vrefuse(al_req *r, enum al_refusal ref, const char *fmt, va_list ap)
     if (r->up) {
         up_ops(r)->cancel(r->up);
         r->up = NULL;
+    }
+    if (r->local_pending && r->ctx->hooks.local_cancel) {
+        r->ctx->hooks.local_cancel(r->ctx->hooks.local_arg, r->local_pending);
+        r->local_pending = NULL;
     }
     r->reason = code;
     if (ri->denied_by && !r->finished) {
@@ -1610,7 +1620,41 @@ static void cred_ready(al_req *r, int rc)
                want, t->name, al_table_create_hint(t, want, hint, sizeof hint));
         return;
     }
-    if (rc && t->auth.method == AL_AUTH_OAUTH2_2LO && rc != AL_ERR_INVAL && rc != AL_ERR_NOMEM) {
+    if (rc == AL_ERR_INVAL && t->auth.method == AL_AUTH_OAUTH2_3LO && !r->end_user) {
+        memset(&r->grant, 0, sizeof r->grant);
+        r->denied = 1;
+        refuse(r, AL_REF_POLICY_DENIED,
+               "target '%s' acts for the end user of each request, and this request names "
+               "none (its inbound token has no iss and sub); send a token of the user's own",
+               t->name);
+        return;
+    }
+    if (rc == AL_ERR_PERM && r->grant.consent_url) {
+        /* OAuth on behalf of a user: no token (yet, or any more) for this user. The
+         * agent shows the link to its user and retries once they have consented. */
+        char extra[1024];
+        al_buf eb;
+        al_buf_init(&eb, sizeof extra);
+        if (al_buf_append(&eb, "\"authorization_url\":\"", 21) == AL_OK &&
+            al_json_escape_append(&eb, r->grant.consent_url, strlen(r->grant.consent_url)) ==
+                AL_OK) {
+            snprintf(extra, sizeof extra, "%.*s\",\"expires_in\":%u", (int)eb.len, eb.data,
+                     r->grant.consent_expires_in);
+            r->refuse_extra = arena_dup(r, extra, strlen(extra));
+        }
+        al_buf_free(&eb, 0);
+        const char *why = r->grant.detail;
+        unsigned ttl = r->grant.consent_expires_in;
+        memset(&r->grant, 0, sizeof r->grant);
+        refuse(r, AL_REF_CONSENT_REQUIRED,
+               "target '%s' acts for its user with their own account at provider '%s'%s%s%s; "
+               "have the user open authorization_url in a browser within %u seconds to "
+               "consent, then retry the request",
+               t->name, want, why ? " (" : "", why ? why : "", why ? ")" : "", ttl);
+        return;
+    }
+    if (rc && (t->auth.method == AL_AUTH_OAUTH2_2LO || t->auth.method == AL_AUTH_OAUTH2_3LO) &&
+        rc != AL_ERR_INVAL && rc != AL_ERR_NOMEM) {
         /* the identity provider failed (detail: its host, error and description) */
         const char *why = r->grant.detail ? r->grant.detail : al_strerror(rc);
         memset(&r->grant, 0, sizeof r->grant);
@@ -1666,6 +1710,8 @@ static void stage_credential(al_req *r)
                                                     : "?";
     r->src = &r->ctx->cred[t->auth.method];
     r->cq.t = t;
+    r->cq.user = r->end_user;
+    r->cq.table = r->table;
     set_state(r, AL_REQ_CREDENTIAL);
     void *pending = NULL;
     int rc = al_credsrc_acquire(r->src, &r->cq, &r->grant, on_cred_done, r, &pending);
@@ -1776,6 +1822,10 @@ static void stage_prepare(al_req *r)
         const al_header *h = &r->hdrs[i];
         if (al_auth_drop_request_header(t, h->name, h->name_len) ||
             named_by_connection(r, h->name, h->name_len))
+            continue;
+        /* the end user's name is for airlock (it chose the user's token), never upstream */
+        if (r->table->inbound.user_header &&
+            al_http_name_is(h->name, h->name_len, r->table->inbound.user_header))
             continue;
         /* inbound JWT: the token airlock read never goes upstream */
         if (r->table->inbound.mode == AL_INBOUND_JWT &&
@@ -2144,6 +2194,89 @@ static int self_gateway(const al_req *r, const al_reqtarget *rt)
            is_listen_address(r->table->listen.tls, rt->host, rt->host_len, rt->port);
 }
 
+/* ---- airlock's own endpoints (hooks.local) -------------------------------- */
+
+/* Sends airlock's own page (a redirect, the consent result) for a local request. */
+static void local_answer(al_req *r, const al_local_resp *resp)
+{
+    r->local_pending = NULL;
+    if (r->finished || r->head_sent)
+        return;
+    r->reason = resp->reason;
+    if (resp->audit_path) {
+        r->up_path = (char *)resp->audit_path; /* read by the audit record only */
+        r->up_path_len = strlen(resp->audit_path);
+    }
+    r->status = resp->status;
+    set_state(r, AL_REQ_REFUSING); /* sending a response of airlock's own */
+    al_buf_free(&r->refuse_body, 0);
+    al_buf_init(&r->refuse_body, 64 * 1024);
+    if (resp->body_len && al_buf_append(&r->refuse_body, resp->body, resp->body_len) != AL_OK)
+        al_buf_reset(&r->refuse_body);
+    const char *ct = resp->content_type ? resp->content_type : "text/html; charset=utf-8";
+    al_header h[8] = {
+        {"content-type", 12, ct, strlen(ct)},
+        {"cache-control", 13, "no-store", 8},
+        /* the page's URL holds a code or a link: no Referer carries it anywhere */
+        {"referrer-policy", 15, "no-referrer", 11},
+        {"x-content-type-options", 22, "nosniff", 7},
+        {"content-security-policy", 23, "default-src 'none'", 18},
+    };
+    size_t hn = 5;
+    if (r->request_id[0])
+        h[hn++] = (al_header){"x-request-id", 12, r->request_id, strlen(r->request_id)};
+    if (resp->location)
+        h[hn++] = (al_header){"location", 8, resp->location, strlen(resp->location)};
+    r->head_sent = 1;
+    r->sink->head(r->arg, resp->status, h, hn, (int64_t)r->refuse_body.len);
+    deliver_refusal(r);
+}
+
+static void on_local_done(void *req, const al_local_resp *resp)
+{
+    local_answer(req, resp);
+}
+
+/* A request for airlock's own endpoints: origin-form (or addressed to a listen
+ * address: h2's :authority, an absolute URL) outside gateway mode's /t/. Returns 0 when
+ * it is not one (routing goes on), 1 when hooks.local took it. */
+static int route_local(al_req *r, const al_reqtarget *rt)
+{
+    const al_req_hooks *hk = &r->ctx->hooks;
+    if (!hk->local || rt->path_len < 2 || rt->path[0] != '/')
+        return 0;
+    int ours = rt->form == AL_REQTARGET_ORIGIN && !r->scheme;
+    if (!ours && rt->host_len && !rt->https)
+        ours = is_listen_address(r->table->listen.proxy, rt->host, rt->host_len, rt->port);
+    if (!ours && rt->host_len)
+        ours = is_listen_address(r->table->listen.tls, rt->host, rt->host_len, rt->port);
+    if (!ours)
+        return 0;
+    al_local_req q = {
+        .method = r->method,
+        .path = rt->path,
+        .path_len = rt->path_len,
+        .table = r->table,
+        .client = r->client,
+    };
+    al_local_resp resp;
+    memset(&resp, 0, sizeof resp);
+    void *pending = NULL;
+    r->decided_by = "local";
+    int rc = hk->local(hk->local_arg, &q, &resp, on_local_done, r, &pending);
+    if (rc == 0) {
+        r->decided_by = NULL;
+        return 0;
+    }
+    if (rc == 2) {
+        r->local_pending = pending;
+        set_state(r, AL_REQ_LOCAL);
+        return 1;
+    }
+    local_answer(r, &resp);
+    return 1;
+}
+
 /* Every mode checks its request target with al_reqtarget first (forms, schemes,
  * authority, bytes, the path rule), so what reaches the router and the upstream URL
  * is an origin-form path that no decoding lifts above the prefix the router matched. */
@@ -2166,6 +2299,8 @@ static int stage_route(al_req *r)
     }
     if (r->tunnel_host)
         return route_tunnel(r, &rt);
+    if (route_local(r, &rt))
+        return 1;
 
     const char *tg = rt.path;
     size_t tl = rt.path_len;
@@ -2319,6 +2454,8 @@ static int stage_decide(al_req *r, const al_target *t, const char *host, uint16_
     if (d.principal_client_id)
         r->principal_client_id =
             arena_dup(r, d.principal_client_id, strnlen(d.principal_client_id, 512));
+    if (d.end_user)
+        r->end_user = arena_dup(r, d.end_user, strnlen(d.end_user, 1100));
     r->mcp_inspect = d.inspect_mcp_body && t && t->type == AL_TYPE_MCP_SERVER;
     if (d.allow) {
         /* audit.on_failure: deny — nothing is forwarded while the log may not record

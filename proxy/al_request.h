@@ -68,6 +68,7 @@ enum al_req_state {
     AL_REQ_CREDENTIAL, /* waiting for the credential source */
     AL_REQ_SPOOLING,   /* prepare waits for the whole body (an injector signs its hash) */
     AL_REQ_UPSTREAM,   /* handed to the upstream; the response streams */
+    AL_REQ_LOCAL,      /* one of airlock's own endpoints works on it (hooks.local) */
     AL_REQ_REFUSING,   /* sending airlock's own refusal */
     AL_REQ_DONE,       /* ended (sink->end called, or a CONNECT handed over) */
 };
@@ -126,6 +127,9 @@ typedef struct al_decision {
     const char *principal;  /* who the caller is, NULL when unknown */
     /* The authenticated principal's parts for the audit record (NULL when none). */
     const char *principal_iss, *principal_sub, *principal_client_id;
+    /* The end user the request acts for (OAuth on behalf of a user): "ISS SUB" of the
+     * inbound token, or the trusted client's inbound.user_header; NULL when none. */
+    const char *end_user;
     enum al_refusal refusal;
     const char *message;
     const char *challenge; /* the WWW-/Proxy-Authenticate value for 401/407, or NULL */
@@ -189,6 +193,38 @@ typedef struct al_req_ctx_ops {
     int (*random_id)(void *owner, unsigned char out[16]);
 } al_req_ctx_ops;
 
+/* ---- airlock's own endpoints (OAuth on behalf of a user: /oauth2/...) -------- */
+
+/* A request for one of airlock's own paths on the proxy listeners: origin-form (or
+ * addressed to a listen address) outside gateway mode's /t/. No inbound
+ * authentication: a browser opens these, and the path's single-use link id or state
+ * is the capability. */
+typedef struct al_local_req {
+    const char *method;
+    const char *path; /* origin-form path[?query] */
+    size_t path_len;
+    const al_table *table; /* the request's (held until it ends) */
+    const char *client;
+} al_local_req;
+
+typedef struct al_local_resp {
+    int status;
+    const char *content_type; /* NULL: text/html; charset=utf-8 */
+    const char *location;     /* a redirect's target, else NULL */
+    const char *body;
+    size_t body_len;
+    const char *reason;     /* the audit record's reason (static), NULL for none */
+    const char *audit_path; /* the path the audit shows (static; a link id left out) */
+} al_local_resp;
+
+/* done(req, resp) answers a pending local request on the loop; resp is copied. */
+typedef void (*al_local_done_fn)(void *req, const al_local_resp *resp);
+/* 0: not one of its paths (the request goes on as usual); 1: answered now (*resp
+ * filled, copied before the next call); 2: pending, done(req, ...) later on the loop
+ * unless local_cancel(arg, *pending) came first. */
+typedef int (*al_local_fn)(void *arg, const al_local_req *q, al_local_resp *resp,
+                           al_local_done_fn done, void *req, void **pending);
+
 typedef struct al_req_hooks {
     al_decide_fn decide; /* NULL: every routed request is allowed (decided_by route) */
     void *decide_arg;
@@ -197,6 +233,9 @@ typedef struct al_req_hooks {
     void *finished_arg;
     al_body_filter_open_fn body_filter; /* NULL: none */
     void *body_filter_arg;
+    al_local_fn local; /* NULL: no endpoints of airlock's own on the proxy listeners */
+    void (*local_cancel)(void *arg, void *pending);
+    void *local_arg;
 } al_req_hooks;
 
 typedef struct al_req_ctx {

@@ -12,6 +12,7 @@
 #include "identity/al_identity.h"
 #include "identity/al_store.h"
 #include "identity/al_token.h"
+#include "identity/al_user_cred.h"
 #include "al_errors.h"
 #include "al_egress.h"
 #include "al_listen_lock.h"
@@ -978,6 +979,33 @@ static void warn_insecure_providers(al_server *s)
     al_cred_snapshot_release(snap);
 }
 
+/* OAuth on behalf of a user: the user-token vault over a store handle of its own (the
+ * credential cache's belongs to its watcher thread), on the table's store backend, when
+ * the store exists. */
+static void open_user_tokens(al_server *s, const char *state_dir)
+{
+    al_store *us = NULL;
+    al_vault *uv = NULL;
+    if (!s->creds)
+        return;
+    int rc = al_store_open(state_dir, 0, &us);
+    if (rc == AL_OK)
+        rc = al_vault_open(state_dir, 0, &uv);
+    if (rc == AL_OK)
+        rc = al_user_cred_new(us, uv, s->creds, s->oidc, &s->users);
+    if (rc != AL_OK) {
+        al_store_close(us);
+        al_vault_free(uv);
+        s->users = NULL;
+        al_log(AL_LOG_WARN, "user_tokens.unavailable",
+               "the user token vault in %s could not be opened (%s): oauth2_3lo requests get "
+               "502 until it is fixed and airlock restarted",
+               state_dir, al_strerror(rc));
+        return;
+    }
+    al_user_cred_set_audit(s->users, s->audit);
+}
+
 int al_server_run(const char *config_path, const char *state_dir, unsigned workers)
 {
     al_server srv, *s = &srv;
@@ -1090,6 +1118,7 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     al_fetch_set_guard(al_oidc_fetcher(s->oidc), al_egress_guard_public, NULL);
     al_token_client_set_audit(s->tokens, s->audit);
     warn_insecure_providers(s);
+    open_user_tokens(s, state_dir);
 
     /* One airlock per address: the workers' SO_REUSEPORT would otherwise share it. */
     const char *addrs[2] = {s->table->listen.proxy, s->listener_ctx ? s->table->listen.tls : NULL};
@@ -1182,6 +1211,7 @@ out:
     if (s->oidc)
         al_fetch_stop(al_oidc_fetcher(s->oidc)); /* no token callback after this */
     al_token_client_free(s->tokens);
+    al_user_cred_free(s->users);
     al_oidc_free(s->oidc);
     if (s->audit)
         al_audit_close(s->audit);

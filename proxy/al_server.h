@@ -31,6 +31,9 @@ typedef struct al_server {
      * per-process token cache every worker's oauth2 credential source shares. */
     struct al_oidc *oidc;            /* owned */
     struct al_token_client *tokens; /* owned */
+    /* OAuth on behalf of a user (3LO): the user-token vault, consents and their cache;
+     * NULL without a store (oauth2_3lo requests get 502 credential_unavailable). */
+    struct al_user_cred *users; /* owned */
     al_worker *workers;   /* owned array */
     size_t worker_count;
     atomic_int workers_running;

@@ -6,6 +6,7 @@
  * iteration, when no callback of theirs can still be on the stack. */
 #include "al_worker.h"
 #include "al_credsrc_oauth2.h"
+#include "al_oauth2_3lo.h"
 #include "al_iam_credsrc.h"
 #include "al_egress.h"
 #include "al_metrics.h"
@@ -331,6 +332,14 @@ static void init_req_ctx(al_worker *w)
                                   al_metrics_shard_at(w->server->metrics, (size_t)w->id));
         x->cred[AL_AUTH_OAUTH2_2LO] = al_credsrc_oauth2(w->oauth2);
     }
+    /* oauth2_3lo: the user's own token (never the store's client secret); without a
+     * user vault every acquire answers "store not open" */
+    if (w->server && al_oauth2_3lo_new(w->loop, w->server->users, &w->oauth2_3lo) == AL_OK) {
+        x->cred[AL_AUTH_OAUTH2_3LO] = al_credsrc_oauth2_3lo(w->oauth2_3lo);
+        x->hooks.local = al_oauth2_3lo_local;
+        x->hooks.local_cancel = al_oauth2_3lo_local_cancel;
+        x->hooks.local_arg = w->oauth2_3lo;
+    }
     /* iam: the store's providers, or the AWS credential sources (fetched off-loop) */
     if (w->server && w->server->iam)
         al_iam_credsrc_new(w->server->iam, w->loop, &x->cred[AL_AUTH_IAM]);
@@ -554,6 +563,8 @@ void al_worker_destroy(al_worker *w)
     al_req_ctx_release(&w->rctx); /* while its loop lives (the start-record timer) */
     al_oauth2_src_free(w->oauth2);  /* cancels what waits for a token */
     w->oauth2 = NULL;
+    al_oauth2_3lo_free(w->oauth2_3lo); /* cancels what waits for a user's token or page */
+    w->oauth2_3lo = NULL;
     al_iam_credsrc_free(&w->rctx.cred[AL_AUTH_IAM]);
     if (w->resolver)
         al_resolver_free(w->resolver);

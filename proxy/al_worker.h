@@ -84,6 +84,7 @@ typedef struct al_worker {
      * audit, hooks); al_request.c keeps its per-worker state in it too. */
     al_req_ctx rctx;
     struct al_oauth2_src *oauth2; /* owned: oauth2_2lo credentials over the server's tokens */
+    struct al_oauth2_3lo *oauth2_3lo; /* owned: oauth2_3lo credentials and consent pages */
 
     /* CSPRNG output fetched in bulk for X-Request-Id (one RAND_bytes per 256 ids
      * rather than per request); this thread only. */

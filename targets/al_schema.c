@@ -129,6 +129,30 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_INBOUND_JWT_CLOCK_SKEW] = {"inbound.jwt.clock_skew_s", AL_SK_UINT, parse_uint,
                                      TBL(inbound.clock_skew_s), 0, 0, 600, 60, 0, "60",
                                      "Clock skew (s) allowed on a token's `exp` and `nbf`."},
+    [AL_S_INBOUND_USER_HEADER] = {"inbound.user_header", AL_SK_MAP, NULL, TBL(inbound), 0, 0, 0, 0,
+                                  0, "none",
+                                  "For callers that act for end users (OAuth on behalf of a "
+                                  "user, `oauth2_3lo`): a header naming the user, believed only "
+                                  "from trusted clients."},
+    [AL_S_INBOUND_USER_HEADER_NAME] = {"inbound.user_header.name", AL_SK_STRING, parse_string,
+                                       TBL(inbound.user_header), 0, 0, 0, 0, 0, "required",
+                                       "The header (e.g. `X-Airlock-User`); never forwarded. Sent "
+                                       "by a client not listed below: 403 `policy_denied`."},
+    [AL_S_INBOUND_USER_HEADER_TRUSTED] = {"inbound.user_header.trusted_clients", AL_SK_STRING_LIST,
+                                          parse_string_list, TBL(inbound.user_header_trusted),
+                                          offsetof(al_table, inbound.user_header_trusted_count), 0,
+                                          0, 0, 0, "required",
+                                          "Inbound principals (`client_id`, else `azp`) whose "
+                                          "header is believed; their requests without it act "
+                                          "for the token's own `iss` + `sub`."},
+    [AL_S_IDENTITY] = {"identity", AL_SK_MAP, NULL, TBL(identity), 0, 0, 0, 0, 0, "",
+                       "The control plane of OAuth on behalf of a user (3LO)."},
+    [AL_S_IDENTITY_PUBLIC_BASE_URL] = {"identity.public_base_url", AL_SK_STRING, parse_string,
+                                       TBL(identity.public_base_url), 0, 0, 0, 0, 0,
+                                       "`http://` + `listen.proxy`",
+                                       "airlock's URL as users' browsers reach it: consent links "
+                                       "are `<base>/oauth2/authorize/<id>`, the provider's "
+                                       "redirect URI `<base>/oauth2/callback`."},
     [AL_S_POLICY] = {"policy", AL_SK_MAP, NULL, TBL(policy), 0, 0, 0, 0, 0, "{}",
                      "Who may use what (README \"Policy\"); no rules = everything allowed."},
     [AL_S_POLICY_RULES] = {"policy.rules", AL_SK_RULE_LIST, NULL, TBL(policy.rules), 0, 0, 0, 0,

@@ -181,6 +181,9 @@ static void table_free(al_table *t)
     free_strv(t->inbound.allowed_audiences, t->inbound.allowed_audience_count);
     free_strv(t->inbound.allowed_clients, t->inbound.allowed_client_count);
     free(t->inbound.ca_file);
+    free(t->inbound.user_header);
+    free_strv(t->inbound.user_header_trusted, t->inbound.user_header_trusted_count);
+    free(t->identity.public_base_url);
     for (size_t i = 0; i < t->policy.rule_count; i++) {
         al_policy_rule *r = &t->policy.rules[i];
         free(r->name);
@@ -573,6 +576,7 @@ static void check_auth(loader *L, al_target *t, const char *label, yaml_node_t *
     }
     if ((unsigned)a->method >= AL_AUTH_COUNT)
         return; /* the value was bad; already reported */
+    a->method_mark = seen_val(c, AL_S_A_METHOD);
     if (seen_key(c, AL_S_T_TYPE).line && (unsigned)t->type < AL_TYPE_COUNT &&
         !al_matrix_allows(t->type, a->method)) {
         char allowed[128];
@@ -1104,6 +1108,92 @@ static void check_inbound(loader *L)
     }
 }
 
+/* OAuth on behalf of a user (3LO): inbound.user_header is whole and needs principals to
+ * trust; identity.public_base_url is an http(s) base; an oauth2_3lo target needs a way
+ * to know the end user (inbound.mode jwt: the token's iss + sub, or a trusted
+ * user_header), else every request would be anonymous and share one user's tokens. */
+static void check_user_identity(loader *L)
+{
+    al_schema_ctx *c = &L->c;
+    al_table *t = c->table;
+    al_inbound_cfg *in = &t->inbound;
+    al_mark uh = seen_key(c, AL_S_INBOUND_USER_HEADER);
+    if (uh.line) {
+        if (!in->user_header)
+            al_schema_error_at(c, uh, "inbound.user_header needs 'name' (the header that names "
+                                      "the end user, e.g. X-Airlock-User)");
+        else if (!header_token_ok(in->user_header) || header_reserved(in->user_header) ||
+                 !strcasecmp(in->user_header, "host") ||
+                 !strcasecmp(in->user_header, "authorization") ||
+                 !strcasecmp(in->user_header, "cookie") ||
+                 !strcasecmp(in->user_header, "content-length") ||
+                 !strcasecmp(in->user_header, "content-type"))
+            al_schema_error_at(c, seen_val(c, AL_S_INBOUND_USER_HEADER_NAME),
+                               "inbound.user_header.name '%.63s' must be a header name of "
+                               "your own (not Host, Authorization, Cookie, a Proxy-* or a "
+                               "framing header)",
+                               in->user_header);
+        if (!in->user_header_trusted_count)
+            al_schema_error_at(c, uh,
+                               "inbound.user_header needs 'trusted_clients' (the client_id of "
+                               "each caller allowed to name users)");
+        if (in->mode != AL_INBOUND_JWT)
+            al_schema_error_at(c, uh,
+                               "inbound.user_header is believed only from authenticated "
+                               "trusted clients, and inbound.mode is not jwt; set inbound.mode: "
+                               "jwt");
+        in->user_header_mark = uh;
+    }
+    const char *base = t->identity.public_base_url;
+    if (base) {
+        size_t n = strlen(base);
+        while (n && base[n - 1] == '/')
+            t->identity.public_base_url[--n] = '\0';
+        if ((strncmp(base, "http://", 7) != 0 && strncmp(base, "https://", 8) != 0) ||
+            strpbrk(base, "?#\"' <>\\") || n < 9)
+            al_schema_error_at(c, seen_val(c, AL_S_IDENTITY_PUBLIC_BASE_URL),
+                               "identity.public_base_url must be an http:// or https:// URL "
+                               "without query or fragment (e.g. https://airlock.example.com)");
+    }
+    for (size_t i = 0; i < t->target_count; i++) {
+        const al_target *tg = &t->targets[i];
+        /* (a target refused for its type or its missing provider already says why) */
+        if (tg->auth.method != AL_AUTH_OAUTH2_3LO || !tg->auth.method_mark.line ||
+            !tg->auth.provider_count || (unsigned)tg->type >= AL_TYPE_COUNT ||
+            !al_matrix_allows(tg->type, tg->auth.method))
+            continue;
+        if (in->mode != AL_INBOUND_JWT)
+            al_schema_error_at(c, tg->auth.method_mark,
+                               "target '%.63s': oauth2_3lo acts for the end user of each "
+                               "request, and with inbound.mode none airlock cannot know who "
+                               "that is; set inbound.mode: jwt (the user is the token's iss + "
+                               "sub, or inbound.user_header from a trusted client)",
+                               tg->name ? tg->name : "?");
+    }
+}
+
+const char *al_table_public_base_url(const al_table *t, char *buf, size_t n)
+{
+    if (!n)
+        return buf;
+    buf[0] = '\0';
+    if (t->identity.public_base_url) {
+        snprintf(buf, n, "%s", t->identity.public_base_url);
+        return buf;
+    }
+    const char *l = t->listen.proxy ? t->listen.proxy : t->listen.tls;
+    const char *scheme = t->listen.proxy ? "http" : "https";
+    if (!l)
+        return buf;
+    if (!strncmp(l, "0.0.0.0:", 8) || !strncmp(l, "*:", 2))
+        snprintf(buf, n, "%s://127.0.0.1%s", scheme, strchr(l, ':'));
+    else if (!strncmp(l, "[::]:", 5))
+        snprintf(buf, n, "%s://[::1]%s", scheme, l + 4);
+    else
+        snprintf(buf, n, "%s://%s", scheme, l);
+    return buf;
+}
+
 static const al_target *find_target(const al_table *t, const char *name)
 {
     for (size_t i = 0; i < t->target_count; i++)
@@ -1271,6 +1361,7 @@ static int load_impl(const char *name, const char *data, size_t len, const char 
     check_table(&L);
     check_store(&L);
     check_inbound(&L);
+    check_user_identity(&L);
     check_policy(&L);
     if (!L.oom)
         check_unique(&L); /* also next to other errors: all problems in one run */

@@ -106,6 +106,7 @@ typedef struct al_auth {
      * "container", "imds", "web_identity" (auth/al_aws_creds.h); NULL = "store" with a
      * provider, else "environment" */
     char *source;
+    al_mark method_mark;     /* where auth.method's value was written */
     char *role_arn;          /* owned; assumed with STS AssumeRole on top, NULL = none */
     char *external_id;       /* owned; with role_arn */
     uint32_t max_body_bytes; /* signed bodies are buffered up to this; 413 past it; 6 MiB */
@@ -200,7 +201,20 @@ typedef struct al_inbound_cfg {
     char *ca_file; /* owned; NULL = system CAs, for the discovery and JWKS fetches */
     int allow_private_network; /* the issuer may be on a private address */
     uint32_t clock_skew_s;     /* default 60 */
+    /* The end user of a request for a caller that acts for users (3LO): a header that
+     * names the user, believed only from inbound principals whose client_id is listed. */
+    char *user_header; /* owned; header name, NULL = none */
+    al_mark user_header_mark;
+    char **user_header_trusted; /* owned; client_id values */
+    size_t user_header_trusted_count;
 } al_inbound_cfg;
+
+/* identity: what the control plane of OAuth on behalf of a user (3LO) needs. */
+typedef struct al_identity_cfg {
+    /* owned; what the 3LO authorization links and the callback (redirect_uri) are built
+     * from; NULL = "http://" + listen.proxy (al_table_public_base_url) */
+    char *public_base_url;
+} al_identity_cfg;
 
 /* One allow rule of `policy.rules` (README "Policy"). A rule applies to a principal
  * when every principal selector it has matches (any entry of each list); a request is
@@ -254,6 +268,7 @@ typedef struct al_table {
     al_audit_cfg audit;
     al_headers_cfg headers;
     al_inbound_cfg inbound;
+    al_identity_cfg identity;
     al_policy_cfg policy;
     al_store_cfg store;
     al_target *targets; /* owned array */
@@ -295,6 +310,11 @@ int al_table_check_providers(const al_table *t, al_provider_env_fn fn, void *arg
  * "default", e.g. "airlock identity create-api-key-credential-provider --name k
  * --environment prod --api-key -". Written into buf (n bytes, truncated); returns buf. */
 const char *al_table_create_hint(const al_target *tg, const char *provider, char *buf, size_t n);
+
+/* identity.public_base_url, else "http://" + listen.proxy, else "https://" + listen.tls
+ * (a wildcard listen address as loopback), without a trailing '/', into buf; "" when
+ * there is none (the links are then paths). Returns buf. */
+const char *al_table_public_base_url(const al_table *t, char *buf, size_t n);
 
 /* Reads only the `state_dir` of a table file, resolved against the file's
  * directory, without validating the rest (the CLI's state-dir rule). Returns a

@@ -375,7 +375,7 @@ class OidcProvider:
 
 def start_oidc(ttl=300, resources=(), client_id="airlock-test", client_secret=None,
                auth_method="basic", timeout=20, user_clients=(), par_clients=(),
-               require_par=False):
+               require_par=False, key_out=None):
     """Starts the real OpenID provider tests/peers/oidc_provider.js on 127.0.0.1 over
     HTTPS (test CA); one confidential client allowed client_credentials; access tokens
     are RS256 JWTs for the requested (or first of `resources`) resource, living `ttl` s.
@@ -399,6 +399,8 @@ def start_oidc(ttl=300, resources=(), client_id="airlock-test", client_secret=No
         argv += ["--par-client", "%s:%s:%s" % (cid, csec, redirect)]
     if require_par:
         argv += ["--require-par"]
+    if key_out:  # the private signing JWK, to make agents' tokens with jwt_forge.js
+        argv += ["--key-out", key_out]
     p = Proc(argv, name="oidc-provider", cwd=TESTS_DIR)
 
     def ready():

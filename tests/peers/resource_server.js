@@ -8,8 +8,9 @@
 //   NODE_EXTRA_CA_CERTS=test-ca.pem so the JWKS fetch trusts the test CA.
 //
 // - /api/as403/... answers a refused token with 403 (+ the same WWW-Authenticate);
-// - /api/...   any method: 200 {"ok":true,"method","path","jti","scope","aud","body_sha256",
-//              "body_len"} with a valid token; else 401 with
+// - /api/...   any method: 200 {"ok":true,"method","path","jti","sub","scope","aud",
+//              "body_sha256","body_len","x_airlock_user"} with a valid token (sub: whose
+//              token it is; x_airlock_user: that header if it arrived, else null); else 401 with
 //              WWW-Authenticate: Bearer error="invalid_token" and a JSON error;
 // - /mcp       MCP Streamable HTTP (stateless: one server per request). Tool "count" sends
 //              three progress notifications, 50 ms apart, then its result, all as
@@ -136,7 +137,9 @@ async function handle(req, res) {
     method: req.method,
     path: url.pathname,
     jti: p.jti,
+    sub: p.sub,
     scope: p.scope || "",
+    x_airlock_user: req.headers["x-airlock-user"] || null,
     aud: p.aud,
     body_len: body.length,
     body_sha256: crypto.createHash("sha256").update(body).digest("hex"),

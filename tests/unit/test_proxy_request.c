@@ -104,7 +104,7 @@ static int fake_rejected(void *self, const al_cred_query *q, const al_cred_grant
     (void)g;
     (void)status;
     src.rejected_calls++;
-    *next = (al_cred_query){q->t, AL_CRED_REFRESH, NULL, 0};
+    *next = (al_cred_query){.t = q->t, .attempt = AL_CRED_REFRESH};
     return 1;
 }
 

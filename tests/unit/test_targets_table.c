@@ -242,8 +242,14 @@ static void test_all_twenty_pairs(void **state)
                      "    auth:\n"
                      "      method: %s\n"
                      "      provider: p\n"
-                     "%s",
-                     tn[ty], upstream, mn[me], extra);
+                     "%s%s",
+                     tn[ty], upstream, mn[me], extra,
+                     /* 3LO needs a way to know the end user (after the target: the
+                      * diagnostics' line numbers stay) */
+                     me == AL_AUTH_OAUTH2_3LO
+                         ? "inbound:\n  mode: jwt\n  jwt:\n    discovery_url: "
+                           "https://idp.example.com/.well-known/openid-configuration\n"
+                         : "");
             char *diags = NULL;
             al_table *t = load(yaml, &diags);
             if (documented[ty][me]) {

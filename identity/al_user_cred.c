@@ -1,0 +1,1150 @@
+/* al_user_cred: OAuth 2.0 on behalf of a user for serve (see al_user_cred.h).
+ *
+ * Owns: the store handle and vault (user tokens only), the al_consent table, the
+ * al_flight cache of al_user_access values, the jobs in flight (a list, for
+ * al_user_cred_free) and a small ring of rejected token fingerprints (an upstream's 401:
+ * the next load refreshes even though the token has not expired).
+ *
+ * Threads: gets and loads run on the caller's thread (a worker: the load's store read
+ * is one indexed SQLite row); jobs (discovery, token requests, the store writes that
+ * follow them) run on the fetch thread. `lock` covers the job list and the rejected
+ * ring only.
+ *
+ * A job: [the provider's endpoint: configured, or its discovery document] -> then
+ * authorize: al_consent_open + the redirect; code / refresh: POST to the token
+ * endpoint with client authentication -> al_user_token_parse -> store -> answer. */
+#include "al_user_cred.h"
+#include "al_token.h"
+#include "al_identity.h"
+#include "al_user_token.h"
+#include "common/al_err.h"
+#include "common/al_log.h"
+#include "policy/al_audit.h"
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define REJECTED_MAX    64
+#define NONE_RECHECK_MS 1000
+
+/* ---- values ------------------------------------------------------------------- */
+
+typedef struct access_impl {
+    al_user_access pub; /* first */
+    atomic_int refs;
+    char *token, *provider, *user, *scope;
+    char fp[32];
+} access_impl;
+
+void al_user_access_retain(al_user_access *a)
+{
+    if (a)
+        atomic_fetch_add(&((access_impl *)a)->refs, 1);
+}
+
+void al_user_access_release(al_user_access *a)
+{
+    access_impl *ai = (access_impl *)a;
+    if (!ai || atomic_fetch_sub(&ai->refs, 1) != 1)
+        return;
+    if (ai->token) {
+        OPENSSL_cleanse(ai->token, ai->pub.len);
+        free(ai->token);
+    }
+    free(ai->provider);
+    free(ai->user);
+    free(ai->scope);
+    free(ai);
+}
+
+static void v_retain(void *v)
+{
+    al_user_access_retain(v);
+}
+
+static void v_release(void *v)
+{
+    al_user_access_release(v);
+}
+
+/* A value from a stored token (t NULL: "none" with why). */
+static access_impl *access_new(const char *provider, const char *user, const al_user_token *t,
+                               const char *why)
+{
+    access_impl *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    atomic_init(&a->refs, 1);
+    a->provider = strdup(provider);
+    a->user = strdup(user);
+    a->scope = strdup(t && t->scope ? t->scope : "");
+    if (t) {
+        a->token = malloc(t->access_len + 1);
+        if (a->token) {
+            memcpy(a->token, t->access_token, t->access_len);
+            a->token[t->access_len] = 0;
+        }
+        snprintf(a->fp, sizeof a->fp, "%s", t->fingerprint);
+    }
+    if (!a->provider || !a->user || !a->scope || (t && !a->token)) {
+        al_user_access_release(&a->pub);
+        return NULL;
+    }
+    a->pub.access_token = a->token;
+    a->pub.len = t ? t->access_len : 0;
+    a->pub.provider = a->provider;
+    a->pub.user = a->user;
+    a->pub.scope = a->scope;
+    a->pub.fingerprint = a->fp;
+    a->pub.expires_at = t ? t->expires_at : 0;
+    a->pub.none = t == NULL;
+    a->pub.why = why;
+    return a;
+}
+
+/* ---- the engine --------------------------------------------------------------------- */
+
+typedef struct job job;
+
+typedef struct rej_entry {
+    char key[512];
+    char fp[32];
+} rej_entry;
+
+struct al_user_cred {
+    al_store *store;
+    al_vault *vault;
+    al_cred_cache *creds;
+    al_oidc *oidc;
+    struct al_audit *audit;
+    al_consent *consent;
+    al_flight *cache;
+    int64_t (*now_s)(void *arg);
+    void *now_arg;
+    pthread_mutex_t lock; /* jobs, rejected */
+    job *jobs;
+    rej_entry rej[REJECTED_MAX];
+    size_t rej_next;
+};
+
+static int64_t wall_now(void *arg)
+{
+    (void)arg;
+    return (int64_t)time(NULL);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void audit_ev(al_user_cred *uc, const char *event, const char *provider, const char *user,
+                     const char *target, const char *outcome, const char *error,
+                     const char *fingerprint)
+{
+    if (!uc->audit)
+        return;
+    al_audit_field f[] = {
+        {"provider", AL_AUDIT_STR, provider, 0},
+        {"end_user", AL_AUDIT_STR, user, 0},
+        {"target", AL_AUDIT_STR, target, 0},
+        {"outcome", AL_AUDIT_STR, outcome, 0},
+        {"error", AL_AUDIT_STR, error, 0},
+        {"token_fingerprint", AL_AUDIT_STR, fingerprint, 0},
+    };
+    al_audit_submit_event(uc->audit, event, f, sizeof f / sizeof f[0]);
+}
+
+/* The flight key: provider \x1f user (neither holds a control character). */
+static int cache_key(const char *provider, const char *user, char *buf, size_t n)
+{
+    int w = snprintf(buf, n, "%s\x1f%s", provider, user);
+    return w > 0 && (size_t)w < n ? AL_OK : AL_ERR_TOOBIG;
+}
+
+/* ---- the provider, as a job needs it --------------------------------------------- */
+
+typedef struct prov {
+    char *name;
+    char *config_json;
+    json_t *cfg;
+    unsigned char *secret;
+    size_t secret_len;
+    al_fetch_opts fo;
+} prov;
+
+static void prov_clear(prov *p)
+{
+    free(p->name);
+    free(p->config_json);
+    json_decref(p->cfg);
+    if (p->secret) {
+        OPENSSL_cleanse(p->secret, p->secret_len);
+        free(p->secret);
+    }
+    memset(p, 0, sizeof *p);
+}
+
+/* The provider's current version from the credential snapshot. AL_ERR_NOTFOUND: not in
+ * the store; AL_ERR_INVAL: not an OAuth client. */
+static int prov_load(al_user_cred *uc, const char *name, prov *p)
+{
+    memset(p, 0, sizeof *p);
+    if (!uc->creds)
+        return AL_ERR_DB;
+    al_cred_snapshot *snap = al_cred_cache_acquire(uc->creds);
+    al_secret_view sv;
+    int rc = al_cred_lookup(snap, name, &sv);
+    if (rc == AL_OK && (!sv.kind || strcmp(sv.kind, "oauth2") != 0))
+        rc = AL_ERR_INVAL;
+    if (rc == AL_OK) {
+        rc = AL_ERR_NOMEM;
+        p->name = strdup(name);
+        p->config_json = strdup(sv.config_json ? sv.config_json : "{}");
+        p->cfg = p->config_json ? json_loads(p->config_json, 0, NULL) : NULL;
+        p->secret = malloc(sv.len + 1);
+        if (p->name && p->cfg && p->secret) {
+            memcpy(p->secret, sv.value, sv.len);
+            p->secret[sv.len] = 0;
+            p->secret_len = sv.len;
+            p->fo.ca_file = json_string_value(json_object_get(p->cfg, "caFile"));
+            p->fo.allow_insecure = json_is_true(json_object_get(p->cfg, "allowInsecureEndpoints"));
+            p->fo.allow_private_network =
+                json_is_true(json_object_get(p->cfg, "allowPrivateNetwork"));
+            rc = AL_OK;
+        }
+    }
+    al_cred_snapshot_release(snap);
+    if (rc != AL_OK)
+        prov_clear(p);
+    return rc;
+}
+
+/* ---- jobs ------------------------------------------------------------------------ */
+
+enum job_kind { J_AUTHORIZE, J_CODE, J_REFRESH };
+
+struct job {
+    job *next, *prev;
+    al_user_cred *uc;
+    enum job_kind kind;
+    prov p;
+    char *provider, *user, *scope, *target; /* the binding */
+    char *form;                             /* the grant (code, refresh): wiped */
+    size_t form_cap;
+    char *redirect_uri;
+    char link_id[AL_CONSENT_ID_LEN + 1];
+    al_kv *extra; /* J_AUTHORIZE: the target's custom parameters (copies) */
+    size_t extra_n;
+    char *old_refresh; /* J_REFRESH: kept when the answer has no new one */
+    char key[512];     /* J_REFRESH: the flight key */
+    al_user_page_fn done;
+    void *arg;
+    char host[256];
+    int64_t started_ms;
+};
+
+static void wipe_free(char *s, size_t n)
+{
+    if (s) {
+        OPENSSL_cleanse(s, n);
+        free(s);
+    }
+}
+
+static void job_free(job *j)
+{
+    if (!j)
+        return;
+    al_user_cred *uc = j->uc;
+    pthread_mutex_lock(&uc->lock);
+    if (j->prev)
+        j->prev->next = j->next;
+    else if (uc->jobs == j)
+        uc->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    pthread_mutex_unlock(&uc->lock);
+    prov_clear(&j->p);
+    free(j->provider);
+    free(j->user);
+    free(j->scope);
+    free(j->target);
+    wipe_free(j->form, j->form_cap);
+    free(j->redirect_uri);
+    for (size_t i = 0; i < j->extra_n; i++) {
+        free(j->extra[i].key);
+        free(j->extra[i].value);
+    }
+    free(j->extra);
+    if (j->old_refresh)
+        wipe_free(j->old_refresh, strlen(j->old_refresh));
+    OPENSSL_cleanse(j->link_id, sizeof j->link_id);
+    free(j);
+}
+
+static job *job_new(al_user_cred *uc, enum job_kind kind)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->uc = uc;
+    j->kind = kind;
+    j->started_ms = mono_ms();
+    pthread_mutex_lock(&uc->lock);
+    j->next = uc->jobs;
+    if (uc->jobs)
+        uc->jobs->prev = j;
+    uc->jobs = j;
+    pthread_mutex_unlock(&uc->lock);
+    return j;
+}
+
+/* The binding's strings move from f to the job, with who gets the answer. */
+static void job_take_binding(job *j, al_consent_flow *f, al_user_page_fn done, void *arg)
+{
+    j->provider = f->provider;
+    j->user = f->user;
+    j->scope = f->scope;
+    j->target = f->target;
+    f->provider = f->user = f->scope = f->target = NULL;
+    j->done = done;
+    j->arg = arg;
+}
+
+static void page_set(al_user_page *pg, int status, const char *reason, const char *title,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void page_set(al_user_page *pg, int status, const char *reason, const char *title,
+                     const char *fmt, ...)
+{
+    va_list ap;
+    pg->status = status;
+    pg->reason = reason;
+    snprintf(pg->title, sizeof pg->title, "%s", title);
+    va_start(ap, fmt);
+    vsnprintf(pg->message, sizeof pg->message, fmt, ap);
+    va_end(ap);
+}
+
+void al_user_page_clear(al_user_page *p)
+{
+    if (p)
+        free(p->location);
+    if (p)
+        memset(p, 0, sizeof *p);
+}
+
+static void job_continue(job *j, const char *endpoint);
+
+/* Ends a job that failed before or at its request. */
+static void job_fail(job *j, int err, const char *msg);
+
+static void set_host(job *j, const char *url)
+{
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    size_t n = strcspn(p, "/?#");
+    snprintf(j->host, sizeof j->host, "%.*s", (int)(n < 200 ? n : 200), p);
+}
+
+static const char *endpoint_field(const job *j, int meta)
+{
+    if (j->kind == J_AUTHORIZE)
+        return meta ? "authorization_endpoint" : "authorizationEndpoint";
+    return meta ? "token_endpoint" : "tokenEndpoint";
+}
+
+static void with_metadata(job *j, json_t *meta)
+{
+    const char *url = json_string_value(json_object_get(meta, endpoint_field(j, 1)));
+    if (!url) {
+        char m[200];
+        snprintf(m, sizeof m, "the provider's discovery document has no %s", endpoint_field(j, 1));
+        job_fail(j, AL_ERR_PROTO, m);
+        return;
+    }
+    job_continue(j, url);
+}
+
+static void on_meta(void *arg, int err, void *value, uint64_t gen, const char *msg)
+{
+    job *j = arg;
+    (void)gen;
+    if (err != AL_OK) {
+        char m[400];
+        snprintf(m, sizeof m, "discovery failed: %s", msg);
+        job_fail(j, err, m);
+        return;
+    }
+    with_metadata(j, value);
+}
+
+/* Finds the endpoint the job needs and goes on (now, or on the fetch thread). Returns
+ * AL_OK when the job has ended (answered) here, AL_ERR_PENDING when it goes on later. */
+static int job_start(job *j)
+{
+    const char *url = json_string_value(json_object_get(j->p.cfg, endpoint_field(j, 0)));
+    const char *disc = json_string_value(json_object_get(j->p.cfg, "discoveryUrl"));
+    if (url) {
+        job_continue(j, url);
+        return AL_OK;
+    }
+    if (!disc) {
+        job_fail(j, AL_ERR_CONFIG,
+                 j->kind == J_AUTHORIZE ? "the provider has neither an authorization endpoint nor "
+                                          "a discovery URL"
+                                        : "the provider has neither a token endpoint nor a "
+                                          "discovery URL");
+        return AL_OK;
+    }
+    set_host(j, disc);
+    al_flight_result r;
+    al_oidc *oidc = j->uc->oidc; /* j may be gone after with_metadata */
+    int rc = al_oidc_get(oidc, AL_OIDC_METADATA, disc, &j->p.fo, 0, on_meta, j, &r);
+    if (rc == AL_OK) {
+        with_metadata(j, r.value);
+        al_oidc_release(oidc, r.value);
+        return AL_OK;
+    }
+    if (rc == AL_ERR_AGAIN)
+        return AL_ERR_PENDING;
+    char m[400];
+    snprintf(m, sizeof m, "discovery failed: %s", r.msg);
+    job_fail(j, rc, m);
+    return AL_OK;
+}
+
+/* ---- authorize ---------------------------------------------------------------- */
+
+static void answer(job *j, al_user_page *pg)
+{
+    j->done(j->arg, pg);
+    job_free(j);
+}
+
+/* The hook point for PAR (RFC 9126): turns the authorization request's parameters into
+ * where the browser goes. Today: the provider's authorization endpoint with the
+ * parameters in its query. */
+static int authorize_redirect(job *j, const char *endpoint, const char *params, char **location)
+{
+    (void)j;
+    *location = al_consent_url(endpoint, params);
+    return *location ? AL_OK : AL_ERR_NOMEM;
+}
+
+static void authorize_with(job *j, const char *endpoint)
+{
+    al_user_page pg;
+    memset(&pg, 0, sizeof pg);
+    const char *client_id = json_string_value(json_object_get(j->p.cfg, "clientId"));
+    char *params = NULL;
+    const char *vendor = json_string_value(json_object_get(j->p.cfg, "vendor"));
+    al_consent_authz a = {
+        .client_id = client_id,
+        .redirect_uri = j->redirect_uri,
+        .extra = j->extra,
+        .extra_count = j->extra_n,
+        .quirks = al_identity_vendor_quirks(vendor), /* what the vendor needs for a refresh token */
+    };
+    int rc = client_id ? al_consent_open(j->uc->consent, j->link_id, &a, &params) : AL_ERR_CONFIG;
+    if (rc == AL_OK)
+        rc = authorize_redirect(j, endpoint, params, &pg.location);
+    wipe_free(params, params ? strlen(params) : 0);
+    if (rc == AL_OK) {
+        pg.status = 302;
+        snprintf(pg.title, sizeof pg.title, "Continue at the provider");
+        snprintf(pg.message, sizeof pg.message, "Continue at %s to consent.", j->host);
+    } else if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_TIMEOUT) {
+        page_set(&pg, rc == AL_ERR_TIMEOUT ? 410 : 404,
+                 rc == AL_ERR_TIMEOUT ? "consent_link_expired" : "consent_link_unknown",
+                 "This link cannot be used",
+                 "This authorization link %s. Links work once, for %d seconds: ask the agent "
+                 "to make its request again for a new one.",
+                 rc == AL_ERR_TIMEOUT ? "has expired" : "is unknown or was used already",
+                 AL_CONSENT_TTL_S);
+    } else {
+        page_set(&pg, 500, "consent_failed", "Consent could not start",
+                 "airlock could not start the authorization request (%s); see airlock's log.",
+                 rc == AL_ERR_CONFIG ? "the provider has no clientId" : al_strerror(rc));
+    }
+    if (pg.status == 302)
+        audit_ev(j->uc, "consent.redirected", j->provider, j->user, j->target, "ok", NULL, NULL);
+    else
+        audit_ev(j->uc, "consent.refused", j->provider, j->user, j->target, pg.reason, pg.message,
+                 NULL);
+    answer(j, &pg);
+}
+
+/* ---- the token endpoint ------------------------------------------------------------- */
+
+static void refresh_done(job *j, int err, al_user_token *t, const char *msg);
+static void finish_code(job *j, int err, al_user_token *t, const char *msg);
+
+static void on_token(void *arg, const al_fetch_response *res)
+{
+    job *j = arg;
+    char msg[512] = "";
+    al_user_token t;
+    memset(&t, 0, sizeof t);
+    int err = res->err;
+    if (err == AL_ERR_TIMEOUT) {
+        snprintf(msg, sizeof msg, "token endpoint %s", res->errmsg);
+    } else if (err != AL_OK) {
+        snprintf(msg, sizeof msg, "token endpoint unreachable: %s", res->errmsg);
+    } else {
+        char *scopes[1] = {j->scope};
+        al_token_spec spec = {.provider = j->provider,
+                              .secret = j->p.secret,
+                              .secret_len = j->p.secret_len,
+                              .scopes = scopes,
+                              .scope_count = j->scope && *j->scope ? 1 : 0};
+        err = al_user_token_parse(res->status, res->body, res->body_len, res->host, &spec,
+                                  j->uc->now_s(j->uc->now_arg), &t, msg, sizeof msg);
+    }
+    if (j->kind == J_CODE) {
+        finish_code(j, err, &t, msg);
+    } else {
+        refresh_done(j, err, &t, msg);
+        job_free(j);
+    }
+    al_user_token_clear(&t);
+}
+
+/* POST the grant with the client's authentication (tokenEndpointAuthMethod). */
+static void request_token(job *j, const char *endpoint)
+{
+    al_token_post tp;
+    char eb[300];
+    set_host(j, endpoint);
+    int rc =
+        al_token_post_init(&tp, j->p.config_json, j->p.secret, j->p.secret_len, endpoint, j->form);
+    if (rc == AL_OK)
+        rc = al_fetch_start(al_oidc_fetcher(j->uc->oidc), &tp.rq, &tp.fo, on_token, j, NULL, eb,
+                            sizeof eb);
+    else
+        snprintf(eb, sizeof eb, "%s",
+                 rc == AL_ERR_CONFIG ? "the provider has no clientId" : al_strerror(rc));
+    al_token_post_clear(&tp); /* al_fetch copied what it sends */
+    if (rc != AL_OK) {
+        char m[400];
+        snprintf(m, sizeof m, "token endpoint refused: %s", eb);
+        job_fail(j, rc, m);
+    }
+}
+
+static void job_continue(job *j, const char *endpoint)
+{
+    set_host(j, endpoint);
+    if (j->kind == J_AUTHORIZE)
+        authorize_with(j, endpoint);
+    else
+        request_token(j, endpoint);
+}
+
+static void job_fail(job *j, int err, const char *msg)
+{
+    if (j->kind == J_CODE) {
+        finish_code(j, err, NULL, msg);
+        return;
+    }
+    if (j->kind == J_REFRESH) {
+        refresh_done(j, err == AL_ERR_PERM ? AL_ERR_PROTO : err, NULL, msg);
+        job_free(j);
+        return;
+    }
+    al_user_page pg;
+    memset(&pg, 0, sizeof pg);
+    page_set(&pg, err == AL_ERR_TIMEOUT ? 504 : 502, "provider_unavailable",
+             "The provider could not be reached",
+             "airlock could not find where to send you: %s. Try the link again later.", msg);
+    audit_ev(j->uc, "consent.refused", j->provider, j->user, j->target, pg.reason, msg, NULL);
+    answer(j, &pg);
+}
+
+/* ---- the callback: code -> tokens -> the vault ----------------------------------------- */
+
+/* The hook point of the binding modes: `link` stores the tokens of the user the link was
+ * made for at once (whoever opened it consented for them). */
+static int store_consented(job *j, const al_user_token *t)
+{
+    al_user_cred *uc = j->uc;
+    int rc = al_user_token_save(uc->store, uc->vault, j->provider, j->user, t);
+    char key[512];
+    if (rc == AL_OK && cache_key(j->provider, j->user, key, sizeof key) == AL_OK)
+        al_flight_forget(uc->cache, key); /* the next request reads the new tokens */
+    return rc;
+}
+
+static void finish_code(job *j, int err, al_user_token *t, const char *msg)
+{
+    al_user_page pg;
+    memset(&pg, 0, sizeof pg);
+    if (err == AL_OK && t && (err = store_consented(j, t)) != AL_OK)
+        msg = "the tokens could not be stored";
+    if (err == AL_OK && t) {
+        page_set(&pg, 200, NULL, "Access granted",
+                 "airlock now holds your access to %s for target '%s'. You can close this "
+                 "page; the agent's next request uses it.",
+                 j->host, j->target);
+        audit_ev(j->uc, "consent.completed", j->provider, j->user, j->target, "ok", NULL,
+                 t->fingerprint);
+    } else {
+        page_set(&pg, err == AL_ERR_TIMEOUT ? 504 : 502, "token_endpoint_error",
+                 "Access could not be granted",
+                 "The provider did not exchange the authorization code: %s. Nothing was stored; "
+                 "ask the agent to make its request again for a new link.",
+                 msg && *msg ? msg : al_strerror(err));
+        audit_ev(j->uc, "consent.refused", j->provider, j->user, j->target, "token_endpoint_error",
+                 pg.message, NULL);
+    }
+    answer(j, &pg);
+}
+
+/* ---- refresh -------------------------------------------------------------------------- */
+
+static int is_rejected(al_user_cred *uc, const char *key, const char *fp, int clear)
+{
+    int hit = 0;
+    pthread_mutex_lock(&uc->lock);
+    for (size_t i = 0; i < REJECTED_MAX; i++) {
+        rej_entry *r = &uc->rej[i];
+        if (r->key[0] && !strcmp(r->key, key) && (!fp || !strcmp(r->fp, fp))) {
+            hit = 1;
+            if (clear)
+                memset(r, 0, sizeof *r);
+        }
+    }
+    pthread_mutex_unlock(&uc->lock);
+    return hit;
+}
+
+static void complete_value(al_user_cred *uc, const char *key, access_impl *v, int64_t now)
+{
+    int64_t exp = v->pub.expires_at;
+    if (v->pub.none) {
+        al_flight_complete(uc->cache, key, AL_OK, v, 0, NONE_RECHECK_MS, NULL);
+        return;
+    }
+    if (!exp) { /* no expiry given: read again (and refresh) after an hour */
+        al_flight_complete(uc->cache, key, AL_OK, v, 3600 * 1000, 3600 * 1000, NULL);
+        return;
+    }
+    int64_t left = exp - now;
+    int64_t skew = left / 10 < 30 ? left / 10 : 30;
+    int64_t usable = (left - skew) * 1000, refresh = left * 8 / 10 * 1000;
+    if (usable < 1)
+        usable = 1;
+    if (refresh > usable)
+        refresh = usable;
+    al_flight_complete(uc->cache, key, AL_OK, v, refresh, usable, NULL);
+}
+
+/* The refresh answered (fetch thread); t is the parsed answer when err is AL_OK. */
+static void refresh_done(job *j, int err, al_user_token *t, const char *msg)
+{
+    al_user_cred *uc = j->uc;
+    int64_t now = uc->now_s(uc->now_arg);
+    access_impl *v = NULL;
+    if (err == AL_OK) {
+        /* a rotated refresh token is stored durably before the new access token is used;
+         * an answer without one keeps the one we have */
+        if (!t->refresh_token && j->old_refresh) {
+            t->refresh_token = j->old_refresh;
+            j->old_refresh = NULL;
+        }
+        err = al_user_token_save(uc->store, uc->vault, j->provider, j->user, t);
+        if (err != AL_OK)
+            msg = "the refreshed tokens could not be stored";
+        else if (!(v = access_new(j->provider, j->user, t, NULL)))
+            err = AL_ERR_NOMEM;
+    }
+    if (err == AL_OK) {
+        is_rejected(uc, j->key, NULL, 1);
+        audit_ev(uc, "user_token.refresh", j->provider, j->user, NULL, "ok", NULL, v->fp);
+        complete_value(uc, j->key, v, now);
+    } else if (err == AL_ERR_PERM) {
+        /* invalid_grant: the grant is gone (revoked, expired, a refresh token reused) */
+        if (uc->store->ops->user_del)
+            uc->store->ops->user_del(uc->store, j->provider, j->user);
+        is_rejected(uc, j->key, NULL, 1);
+        audit_ev(uc, "user_token.refresh", j->provider, j->user, NULL, "invalid_grant", msg, NULL);
+        v = access_new(j->provider, j->user, NULL,
+                       "the provider no longer accepts the user's grant (invalid_grant), so "
+                       "their tokens were deleted");
+        if (v)
+            complete_value(uc, j->key, v, now);
+        else
+            al_flight_complete(uc->cache, j->key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
+    } else {
+        audit_ev(uc, "user_token.refresh", j->provider, j->user, NULL, "error", msg, NULL);
+        al_flight_complete(uc->cache, j->key, err, NULL, 0, 0, msg);
+    }
+}
+
+/* The flight's loader (the caller's thread): the store, then maybe a refresh. */
+typedef struct ukey {
+    char *provider, *user;
+} ukey;
+
+static void *ukey_dup(const void *p)
+{
+    const ukey *k = p;
+    ukey *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->provider = strdup(k->provider);
+    c->user = strdup(k->user);
+    if (!c->provider || !c->user) {
+        free(c->provider);
+        free(c->user);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void ukey_free(void *p)
+{
+    ukey *k = p;
+    if (k) {
+        free(k->provider);
+        free(k->user);
+        free(k);
+    }
+}
+
+static void load_user(void *arg, al_flight *f, const char *key, void *key_data)
+{
+    al_user_cred *uc = arg;
+    const ukey *k = key_data;
+    al_user_token t;
+    access_impl *v = NULL;
+    int64_t now = uc->now_s(uc->now_arg);
+    int rc = al_user_token_load(uc->store, uc->vault, k->provider, k->user, &t);
+    if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_KEY) {
+        if (rc == AL_ERR_KEY)
+            al_log(AL_LOG_WARN, "user_token.unreadable",
+                   "provider=%s: a user's stored tokens do not open (another master key, or "
+                   "tampered); the user is asked to consent again",
+                   k->provider);
+        v = access_new(k->provider, k->user, NULL, "no token for this user yet");
+        if (v)
+            complete_value(uc, key, v, now);
+        else
+            al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
+        return;
+    }
+    if (rc != AL_OK) {
+        al_flight_complete(f, key, rc, NULL, 0, 0, "the user token store could not be read");
+        return;
+    }
+    int rejected = is_rejected(uc, key, t.fingerprint, 0);
+    int64_t life = t.expires_at ? t.expires_at - t.obtained_at : 0;
+    int64_t due = t.expires_at ? t.obtained_at + life * 8 / 10 : 0;
+    int64_t skew = life / 10 < 30 ? life / 10 : 30;
+    int valid = !t.expires_at || now < t.expires_at - skew;
+    if (!rejected && valid && (!t.expires_at || now < due || !t.refresh_token)) {
+        v = access_new(k->provider, k->user, &t, NULL);
+        al_user_token_clear(&t);
+        if (v)
+            complete_value(uc, key, v, now);
+        else
+            al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
+        return;
+    }
+    if (!t.refresh_token) {
+        al_user_token_clear(&t);
+        v = access_new(k->provider, k->user, NULL,
+                       rejected ? "the upstream refused the user's token and there is no refresh "
+                                  "token"
+                                : "the user's token expired and the provider gave no refresh "
+                                  "token");
+        if (v)
+            complete_value(uc, key, v, now);
+        else
+            al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
+        return;
+    }
+    /* refresh on the fetch thread */
+    job *j = job_new(uc, J_REFRESH);
+    int err = j ? prov_load(uc, k->provider, &j->p) : AL_ERR_NOMEM;
+    if (j && err == AL_OK) {
+        err = AL_ERR_NOMEM;
+        j->provider = strdup(k->provider);
+        j->user = strdup(k->user);
+        j->scope = strdup(t.scope ? t.scope : "");
+        j->old_refresh = strdup(t.refresh_token);
+        j->form = al_consent_refresh_form(t.refresh_token, NULL);
+        snprintf(j->key, sizeof j->key, "%s", key);
+        if (j->provider && j->user && j->scope && j->old_refresh && j->form) {
+            j->form_cap = strlen(j->form);
+            err = AL_OK;
+        }
+    }
+    al_user_token_clear(&t);
+    if (err != AL_OK) {
+        job_free(j);
+        al_flight_complete(f, key, err, NULL, 0, 0,
+                           err == AL_ERR_NOTFOUND ? "the provider is not in the store"
+                           : err == AL_ERR_INVAL  ? "the provider is not an OAuth client"
+                           : err == AL_ERR_DB     ? "the credential store is not open"
+                                                  : "out of memory");
+        return;
+    }
+    job_start(j);
+}
+
+/* ---- public ---------------------------------------------------------------------------- */
+
+int al_user_cred_new(al_store *store, al_vault *vault, al_cred_cache *creds, al_oidc *oidc,
+                     al_user_cred **out)
+{
+    al_user_cred *uc = calloc(1, sizeof *uc);
+    if (!uc)
+        return AL_ERR_NOMEM;
+    uc->store = store;
+    uc->vault = vault;
+    uc->creds = creds;
+    uc->oidc = oidc;
+    uc->now_s = wall_now;
+    pthread_mutex_init(&uc->lock, NULL);
+    al_flight_config fc = {
+        .value_ops = {v_retain, v_release},
+        .key_data_dup = ukey_dup,
+        .key_data_free = ukey_free,
+        .load = load_user,
+        .load_arg = uc,
+        .name = "user_token",
+    };
+    int rc = al_consent_new(0, &uc->consent);
+    if (rc == AL_OK)
+        rc = al_flight_new(&fc, &uc->cache);
+    if (rc != AL_OK) {
+        al_consent_free(uc->consent);
+        pthread_mutex_destroy(&uc->lock);
+        free(uc);
+        return rc;
+    }
+    *out = uc;
+    return AL_OK;
+}
+
+void al_user_cred_free(al_user_cred *uc)
+{
+    if (!uc)
+        return;
+    while (uc->jobs)
+        job_free(uc->jobs);
+    al_flight_free(uc->cache);
+    al_consent_free(uc->consent);
+    al_store_close(uc->store);
+    al_vault_free(uc->vault);
+    pthread_mutex_destroy(&uc->lock);
+    free(uc);
+}
+
+void al_user_cred_set_audit(al_user_cred *uc, struct al_audit *audit)
+{
+    uc->audit = audit;
+}
+
+void al_user_cred_set_clock(al_user_cred *uc, int64_t (*now_s)(void *arg), void *arg)
+{
+    uc->now_s = now_s ? now_s : wall_now;
+    uc->now_arg = arg;
+    al_consent_set_clock(uc->consent, now_s, arg);
+}
+
+al_consent *al_user_cred_consent(al_user_cred *uc)
+{
+    return uc->consent;
+}
+
+int al_user_cred_get(al_user_cred *uc, const char *provider, const char *user, al_flight_cb cb,
+                     void *arg, al_flight_result *res)
+{
+    char key[512];
+    ukey k = {(char *)provider, (char *)user};
+    if (cache_key(provider, user, key, sizeof key) != AL_OK) {
+        memset(res, 0, sizeof *res);
+        snprintf(res->msg, sizeof res->msg, "the provider and user names are too long");
+        return AL_ERR_TOOBIG;
+    }
+    int rc = al_flight_get(uc->cache, key, &k, 0, cb, arg, res);
+    if (rc == AL_OK && ((al_user_access *)res->value)->none) {
+        /* "none" is never trusted from the cache (it is there for the waiters of a load
+         * that ended so): the store may have the user's tokens now, stored by the
+         * callback of another worker or replica. One indexed read. */
+        al_user_access_release(res->value);
+        al_flight_forget(uc->cache, key);
+        rc = al_flight_get(uc->cache, key, &k, 0, cb, arg, res);
+    }
+    return rc;
+}
+
+int al_user_cred_cancel(al_user_cred *uc, uint64_t wait_id)
+{
+    return al_flight_cancel(uc->cache, wait_id);
+}
+
+void al_user_cred_rejected(al_user_cred *uc, const al_user_access *a, uint64_t gen)
+{
+    char key[512];
+    if (!a || a->none || cache_key(a->provider, a->user, key, sizeof key) != AL_OK)
+        return;
+    pthread_mutex_lock(&uc->lock);
+    rej_entry *r = &uc->rej[uc->rej_next++ % REJECTED_MAX];
+    snprintf(r->key, sizeof r->key, "%s", key);
+    snprintf(r->fp, sizeof r->fp, "%s", a->fingerprint);
+    pthread_mutex_unlock(&uc->lock);
+    al_flight_invalidate(uc->cache, key, gen);
+}
+
+int al_user_cred_consent_start(al_user_cred *uc, const al_consent_binding *b,
+                               char id[AL_CONSENT_ID_LEN + 1], uint32_t *ttl_left)
+{
+    int reused = 0;
+    int rc = al_consent_start_shared(uc->consent, b, id, ttl_left, &reused);
+    audit_ev(uc, reused ? "consent.link_reused" : "consent.started", b->provider, b->user,
+             b->target,
+             rc == AL_OK          ? "ok"
+             : rc == AL_ERR_AGAIN ? "too_many_pending"
+                                  : "error",
+             NULL, NULL);
+    return rc;
+}
+
+int al_user_cred_authorize(al_user_cred *uc, const al_table *t, const char *link_id,
+                           const char *redirect_uri, al_user_page *page, al_user_page_fn done,
+                           void *arg)
+{
+    memset(page, 0, sizeof *page);
+    al_consent_flow b;
+    int rc = al_consent_link_binding(uc->consent, link_id, &b);
+    if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_TIMEOUT) {
+        page_set(page, rc == AL_ERR_TIMEOUT ? 410 : 404,
+                 rc == AL_ERR_TIMEOUT ? "consent_link_expired" : "consent_link_unknown",
+                 "This link cannot be used",
+                 "This authorization link %s. Links work once, for %d seconds: ask the agent "
+                 "to make its request again for a new one.",
+                 rc == AL_ERR_TIMEOUT ? "has expired" : "is unknown or was used already",
+                 AL_CONSENT_TTL_S);
+        audit_ev(uc, "consent.refused", NULL, NULL, NULL, page->reason, NULL, NULL);
+        return AL_OK;
+    }
+    job *j = rc == AL_OK ? job_new(uc, J_AUTHORIZE) : NULL;
+    if (j) {
+        job_take_binding(j, &b, done, arg);
+        snprintf(j->link_id, sizeof j->link_id, "%s", link_id);
+        rc = (j->redirect_uri = strdup(redirect_uri)) ? prov_load(uc, j->provider, &j->p)
+                                                      : AL_ERR_NOMEM;
+        const al_target *tg = NULL;
+        for (size_t i = 0; rc == AL_OK && i < t->target_count; i++)
+            if (!strcmp(t->targets[i].name, j->target))
+                tg = &t->targets[i];
+        if (rc == AL_OK && tg && tg->auth.custom_parameter_count) {
+            j->extra = calloc(tg->auth.custom_parameter_count, sizeof *j->extra);
+            rc = j->extra ? AL_OK : AL_ERR_NOMEM;
+            for (size_t i = 0; rc == AL_OK && i < tg->auth.custom_parameter_count; i++) {
+                j->extra[i].key = strdup(tg->auth.custom_parameters[i].key);
+                j->extra[i].value = strdup(tg->auth.custom_parameters[i].value);
+                j->extra_n = i + 1;
+                if (!j->extra[i].key || !j->extra[i].value)
+                    rc = AL_ERR_NOMEM;
+            }
+        }
+    } else if (rc == AL_OK) {
+        rc = AL_ERR_NOMEM;
+    }
+    al_consent_flow_clear(&b);
+    if (rc != AL_OK) {
+        page_set(page, rc == AL_ERR_NOMEM ? 503 : 502, "provider_unavailable",
+                 "Consent could not start",
+                 "the link's provider cannot be used right now (%s); ask the operator to check "
+                 "it, then ask the agent for a new link.",
+                 rc == AL_ERR_NOTFOUND ? "it is not in the identity store"
+                 : rc == AL_ERR_INVAL  ? "it is not an OAuth client"
+                                       : al_strerror(rc));
+        audit_ev(uc, "consent.refused", j ? j->provider : NULL, j ? j->user : NULL,
+                 j ? j->target : NULL, page->reason, page->message, NULL);
+        job_free(j);
+        return AL_OK;
+    }
+    /* answered here (done() was called) or later on the fetch thread: the caller sees
+     * the answer through done either way */
+    rc = job_start(j);
+    (void)rc;
+    return AL_ERR_PENDING;
+}
+
+int al_user_cred_callback(al_user_cred *uc, const char *query, size_t query_len,
+                          const char *redirect_uri, al_user_page *page, al_user_page_fn done,
+                          void *arg)
+{
+    memset(page, 0, sizeof *page);
+    char state[AL_CONSENT_ID_LEN + 8], err[128], desc[512];
+    char *code = NULL;
+    size_t code_cap = query_len + 1;
+    al_consent_flow f;
+    memset(&f, 0, sizeof f);
+    int rc = al_user_query_param(query, query_len, "state", state, sizeof state);
+    if (rc == AL_OK)
+        rc = al_consent_finish(uc->consent, state, &f);
+    OPENSSL_cleanse(state, sizeof state);
+    if (rc != AL_OK) {
+        page_set(page, 400,
+                 rc == AL_ERR_TIMEOUT ? "consent_state_expired" : "consent_state_invalid",
+                 "This sign-in cannot be completed",
+                 "The authorization response %s. Nothing was stored; ask the agent to make its "
+                 "request again for a new link.",
+                 rc == AL_ERR_TIMEOUT ? "came back too late"
+                                      : "is unknown, was used already, or was not started here");
+        audit_ev(uc, "consent.refused", NULL, NULL, NULL, page->reason, NULL, NULL);
+        return AL_OK;
+    }
+    /* the provider's own error (RFC 6749 4.1.2.1): shown and audited, nothing stored */
+    if (al_user_query_param(query, query_len, "error", err, sizeof err) != AL_ERR_NOTFOUND) {
+        char es[80], ds[240];
+        if (al_user_query_param(query, query_len, "error_description", desc, sizeof desc) != AL_OK)
+            desc[0] = 0;
+        al_token_sanitize(err, NULL, 0, es, sizeof es, 64);
+        al_token_sanitize(desc, NULL, 0, ds, sizeof ds, 200);
+        page_set(page, 400, "provider_error", "Access was not granted",
+                 "The provider answered %s%s%s%s. Nothing was stored; ask the agent to make its "
+                 "request again for a new link.",
+                 es[0] ? es : "an error", ds[0] ? " (" : "", ds, ds[0] ? ")" : "");
+        audit_ev(uc, "consent.refused", f.provider, f.user, f.target, "provider_error",
+                 page->message, NULL);
+        al_consent_flow_clear(&f);
+        return AL_OK;
+    }
+    job *j = NULL;
+    if (!(code = malloc(code_cap)) ||
+        al_user_query_param(query, query_len, "code", code, code_cap) != AL_OK || !*code) {
+        page_set(page, 400, "consent_code_missing", "Access was not granted",
+                 "The provider's answer has no authorization code. Nothing was stored; ask the "
+                 "agent to make its request again for a new link.");
+        audit_ev(uc, "consent.refused", f.provider, f.user, f.target, page->reason, NULL, NULL);
+        goto out;
+    }
+    rc = (j = job_new(uc, J_CODE)) ? prov_load(uc, f.provider, &j->p) : AL_ERR_NOMEM;
+    if (rc == AL_OK) {
+        job_take_binding(j, &f, done, arg);
+        j->form = al_consent_code_form(code, redirect_uri, f.verifier);
+        rc = j->form ? AL_OK : AL_ERR_NOMEM;
+        if (j->form)
+            j->form_cap = strlen(j->form);
+    }
+    if (rc != AL_OK) {
+        page_set(page, 502, "provider_unavailable", "Access could not be granted",
+                 "the provider cannot be used right now (%s). Nothing was stored.",
+                 al_strerror(rc));
+        audit_ev(uc, "consent.refused", j && j->provider ? j->provider : f.provider,
+                 j && j->user ? j->user : f.user, j && j->target ? j->target : f.target,
+                 page->reason, page->message, NULL);
+        job_free(j);
+        goto out;
+    }
+    job_start(j);
+    rc = AL_ERR_PENDING;
+out:
+    wipe_free(code, code_cap);
+    al_consent_flow_clear(&f);
+    return rc == AL_ERR_PENDING ? AL_ERR_PENDING : AL_OK;
+}
+
+/* ---- pure ----------------------------------------------------------------------------- */
+
+static int has_word(const char *list, const char *w)
+{
+    size_t n = strlen(w);
+    for (const char *p = list; p && *p;) {
+        while (*p == ' ')
+            p++;
+        size_t l = strcspn(p, " ");
+        if (l == n && !strncmp(p, w, n))
+            return 1;
+        p += l;
+    }
+    return 0;
+}
+
+int al_user_scope_covers(const char *granted, char *const *want, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(want[i], "openid") || !strcmp(want[i], "offline_access"))
+            continue;
+        if (!has_word(granted, want[i]))
+            return 0;
+    }
+    return 1;
+}
+
+static int hexv(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+static int query_param(const char *q, size_t qlen, const char *name, char *out, size_t outlen);
+
+int al_user_query_param(const char *q, size_t qlen, const char *name, char *out, size_t outlen)
+{
+    int rc = query_param(q, qlen, name, out, outlen);
+    if (rc != AL_OK && outlen)
+        OPENSSL_cleanse(out, outlen); /* no half value (it may be part of a code) */
+    if (rc != AL_OK && outlen)
+        out[0] = 0;
+    return rc;
+}
+
+static int query_param(const char *q, size_t qlen, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    int found = 0;
+    if (!outlen)
+        return AL_ERR_INVAL;
+    out[0] = 0;
+    for (size_t i = 0; i < qlen;) {
+        size_t e = i;
+        while (e < qlen && q[e] != '&')
+            e++;
+        if (e - i > nl && !memcmp(q + i, name, nl) && q[i + nl] == '=') {
+            if (found++)
+                return AL_ERR_INVAL; /* twice: which one would the provider mean? */
+            size_t o = 0;
+            for (size_t k = i + nl + 1; k < e; k++) {
+                int c = (unsigned char)q[k];
+                if (c == '+')
+                    c = ' ';
+                else if (c == '%') {
+                    int h = k + 2 < e ? hexv(q[k + 1]) : -1, l = k + 2 < e ? hexv(q[k + 2]) : -1;
+                    if (h < 0 || l < 0)
+                        return AL_ERR_INVAL;
+                    c = h * 16 + l;
+                    k += 2;
+                }
+                if (c == 0 || o + 1 >= outlen)
+                    return AL_ERR_INVAL;
+                out[o++] = (char)c;
+            }
+            out[o] = 0;
+        } else if (e - i == nl && !memcmp(q + i, name, nl)) {
+            if (found++)
+                return AL_ERR_INVAL;
+        }
+        i = e + 1;
+    }
+    return found ? AL_OK : AL_ERR_NOTFOUND;
+}

@@ -1,0 +1,138 @@
+/* al_user_cred: OAuth 2.0 on behalf of a user (3LO) for `serve` — the per-process
+ * engine behind the oauth2_3lo credential source and airlock's consent endpoints
+ * (issue 14). One per process, thread-safe; workers use it through
+ * proxy/al_oauth2_3lo.c.
+ *
+ * What it owns: the user-token vault (al_user_token over its own store handle and the
+ * master key), the pending consents (al_consent), a single-flight cache of the users'
+ * access tokens (al_flight, keyed by provider + user) and the control-plane requests it
+ * makes (discovery, the code exchange, refreshes) on the fetch thread (al_oidc's
+ * al_fetch), so no worker loop ever waits on the network.
+ *
+ * A request's token (al_user_cred_get): the cache answers at once when it has the
+ * user's token; otherwise its load reads the store on the calling thread (one indexed
+ * SQLite read) and
+ *   - no row (or one that does not open): a "none" value (al_user_access.none) —
+ *     consent is needed; it is re-read on the next request, so a consent completed in
+ *     another worker or replica is seen at once;
+ *   - a token not yet due for refresh: used until 80 % of its life;
+ *   - due (or rejected by the upstream: al_user_cred_rejected): refreshed with the
+ *     refresh token on the fetch thread; the answer is stored (a rotated refresh token
+ *     durably, before the new access token is handed out), then the waiters get it;
+ *     `invalid_grant` deletes the user's tokens and answers "none"; other failures are
+ *     errors with the provider's error and error_description (back-off as al_flight).
+ *
+ * The browser side (al_user_cred_authorize / al_user_cred_callback) answers an
+ * al_user_page: a redirect to the provider, or a short page saying what happened.
+ * Both may answer now or later (AL_ERR_PENDING: done() runs once on the fetch thread).
+ *
+ * Hook points for the binding modes and PAR (issue 14, 3lo-extras):
+ *   - al_user_cred_authorize builds the redirect in authorize_redirect(): the one place
+ *     that turns al_consent_open's parameters into the provider URL (PAR replaces it
+ *     with a pushed request and a request_uri);
+ *   - the callback stores tokens in store_consented(): the one place an `app` binding
+ *     holds them back until the application completes the session.
+ *
+ * Secrets: access and refresh tokens, codes, verifiers and states never reach a log
+ * line, an audit record, a page or a message; the audit names provider, end user,
+ * target and outcome, and the token's fingerprint. */
+#ifndef AL_USER_CRED_H
+#define AL_USER_CRED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "identity/al_consent.h"
+#include "identity/al_cred.h"
+#include "identity/al_flight.h"
+#include "identity/al_oidc.h"
+#include "identity/al_store.h"
+#include "identity/al_vault.h"
+#include "targets/al_table.h"
+
+typedef struct al_user_cred al_user_cred;
+struct al_audit;
+
+/* A user's access token as the cache hands it out (reference-counted), or "none". */
+typedef struct al_user_access {
+    const char *access_token; /* NOT to be logged; NULL when none */
+    size_t len;
+    const char *provider, *user;
+    const char *scope;       /* granted ("" when unknown) */
+    const char *fingerprint; /* "sha256:" + 12 hex, for the audit */
+    int64_t expires_at;      /* unix s, 0 = unknown */
+    int none;                /* no usable token: the user must consent */
+    const char *why;         /* with none: why (static text, no secret) */
+} al_user_access;
+
+void al_user_access_retain(al_user_access *a);
+void al_user_access_release(al_user_access *a);
+
+/* Takes store and vault (closed and freed by al_user_cred_free). creds (the provider
+ * snapshots: client id, endpoints, client secret) and oidc (fetch thread, discovery)
+ * are borrowed. */
+int al_user_cred_new(al_store *store, al_vault *vault, al_cred_cache *creds, al_oidc *oidc,
+                     al_user_cred **out);
+/* After al_fetch_stop(al_oidc_fetcher(oidc)): no callback runs any more. */
+void al_user_cred_free(al_user_cred *uc);
+void al_user_cred_set_audit(al_user_cred *uc, struct al_audit *audit);
+/* Tests: the wall clock (unix seconds) of token expiry and of the consents. */
+void al_user_cred_set_clock(al_user_cred *uc, int64_t (*now_s)(void *arg), void *arg);
+al_consent *al_user_cred_consent(al_user_cred *uc);
+
+/* The user's token for `provider`: AL_OK (res->value an al_user_access*, retained:
+ * al_user_access_release), AL_ERR_AGAIN (cb(arg, err, al_user_access *borrowed, gen,
+ * msg) runs once on another thread; res->wait_id cancels), or an error while the
+ * provider fails (res->msg says why). */
+int al_user_cred_get(al_user_cred *uc, const char *provider, const char *user, al_flight_cb cb,
+                     void *arg, al_flight_result *res);
+int al_user_cred_cancel(al_user_cred *uc, uint64_t wait_id);
+/* The upstream answered 401 to token generation `gen` of a: the next get refreshes
+ * (once for any number of requests that saw the same token). */
+void al_user_cred_rejected(al_user_cred *uc, const al_user_access *a, uint64_t gen);
+
+/* A link for the 401 consent_required (al_consent_start_shared: the same binding's
+ * unopened link again, *ttl_left its seconds left), audited as consent.started (a new
+ * link) or consent.link_reused. */
+int al_user_cred_consent_start(al_user_cred *uc, const al_consent_binding *b,
+                               char id[AL_CONSENT_ID_LEN + 1], uint32_t *ttl_left);
+
+/* What the browser gets. */
+typedef struct al_user_page {
+    int status;         /* 302 to the provider; 200 done; 400/404/410 bad link or state;
+                           502/504 the provider failed; 503 busy */
+    char *location;     /* malloc'd: the redirect target (302), else NULL */
+    char title[96];     /* plain text */
+    char message[768];  /* plain text: what happened, what to do; no secret */
+    const char *reason; /* the audit reason of a failed step (static), NULL when ok */
+} al_user_page;
+void al_user_page_clear(al_user_page *p);
+/* On the fetch thread; page is the callee's to clear. */
+typedef void (*al_user_page_fn)(void *arg, al_user_page *page);
+
+/* GET /oauth2/authorize/<id>: the link's binding names the provider; its authorization
+ * endpoint (authorizationEndpoint, else discovery) gets al_consent_open's parameters
+ * (the link is consumed then). t: the request's table (the target's custom_parameters
+ * are copied; nothing of t is used after return). AL_OK: *page filled; AL_ERR_PENDING:
+ * done(arg, page) later (discovery). */
+int al_user_cred_authorize(al_user_cred *uc, const al_table *t, const char *link_id,
+                           const char *redirect_uri, al_user_page *page, al_user_page_fn done,
+                           void *arg);
+/* GET /oauth2/callback?<query>: state (consumed), then the provider's error, or the code
+ * exchanged (verifier, client authentication) and the tokens stored. AL_OK: *page
+ * filled now (a bad state, a provider error); AL_ERR_PENDING: done later. */
+int al_user_cred_callback(al_user_cred *uc, const char *query, size_t query_len,
+                          const char *redirect_uri, al_user_page *page, al_user_page_fn done,
+                          void *arg);
+
+/* Pure parts. */
+/* 1 when the granted scope (space-separated) holds every wanted scope; "openid" and
+ * "offline_access" are about the ID and refresh tokens, not the API, and need not be
+ * echoed. */
+int al_user_scope_covers(const char *granted, char *const *want, size_t n);
+/* The value of query parameter `name` (form-urlencoded, decoded) into out (NUL
+ * terminated). AL_OK, AL_ERR_NOTFOUND, or AL_ERR_INVAL (too long, bad escape, a NUL,
+ * or the parameter twice). */
+int al_user_query_param(const char *q, size_t qlen, const char *name, char *out, size_t outlen);
+
+#endif

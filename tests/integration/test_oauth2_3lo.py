@@ -1,0 +1,424 @@
+"""OAuth 2.0 on behalf of a user (3LO, issue 14), binding mode `link`, with the real
+binary, the real OpenID provider (npm oidc-provider: authorization_code + PKCE S256,
+rotating refresh tokens, JWT access tokens for the resource) driven through its own
+login and consent pages like a browser (OidcProvider.consent), and a resource server
+that verifies each JWT with `jose` and answers whose token it was (`sub`).
+
+The agent's side: a request for an oauth2_3lo target whose user has no token gets
+401 consent_required with airlock's authorization_url; the user opens it (302 to the
+provider, PKCE), consents, the provider's redirect reaches airlock's callback, which
+exchanges the code and stores the tokens; the agent's retry then reaches the upstream
+with that user's token. Two users never get each other's tokens; a trusted client's
+user header picks the user and never goes upstream, an untrusted one is refused; an
+expired access token and an upstream 401 are refreshed (the rotated refresh token
+stored); invalid_grant at refresh deletes the tokens and asks for consent again; a
+replayed, forged or missing state, a reused link and the provider's own error leave
+nothing stored. No token, code or state reaches airlock's log, the audit log or a
+response to the agent. (Link/state expiry needs a clock: tests/unit/test_identity_consent.c.)"""
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from altest import *  # noqa: E402,F401,F403
+
+AUD = "https://airlock.test"  # inbound (agents') tokens
+API = "https://api.test/"  # the resource the user's access tokens are for
+CLIENT, SECRET = "airlock-3lo", "cs3-" + os.urandom(10).hex()
+OP = AL = RS = None
+RS_PORT = 0
+BASE = CALLBACK = ""
+KEY_FILE = ""
+AGENT_SEEN = []  # every response (body + headers) the agent got
+PAGES = []  # airlock's callback pages (body + headers)
+SECRETS = []  # tokens, codes and states that must never show in a log or response
+REQUESTS = None
+
+TABLE = """
+listen:
+  proxy: 127.0.0.1:{proxy_port}
+  admin: 127.0.0.1:{admin_port}
+limits:
+  workers: 2
+inbound:
+  mode: jwt
+  jwt:
+    discovery_url: ISSUER/.well-known/openid-configuration
+    allowed_audiences: ["AUD"]
+    ca_file: CA
+    allow_private_network: true
+  user_header:
+    name: X-Airlock-User
+    trusted_clients: [runtime]
+targets:
+  - name: api
+    type: openapi
+    url: https://127.0.0.1:RS_PORT/api
+    allow_private_network: true
+    ca_file: CA
+    auth:
+      method: oauth2_3lo
+      provider: idp
+      scopes: [openid, offline_access, read]
+      custom_parameters: {prompt: consent}
+"""
+
+
+def session():
+    s = REQUESTS.Session()
+    s.trust_env = False
+    return s
+
+
+def test_start():
+    global OP, AL, RS, RS_PORT, BASE, CALLBACK, KEY_FILE, REQUESTS
+    import requests
+    REQUESTS = requests
+    AL = Airlock("listen: {proxy: 127.0.0.1:{proxy_port}}\n")
+    BASE = "http://127.0.0.1:%d" % AL.proxy_port
+    CALLBACK = BASE + "/oauth2/callback"
+    KEY_FILE = os.path.join(AL.state_dir, "issuer-key.json")
+    OP = start_oidc(ttl=300, resources=[API], user_clients=[(CLIENT, SECRET, CALLBACK)],
+                    key_out=KEY_FILE)
+    RS, RS_PORT, _ = start_resource_server(OP, API)
+    AL.write_table(TABLE.replace("ISSUER", OP.issuer).replace("AUD", AUD)
+                   .replace("CA", OP.ca).replace("RS_PORT", str(RS_PORT)))
+    r = AL.cli("identity", "create-oauth2-credential-provider", "--name", "idp", "--client-id",
+               CLIENT, "--client-secret", "-", "--discovery-url", OP.discovery_url, "--ca-file",
+               OP.ca, "--allow-private-network", "--state-dir", AL.state_dir,
+               stdin_data=SECRET + "\n")
+    assert r.returncode == 0, r.stderr
+    AL.start()
+
+
+def agent_token(sub, client="agent"):
+    """An inbound access token for end user `sub`, signed with the issuer's own key."""
+    now = int(time.time())
+    spec = {"base": {"iss": OP.issuer, "aud": AUD, "iat": now, "exp": now + 600,
+                     "client_id": client, "scope": "read"},
+            "tokens": [{"name": "t", "kind": "issuer", "claims": {"sub": sub}}]}
+    r = subprocess.run([NODE, os.path.join(PEERS_DIR, "jwt_forge.js"), KEY_FILE],
+                       input=json.dumps(spec), capture_output=True, text=True, cwd=TESTS_DIR,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["t"]
+
+
+TOKENS = {}
+
+
+def agent(sub, path="/t/api/things", client="agent", headers=None):
+    """The agent's request for end user `sub` (gateway mode); returns (status, json)."""
+    key = (sub, client)
+    if key not in TOKENS:
+        TOKENS[key] = agent_token(sub, client)
+    h = {"authorization": "Bearer " + TOKENS[key]}
+    h.update(headers or {})
+    r = session().get(BASE + path, headers=h, timeout=30)
+    AGENT_SEEN.append(r.text + json.dumps(dict(r.headers)))
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, {"raw": r.text}
+
+
+def browser(url):
+    r = session().get(url, allow_redirects=False, timeout=30)
+    if "/oauth2/callback" in url:
+        PAGES.append(r.text + json.dumps(dict(r.headers)))
+    return r
+
+
+def consent(sub, url=None):
+    """The user `sub` consents through the link of a fresh 401; returns the callback page."""
+    if url is None:
+        st, body = agent(sub)
+        assert st == 401 and body["error"] == "consent_required", (st, body)
+        url = body["authorization_url"]
+    back = OP.consent(url, sub, CALLBACK)
+    q = urllib.parse.parse_qs(urllib.parse.urlparse(back).query)
+    SECRETS.extend(q.get("code", []) + q.get("state", []))
+    return browser(back), back
+
+
+def user_tokens():
+    r = AL.cli("identity", "list-user-tokens", "--provider", "idp", "--state-dir", AL.state_dir)
+    assert r.returncode == 0, r.stderr
+    return {t["user"]: t for t in json.loads(r.stdout)["userTokens"]}
+
+
+def audit_events(name):
+    out = []
+    with open(AL.audit_path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("event") == name:
+                out.append(rec)
+    return out
+
+
+def test_consent_then_the_retry_carries_the_users_token():
+    st, body = agent("alice")
+    assert st == 401, (st, body)
+    assert body["error"] == "consent_required", body
+    assert body["expires_in"] == 600, body
+    url = body["authorization_url"]
+    assert url.startswith(BASE + "/oauth2/authorize/"), url
+    assert "alice" not in url and len(url.rsplit("/", 1)[1]) == 43, url
+    assert "authorization_url" in body["message"], body
+    # the link: a 302 to the provider with PKCE S256, state, nonce (openid), our callback
+    r = browser(url)
+    assert r.status_code == 302, (r.status_code, r.text)
+    loc = urllib.parse.urlparse(r.headers["location"])
+    q = urllib.parse.parse_qs(loc.query)
+    assert loc.netloc == "127.0.0.1:%d" % OP.port, loc
+    assert q["client_id"] == [CLIENT] and q["redirect_uri"] == [CALLBACK], q
+    assert q["code_challenge_method"] == ["S256"] and len(q["code_challenge"][0]) == 43, q
+    assert q["response_type"] == ["code"] and q["prompt"] == ["consent"], q
+    assert q["scope"] == ["openid offline_access read"] and q["nonce"] and q["state"], q
+    assert r.headers.get("referrer-policy") == "no-referrer", r.headers
+    # the link works once
+    r2 = browser(url)
+    assert r2.status_code == 404, (r2.status_code, r2.text)
+    # the user consents (the provider's own pages) and comes back to the callback
+    back = OP.consent(r.headers["location"], "alice", CALLBACK)
+    qs = urllib.parse.parse_qs(urllib.parse.urlparse(back).query)
+    SECRETS.extend(qs["code"] + qs["state"])
+    page = browser(back)
+    assert page.status_code == 200, (page.status_code, page.text)
+    assert "Access granted" in page.text, page.text
+    assert OP.stats()["code_grants"] >= 1
+    toks = user_tokens()
+    user = OP.issuer + " alice"
+    assert user in toks and toks[user]["hasRefreshToken"], toks
+    assert "read" in toks[user]["scope"], toks
+    st, body = agent("alice")
+    assert st == 200, (st, body)
+    assert body["sub"] == "alice" and body["aud"] == API, body
+    # the callback is a one-time thing: a replay stores nothing and says so
+    again = browser(back)
+    assert again.status_code == 400, (again.status_code, again.text)
+    assert user_tokens()[user]["fingerprint"] == toks[user]["fingerprint"]
+    steps = [(e["event"], e["outcome"]) for e in
+             audit_events("consent.started") + audit_events("consent.redirected") +
+             audit_events("consent.completed")]
+    assert ("consent.started", "ok") in steps and ("consent.completed", "ok") in steps, steps
+    done = audit_events("consent.completed")[-1]
+    assert done["provider"] == "idp" and done["end_user"] == user and done["target"] == "api"
+    reqs = [json.loads(l) for l in open(AL.audit_path) if '"end_user"' in l and
+            '"event":"request"' in l]
+    assert any(r.get("status") == 200 and r["end_user"] == user for r in reqs), reqs[-3:]
+
+
+def test_two_users_never_share_tokens():
+    st, body = agent("bob")
+    assert st == 401 and body["error"] == "consent_required", (st, body)
+    page, _ = consent("bob", body["authorization_url"])
+    assert page.status_code == 200, page.text
+    for _ in range(3):
+        st, a = agent("alice")
+        st2, b = agent("bob")
+        assert (st, st2) == (200, 200), (a, b)
+        assert a["sub"] == "alice" and b["sub"] == "bob", (a, b)
+        assert a["jti"] != b["jti"]
+    toks = user_tokens()
+    assert toks[OP.issuer + " alice"]["fingerprint"] != toks[OP.issuer + " bob"]["fingerprint"]
+    # a third user is asked for consent, never served someone else's token
+    st, body = agent("carol")
+    assert st == 401 and body["error"] == "consent_required", body
+
+
+def test_user_header_only_from_trusted_clients_and_never_upstream():
+    # the trusted caller (runtime) acts for alice by naming her
+    st, body = agent("runtime-svc", client="runtime",
+                     headers={"X-Airlock-User": OP.issuer + " alice"})
+    assert st == 200, (st, body)
+    assert body["sub"] == "alice" and body["x_airlock_user"] is None, body
+    # anyone else naming a user is refused, whatever the spelling of the header
+    for name in ("X-Airlock-User", "x-airlock-user", "X-AIRLOCK-USER"):
+        st, body = agent("mallory", headers={name: OP.issuer + " alice"})
+        assert st == 403 and body["error"] == "policy_denied", (name, st, body)
+        assert "trusted_clients" in body["message"], body
+    # a trusted caller naming a user twice, too long, or with bytes outside printable
+    # ASCII, is refused (raw requests: clients refuse to send some of these)
+    tok = TOKENS[("runtime-svc", "runtime")]
+    for extra in (b"X-Airlock-User: a\r\nX-Airlock-User: b\r\n",
+                  b"X-Airlock-User: " + b"u" * 300 + b"\r\n",
+                  b"X-Airlock-User: al\xc3\xafce\r\n"):
+        st, body = raw_get(b"/t/api/things", b"Authorization: Bearer " + tok.encode() +
+                           b"\r\n" + extra)
+        assert st == 400 and body["error"] == "bad_request", (extra, st, body)
+        assert "X-Airlock-User must appear once" in body["message"], body
+
+
+def raw_get(path, headers):
+    import socket
+    with socket.create_connection(("127.0.0.1", AL.proxy_port), timeout=30) as c:
+        c.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers +
+                  b"\r\n")
+        data = b""
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            data += b
+    head, _, body = data.partition(b"\r\n\r\n")
+    AGENT_SEEN.append(data.decode("latin-1"))
+    return int(head.split()[1]), json.loads(body or b"{}")
+
+
+def test_upstream_401_refreshes_once_and_rotation_is_stored():
+    user = OP.issuer + " alice"
+    before = user_tokens()[user]
+    grants = OP.stats()["refresh_grants"]
+    st, first = agent("alice")
+    assert st == 200
+    # the resource server now refuses every token it has seen: airlock's 401 path
+    # refreshes (rotating the refresh token) and retries once
+    RS_revoke()
+    st, body = agent("alice")
+    assert st == 200, (st, body)
+    assert body["sub"] == "alice" and body["jti"] != first["jti"], body
+    assert OP.stats()["refresh_grants"] == grants + 1
+    after = user_tokens()[user]
+    assert after["fingerprint"] != before["fingerprint"], (before, after)
+    # the rotated refresh token was stored: a second refresh works (oidc-provider
+    # refuses a reused refresh token with invalid_grant, and then revokes the grant)
+    RS_revoke()
+    st, body = agent("alice")
+    assert st == 200, (st, body)
+    assert OP.stats()["refresh_grants"] == grants + 2
+    assert [e for e in audit_events("user_token.refresh") if e["outcome"] == "ok"]
+
+
+def RS_revoke():
+    import ssl
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=OP.ca)
+    req = urllib.request.Request("https://127.0.0.1:%d/__revoke" % RS_PORT, data=b"",
+                                 method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ctx))
+    with opener.open(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_expired_access_token_is_refreshed():
+    OP.control(ttl=4)
+    try:
+        page, _ = consent("dave")
+        assert page.status_code == 200, page.text
+        st, a = agent("dave")
+        assert st == 200 and a["sub"] == "dave", a
+        grants = OP.stats()["refresh_grants"]
+        time.sleep(4.5)  # the access token's own lifetime: no clock knob in serve
+        st, b = agent("dave")
+        assert st == 200 and b["sub"] == "dave", b
+        assert b["jti"] != a["jti"]
+        assert OP.stats()["refresh_grants"] == grants + 1
+    finally:
+        OP.control(ttl=300)
+
+
+def test_invalid_grant_deletes_the_tokens_and_asks_again():
+    user = OP.issuer + " bob"
+    assert user in user_tokens()
+    OP.control(fail="invalid_grant")
+    try:
+        RS_revoke()  # bob's next request needs a refresh, which the provider refuses
+        st, body = agent("bob")
+    finally:
+        OP.control(fail=None)
+    assert st == 401 and body["error"] == "consent_required", (st, body)
+    assert "invalid_grant" in body["message"], body
+    assert user not in user_tokens()
+    ev = [e for e in audit_events("user_token.refresh") if e["outcome"] == "invalid_grant"]
+    assert ev and ev[-1]["end_user"] == user, ev
+    # and consent brings bob back
+    page, _ = consent("bob", body["authorization_url"])
+    assert page.status_code == 200, page.text
+    st, body = agent("bob")
+    assert st == 200 and body["sub"] == "bob", body
+
+
+def test_bad_state_and_provider_errors_store_nothing():
+    before = user_tokens()
+    st, body = agent("erin")
+    assert st == 401
+    link = body["authorization_url"]
+    r = browser(link)
+    assert r.status_code == 302
+    state = urllib.parse.parse_qs(urllib.parse.urlparse(r.headers["location"]).query)["state"][0]
+    SECRETS.append(state)
+    # forged, missing, doubled, and malformed states: 400, nothing stored
+    forged = "A" * 43
+    for q in ("code=abc&state=" + forged, "code=abc", "code=abc&state=%s&state=%s" % (state, state),
+              "code=abc&state=" + state[:-1], "code=abc&state=" + state + "%00",
+              "code=abc&state=" + state + "x"):
+        p = browser(CALLBACK + "?" + q)
+        assert p.status_code == 400, (q, p.status_code, p.text)
+        assert "Nothing was stored" in p.text, p.text
+    # the user declines at the provider: its error comes back, is shown and audited
+    back = OP.consent(r.headers["location"], "erin", CALLBACK, approve=False)
+    assert "error=" in back, back
+    p = browser(back)
+    assert p.status_code == 400 and "access_denied" in p.text, p.text
+    ev = [e for e in audit_events("consent.refused") if e["outcome"] == "provider_error"]
+    assert ev and ev[-1]["end_user"] == OP.issuer + " erin", ev
+    # that state is consumed now: replaying it with a code is refused too
+    p = browser(CALLBACK + "?code=abc&state=" + state)
+    assert p.status_code == 400, p.text
+    # a provider error with markup is escaped, never rendered
+    st, body = agent("erin")
+    r = browser(body["authorization_url"])
+    state2 = urllib.parse.parse_qs(urllib.parse.urlparse(r.headers["location"]).query)["state"][0]
+    p = browser(CALLBACK + "?error=%3Cscript%3Ex&error_description=%3Cb%3Ehi&state=" + state2)
+    assert p.status_code == 400 and "<script>" not in p.text and "<b>" not in p.text, p.text
+    assert user_tokens() == before
+    # a link that does not exist, and other methods
+    assert browser(BASE + "/oauth2/authorize/" + "B" * 43).status_code == 404
+    assert session().post(CALLBACK, timeout=10).status_code == 405
+
+
+def test_check_refuses_3lo_without_a_way_to_know_the_user():
+    d = tmpdir("altest-3lo-check-")
+    path = os.path.join(d, "t.yaml")
+    with open(path, "w") as f:
+        f.write("listen: {proxy: 127.0.0.1:1}\n"
+                "targets:\n"
+                "  - name: api\n"
+                "    type: openapi\n"
+                "    url: https://api.example.com\n"
+                "    auth:\n"
+                "      method: oauth2_3lo\n"
+                "      provider: idp\n")
+    r = AL.cli("check", "-c", path)
+    assert r.returncode != 0, r.stdout
+    assert "%s:7:15: error:" % path in r.stderr + r.stdout, r.stderr + r.stdout
+    assert "inbound.mode" in r.stderr + r.stdout
+    with open(path, "a") as f:
+        f.write("inbound:\n  user_header: {name: X-User, trusted_clients: [rt]}\n")
+    r = AL.cli("check", "-c", path)
+    assert "user_header" in r.stderr + r.stdout and r.returncode != 0, r.stderr
+
+
+def test_no_token_code_or_state_in_logs_or_responses():
+    rs = json.loads(session().get("https://127.0.0.1:%d/__stats" % RS_PORT, verify=OP.ca,
+                                  timeout=10).text)
+    secrets = [s for s in rs["tokens"] + SECRETS if s and len(s) >= 16]
+    assert len(secrets) >= 6, len(secrets)
+    AL.stop()  # the audit writer flushes
+    texts = {"audit log": open(AL.audit_path).read(), "airlock's log": open(AL.log_path).read(),
+             "agent responses": "\n".join(AGENT_SEEN), "callback pages": "\n".join(PAGES)}
+    for name, text in texts.items():
+        for s in secrets:
+            assert s not in text, "a token, code or state in the %s" % name
+        assert SECRET not in text, "the client secret in the %s" % name
+
+
+if __name__ == "__main__":
+    run(globals())
