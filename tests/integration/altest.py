@@ -610,16 +610,23 @@ class Postgres:
                                           "--pwfile=" + pwfile, "-E", "UTF8", "--no-sync",
                                           "--locale=C"],
                            capture_output=True, text=True, cwd=self.root, timeout=120)
-        os.unlink(pwfile)
         if r.returncode != 0:
             raise RuntimeError("initdb failed: %s" % (r.stdout + r.stderr)[-2000:])
+        os.unlink(pwfile)
         with open(os.path.join(self.data_dir, "postgresql.conf"), "a") as f:
-            f.write("listen_addresses = '127.0.0.1'\nport = %d\n"
+            f.write("listen_addresses = '127.0.0.1'\n"
                     "unix_socket_directories = '%s'\nfsync = off\n"
                     "shared_buffers = 16MB\nmax_connections = 60\n"
-                    "log_min_messages = warning\n" % (self.port, self.run_dir))
+                    "log_min_messages = warning\n" % self.run_dir)
         self.proc = None
-        self.start()
+        for attempt in range(5):  # a port taken between free_port() and bind: another
+            try:
+                self.start()
+                break
+            except RuntimeError:
+                if attempt == 4 or "could not bind" not in self.proc.log_text():
+                    raise
+                self.port = free_port()
         self.psql("CREATE ROLE airlock LOGIN PASSWORD '%s'; "
                   "CREATE DATABASE airlock OWNER airlock;" % self.password, db="postgres")
         self.dsn = ("host=127.0.0.1 port=%d dbname=airlock user=airlock password=%s"
@@ -630,18 +637,27 @@ class Postgres:
             f.write(self.dsn + "\n")
 
     def start(self, timeout=30):
-        self.proc = Proc(self.prefix + [os.path.join(self.bin, "postgres"), "-D", self.data_dir],
+        """Starts the server on .port (again after stop(): same data, same port)."""
+        self.proc = Proc(self.prefix + [os.path.join(self.bin, "postgres"), "-D", self.data_dir,
+                                        "-p", str(self.port)],
                          name="postgres", log_path=os.path.join(self.root, "postgres.log"))
         wait_for(lambda: not self.proc.alive() or self._ready(), timeout=timeout,
-                 what="PostgreSQL to accept connections", interval=0.1)
+                 what="PostgreSQL to accept connections", interval=0.05)
         if not self.proc.alive():
-            raise RuntimeError("postgres exited:\n%s" % self.proc.log_tail())
+            raise RuntimeError("postgres exited (port %d):\n%s" % (self.port,
+                                                                 self.proc.log_tail()))
         return self
 
     def _ready(self):
-        r = subprocess.run([os.path.join(self.bin, "pg_isready"), "-h", "127.0.0.1",
-                            "-p", str(self.port), "-t", "1"], capture_output=True)
-        return r.returncode == 0
+        # OUR server's state, not whatever answers on the port: postmaster.pid names our
+        # postmaster and ends with "ready" once it accepts connections.
+        try:
+            with open(os.path.join(self.data_dir, "postmaster.pid")) as f:
+                lines = f.read().splitlines()
+        except (FileNotFoundError, PermissionError):
+            return False
+        return (len(lines) >= 8 and lines[0].strip() == str(self.proc.pid)
+                and lines[7].strip() == "ready")
 
     def stop(self, timeout=20):
         """Fast shutdown (SIGINT): open sessions are disconnected, as in an outage."""

@@ -8,6 +8,8 @@ the table's `store: {backend: postgres, dsn_file: F}`:
   - a rotation through the CLI reaches BOTH running serves within one second (LISTEN/
     NOTIFY; the measured time is printed), a new provider and a delete too;
   - `airlock store migrate` copies sqlite -> postgres and back, verified, idempotent;
+  - the refresh lock and expect_generation on this server (the unit test binary
+    test_identity_refresh_lock with AIRLOCK_TEST_PG_DSN);
   - PostgreSQL stopped: both serves keep injecting the cached key, /readyz stays ready,
     CLI writes fail with a clear message and a non-zero exit; a serve started while the
     database is down is not ready, and everything recovers by itself when it returns;
@@ -302,6 +304,22 @@ def test_store_migrate_both_ways_verified_and_idempotent():
                    capture_output=True, text=True, env=env2, check=True)
     r = cli("store", "migrate", "--from", "postgres", "--to", "sqlite:" + other)
     assert r.returncode != 0 and "another master key" in r.stderr, r.stderr
+
+
+def test_refresh_lock_and_store_semantics_on_postgres():
+    """tests/unit/test_identity_refresh_lock.c against this server: the advisory refresh
+    lock (wait, timeout, dead holder), one refresh of four racers, expect_generation."""
+    setup()
+    binary = os.path.join(os.path.dirname(os.path.abspath(AIRLOCK_BIN)), "tests",
+                          "test_identity_refresh_lock")
+    if not os.path.exists(binary):
+        raise Skip("unit test binary not built: %s" % binary)
+    env = dict(os.environ, AIRLOCK_TEST_PG_DSN=S["pg"].dsn)  # env, never argv
+    r = subprocess.run([binary], capture_output=True, text=True, env=env, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "_postgres" in out and out.count("[       OK ]") == 10, out[-3000:]
+    S.setdefault("cli_out", []).append(out)
 
 
 def test_no_password_or_secret_in_logs_audit_ps_or_dump():
