@@ -229,7 +229,7 @@ int al_cmd_store(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    for (int i = 2; i < argc; i++) {
+    for (int i = 2; i < argc; i += 2) { /* every option takes a value */
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         const char **slot = !strcmp(o, "--from")                         ? &from
                             : !strcmp(o, "--to")                         ? &to
@@ -245,7 +245,6 @@ int al_cmd_store(int argc, char **argv)
             return 2;
         }
         *slot = v;
-        i++;
     }
     if (!from || !to || (dsn_file && dsn_env)) {
         fprintf(stderr, "airlock store migrate: give --from and --to (and at most one of "
