@@ -44,6 +44,7 @@ static int parse_string_map(al_schema_ctx *c, const al_schema_row *r, yaml_node_
 static int parse_type(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_method(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_upstream_protocol(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_inbound_mode(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_rule_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_rule_methods(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
@@ -344,6 +345,16 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                         0, "system CAs",
                         "PEM CA bundle that verifies the upstream; relative to this file's "
                         "directory."},
+    [AL_S_T_UPSTREAM] = {"targets[].upstream", AL_SK_MAP, NULL, TGT(upstream_protocol), 0, 0, 0,
+                         0, 0, "", "How airlock talks to the upstream (native engine)."},
+    [AL_S_T_UPSTREAM_PROTOCOL] = {"targets[].upstream.protocol", AL_SK_ENUM,
+                                  parse_upstream_protocol, TGT(upstream_protocol), 0, 0, 0, 0, 0,
+                                  "`auto`",
+                                  "HTTP version towards the upstream with `limits.upstream_engine: "
+                                  "native`: `auto` (ALPN offers `h2` and `http/1.1` over TLS; "
+                                  "HTTP/1.1 on `http://`), `h1` (HTTP/1.1 only) or `h2` (HTTP/2 "
+                                  "only; with prior knowledge on `http://`). HTTP/2 carries many "
+                                  "requests on one connection per upstream address."},
     [AL_S_T_AUTH] = {"targets[].auth", AL_SK_MAP, NULL, TGT(auth), 0, 0, 0, 0, 0,
                      "none (no credential)",
                      "Outbound auth; (type, method) must be allowed by the matrix."},
@@ -910,6 +921,18 @@ static int parse_method(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v
     return rc;
 }
 
+static int parse_upstream_protocol(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    static const char *const names[] = {"auto", "h1", "h2"};
+    int i;
+    int rc = parse_enum(c, r, v, names, 3, &i);
+    if (rc == AL_OK)
+        c->target->upstream_protocol = i == 1   ? AL_UPSTREAM_PROTO_H1
+                                       : i == 2 ? AL_UPSTREAM_PROTO_H2
+                                                : AL_UPSTREAM_PROTO_AUTO;
+    return rc;
+}
+
 static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
 {
     static const char *const names[] = {"header", "query"};
@@ -1105,11 +1128,12 @@ static void unknown_key(al_schema_ctx *c, const char *parent, yaml_node_t *k, co
             if (w > 0 && (size_t)w < sizeof known - off)
                 off += (size_t)w;
         }
-    const char *where = !plen                               ? "at the top level"
-                        : !strcmp(parent, "targets[]")      ? "in a target"
-                        : !strcmp(parent, "targets[].auth") ? "in 'auth'"
-                        : !strcmp(parent, "policy.rules[]") ? "in a policy rule"
-                                                            : NULL;
+    const char *where = !plen                                   ? "at the top level"
+                        : !strcmp(parent, "targets[]")          ? "in a target"
+                        : !strcmp(parent, "targets[].auth")     ? "in 'auth'"
+                        : !strcmp(parent, "targets[].upstream") ? "in 'upstream'"
+                        : !strcmp(parent, "policy.rules[]")     ? "in a policy rule"
+                                                                : NULL;
     char buf[128];
     if (!where) {
         snprintf(buf, sizeof buf, "in '%s'", parent);

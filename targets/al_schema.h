@@ -93,6 +93,8 @@ enum al_schema_id {
     AL_S_T_ALLOW_INSECURE,
     AL_S_T_SCRUB,
     AL_S_T_CA_FILE,
+    AL_S_T_UPSTREAM,
+    AL_S_T_UPSTREAM_PROTOCOL,
     AL_S_T_AUTH,
     AL_S_A_METHOD,
     AL_S_A_PROVIDER,

@@ -112,6 +112,11 @@ typedef struct al_auth {
     uint32_t max_body_bytes; /* signed bodies are buffered up to this; 413 past it; 6 MiB */
 } al_auth;
 
+/* targets[].upstream.protocol: auto = ALPN offers h2 and http/1.1 over TLS (HTTP/1.1
+ * on http://); h1 = HTTP/1.1 only; h2 = HTTP/2 only (h2c with prior knowledge on
+ * http://). */
+enum { AL_UPSTREAM_PROTO_AUTO = 0, AL_UPSTREAM_PROTO_H1 = 1, AL_UPSTREAM_PROTO_H2 = 2 };
+
 typedef struct al_target {
     char *name; /* owned; [a-z0-9][a-z0-9-]* */
     enum al_target_type type;
@@ -128,6 +133,7 @@ typedef struct al_target {
     int allow_insecure_upstream;
     int scrub_echoed_credential; /* default 1: an echoed credential reaches the agent redacted */
     char *ca_file; /* owned; NULL = system CAs */
+    int upstream_protocol; /* AL_UPSTREAM_PROTO_*: HTTP version towards the upstream */
     al_auth auth;
     int line, column; /* where the target was defined, for later diagnostics */
 } al_target;

@@ -296,6 +296,7 @@ static void test_defaults(void **state)
                           "    url: http://[::1]:8080/q\n"
                           "    allow_insecure_upstream: true\n"
                           "    scrub_echoed_credential: false\n"
+                          "    upstream: {protocol: h2}\n"
                           "    auth: {method: api_key, provider: k, location: query}\n"
                           "  - name: open\n"
                           "    type: openapi\n"
@@ -317,6 +318,8 @@ static void test_defaults(void **state)
     assert_true(o->scrub_echoed_credential);
     assert_false(q->scrub_echoed_credential);
     assert_null(a->ca_file);
+    assert_int_equal(a->upstream_protocol, AL_UPSTREAM_PROTO_AUTO);
+    assert_int_equal(q->upstream_protocol, AL_UPSTREAM_PROTO_H2);
     assert_string_equal(b->url, "https://b.example.com:8443");
     assert_string_equal(b->base_path, "");
     assert_string_equal(b->auth.name, "X-Api-Key");
@@ -478,6 +481,14 @@ static void test_positions(void **state)
 {
     (void)state;
     /* syntax errors carry line:column too */
+    expect_error("targets:\n  - {name: s, type: openapi, url: 'https://h', upstream: {protocol: "
+                 "h3}}\n",
+                 "t.yaml:2:69: error: unknown protocol 'h3'; did you mean 'h1'? (one of: auto, h1, "
+                 "h2)\n");
+    expect_error("targets:\n  - {name: s, type: openapi, url: 'https://h', upstream: {protcol: "
+                 "h2}}\n",
+                 "t.yaml:2:59: error: unknown key 'protcol' in 'upstream'; did you mean "
+                 "'protocol'?\n");
     expect_error("targets:\n  - name: [a\n",
                  "t.yaml:3:1: error: YAML syntax error: did not find expected ',' or ']' (while "
                  "parsing a flow sequence at line 2, column 11)\n");
