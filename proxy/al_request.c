@@ -1972,6 +1972,11 @@ static int64_t up_body_length(const al_req *r)
     return r->body_length;
 }
 
+_Static_assert((int)AL_UPSTREAM_PROTO_AUTO == (int)AL_UP_PROTO_AUTO &&
+                   (int)AL_UPSTREAM_PROTO_H1 == (int)AL_UP_PROTO_H1 &&
+                   (int)AL_UPSTREAM_PROTO_H2 == (int)AL_UP_PROTO_H2,
+               "targets[].upstream.protocol values are the engine's");
+
 static void stage_upstream(al_req *r, al_header *out, size_t n)
 {
     const al_target *t = r->t;
@@ -2000,6 +2005,7 @@ static void stage_upstream(al_req *r, al_header *out, size_t n)
         .client = client,
         .max_per_client = lim->max_upstream_per_client,
         .queue_timeout_ms = lim->queue_timeout_ms,
+        .protocol = t->upstream_protocol, /* AL_UPSTREAM_PROTO_* == AL_UP_PROTO_* */
     };
     set_state(r, AL_REQ_UPSTREAM);
     al_upstream_req *up = NULL;

@@ -66,7 +66,14 @@ typedef struct al_upstream_opts {
      * request waits at most queue_timeout_ms (0 = no limit) for a slot. */
     const char *client;
     uint32_t max_per_client, queue_timeout_ms;
+    int protocol; /* AL_UP_PROTO_*: the target's upstream.protocol (native engine only) */
 } al_upstream_opts;
+
+/* HTTP version towards the upstream (targets[].upstream.protocol, same values as the
+ * table's AL_UPSTREAM_PROTO_*): auto = ALPN offers h2 and http/1.1 over TLS, HTTP/1.1
+ * on http://; h1 = HTTP/1.1 only; h2 = HTTP/2 only (h2c with prior knowledge on
+ * http://). */
+enum { AL_UP_PROTO_AUTO = 0, AL_UP_PROTO_H1 = 1, AL_UP_PROTO_H2 = 2 };
 
 typedef struct al_upstream_cbs {
     /* Response head. Headers exclude hop-by-hop ones and HTTP/2 pseudo headers. */

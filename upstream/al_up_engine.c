@@ -22,6 +22,7 @@
  * lets go of it (settle()). on_done is never called inside al_up_start. */
 #include "al_up_engine.h"
 #include "al_up_h1.h"
+#include "al_up_h2.h"
 #include "al_up_tls.h"
 #include "common/al_buf.h"
 #include "common/al_err.h"
@@ -62,6 +63,10 @@ struct up_host {
     struct sockaddr_storage sa;
     socklen_t salen;
     /* state */
+    int proto;            /* AL_UP_PROTO_* the requests asked for (part of the key) */
+    int alpn;             /* what the upstream chose: 0 unknown, 1 h2, -1 http/1.1 */
+    up_conn *h2c;         /* HTTP/2: the connection new requests join (connecting or open) */
+    up_conn *h2_list;     /* HTTP/2: every h2 connection of the host (draining ones too) */
     SSL_SESSION *session; /* to resume; owned */
     up_conn *idle;        /* newest first */
     size_t idle_count, conns, active;
@@ -79,6 +84,17 @@ struct up_conn {
     ev_timer idle_t;
     int state, events, served;
     al_up_req *req; /* HTTP/1.1: the one request; NULL when idle */
+    /* HTTP/2 (h2mode): the session, its requests (streams, or waiting for the
+     * handshake), bytes from the session not written yet, a zero-delay kick that runs
+     * the session outside its callbacks */
+    int h2mode, tls_rw;
+    al_up_h2 *h2;
+    al_up_req *streams;
+    size_t nstreams;
+    up_conn *h2_next; /* host's h2_list */
+    al_buf out;
+    size_t out_off;
+    ev_timer kick;
 };
 
 enum { P_QUEUED, P_CONNECT, P_SEND, P_WAIT, P_RECV };
@@ -116,6 +132,9 @@ struct al_up_req {
     struct timespec started;
     uint32_t first_byte_elapsed;
 
+    al_up_h2_stream *st;      /* HTTP/2: the request's stream (NULL: none now) */
+    al_up_req *sprev, *snext; /* HTTP/2: the connection's requests */
+    int replays;              /* HTTP/2: times sent again after a GOAWAY / REFUSED */
     unsigned queued : 1, counted : 1, body_eof : 1, req_done : 1, got_byte : 1, head_done : 1,
         send_paused : 1, recv_paused : 1, cancelled : 1, finished : 1, deferred : 1, retried : 1,
         rerun : 1, live : 1, dispatch : 1, tls_rw : 1;
@@ -143,6 +162,11 @@ static void settle(al_up_req *r);
 static void conn_events(up_conn *c);
 static void conn_close(up_conn *c);
 static void dispatch(al_up_req *r);
+static void h2_dispatch(al_up_req *r);
+static void h2_detach(al_up_req *r);
+static void h2_conn_forget(up_conn *c);
+static int h2_conn_events(const up_conn *c);
+static void h2_conn_io(up_conn *c);
 static void rearm(al_up_req *r);
 
 static const unsigned char ALPN_H1[] = "\x08http/1.1";
@@ -219,12 +243,12 @@ static int str_eq(const char *a, const char *b)
     return (!a && !b) || (a && b && !strcmp(a, b));
 }
 
-static up_host *host_get(al_up_engine *e, const char *addr, uint16_t port, int https,
+static up_host *host_get(al_up_engine *e, const char *addr, uint16_t port, int https, int proto,
                          const char *name, const char *ca_file, const struct sockaddr_storage *sa,
                          socklen_t salen)
 {
     for (up_host *h = e->hosts; h; h = h->next)
-        if (h->port == port && h->https == https && !strcmp(h->addr, addr) &&
+        if (h->port == port && h->https == https && h->proto == proto && !strcmp(h->addr, addr) &&
             !strcmp(h->name, name) && str_eq(h->ca_file, ca_file))
             return h;
     up_host *h = calloc(1, sizeof *h);
@@ -234,6 +258,7 @@ static up_host *host_get(al_up_engine *e, const char *addr, uint16_t port, int h
     snprintf(h->addr, sizeof h->addr, "%s", addr);
     h->port = port;
     h->https = https;
+    h->proto = proto;
     h->name = strdup(name);
     h->ca_file = ca_file ? strdup(ca_file) : NULL;
     if (!h->name || (ca_file && !h->ca_file)) {
@@ -295,8 +320,8 @@ static void client_unref(up_host *h, up_client *c)
 
 static int may_run(const up_host *h, const al_up_req *r)
 {
-    return h->active < AL_UP_MAX_HOST_CONNECTIONS &&
-           !(r->client_cap && r->cq && r->cq->active >= r->client_cap);
+    size_t cap = h->alpn > 0 ? AL_UP_MAX_HOST_STREAMS : AL_UP_MAX_HOST_CONNECTIONS;
+    return h->active < cap && !(r->client_cap && r->cq && r->cq->active >= r->client_cap);
 }
 
 static void count_in(al_up_req *r)
@@ -374,6 +399,8 @@ static void conn_close(up_conn *c)
 {
     up_host *h = c->host;
     al_up_engine *e = h->e;
+    if (c->h2mode)
+        h2_conn_forget(c);
     if (!c->req) {
         for (up_conn **pp = &h->idle; *pp; pp = &(*pp)->next)
             if (*pp == c) {
@@ -457,6 +484,8 @@ static void conn_events(up_conn *c)
         ev = EV_WRITE;
     else if (c->state == C_HANDSHAKE)
         ev = c->io.want ? c->io.want : EV_READ;
+    else if (c->h2mode)
+        ev = h2_conn_events(c);
     else if (!r)
         ev = EV_READ;
     else {
@@ -482,6 +511,10 @@ static void detach(al_up_req *r, int reusable)
     up_conn *c = r->c;
     if (!c)
         return;
+    if (c->h2mode) { /* the stream ends (reset if it had not); the connection stays */
+        h2_detach(r);
+        return;
+    }
     r->c = NULL;
     if (reusable && c->state == C_READY) {
         c->served++;
@@ -787,58 +820,668 @@ static void conn_ready(al_up_req *r)
 {
     up_conn *c = r->c;
     c->state = C_READY;
-    /* (HTTP/2: when c->io.alpn_h2, the h2 codec takes the connection here) */
     set_phase(r, P_SEND);
 }
 
-/* Connect and handshake steps; 1 when the connection is ready. */
-static int conn_progress(al_up_req *r)
+/* Connect and handshake steps of c, ALPN offering alpn: 1 ready, 0 waiting, -1 failed
+ * (*err and why say how). */
+static int conn_step(up_conn *c, const unsigned char *alpn, size_t alpn_len,
+                     enum al_upstream_error *err, char *why, size_t why_len)
 {
-    up_conn *c = r->c;
+    up_host *h = c->host;
     if (c->state == C_CONNECT) {
         int rc = al_up_io_connected(&c->io);
         if (rc == 0)
             return 0;
         if (rc < 0) {
-            fail(r, AL_UPSTREAM_CONNECT, "connect to %s port %u failed: %s", r->h->addr,
-                 (unsigned)r->h->port, strerror(errno));
-            return 0;
+            *err = AL_UPSTREAM_CONNECT;
+            snprintf(why, why_len, "connect to %s port %u failed: %s", h->addr, (unsigned)h->port,
+                     strerror(errno));
+            return -1;
         }
-        if (!r->h->https) {
-            conn_ready(r);
+        if (!h->https)
             return 1;
-        }
-        const char *why = NULL;
-        SSL_CTX *ctx = al_up_tls_ctx(r->e->tls, r->h->ca_file, &why);
+        const char *w = NULL;
+        SSL_CTX *ctx = al_up_tls_ctx(h->e->tls, h->ca_file, &w);
+        *err = AL_UPSTREAM_TLS;
         if (!ctx) {
-            fail(r, AL_UPSTREAM_TLS, "%s", why);
-            return 0;
+            snprintf(why, why_len, "%s", w);
+            return -1;
         }
-        if (al_up_io_tls(&c->io, ctx, r->h->name, ALPN_H1, sizeof ALPN_H1 - 1, &r->h->session) !=
-            AL_OK) {
-            fail(r, AL_UPSTREAM_TLS, "TLS setup failed");
-            return 0;
+        if (al_up_io_tls(&c->io, ctx, h->name, alpn, alpn_len, &h->session) != AL_OK) {
+            snprintf(why, why_len, "TLS setup failed");
+            return -1;
         }
         c->state = C_HANDSHAKE;
     }
     if (c->state == C_HANDSHAKE) {
-        char why[200];
-        int rc = al_up_io_handshake(&c->io, why, sizeof why);
-        if (rc == 0)
-            return 0;
-        if (rc < 0) {
-            fail(r, AL_UPSTREAM_TLS, "%s", why);
-            return 0;
-        }
-        conn_ready(r);
+        int rc = al_up_io_handshake(&c->io, why, why_len);
+        *err = AL_UPSTREAM_TLS;
+        return rc < 0 ? -1 : rc;
     }
-    return c->state == C_READY;
+    return 1;
+}
+
+/* Connect and handshake steps; 1 when the connection is ready. */
+static int conn_progress(al_up_req *r)
+{
+    enum al_upstream_error err = AL_UPSTREAM_CONNECT;
+    char why[200];
+    int rc = conn_step(r->c, ALPN_H1, sizeof ALPN_H1 - 1, &err, why, sizeof why);
+    if (rc < 0)
+        fail(r, err, "%s", why);
+    if (rc <= 0)
+        return 0;
+    conn_ready(r);
+    return 1;
+}
+
+/* ---- HTTP/2 ----------------------------------------------------------------------------
+ * A host whose requests may speak HTTP/2 (https with ALPN offering h2, or
+ * upstream.protocol h2) keeps one connection new requests join (h->h2c). While it
+ * connects, requests wait on it (their connect clock runs); once the handshake chose
+ * h2 each becomes a stream of the session (upstream/al_up_h2: the peer's stream limit,
+ * flow control per stream so a paused agent stalls only its own stream). If ALPN chose
+ * http/1.1, the host is marked HTTP/1.1 and the waiting requests go the HTTP/1.1 way.
+ * The connection's io callback and its kick (a zero-delay timer the session asks for
+ * when a stream resumes or a frame is queued) drive the session, never from inside
+ * one of its callbacks. A stream the upstream did not process (GOAWAY above its
+ * last_stream_id, REFUSED_STREAM) is sent again on another connection when nothing of
+ * its body was read yet; one lost with the connection after it was sent only when it
+ * is idempotent without a body and nothing of a response came (as HTTP/1.1 does).
+ * The request's HTTP/2 fields are read back from the HTTP/1.1 head already written
+ * (r->hb: one format, checked when written), so the credential is held once. */
+
+#define H2_OUT_FILL (64 * 1024)
+#define H2_OUT_MAX  (512 * 1024)
+#define H2_REPLAYS  3
+
+static const unsigned char ALPN_H2_H1[] = "\x02h2\x08http/1.1";
+static const unsigned char ALPN_H2[] = "\x02h2";
+
+static int h2_possible(const up_host *h)
+{
+    if (h->proto == AL_UP_PROTO_H1 || h->alpn < 0)
+        return 0;
+    return h->https || h->proto == AL_UP_PROTO_H2;
+}
+
+static void h2_kick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    h2_conn_io(w->data);
+}
+
+static void h2_kick(up_conn *c)
+{
+    struct ev_loop *loop = c->host->e->loop;
+    if (!ev_is_active(&c->kick)) {
+        ev_timer_set(&c->kick, 0., 0.);
+        ev_timer_start(loop, &c->kick);
+    }
+}
+
+static void h2_wake(void *arg)
+{
+    h2_kick(arg);
+}
+
+static void h2_link(up_conn *c, al_up_req *r)
+{
+    r->c = c;
+    r->sprev = NULL;
+    r->snext = c->streams;
+    if (c->streams)
+        c->streams->sprev = r;
+    c->streams = r;
+    c->nstreams++;
+    ev_timer_stop(c->host->e->loop, &c->idle_t);
+}
+
+static void h2_unlink(al_up_req *r)
+{
+    up_conn *c = r->c;
+    if (!c)
+        return;
+    if (r->sprev)
+        r->sprev->snext = r->snext;
+    else
+        c->streams = r->snext;
+    if (r->snext)
+        r->snext->sprev = r->sprev;
+    r->sprev = r->snext = NULL;
+    r->c = NULL;
+    c->nstreams--;
+    h2_kick(c); /* a reset to send, or the connection to idle or close */
+}
+
+static void h2_detach(al_up_req *r)
+{
+    if (r->st) {
+        al_up_h2_cancel(r->st); /* RST_STREAM(CANCEL) unless it ended */
+        r->st = NULL;
+    }
+    h2_unlink(r);
+}
+
+/* A request changed its mind inside one of its callbacks (cancel): the stream goes,
+ * the request is freed from the loop. */
+static int h2_after_cb(al_up_req *r)
+{
+    if (!r->cancelled)
+        return 0;
+    h2_detach(r);
+    defer(r);
+    return 1;
+}
+
+static void h2_first_byte(al_up_req *r)
+{
+    if (!r->got_byte) {
+        r->got_byte = 1;
+        r->first_byte_elapsed = ms_since(&r->started);
+    }
+}
+
+static void h2_cb_info(void *arg, int status, const al_header *hv, size_t n)
+{
+    al_up_req *r = arg;
+    if (r->finished || r->cancelled)
+        return;
+    h2_first_byte(r);
+    if (status == 100 || !r->cbs.on_interim)
+        return;
+    r->busy++;
+    r->cbs.on_interim(r->arg, status, hv, n);
+    r->busy--;
+    h2_after_cb(r);
+}
+
+static void h2_cb_head(void *arg, int status, const al_header *hv, size_t n)
+{
+    al_up_req *r = arg;
+    if (r->finished || r->cancelled)
+        return;
+    h2_first_byte(r);
+    r->head_done = 1;
+    set_phase(r, P_RECV);
+    if (r->cbs.on_head) {
+        r->busy++;
+        r->cbs.on_head(r->arg, status, hv, n);
+        r->busy--;
+    }
+    h2_after_cb(r);
+}
+
+static int h2_cb_body(void *arg, const char *d, size_t len)
+{
+    al_up_req *r = arg;
+    if (r->finished || r->cancelled)
+        return AL_OK;
+    r->last_activity = ev_now(r->e->loop);
+    int rc = AL_OK;
+    if (r->cbs.on_body) {
+        r->busy++;
+        rc = r->cbs.on_body(r->arg, d, len);
+        r->busy--;
+    }
+    if (h2_after_cb(r))
+        return AL_OK;
+    if (rc == AL_ERR_AGAIN) {
+        r->recv_paused = 1;
+        return rc;
+    }
+    r->recv_paused = 0;
+    if (rc < 0) {
+        fail(r, AL_UPSTREAM_ABORTED, "response body refused");
+        return rc;
+    }
+    return AL_OK;
+}
+
+static void h2_cb_trailers(void *arg, const al_header *hv, size_t n)
+{
+    al_up_req *r = arg;
+    if (r->finished || r->cancelled || !r->cbs.on_trailers)
+        return;
+    r->busy++;
+    r->cbs.on_trailers(r->arg, hv, n);
+    r->busy--;
+    h2_after_cb(r);
+}
+
+static ssize_t h2_cb_read(void *arg, char *buf, size_t cap)
+{
+    al_up_req *r = arg;
+    if (r->finished || r->cancelled)
+        return AL_ERR_AGAIN; /* its stream is being reset */
+    r->busy++;
+    ssize_t got = r->cbs.read_body(r->arg, buf, cap);
+    r->busy--;
+    if (h2_after_cb(r))
+        return AL_ERR_AGAIN;
+    if (got == AL_ERR_AGAIN) {
+        r->send_paused = 1;
+        return got;
+    }
+    if (got < 0 || (size_t)got > cap) {
+        fail(r, AL_UPSTREAM_ABORTED, "request body read failed");
+        return AL_ERR_IO;
+    }
+    r->last_activity = ev_now(r->e->loop);
+    if (got == 0) {
+        r->body_eof = 1;
+        r->req_done = 1;
+        if (!r->head_done)
+            set_phase(r, P_WAIT);
+        return 0;
+    }
+    r->sent += (uint64_t)got;
+    return got;
+}
+
+/* Sent again elsewhere? Not processed (REFUSED): when the body can be read again
+ * (none of it was). Lost with the connection: also only once, idempotent, no body. */
+static int h2_may_replay(const al_up_req *r, enum al_up_h2_end end)
+{
+    if (r->got_byte || r->replays >= H2_REPLAYS || (r->has_body && (r->sent || r->body_eof)))
+        return 0;
+    if (end == AL_UP_H2_REFUSED)
+        return 1;
+    return end == AL_UP_H2_CONN_LOST && !r->retried && r->idempotent && !r->has_body;
+}
+
+static void h2_cb_done(void *arg, enum al_up_h2_end end, uint32_t code, const char *detail)
+{
+    al_up_req *r = arg;
+    r->st = NULL;
+    h2_unlink(r);
+    if (!r->finished && !r->cancelled) {
+        switch (end) {
+        case AL_UP_H2_DONE:
+            fail(r, AL_UPSTREAM_OK, NULL);
+            break;
+        case AL_UP_H2_REFUSED:
+        case AL_UP_H2_CONN_LOST:
+            if (h2_may_replay(r, end)) {
+                r->replays++;
+                if (end == AL_UP_H2_CONN_LOST)
+                    r->retried = 1;
+                r->e->stats.retries++;
+                r->req_done = r->head_done = r->send_paused = r->recv_paused = 0;
+                r->dispatch = 1; /* from the loop: this session may be closing */
+                break;
+            }
+            fail(r, AL_UPSTREAM_RESET, "%s", detail);
+            break;
+        case AL_UP_H2_RESET:
+        case AL_UP_H2_MALFORMED:
+            if (code)
+                fail(r, AL_UPSTREAM_RESET, "%s (HTTP/2 error %u)", detail, (unsigned)code);
+            else
+                fail(r, AL_UPSTREAM_RESET, "%s", detail);
+            break;
+        default:
+            fail(r, AL_UPSTREAM_ABORTED, "%s", detail);
+            break;
+        }
+    }
+    defer(r); /* settled (or dispatched again) from the loop, outside the session */
+}
+
+static const al_up_h2_cbs h2_bridge = {h2_cb_info,     h2_cb_head, h2_cb_body,
+                                       h2_cb_trailers, h2_cb_read, h2_cb_done};
+
+/* The request as a stream of c's session; its fields are read back from the HTTP/1.1
+ * head (a copy, wiped): "METHOD SP path SP HTTP/1.1", "Host: authority", then
+ * "Name: value" lines (framing headers are dropped by the codec). */
+static int h2_submit(al_up_req *r)
+{
+    up_conn *c = r->c;
+    size_t len = r->hb.len, n = 0, cap = 0;
+    char *copy = malloc(len + 1);
+    al_header *hv = NULL;
+    int rc = AL_ERR_NOMEM;
+    if (!copy)
+        goto out;
+    memcpy(copy, r->hb.data, len);
+    copy[len] = '\0';
+    for (size_t i = 0; i + 1 < len; i++)
+        cap += copy[i] == '\r' && copy[i + 1] == '\n';
+    if (!(hv = calloc(cap ? cap : 1, sizeof *hv)))
+        goto out;
+    rc = AL_ERR_INVAL;
+    char *line = copy, *end = copy + len, *method = NULL, *path = NULL, *authority = NULL;
+    while (line < end) {
+        char *eol = strstr(line, "\r\n");
+        if (!eol || eol == line)
+            break; /* the blank line ends the head */
+        *eol = '\0';
+        if (!method) {
+            char *sp1 = strchr(line, ' '), *sp2 = strrchr(line, ' ');
+            if (!sp1 || sp2 == sp1)
+                goto out;
+            *sp1 = *sp2 = '\0';
+            method = line;
+            path = sp1 + 1;
+        } else {
+            char *colon = strstr(line, ": ");
+            if (!colon)
+                goto out;
+            *colon = '\0';
+            if (!authority && !strcasecmp(line, "host"))
+                authority = colon + 2;
+            else
+                hv[n++] = (al_header){line, (size_t)(colon - line), colon + 2, strlen(colon + 2)};
+        }
+        line = eol + 2;
+    }
+    if (!method || !authority)
+        goto out;
+    al_up_h2_req q = {method, "https", authority, path, hv, n, r->has_body, r->body_length};
+    if (!c->host->https)
+        q.scheme = "http";
+    rc = al_up_h2_submit(c->h2, &q, &h2_bridge, r, &r->st);
+out:
+    if (copy) {
+        OPENSSL_cleanse(copy, len);
+        free(copy);
+    }
+    free(hv);
+    if (rc == AL_OK) {
+        set_phase(r, r->has_body ? P_SEND : P_WAIT);
+        h2_kick(c);
+        return AL_OK;
+    }
+    h2_unlink(r);
+    if (rc == AL_ERR_AGAIN) { /* the session takes no more (GOAWAY, ids used up) */
+        if (c->host->h2c == c)
+            c->host->h2c = NULL;
+        r->dispatch = 1;
+    } else {
+        fail(r, AL_UPSTREAM_ABORTED, "the request cannot be sent over HTTP/2");
+    }
+    defer(r);
+    return rc;
+}
+
+/* Every request of c ends with err (the connection failed before its session). */
+static void h2_fail_all(up_conn *c, enum al_upstream_error err, const char *why)
+{
+    al_up_req *r;
+    while ((r = c->streams) != NULL) {
+        h2_detach(r);
+        fail(r, err, "%s", why);
+        defer(r);
+    }
+}
+
+/* The connection is gone: the session ends its streams (each replayed or failed). */
+static void h2_conn_lost(up_conn *c, const char *why)
+{
+    if (c->h2)
+        al_up_h2_fail(c->h2, why);
+    h2_fail_all(c, AL_UPSTREAM_RESET, why);
+    conn_close(c);
+}
+
+/* Out of its host's lists; the session freed (its streams ended before). */
+static void h2_conn_forget(up_conn *c)
+{
+    up_host *h = c->host;
+    if (h->h2c == c)
+        h->h2c = NULL;
+    for (up_conn **pp = &h->h2_list; *pp; pp = &(*pp)->h2_next)
+        if (*pp == c) {
+            *pp = c->h2_next;
+            break;
+        }
+    ev_timer_stop(h->e->loop, &c->kick);
+    while (c->streams) /* not expected: every caller ends them first */
+        h2_detach(c->streams);
+    al_up_h2_free(c->h2);
+    c->h2 = NULL;
+    al_buf_free(&c->out, 0);
+    c->h2mode = 0;
+}
+
+/* ALPN chose http/1.1: the host speaks HTTP/1.1 from now on; the first waiting request
+ * takes this connection, the others are dispatched again. */
+static void h2_to_h1(up_conn *c)
+{
+    up_host *h = c->host;
+    al_up_req *first = NULL, *r;
+    h->alpn = -1;
+    while ((r = c->streams) != NULL) {
+        h2_unlink(r);
+        if (!first) {
+            first = r;
+            continue;
+        }
+        r->dispatch = 1;
+        defer(r);
+    }
+    h2_conn_forget(c);
+    if (!first) {
+        c->state = C_READY;
+        conn_to_idle(c);
+        return;
+    }
+    first->c = c;
+    c->req = first;
+    conn_ready(first);
+    run(first);
+}
+
+/* Requests that waited for the slots HTTP/2 opens (the cap is per stream now). */
+static void host_admit_waiting(up_host *h)
+{
+    al_up_req *r;
+    while ((r = h->wait_head) != NULL && may_run(h, r)) {
+        h->wait_head = r->qnext;
+        if (!h->wait_head)
+            h->wait_tail = NULL;
+        r->qnext = NULL;
+        r->queued = 0;
+        count_in(r);
+        r->dispatch = 1;
+        defer(r);
+    }
+}
+
+static void h2_conn_connecting(up_conn *c)
+{
+    up_host *h = c->host;
+    int only = h->proto == AL_UP_PROTO_H2;
+    enum al_upstream_error err = AL_UPSTREAM_CONNECT;
+    char why[200];
+    int rc = conn_step(c, only ? ALPN_H2 : ALPN_H2_H1,
+                       only ? sizeof ALPN_H2 - 1 : sizeof ALPN_H2_H1 - 1, &err, why, sizeof why);
+    if (rc == 0) {
+        conn_events(c);
+        return;
+    }
+    if (rc < 0) {
+        h2_fail_all(c, err, why);
+        conn_close(c);
+        return;
+    }
+    c->state = C_READY;
+    if (h->https && !c->io.alpn_h2) {
+        if (!only) {
+            h2_to_h1(c);
+            return;
+        }
+        h2_fail_all(c, AL_UPSTREAM_TLS,
+                    "the upstream did not choose HTTP/2 in the TLS handshake (ALPN), which "
+                    "upstream.protocol: h2 requires");
+        conn_close(c);
+        return;
+    }
+    h->alpn = 1;
+    if (al_up_h2_new(NULL, h2_wake, c, &c->h2) != AL_OK) {
+        h2_fail_all(c, AL_UPSTREAM_CONNECT, "out of memory for an HTTP/2 session");
+        conn_close(c);
+        return;
+    }
+    al_up_req *next;
+    for (al_up_req *r = c->streams; r; r = next) {
+        next = r->snext;
+        h2_submit(r);
+    }
+    host_admit_waiting(h);
+    h2_kick(c);
+}
+
+/* Bytes of the session to the socket; -1 when the connection failed. */
+static int h2_flush(up_conn *c)
+{
+    for (;;) {
+        if (c->out_off < c->out.len) {
+            struct iovec iov = {c->out.data + c->out_off, c->out.len - c->out_off};
+            ssize_t w = al_up_io_writev(&c->io, &iov, 1);
+            if (w == AL_ERR_AGAIN)
+                return 0;
+            if (w < 0)
+                return -1;
+            c->out_off += (size_t)w;
+            if (c->out_off < c->out.len)
+                continue;
+            al_buf_reset(&c->out);
+            c->out_off = 0;
+        }
+        while (c->out.len < H2_OUT_FILL) {
+            const uint8_t *d;
+            ssize_t n = al_up_h2_send(c->h2, &d);
+            if (n < 0)
+                return -1;
+            if (n == 0)
+                break;
+            if (al_buf_append(&c->out, d, (size_t)n) != AL_OK)
+                return -1;
+        }
+        if (c->out.len == 0)
+            return 0;
+    }
+}
+
+static int h2_conn_events(const up_conn *c)
+{
+    int ev = EV_READ;
+    if (c->out_off < c->out.len || c->tls_rw || (c->h2 && al_up_h2_want_write(c->h2)))
+        ev |= EV_WRITE;
+    return ev;
+}
+
+/* One pass over an HTTP/2 connection: resumed streams, what the socket has, what the
+ * session has to send; then whether the connection idles, drains or goes. */
+static void h2_conn_io(up_conn *c)
+{
+    up_host *h = c->host;
+    if (c->state != C_READY) {
+        h2_conn_connecting(c);
+        return;
+    }
+    if (!c->h2)
+        return;
+    al_up_h2_run(c->h2);
+    c->tls_rw = 0;
+    for (int i = 0;; i++) {
+        if (i == 64) { /* more may wait (TLS buffers it): the next pass, after others */
+            h2_kick(c);
+            break;
+        }
+        char buf[16384];
+        ssize_t n = al_up_io_read(&c->io, buf, sizeof buf);
+        if (n == AL_ERR_AGAIN) {
+            c->tls_rw = c->io.want == EV_WRITE;
+            break;
+        }
+        if (n <= 0) {
+            h2_conn_lost(c, n == 0 ? "the upstream closed the HTTP/2 connection"
+                                   : "the HTTP/2 connection was reset");
+            return;
+        }
+        if (al_up_h2_recv(c->h2, (const uint8_t *)buf, (size_t)n) < 0) {
+            h2_flush(c); /* its GOAWAY, if it can go */
+            h2_conn_lost(c, "the upstream broke the HTTP/2 protocol");
+            return;
+        }
+    }
+    if (h2_flush(c) < 0) {
+        h2_conn_lost(c, "the HTTP/2 connection failed while sending");
+        return;
+    }
+    if (h->h2c == c && !al_up_h2_can_submit(c->h2))
+        h->h2c = NULL; /* draining (GOAWAY): new requests open another connection */
+    if (!al_up_h2_alive(c->h2)) {
+        h2_conn_lost(c, "the HTTP/2 session ended");
+        return;
+    }
+    if (c->nstreams == 0) {
+        if (h->h2c != c) {
+            conn_close(c);
+            return;
+        }
+        if (!ev_is_active(&c->idle_t)) {
+            ev_timer_set(&c->idle_t, AL_UP_IDLE_EXPIRY_MS / 1000.0, 0.);
+            ev_timer_start(h->e->loop, &c->idle_t);
+        }
+    }
+    conn_events(c);
+}
+
+/* A slot is held: join the host's HTTP/2 connection, or open it. */
+static void h2_dispatch(al_up_req *r)
+{
+    up_host *h = r->h;
+    al_up_engine *e = h->e;
+    up_conn *c = h->h2c;
+    if (c && c->h2 && !al_up_h2_can_submit(c->h2)) {
+        h->h2c = NULL;
+        c = NULL;
+    }
+    if (c) {
+        e->stats.reuses++;
+        h2_link(c, r);
+        if (c->state == C_READY)
+            h2_submit(r);
+        else
+            set_phase(r, P_CONNECT);
+        return;
+    }
+    if (!(c = conn_new(h))) {
+        fail(r, AL_UPSTREAM_CONNECT, "out of memory");
+        return;
+    }
+    c->h2mode = 1;
+    ev_init(&c->kick, h2_kick_cb);
+    c->kick.data = c;
+    al_buf_init(&c->out, H2_OUT_MAX);
+    c->h2_next = h->h2_list;
+    h->h2_list = c;
+    h->h2c = c;
+    e->stats.connects++;
+    h2_link(c, r);
+    set_phase(r, P_CONNECT);
+    if (al_up_io_connect(&c->io, (const struct sockaddr *)&h->sa, h->salen) != AL_OK) {
+        fail(r, AL_UPSTREAM_CONNECT, "connect to %s port %u failed: %s", h->addr, (unsigned)h->port,
+             strerror(errno));
+        h2_unlink(r);
+        conn_close(c);
+        return;
+    }
+    c->state = C_CONNECT;
+    conn_events(c);
 }
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     up_conn *c = w->data;
     al_up_req *r = c->req;
+    if (c->h2mode) {
+        h2_conn_io(c);
+        return;
+    }
     if (!r) { /* idle and readable: closed by the upstream, or stray bytes */
         char b;
         if (c->io.ssl && al_up_io_read(&c->io, &b, 1) == AL_ERR_AGAIN && c->io.want == EV_READ)
@@ -855,6 +1498,10 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void dispatch(al_up_req *r)
 {
     up_host *h = r->h;
+    if (h2_possible(h)) {
+        h2_dispatch(r);
+        return;
+    }
     up_conn *c = host_pick(h);
     if (c) {
         h->e->stats.reuses++;
@@ -892,8 +1539,8 @@ static void run(al_up_req *r)
     r->busy++;
     do {
         r->rerun = 0;
-        if (r->finished || r->cancelled || !r->c)
-            break;
+        if (r->finished || r->cancelled || !r->c || r->c->h2mode)
+            break; /* (HTTP/2: the connection drives its streams) */
         if (r->c->state != C_READY && !conn_progress(r))
             break;
         up_conn *c = r->c;
@@ -1023,6 +1670,15 @@ void al_up_engine_free(al_up_engine *e)
         r->busy = 0;
         req_free(r);
     }
+    for (up_host *h = e->hosts; h; h = h->next) /* (their streams ended with the requests) */
+        while (h->h2_list) {
+            up_conn *c = h->h2_list;
+            h2_conn_forget(c);
+            ev_io_stop(e->loop, &c->w);
+            ev_timer_stop(e->loop, &c->idle_t);
+            al_up_io_close(&c->io);
+            free(c);
+        }
     while (e->hosts) {
         up_host *h = e->hosts;
         while (h->idle) {
@@ -1129,8 +1785,11 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
         return AL_ERR_INVAL;
     *out = NULL;
     int https = !strcmp(o->scheme, "https");
-    if (!https && strcmp(o->scheme, "http") != 0)
+    if ((!https && strcmp(o->scheme, "http") != 0) || o->protocol < AL_UP_PROTO_AUTO ||
+        o->protocol > AL_UP_PROTO_H2)
         return AL_ERR_INVAL;
+    /* http:// speaks HTTP/2 only when told to (prior knowledge): nothing to negotiate */
+    int proto = !https && o->protocol == AL_UP_PROTO_AUTO ? AL_UP_PROTO_H1 : o->protocol;
     struct sockaddr_storage ss;
     socklen_t sl = 0;
     char addr[64];
@@ -1180,8 +1839,8 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
         goto fail;
     }
     al_up_h1_resp_init(&r->resp, !strcmp(m, "HEAD"));
-    r->h = host_get(e, addr, o->connect_port, https, o->connect_host, https ? o->ca_file : NULL,
-                    &ss, sl);
+    r->h = host_get(e, addr, o->connect_port, https, proto, o->connect_host,
+                    https ? o->ca_file : NULL, &ss, sl);
     if (!r->h) {
         rc = AL_ERR_NOMEM;
         goto fail;
@@ -1218,7 +1877,7 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
     }
     /* a pooled connection: a bodiless request's head goes now (read_body is never
      * called inside start: the caller has not got *out yet) */
-    if (!r->finished && r->c && r->c->state == C_READY && !r->has_body) {
+    if (!r->finished && r->c && !r->c->h2mode && r->c->state == C_READY && !r->has_body) {
         h1_send(r);
         r->rerun = 0;
     }
@@ -1240,6 +1899,10 @@ void al_up_resume_send(al_up_req *r)
         return;
     r->send_paused = 0;
     r->last_activity = ev_now(r->e->loop);
+    if (r->st) { /* HTTP/2: the session pulls the body again at its next pass */
+        al_up_h2_resume_send(r->st);
+        return;
+    }
     if (r->busy) {
         r->rerun = 1;
         return;
@@ -1254,6 +1917,10 @@ void al_up_resume_recv(al_up_req *r)
         return;
     r->recv_paused = 0;
     r->last_activity = ev_now(r->e->loop);
+    if (r->st) { /* HTTP/2: the held bytes are offered again at the session's next pass */
+        al_up_h2_resume_recv(r->st);
+        return;
+    }
     if (r->busy) {
         r->rerun = 1;
         return;

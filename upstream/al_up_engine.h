@@ -35,6 +35,9 @@ typedef struct al_up_req al_up_req;
  * connection); the rest wait in order. */
 #define AL_UP_MAX_HOST_CONNECTIONS 128
 #define AL_UP_MAX_IDLE_PER_HOST    64
+/* Per worker and host speaking HTTP/2: requests in flight at once (streams, most on one
+ * connection; the peer's SETTINGS_MAX_CONCURRENT_STREAMS queues the excess there). */
+#define AL_UP_MAX_HOST_STREAMS 1024
 #define AL_UP_IDLE_EXPIRY_MS       30000
 
 int al_up_engine_new(struct ev_loop *loop, al_up_engine **out);

@@ -69,7 +69,7 @@ struct al_up_h2_stream {
     int64_t clen, body_seen;
     /* response bytes the consumer has not taken yet (it paused) */
     char *pend;
-    size_t pend_len, pend_cap;
+    size_t pend_off, pend_len, pend_cap; /* pending: pend[pend_off..pend_len) */
     al_up_h2_stream *prev, *next; /* h->streams */
     al_up_h2_stream *qnext;       /* h->qhead while queued */
 };
@@ -268,8 +268,10 @@ static void try_finish(al_up_h2_stream *s)
 static void deliver(al_up_h2_stream *s)
 {
     while (s->pend_len && !s->paused && !s->ended) {
-        size_t n = s->pend_len;
-        int rc = s->cbs.on_body(s->arg, s->pend, n);
+        size_t n = s->pend_len - s->pend_off;
+        if (n > AL_UP_H2_MAX_CHUNK)
+            n = AL_UP_H2_MAX_CHUNK;
+        int rc = s->cbs.on_body(s->arg, s->pend + s->pend_off, n);
         if (s->ended)
             return;
         if (rc == AL_ERR_AGAIN) {
@@ -280,7 +282,9 @@ static void deliver(al_up_h2_stream *s)
             end_stream(s, AL_UP_H2_LOCAL, 0, "the response body could not be forwarded");
             return;
         }
-        s->pend_len = 0;
+        s->pend_off += n;
+        if (s->pend_off == s->pend_len)
+            s->pend_off = s->pend_len = 0;
         if (!s->ng_closed)
             nghttp2_session_consume_stream(s->h->ng, s->id, n);
     }
@@ -289,6 +293,11 @@ static void deliver(al_up_h2_stream *s)
 
 static int hold(al_up_h2_stream *s, const uint8_t *data, size_t len)
 {
+    if (s->pend_off && s->pend_len + len > s->pend_cap) { /* taken bytes go first */
+        memmove(s->pend, s->pend + s->pend_off, s->pend_len - s->pend_off);
+        s->pend_len -= s->pend_off;
+        s->pend_off = 0;
+    }
     if (s->pend_len + len > s->pend_cap) {
         size_t cap = s->pend_cap ? s->pend_cap : 16384;
         while (cap < s->pend_len + len)
@@ -577,7 +586,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
             try_finish(s);
         return 0;
     }
-    s->pend_len = 0;
+    s->pend_off = s->pend_len = 0;
     if (code == NGHTTP2_REFUSED_STREAM && !s->got_head) {
         end_stream(s, AL_UP_H2_REFUSED, code,
                    s->peer_rst ? "the upstream refused the stream (REFUSED_STREAM); not processed"
@@ -969,7 +978,7 @@ void al_up_h2_cancel(al_up_h2_stream *s)
         return;
     s->cancelled = 1;
     end_stream(s, AL_UP_H2_LOCAL, 0, "cancelled");
-    s->pend_len = 0;
+    s->pend_off = s->pend_len = 0;
     sweep(s->h);
 }
 

@@ -66,14 +66,19 @@ enum al_up_h2_end {
 /* Static text for an al_up_h2_end; never NULL. */
 const char *al_up_h2_end_str(enum al_up_h2_end e);
 
+/* The most response body bytes one on_body call offers (an HTTP/2 DATA frame's
+ * default maximum, what consumers size their buffers for). */
+#define AL_UP_H2_MAX_CHUNK 16384
+
 typedef struct al_up_h2_cbs {
     /* 1xx interim response (not 101); may be NULL. */
     void (*on_info)(void *arg, int status, const al_header *h, size_t n);
     /* The final response head (status 200..599, headers without pseudo-headers,
      * names lower case as HTTP/2 sends them); valid during the call. */
     void (*on_head)(void *arg, int status, const al_header *h, size_t n);
-    /* Response body bytes: return 0 when taken, AL_ERR_AGAIN to pause (the same bytes
-     * are offered again after al_up_h2_resume_recv). */
+    /* Response body bytes, at most AL_UP_H2_MAX_CHUNK at once: return 0 when taken,
+     * AL_ERR_AGAIN to pause (the same bytes are offered again after
+     * al_up_h2_resume_recv). */
     int (*on_body)(void *arg, const char *data, size_t len);
     /* Response trailers; may be NULL (then dropped). */
     void (*on_trailers)(void *arg, const al_header *h, size_t n);

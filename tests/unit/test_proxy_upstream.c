@@ -1468,10 +1468,8 @@ int main(void)
         cmocka_unit_test(test_invalid_input),
         cmocka_unit_test(test_client_cap_queues_and_times_out),
         cmocka_unit_test(test_agent_stall_ends_the_exchange),
-#ifndef AL_UP_NATIVE_SUITE /* the native engine offers HTTP/2 once up-h2 lands */
         cmocka_unit_test_setup_teardown(test_h2_multiplexed_and_streamed, h2_setup, h2_teardown),
         cmocka_unit_test_setup_teardown(test_h2_wrong_ca_is_tls_error, h2_setup, h2_teardown),
-#endif
     };
     return cmocka_run_group_tests(tests, srv_setup, srv_teardown);
 }

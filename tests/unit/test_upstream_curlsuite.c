@@ -2,10 +2,9 @@
  * engine: the same server, the same cases, the same expectations (headers as sent,
  * bodies streamed both ways through pauses, error mapping, cancel inside callbacks,
  * reuse, the egress re-check, 1xx/hop-by-hop/trailers, head limit, TLS failures,
- * invalid input, the client cap, the agent stall). Only the HTTP/2 cases are left
- * out until the native engine speaks HTTP/2. */
+ * invalid input, the client cap, the agent stall), HTTP/2 against nghttpd included
+ * (ALPN h2: every stream on one connection). */
 #define AL_UP_NATIVE_SUITE 1
-#pragma GCC diagnostic ignored "-Wunused-function" /* the HTTP/2 cases */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -49,6 +48,6 @@ static int suite_pool_new(struct ev_loop *loop, al_up_engine **out)
 #define al_upstream_resume_send   al_up_resume_send
 #define al_upstream_resume_recv   al_up_resume_recv
 #define al_upstream_elapsed_ms    al_up_elapsed_ms
-#define al_upstream_multiplexes() 0
+#define al_upstream_multiplexes() 1
 
 #include "test_proxy_upstream.c"

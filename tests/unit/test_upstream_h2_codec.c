@@ -364,6 +364,7 @@ static int cb_body(void *arg, const char *d, size_t len)
     assert_int_equal(r->done, 0);
     if (r->pause)
         return AL_ERR_AGAIN;
+    assert_true(len <= AL_UP_H2_MAX_CHUNK);
     if (strncmp(r->path, "/big/", 5) == 0)
         for (size_t i = 0; i < len; i++)
             if ((uint8_t)d[i] != pattern(r->got + i))
