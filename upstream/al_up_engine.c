@@ -1,6 +1,7 @@
 /* al_up_engine: the native upstream engine (see al_up_engine.h).
  *
- * Objects: a host (the pool key: checked address, port, scheme, TLS name, ca_file)
+ * Objects: a host (the pool key: checked address, port, scheme, TLS name, ca_file,
+ * upstream.protocol)
  * owns its idle connections, its slot count, its waiting requests and per-client
  * counts, and the TLS session to resume; a connection (up_conn) is a transport
  * (al_up_io) with one ev_io, busy with one request or idle in its host's list; a
@@ -8,13 +9,13 @@
  * (wiped: it holds the credential) and one timer whose meaning follows its phase.
  *
  * How a protocol plugs in: a connection is made ready by the transport (connect,
- * TLS handshake with ALPN); conn_ready() then hands it to the codec the handshake
- * chose. HTTP/1.1 is h1_send()/h1_recv() below, one request per connection. The
- * HTTP/2 codec (al_up_h2, up-h2) adds a second branch there: a connection whose
- * io.alpn_h2 is set carries many requests (host_pick() may then hand a busy h2
- * connection to a new request while it has stream capacity), and the connection's
- * io callback drives the nghttp2 session instead of h1_send/h1_recv; requests keep
- * the same timers, admission and callbacks. ALPN offers only "http/1.1" until then.
+ * TLS handshake with ALPN); the codec the handshake chose takes it. HTTP/1.1 is
+ * h1_send()/h1_recv() below, one request per connection. HTTP/2 (the "HTTP/2"
+ * section: al_up_h2's session on an h2mode connection) carries many requests on one
+ * connection per host, which requests join while it connects; its io callback and
+ * kick drive the session instead of h1_send/h1_recv, and requests keep the same
+ * timers, admission and callbacks. ALPN offers "h2" and "http/1.1" unless the target
+ * says upstream.protocol h1 (or h2: "h2" alone).
  *
  * Re-entrancy: callbacks (on_head, on_body, read_body, ...) may cancel or resume the
  * request. While the engine works on a request (busy > 0) a cancel only marks it and

@@ -6,7 +6,8 @@
  *   transport  al_up_tls.h: a non-blocking socket, plain or OpenSSL TLS (ALPN, SNI,
  *              verification, session resumption per host);
  *   codec      al_up_h1.h: HTTP/1.1 request heads and response parsing, free of I/O;
- *              (HTTP/2: al_up_h2.h, nghttp2's client session, plugs in the same way)
+ *              al_up_h2.h: HTTP/2 on nghttp2's client session, free of I/O; one
+ *              connection per host carries many requests (ALPN h2);
  *   engine     this file: the connection pool keyed by (address, port, TLS name,
  *              ca_file) with a per-host limit and idle expiry, admission (per-host
  *              slots, per-client cap, queue timeout), timeouts, and the requests.
@@ -17,8 +18,11 @@
  * verifies; a response with ambiguous framing ends AL_UPSTREAM_BAD_FRAMING and its
  * connection is closed; a pooled connection the upstream closed is found before reuse,
  * and a request is sent again at most once, only when none of it was sent or it is
- * idempotent without a body; memory per request is bounded (a 16 KiB read buffer, a
- * 16 KiB body buffer, the head). */
+ * idempotent without a body (HTTP/2: a stream the upstream did not process — GOAWAY
+ * above its last stream, REFUSED_STREAM — goes again on another connection, at most 3
+ * times, when none of its body was read); memory per request is bounded (a 16 KiB read
+ * buffer, a 16 KiB body buffer, the head; HTTP/2: the stream's receive window, 256 KiB,
+ * while its agent does not read). */
 #ifndef AL_UP_ENGINE_H
 #define AL_UP_ENGINE_H
 

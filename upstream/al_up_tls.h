@@ -1,12 +1,12 @@
 /* al_up_tls: the transport under an upstream connection — a non-blocking TCP socket,
  * plain or wrapped in OpenSSL TLS — with nothing of HTTP in it. A protocol codec
- * (HTTP/1.1 today, HTTP/2 with up-h2) reads and writes through it and asks which
+ * (HTTP/1.1 or HTTP/2) reads and writes through it and asks which
  * event it waits for.
  *
  * TLS: one SSL_CTX per CA source (a target's ca_file, or the system CAs) per worker,
  * verification always on (chain and host name, SNI unless the name is an IP
- * literal), TLS 1.2 at least, ALPN offering what the caller asks ("http/1.1" now;
- * "h2" once the HTTP/2 codec is plugged in) and session resumption through the
+ * literal), TLS 1.2 at least, ALPN offering what the caller asks ("h2" and/or
+ * "http/1.1") and session resumption through the
  * caller's per-host session slot. */
 #ifndef AL_UP_TLS_H
 #define AL_UP_TLS_H
