@@ -506,7 +506,8 @@ int al_flight_forget(al_flight *f, const char *key)
     int done = 0;
     pthread_mutex_lock(&f->lock);
     entry *e = find(f, key, hash_key(key), NULL);
-    if (e && !e->st.loading) {
+    if (e) {
+        /* while a load runs, gets wait for it instead of taking the old value */
         al_refresh_drop(&e->st);
         e->st.retry_at = 0;
         e->st.failures = 0;

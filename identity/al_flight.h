@@ -142,9 +142,9 @@ void al_flight_complete(al_flight *f, const char *key, int err, void *value,
                         int64_t refresh_after_ms, int64_t usable_for_ms, const char *msg);
 /* Drops the value of `key` if it is still generation `gen`. Returns 1 if dropped. */
 int al_flight_invalidate(al_flight *f, const char *key, uint64_t gen);
-/* Forgets what is known of `key` (its value and its back-off) unless a load is in
- * flight: the next get loads. For a value that changed elsewhere (a user's tokens
- * stored by the consent callback). Returns 1 if there was something to forget. */
+/* Forgets what is known of `key` (its value and its back-off): the next get loads, or
+ * waits for the load in flight. For a value that changed elsewhere (a user's tokens
+ * stored by the consent callback). Returns 1 if there was an entry. */
 int al_flight_forget(al_flight *f, const char *key);
 /* Drops every entry that is not loading and has no waiter (tests, provider deleted). */
 void al_flight_clear(al_flight *f);

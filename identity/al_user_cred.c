@@ -5,10 +5,11 @@
  * al_user_cred_free) and a small ring of rejected token fingerprints (an upstream's 401:
  * the next load refreshes even though the token has not expired).
  *
- * Threads: gets and loads run on the caller's thread (a worker: the load's store read
- * is one indexed SQLite row); jobs (discovery, token requests, the store writes that
- * follow them) run on the fetch thread. `lock` covers the job list and the rejected
- * ring only.
+ * Threads: gets run on the caller's thread (a worker); a load is a task for the store
+ * thread (store_main), which does every store read and write and takes the refresh
+ * lock; jobs' network requests run on the fetch thread, and their answers come back to
+ * the store thread to be stored (job_answered). `lock` covers the job list and the
+ * rejected ring; `qlock` the store thread's queue.
  *
  * A job: [the provider's endpoint: configured, or its discovery document] -> then
  * authorize: al_consent_open + the redirect; code / refresh: POST to the token
@@ -130,6 +131,14 @@ struct al_user_cred {
     void *now_arg;
     pthread_mutex_t lock; /* jobs, rejected */
     job *jobs;
+    /* the store thread: every store read and write (a PostgreSQL store is a network
+     * round trip; the cross-replica refresh lock blocks), never a worker loop */
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    struct task *qhead, *qtail;
+    int qstop;
     rej_entry rej[REJECTED_MAX];
     size_t rej_next;
 };
@@ -229,6 +238,58 @@ static int prov_load(al_user_cred *uc, const char *name, prov *p)
     return rc;
 }
 
+/* ---- the store thread ------------------------------------------------------------ */
+
+typedef struct task {
+    struct task *next;
+    void (*run)(al_user_cred *uc, void *arg);
+    void (*drop)(al_user_cred *uc, void *arg); /* at shutdown, instead of run */
+    void *arg;
+} task;
+
+/* Queues run(arg) on the store thread. AL_ERR_NOMEM (nothing queued). */
+static int store_post(al_user_cred *uc, void (*run)(al_user_cred *, void *),
+                      void (*drop)(al_user_cred *, void *), void *arg)
+{
+    task *t = calloc(1, sizeof *t);
+    if (!t)
+        return AL_ERR_NOMEM;
+    t->run = run;
+    t->drop = drop;
+    t->arg = arg;
+    pthread_mutex_lock(&uc->qlock);
+    if (uc->qtail)
+        uc->qtail->next = t;
+    else
+        uc->qhead = t;
+    uc->qtail = t;
+    pthread_cond_signal(&uc->qcond);
+    pthread_mutex_unlock(&uc->qlock);
+    return AL_OK;
+}
+
+static void *store_main(void *arg)
+{
+    al_user_cred *uc = arg;
+    pthread_mutex_lock(&uc->qlock);
+    for (;;) {
+        while (!uc->qhead && !uc->qstop)
+            pthread_cond_wait(&uc->qcond, &uc->qlock);
+        if (uc->qstop)
+            break;
+        task *t = uc->qhead;
+        uc->qhead = t->next;
+        if (!uc->qhead)
+            uc->qtail = NULL;
+        pthread_mutex_unlock(&uc->qlock);
+        t->run(uc, t->arg);
+        free(t);
+        pthread_mutex_lock(&uc->qlock);
+    }
+    pthread_mutex_unlock(&uc->qlock);
+    return NULL;
+}
+
 /* ---- jobs ------------------------------------------------------------------------ */
 
 enum job_kind { J_AUTHORIZE, J_CODE, J_REFRESH };
@@ -245,8 +306,9 @@ struct job {
     char link_id[AL_CONSENT_ID_LEN + 1];
     al_kv *extra; /* J_AUTHORIZE: the target's custom parameters (copies) */
     size_t extra_n;
-    char *old_refresh; /* J_REFRESH: kept when the answer has no new one */
-    char key[512];     /* J_REFRESH: the flight key */
+    char *old_refresh;   /* J_REFRESH: kept when the answer has no new one */
+    char key[512];       /* J_REFRESH: the flight key */
+    al_store_lock *lock; /* J_REFRESH: the cross-replica refresh lock, held until stored */
     al_user_page_fn done;
     void *arg;
     char host[256];
@@ -274,6 +336,7 @@ static void job_free(job *j)
     if (j->next)
         j->next->prev = j->prev;
     pthread_mutex_unlock(&uc->lock);
+    al_store_unlock(j->lock);
     prov_clear(&j->p);
     free(j->provider);
     free(j->user);
@@ -489,6 +552,66 @@ static void authorize_with(job *j, const char *endpoint)
 static void refresh_done(job *j, int err, al_user_token *t, const char *msg);
 static void finish_code(job *j, int err, al_user_token *t, const char *msg);
 
+/* A code or refresh job's answer, for the store thread (which stores it). */
+typedef struct answer_task {
+    job *j;
+    int err;
+    al_user_token t; /* moved in */
+    char msg[512];
+} answer_task;
+
+static void answer_run(al_user_cred *uc, void *arg)
+{
+    answer_task *a = arg;
+    (void)uc;
+    if (a->j->kind == J_CODE) {
+        finish_code(a->j, a->err, a->err == AL_OK ? &a->t : NULL, a->msg);
+    } else {
+        refresh_done(a->j, a->err, &a->t, a->msg);
+        job_free(a->j);
+    }
+    al_user_token_clear(&a->t);
+    OPENSSL_cleanse(a, sizeof *a);
+    free(a);
+}
+
+static void answer_drop(al_user_cred *uc, void *arg)
+{
+    answer_task *a = arg;
+    if (a->j->kind == J_REFRESH)
+        al_flight_complete(uc->cache, a->j->key, AL_ERR_IO, NULL, 0, 0, "airlock is stopping");
+    job_free(a->j); /* a page job's waiter is gone with its worker */
+    al_user_token_clear(&a->t);
+    free(a);
+}
+
+/* Any thread: hands the job's outcome (t moved from, may be NULL) to the store thread. */
+static void job_answered(job *j, int err, al_user_token *t, const char *msg)
+{
+    answer_task *a = calloc(1, sizeof *a);
+    if (a) {
+        a->j = j;
+        a->err = err;
+        if (t) {
+            a->t = *t;
+            memset(t, 0, sizeof *t);
+        }
+        snprintf(a->msg, sizeof a->msg, "%s", msg ? msg : "");
+        if (store_post(j->uc, answer_run, answer_drop, a) == AL_OK)
+            return;
+        if (t)
+            *t = a->t; /* given back: the caller clears it */
+        free(a);
+    }
+    /* no memory for the hand-off: the outcome is an error, answered here (no store) */
+    if (j->kind == J_CODE) {
+        finish_code(j, AL_ERR_NOMEM, NULL, "out of memory");
+    } else {
+        refresh_done(j, AL_ERR_NOMEM, NULL, "out of memory");
+        job_free(j);
+    }
+}
+
 static void on_token(void *arg, const al_fetch_response *res)
 {
     job *j = arg;
@@ -510,13 +633,8 @@ static void on_token(void *arg, const al_fetch_response *res)
         err = al_user_token_parse(res->status, res->body, res->body_len, res->host, &spec,
                                   j->uc->now_s(j->uc->now_arg), &t, msg, sizeof msg);
     }
-    if (j->kind == J_CODE) {
-        finish_code(j, err, &t, msg);
-    } else {
-        refresh_done(j, err, &t, msg);
-        job_free(j);
-    }
-    al_user_token_clear(&t);
+    job_answered(j, err, &t, msg);
+    al_user_token_clear(&t); /* moved: empty unless the hand-off failed */
 }
 
 /* POST the grant with the client's authentication (tokenEndpointAuthMethod). */
@@ -552,13 +670,8 @@ static void job_continue(job *j, const char *endpoint)
 
 static void job_fail(job *j, int err, const char *msg)
 {
-    if (j->kind == J_CODE) {
-        finish_code(j, err, NULL, msg);
-        return;
-    }
-    if (j->kind == J_REFRESH) {
-        refresh_done(j, err == AL_ERR_PERM ? AL_ERR_PROTO : err, NULL, msg);
-        job_free(j);
+    if (j->kind != J_AUTHORIZE) {
+        job_answered(j, err == AL_ERR_PERM ? AL_ERR_PROTO : err, NULL, msg);
         return;
     }
     al_user_page pg;
@@ -722,67 +835,131 @@ static void ukey_free(void *p)
     }
 }
 
-static void load_user(void *arg, al_flight *f, const char *key, void *key_data)
+/* What a stored token is good for at `now`. */
+enum use { USE_IT, REFRESH_IT, NONE_LEFT };
+
+static enum use classify(const al_user_token *t, int64_t now, int rejected)
 {
-    al_user_cred *uc = arg;
-    const ukey *k = key_data;
-    al_user_token t;
-    access_impl *v = NULL;
-    int64_t now = uc->now_s(uc->now_arg);
-    int rc = al_user_token_load(uc->store, uc->vault, k->provider, k->user, &t);
+    int64_t life = t->expires_at ? t->expires_at - t->obtained_at : 0;
+    int64_t due = t->expires_at ? t->obtained_at + life * 8 / 10 : 0;
+    int64_t skew = life / 10 < 30 ? life / 10 : 30;
+    int valid = !t->expires_at || now < t->expires_at - skew;
+    if (!rejected && valid && (!t->expires_at || now < due || !t->refresh_token))
+        return USE_IT;
+    return t->refresh_token ? REFRESH_IT : NONE_LEFT;
+}
+
+/* Answers the load of key with t's token, or "none" (t NULL) saying why. */
+static void complete_access(al_user_cred *uc, const char *key, const ukey *k,
+                            const al_user_token *t, const char *why)
+{
+    access_impl *v = access_new(k->provider, k->user, t, t ? NULL : why);
+    if (v)
+        complete_value(uc, key, v, uc->now_s(uc->now_arg));
+    else
+        al_flight_complete(uc->cache, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
+}
+
+/* Reads (provider, user)'s row: 0 with *t, or 1 when a "none" or an error was answered. */
+static int read_row(al_user_cred *uc, const char *key, const ukey *k, al_user_token *t)
+{
+    int rc = al_user_token_load(uc->store, uc->vault, k->provider, k->user, t);
     if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_KEY) {
         if (rc == AL_ERR_KEY)
             al_log(AL_LOG_WARN, "user_token.unreadable",
                    "provider=%s: a user's stored tokens do not open (another master key, or "
                    "tampered); the user is asked to consent again",
                    k->provider);
-        v = access_new(k->provider, k->user, NULL, "no token for this user yet");
-        if (v)
-            complete_value(uc, key, v, now);
-        else
-            al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
-        return;
+        complete_access(uc, key, k, NULL, "no token for this user yet");
+        return 1;
     }
     if (rc != AL_OK) {
-        al_flight_complete(f, key, rc, NULL, 0, 0, "the user token store could not be read");
-        return;
+        al_flight_complete(uc->cache, key, rc, NULL, 0, 0,
+                           "the user token store could not be read");
+        return 1;
     }
+    return 0;
+}
+
+/* One refresh at a time across replicas (al_store.h's protocol): take the store's
+ * refresh lock, then read the row again — another replica may have refreshed (and
+ * rotated the refresh token) while this one waited. Returns 0 with *t the row to refresh
+ * (and *lock held when the store has locks), or 1 when answered (the token another
+ * replica got, none, an error). */
+static int lock_for_refresh(al_user_cred *uc, const char *key, const ukey *k, al_user_token *t,
+                            al_store_lock **lock)
+{
+    *lock = NULL;
+    if (!uc->store->ops->refresh_lock)
+        return 0;
+    char name[600];
+    snprintf(name, sizeof name, "3lo\n%s\n%s", k->provider, k->user);
+    int rc = uc->store->ops->refresh_lock(uc->store, name, 10000, lock);
+    if (rc != AL_OK) {
+        al_user_token_clear(t);
+        al_flight_complete(
+            uc->cache, key, rc == AL_ERR_TIMEOUT ? AL_ERR_TIMEOUT : AL_ERR_DB, NULL, 0, 0,
+            rc == AL_ERR_TIMEOUT ? "another airlock has been refreshing this user's token for 10 "
+                                   "seconds; retry"
+                                 : "the store's refresh lock could not be taken");
+        return 1;
+    }
+    char fp[32];
+    snprintf(fp, sizeof fp, "%s", t->fingerprint);
+    al_user_token_clear(t);
+    if (read_row(uc, key, k, t)) {
+        al_store_unlock(*lock);
+        *lock = NULL;
+        return 1;
+    }
+    if (strcmp(fp, t->fingerprint) != 0 && classify(t, uc->now_s(uc->now_arg), 0) == USE_IT) {
+        complete_access(uc, key, k, t, NULL); /* refreshed by another replica meanwhile */
+        al_user_token_clear(t);
+        al_store_unlock(*lock);
+        *lock = NULL;
+        return 1;
+    }
+    return 0;
+}
+
+/* The store thread: (provider, user)'s row, then maybe a refresh on the fetch thread. */
+static void load_now(al_user_cred *uc, const char *key, const ukey *k)
+{
+    al_user_token t;
+    if (read_row(uc, key, k, &t))
+        return;
     int rejected = is_rejected(uc, key, t.fingerprint, 0);
-    int64_t life = t.expires_at ? t.expires_at - t.obtained_at : 0;
-    int64_t due = t.expires_at ? t.obtained_at + life * 8 / 10 : 0;
-    int64_t skew = life / 10 < 30 ? life / 10 : 30;
-    int valid = !t.expires_at || now < t.expires_at - skew;
-    if (!rejected && valid && (!t.expires_at || now < due || !t.refresh_token)) {
-        v = access_new(k->provider, k->user, &t, NULL);
+    enum use u = classify(&t, uc->now_s(uc->now_arg), rejected);
+    if (u == USE_IT) {
+        complete_access(uc, key, k, &t, NULL);
         al_user_token_clear(&t);
-        if (v)
-            complete_value(uc, key, v, now);
-        else
-            al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
         return;
     }
-    if (!t.refresh_token) {
+    if (u == NONE_LEFT) {
         al_user_token_clear(&t);
-        v = access_new(k->provider, k->user, NULL,
-                       rejected ? "the upstream refused the user's token and there is no refresh "
-                                  "token"
-                                : "the user's token expired and the provider gave no refresh "
-                                  "token");
-        if (v)
-            complete_value(uc, key, v, now);
-        else
-            al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
+        complete_access(uc, key, k, NULL,
+                        rejected ? "the upstream refused the user's token and there is no refresh "
+                                   "token"
+                                 : "the user's token expired and the provider gave no refresh "
+                                   "token");
         return;
     }
-    /* refresh on the fetch thread */
+    al_store_lock *lock = NULL;
+    if (lock_for_refresh(uc, key, k, &t, &lock))
+        return;
+    /* refresh on the fetch thread; its answer is stored here, then the lock goes */
     job *j = job_new(uc, J_REFRESH);
     int err = j ? prov_load(uc, k->provider, &j->p) : AL_ERR_NOMEM;
+    if (j) {
+        j->lock = lock;
+        lock = NULL;
+    }
     if (j && err == AL_OK) {
         err = AL_ERR_NOMEM;
         j->provider = strdup(k->provider);
         j->user = strdup(k->user);
         j->scope = strdup(t.scope ? t.scope : "");
-        j->old_refresh = strdup(t.refresh_token);
+        j->old_refresh = t.refresh_token ? strdup(t.refresh_token) : NULL;
         j->form = al_consent_refresh_form(t.refresh_token, NULL);
         snprintf(j->key, sizeof j->key, "%s", key);
         if (j->provider && j->user && j->scope && j->old_refresh && j->form) {
@@ -791,9 +968,10 @@ static void load_user(void *arg, al_flight *f, const char *key, void *key_data)
         }
     }
     al_user_token_clear(&t);
+    al_store_unlock(lock);
     if (err != AL_OK) {
         job_free(j);
-        al_flight_complete(f, key, err, NULL, 0, 0,
+        al_flight_complete(uc->cache, key, err, NULL, 0, 0,
                            err == AL_ERR_NOTFOUND ? "the provider is not in the store"
                            : err == AL_ERR_INVAL  ? "the provider is not an OAuth client"
                            : err == AL_ERR_DB     ? "the credential store is not open"
@@ -801,6 +979,51 @@ static void load_user(void *arg, al_flight *f, const char *key, void *key_data)
         return;
     }
     job_start(j);
+}
+
+typedef struct load_task {
+    char key[512];
+    ukey k;
+} load_task;
+
+static void load_task_free(load_task *lt)
+{
+    free(lt->k.provider);
+    free(lt->k.user);
+    free(lt);
+}
+
+static void load_run(al_user_cred *uc, void *arg)
+{
+    load_task *lt = arg;
+    load_now(uc, lt->key, &lt->k);
+    load_task_free(lt);
+}
+
+static void load_drop(al_user_cred *uc, void *arg)
+{
+    load_task *lt = arg;
+    al_flight_complete(uc->cache, lt->key, AL_ERR_IO, NULL, 0, 0, "airlock is stopping");
+    load_task_free(lt);
+}
+
+/* The flight's loader, on the caller's thread (a worker): the work goes to the store
+ * thread, and the waiters hear from there. */
+static void load_user(void *arg, al_flight *f, const char *key, void *key_data)
+{
+    al_user_cred *uc = arg;
+    const ukey *k = key_data;
+    load_task *lt = calloc(1, sizeof *lt);
+    if (lt) {
+        snprintf(lt->key, sizeof lt->key, "%s", key);
+        lt->k.provider = strdup(k->provider);
+        lt->k.user = strdup(k->user);
+    }
+    if (!lt || !lt->k.provider || !lt->k.user || store_post(uc, load_run, load_drop, lt) != AL_OK) {
+        if (lt)
+            load_task_free(lt);
+        al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
+    }
 }
 
 /* ---- public ---------------------------------------------------------------------------- */
@@ -825,15 +1048,23 @@ int al_user_cred_new(al_store *store, al_vault *vault, al_cred_cache *creds, al_
         .load_arg = uc,
         .name = "user_token",
     };
+    pthread_mutex_init(&uc->qlock, NULL);
+    pthread_cond_init(&uc->qcond, NULL);
     int rc = al_consent_new(0, &uc->consent);
     if (rc == AL_OK)
         rc = al_flight_new(&fc, &uc->cache);
+    if (rc == AL_OK)
+        rc = pthread_create(&uc->thread, NULL, store_main, uc) == 0 ? AL_OK : AL_ERR_IO;
     if (rc != AL_OK) {
+        al_flight_free(uc->cache);
         al_consent_free(uc->consent);
+        pthread_cond_destroy(&uc->qcond);
+        pthread_mutex_destroy(&uc->qlock);
         pthread_mutex_destroy(&uc->lock);
         free(uc);
         return rc;
     }
+    uc->thread_started = 1;
     *out = uc;
     return AL_OK;
 }
@@ -842,12 +1073,27 @@ void al_user_cred_free(al_user_cred *uc)
 {
     if (!uc)
         return;
+    /* the store thread ends after its current task; what is queued is dropped */
+    pthread_mutex_lock(&uc->qlock);
+    uc->qstop = 1;
+    pthread_cond_signal(&uc->qcond);
+    pthread_mutex_unlock(&uc->qlock);
+    if (uc->thread_started)
+        pthread_join(uc->thread, NULL);
+    while (uc->qhead) {
+        task *t = uc->qhead;
+        uc->qhead = t->next;
+        t->drop(uc, t->arg);
+        free(t);
+    }
     while (uc->jobs)
         job_free(uc->jobs);
     al_flight_free(uc->cache);
     al_consent_free(uc->consent);
     al_store_close(uc->store);
     al_vault_free(uc->vault);
+    pthread_cond_destroy(&uc->qcond);
+    pthread_mutex_destroy(&uc->qlock);
     pthread_mutex_destroy(&uc->lock);
     free(uc);
 }
@@ -888,6 +1134,19 @@ int al_user_cred_get(al_user_cred *uc, const char *provider, const char *user, a
         al_flight_forget(uc->cache, key);
         rc = al_flight_get(uc->cache, key, &k, 0, cb, arg, res);
     }
+    return rc;
+}
+
+int al_user_cred_get_wait(al_user_cred *uc, const char *provider, const char *user,
+                          al_user_access **out, char *errbuf, size_t errlen)
+{
+    al_flight_sync w;
+    al_flight_result r;
+    void *v = NULL;
+    al_flight_sync_init(&w, uc->cache);
+    int rc = al_user_cred_get(uc, provider, user, al_flight_sync_cb, &w, &r);
+    rc = al_flight_sync_wait(&w, rc, &r, &v, errbuf, errlen);
+    *out = v;
     return rc;
 }
 

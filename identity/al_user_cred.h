@@ -7,18 +7,22 @@
  * master key), the pending consents (al_consent), a single-flight cache of the users'
  * access tokens (al_flight, keyed by provider + user) and the control-plane requests it
  * makes (discovery, the code exchange, refreshes) on the fetch thread (al_oidc's
- * al_fetch), so no worker loop ever waits on the network.
+ * al_fetch), and a store thread of its own for every store read and write (a PostgreSQL
+ * store is a network round trip, the cross-replica refresh lock blocks), so no worker
+ * loop ever waits on the network or the store.
  *
  * A request's token (al_user_cred_get): the cache answers at once when it has the
- * user's token; otherwise its load reads the store on the calling thread (one indexed
- * SQLite read) and
+ * user's token; otherwise its load reads the store on the store thread and
  *   - no row (or one that does not open): a "none" value (al_user_access.none) —
  *     consent is needed; it is re-read on the next request, so a consent completed in
  *     another worker or replica is seen at once;
  *   - a token not yet due for refresh: used until 80 % of its life;
  *   - due (or rejected by the upstream: al_user_cred_rejected): refreshed with the
- *     refresh token on the fetch thread; the answer is stored (a rotated refresh token
- *     durably, before the new access token is handed out), then the waiters get it;
+ *     refresh token on the fetch thread, under the store's refresh lock (al_store.h: one
+ *     refresh per user across replicas; the row is read again once the lock is held, and
+ *     a token another replica got meanwhile is used instead); the answer is stored (a
+ *     rotated refresh token durably, before the new access token is handed out), then
+ *     the lock goes and the waiters get it;
  *     `invalid_grant` deletes the user's tokens and answers "none"; other failures are
  *     errors with the provider's error and error_description (back-off as al_flight).
  *
@@ -87,6 +91,9 @@ al_consent *al_user_cred_consent(al_user_cred *uc);
 int al_user_cred_get(al_user_cred *uc, const char *provider, const char *user, al_flight_cb cb,
                      void *arg, al_flight_result *res);
 int al_user_cred_cancel(al_user_cred *uc, uint64_t wait_id);
+/* The blocking form (tests, the CLI; never a worker loop): *out retained. */
+int al_user_cred_get_wait(al_user_cred *uc, const char *provider, const char *user,
+                          al_user_access **out, char *errbuf, size_t errlen);
 /* The upstream answered 401 to token generation `gen` of a: the next get refreshes
  * (once for any number of requests that saw the same token). */
 void al_user_cred_rejected(al_user_cred *uc, const al_user_access *a, uint64_t gen);

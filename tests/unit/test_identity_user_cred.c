@@ -15,9 +15,11 @@
 #include "identity/al_user_cred.h"
 #include "identity/al_user_token.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static char dir[64];
 static al_user_cred *uc;
@@ -108,12 +110,13 @@ static void test_query_param(void **state)
     assert_string_equal(out, "abc");
 }
 
+/* Loads go to the store thread: the blocking form waits for them. */
 static al_user_access *get(const char *user, int *rc_out)
 {
-    al_flight_result res;
-    int rc = al_user_cred_get(uc, "idp", user, NULL, NULL, &res);
-    *rc_out = rc;
-    return rc == AL_OK ? res.value : NULL;
+    al_user_access *a = NULL;
+    char err[256];
+    *rc_out = al_user_cred_get_wait(uc, "idp", user, &a, err, sizeof err);
+    return *rc_out == AL_OK ? a : NULL;
 }
 
 static void save(const char *user, const char *at, const char *rt, int64_t obtained,
@@ -180,6 +183,43 @@ static void test_cache_over_the_store(void **state)
     a = get("iss erin", &rc);
     assert_null(a);
     assert_int_equal(rc, AL_ERR_DB);
+}
+
+/* Another replica refreshes frank's token while this one waits for the store's refresh
+ * lock: once it has the lock, this one reads the row again and uses the new token —
+ * no second refresh (here there is no provider at all: a refresh would fail). */
+typedef struct waiter_arg {
+    int rc;
+    al_user_access *a;
+} waiter_arg;
+
+static void *wait_for_frank(void *arg)
+{
+    waiter_arg *w = arg;
+    char err[256];
+    w->rc = al_user_cred_get_wait(uc, "idp", "iss frank", &w->a, err, sizeof err);
+    return NULL;
+}
+
+static void test_refresh_lock_reads_the_other_replicas_token(void **state)
+{
+    (void)state;
+    /* due for refresh: 3000 s into a one-hour token */
+    save("iss frank", "old1-frank-access", "frank-refresh-1", now_s - 3000, now_s + 600);
+    al_store_lock *other = NULL;
+    assert_non_null(st->ops->refresh_lock);
+    assert_int_equal(st->ops->refresh_lock(st, "3lo\nidp\niss frank", 1000, &other), AL_OK);
+    waiter_arg w = {0, NULL};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, wait_for_frank, &w), 0);
+    usleep(200 * 1000); /* the store thread now waits for the lock (or soon will) */
+    save("iss frank", "new2-frank-access", "frank-refresh-2", now_s, now_s + 3600);
+    al_store_unlock(other);
+    pthread_join(th, NULL);
+    assert_int_equal(w.rc, AL_OK);
+    assert_false(w.a->none);
+    assert_string_equal(w.a->access_token, "new2-frank-access");
+    al_user_access_release(w.a);
 }
 
 static al_consent_binding binding = {
@@ -368,6 +408,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_callback_refusals_store_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_authorize_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_link_reused_until_opened, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refresh_lock_reads_the_other_replicas_token, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
