@@ -82,7 +82,8 @@ header_arrived() {
 
 # start_airlock NAME TEMPLATE [VAR=value...]: airlock ($airlock_bin) as peer NAME with the
 # table TEMPLATE rendered (DIR, PROXY_PORT=$peer_port, ADMIN_PORT, UPSTREAM_PORT=$upstream_port,
-# AUDIT_CHAIN=${audit_chain:-true}, plus the VAR=value given) and $key stored as the API key
+# AUDIT_CHAIN=${audit_chain:-true}, STATE (its state dir), plus the VAR=value given; ENGINE
+# and TARGET_EXTRA default to empty) and $key stored as the API key
 # of provider bench-key (on stdin, never in argv); waits for /healthz. Sets peer_pid (pushed
 # on pids), or returns 1 with `note` saying why.
 start_airlock() {
@@ -97,7 +98,8 @@ start_airlock() {
   mkdir -p "$state"
   chmod 700 "$state"
   render "$template" "$dir/$name.yaml" DIR="$dir" PROXY_PORT="$peer_port" ADMIN_PORT="$admin_port" \
-    UPSTREAM_PORT="$upstream_port" AUDIT_CHAIN="${audit_chain:-true}" STATE="$state" "$@"
+    UPSTREAM_PORT="$upstream_port" AUDIT_CHAIN="${audit_chain:-true}" STATE="$state" "$@" \
+    ENGINE= TARGET_EXTRA= # (defaults: render applies the first value given for a name)
   set +e
   out=$(printf '%s\n' "$key" | "$airlock_bin" identity create-api-key-credential-provider \
     --name bench-key --api-key - --state-dir "$state" 2>&1)

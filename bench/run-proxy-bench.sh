@@ -3,7 +3,7 @@
 #
 #   bench/run-proxy-bench.sh [--airlock BIN] [--duration S] [--conc "1 10 50"]
 #                            [--streams M] [--sizes "small 1m post"] [--rounds R]
-#                            [--peers "direct nginx haproxy airlock iam oauth2_2lo"]
+#                            [--peers "direct nginx haproxy airlock native iam oauth2_2lo"]
 #                            [--audit-chain true|false]
 #
 # Upstream: Debian nginx (one worker) on free 127.0.0.1 ports, a small response and a
@@ -20,6 +20,9 @@
 #            built with AL_SANITIZE is refused, another build type is reported.
 #            Its audit log is hash-chained with signed checkpoints (audit.chain: true,
 #            the default); --audit-chain false measures the plain log for comparison.
+#   native   the same airlock with limits.upstream_engine: native (its own HTTP/1.1
+#            and HTTP/2 client instead of libcurl); the airlock row is the default
+#            engine, so one run compares both
 #   iam      the same airlock binary, one worker, signing every request with AWS SigV4
 #            (an iam target, credentials from the environment) towards the same
 #            upstream; its ratio to the airlock (api_key) row is the cost of signing.
@@ -47,7 +50,7 @@ warmup=1
 concs="1 10 50"
 streams=10
 sizes="small 1m post"
-peers="direct nginx haproxy airlock iam oauth2_2lo"
+peers="direct nginx haproxy airlock native iam oauth2_2lo"
 rounds=1
 audit_chain=true
 while [ $# -gt 0 ]; do
@@ -75,7 +78,7 @@ dir=$(mktemp -d /tmp/airlock-bench.XXXXXX)
 # airlock's figures mean something only for an optimised, uninstrumented build.
 airlock_build="given"
 case " $peers " in
-  *" airlock "* | *" iam "* | *" oauth2_2lo "*) release_airlock_bin ;;
+  *" airlock "* | *" native "* | *" iam "* | *" oauth2_2lo "*) release_airlock_bin ;;
 esac
 
 key="bench-$(openssl rand -hex 16)"
@@ -121,7 +124,10 @@ start_peer() {
       peer_pid=$!
       ;;
     airlock)
-      start_airlock airlock bench/airlock-table.conf || return 1
+      start_airlock airlock bench/airlock-table.conf ENGINE= || return 1
+      ;;
+    native)
+      start_airlock native bench/airlock-table.conf ENGINE="  upstream_engine: native" || return 1
       ;;
     oauth2_2lo)
       if [ ! -x "$airlock_bin" ] || ! command -v node >/dev/null ||
@@ -266,12 +272,13 @@ awk -F'\t' '
     if (!(($1 "," $2) in seen)) { seen[$1 "," $2] = 1; ks[++n] = $1 "," $2 } }
   function r(a, b) { return (b > 0 && a != "" && b != "") ? sprintf("%.2f", a / b) : "n/a" }
   END {
-    printf "| size | conns | airlock/nginx | airlock/haproxy | haproxy/nginx | p99 airlock/nginx | iam/airlock (api_key) | oauth2_2lo/airlock (api_key) |\n"
-    printf "|---|---|---:|---:|---:|---:|---:|---:|\n"
+    printf "| size | conns | airlock/nginx | airlock/haproxy | native/nginx | native/haproxy | p99 native/haproxy | haproxy/nginx | p99 airlock/nginx | iam/airlock (api_key) | oauth2_2lo/airlock (api_key) |\n"
+    printf "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     for (i = 1; i <= n; i++) {
       k = ks[i]; split(k, kk, ",")
-      a = rps[k ",airlock"]; ng = rps[k ",nginx"]; h = rps[k ",haproxy"]
-      printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", kk[1], kk[2], r(a, ng), r(a, h), r(h, ng),
+      a = rps[k ",airlock"]; ng = rps[k ",nginx"]; h = rps[k ",haproxy"]; nv = rps[k ",native"]
+      printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", kk[1], kk[2], r(a, ng), r(a, h),
+        r(nv, ng), r(nv, h), (p99[k ",native"] != "" ? r(p99[k ",native"], p99[k ",haproxy"]) : "n/a"), r(h, ng),
         (p99[k ",airlock"] != "" ? r(p99[k ",airlock"], p99[k ",nginx"]) : "n/a"), r(rps[k ",iam"], a),
         r(rps[k ",oauth2_2lo"], a)
     }

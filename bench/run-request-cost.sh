@@ -4,12 +4,14 @@
 # runs — for comparing two builds (before/after a change) on a shared machine.
 #
 #   bench/run-request-cost.sh [--airlock BIN]... [--conc C] [--streams M] [--requests N]
+#                             [--engines "curl native"]
 #
 # For each BIN (default: build-release/airlock): the benchmark's upstream (Debian
 # nginx, bench/upstream-nginx.conf) and table (bench/airlock-table.conf: gateway mode,
 # one worker, API key injected), airlock serve under `valgrind --tool=callgrind
 # --instr-atstart=no`, a 500-request warm-up, then instrumentation on for N requests
-# (h2load -c C -m M -n N /t/bench/small), off; prints total instructions / N.
+# (h2load -c C -m M -n N /t/bench/small), off; prints total instructions / N, for each
+# upstream engine named (limits.upstream_engine; default: the binary's default only).
 # Every process started is stopped by pid at the end.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,13 +20,15 @@ bins=()
 conc=10
 streams=10
 requests=3000
+engines=default
 while [ $# -gt 0 ]; do
   case "$1" in
     --airlock) bins+=("$2"); shift 2 ;;
     --conc) conc=$2; shift 2 ;;
     --streams) streams=$2; shift 2 ;;
     --requests) requests=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --engines) engines=$2; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run-request-cost: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,18 +42,21 @@ dir=$(mktemp -d /tmp/airlock-cost.XXXXXX)
 key="bench-$(openssl rand -hex 16)"
 start_upstream
 
-echo "| airlock | requests | conns x streams | instructions / request |"
-echo "|---|---:|---|---:|"
+echo "| airlock | engine | requests | conns x streams | instructions / request |"
+echo "|---|---|---:|---|---:|"
 n=0
 for bin in "${bins[@]}"; do
+ for engine in $engines; do
   n=$((n + 1))
   state=$dir/state-$n
   proxy_port=$(free_port)
   admin_port=$(free_port)
   mkdir -p "$state" && chmod 700 "$state"
+  eline=""
+  [ "$engine" = default ] || eline="  upstream_engine: $engine"
   render bench/airlock-table.conf "$dir/airlock-$n.yaml" DIR="$dir" PROXY_PORT="$proxy_port" \
-    ADMIN_PORT="$admin_port" UPSTREAM_PORT="$upstream_port" AUDIT_CHAIN=true
-  sed -i "s|$dir/airlock-state|$state|g" "$dir/airlock-$n.yaml"
+    ADMIN_PORT="$admin_port" UPSTREAM_PORT="$upstream_port" AUDIT_CHAIN=true STATE="$state" \
+    ENGINE="$eline"
   printf '%s\n' "$key" | "$bin" identity create-api-key-credential-provider --name bench-key \
     --api-key - --state-dir "$state" >/dev/null
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg-$n.out" \
@@ -73,5 +80,6 @@ for bin in "${bins[@]}"; do
     t=$(awk '/^totals:/ {print $2; exit}' "$f")
     total=$((total + ${t:-0}))
   done
-  echo "| $bin | $ok | $conc x $streams | $((total / requests)) |"
+  echo "| $bin | $engine | $ok | $conc x $streams | $((total / requests)) |"
+ done
 done
