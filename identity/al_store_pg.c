@@ -19,8 +19,10 @@
  * libpq's messages name host and user, never the password, but every message is
  * still passed through redact(), which cuts the password and the DSN out.
  *
- * Threads: one al_store_pg (one PGconn) is used by one thread at a time, like the
- * SQLite handle; refresh_lock opens its own connection and is thread-safe. */
+ * Threads: a handle may be shared (serve's user-token vault: its store thread and the
+ * fetch thread): every op holds the handle's mutex, so its one PGconn runs one
+ * statement at a time (as SQLite's FULLMUTEX); refresh_lock opens its own connection.
+ * Ops block on the network: never call them on a worker's event loop. */
 #include "al_store.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
@@ -28,6 +30,7 @@
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +76,7 @@ typedef struct al_store_pg {
     pg_params p;
     int listening;       /* LISTEN asked for: re-issued on every new connection */
     int64_t next_try_ms; /* no reconnect before this (monotonic) */
+    pthread_mutex_t mu;  /* one PGconn, one statement at a time: callers may share it */
 } al_store_pg;
 
 /* One "down" log line per outage per process, however many handles fail. */
@@ -432,7 +436,7 @@ out:
     return AL_OK;
 }
 
-static int pg_get(al_store *base, const char *name, al_store_record *out)
+static int pg_get_(al_store *base, const char *name, al_store_record *out)
 {
     al_store_record *recs = NULL;
     size_t n = 0;
@@ -449,7 +453,7 @@ static int pg_get(al_store *base, const char *name, al_store_record *out)
     return AL_OK;
 }
 
-static int pg_list(al_store *base, al_store_record **out, size_t *n)
+static int pg_list_(al_store *base, al_store_record **out, size_t *n)
 {
     return load((al_store_pg *)base, NULL, out, n);
 }
@@ -553,8 +557,8 @@ static int put_meta(al_store_pg *s, const char *k, const char *v)
     return r ? AL_OK : AL_ERR_DB;
 }
 
-static int pg_put(al_store *base, const al_store_record *recs, size_t n, const char *const *meta_kv,
-                  size_t meta_n, const uint64_t *expect_generation)
+static int pg_put_(al_store *base, const al_store_record *recs, size_t n,
+                   const char *const *meta_kv, size_t meta_n, const uint64_t *expect_generation)
 {
     al_store_pg *s = (al_store_pg *)base;
     uint64_t gen = 0;
@@ -579,7 +583,7 @@ static int pg_put(al_store *base, const al_store_record *recs, size_t n, const c
     return rc;
 }
 
-static int pg_del(al_store *base, const char *name)
+static int pg_del_(al_store *base, const char *name)
 {
     al_store_pg *s = (al_store_pg *)base;
     uint64_t gen;
@@ -612,7 +616,7 @@ static int pg_del(al_store *base, const char *name)
     return rc;
 }
 
-static int pg_meta_get(al_store *base, const char *key, char **out)
+static int pg_meta_get_(al_store *base, const char *key, char **out)
 {
     al_store_pg *s = (al_store_pg *)base;
     const char *vals[1] = {key};
@@ -631,7 +635,7 @@ static int pg_meta_get(al_store *base, const char *key, char **out)
     return rc;
 }
 
-static int pg_meta_list(al_store *base, char ***keys, char ***vals, size_t *n)
+static int pg_meta_list_(al_store *base, char ***keys, char ***vals, size_t *n)
 {
     al_store_pg *s = (al_store_pg *)base;
     int rc = ensure(s);
@@ -663,10 +667,10 @@ static int pg_meta_list(al_store *base, char ***keys, char ***vals, size_t *n)
     return AL_OK;
 }
 
-static int pg_generation(al_store *base, uint64_t *out)
+static int pg_generation_(al_store *base, uint64_t *out)
 {
     char *v = NULL;
-    int rc = pg_meta_get(base, "generation", &v);
+    int rc = pg_meta_get_(base, "generation", &v);
     if (rc == AL_OK)
         *out = strtoull(v, NULL, 10);
     free(v);
@@ -699,8 +703,8 @@ static int user_row(PGresult *r, int i, al_store_user_token *u, int blobs)
     return u->provider && u->user && u->scope ? AL_OK : AL_ERR_NOMEM;
 }
 
-static int pg_user_get(al_store *base, const char *provider, const char *user,
-                       al_store_user_token *out)
+static int pg_user_get_(al_store *base, const char *provider, const char *user,
+                        al_store_user_token *out)
 {
     al_store_pg *s = (al_store_pg *)base;
     const char *vals[2] = {provider, user};
@@ -723,7 +727,7 @@ static int pg_user_get(al_store *base, const char *provider, const char *user,
 
 /* One autocommit statement plus its announcement: durable (synchronous_commit is the
  * server's; its default, on, waits for the WAL flush) when it returns. */
-static int pg_user_put(al_store *base, const al_store_user_token *u)
+static int pg_user_put_(al_store *base, const al_store_user_token *u)
 {
     al_store_pg *s = (al_store_pg *)base;
     if (!u->wrapped_key || !u->sealed)
@@ -762,7 +766,7 @@ static int pg_user_put(al_store *base, const al_store_user_token *u)
     return r ? AL_OK : AL_ERR_DB;
 }
 
-static int pg_user_list(al_store *base, const char *provider, al_store_user_token **out, size_t *n)
+static int pg_user_list_(al_store *base, const char *provider, al_store_user_token **out, size_t *n)
 {
     al_store_pg *s = (al_store_pg *)base;
     const char *vals[1] = {provider};
@@ -791,7 +795,7 @@ static int pg_user_list(al_store *base, const char *provider, al_store_user_toke
     return AL_OK;
 }
 
-static int pg_user_del(al_store *base, const char *provider, const char *user)
+static int pg_user_del_(al_store *base, const char *provider, const char *user)
 {
     al_store_pg *s = (al_store_pg *)base;
     const char *vals[2] = {provider, user};
@@ -811,7 +815,7 @@ static int pg_user_del(al_store *base, const char *provider, const char *user)
 
 /* ---- change notifications ------------------------------------------------------------ */
 
-static int pg_change_fd(al_store *base)
+static int pg_change_fd_(al_store *base)
 {
     al_store_pg *s = (al_store_pg *)base;
     if (!s->listening) {
@@ -824,7 +828,7 @@ static int pg_change_fd(al_store *base)
     return PQsocket(s->conn);
 }
 
-static int pg_change_drain(al_store *base)
+static int pg_change_drain_(al_store *base)
 {
     al_store_pg *s = (al_store_pg *)base;
     int changed = 0;
@@ -913,8 +917,41 @@ static void pg_close(al_store *base)
     al_store_pg *s = (al_store_pg *)base;
     PQfinish(s->conn);
     params_free(&s->p);
+    pthread_mutex_destroy(&s->mu);
     free(s);
 }
+
+/* ---- the vtable: every op holds the handle's mutex ---------------------------------------
+ * Like SQLite's FULLMUTEX: a handle may be shared by threads (serve's user-token vault is
+ * used by its store thread and the fetch thread); each op runs alone on the connection. */
+#define LOCKED(name, params, args)                                                                 \
+    static int pg_##name params                                                                    \
+    {                                                                                              \
+        al_store_pg *s_ = (al_store_pg *)base;                                                     \
+        pthread_mutex_lock(&s_->mu);                                                               \
+        int rc_ = pg_##name##_ args;                                                               \
+        pthread_mutex_unlock(&s_->mu);                                                             \
+        return rc_;                                                                                \
+    }
+LOCKED(get, (al_store * base, const char *name, al_store_record *out), (base, name, out))
+LOCKED(list, (al_store * base, al_store_record **out, size_t *n), (base, out, n))
+LOCKED(put,
+       (al_store * base, const al_store_record *recs, size_t n, const char *const *meta_kv,
+        size_t meta_n, const uint64_t *expect_generation),
+       (base, recs, n, meta_kv, meta_n, expect_generation))
+LOCKED(del, (al_store * base, const char *name), (base, name))
+LOCKED(generation, (al_store * base, uint64_t *out), (base, out))
+LOCKED(meta_get, (al_store * base, const char *key, char **out), (base, key, out))
+LOCKED(meta_list, (al_store * base, char ***keys, char ***vals, size_t *n), (base, keys, vals, n))
+LOCKED(user_get,
+       (al_store * base, const char *provider, const char *user, al_store_user_token *out),
+       (base, provider, user, out))
+LOCKED(user_put, (al_store * base, const al_store_user_token *u), (base, u))
+LOCKED(user_list, (al_store * base, const char *provider, al_store_user_token **out, size_t *n),
+       (base, provider, out, n))
+LOCKED(user_del, (al_store * base, const char *provider, const char *user), (base, provider, user))
+LOCKED(change_fd, (al_store * base), (base))
+LOCKED(change_drain, (al_store * base), (base))
 
 static const al_store_ops pg_ops = {
     .name = "postgres",
@@ -1004,6 +1041,7 @@ int al_store_pg_open(const char *dsn, const char *origin, int flags, al_store **
     if (!s)
         return AL_ERR_NOMEM;
     s->base.ops = &pg_ops;
+    pthread_mutex_init(&s->mu, NULL);
     if ((rc = params_init(&s->p, dsn, origin)) != AL_OK)
         goto fail;
     if ((rc = ensure(s)) != AL_OK)
