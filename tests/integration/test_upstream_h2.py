@@ -11,7 +11,8 @@ limits.upstream_engine: native and one worker.
   reads (its window stays shut): the 999 others complete, the paused one completes
   once read, and one upstream connection carried them all;
 - nginx reloaded mid-load (its old worker sends GOAWAY and closes): no request is
-  lost (the streams nginx did not process are sent again on a new connection);
+  lost; an upstream whose GOAWAY names an earlier stream as the last it processed:
+  the streams above it are sent again on a new connection, every request answered;
 - an HTTP/2 upstream that answers with a malformed response (connection-specific
   header, bad :status) gets the agent a 502 and the worker serves the next request."""
 import os
@@ -128,7 +129,13 @@ def conns_for(lines, prefix):
 class BadH2Upstream:
     """A TLS server with ALPN h2 (python3-h2) that answers every request with a
     malformed response chosen by its path: /conn -> a connection-specific header,
-    /status -> :status 2000, anything else -> a plain 200 "fine"."""
+    /status -> :status 2000, anything else -> a plain 200 "fine". /goaway requests:
+    the first connection holds them until it has 4, then sends GOAWAY naming the
+    second one's stream as the last it processed, answers those up to it, ignores the
+    rest (counted in .refused) and closes; later connections answer them all."""
+
+    refused = 0
+    goaway_done = False
 
     def __init__(self, ca):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -156,6 +163,8 @@ class BadH2Upstream:
             conn = h2.connection.H2Connection(cfg)
             conn.initiate_connection()
             s.sendall(conn.data_to_send())
+            held, last = [], None
+            goaway_here = not BadH2Upstream.goaway_done
             while True:
                 data = s.recv(65536)
                 if not data:
@@ -163,6 +172,26 @@ class BadH2Upstream:
                 for ev in conn.receive_data(data):
                     if isinstance(ev, h2.events.RequestReceived):
                         path = dict(ev.headers).get(b":path", b"/")
+                        if b"/goaway" in path and goaway_here:
+                            if last is not None:
+                                BadH2Upstream.refused += 1
+                                continue
+                            held.append(ev.stream_id)
+                            if len(held) < 4:
+                                continue
+                            BadH2Upstream.goaway_done = True
+                            last = held[1]
+                            for sid in held:
+                                if sid > last:
+                                    BadH2Upstream.refused += 1
+                                    continue
+                                conn.send_headers(sid, [(":status", "200")])
+                                conn.send_data(sid, b"fine\n", end_stream=True)
+                            conn.close_connection(last_stream_id=last)
+                            s.sendall(conn.data_to_send())
+                            time.sleep(0.2)  # what the client sends meanwhile is ignored
+                            s.close()
+                            return
                         if path.endswith(b"/conn"):
                             hdrs = [(":status", "200"), ("connection", "close")]
                         elif path.endswith(b"/status"):
@@ -285,6 +314,15 @@ def test_goaway_mid_load_loses_no_request():
     assert len(conns) >= 2, conns
     served = len([ln for ln in new if ln[2] == "200"])
     assert served >= 6000, served  # (a replayed stream is logged once: nginx refused it)
+
+
+def test_goaway_streams_not_processed_are_sent_again():
+    # a GOAWAY that names an earlier stream as the last one processed: the streams
+    # above it reached the upstream but were not processed; airlock sends them again on
+    # a new connection (GET, no body), so the agent sees every answer
+    out = h2load("bad", "/goaway", 40, 10)
+    assert "40 succeeded" in out and "40 2xx" in out, out[-800:]
+    assert BadH2Upstream.goaway_done and BadH2Upstream.refused >= 2, BadH2Upstream.refused
 
 
 def test_malformed_h2_response_is_502_and_worker_unharmed():
