@@ -299,8 +299,9 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_LIMITS_UPSTREAM_ENGINE] = {"limits.upstream_engine", AL_SK_ENUM, parse_upstream_engine,
                                      TBL(limits.upstream_engine), 0, 0, 0, 0, 0, "`curl`",
                                      "Who talks to upstreams on the data path: `curl` (libcurl) "
-                                     "or `native` (airlock's own engine: HTTP/1.1, OpenSSL, "
-                                     "its own pool). The control plane always uses libcurl."},
+                                     "or `native` (airlock's own engine: HTTP/1.1 and HTTP/2, "
+                                     "OpenSSL, its own pool). The control plane always uses "
+                                     "libcurl."},
     [AL_S_HEADERS] = {"headers", AL_SK_MAP, NULL, TBL(headers), 0, 0, 0, 0, 0, "",
                       "Headers airlock adds to forwarded requests."},
     [AL_S_HEADERS_VIA] = {"headers.via", AL_SK_BOOL, parse_bool, TBL(headers.add_via), 0, 0, 1, 1,
