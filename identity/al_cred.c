@@ -236,6 +236,12 @@ static int watcher_wait(al_cred_cache *c)
 {
     al_store *st = c->id ? al_identity_store(c->id) : NULL;
     int fd = st && st->ops->change_fd ? st->ops->change_fd(st) : -1;
+    /* A NOTIFY committed while the last refresh was reading reaches the session with
+     * that read's last answer: libpq keeps it in its own queue and the socket stays
+     * quiet. Take what is queued first; a change there is read now, not after
+     * LISTEN_POLL_MS. */
+    if (fd >= 0 && st->ops->change_drain && st->ops->change_drain(st) > 0)
+        return 0;
     struct pollfd p[2] = {{.fd = c->stop_fds[0], .events = POLLIN},
                           {.fd = fd, .events = POLLIN}};
     int n = poll(p, fd >= 0 ? 2 : 1, fd >= 0 ? LISTEN_POLL_MS : POLL_MS);

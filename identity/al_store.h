@@ -100,7 +100,9 @@ typedef struct al_store_ops {
     /* A descriptor that becomes readable when another process may have changed the
      * store (PostgreSQL: the LISTEN connection's socket), or -1 (SQLite: poll the
      * generation). After it is readable, change_drain() consumes what arrived and
-     * returns 1 if a change was announced, 0 if not, negative on error. NULL = none. */
+     * returns 1 if a change was announced, 0 if not, negative on error. NULL = none.
+     * Call it before polling too: an announcement that came with a query's answer is
+     * already taken in (libpq's queue) and leaves the descriptor quiet. */
     int (*change_fd)(al_store *s);
     int (*change_drain)(al_store *s);
     /* The other store-wide meta entries (every key but "generation"): for `store
