@@ -302,9 +302,13 @@ def setup(backend):
     assert r.returncode == 0, r.stdout + r.stderr
     C.haproxy = Proc(["haproxy", "-db", "-f", cfg], name="haproxy")
     wait_port(C.haproxy_port, proc=C.haproxy)
-    wait_for(lambda: os.path.exists(C.haproxy_sock), 10, "haproxy stats socket")
-    wait_for(lambda: set(server_states().values()) == {"UP"} and len(server_states()) == REPLICAS,
-             15, "haproxy seeing every replica UP")
+    def all_up():
+        try:
+            st = server_states()
+        except (FileNotFoundError, ConnectionRefusedError):  # socket not listening yet
+            return False
+        return set(st.values()) == {"UP"} and len(st) == REPLICAS
+    wait_for(all_up, 15, "haproxy seeing every replica UP")
     C.load = Load(C.haproxy_port)
     C.t_load = time.monotonic()
     C.load.start()
