@@ -12,8 +12,9 @@ packages=(
   # test peers and clients
   curl openssl nginx haproxy nghttp2-client nghttp2-server wrk sqlite3 procps
   python3 python3-requests python3-httpx python3-h2 nodejs npm git groff-base
-  # deployment files: YAML manifests parsed, the systemd unit verified (systemd-analyze)
-  python3-yaml systemd
+  # deployment files: YAML manifests parsed and checked against the Kubernetes API
+  # models, the systemd unit verified (systemd-analyze)
+  python3-yaml python3-kubernetes systemd
   # AWS SigV4: an independent verifier (botocore) and an SDK playing an agent (boto3)
   python3-botocore python3-boto3
   # the PostgreSQL store (several replicas): the tests start a private server with the

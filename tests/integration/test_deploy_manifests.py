@@ -4,7 +4,9 @@ No Kubernetes cluster can run here (Debian 12 packages neither kind nor k3s nor
 minikube) and no container image can be built (no registry to pull debian:12-slim
 from), so this test checks what can be checked without them:
   - every YAML file under deploy/ parses (python3-yaml), every Kubernetes object has
-    apiVersion/kind/name, kustomization.yaml lists the manifests that exist;
+    apiVersion/kind/name, kustomization.yaml lists the manifests that exist, and every
+    field of every object exists in the Kubernetes API with the right type (the API
+    models of Debian's python3-kubernetes);
   - deploy/k8s: the ConfigMap's table is accepted by `airlock check`, and `airlock
     serve` on it (listen addresses moved to free 127.0.0.1 ports, paths to a temporary
     directory, the store a private PostgreSQL) answers the probes' paths on the admin
@@ -158,6 +160,63 @@ def test_every_yaml_under_deploy_parses():
     assert present - listed == {"kustomization.yaml", "secrets.example.yaml",
                                 "networkpolicy-agents.yaml"}, present - listed
     print("parsed %d YAML files, %d Kubernetes objects" % (len(files), len(objs)))
+
+
+def check_schema(value, typ, where, models):
+    """Checks `value` (parsed YAML) against the Kubernetes API type `typ` of the
+    python3-kubernetes client's models: every field must exist (by its JSON name) and
+    hold the right kind of value. Returns the number of fields checked."""
+    if typ.startswith("list["):
+        assert isinstance(value, list), "%s: a list expected" % where
+        return sum(check_schema(v, typ[5:-1], "%s[%d]" % (where, i), models)
+                   for i, v in enumerate(value))
+    if typ.startswith("dict("):
+        assert isinstance(value, dict), "%s: a map expected" % where
+        inner = typ[5:-1].split(", ", 1)[1]
+        return sum(check_schema(v, inner, "%s.%s" % (where, k), models) for k, v in value.items())
+    basic = {"str": str, "int": int, "bool": bool, "float": (int, float)}
+    if typ in basic:
+        ok = isinstance(value, basic[typ]) and not (typ == "int" and isinstance(value, bool))
+        assert ok, "%s: %s expected, got %r" % (where, typ, value)
+        return 1
+    if typ in ("object", "datetime", "date"):  # IntOrString, Quantity, times: any scalar
+        return 1
+    cls = getattr(models, typ)
+    assert isinstance(value, dict), "%s: a %s map expected" % (where, typ)
+    fields = {json_name: attr for attr, json_name in cls.attribute_map.items()}
+    n = 0
+    for k, v in value.items():
+        assert k in fields, "%s: %s has no field %r" % (where, typ, k)
+        n += check_schema(v, cls.openapi_types[fields[k]], "%s.%s" % (where, k), models)
+    return n + 1
+
+
+def test_manifests_match_the_kubernetes_api_schema():
+    """Every field of every object is one the Kubernetes API has, with the right type
+    (the API models of Debian's python3-kubernetes, Kubernetes 1.22): a misspelt or
+    misplaced key (readinessprobe, a probe under the pod spec) fails here, as
+    `kubectl apply` would fail on a cluster."""
+    need_yaml()
+    try:
+        from kubernetes.client import models
+    except ImportError:
+        raise Skip("python3-kubernetes is not installed (deploy/install-deps.sh)")
+    total = 0
+    for (kind, name), (d, f) in k8s_objects().items():
+        assert d["apiVersion"] in ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1"), \
+            "%s: %s %s: apiVersion %s" % (f, kind, name, d["apiVersion"])
+        total += check_schema(d, "V1" + kind, "%s:%s/%s" % (f, kind, name), models)
+    assert total > 300, total
+    # The checker finds what it should.
+    bad = obj("Deployment", "airlock")
+    bad["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+    try:
+        check_schema(bad, "V1Deployment", "mutated", models)
+    except AssertionError as e:
+        assert "readinessprobe" in str(e), e
+    else:
+        raise AssertionError("a misspelt field passed the schema check")
+    print("checked %d fields against the Kubernetes 1.22 API models" % total)
 
 
 def test_deployment_matches_the_table():
