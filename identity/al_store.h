@@ -146,6 +146,11 @@ struct al_store {
 
 enum al_store_open_flags {
     AL_STORE_CREATE = 1, /* create the database (and state dir) if missing */
+    /* PostgreSQL: a database unreachable now, or without airlock's tables yet, still
+     * gives a handle; it connects on first use and its ops fail (AL_ERR_DB) until the
+     * database is there. For serve's long-lived handles, so they recover by themselves.
+     * SQLite ignores it. */
+    AL_STORE_LAZY = 2,
 };
 
 /* Opens <state_dir>/identity.db (SQLite, WAL, busy timeout 5 s). Without

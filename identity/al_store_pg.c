@@ -1044,9 +1044,13 @@ int al_store_pg_open(const char *dsn, const char *origin, int flags, al_store **
     pthread_mutex_init(&s->mu, NULL);
     if ((rc = params_init(&s->p, dsn, origin)) != AL_OK)
         goto fail;
-    if ((rc = ensure(s)) != AL_OK)
-        goto fail;
-    if ((rc = schema_version(s, &ver)) != AL_OK)
+    if ((rc = ensure(s)) == AL_OK)
+        rc = schema_version(s, &ver);
+    if (rc == AL_ERR_DB && (flags & AL_STORE_LAZY)) {
+        *out = &s->base; /* unreachable now: connects on first use */
+        return AL_OK;
+    }
+    if (rc != AL_OK)
         goto fail;
     if (ver > SCHEMA_VERSION) {
         al_log(AL_LOG_ERROR, "identity.store",
@@ -1057,6 +1061,10 @@ int al_store_pg_open(const char *dsn, const char *origin, int flags, al_store **
         goto fail;
     }
     if (ver == 0 && !(flags & AL_STORE_CREATE)) {
+        if (flags & AL_STORE_LAZY) {
+            *out = &s->base; /* the tables come with the first write (the CLI) */
+            return AL_OK;
+        }
         rc = AL_ERR_NOTFOUND; /* nothing written yet: like a missing identity.db */
         goto fail;
     }

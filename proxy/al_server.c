@@ -988,7 +988,8 @@ static void open_user_tokens(al_server *s, const char *state_dir)
     al_vault *uv = NULL;
     if (!s->creds)
         return;
-    int rc = al_store_open(state_dir, 0, &us);
+    /* lazy: a PostgreSQL store down or still empty at start is used once it is there */
+    int rc = al_store_open(state_dir, AL_STORE_LAZY, &us);
     if (rc == AL_OK)
         rc = al_vault_open(state_dir, 0, &uv);
     if (rc == AL_OK)

@@ -9,7 +9,10 @@ each): the store's refresh lock lets exactly one replica call the provider; the 
 waits, reads the winner's stored token and uses it. So: exactly one refresh grant at
 the provider, every request 200 with the user's token, no consent asked again, the
 stored token is the refreshed one. Without the lock both replicas refresh with the same
-refresh token, the second is refused and the user must consent again."""
+refresh token, the second is refused and the user must consent again.
+Then PostgreSQL is stopped: the replicas keep serving the user's token they hold, and a
+replica started meanwhile is not ready until the database is back, then serves the
+user's stored token without a restart."""
 import json
 import os
 import subprocess
@@ -185,6 +188,40 @@ def test_expired_token_refreshed_once_for_two_replicas_at_the_same_instant():
     assert op.stats()["refresh_grants"] == grants + 2, op.stats()
     for al in (a, b):
         assert "invalid_grant" not in al.log_text()
+
+
+
+def test_postgres_down_cached_user_token_serves_and_a_replica_started_meanwhile_recovers():
+    a, b, pg, op = C["a"], C["b"], C["pg"], C["op"]
+    # a token that outlives this test even on a slow machine: expire the short one and
+    # let the refresh get a long one
+    op.control(ttl=300)
+    time.sleep(TTL + 0.6)
+    for al in (a, b):
+        st, _ = agent(al)
+        assert st == 200
+    pg.stop()
+    # the replicas keep using the user's token they hold (it is still valid)
+    for al in (a, b):
+        st, body = agent(al)
+        assert st == 200 and body["sub"] == "alice", (st, body)
+    # a replica started now: not ready (nothing loaded), then everything by itself
+    c = Airlock("listen: {proxy: 127.0.0.1:{proxy_port}}\n",
+                env={"AIRLOCK_MASTER_KEY_FILE": C["key"]})
+    with open(a.table_path) as f:
+        c.write_table(f.read().replace("127.0.0.1:%d" % a.proxy_port,
+                                       "127.0.0.1:{proxy_port}", 1)
+                      .replace("127.0.0.1:%d" % a.admin_port, "127.0.0.1:{admin_port}", 1))
+    c.start()
+    ready = lambda: http_get("http://127.0.0.1:%d/readyz" % c.admin_port, timeout=3)[0]
+    assert ready() == 503
+    pg.start()
+    wait_for(lambda: ready() == 200, timeout=15, what="the late replica ready after recovery")
+    wait_for(lambda: agent(c)[0] == 200, timeout=15, interval=0.2,
+             what="the late replica serving the user's stored token")
+    st, body = agent(c)
+    assert body["sub"] == "alice", body
+    assert "user_tokens.unavailable" not in c.log_text()
 
 
 if __name__ == "__main__":
