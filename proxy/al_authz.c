@@ -182,10 +182,12 @@ static int end_user(const al_table *t, const al_decide_req *q, const char *iss, 
         }
         d->allow = 1;
         snprintf(user, sizeof user, "%.*s", (int)uh->value_len, uh->value);
-        d->end_user = user;
+        if (q->target && q->target->auth.method == AL_AUTH_OAUTH2_3LO)
+            d->end_user = user;
         return 0;
     }
-    if (iss && sub && *iss && *sub) {
+    /* only a target that acts for a user has one (the principal says who called) */
+    if (iss && sub && *iss && *sub && q->target && q->target->auth.method == AL_AUTH_OAUTH2_3LO) {
         snprintf(user, sizeof user, "%s %s", iss, sub);
         d->end_user = user;
     }
