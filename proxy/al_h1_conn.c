@@ -173,8 +173,32 @@ static void sink_trailers(void *arg, const al_header *h, size_t n)
     }
 }
 
-static const al_req_sink h1_sink = {sink_head, sink_body, sink_end, sink_body_consumed,
-                                    sink_trailers};
+/* An interim response (103 Early Hints) before the head: to HTTP/1.1 clients only
+ * (RFC 9110 section 15.2: never to an HTTP/1.0 client), sent at once. */
+static void sink_interim(void *arg, int status, const al_header *h, size_t n)
+{
+    h1_state *s = arg;
+    al_conn *c = s->c;
+    char line[64];
+    if (c->dead || s->http_minor < 1 || status < 102 || status > 199)
+        return;
+    int len = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, al_http_reason(status));
+    al_conn_queue(c, line, (size_t)len);
+    for (size_t i = 0; i < n; i++) {
+        if (al_http_hop_by_hop(h[i].name, h[i].name_len) ||
+            al_http_name_is(h[i].name, h[i].name_len, "content-length"))
+            continue;
+        al_conn_queue(c, h[i].name, h[i].name_len);
+        al_conn_queue(c, ": ", 2);
+        al_conn_queue(c, h[i].value, h[i].value_len);
+        al_conn_queue(c, "\r\n", 2);
+    }
+    al_conn_queue(c, "\r\n", 2);
+    al_conn_flush(c);
+}
+
+static const al_req_sink h1_sink = {sink_head, sink_body,     sink_end,
+                                    sink_body_consumed, sink_trailers, sink_interim};
 
 static int body_cb(void *arg, const char *data, size_t len)
 {

@@ -116,11 +116,13 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     return (ssize_t)n;
 }
 
-static void sink_head(void *arg, int status, const al_header *h, size_t n, int64_t clen)
+/* The header block of a response head or an interim response: :status, the headers
+ * with lower-case names (hop-by-hop, content-length and pseudo headers dropped), and
+ * content-length when clen >= 0. *nva and *lower are the caller's to free; -1 when
+ * out of memory (the stream was reset). */
+static int head_nva(h2_stream *s, int status, const al_header *h, size_t n, int64_t clen,
+                    nghttp2_nv **out, char **lower_out, size_t *count, char st[4], char cl[24])
 {
-    h2_stream *s = arg;
-    if (s->closed || s->rst)
-        return;
     nghttp2_nv *nva = calloc(n + 2, sizeof *nva);
     char *lower = NULL;
     size_t total = 0;
@@ -133,9 +135,8 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
         nghttp2_submit_rst_stream(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         s->rst = 1;
         schedule(s->h);
-        return;
+        return -1;
     }
-    char st[4];
     unsigned sv = (unsigned)(status < 0 ? 0 : status) % 1000;
     st[0] = (char)('0' + sv / 100);
     st[1] = (char)('0' + sv / 10 % 10);
@@ -155,14 +156,30 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
                                 x->value_len, NGHTTP2_NV_FLAG_NONE};
         off += x->name_len;
     }
-    /* The length comes from how airlock frames the body (al_request counts it), not
-     * from whatever the upstream's header said. */
-    char cl[24];
-    if (clen >= 0 && status != 204 && status >= 200) {
-        int cn = snprintf(cl, sizeof cl, "%lld", (long long)clen);
+    if (clen >= 0) {
+        int cn = snprintf(cl, 24, "%lld", (long long)clen);
         nva[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, (size_t)cn,
                                 NGHTTP2_NV_FLAG_NONE};
     }
+    *out = nva;
+    *lower_out = lower;
+    *count = k;
+    return 0;
+}
+
+static void sink_head(void *arg, int status, const al_header *h, size_t n, int64_t clen)
+{
+    h2_stream *s = arg;
+    if (s->closed || s->rst)
+        return;
+    nghttp2_nv *nva;
+    char *lower, st[4], cl[24];
+    size_t k;
+    /* The length comes from how airlock frames the body (al_request counts it), not
+     * from whatever the upstream's header said. */
+    if (head_nva(s, status, h, n, clen >= 0 && status != 204 && status >= 200 ? clen : -1, &nva,
+                 &lower, &k, st, cl))
+        return;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = data_read};
     int no_body = s->is_head || status == 204 || status == 304;
     int rv = nghttp2_submit_response(s->h->ng, s->id, nva, k, no_body ? NULL : &prd);
@@ -175,6 +192,24 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
     s->submitted = 1;
     if (no_body)
         s->eof = 1;
+    schedule(s->h);
+}
+
+/* An interim response (103 Early Hints) before the head: a HEADERS frame without
+ * END_STREAM, as many as the upstream sent. */
+static void sink_interim(void *arg, int status, const al_header *h, size_t n)
+{
+    h2_stream *s = arg;
+    if (s->closed || s->rst || s->submitted || status < 102 || status > 199)
+        return;
+    nghttp2_nv *nva;
+    char *lower, st[4], cl[24];
+    size_t k;
+    if (head_nva(s, status, h, n, -1, &nva, &lower, &k, st, cl))
+        return;
+    nghttp2_submit_headers(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NULL, nva, k, NULL);
+    free(nva);
+    free(lower);
     schedule(s->h);
 }
 
@@ -274,8 +309,8 @@ static void sink_trailers(void *arg, const al_header *h, size_t n)
     }
 }
 
-static const al_req_sink h2_sink = {sink_head, sink_body, sink_end, sink_body_consumed,
-                                    sink_trailers};
+static const al_req_sink h2_sink = {sink_head,          sink_body,     sink_end,
+                                    sink_body_consumed, sink_trailers, sink_interim};
 
 /* ---- request body clock --------------------------------------------------- */
 

@@ -1258,7 +1258,31 @@ static void up_on_head(void *arg, int status, const al_header *h, size_t n)
         refuse(r, AL_REF_INTERNAL_ERROR, "out of memory scrubbing the response headers");
         return;
     }
+    /* airlock's request id (the audit record's) goes back to the agent, as on its own
+     * refusals; an upstream's own X-Request-Id stays what it is (SDKs quote it to the
+     * vendor), and airlock's then comes as X-Airlock-Request-Id */
+    al_header *ids = arena_alloc(r, (n + 1) * sizeof *ids);
+    if (ids && r->request_id[0]) {
+        memcpy(ids, h, n * sizeof *h);
+        ids[n] = al_http_find(h, n, "x-request-id")
+                     ? (al_header){"x-airlock-request-id", 20, r->request_id, strlen(r->request_id)}
+                     : (al_header){"x-request-id", 12, r->request_id, strlen(r->request_id)};
+        h = ids;
+        n++;
+    }
     r->sink->head(r->arg, status, h, n, clen);
+}
+
+/* An interim response (103 Early Hints) from an engine that reports them: passed on
+ * before the head, scrubbed like it; not while a retry drops this attempt's answer. */
+static void up_on_interim(void *arg, int status, const al_header *h, size_t n)
+{
+    al_req *r = arg;
+    if (r->state != AL_REQ_UPSTREAM || r->head_sent || r->retrying || !r->sink->interim)
+        return;
+    if (scrub_head(r, h, n, &h) != AL_OK)
+        return;
+    r->sink->interim(r->arg, status, h, n);
 }
 
 /* ---- response-body filter (al_req_hooks.body_filter) ---------------------- */
@@ -1562,6 +1586,7 @@ static const al_upstream_cbs upstream_cbs = {
     .on_trailers = up_on_trailers,
     .read_body = up_read_body,
     .on_done = up_on_done,
+    .on_interim = up_on_interim,
 };
 
 /* ---- credential --------------------------------------------------------- */

@@ -87,6 +87,9 @@ typedef struct al_req_sink {
     void (*body_consumed)(void *arg, size_t n);
     /* Response trailers, before end(). May be NULL (they are dropped). */
     void (*trailers)(void *arg, const al_header *h, size_t n);
+    /* An interim 1xx response (103 Early Hints, 102) before head(); hop-by-hop
+     * headers excluded. May be NULL (they are dropped). */
+    void (*interim)(void *arg, int status, const al_header *h, size_t n);
 } al_req_sink;
 
 /* ---- the decide stage: the policy decision point ------------------------- */

@@ -677,6 +677,10 @@ static void h1_send(al_up_req *r)
         h1_fill_body(r);
         if (r->finished || r->cancelled)
             return;
+        /* the head waits for the first body bytes (one writev for both): a pooled
+         * connection is not touched before there is something to send on it */
+        if (r->hoff == 0 && r->has_body && !r->body_eof && r->boff >= r->blen)
+            return;
         if (!has_output(r)) {
             if (!r->has_body || r->body_eof) {
                 r->req_done = 1;
@@ -1894,6 +1898,18 @@ fail:
     return rc;
 }
 
+/* After a resume's own pass: the end (on_done) never comes inside the caller's call
+ * (it resumes from its own body or write path); it is delivered from the loop. */
+static void after_resume(al_up_req *r)
+{
+    if (r->cancelled)
+        req_free(r);
+    else if (r->finished || r->rerun)
+        defer(r);
+    else if (r->c)
+        conn_events(r->c);
+}
+
 void al_up_resume_send(al_up_req *r)
 {
     if (!r || r->cancelled || r->finished)
@@ -1908,8 +1924,14 @@ void al_up_resume_send(al_up_req *r)
         r->rerun = 1;
         return;
     }
-    if (r->c && r->c->state == C_READY)
-        run(r);
+    if (!r->c || r->c->state != C_READY)
+        return;
+    /* only the sending side here: a response read now would end the request inside
+     * the agent's body write */
+    r->busy++;
+    h1_send(r);
+    r->busy--;
+    after_resume(r);
 }
 
 void al_up_resume_recv(al_up_req *r)
@@ -1926,8 +1948,13 @@ void al_up_resume_recv(al_up_req *r)
         r->rerun = 1;
         return;
     }
-    if (r->c && r->c->state == C_READY)
-        run(r); /* as curl_easy_pause does: the paused bytes are offered right away */
+    if (!r->c || r->c->state != C_READY)
+        return;
+    /* as curl_easy_pause does: the paused bytes are offered right away */
+    r->busy++;
+    h1_recv(r);
+    r->busy--;
+    after_resume(r);
 }
 
 void al_up_cancel(al_up_req *r)
