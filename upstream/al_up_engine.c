@@ -138,7 +138,7 @@ struct al_up_req {
     int replays;              /* HTTP/2: times sent again after a GOAWAY / REFUSED */
     unsigned queued : 1, counted : 1, body_eof : 1, req_done : 1, got_byte : 1, head_done : 1,
         send_paused : 1, recv_paused : 1, cancelled : 1, finished : 1, deferred : 1, retried : 1,
-        rerun : 1, live : 1, dispatch : 1, tls_rw : 1;
+        rerun : 1, live : 1, dispatch : 1, tls_rw : 1, send_broken : 1;
     int busy;
     enum al_upstream_error err;
     char detail[256];
@@ -474,7 +474,7 @@ static up_conn *conn_new(up_host *h)
 
 static int has_output(const al_up_req *r)
 {
-    return r->hoff < r->hb.len || r->boff < r->blen;
+    return !r->send_broken && (r->hoff < r->hb.len || r->boff < r->blen);
 }
 
 static void conn_events(up_conn *c)
@@ -673,7 +673,7 @@ static void retry(al_up_req *r)
 
 static void h1_send(al_up_req *r)
 {
-    while (!r->finished && !r->cancelled && !r->req_done) {
+    while (!r->finished && !r->cancelled && !r->req_done && !r->send_broken) {
         h1_fill_body(r);
         if (r->finished || r->cancelled)
             return;
@@ -705,7 +705,12 @@ static void h1_send(al_up_req *r)
                 retry(r);
                 return;
             }
-            fail(r, AL_UPSTREAM_RESET, "connection lost while sending the request");
+            /* the upstream may have answered and closed before taking the whole body
+             * (a 401 or 413 before reading it): its answer is read before giving up */
+            r->send_broken = 1;
+            r->tls_rw = 0;
+            if (!r->head_done)
+                set_phase(r, P_WAIT);
             return;
         }
         r->sent += (uint64_t)w;
@@ -773,12 +778,15 @@ static void h1_recv(al_up_req *r)
                         return;
                     }
                     fail(r, AL_UPSTREAM_RESET, "%s",
-                         r->got_byte ? ev.detail : "upstream closed before a response");
+                         r->got_byte      ? ev.detail
+                         : r->send_broken ? "connection lost while sending the request"
+                                          : "upstream closed before a response");
                     return;
                 }
                 fail(r, AL_UPSTREAM_RESET, "%s",
-                     r->got_byte ? "connection reset while reading the response"
-                                 : "connection reset before a response");
+                     r->got_byte      ? "connection reset while reading the response"
+                     : r->send_broken ? "connection lost while sending the request"
+                                      : "connection reset before a response");
                 return;
             }
             if (!r->got_byte) {
