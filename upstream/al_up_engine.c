@@ -1932,8 +1932,8 @@ void al_up_resume_send(al_up_req *r)
         r->rerun = 1;
         return;
     }
-    if (!r->c || r->c->state != C_READY)
-        return;
+    if (!r->c || r->c->h2mode || r->c->state != C_READY)
+        return; /* (HTTP/2: the connection drives its streams) */
     /* only the sending side here: a response read now would end the request inside
      * the agent's body write */
     r->busy++;
@@ -1956,7 +1956,7 @@ void al_up_resume_recv(al_up_req *r)
         r->rerun = 1;
         return;
     }
-    if (!r->c || r->c->state != C_READY)
+    if (!r->c || r->c->h2mode || r->c->state != C_READY)
         return;
     /* as curl_easy_pause does: the paused bytes are offered right away */
     r->busy++;
