@@ -162,6 +162,14 @@ def audit_events(name):
     return out
 
 
+def event_where(name, pred, timeout=10):
+    """The last audit event `name` that pred accepts, waiting for the writer thread."""
+    def find():
+        ev = [e for e in audit_events(name) if pred(e)]
+        return ev[-1] if ev else None
+    return wait_for(find, timeout, "audit event " + name)
+
+
 def test_consent_then_the_retry_carries_the_users_token():
     st, body = agent("alice")
     assert st == 401, (st, body)
@@ -204,15 +212,14 @@ def test_consent_then_the_retry_carries_the_users_token():
     again = browser(back)
     assert again.status_code == 400, (again.status_code, again.text)
     assert user_tokens()[user]["fingerprint"] == toks[user]["fingerprint"]
-    steps = [(e["event"], e["outcome"]) for e in
-             audit_events("consent.started") + audit_events("consent.redirected") +
-             audit_events("consent.completed")]
-    assert ("consent.started", "ok") in steps and ("consent.completed", "ok") in steps, steps
-    done = audit_events("consent.completed")[-1]
+    assert event_where("consent.started", lambda e: e["outcome"] == "ok")
+    assert event_where("consent.redirected", lambda e: e["outcome"] == "ok")
+    done = event_where("consent.completed", lambda e: e["outcome"] == "ok")
     assert done["provider"] == "idp" and done["end_user"] == user and done["target"] == "api"
-    reqs = [json.loads(l) for l in open(AL.audit_path) if '"end_user"' in l and
-            '"event":"request"' in l]
-    assert any(r.get("status") == 200 and r["end_user"] == user for r in reqs), reqs[-3:]
+    assert wait_for(lambda: any(
+        r.get("status") == 200 and r.get("end_user") == user for r in
+        (json.loads(l) for l in open(AL.audit_path) if '"end_user"' in l)), 10,
+        "the request record with end_user")
 
 
 def test_two_users_never_share_tokens():
@@ -293,7 +300,7 @@ def test_upstream_401_refreshes_once_and_rotation_is_stored():
     st, body = agent("alice")
     assert st == 200, (st, body)
     assert OP.stats()["refresh_grants"] == grants + 2
-    assert [e for e in audit_events("user_token.refresh") if e["outcome"] == "ok"]
+    assert event_where("user_token.refresh", lambda e: e["outcome"] == "ok")
 
 
 def RS_revoke():
@@ -340,8 +347,8 @@ def test_invalid_grant_deletes_the_tokens_and_asks_again():
     assert st == 401 and body["error"] == "consent_required", (st, body)
     assert "invalid_grant" in body["message"], body
     assert user not in user_tokens()
-    ev = [e for e in audit_events("user_token.refresh") if e["outcome"] == "invalid_grant"]
-    assert ev and ev[-1]["end_user"] == user, ev
+    ev = event_where("user_token.refresh", lambda e: e["outcome"] == "invalid_grant")
+    assert ev["end_user"] == user, ev
     # and consent brings bob back
     page, _ = consent("bob", body["authorization_url"])
     assert page.status_code == 200, page.text
@@ -371,8 +378,8 @@ def test_bad_state_and_provider_errors_store_nothing():
     assert "error=" in back, back
     p = browser(back)
     assert p.status_code == 400 and "access_denied" in p.text, p.text
-    ev = [e for e in audit_events("consent.refused") if e["outcome"] == "provider_error"]
-    assert ev and ev[-1]["end_user"] == OP.issuer + " erin", ev
+    ev = event_where("consent.refused", lambda e: e["outcome"] == "provider_error")
+    assert ev["end_user"] == OP.issuer + " erin", ev
     # that state is consumed now: replaying it with a code is refused too
     p = browser(CALLBACK + "?code=abc&state=" + state)
     assert p.status_code == 400, p.text
@@ -382,6 +389,22 @@ def test_bad_state_and_provider_errors_store_nothing():
     state2 = urllib.parse.parse_qs(urllib.parse.urlparse(r.headers["location"]).query)["state"][0]
     p = browser(CALLBACK + "?error=%3Cscript%3Ex&error_description=%3Cb%3Ehi&state=" + state2)
     assert p.status_code == 400 and "<script>" not in p.text and "<b>" not in p.text, p.text
+    assert user_tokens() == before
+    # the token endpoint refuses the code: its error and description are shown and
+    # audited, nothing stored
+    st, body = agent("gina")
+    back = OP.consent(body["authorization_url"], "gina", CALLBACK)
+    q = urllib.parse.parse_qs(urllib.parse.urlparse(back).query)
+    SECRETS.extend(q["code"] + q["state"])
+    OP.control(fail="invalid_grant")
+    try:
+        p = browser(back)
+    finally:
+        OP.control(fail=None)
+    assert p.status_code == 502, (p.status_code, p.text)
+    assert "invalid_grant (forced by the test)" in p.text, p.text
+    ev = event_where("consent.refused", lambda e: e["outcome"] == "token_endpoint_error")
+    assert ev["end_user"] == OP.issuer + " gina" and "invalid_grant" in ev["error"], ev
     assert user_tokens() == before
     # a link that does not exist, and other methods
     assert browser(BASE + "/oauth2/authorize/" + "B" * 43).status_code == 404
