@@ -563,6 +563,23 @@ static void handshake(al_conn *c)
     conn_kill(c);
 }
 
+/* A connection with nothing in flight (no byte received and waiting, no request,
+ * nothing to send) gives its buffers back; the next read allocates the input buffer
+ * again. Called only at the end of an event (on_io, on_kick), when no protocol code
+ * holds a pointer into c->in. The touched pages of the input buffer (max_header_bytes
+ * + 16 KiB, malloc'd at accept) and of the output buffer were most of an idle
+ * connection's memory (bench/RESULTS.md run 7). */
+static void conn_trim(al_conn *c)
+{
+    if (c->dead || !c->in || c->in_len || !c->proto || !c->proto->idle || c->pre ||
+        c->tls_handshaking || c->start_tls_ctx || al_conn_out_pending(c) || !c->proto->idle(c))
+        return;
+    free(c->in);
+    c->in = NULL;
+    al_buf_free(&c->out, 0);
+    c->out_off = 0;
+}
+
 /* One read from the transport into c->in and the protocol's turn; 1 = read more. */
 static int read_once(al_conn *c)
 {
@@ -570,6 +587,10 @@ static int read_once(al_conn *c)
         return 0;
     if (c->proto && !c->proto->wants_read(c))
         return 0;
+    if (!c->in && !(c->in = malloc(c->in_cap))) { /* trimmed while idle */
+        conn_kill(c);
+        return 0;
+    }
     ssize_t r = c->transport->read(c, c->in + c->in_len, c->in_cap - c->in_len);
     if (r == AL_ERR_AGAIN)
         return 0;
@@ -618,10 +639,14 @@ static void on_io(struct ev_loop *loop, ev_io *io, int revents)
         handshake(c);
         return;
     }
-    if (!(revents & EV_READ))
+    if (!(revents & EV_READ)) {
+        conn_trim(c); /* the last bytes of a response went out */
         return;
+    }
     for (int i = 0; i < 16 && read_once(c); i++)
         ;
+    if (!c->dead)
+        conn_trim(c);
     al_conn_update(c);
 }
 
@@ -649,6 +674,8 @@ static void on_kick(struct ev_loop *loop, ev_timer *t, int revents)
     }
     for (int i = 0; i < 16 && c->transport->pending(c) && read_once(c); i++)
         ;
+    if (!c->dead)
+        conn_trim(c);
     al_conn_update(c);
 }
 
