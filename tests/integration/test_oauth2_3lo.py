@@ -454,8 +454,10 @@ def test_check_refuses_3lo_without_a_way_to_know_the_user():
 def test_no_token_code_or_state_in_logs_or_responses():
     rs = json.loads(session().get("https://127.0.0.1:%d/__stats" % RS_PORT, verify=OP.ca,
                                   timeout=10).text)
-    secrets = [s for s in rs["tokens"] + SECRETS if s and len(s) >= 16]
-    assert len(secrets) >= 6, len(secrets)
+    seen = OP.stats()["secrets_seen"]  # codes, verifiers, refresh and ID tokens
+    assert any(len(s) == 43 for s in seen), "no PKCE verifier recorded by the provider"
+    secrets = [s for s in rs["tokens"] + SECRETS + seen if s and len(s) >= 16]
+    assert len(secrets) >= 20, len(secrets)
     AL.stop()  # the audit writer flushes
     texts = {"audit log": open(AL.audit_path).read(), "airlock's log": open(AL.log_path).read(),
              "agent responses": "\n".join(AGENT_SEEN), "callback pages": "\n".join(PAGES)}

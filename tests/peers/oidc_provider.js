@@ -44,6 +44,10 @@
 //   endpoint), authorizations (GET /auth with request_uri: authz_par, without:
 //   authz_plain) and revocations (POSTs to the revocation endpoint, RFC 7009, answered
 //   200).
+// - GET /__stats also lists secrets_seen: every authorization code, PKCE code_verifier
+//   and refresh token a token request carried, and every access, refresh and ID token
+//   the token endpoint answered — for the tests' "never in a log or response" greps
+//   (test-only peer: a real provider never publishes these);
 // - GET /__active_refresh_tokens?account=ID -> {"active": N}: how many refresh tokens
 //   issued to that account the provider still honours (its own store: not revoked, not
 //   consumed by a rotation, not expired), never a token.
@@ -98,6 +102,7 @@ const stats = {
   authz_par: 0,
   authz_plain: 0,
   revocations: 0,
+  secrets_seen: [],
 };
 // refresh token ids issued, per account (for /__active_refresh_tokens)
 const refreshByAccount = new Map();
@@ -259,6 +264,11 @@ provider.use(async (ctx, next) => {
       if (p[k] !== undefined) params[k] = Array.isArray(p[k]) ? p[k].join(" ") : p[k];
     }
     stats.last_params = params;
+    for (const k of ["code", "code_verifier", "refresh_token"])
+      if (typeof p[k] === "string" && p[k]) stats.secrets_seen.push(p[k]);
+    const b = typeof ctx.body === "string" ? null : ctx.body;
+    for (const k of ["access_token", "refresh_token", "id_token"])
+      if (b && typeof b[k] === "string") stats.secrets_seen.push(b[k]);
   }
 });
 
