@@ -240,7 +240,7 @@ static int watcher_wait(al_cred_cache *c)
      * that read's last answer: libpq keeps it in its own queue and the socket stays
      * quiet. Take what is queued first; a change there is read now, not after
      * LISTEN_POLL_MS. */
-    if (fd >= 0 && st->ops->change_drain && st->ops->change_drain(st) > 0)
+    if (fd >= 0 && st->ops->change_drain && st->ops->change_drain(st, NULL, NULL) > 0)
         return 0;
     struct pollfd p[2] = {{.fd = c->stop_fds[0], .events = POLLIN},
                           {.fd = fd, .events = POLLIN}};
@@ -248,7 +248,7 @@ static int watcher_wait(al_cred_cache *c)
     if (n > 0 && p[0].revents)
         return 1;
     if (n > 0 && fd >= 0 && p[1].revents)
-        st->ops->change_drain(st); /* the counter is read next either way */
+        st->ops->change_drain(st, NULL, NULL); /* the counter is read next either way */
     return 0;
 }
 

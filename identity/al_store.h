@@ -99,12 +99,16 @@ typedef struct al_store_ops {
     /* ---- added for several replicas (PostgreSQL) ---- */
     /* A descriptor that becomes readable when another process may have changed the
      * store (PostgreSQL: the LISTEN connection's socket), or -1 (SQLite: poll the
-     * generation). After it is readable, change_drain() consumes what arrived and
-     * returns 1 if a change was announced, 0 if not, negative on error. NULL = none.
+     * generation). After it is readable, change_drain() consumes what arrived (never
+     * blocking) and returns 1 if a provider change was announced, 0 if not, negative on
+     * error; it calls on_user(arg, provider, user) for each user token written or
+     * deleted by any process, this one included (on_user may be NULL). NULL = none.
      * Call it before polling too: an announcement that came with a query's answer is
      * already taken in (libpq's queue) and leaves the descriptor quiet. */
     int (*change_fd)(al_store *s);
-    int (*change_drain)(al_store *s);
+    int (*change_drain)(al_store *s,
+                        void (*on_user)(void *arg, const char *provider, const char *user),
+                        void *arg);
     /* The other store-wide meta entries (every key but "generation"): for `store
      * migrate`. *keys and *vals are malloc'd arrays of malloc'd strings. */
     int (*meta_list)(al_store *s, char ***keys, char ***vals, size_t *n);

@@ -760,7 +760,7 @@ static int pg_user_put_(al_store *base, const al_store_user_token *u)
                       "expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at, "
                       "has_refresh = EXCLUDED.has_refresh, fingerprint = EXCLUDED.fingerprint, "
                       "wrapped_key = EXCLUDED.wrapped_key, sealed = EXCLUDED.sealed RETURNING 1) "
-                      "SELECT pg_notify('" CHANNEL "', 'user_tokens') FROM w",
+                      "SELECT pg_notify('" CHANNEL "', 'u ' || $1 || chr(31) || $2) FROM w",
                       10, vals, lens, fmts, PGRES_TUPLES_OK);
     PQclear(r);
     return r ? AL_OK : AL_ERR_DB;
@@ -804,7 +804,8 @@ static int pg_user_del_(al_store *base, const char *provider, const char *user)
         return rc;
     PGresult *r = run(s, "delete user token",
                       "WITH d AS (DELETE FROM user_tokens WHERE provider = $1 AND end_user = $2 "
-                      "RETURNING 1) SELECT pg_notify('" CHANNEL "', 'user_tokens') FROM d",
+                      "RETURNING 1) SELECT pg_notify('" CHANNEL "', 'u ' || $1 || chr(31) || $2) "
+                      "FROM d",
                       2, vals, NULL, NULL, PGRES_TUPLES_OK);
     if (!r)
         return AL_ERR_DB;
@@ -828,7 +829,11 @@ static int pg_change_fd_(al_store *base)
     return PQsocket(s->conn);
 }
 
-static int pg_change_drain_(al_store *base)
+/* Payloads: "providers GEN", or "u PROVIDER\x1fUSER" for a user token (neither name
+ * holds a control character). */
+static int pg_change_drain_(al_store *base,
+                            void (*on_user)(void *arg, const char *provider, const char *user),
+                            void *arg)
 {
     al_store_pg *s = (al_store_pg *)base;
     int changed = 0;
@@ -838,7 +843,14 @@ static int pg_change_drain_(al_store *base)
         return db_fail(s, "notification", NULL);
     PGnotify *nf;
     while ((nf = PQnotifies(s->conn)) != NULL) {
-        changed = 1;
+        char *sep = nf->extra ? strchr(nf->extra, '\x1f') : NULL;
+        if (nf->extra && !strncmp(nf->extra, "u ", 2) && sep) {
+            *sep = 0;
+            if (on_user)
+                on_user(arg, nf->extra + 2, sep + 1);
+        } else {
+            changed = 1;
+        }
         PQfreemem(nf);
     }
     return changed;
@@ -951,7 +963,9 @@ LOCKED(user_list, (al_store * base, const char *provider, al_store_user_token **
        (base, provider, out, n))
 LOCKED(user_del, (al_store * base, const char *provider, const char *user), (base, provider, user))
 LOCKED(change_fd, (al_store * base), (base))
-LOCKED(change_drain, (al_store * base), (base))
+LOCKED(change_drain,
+       (al_store * base, void (*on_user)(void *, const char *, const char *), void *arg),
+       (base, on_user, arg))
 
 static const al_store_ops pg_ops = {
     .name = "postgres",

@@ -9,7 +9,9 @@
  * thread (store_main), which does every store read and write and takes the refresh
  * lock; jobs' network requests run on the fetch thread, and their answers come back to
  * the store thread to be stored (job_answered). `lock` covers the job list and the
- * rejected ring; `qlock` the store thread's queue.
+ * rejected ring; `qlock` the store thread's queue. With a store that announces changes
+ * (PostgreSQL NOTIFY) the store thread also takes them every CHANGES_POLL_MS: a user
+ * token another replica (or the CLI) wrote or deleted leaves this cache (recheck_user).
  *
  * A job: [the provider's endpoint: configured, or its discovery document] -> then
  * authorize: al_consent_open + the redirect; code / refresh: POST to the token
@@ -33,6 +35,7 @@
 #include <time.h>
 
 #define REJECTED_MAX    64
+#define CHANGES_POLL_MS 100 /* networked store: other replicas' user token changes */
 #define NONE_RECHECK_MS 1000
 
 /* ---- values ------------------------------------------------------------------- */
@@ -268,13 +271,89 @@ static int store_post(al_user_cred *uc, void (*run)(al_user_cred *, void *),
     return AL_OK;
 }
 
+/* User tokens written or deleted by any replica (the store's announcements), gathered
+ * while change_drain holds the store handle and checked after it returned. */
+#define CHANGES_MAX 64
+typedef struct changes {
+    char key[CHANGES_MAX][512];
+    size_t n;
+    int overflow;
+} changes;
+
+static void note_user(void *arg, const char *provider, const char *user)
+{
+    changes *ch = arg;
+    if (ch->n == CHANGES_MAX || cache_key(provider, user, ch->key[ch->n], sizeof ch->key[0]))
+        ch->overflow = 1;
+    else
+        ch->n++;
+}
+
+/* Drops key's cached value when the store now holds another token, or none: a
+ * delete-user-token or another replica's refresh reaches this replica within
+ * CHANGES_POLL_MS. A value that matches the row (this replica's own write) stays, and so
+ * does every value while the store cannot be read (degraded mode keeps serving it). */
+static void recheck_user(al_user_cred *uc, const char *key)
+{
+    al_flight_result res;
+    if (al_flight_peek(uc->cache, key, &res) != AL_OK)
+        return; /* nothing cached: the next get reads the store anyway */
+    const al_user_access *v = res.value;
+    char provider[512];
+    const char *sep = strchr(key, '\x1f');
+    if (!v->none && sep && (size_t)(sep - key) < sizeof provider) {
+        al_store_user_token row;
+        snprintf(provider, sizeof provider, "%.*s", (int)(sep - key), key);
+        int rc = uc->store->ops->user_get(uc->store, provider, sep + 1, &row);
+        if (rc == AL_ERR_NOTFOUND || (rc == AL_OK && strcmp(row.fingerprint, v->fingerprint)))
+            al_flight_forget(uc->cache, key);
+        if (rc == AL_OK)
+            al_store_user_token_clear(&row);
+    }
+    al_flight_release(uc->cache, res.value);
+}
+
+/* The store thread, between tasks: the announcements that arrived (never waits for one;
+ * a store without them, SQLite, has none). */
+static void take_changes(al_user_cred *uc)
+{
+    al_store *st = uc->store;
+    changes *ch;
+    if (!st->ops->change_fd || !st->ops->change_drain || st->ops->change_fd(st) < 0)
+        return;
+    if (!(ch = calloc(1, sizeof *ch)))
+        return;
+    st->ops->change_drain(st, note_user, ch);
+    if (ch->overflow)
+        al_flight_clear(uc->cache); /* too many at once: read everyone again */
+    for (size_t i = 0; !ch->overflow && i < ch->n; i++)
+        recheck_user(uc, ch->key[i]);
+    free(ch);
+}
+
 static void *store_main(void *arg)
 {
     al_user_cred *uc = arg;
+    int listens = uc->store->ops->change_fd != NULL;
     pthread_mutex_lock(&uc->qlock);
     for (;;) {
-        while (!uc->qhead && !uc->qstop)
-            pthread_cond_wait(&uc->qcond, &uc->qlock);
+        while (!uc->qhead && !uc->qstop) {
+            if (!listens) {
+                pthread_cond_wait(&uc->qcond, &uc->qlock);
+                continue;
+            }
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += CHANGES_POLL_MS * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&uc->qcond, &uc->qlock, &ts);
+            pthread_mutex_unlock(&uc->qlock);
+            take_changes(uc);
+            pthread_mutex_lock(&uc->qlock);
+        }
         if (uc->qstop)
             break;
         task *t = uc->qhead;

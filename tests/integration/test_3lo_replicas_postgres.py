@@ -12,7 +12,9 @@ stored token is the refreshed one. Without the lock both replicas refresh with t
 refresh token, the second is refused and the user must consent again.
 Then PostgreSQL is stopped: the replicas keep serving the user's token they hold, and a
 replica started meanwhile is not ready until the database is back, then serves the
-user's stored token without a restart."""
+user's stored token without a restart. Last, `airlock identity delete-user-token`
+through the CLI reaches all three replicas' caches within a second (NOTIFY): each asks
+for consent again."""
 import json
 import os
 import subprocess
@@ -213,6 +215,7 @@ def test_postgres_down_cached_user_token_serves_and_a_replica_started_meanwhile_
                                        "127.0.0.1:{proxy_port}", 1)
                       .replace("127.0.0.1:%d" % a.admin_port, "127.0.0.1:{admin_port}", 1))
     c.start()
+    C["c"] = c
     ready = lambda: http_get("http://127.0.0.1:%d/readyz" % c.admin_port, timeout=3)[0]
     assert ready() == 503
     pg.start()
@@ -222,6 +225,32 @@ def test_postgres_down_cached_user_token_serves_and_a_replica_started_meanwhile_
     st, body = agent(c)
     assert body["sub"] == "alice", body
     assert "user_tokens.unavailable" not in c.log_text()
+
+
+
+def test_delete_user_token_reaches_every_replica_within_a_second():
+    a = C["a"]
+    replicas = [C[k] for k in ("a", "b", "c") if k in C]
+    for al in replicas:
+        st, _ = agent(al)
+        assert st == 200
+    env = dict(os.environ, AIRLOCK_MASTER_KEY_FILE=C["key"])
+    r = subprocess.run([AIRLOCK_BIN, "identity", "delete-user-token", "--provider", "idp",
+                        "--user", C["op"].issuer + " alice", "-c", a.table_path],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    t0 = time.monotonic()
+    pending = list(replicas)
+    while pending:
+        pending = [al for al in pending if agent(al)[0] != 401]
+        assert time.monotonic() - t0 < 5, "a replica still uses the deleted user's token"
+    took = time.monotonic() - t0
+    print("delete-user-token: every replica asks for consent %.3fs after the CLI returned"
+          % took)
+    assert took < 1.0, took
+    for al in replicas:
+        st, body = agent(al)
+        assert st == 401 and body["error"] == "consent_required", (st, body)
 
 
 if __name__ == "__main__":
