@@ -654,12 +654,27 @@ static void answer_run(al_user_cred *uc, void *arg)
     free(a);
 }
 
+/* At shutdown: the job's waiter hears "stopping" (a page waiter's worker is gone: its
+ * mailbox frees what it is given), then the job goes. */
+static void job_abandon(job *j)
+{
+    if (j->done) {
+        al_user_page pg;
+        memset(&pg, 0, sizeof pg);
+        page_set(&pg, 503, "stopping", "airlock is stopping", "Try again in a moment.");
+        j->done(j->arg, &pg);
+        al_user_page_clear(&pg);
+    } else if (j->kind == J_REFRESH) {
+        al_flight_complete(j->uc->cache, j->key, AL_ERR_IO, NULL, 0, 0, "airlock is stopping");
+    }
+    job_free(j);
+}
+
 static void answer_drop(al_user_cred *uc, void *arg)
 {
     answer_task *a = arg;
-    if (a->j->kind == J_REFRESH)
-        al_flight_complete(uc->cache, a->j->key, AL_ERR_IO, NULL, 0, 0, "airlock is stopping");
-    job_free(a->j); /* a page job's waiter is gone with its worker */
+    (void)uc;
+    job_abandon(a->j);
     al_user_token_clear(&a->t);
     free(a);
 }
@@ -1165,8 +1180,10 @@ void al_user_cred_free(al_user_cred *uc)
         t->drop(uc, t->arg);
         free(t);
     }
+    /* jobs whose fetch was dropped by al_fetch_stop: their waiters hear it now (a page
+     * waiter's worker is gone: its mailbox frees what it was given) */
     while (uc->jobs)
-        job_free(uc->jobs);
+        job_abandon(uc->jobs);
     al_flight_free(uc->cache);
     al_consent_free(uc->consent);
     al_store_close(uc->store);
