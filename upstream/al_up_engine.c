@@ -96,6 +96,7 @@ struct up_conn {
     al_buf out;
     size_t out_off;
     ev_timer kick;
+    ev_tstamp last_rx; /* the last byte from the upstream (or the connection's start) */
 };
 
 enum { P_QUEUED, P_CONNECT, P_SEND, P_WAIT, P_RECV };
@@ -168,6 +169,7 @@ static void h2_detach(al_up_req *r);
 static void h2_conn_forget(up_conn *c);
 static int h2_conn_events(const up_conn *c);
 static void h2_conn_io(up_conn *c);
+static void h2_conn_suspect(al_up_req *r, uint32_t ms);
 static void rearm(al_up_req *r);
 
 static const unsigned char ALPN_H1[] = "\x08http/1.1";
@@ -582,9 +584,11 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         break;
     }
     case P_CONNECT:
+        h2_conn_suspect(r, 0);
         fail(r, AL_UPSTREAM_TIMEOUT_CONNECT, "no connection within %u ms", r->connect_ms);
         break;
     case P_WAIT:
+        h2_conn_suspect(r, r->first_byte_ms);
         fail(r, AL_UPSTREAM_TIMEOUT_FIRST_BYTE, "no response within %u ms", r->first_byte_ms);
         break;
     default: {
@@ -598,8 +602,10 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         if (client)
             fail(r, AL_UPSTREAM_TIMEOUT_CLIENT, "the agent %s nothing for %u ms",
                  r->recv_paused ? "read" : "sent", r->idle_ms);
-        else
+        else {
+            h2_conn_suspect(r, r->idle_ms);
             fail(r, AL_UPSTREAM_TIMEOUT_IDLE, "no data for %u ms", r->idle_ms);
+        }
         break;
     }
     }
@@ -1304,6 +1310,10 @@ static void host_admit_waiting(up_host *h)
 static void h2_conn_connecting(up_conn *c)
 {
     up_host *h = c->host;
+    if (c->nstreams == 0 && h->h2c != c) { /* retired (its requests timed out) */
+        conn_close(c);
+        return;
+    }
     int only = h->proto == AL_UP_PROTO_H2;
     enum al_upstream_error err = AL_UPSTREAM_CONNECT;
     char why[200];
@@ -1331,6 +1341,7 @@ static void h2_conn_connecting(up_conn *c)
         return;
     }
     h->alpn = 1;
+    c->last_rx = ev_now(h->e->loop);
     if (al_up_h2_new(NULL, h2_wake, c, &c->h2) != AL_OK) {
         h2_fail_all(c, AL_UPSTREAM_CONNECT, "out of memory for an HTTP/2 session");
         conn_close(c);
@@ -1414,6 +1425,7 @@ static void h2_conn_io(up_conn *c)
                                    : "the HTTP/2 connection was reset");
             return;
         }
+        c->last_rx = ev_now(h->e->loop);
         if (al_up_h2_recv(c->h2, (const uint8_t *)buf, (size_t)n) < 0) {
             h2_flush(c); /* its GOAWAY, if it can go */
             h2_conn_lost(c, "the upstream broke the HTTP/2 protocol");
@@ -1441,6 +1453,22 @@ static void h2_conn_io(up_conn *c)
         }
     }
     conn_events(c);
+}
+
+/* A request of c timed out: when the connection has been silent most of that time too
+ * (or is still connecting), new requests go to a new connection; this one ends with its
+ * last stream. (A dead connection that keeps receiving new streams would time each
+ * one out in turn.) */
+static void h2_conn_suspect(al_up_req *r, uint32_t ms)
+{
+    up_conn *c = r->c;
+    if (!c || !c->h2mode || c->host->h2c != c)
+        return;
+    /* (half the timeout: the upstream's SETTINGS may have come just after the stream
+     * started) */
+    if (c->state == C_READY && ev_now(c->host->e->loop) - c->last_rx < ms / 2000.0)
+        return; /* the connection is alive: this stream alone is slow */
+    c->host->h2c = NULL;
 }
 
 /* A slot is held: join the host's HTTP/2 connection, or open it. */

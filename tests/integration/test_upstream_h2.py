@@ -14,7 +14,9 @@ limits.upstream_engine: native and one worker.
   lost; an upstream whose GOAWAY names an earlier stream as the last it processed:
   the streams above it are sent again on a new connection, every request answered;
 - an HTTP/2 upstream that answers with a malformed response (connection-specific
-  header, bad :status) gets the agent a 502 and the worker serves the next request."""
+  header, bad :status) gets the agent a 502 and the worker serves the next request;
+- a connection that went silent gets no new streams after one of its streams timed
+  out (the next request opens another connection)."""
 import os
 import re
 import signal
@@ -132,7 +134,8 @@ class BadH2Upstream:
     /status -> :status 2000, anything else -> a plain 200 "fine". /goaway requests:
     the first connection holds them until it has 4, then sends GOAWAY naming the
     second one's stream as the last it processed, answers those up to it, ignores the
-    rest (counted in .refused) and closes; later connections answer them all."""
+    rest (counted in .refused) and closes; later connections answer them all.
+    /freeze: the connection goes silent for good (no byte read or sent)."""
 
     refused = 0
     goaway_done = False
@@ -192,6 +195,8 @@ class BadH2Upstream:
                             time.sleep(0.2)  # what the client sends meanwhile is ignored
                             s.close()
                             return
+                        if path.endswith(b"/freeze"):
+                            time.sleep(3600)  # the connection goes silent for good
                         if path.endswith(b"/conn"):
                             hdrs = [(":status", "200"), ("connection", "close")]
                         elif path.endswith(b"/status"):
@@ -210,6 +215,23 @@ BAD = BadH2Upstream(test_ca())
 AL = Airlock(TABLE.replace("UP_PORT", str(UP_PORT)).replace("BAD_PORT", str(BAD.port))
              .replace("CA_FILE", CA))
 AL.start()
+
+
+FREEZE_TABLE = """
+listen:
+  proxy: 127.0.0.1:{proxy_port}
+  admin: 127.0.0.1:{admin_port}
+limits:
+  workers: 1
+  upstream_engine: native
+  first_byte_timeout_ms: 1000
+targets:
+  - name: bad
+    type: openapi
+    url: https://127.0.0.1:BAD_PORT
+    ca_file: CA_FILE
+    allow_private_network: true
+"""
 
 
 def h2load(target, path, n, m, timeout=60):
@@ -323,6 +345,22 @@ def test_goaway_streams_not_processed_are_sent_again():
     out = h2load("bad", "/goaway", 40, 10)
     assert "40 succeeded" in out and "40 2xx" in out, out[-800:]
     assert BadH2Upstream.goaway_done and BadH2Upstream.refused >= 2, BadH2Upstream.refused
+
+
+def test_silent_connection_is_not_given_new_streams():
+    # the upstream's connection goes silent (no byte either way): the stream times out
+    # (504), and the next request goes to a new connection instead of joining the dead
+    # one (where it would time out too)
+    al = Airlock(FREEZE_TABLE.replace("BAD_PORT", str(BAD.port)).replace("CA_FILE", CA)).start()
+    try:
+        code, body = http_get(al.gateway_url("bad", "/freeze"), timeout=10)
+        assert code == 504, (code, body)
+        t0 = time.monotonic()
+        code, body = http_get(al.gateway_url("bad", "/fine"), timeout=10)
+        assert code == 200 and body == b"fine\n", (code, body)
+        assert time.monotonic() - t0 < 0.9, "the request waited on the silent connection"
+    finally:
+        al.stop()
 
 
 def test_malformed_h2_response_is_502_and_worker_unharmed():
