@@ -45,6 +45,7 @@ static int parse_type(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_method(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_upstream_protocol(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_binding(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_inbound_mode(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_rule_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_rule_methods(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
@@ -404,6 +405,22 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                                    M(AL_AUTH_OAUTH2_2LO), "2592000 (30 days)",
                                    "A token living longer, or without expiry, is flagged in the "
                                    "audit log and warned about once per provider."},
+    [AL_S_A_BINDING] = {"targets[].auth.binding", AL_SK_ENUM, parse_binding, TGT(auth.binding), 0,
+                        0, 0, 0, M(AL_AUTH_OAUTH2_3LO), "`link`",
+                        "How a consent is bound to its user: `link` (the single-use link is "
+                        "the capability) or `app` (the application completes the session for "
+                        "its signed-in user, `POST /oauth2/sessions/complete`)."},
+    [AL_S_A_RETURN_URLS] = {"targets[].auth.return_urls", AL_SK_STRING_LIST, parse_string_list,
+                            TGT(auth.return_urls), offsetof(al_target, auth.return_url_count), 0,
+                            0, 0, M(AL_AUTH_OAUTH2_3LO), "[] (required with `binding: app`)",
+                            "Where the user's browser may be sent back with the session id "
+                            "(`app` binding): https URLs (http for loopback), a path and "
+                            "what is below it."},
+    [AL_S_A_FORCE_AUTHENTICATION] = {"targets[].auth.force_authentication", AL_SK_BOOL,
+                                     parse_bool, TGT(auth.force_authentication), 0, 0, 1, 0,
+                                     M(AL_AUTH_OAUTH2_3LO), "false",
+                                     "Ask for a new consent even when the user has tokens (each "
+                                     "request without a finished consent gets `consent_required`)."},
     [AL_S_A_REGION] = {"targets[].auth.region", AL_SK_STRING, parse_string, TGT(auth.region), 0, 0,
                        0, 0, M_IAM, "lambda: from the ARN; api_gateway: from the execute-api host",
                        "AWS region to sign for (required when it cannot be derived)."},
@@ -941,6 +958,16 @@ static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t 
     int rc = parse_enum(c, r, v, names, 2, &l);
     if (rc == AL_OK)
         c->target->auth.location = l ? AL_KEY_IN_QUERY : AL_KEY_IN_HEADER;
+    return rc;
+}
+
+static int parse_binding(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    static const char *const names[] = {"link", "app"};
+    int b;
+    int rc = parse_enum(c, r, v, names, 2, &b);
+    if (rc == AL_OK)
+        c->target->auth.binding = b ? AL_BINDING_APP : AL_BINDING_LINK;
     return rc;
 }
 

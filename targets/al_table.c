@@ -17,6 +17,7 @@
 #include "common/al_err.h"
 #include "common/al_hex.h"
 #include "common/al_reqtarget.h"
+#include "common/al_return_url.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -145,6 +146,7 @@ static void target_free(al_target *t)
     free(a->name);
     free(a->prefix);
     free_strv(a->scopes, a->scope_count);
+    free_strv(a->return_urls, a->return_url_count);
     free(a->audience);
     free(a->resource);
     for (size_t i = 0; i < a->custom_parameter_count; i++) {
@@ -628,6 +630,22 @@ static void check_auth(loader *L, al_target *t, const char *label, yaml_node_t *
             al_schema_error_at(c, seen_val(c, AL_S_A_SCOPES),
                                "target %s: scope '%s' must not contain spaces or quotes", label,
                                a->scopes[i]);
+    /* oauth2_3lo app binding: where the browser may go back to, checked now (exactly the
+     * rule the callback applies to the URL an application asks for) */
+    if (a->binding == AL_BINDING_APP && !a->return_url_count)
+        al_schema_error_at(c, seen_val(c, AL_S_A_BINDING),
+                           "target %s: binding 'app' needs 'return_urls' (the application's "
+                           "URLs the user's browser may be sent back to with the session id)",
+                           label);
+    if (a->binding != AL_BINDING_APP && a->return_url_count)
+        al_schema_error_at(c, seen_key(c, AL_S_A_RETURN_URLS),
+                           "target %s: 'return_urls' is used only with 'binding: app'", label);
+    for (size_t i = 0; i < a->return_url_count; i++) {
+        char why[300];
+        if (al_return_url_valid(a->return_urls[i], why, sizeof why) != AL_OK)
+            al_schema_error_at(c, seen_val(c, AL_S_A_RETURN_URLS), "target %s: return_urls[%zu] %s",
+                               label, i, why);
+    }
     /* api_key defaults (AgentCore Gateway's API key configuration). */
     if (a->method == AL_AUTH_API_KEY) {
         int query = a->location == AL_KEY_IN_QUERY;

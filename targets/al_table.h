@@ -66,6 +66,7 @@ enum al_auth_method {
     AL_AUTH_NONE = AL_AUTH_COUNT
 };
 enum al_key_location { AL_KEY_IN_HEADER, AL_KEY_IN_QUERY };
+enum al_consent_binding_mode { AL_BINDING_LINK = 0, AL_BINDING_APP = 1 };
 
 /* Where something was written in the table file (1-based; 0 = unknown). */
 typedef struct al_mark {
@@ -99,6 +100,14 @@ typedef struct al_auth {
     char *resource;                    /* owned, 2lo only (RFC 8707); NULL = see al_token */
     uint32_t default_token_lifetime_s; /* 2lo; 0 = 3600 */
     uint32_t max_token_lifetime_s;     /* 2lo; 0 = 30 days */
+    /* oauth2_3lo: how a finished consent is bound to its user (identity/al_consent.h):
+     * link (the single-use link is the capability) or app (the application completes the
+     * session for its signed-in user; return_urls is the allow-list of where the browser
+     * may be sent back, common/al_return_url.h) */
+    enum al_consent_binding_mode binding;
+    char **return_urls; /* owned */
+    size_t return_url_count;
+    int force_authentication; /* a new consent even when the user has tokens */
     /* iam */
     char *region;  /* owned */
     char *service; /* owned; derived for lambda ("lambda") and api_gateway ("execute-api") */
