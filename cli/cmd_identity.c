@@ -536,8 +536,9 @@ out:
                 "airlock identity: warning: the user's token was not revoked at the provider "
                 "(%s); the tokens are deleted from airlock's store anyway\n",
                 msg);
-    *rev = json_pack("{s:s, s:s?, s:s?}", "outcome", outcome, "tokenType", type, "error",
-                     *msg ? msg : NULL);
+    *rev = json_pack("{s:s, s:s?}", "outcome", outcome, "tokenType", type);
+    if (*rev && *msg)
+        json_object_set_new(*rev, "error", json_string(msg));
     if (oidc)
         al_fetch_stop(al_oidc_fetcher(oidc));
     al_oidc_free(oidc);

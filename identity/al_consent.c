@@ -400,6 +400,15 @@ int al_consent_open(al_consent *c, const char *id, const al_consent_authz *a, ch
         p += *p == '&';
     }
     form[u < cap ? u : cap - 1] = 0;
+    if (a->return_url && e->return_url && strcmp(a->return_url, e->return_url) != 0) {
+        char *ru = field_ok_max(a->return_url, 0, AL_RETURN_URL_MAX) ? strdup(a->return_url) : NULL;
+        if (!ru) {
+            rc = AL_ERR_INVAL;
+            goto fail;
+        }
+        free(e->return_url);
+        e->return_url = ru;
+    }
     e->opened = 1;
     e->expires_s = now + AL_CONSENT_TTL_S;
     *params = form;
@@ -411,6 +420,10 @@ fail:
 out:
     pthread_mutex_unlock(&c->lock);
     free(scope);
+    if (form) { /* terminated: only the return-URL check fails after the form is built */
+        OPENSSL_cleanse(form, strlen(form));
+        free(form);
+    }
     return rc;
 }
 

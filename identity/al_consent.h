@@ -84,6 +84,10 @@ typedef struct al_consent_authz {
     const al_kv *extra;       /* the target's custom_parameters (they win over quirks) */
     size_t extra_count;
     const al_consent_quirks *quirks; /* the provider's vendor row; NULL = none */
+    /* app binding: the return URL the link's opener chose (the caller checked it
+     * against the target's allow-list); NULL keeps the binding's. Ignored for a link
+     * made without one (link mode). */
+    const char *return_url;
 } al_consent_authz;
 
 /* max_pending: links and states kept at once (0 = 1024). */

@@ -986,9 +986,11 @@ void al_identity_audit_user_token_revoke(al_identity *id, const char *provider, 
                                          const char *token_type, const char *outcome,
                                          const char *error)
 {
-    audit_ex(id, "identity.user_token_revoke", provider, "oauth2", 0,
-             json_pack("{s:s, s:s?, s:s, s:s?}", "end_user", user, "token_type", token_type,
-                       "outcome", outcome, "error", error));
+    json_t *f = json_pack("{s:s, s:s?, s:s}", "end_user", user, "token_type", token_type,
+                          "outcome", outcome);
+    if (f && error)
+        json_object_set_new(f, "error", json_string(error));
+    audit_ex(id, "identity.user_token_revoke", provider, "oauth2", 0, f);
 }
 
 int al_identity_delete_user_token(al_identity *id, const char *provider, const char *user)

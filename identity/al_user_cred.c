@@ -17,11 +17,13 @@
  * authorize: al_consent_open + the redirect; code / refresh: POST to the token
  * endpoint with client authentication -> al_user_token_parse -> store -> answer. */
 #include "al_user_cred.h"
+#include "al_par.h"
 #include "al_token.h"
 #include "al_identity.h"
 #include "al_user_token.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
+#include "common/al_return_url.h"
 #include "policy/al_audit.h"
 
 #include <jansson.h>
@@ -36,6 +38,7 @@
 
 #define REJECTED_MAX    64
 #define CHANGES_POLL_MS 100 /* networked store: other replicas' user token changes */
+#define FRESH_MAX       256 /* force_authentication: remembered consents (target, user) */
 #define NONE_RECHECK_MS 1000
 
 /* ---- values ------------------------------------------------------------------- */
@@ -122,6 +125,14 @@ typedef struct rej_entry {
     char fp[32];
 } rej_entry;
 
+/* force_authentication: the access token a consent for (target, user) produced; the
+ * target uses a token only while it is that one (a refresh or another target's consent
+ * makes a new one, so a new consent). */
+typedef struct fresh_entry {
+    char key[512]; /* target \x1f user */
+    char fp[32];
+} fresh_entry;
+
 struct al_user_cred {
     al_store *store;
     al_vault *vault;
@@ -132,7 +143,7 @@ struct al_user_cred {
     al_flight *cache;
     int64_t (*now_s)(void *arg);
     void *now_arg;
-    pthread_mutex_t lock; /* jobs, rejected */
+    pthread_mutex_t lock; /* jobs, rejected, fresh */
     job *jobs;
     /* the store thread: every store read and write (a PostgreSQL store is a network
      * round trip; the cross-replica refresh lock blocks), never a worker loop */
@@ -144,6 +155,8 @@ struct al_user_cred {
     int qstop;
     rej_entry rej[REJECTED_MAX];
     size_t rej_next;
+    fresh_entry fresh[FRESH_MAX];
+    size_t fresh_next;
 };
 
 static int64_t wall_now(void *arg)
@@ -379,6 +392,10 @@ struct job {
     enum job_kind kind;
     prov p;
     char *provider, *user, *scope, *target; /* the binding */
+    char *return_url;                       /* app binding: where the browser goes back */
+    char *authz_endpoint;                   /* J_AUTHORIZE with PAR: for the short URL */
+    char *par_endpoint;                     /* J_AUTHORIZE: push here first (RFC 9126) */
+    char *chosen_return_url;                /* J_AUTHORIZE: the link opener's choice */
     char *form;                             /* the grant (code, refresh): wiped */
     size_t form_cap;
     char *redirect_uri;
@@ -421,6 +438,10 @@ static void job_free(job *j)
     free(j->user);
     free(j->scope);
     free(j->target);
+    free(j->return_url);
+    free(j->authz_endpoint);
+    free(j->par_endpoint);
+    free(j->chosen_return_url);
     wipe_free(j->form, j->form_cap);
     free(j->redirect_uri);
     for (size_t i = 0; i < j->extra_n; i++) {
@@ -458,7 +479,8 @@ static void job_take_binding(job *j, al_consent_flow *f, al_user_page_fn done, v
     j->user = f->user;
     j->scope = f->scope;
     j->target = f->target;
-    f->provider = f->user = f->scope = f->target = NULL;
+    j->return_url = f->return_url;
+    f->provider = f->user = f->scope = f->target = f->return_url = NULL;
     j->done = done;
     j->arg = arg;
 }
@@ -505,8 +527,41 @@ static const char *endpoint_field(const job *j, int meta)
     return meta ? "token_endpoint" : "tokenEndpoint";
 }
 
+/* An authorization request: the endpoint (the provider's setting wins over discovery),
+ * and whether it is pushed first (PAR: the metadata requires it, or the provider is set
+ * to use it). meta may be NULL (no discovery, or discovery failed while the endpoint is
+ * configured). */
+static void authorize_meta(job *j, json_t *meta)
+{
+    const char *url = json_string_value(json_object_get(j->p.cfg, "authorizationEndpoint"));
+    if (!url)
+        url = json_string_value(json_object_get(meta, "authorization_endpoint"));
+    if (!url) {
+        job_fail(j, AL_ERR_PROTO, "the provider's discovery document has no authorization_endpoint");
+        return;
+    }
+    if (al_par_wanted(meta, j->p.cfg)) {
+        const char *par = al_par_endpoint(meta, j->p.cfg);
+        if (!par) {
+            job_fail(j, AL_ERR_CONFIG,
+                     "the provider wants pushed authorization requests but names no "
+                     "pushed_authorization_request_endpoint (set --par-endpoint)");
+            return;
+        }
+        if (!(j->par_endpoint = strdup(par)) || !(j->authz_endpoint = strdup(url))) {
+            job_fail(j, AL_ERR_NOMEM, "out of memory");
+            return;
+        }
+    }
+    job_continue(j, url);
+}
+
 static void with_metadata(job *j, json_t *meta)
 {
+    if (j->kind == J_AUTHORIZE) {
+        authorize_meta(j, meta);
+        return;
+    }
     const char *url = json_string_value(json_object_get(meta, endpoint_field(j, 1)));
     if (!url) {
         char m[200];
@@ -521,6 +576,11 @@ static void on_meta(void *arg, int err, void *value, uint64_t gen, const char *m
 {
     job *j = arg;
     (void)gen;
+    if (err != AL_OK && j->kind == J_AUTHORIZE &&
+        json_object_get(j->p.cfg, "authorizationEndpoint")) {
+        authorize_meta(j, NULL); /* the configured endpoint serves without discovery */
+        return;
+    }
     if (err != AL_OK) {
         char m[400];
         snprintf(m, sizeof m, "discovery failed: %s", msg);
@@ -536,7 +596,13 @@ static int job_start(job *j)
 {
     const char *url = json_string_value(json_object_get(j->p.cfg, endpoint_field(j, 0)));
     const char *disc = json_string_value(json_object_get(j->p.cfg, "discoveryUrl"));
-    if (url) {
+    if (url && j->kind == J_AUTHORIZE && !disc) {
+        authorize_meta(j, NULL); /* PAR only as the provider's settings say */
+        return AL_OK;
+    }
+    /* an authorization request reads the metadata even with a configured endpoint: it
+     * may require pushed authorization requests */
+    if (url && j->kind != J_AUTHORIZE) {
         job_continue(j, url);
         return AL_OK;
     }
@@ -559,6 +625,10 @@ static int job_start(job *j)
     }
     if (rc == AL_ERR_AGAIN)
         return AL_ERR_PENDING;
+    if (url) { /* J_AUTHORIZE: discovery is failing, the configured endpoint serves */
+        authorize_meta(j, NULL);
+        return AL_OK;
+    }
     char m[400];
     snprintf(m, sizeof m, "discovery failed: %s", r.msg);
     job_fail(j, rc, m);
@@ -573,14 +643,58 @@ static void answer(job *j, al_user_page *pg)
     job_free(j);
 }
 
-/* The hook point for PAR (RFC 9126): turns the authorization request's parameters into
- * where the browser goes. Today: the provider's authorization endpoint with the
- * parameters in its query. */
+/* Where the browser goes: the provider's authorization endpoint with the parameters in
+ * its query; or, with PAR, nothing yet (AL_ERR_PENDING): the parameters are pushed and
+ * on_par answers with the short URL. */
+static void on_par(void *arg, int err, const char *request_uri, int64_t expires_in,
+                   const char *msg);
+
 static int authorize_redirect(job *j, const char *endpoint, const char *params, char **location)
 {
-    (void)j;
-    *location = al_consent_url(endpoint, params);
-    return *location ? AL_OK : AL_ERR_NOMEM;
+    if (!j->par_endpoint) {
+        *location = al_consent_url(endpoint, params);
+        return *location ? AL_OK : AL_ERR_NOMEM;
+    }
+    char m[400];
+    set_host(j, j->par_endpoint);
+    int rc = al_par_push(al_oidc_fetcher(j->uc->oidc), j->p.config_json, j->p.secret,
+                         j->p.secret_len, j->par_endpoint, params, on_par, j, NULL, m, sizeof m);
+    if (rc != AL_OK) {
+        al_user_page pg;
+        memset(&pg, 0, sizeof pg);
+        page_set(&pg, 502, "par_failed", "Consent could not start",
+                 "airlock could not push the authorization request to the provider: %s. Ask "
+                 "the agent to make its request again for a new link.",
+                 m);
+        audit_ev(j->uc, "consent.refused", j->provider, j->user, j->target, pg.reason, m, NULL);
+        answer(j, &pg);
+    }
+    return AL_ERR_PENDING;
+}
+
+static void on_par(void *arg, int err, const char *request_uri, int64_t expires_in,
+                   const char *msg)
+{
+    job *j = arg;
+    al_user_page pg;
+    memset(&pg, 0, sizeof pg);
+    const char *client_id = json_string_value(json_object_get(j->p.cfg, "clientId"));
+    (void)expires_in;
+    if (err == AL_OK && !(pg.location = al_par_url(j->authz_endpoint, client_id, request_uri)))
+        err = AL_ERR_NOMEM, msg = "out of memory";
+    if (err == AL_OK) {
+        pg.status = 302;
+        snprintf(pg.title, sizeof pg.title, "Continue at the provider");
+        snprintf(pg.message, sizeof pg.message, "Continue at %s to consent.", j->host);
+        audit_ev(j->uc, "consent.redirected", j->provider, j->user, j->target, "ok", "par", NULL);
+    } else {
+        page_set(&pg, err == AL_ERR_TIMEOUT ? 504 : 502, "par_failed", "Consent could not start",
+                 "The provider refused the pushed authorization request: %s. Ask the agent to "
+                 "make its request again for a new link.",
+                 msg);
+        audit_ev(j->uc, "consent.refused", j->provider, j->user, j->target, pg.reason, msg, NULL);
+    }
+    answer(j, &pg);
 }
 
 static void authorize_with(job *j, const char *endpoint)
@@ -596,11 +710,14 @@ static void authorize_with(job *j, const char *endpoint)
         .extra = j->extra,
         .extra_count = j->extra_n,
         .quirks = al_identity_vendor_quirks(vendor), /* what the vendor needs for a refresh token */
+        .return_url = j->chosen_return_url,
     };
     int rc = client_id ? al_consent_open(j->uc->consent, j->link_id, &a, &params) : AL_ERR_CONFIG;
     if (rc == AL_OK)
         rc = authorize_redirect(j, endpoint, params, &pg.location);
     wipe_free(params, params ? strlen(params) : 0);
+    if (rc == AL_ERR_PENDING)
+        return; /* PAR: on_par (or the push's refusal) answered or will answer */
     if (rc == AL_OK) {
         pg.status = 302;
         snprintf(pg.title, sizeof pg.title, "Continue at the provider");
@@ -779,15 +896,101 @@ static void job_fail(job *j, int err, const char *msg)
 
 /* ---- the callback: code -> tokens -> the vault ----------------------------------------- */
 
-/* The hook point of the binding modes: `link` stores the tokens of the user the link was
- * made for at once (whoever opened it consented for them). */
-static int store_consented(job *j, const al_user_token *t)
+/* force_authentication: remembers that (target, user)'s consent produced the token
+ * with fingerprint fp. */
+static void fresh_mark(al_user_cred *uc, const char *target, const char *user, const char *fp)
+{
+    char key[512];
+    if (cache_key(target, user, key, sizeof key) != AL_OK)
+        return;
+    pthread_mutex_lock(&uc->lock);
+    fresh_entry *e = NULL;
+    for (size_t i = 0; i < FRESH_MAX && !e; i++)
+        if (!strcmp(uc->fresh[i].key, key))
+            e = &uc->fresh[i];
+    if (!e)
+        e = &uc->fresh[uc->fresh_next++ % FRESH_MAX];
+    snprintf(e->key, sizeof e->key, "%s", key);
+    snprintf(e->fp, sizeof e->fp, "%s", fp);
+    pthread_mutex_unlock(&uc->lock);
+}
+
+int al_user_cred_fresh(al_user_cred *uc, const char *target, const char *user, const char *fp)
+{
+    char key[512];
+    int hit = 0;
+    if (!fp || cache_key(target, user, key, sizeof key) != AL_OK)
+        return 0;
+    pthread_mutex_lock(&uc->lock);
+    for (size_t i = 0; i < FRESH_MAX; i++)
+        hit |= !strcmp(uc->fresh[i].key, key) && !strcmp(uc->fresh[i].fp, fp);
+    pthread_mutex_unlock(&uc->lock);
+    return hit;
+}
+
+/* A consent's tokens go into the vault for (provider, user); the cache forgets the old
+ * answer so the next request reads them. */
+static int store_tokens(al_user_cred *uc, const char *provider, const char *user,
+                        const char *target, const al_user_token *t)
+{
+    int rc = al_user_token_save(uc->store, uc->vault, provider, user, t);
+    char key[512];
+    if (rc == AL_OK && cache_key(provider, user, key, sizeof key) == AL_OK)
+        al_flight_forget(uc->cache, key); /* the next request reads the new tokens */
+    if (rc == AL_OK)
+        fresh_mark(uc, target, user, t->fingerprint);
+    return rc;
+}
+
+static int token_dup(const al_user_token *t, al_user_token *out)
+{
+    memset(out, 0, sizeof *out);
+    *out = *t;
+    out->access_token = malloc(t->access_len + 1);
+    out->refresh_token = t->refresh_token ? strdup(t->refresh_token) : NULL;
+    out->scope = strdup(t->scope ? t->scope : "");
+    if (out->access_token) {
+        memcpy(out->access_token, t->access_token, t->access_len);
+        out->access_token[t->access_len] = 0;
+    }
+    if (!out->access_token || (t->refresh_token && !out->refresh_token) || !out->scope) {
+        al_user_token_clear(out);
+        return AL_ERR_NOMEM;
+    }
+    return AL_OK;
+}
+
+/* The hook point of the binding modes. `link` stores the tokens of the user the link
+ * was made for at once (whoever opened it consented for them). `app` holds them under a
+ * new session id and sends the browser to the application's return URL with it
+ * (*location); the application completes the session for its signed-in user
+ * (al_user_cred_complete). */
+static int store_consented(job *j, const al_user_token *t, char **location)
 {
     al_user_cred *uc = j->uc;
-    int rc = al_user_token_save(uc->store, uc->vault, j->provider, j->user, t);
-    char key[512];
-    if (rc == AL_OK && cache_key(j->provider, j->user, key, sizeof key) == AL_OK)
-        al_flight_forget(uc->cache, key); /* the next request reads the new tokens */
+    *location = NULL;
+    if (!j->return_url)
+        return store_tokens(uc, j->provider, j->user, j->target, t);
+    al_consent_flow f;
+    al_user_token held;
+    char sid[AL_CONSENT_ID_LEN + 1];
+    memset(&f, 0, sizeof f);
+    int rc = token_dup(t, &held);
+    if (rc == AL_OK) {
+        f.provider = strdup(j->provider);
+        f.user = strdup(j->user);
+        f.scope = strdup(j->scope ? j->scope : "");
+        f.target = strdup(j->target);
+        f.return_url = strdup(j->return_url);
+        rc = al_consent_hold(uc->consent, &f, &held, sid); /* clears f and held */
+    } else {
+        al_consent_flow_clear(&f);
+    }
+    if (rc == AL_OK) {
+        *location = al_return_url_with_session(j->return_url, sid);
+        rc = *location ? AL_OK : AL_ERR_NOMEM;
+    }
+    OPENSSL_cleanse(sid, sizeof sid);
     return rc;
 }
 
@@ -795,9 +998,17 @@ static void finish_code(job *j, int err, al_user_token *t, const char *msg)
 {
     al_user_page pg;
     memset(&pg, 0, sizeof pg);
-    if (err == AL_OK && t && (err = store_consented(j, t)) != AL_OK)
-        msg = "the tokens could not be stored";
-    if (err == AL_OK && t) {
+    if (err == AL_OK && t && (err = store_consented(j, t, &pg.location)) != AL_OK)
+        msg = err == AL_ERR_AGAIN ? "too many sessions wait for their application"
+                                  : "the tokens could not be stored";
+    if (err == AL_OK && t && pg.location) {
+        pg.status = 302;
+        snprintf(pg.title, sizeof pg.title, "Continue in the application");
+        snprintf(pg.message, sizeof pg.message,
+                 "Continue in the application: it completes the sign-in for you.");
+        audit_ev(j->uc, "consent.held", j->provider, j->user, j->target, "ok", NULL,
+                 t->fingerprint);
+    } else if (err == AL_OK && t) {
         page_set(&pg, 200, NULL, "Access granted",
                  "airlock now holds your access to %s for target '%s'. You can close this "
                  "page; the agent's next request uses it.",
@@ -1282,9 +1493,42 @@ int al_user_cred_authorize(al_user_cred *uc, const al_table *t, const char *link
                            const char *redirect_uri, al_user_page *page, al_user_page_fn done,
                            void *arg)
 {
+    return al_user_cred_authorize_to(uc, t, link_id, NULL, redirect_uri, page, done, arg);
+}
+
+/* The target named `name` in t, or NULL. */
+static const al_target *target_named(const al_table *t, const char *name)
+{
+    for (size_t i = 0; t && name && i < t->target_count; i++)
+        if (!strcmp(t->targets[i].name, name))
+            return &t->targets[i];
+    return NULL;
+}
+
+int al_user_cred_authorize_to(al_user_cred *uc, const al_table *t, const char *link_id,
+                              const char *return_url, const char *redirect_uri,
+                              al_user_page *page, al_user_page_fn done, void *arg)
+{
     memset(page, 0, sizeof *page);
     al_consent_flow b;
     int rc = al_consent_link_binding(uc->consent, link_id, &b);
+    if (rc == AL_OK && return_url && b.return_url) {
+        /* app binding: the application names where its user comes back; only a URL of
+         * the target's allow-list (the link stays usable for a good one) */
+        const al_target *tg = target_named(t, b.target);
+        if (!tg || !al_return_url_allowed(return_url, tg->auth.return_urls,
+                                          tg->auth.return_url_count)) {
+            page_set(page, 400, "return_url_not_allowed", "This link cannot be used",
+                     "The return address given with this link is not one target '%s' allows "
+                     "(auth.return_urls). Open the link without it, or ask the operator to add "
+                     "the address.",
+                     b.target);
+            audit_ev(uc, "consent.refused", b.provider, b.user, b.target, page->reason, NULL,
+                     NULL);
+            al_consent_flow_clear(&b);
+            return AL_OK;
+        }
+    }
     if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_TIMEOUT) {
         page_set(page, rc == AL_ERR_TIMEOUT ? 410 : 404,
                  rc == AL_ERR_TIMEOUT ? "consent_link_expired" : "consent_link_unknown",
@@ -1302,10 +1546,10 @@ int al_user_cred_authorize(al_user_cred *uc, const al_table *t, const char *link
         snprintf(j->link_id, sizeof j->link_id, "%s", link_id);
         rc = (j->redirect_uri = strdup(redirect_uri)) ? prov_load(uc, j->provider, &j->p)
                                                       : AL_ERR_NOMEM;
-        const al_target *tg = NULL;
-        for (size_t i = 0; rc == AL_OK && i < t->target_count; i++)
-            if (!strcmp(t->targets[i].name, j->target))
-                tg = &t->targets[i];
+        if (rc == AL_OK && return_url && j->return_url &&
+            !(j->chosen_return_url = strdup(return_url)))
+            rc = AL_ERR_NOMEM;
+        const al_target *tg = rc == AL_OK ? target_named(t, j->target) : NULL;
         if (rc == AL_OK && tg && tg->auth.custom_parameter_count) {
             j->extra = calloc(tg->auth.custom_parameter_count, sizeof *j->extra);
             rc = j->extra ? AL_OK : AL_ERR_NOMEM;
@@ -1415,6 +1659,34 @@ out:
     wipe_free(code, code_cap);
     al_consent_flow_clear(&f);
     return rc == AL_ERR_PENDING ? AL_ERR_PENDING : AL_OK;
+}
+
+int al_user_cred_complete(al_user_cred *uc, const char *session_id, const char *user,
+                          char *target, size_t target_len)
+{
+    al_consent_flow f;
+    al_user_token t;
+    if (target_len)
+        target[0] = 0;
+    int rc = al_consent_complete(uc->consent, session_id, user, &f, &t);
+    if (rc == AL_OK) {
+        rc = store_tokens(uc, f.provider, f.user, f.target, &t);
+        audit_ev(uc, rc == AL_OK ? "consent.completed" : "consent.refused", f.provider, f.user,
+                 f.target, rc == AL_OK ? "ok" : "store_failed", NULL,
+                 rc == AL_OK ? t.fingerprint : NULL);
+        if (target_len)
+            snprintf(target, target_len, "%s", f.target);
+    } else {
+        /* who tried is known (authenticated); whose flow it was is not said to them */
+        audit_ev(uc, "consent.refused", NULL, user, NULL,
+                 rc == AL_ERR_PERM      ? "session_user_mismatch"
+                 : rc == AL_ERR_TIMEOUT ? "session_expired"
+                                        : "session_unknown",
+                 NULL, NULL);
+    }
+    al_consent_flow_clear(&f);
+    al_user_token_clear(&t);
+    return rc;
 }
 
 /* ---- pure ----------------------------------------------------------------------------- */

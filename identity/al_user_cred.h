@@ -30,12 +30,13 @@
  * al_user_page: a redirect to the provider, or a short page saying what happened.
  * Both may answer now or later (AL_ERR_PENDING: done() runs once on the fetch thread).
  *
- * Hook points for the binding modes and PAR (issue 14, 3lo-extras):
- *   - al_user_cred_authorize builds the redirect in authorize_redirect(): the one place
- *     that turns al_consent_open's parameters into the provider URL (PAR replaces it
- *     with a pushed request and a request_uri);
- *   - the callback stores tokens in store_consented(): the one place an `app` binding
- *     holds them back until the application completes the session.
+ * PAR (RFC 9126): when the provider's discovery document requires it or its settings
+ * say usePar, authorize_redirect() pushes the authorization request (al_par) and the
+ * browser gets only client_id + request_uri. Binding modes: the callback stores tokens
+ * in store_consented() — `link` at once for the link's user, `app` held under a session
+ * id (al_consent_hold) with a redirect to the application's return URL, stored by
+ * al_user_cred_complete only for the user who started the flow. force_authentication:
+ * al_user_cred_fresh says whether a token came from a consent for that target.
  *
  * Secrets: access and refresh tokens, codes, verifiers and states never reach a log
  * line, an audit record, a page or a message; the audit names provider, end user,
@@ -125,6 +126,23 @@ typedef void (*al_user_page_fn)(void *arg, al_user_page *page);
 int al_user_cred_authorize(al_user_cred *uc, const al_table *t, const char *link_id,
                            const char *redirect_uri, al_user_page *page, al_user_page_fn done,
                            void *arg);
+/* The same, for a link of an `app` binding opened with the application's return_url
+ * (NULL = the binding's, the target's first allow-listed one): a URL outside the
+ * target's auth.return_urls is refused (400 page, the link stays usable). */
+int al_user_cred_authorize_to(al_user_cred *uc, const al_table *t, const char *link_id,
+                              const char *return_url, const char *redirect_uri,
+                              al_user_page *page, al_user_page_fn done, void *arg);
+/* App binding mode: the application completes session_id (from its return URL) for its
+ * signed-in user. AL_OK: the tokens held since the callback are stored for that user
+ * (target gets the target's name); AL_ERR_PERM: the flow was started for another user
+ * — nothing stored, the held tokens wiped; AL_ERR_NOTFOUND / AL_ERR_TIMEOUT: unknown
+ * (or completed already) / expired; else the store failed. Audited (consent.completed
+ * / consent.refused). Runs on the caller's thread (one store write). */
+int al_user_cred_complete(al_user_cred *uc, const char *session_id, const char *user,
+                          char *target, size_t target_len);
+/* force_authentication: 1 when the token with fingerprint fp came from a consent made
+ * for (target, user) in this process — not refreshed since, not another target's. */
+int al_user_cred_fresh(al_user_cred *uc, const char *target, const char *user, const char *fp);
 /* GET /oauth2/callback?<query>: state (consumed), then the provider's error, or the code
  * exchanged (verifier, client authentication) and the tokens stored. AL_OK: *page
  * filled now (a bad state, a provider error); AL_ERR_PENDING: done later. */

@@ -194,6 +194,62 @@ static int end_user(const al_table *t, const al_decide_req *q, const char *iss, 
     return 0;
 }
 
+int al_authz_end_user(al_authz_state *st, const al_table *t, const al_header *headers, size_t n,
+                      char *user, size_t ulen, int *status, const char **code, char *msg,
+                      size_t msglen, char *challenge, size_t chlen)
+{
+    static _Thread_local al_authz_out out;
+    al_decide_req q = {.headers = headers, .header_count = n, .table = t, .gateway = 1};
+    const al_header *az = header(&q, "authorization");
+    al_authz_in in = {
+        .table = t,
+        .inbound = st ? atomic_load_explicit(&st->inbound, memory_order_acquire) : NULL,
+        .method = "POST",
+        .gateway = 1,
+        .authorization = az ? az->value : NULL,
+        .authorization_len = az ? az->value_len : 0,
+        .now = (int64_t)time(NULL),
+        .inherited = st ? st->assume : NULL,
+    };
+    user[0] = msg[0] = challenge[0] = 0;
+    *status = 0;
+    *code = NULL;
+    if (!t || t->inbound.mode != AL_INBOUND_JWT) {
+        *status = 403;
+        *code = "policy_denied";
+        snprintf(msg, msglen, "no end user can be named: inbound.mode is not jwt");
+        return AL_ERR_PERM;
+    }
+    /* authentication only: no target is involved, so the policy has nothing to decide */
+    al_authz_decide(&in, &out);
+    if (!out.principal) {
+        *status = 401;
+        *code = "unauthenticated";
+        snprintf(msg, msglen, "%s", out.message);
+        snprintf(challenge, chlen, "%s", out.challenge);
+        al_authz_out_free(&out);
+        return AL_ERR_PERM;
+    }
+    al_decision d = {.allow = 1};
+    const al_principal *p = out.principal;
+    int rc = end_user(t, &q, p->iss, p->sub, p->client_id, &d);
+    al_authz_out_free(&out);
+    if (rc != 0) {
+        *status = d.refusal == AL_REF_POLICY_DENIED ? 403 : 400;
+        *code = d.refusal == AL_REF_POLICY_DENIED ? "policy_denied" : "bad_request";
+        snprintf(msg, msglen, "%s", d.message ? d.message : "the end user is not valid");
+        return AL_ERR_PERM;
+    }
+    if (!d.end_user || (size_t)snprintf(user, ulen, "%s", d.end_user) >= ulen) {
+        *status = 403;
+        *code = "policy_denied";
+        snprintf(msg, msglen, "the token names no end user (no iss and sub)");
+        user[0] = 0;
+        return AL_ERR_PERM;
+    }
+    return AL_OK;
+}
+
 int al_authz_hook_decide(void *arg, const al_decide_req *q, al_decision *d)
 {
     al_authz_state *st = arg;

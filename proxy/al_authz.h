@@ -66,6 +66,15 @@ typedef struct al_authz_state {
 } al_authz_state;
 int al_authz_hook_decide(void *arg, const al_decide_req *q, al_decision *d);
 
+/* The end user of a request that is for no target (POST /oauth2/sessions/complete):
+ * its `Authorization: Bearer` token authenticated as the data path does, then the
+ * trusted client's inbound.user_header or the token's "ISS SUB" (the decide hook's own
+ * rule). AL_OK and user; else AL_ERR_PERM with the HTTP status (401 with challenge, 403,
+ * 400), an error code and a message (never the token). */
+int al_authz_end_user(al_authz_state *st, const al_table *t, const al_header *headers, size_t n,
+                      char *user, size_t ulen, int *status, const char **code, char *msg,
+                      size_t msglen, char *challenge, size_t chlen);
+
 /* The path below the target's base path, query removed, into buf ("/" at least). */
 const char *al_authz_policy_path(const al_target *t, const char *path, size_t len, char *buf,
                                  size_t n);

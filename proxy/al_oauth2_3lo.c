@@ -12,10 +12,14 @@
  * mailbox is reference-counted: this object and every page job in flight hold it, so
  * an answer after al_oauth2_3lo_free is dropped, not delivered into freed memory. */
 #include "al_oauth2_3lo.h"
+#include "al_authz.h"
 #include "common/al_err.h"
+#include "common/al_http.h"
 #include "common/al_log.h"
+#include "common/al_return_url.h"
 
 #include <ev.h>
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -74,6 +78,7 @@ struct al_oauth2_3lo {
     char consent_url[1200]; /* the last consent link (loop thread) */
     char html[8192];        /* the last page (loop thread) */
     char *location;         /* the last redirect (loop thread) */
+    al_authz_state *authz;  /* the server's (sessions/complete), NULL in tests */
 };
 
 /* ---- mailbox -------------------------------------------------------------------- */
@@ -172,8 +177,16 @@ static int need_consent(al_oauth2_3lo *s, const al_cred_query *q, const char *pr
             u += (size_t)n;
     }
     memset(g, 0, sizeof *g);
-    al_consent_binding b = {
-        .user = q->user, .provider = provider, .scope = scope, .target = t->name};
+    /* app binding: the callback sends the browser back to the application (the first
+     * allow-listed URL unless the link is opened with another allowed one) */
+    al_consent_binding b = {.user = q->user,
+                            .provider = provider,
+                            .scope = scope,
+                            .target = t->name,
+                            .return_url = t->auth.binding == AL_BINDING_APP &&
+                                                  t->auth.return_url_count
+                                              ? t->auth.return_urls[0]
+                                              : NULL};
     uint32_t ttl = AL_CONSENT_TTL_S;
     int rc = al_user_cred_consent_start(s->uc, &b, id, &ttl);
     if (rc != AL_OK) {
@@ -209,6 +222,15 @@ static int access_to_grant(al_oauth2_3lo *s, const al_cred_query *q, int rc, al_
     }
     if (a->none) {
         rc = need_consent(s, q, a->provider, a->why ? a->why : "no token", g);
+        al_user_access_release(a);
+        return rc;
+    }
+    if (t->auth.force_authentication &&
+        !al_user_cred_fresh(s->uc, t->name, q->user, a->fingerprint)) {
+        rc = need_consent(s, q, a->provider,
+                          "this target asks for a new consent (force_authentication) and the "
+                          "user's token did not come from one made for it",
+                          g);
         al_user_access_release(a);
         return rc;
     }
@@ -516,11 +538,100 @@ static int page_now(al_oauth2_3lo *s, pend *p, al_local_resp *resp)
     return 1;
 }
 
+void al_oauth2_3lo_set_authz(al_oauth2_3lo *s, struct al_authz_state *authz)
+{
+    s->authz = authz;
+}
+
+/* A JSON answer of sessions/complete ({"error", "message"} for a refusal). */
+static int json_now(al_oauth2_3lo *s, pend *p, al_local_resp *resp, int status,
+                    const char *reason, const char *body)
+{
+    memset(resp, 0, sizeof *resp);
+    snprintf(s->html, sizeof s->html, "%s\n", body);
+    resp->status = status;
+    resp->content_type = "application/json";
+    resp->reason = reason;
+    resp->audit_path = "/oauth2/sessions/complete";
+    resp->body = s->html;
+    resp->body_len = strlen(s->html);
+    pend_free(p);
+    mb_unref(s->mb);
+    return 1;
+}
+
+static int json_error(al_oauth2_3lo *s, pend *p, al_local_resp *resp, int status,
+                      const char *code, const char *message)
+{
+    json_t *j = json_pack("{s:s, s:s}", "error", code, "message", message);
+    char *b = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    int rc = json_now(s, p, resp, status, code, b ? b : "{\"error\":\"internal_error\"}");
+    free(b);
+    json_decref(j);
+    return rc;
+}
+
+/* POST /oauth2/sessions/complete (app binding): the caller's end user completes the
+ * session named by X-Airlock-Session-Id. Answered now (one store write). */
+static int sessions_complete(al_oauth2_3lo *s, pend *p, const al_local_req *q,
+                             al_local_resp *resp)
+{
+    char user[1100], msg[768], challenge[384], target[256];
+    const char *code = NULL;
+    int status = 0;
+    if (strcmp(q->method, "POST") != 0)
+        return json_error(s, p, resp, 405, "method_not_allowed",
+                          "complete a session with POST /oauth2/sessions/complete and the "
+                          "X-Airlock-Session-Id header");
+    if (al_authz_end_user(s->authz, q->table, q->headers, q->header_count, user, sizeof user,
+                          &status, &code, msg, sizeof msg, challenge, sizeof challenge) != AL_OK)
+        return json_error(s, p, resp, status, code, msg);
+    const al_header *sh = NULL;
+    size_t seen = 0;
+    for (size_t i = 0; i < q->header_count; i++)
+        if (al_http_name_is(q->headers[i].name, q->headers[i].name_len, "x-airlock-session-id")) {
+            sh = sh ? sh : &q->headers[i];
+            seen++;
+        }
+    char sid[AL_CONSENT_ID_LEN + 1];
+    if (!sh || seen != 1 || sh->value_len != AL_CONSENT_ID_LEN)
+        return json_error(s, p, resp, 400, "bad_request",
+                          "send the session id from the return URL's session_id parameter, "
+                          "once, in the X-Airlock-Session-Id header");
+    memcpy(sid, sh->value, AL_CONSENT_ID_LEN);
+    sid[AL_CONSENT_ID_LEN] = 0;
+    int rc = al_user_cred_complete(s->uc, sid, user, target, sizeof target);
+    OPENSSL_cleanse(sid, sizeof sid);
+    if (rc == AL_OK) {
+        json_t *j = json_pack("{s:s, s:s}", "status", "completed", "target", target);
+        char *b = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        int r = json_now(s, p, resp, 200, NULL, b ? b : "{\"status\":\"completed\"}");
+        free(b);
+        json_decref(j);
+        return r;
+    }
+    if (rc == AL_ERR_PERM)
+        return json_error(s, p, resp, 403, "session_user_mismatch",
+                          "this session was started for another user; nothing was stored and "
+                          "the session is gone: the user who asked must sign in again");
+    if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_TIMEOUT)
+        return json_error(s, p, resp, rc == AL_ERR_TIMEOUT ? 410 : 404,
+                          rc == AL_ERR_TIMEOUT ? "session_expired" : "session_not_found",
+                          rc == AL_ERR_TIMEOUT
+                              ? "the session expired (sessions wait 10 minutes); ask the agent "
+                                "for a new link"
+                              : "no such session (unknown, or completed already); ask the agent "
+                                "for a new link");
+    return json_error(s, p, resp, 500, "internal_error",
+                      "the tokens could not be stored; see airlock's log");
+}
+
 int al_oauth2_3lo_local(void *arg, const al_local_req *q, al_local_resp *resp,
                         al_local_done_fn done, void *req, void **pending)
 {
     al_oauth2_3lo *s = arg;
-    static const char az[] = "/oauth2/authorize/", cb[] = "/oauth2/callback";
+    static const char az[] = "/oauth2/authorize/", cb[] = "/oauth2/callback",
+                      sc[] = "/oauth2/sessions/complete";
     const char *path = q->path;
     size_t plen = q->path_len, qmark = plen;
     for (size_t i = 0; i < plen; i++)
@@ -530,11 +641,17 @@ int al_oauth2_3lo_local(void *arg, const al_local_req *q, al_local_resp *resp,
         }
     int is_az = qmark > sizeof az - 1 && !memcmp(path, az, sizeof az - 1);
     int is_cb = qmark == sizeof cb - 1 && !memcmp(path, cb, sizeof cb - 1);
-    if (!is_az && !is_cb)
+    int is_sc = qmark == sizeof sc - 1 && !memcmp(path, sc, sizeof sc - 1);
+    if (!is_az && !is_cb && !is_sc)
         return 0;
     pend *p = pend_new(s, P_PAGE);
     if (!p)
         return 0;
+    if (is_sc && !s->uc)
+        return json_error(s, p, resp, 503, "user_tokens_unavailable",
+                          "airlock's user token vault is not open; tell airlock's operator");
+    if (is_sc)
+        return sessions_complete(s, p, q, resp);
     if (!s->uc) {
         p->page.status = 503;
         p->page.reason = "user_tokens_unavailable";
@@ -558,11 +675,19 @@ int al_oauth2_3lo_local(void *arg, const al_local_req *q, al_local_resp *resp,
     }
     int rc;
     if (is_az) {
-        char id[AL_CONSENT_ID_LEN + 1] = "";
+        char id[AL_CONSENT_ID_LEN + 1] = "", ret[AL_RETURN_URL_MAX + 1];
         size_t il = qmark - (sizeof az - 1);
         if (il == AL_CONSENT_ID_LEN)
             memcpy(id, path + sizeof az - 1, il);
-        rc = al_user_cred_authorize(s->uc, q->table, id, redirect, &p->page, on_page, p);
+        /* app binding: the application may name its return URL (checked against the
+         * target's allow-list); a malformed or doubled one is refused like a bad one */
+        const char *qs = qmark < plen ? path + qmark + 1 : "";
+        size_t ql = qmark < plen ? plen - qmark - 1 : 0;
+        int prc = al_user_query_param(qs, ql, "return_url", ret, sizeof ret);
+        if (prc == AL_ERR_INVAL)
+            snprintf(ret, sizeof ret, "%s", "invalid:");
+        rc = al_user_cred_authorize_to(s->uc, q->table, id, prc == AL_ERR_NOTFOUND ? NULL : ret,
+                                       redirect, &p->page, on_page, p);
         OPENSSL_cleanse(id, sizeof id);
     } else {
         const char *qs = qmark < plen ? path + qmark + 1 : "";

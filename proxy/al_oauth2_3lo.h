@@ -15,9 +15,19 @@
  * one retry (AL_CRED_REFRESH).
  *
  * Endpoints (no inbound authentication; the link id / state is the capability):
- *   GET /oauth2/authorize/<id>   302 to the provider (al_user_cred_authorize)
- *   GET /oauth2/callback?...     the code exchanged and stored; a short HTML page
- * Other paths under /oauth2/ are not taken (the binding modes add theirs beside).
+ *   GET /oauth2/authorize/<id>[?return_url=U]   302 to the provider (al_user_cred_authorize);
+ *                                the return URL (app binding) must be one the target
+ *                                allows, else 400
+ *   GET /oauth2/callback?...     the code exchanged and stored (link binding: a short HTML
+ *                                page), or held (app binding: 302 to the return URL with
+ *                                ?session_id=)
+ * and, authenticated like the data path (inbound JWT; a trusted client's user header):
+ *   POST /oauth2/sessions/complete   with header X-Airlock-Session-Id: the held tokens
+ *                                are stored for the caller's end user if that is the user
+ *                                the flow was started for (JSON 200); another user: 403
+ *                                session_user_mismatch, nothing stored, the tokens wiped.
+ * force_authentication: a cached token is used only when it came from a consent made
+ * for that target (al_user_cred_fresh); otherwise a new consent link.
  *
  * Answers from the fetch thread reach the loop through a mailbox (an ev_async and a
  * locked list) that outlives this object while a job still holds it. Loop thread only,
@@ -40,6 +50,9 @@ al_credsrc al_credsrc_oauth2_3lo(al_oauth2_3lo *s);
 int al_oauth2_3lo_local(void *arg, const al_local_req *q, al_local_resp *resp,
                         al_local_done_fn done, void *req, void **pending);
 void al_oauth2_3lo_local_cancel(void *arg, void *pending);
+/* The data path's authentication state (the server's): for sessions/complete. */
+struct al_authz_state;
+void al_oauth2_3lo_set_authz(al_oauth2_3lo *s, struct al_authz_state *authz);
 
 /* Pure: the HTML page for a result (title and message HTML-escaped) into buf; returns
  * its length (cut to fit). */

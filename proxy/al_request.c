@@ -2289,6 +2289,8 @@ static int route_local(al_req *r, const al_reqtarget *rt)
         .path_len = rt->path_len,
         .table = r->table,
         .client = r->client,
+        .headers = r->hdrs,
+        .header_count = r->hdr_count,
     };
     al_local_resp resp;
     memset(&resp, 0, sizeof resp);

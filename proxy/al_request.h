@@ -208,6 +208,9 @@ typedef struct al_local_req {
     size_t path_len;
     const al_table *table; /* the request's (held until it ends) */
     const char *client;
+    const al_header *headers; /* the agent's headers (POST /oauth2/sessions/complete
+                                 authenticates its caller with them) */
+    size_t header_count;
 } al_local_req;
 
 typedef struct al_local_resp {

@@ -339,6 +339,8 @@ static void init_req_ctx(al_worker *w)
         x->hooks.local = al_oauth2_3lo_local;
         x->hooks.local_cancel = al_oauth2_3lo_local_cancel;
         x->hooks.local_arg = w->oauth2_3lo;
+        /* POST /oauth2/sessions/complete authenticates its caller as the data path does */
+        al_oauth2_3lo_set_authz(w->oauth2_3lo, &w->server->authz);
     }
     /* iam: the store's providers, or the AWS credential sources (fetched off-loop) */
     if (w->server && w->server->iam)

@@ -327,6 +327,19 @@ class OidcProvider:
     def control(self, **kw):
         return self._call("POST", "/__control", kw)
 
+    def user_access_token(self, key_file, sub, aud, client="agent", ttl=600):
+        """An agent's inbound access token acting for end user `sub`: signed with this
+        issuer's own key (start_oidc(key_out=key_file)) by tests/peers/jwt_forge.js."""
+        now = int(time.time())
+        spec = {"base": {"iss": self.issuer, "aud": aud, "iat": now, "exp": now + ttl,
+                         "client_id": client, "scope": "read"},
+                "tokens": [{"name": "t", "kind": "issuer", "claims": {"sub": sub}}]}
+        r = subprocess.run([NODE, os.path.join(PEERS_DIR, "jwt_forge.js"), key_file],
+                           input=json.dumps(spec), capture_output=True, text=True,
+                           cwd=TESTS_DIR, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["t"]
+
     def active_refresh_tokens(self, account):
         """How many refresh tokens issued to `account` the provider still honours (its
         own store: not revoked, rotated away or expired)."""

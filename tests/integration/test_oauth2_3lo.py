@@ -18,7 +18,6 @@ response to the agent. (Link/state expiry needs a clock: tests/unit/test_identit
 import base64
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -99,15 +98,7 @@ def test_start():
 
 def agent_token(sub, client="agent"):
     """An inbound access token for end user `sub`, signed with the issuer's own key."""
-    now = int(time.time())
-    spec = {"base": {"iss": OP.issuer, "aud": AUD, "iat": now, "exp": now + 600,
-                     "client_id": client, "scope": "read"},
-            "tokens": [{"name": "t", "kind": "issuer", "claims": {"sub": sub}}]}
-    r = subprocess.run([NODE, os.path.join(PEERS_DIR, "jwt_forge.js"), KEY_FILE],
-                       input=json.dumps(spec), capture_output=True, text=True, cwd=TESTS_DIR,
-                       timeout=30)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["t"]
+    return OP.user_access_token(KEY_FILE, sub, AUD, client)
 
 
 TOKENS = {}

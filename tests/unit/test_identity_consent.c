@@ -425,6 +425,40 @@ static void test_hold_needs_tokens(void **st)
     al_consent_free(c);
 }
 
+/* The link's opener may choose another (allow-listed by the caller) return URL of an
+ * app binding; a link binding never gains one. */
+static void test_return_url_chosen_at_open(void **st)
+{
+    (void)st;
+    al_consent *c = mk(0);
+    char id[AL_CONSENT_ID_LEN + 1], state[128];
+    al_consent_authz a = authz;
+    a.return_url = "https://app.example/other";
+    char *form = NULL;
+    al_consent_flow f;
+    assert_int_equal(al_consent_start(c, &alice_app, id), AL_OK);
+    assert_int_equal(al_consent_open(c, id, &a, &form), AL_OK);
+    assert_int_equal(param(form, "state", state, sizeof state), 1);
+    free(form);
+    assert_int_equal(al_consent_finish(c, state, &f), AL_OK);
+    assert_string_equal(f.return_url, "https://app.example/other");
+    al_consent_flow_clear(&f);
+    assert_int_equal(al_consent_start(c, &alice, id), AL_OK); /* link mode */
+    assert_int_equal(al_consent_open(c, id, &a, &form), AL_OK);
+    assert_int_equal(param(form, "state", state, sizeof state), 1);
+    free(form);
+    assert_int_equal(al_consent_finish(c, state, &f), AL_OK);
+    assert_null(f.return_url);
+    al_consent_flow_clear(&f);
+    /* a hostile choice is refused and the link is gone */
+    a.return_url = "https://app.example/\r\nx";
+    assert_int_equal(al_consent_start(c, &alice_app, id), AL_OK);
+    assert_int_equal(al_consent_open(c, id, &a, &form), AL_ERR_INVAL);
+    assert_null(form);
+    assert_int_equal(al_consent_pending(c), 0);
+    al_consent_free(c);
+}
+
 static void test_return_url_in_binding(void **st)
 {
     (void)st;
@@ -552,6 +586,7 @@ int main(void)
         cmocka_unit_test(test_session_expiry_and_bound),
         cmocka_unit_test(test_hold_needs_tokens),
         cmocka_unit_test(test_return_url_in_binding),
+        cmocka_unit_test(test_return_url_chosen_at_open),
         cmocka_unit_test(test_vendor_quirks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
