@@ -199,7 +199,11 @@ int al_authz_end_user(al_authz_state *st, const al_table *t, const al_header *he
                       size_t msglen, char *challenge, size_t chlen)
 {
     static _Thread_local al_authz_out out;
-    al_decide_req q = {.headers = headers, .header_count = n, .table = t, .gateway = 1};
+    /* end_user() names a user only for a target that acts for one: this request is about
+     * such a target's consent */
+    static const al_target acts_for_user = {.auth = {.method = AL_AUTH_OAUTH2_3LO}};
+    al_decide_req q = {
+        .headers = headers, .header_count = n, .table = t, .gateway = 1, .target = &acts_for_user};
     const al_header *az = header(&q, "authorization");
     al_authz_in in = {
         .table = t,
