@@ -377,8 +377,8 @@ def test_delete_user_token_revokes_at_the_provider():
     assert user not in user_tokens("idp")
     rev = audit("identity.user_token_revoke")
     assert rev and rev[-1]["outcome"] == "revoked" and rev[-1]["end_user"] == user, rev
-    # (a running serve keeps the access token it holds until that token is due for
-    # refresh: the refresh then finds no row, and the user is asked to consent again)
+    # (on SQLite a running serve keeps the access token it holds until that token is due
+    # for refresh: the refresh then finds no row, and the user is asked to consent again)
 
 
 def test_no_token_code_state_or_session_in_logs_or_responses():
