@@ -298,11 +298,11 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                                           "401/403/429 can be retried with another key; a "
                                           "larger one is streamed, not retried. 0: never kept."},
     [AL_S_LIMITS_UPSTREAM_ENGINE] = {"limits.upstream_engine", AL_SK_ENUM, parse_upstream_engine,
-                                     TBL(limits.upstream_engine), 0, 0, 0, 0, 0, "`curl`",
-                                     "Who talks to upstreams on the data path: `curl` (libcurl) "
-                                     "or `native` (airlock's own engine: HTTP/1.1 and HTTP/2, "
-                                     "OpenSSL, its own pool). The control plane always uses "
-                                     "libcurl."},
+                                     TBL(limits.upstream_engine), 0, 0, 0, 0, 0, "`native`",
+                                     "Who talks to upstreams on the data path: `native` "
+                                     "(airlock's own engine: HTTP/1.1 and HTTP/2, OpenSSL, its "
+                                     "own pool) or `curl` (libcurl). The control plane always "
+                                     "uses libcurl."},
     [AL_S_HEADERS] = {"headers", AL_SK_MAP, NULL, TBL(headers), 0, 0, 0, 0, 0, "",
                       "Headers airlock adds to forwarded requests."},
     [AL_S_HEADERS_VIA] = {"headers.via", AL_SK_BOOL, parse_bool, TBL(headers.add_via), 0, 0, 1, 1,

@@ -172,11 +172,11 @@ typedef struct al_limits {
     /* Request bodies kept for a retry, see README "Request bodies and retries". */
     uint32_t spool_memory_bytes;   /* of a spooled body in memory, the rest in a file; 1 MiB */
     uint32_t retry_body_max_bytes; /* largest body kept for a retry; 1 MiB, 0 = never */
-    int upstream_engine;           /* AL_UPSTREAM_ENGINE_* (default curl) */
+    int upstream_engine;           /* AL_UPSTREAM_ENGINE_* (default native) */
 } al_limits;
 
 /* limits.upstream_engine: who talks to upstreams on the data path. */
-enum { AL_UPSTREAM_ENGINE_CURL = 0, AL_UPSTREAM_ENGINE_NATIVE = 1 };
+enum { AL_UPSTREAM_ENGINE_NATIVE = 0, AL_UPSTREAM_ENGINE_CURL = 1 };
 
 typedef struct al_egress_cfg {
     char **passthrough; /* owned; exact names and "*.suffix" for blind CONNECT tunnels */
