@@ -188,8 +188,8 @@ static int params_init(pg_params *p, const char *dsn, const char *origin)
             OPENSSL_cleanse(err, strlen(err));
         PQfreemem(err);
         al_log(AL_LOG_ERROR, "identity.store",
-               "the PostgreSQL connection string from %s is not valid (expected "
-               "\"host=... dbname=... user=... password=...\" or a postgresql:// URI)",
+               "the PostgreSQL connection string from %s is not valid (expected libpq's "
+               "key=value form or a postgresql:// URI)",
                origin);
         return AL_ERR_CONFIG;
     }
@@ -266,7 +266,7 @@ static int ensure(al_store_pg *s)
     s->next_try_ms = now + 1000;
     s->conn = connect_params(&s->p, why, sizeof why);
     if (!s->conn) {
-        conn_down(s, "is unreachable", why);
+        conn_down(s, "cannot be reached or refused the connection", why);
         return AL_ERR_DB;
     }
     if (atomic_exchange(&pg_down_logged, 0))

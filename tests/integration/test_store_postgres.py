@@ -5,6 +5,9 @@ Postgres) holds the store of two `airlock serve` replicas and of the CLI, all ch
 the table's `store: {backend: postgres, dsn_file: F}`:
   - providers created, rotated and deleted through the CLI land in PostgreSQL (schema
     version table, generation), and a DSN written in the table is refused at line:col;
+  - libpq's connection errors (a user named like the password, a URI to a closed port,
+    a string that does not parse; from a file and from a variable) never show the
+    password;
   - a rotation through the CLI reaches BOTH running serves within one second (LISTEN/
     NOTIFY; the measured time is printed), a new provider and a delete too;
   - `airlock store migrate` copies sqlite -> postgres and back, verified, idempotent;
@@ -180,6 +183,50 @@ def test_dsn_in_table_refused_at_line_col():
         r = cli("identity", "list-api-key-credential-providers", table=bad)
         assert r.returncode != 0 and where in r.stderr, (text, r.stderr)
         assert S["pg"].password not in r.stdout + r.stderr
+
+
+def test_connection_errors_never_show_the_password():
+    """libpq's messages name host and user: a DSN whose user IS the password, a URI with
+    the password to a closed port, a DSN that does not parse, the DSN from a variable —
+    every CLI error and log line has the password cut out."""
+    setup()
+    pg, d = S["pg"], S["dir"]
+    pw = "Pw-" + os.urandom(8).hex()
+    closed = free_port()
+    cases = [
+        ("host=127.0.0.1 port=%d dbname=airlock user=%s password=%s" % (pg.port, pw, pw),
+         "[REDACTED]"),
+        ("postgresql://airlock:%s@127.0.0.1:%d/airlock" % (pw, closed), "unreachable"),
+        ("host=127.0.0.1 port=%d password=%s nonsense_option=%s" % (pg.port, pw, pw),
+         "not valid"),
+        ("host=127.0.0.1 port=%d dbname=%s user=airlock password=%s" % (pg.port, pw, pw),
+         "password authentication failed"),
+    ]
+    for i, (dsn, want) in enumerate(cases):
+        for via in ("file", "env"):
+            table = os.path.join(d, "bad-dsn.yaml")
+            env_extra = {}
+            if via == "file":
+                f = os.path.join(d, "bad%d.dsn" % i)
+                with open(f, "w") as fh:
+                    fh.write(dsn)
+                os.chmod(f, 0o600)
+                src = "dsn_file: %s" % f
+            else:
+                env_extra["BAD_DSN"] = dsn
+                src = "dsn_env: BAD_DSN"
+            with open(table, "w") as fh:
+                fh.write("state_dir: %s\nstore: {backend: postgres, %s}\n"
+                         % (os.path.join(d, "state"), src))
+            env = dict(os.environ, AIRLOCK_MASTER_KEY_FILE=S["key_file"], **env_extra)
+            r = subprocess.run([AIRLOCK_BIN, "identity", "create-api-key-credential-provider",
+                                "--name", "x", "--api-key", "-", "-c", table], input="k" * 20,
+                               capture_output=True, text=True, env=env, timeout=60)
+            out = r.stdout + r.stderr
+            assert r.returncode != 0, (dsn, out)
+            assert want in out, (i, via, out)
+            assert pw not in out, "the password is in an error: %s" % out
+            S.setdefault("cli_out", []).append(out)
 
 
 def wait_both(replicas, want, timeout):
