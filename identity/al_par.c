@@ -125,9 +125,14 @@ static void on_push(void *arg, const al_fetch_response *res)
     push_ctx_free(c);
 }
 
+void al_par_abandon(void *pending)
+{
+    push_ctx_free(pending);
+}
+
 int al_par_push(al_fetch *f, const char *config_json, const unsigned char *secret,
                 size_t secret_len, const char *endpoint, const char *params, al_par_cb cb,
-                void *arg, uint64_t *id, char *msg, size_t msglen)
+                void *arg, uint64_t *id, void **pending, char *msg, size_t msglen)
 {
     al_token_post p;
     push_ctx *c = calloc(1, sizeof *c);
@@ -149,8 +154,12 @@ int al_par_push(al_fetch *f, const char *config_json, const unsigned char *secre
         return rc;
     }
     char eb[300];
+    if (pending)
+        *pending = c; /* before the start: the answer may come at once, on the fetch thread */
     rc = al_fetch_start(f, &p.rq, &p.fo, on_push, c, id, eb, sizeof eb);
     if (rc != AL_OK) {
+        if (pending)
+            *pending = NULL;
         snprintf(msg, msglen, "pushed authorization request endpoint refused: %s", eb);
         push_ctx_free(c);
     }

@@ -49,9 +49,12 @@ char *al_par_url(const char *authz_endpoint, const char *client_id, const char *
 /* err AL_OK: request_uri (borrowed for the call) and expires_in; else msg says why. */
 typedef void (*al_par_cb)(void *arg, int err, const char *request_uri, int64_t expires_in,
                           const char *msg);
-/* Starts the push; AL_OK and *id (al_fetch_cancel) or an error at once (msg). */
+/* Starts the push; AL_OK and *id (al_fetch_cancel) or an error at once (msg). *pending
+ * (may be NULL) is the push's context until cb runs: a caller whose push was dropped by
+ * al_fetch_stop (cb never runs) frees it with al_par_abandon. */
 int al_par_push(al_fetch *f, const char *config_json, const unsigned char *secret,
                 size_t secret_len, const char *endpoint, const char *params, al_par_cb cb,
-                void *arg, uint64_t *id, char *msg, size_t msglen);
+                void *arg, uint64_t *id, void **pending, char *msg, size_t msglen);
+void al_par_abandon(void *pending);
 
 #endif

@@ -396,6 +396,7 @@ struct job {
     char *authz_endpoint;                   /* J_AUTHORIZE with PAR: for the short URL */
     char *par_endpoint;                     /* J_AUTHORIZE: push here first (RFC 9126) */
     char *chosen_return_url;                /* J_AUTHORIZE: the link opener's choice */
+    void *par_pending; /* J_AUTHORIZE: the push in flight (freed if al_fetch_stop drops it) */
     char *form;                             /* the grant (code, refresh): wiped */
     size_t form_cap;
     char *redirect_uri;
@@ -442,6 +443,7 @@ static void job_free(job *j)
     free(j->authz_endpoint);
     free(j->par_endpoint);
     free(j->chosen_return_url);
+    al_par_abandon(j->par_pending); /* NULL once its answer came */
     wipe_free(j->form, j->form_cap);
     free(j->redirect_uri);
     for (size_t i = 0; i < j->extra_n; i++) {
@@ -658,7 +660,8 @@ static int authorize_redirect(job *j, const char *endpoint, const char *params, 
     char m[400];
     set_host(j, j->par_endpoint);
     int rc = al_par_push(al_oidc_fetcher(j->uc->oidc), j->p.config_json, j->p.secret,
-                         j->p.secret_len, j->par_endpoint, params, on_par, j, NULL, m, sizeof m);
+                         j->p.secret_len, j->par_endpoint, params, on_par, j, NULL,
+                         &j->par_pending, m, sizeof m);
     if (rc != AL_OK) {
         al_user_page pg;
         memset(&pg, 0, sizeof pg);
@@ -680,6 +683,7 @@ static void on_par(void *arg, int err, const char *request_uri, int64_t expires_
     memset(&pg, 0, sizeof pg);
     const char *client_id = json_string_value(json_object_get(j->p.cfg, "clientId"));
     (void)expires_in;
+    j->par_pending = NULL; /* al_par frees its context after this returns */
     if (err == AL_OK && !(pg.location = al_par_url(j->authz_endpoint, client_id, request_uri)))
         err = AL_ERR_NOMEM, msg = "out of memory";
     if (err == AL_OK) {
