@@ -439,8 +439,15 @@ def test_no_secret_in_responses_logs_or_audit():
 def test_sigterm_drains_in_flight_request():
     p = subprocess.Popen(["curl", "-sS", "-w", "\n%{http_code}", AL.gateway_url("root", "/slow?ms=500")],
                          stdout=subprocess.PIPE)
-    # curl connects within a few ms; the upstream holds the request for 500 ms.
-    time.sleep(0.15)
+    # SIGTERM only once airlock holds the request (the upstream then keeps it 500 ms):
+    # a fixed sleep raced curl's start-up on a loaded machine.
+    deadline = time.monotonic() + 10
+    while True:
+        code, m = http_get("http://127.0.0.1:%d/metrics" % AL.admin_port)
+        if code == 200 and re.search(rb"^airlock_active_streams [1-9]", m, re.M):
+            break
+        assert time.monotonic() < deadline and p.poll() is None, "the request never arrived"
+        time.sleep(0.01)
     t0 = time.monotonic()
     status = AL.stop(timeout=8)
     out = p.communicate(timeout=10)[0]
