@@ -36,7 +36,7 @@ CLIENT, SECRET = "airlock-3lo", "cs3-" + os.urandom(10).hex()
 PAR_CLIENT, PAR_SECRET = "airlock-par", "csp-" + os.urandom(10).hex()
 APP = "https://app.test/oauth/done"  # the application's allow-listed return URLs
 APP2 = "https://app.test/other/"
-OP = AL = RS = None
+OP = OP2 = AL = RS = None
 RS_PORT = 0
 BASE = CALLBACK = KEY_FILE = ""
 AGENT_SEEN = []
@@ -94,6 +94,12 @@ targets:
     allow_private_network: true
     ca_file: CA
     auth: {method: oauth2_3lo, provider: idp-par, scopes: [openid, offline_access, read]}
+  - name: parmeta
+    type: openapi
+    url: https://127.0.0.1:RS_PORT/api/parmeta
+    allow_private_network: true
+    ca_file: CA
+    auth: {method: oauth2_3lo, provider: idp-meta, scopes: [openid, read]}
 """
 
 
@@ -103,16 +109,17 @@ def session():
     return s
 
 
-def create_provider(name, client, secret, *extra):
+def create_provider(name, client, secret, *extra, op=None):
+    op = op or OP
     r = AL.cli("identity", "create-oauth2-credential-provider", "--name", name, "--client-id",
-               client, "--client-secret", "-", "--discovery-url", OP.discovery_url, "--ca-file",
-               OP.ca, "--allow-private-network", "--state-dir", AL.state_dir, *extra,
+               client, "--client-secret", "-", "--discovery-url", op.discovery_url, "--ca-file",
+               op.ca, "--allow-private-network", "--state-dir", AL.state_dir, *extra,
                stdin_data=secret + "\n")
     assert r.returncode == 0, r.stderr
 
 
 def test_start():
-    global OP, AL, RS, RS_PORT, BASE, CALLBACK, KEY_FILE, REQUESTS
+    global OP, OP2, AL, RS, RS_PORT, BASE, CALLBACK, KEY_FILE, REQUESTS
     import requests
     REQUESTS = requests
     AL = Airlock("listen: {proxy: 127.0.0.1:{proxy_port}}\n")
@@ -128,6 +135,9 @@ def test_start():
     create_provider("idp", CLIENT, SECRET)
     create_provider("idp-app", CLIENT, SECRET)  # the same OAuth client, its own vault rows
     create_provider("idp-par", PAR_CLIENT, PAR_SECRET, "--use-par")
+    # a provider whose discovery document requires PAR of every client (no --use-par)
+    OP2 = start_oidc(ttl=300, user_clients=[(CLIENT, SECRET, CALLBACK)], require_par=True)
+    create_provider("idp-meta", CLIENT, SECRET, op=OP2)
     AL.start()
 
 
@@ -214,6 +224,21 @@ def test_par_client_pushes_its_authorization_request():
     got = urllib.parse.parse_qs(urllib.parse.urlparse(OP.consent(direct, "carol", CALLBACK)).query)
     assert got.get("error") == ["invalid_request"], got
     assert any(e.get("error") == "par" for e in audit("consent.redirected")), "no PAR audit"
+
+
+def test_par_when_discovery_requires_it():
+    """No --use-par: the discovery document's require_pushed_authorization_requests is
+    enough; the user consents and the callback stores the tokens."""
+    r = browser(consent_link("hana", "parmeta"))
+    assert r.status_code == 302, (r.status_code, r.text)
+    q = urllib.parse.parse_qs(urllib.parse.urlparse(r.headers["location"]).query)
+    assert sorted(q) == ["client_id", "request_uri"], q
+    assert OP2.stats()["par_requests"] == 1
+    page = browser(to_callback(r.headers["location"], "hana"))
+    assert page.status_code == 200 and "Access granted" in page.text, page.text
+    assert OP2.issuer + " hana" not in user_tokens("idp-meta")  # the user is OP's hana
+    assert OP.issuer + " hana" in user_tokens("idp-meta")
+    OP2.stop()
 
 
 def test_app_binding_completed_by_another_user_stores_nothing():
