@@ -215,7 +215,8 @@ static void usage_top(FILE *out)
     fprintf(out, "usage: airlock identity <verb> [options]\n\n"
                  "Manage credential providers in the encrypted store (<state_dir>/identity.db).\n"
                  "Store: --state-dir DIR, else $AIRLOCK_STATE_DIR, else state_dir of -c FILE, "
-                 "else ./.airlock.\nMaster key: $AIRLOCK_MASTER_KEY_FILE, else "
+                 "else ./.airlock;\nin PostgreSQL instead when -c FILE's table says store: "
+                 "{backend: postgres, ...}.\nMaster key: $AIRLOCK_MASTER_KEY_FILE, else "
                  "<state_dir>/master.key (generated, 0600).\n\nverbs:\n");
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
         fprintf(out, "  %-38s %s\n", verbs[i].name, verbs[i].summary);
