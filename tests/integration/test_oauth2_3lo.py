@@ -148,6 +148,8 @@ def audit_events(name):
     out = []
     with open(AL.audit_path) as f:
         for line in f:
+            if not line.endswith("\n"):
+                break  # the writer thread is mid-line: event_where() reads again
             rec = json.loads(line)
             if rec.get("event") == name:
                 out.append(rec)
