@@ -20,7 +20,7 @@
 #include "identity/al_credsrc.h"
 #include "identity/al_inbound.h"
 #include "proxy/al_authz.h"
-#include "proxy/al_egress.h"
+#include "upstream/al_egress.h"
 #include "proxy/al_request.h"
 #include "targets/al_table.h"
 

@@ -16,7 +16,7 @@
 #include "identity/al_token.h"
 #include "identity/al_user_token.h"
 #include "targets/al_table.h"
-#include "proxy/al_egress.h"
+#include "upstream/al_egress.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -10,7 +10,7 @@
  *    given; http only with allow_insecure (the caller warns); no redirects, no proxy
  *    from the environment, no other protocol;
  *  - the egress guard: each address curl is about to connect to is checked with the
- *    guard set by al_fetch_set_guard() (serve installs proxy/al_egress's classifier);
+ *    guard set by al_fetch_set_guard() (serve installs upstream/al_egress's classifier);
  *    a refused address fails the request with AL_ERR_EGRESS unless
  *    allow_private_network. Without a guard, only allow_private_network requests may
  *    connect (fail closed);

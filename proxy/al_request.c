@@ -27,7 +27,7 @@
  * X-Request-Id is recorded apart (client_request_id) and not forwarded. */
 #include "al_request.h"
 #include "al_scrub.h"
-#include "al_egress.h"
+#include "upstream/al_egress.h"
 #include "al_errors.h"
 #include "al_spool.h"
 #include "auth/al_auth.h"

@@ -50,7 +50,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "al_egress.h"
+#include "upstream/al_egress.h"
 #include "al_errors.h"
 #include "al_upstream.h"
 #include "upstream/al_up_engine.h"

@@ -14,7 +14,7 @@
 #include "identity/al_token.h"
 #include "identity/al_user_cred.h"
 #include "al_errors.h"
-#include "al_egress.h"
+#include "upstream/al_egress.h"
 #include "al_listen_lock.h"
 #include "al_metrics.h"
 #include "al_tls.h"

@@ -7,7 +7,7 @@
  * abort; refusals go through the CONNECT request's sink (JSON 403/502/504). */
 #include "al_tunnel.h"
 #include "al_h1_conn.h"
-#include "al_egress.h"
+#include "upstream/al_egress.h"
 #include "al_worker.h"
 #include "common/al_err.h"
 #include "common/al_log.h"

@@ -51,7 +51,7 @@
  * it (a reused connection found dead after the body began), the request fails with
  * AL_UPSTREAM_RESET and the caller decides whether it can replay. */
 #include "al_upstream.h"
-#include "al_egress.h"
+#include "upstream/al_egress.h"
 #include "common/al_err.h"
 #include "upstream/al_up_h1.h"
 

@@ -8,7 +8,7 @@
 #include "al_credsrc_oauth2.h"
 #include "al_oauth2_3lo.h"
 #include "al_iam_credsrc.h"
-#include "al_egress.h"
+#include "upstream/al_egress.h"
 #include "al_metrics.h"
 #include "al_scrub.h"
 #include "al_server.h"

@@ -16,7 +16,7 @@ typedef al_up_engine al_upstream_pool;
 typedef al_up_req al_upstream_req;
 #define AL_UPSTREAM_MAX_HOST_CONNECTIONS AL_UP_MAX_HOST_CONNECTIONS
 
-/* What the worker installs (proxy/al_egress's classes), reduced to what the suite
+/* What the worker installs (upstream/al_egress's classes), reduced to what the suite
  * checks: loopback and private addresses are refused. */
 static const char *suite_guard(const struct sockaddr *sa, void *arg)
 {

@@ -8,7 +8,9 @@
  * al_resolver is per worker (not thread-safe by design): asynchronous lookups with
  * c-ares on the worker's libev loop, with a cache that respects the record TTL.
  * The address handed to the callback is the one that was checked; the data path
- * pins curl to it (CURLOPT_RESOLVE) so there is no second lookup. */
+ * connects to it (the native engine directly, libcurl pinned with CURLOPT_RESOLVE) so
+ * there is no second lookup. It lives beside the upstream engine (upstream/): the
+ * engine asks al_egress_classify again before connecting (al_up_engine_set_guard). */
 #ifndef AL_EGRESS_H
 #define AL_EGRESS_H
 

@@ -1,4 +1,4 @@
-/* Unit tests for proxy/al_egress: the address classes (a table of address -> class)
+/* Unit tests for upstream/al_egress: the address classes (a table of address -> class)
  * and the resolver on a real libev loop with real c-ares, talking to a tiny DNS
  * server run by this test on 127.0.0.1 (records below). That resolver never reads the
  * hosts file (AL_RESOLVER_DNS_ONLY), so a machine whose /etc/hosts maps one of the
@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "common/al_err.h"
-#include "proxy/al_egress.h"
+#include "upstream/al_egress.h"
 
 /* ---- classification as data ----------------------------------------------- */
 
