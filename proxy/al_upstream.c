@@ -53,6 +53,7 @@
 #include "al_upstream.h"
 #include "upstream/al_egress.h"
 #include "common/al_err.h"
+#include "upstream/al_up_admit.h"
 #include "upstream/al_up_h1.h"
 
 #include <arpa/inet.h>
@@ -91,20 +92,10 @@ typedef struct hdr_block {
  * that whole queue on every curl_multi_remove_handle and retries a queued transfer
  * against every connection each time one ends: with 500 agent streams on one worker
  * that halved throughput (13k req/s against 31k at 100 streams). A node lives while
- * it has transfers in curl or waiting. */
-/* One client address's transfers to a host: `active` counted, `refs` requests
- * attached (counted or waiting); freed with its last request. */
-typedef struct client_q {
-    struct client_q *next;
-    size_t active, refs;
-    char addr[48];
-} client_q;
-
+ * it has transfers in curl or waiting (the admission itself is upstream/al_up_admit). */
 typedef struct host_q {
     struct host_q *next;
-    client_q *clients;            /* owned */
-    size_t active;                /* counted transfers (in curl or about to be added) */
-    al_upstream_req *head, *tail; /* waiting, linked through qnext */
+    al_up_admit_host adm; /* counted transfers (in curl or about to be added), waiting ones */
     int https;
     unsigned port;
     char host[256]; /* connect_host (a longer one is cut: such names would share a node) */
@@ -145,12 +136,8 @@ struct al_upstream_req {
         cancelled : 1, done : 1, deferred : 1, want_add : 1, want_send : 1, want_recv : 1,
         got_first_byte : 1;
     host_q *hq;                  /* its host's queue node (NULL before start) */
-    al_upstream_req *qnext;      /* hq's waiting list */
-    unsigned counted : 1;        /* counts in hq->active */
-    unsigned queued : 1;         /* waits in hq's list, not yet handed to curl */
+    al_up_admit_ticket adm;      /* its place in hq's admission (queued: not yet in curl) */
     unsigned resp_h2 : 1;        /* the response came over HTTP/2 ("HTTP/2 200") */
-    client_q *cq;                /* its client's entry in hq (NULL: not counted per client) */
-    uint32_t client_cap;         /* max_per_client (0 = none) */
     uint32_t queue_ms;
     enum al_upstream_error fail; /* set by our own callbacks; wins over curl's code */
     int status;
@@ -203,7 +190,7 @@ static host_q *host_get(al_upstream_pool *p, const al_upstream_opts *o, int http
 
 static void host_drop_if_unused(al_upstream_pool *p, host_q *h)
 {
-    if (h->active || h->head)
+    if (!al_up_admit_unused(&h->adm))
         return;
     for (host_q **pp = &p->hosts; *pp; pp = &(*pp)->next)
         if (*pp == h) {
@@ -211,48 +198,6 @@ static void host_drop_if_unused(al_upstream_pool *p, host_q *h)
             free(h);
             return;
         }
-}
-
-static client_q *client_get(host_q *h, const char *addr)
-{
-    size_t n = strnlen(addr, sizeof((client_q *)0)->addr - 1);
-    for (client_q *c = h->clients; c; c = c->next)
-        if (c->addr[n] == '\0' && !memcmp(c->addr, addr, n))
-            return c;
-    client_q *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    memcpy(c->addr, addr, n);
-    c->next = h->clients;
-    h->clients = c;
-    return c;
-}
-
-static void client_unref(host_q *h, client_q *c)
-{
-    if (--c->refs)
-        return;
-    for (client_q **pp = &h->clients; *pp; pp = &(*pp)->next)
-        if (*pp == c) {
-            *pp = c->next;
-            free(c);
-            return;
-        }
-}
-
-/* May r take a slot of h now? */
-static int may_run(const host_q *h, const al_upstream_req *r)
-{
-    return h->active < AL_UPSTREAM_MAX_HOST_CONNECTIONS &&
-           !(r->client_cap && r->cq && r->cq->active >= r->client_cap);
-}
-
-static void count_in(al_upstream_req *r)
-{
-    r->counted = 1;
-    r->hq->active++;
-    if (r->cq)
-        r->cq->active++;
 }
 
 /* The request leaves its host: uncounted (the first waiting one that may run is
@@ -264,47 +209,13 @@ static void host_leave(al_upstream_req *r)
         return;
     r->hq = NULL;
     ev_timer_stop(r->pool->loop, &r->queue_timer);
-    if (r->queued) {
-        al_upstream_req **pp = &h->head, *prev = NULL;
-        while (*pp && *pp != r) {
-            prev = *pp;
-            pp = &(*pp)->qnext;
-        }
-        if (*pp)
-            *pp = r->qnext;
-        if (h->tail == r)
-            h->tail = prev;
-        r->queued = 0;
-        r->qnext = NULL;
-    } else if (r->counted) {
-        r->counted = 0;
-        h->active--;
-        if (r->cq)
-            r->cq->active--;
-        /* one slot of the host and one of r's client came free: at most one waiting
-         * request can use them (the first in order whose client is under its cap) */
-        al_upstream_req *prev = NULL;
-        for (al_upstream_req *n = h->head; n; prev = n, n = n->qnext) {
-            if (!may_run(h, n))
-                continue;
-            if (prev)
-                prev->qnext = n->qnext;
-            else
-                h->head = n->qnext;
-            if (h->tail == n)
-                h->tail = prev;
-            n->qnext = NULL;
-            n->queued = 0;
-            ev_timer_stop(r->pool->loop, &n->queue_timer);
-            count_in(n);
-            n->want_add = 1;
-            deferred_push(n);
-            break;
-        }
+    al_up_admit_ticket *t = al_up_admit_leave(&h->adm, &r->adm, AL_UPSTREAM_MAX_HOST_CONNECTIONS);
+    if (t) {
+        al_upstream_req *n = t->owner;
+        ev_timer_stop(r->pool->loop, &n->queue_timer);
+        n->want_add = 1;
+        deferred_push(n);
     }
-    if (r->cq)
-        client_unref(h, r->cq);
-    r->cq = NULL;
     host_drop_if_unused(r->pool, h);
 }
 
@@ -658,11 +569,11 @@ static void queue_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     if (r->cancelled || r->done)
         return;
-    int over = r->cq && r->client_cap && r->cq->active >= r->client_cap;
+    int over = al_up_admit_client_over(&r->adm);
     snprintf(r->detail, sizeof r->detail,
              over ? "this client already has %u requests in flight to this upstream"
                   : "all %u upstream connections of this worker are busy",
-             over ? r->client_cap : (unsigned)AL_UPSTREAM_MAX_HOST_CONNECTIONS);
+             over ? r->adm.client_cap : (unsigned)AL_UPSTREAM_MAX_HOST_CONNECTIONS);
     req_finish(r, over ? AL_UPSTREAM_CLIENT_LIMIT : AL_UPSTREAM_BUSY, r->detail);
 }
 
@@ -1340,7 +1251,6 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
     r->first_byte_ms = o->first_byte_timeout_ms;
     r->idle_ms = o->idle_timeout_ms;
     r->connect_ms = o->connect_timeout_ms;
-    r->client_cap = o->max_per_client;
     r->queue_ms = o->queue_timeout_ms;
     clock_gettime(CLOCK_MONOTONIC, &r->started);
 
@@ -1426,31 +1336,22 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
         rc = AL_ERR_NOMEM;
         goto fail;
     }
-    if (o->client && o->client[0]) {
-        r->cq = client_get(r->hq, o->client);
-        if (!r->cq) {
-            host_drop_if_unused(p, r->hq);
-            r->hq = NULL;
-            rc = AL_ERR_NOMEM;
-            goto fail;
-        }
-        r->cq->refs++;
+    if (al_up_admit_join(&r->hq->adm, &r->adm, r, o->client, o->max_per_client) != AL_OK) {
+        host_drop_if_unused(p, r->hq);
+        r->hq = NULL;
+        rc = AL_ERR_NOMEM;
+        goto fail;
     }
     r->next = p->live;
     if (p->live)
         p->live->prev = r;
     p->live = r;
-    if (!may_run(r->hq, r)) {
+    if (!al_up_admit_may_run(&r->hq->adm, &r->adm, AL_UPSTREAM_MAX_HOST_CONNECTIONS)) {
         /* waits for a transfer to this host (or of this client) to end, at most
          * queue_ms; no other timer runs while it waits. (Whoever waits while the
          * host has a free slot waits for its own client's cap, so a request that
          * may run goes first without breaking anyone's turn.) */
-        r->queued = 1;
-        if (r->hq->tail)
-            r->hq->tail->qnext = r;
-        else
-            r->hq->head = r;
-        r->hq->tail = r;
+        al_up_admit_wait(&r->hq->adm, &r->adm);
         if (r->queue_ms) {
             ev_timer_set(&r->queue_timer, r->queue_ms / 1000.0, 0.);
             ev_timer_start(p->loop, &r->queue_timer);
@@ -1458,7 +1359,7 @@ int al_upstream_start(al_upstream_pool *p, const al_upstream_opts *o, const al_u
         *out = r;
         return AL_OK;
     }
-    count_in(r);
+    al_up_admit_count(&r->hq->adm, &r->adm);
     if (p->cb_depth > 0) {
         r->want_add = 1; /* curl refuses add_handle from inside its callbacks */
         deferred_push(r);

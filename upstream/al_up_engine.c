@@ -22,6 +22,7 @@
  * a resume asks for another pass; the request ends (on_done, free) when the engine
  * lets go of it (settle()). on_done is never called inside al_up_start. */
 #include "al_up_engine.h"
+#include "al_up_admit.h"
 #include "al_up_h1.h"
 #include "al_up_h2.h"
 #include "al_up_tls.h"
@@ -47,12 +48,6 @@
 typedef struct up_conn up_conn;
 typedef struct up_host up_host;
 
-typedef struct up_client {
-    struct up_client *next;
-    size_t active, refs;
-    char addr[48];
-} up_client;
-
 struct up_host {
     up_host *next;
     al_up_engine *e;
@@ -70,9 +65,8 @@ struct up_host {
     up_conn *h2_list;     /* HTTP/2: every h2 connection of the host (draining ones too) */
     SSL_SESSION *session; /* to resume; owned */
     up_conn *idle;        /* newest first */
-    size_t idle_count, conns, active;
-    al_up_req *wait_head, *wait_tail;
-    up_client *clients;
+    size_t idle_count, conns;
+    al_up_admit_host adm; /* slots, per-client counts, waiting requests */
 };
 
 enum { C_CONNECT, C_HANDSHAKE, C_READY };
@@ -104,17 +98,16 @@ enum { P_QUEUED, P_CONNECT, P_SEND, P_WAIT, P_RECV };
 struct al_up_req {
     al_up_engine *e;
     up_host *h;
-    up_client *cq;
+    al_up_admit_ticket adm; /* its place in h's admission */
     up_conn *c;
     al_upstream_cbs cbs;
     void *arg;
     al_up_req *prev, *next; /* engine's live list */
-    al_up_req *qnext;       /* host's waiting list */
     al_up_req *dnext;       /* engine's deferred list */
 
     int has_body, chunked, idempotent, allow_private;
     int64_t body_length;
-    uint32_t connect_ms, first_byte_ms, idle_ms, queue_ms, client_cap;
+    uint32_t connect_ms, first_byte_ms, idle_ms, queue_ms;
 
     al_buf hb; /* the serialised head (holds the credential: wiped) */
     size_t hoff;
@@ -137,7 +130,7 @@ struct al_up_req {
     al_up_h2_stream *st;      /* HTTP/2: the request's stream (NULL: none now) */
     al_up_req *sprev, *snext; /* HTTP/2: the connection's requests */
     int replays;              /* HTTP/2: times sent again after a GOAWAY / REFUSED */
-    unsigned queued : 1, counted : 1, body_eof : 1, req_done : 1, got_byte : 1, head_done : 1,
+    unsigned body_eof : 1, req_done : 1, got_byte : 1, head_done : 1,
         send_paused : 1, recv_paused : 1, cancelled : 1, finished : 1, deferred : 1, retried : 1,
         rerun : 1, live : 1, dispatch : 1, tls_rw : 1, send_broken : 1;
     int busy;
@@ -279,7 +272,7 @@ static up_host *host_get(al_up_engine *e, const char *addr, uint16_t port, int h
 
 static void host_drop_if_unused(up_host *h)
 {
-    if (h->active || h->wait_head || h->conns || h->clients)
+    if (!al_up_admit_unused(&h->adm) || h->conns)
         return;
     al_up_engine *e = h->e;
     for (up_host **pp = &e->hosts; *pp; pp = &(*pp)->next)
@@ -294,45 +287,10 @@ static void host_drop_if_unused(up_host *h)
     free(h);
 }
 
-static up_client *client_get(up_host *h, const char *addr)
+/* The host's slots now: per stream once it speaks HTTP/2. */
+static size_t host_cap(const up_host *h)
 {
-    size_t n = strnlen(addr, sizeof((up_client *)0)->addr - 1);
-    for (up_client *c = h->clients; c; c = c->next)
-        if (c->addr[n] == '\0' && !memcmp(c->addr, addr, n))
-            return c;
-    up_client *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    memcpy(c->addr, addr, n);
-    c->next = h->clients;
-    h->clients = c;
-    return c;
-}
-
-static void client_unref(up_host *h, up_client *c)
-{
-    if (--c->refs)
-        return;
-    for (up_client **pp = &h->clients; *pp; pp = &(*pp)->next)
-        if (*pp == c) {
-            *pp = c->next;
-            free(c);
-            return;
-        }
-}
-
-static int may_run(const up_host *h, const al_up_req *r)
-{
-    size_t cap = h->alpn > 0 ? AL_UP_MAX_HOST_STREAMS : AL_UP_MAX_HOST_CONNECTIONS;
-    return h->active < cap && !(r->client_cap && r->cq && r->cq->active >= r->client_cap);
-}
-
-static void count_in(al_up_req *r)
-{
-    r->counted = 1;
-    r->h->active++;
-    if (r->cq)
-        r->cq->active++;
+    return h->alpn > 0 ? AL_UP_MAX_HOST_STREAMS : AL_UP_MAX_HOST_CONNECTIONS;
 }
 
 /* The request leaves its host: its slot goes to the first waiting request that may
@@ -342,46 +300,12 @@ static void host_leave(al_up_req *r)
     up_host *h = r->h;
     if (!h)
         return;
-    if (r->queued) {
-        al_up_req *prev = NULL;
-        for (al_up_req *n = h->wait_head; n; prev = n, n = n->qnext)
-            if (n == r) {
-                if (prev)
-                    prev->qnext = r->qnext;
-                else
-                    h->wait_head = r->qnext;
-                if (h->wait_tail == r)
-                    h->wait_tail = prev;
-                break;
-            }
-        r->queued = 0;
-    } else if (r->counted) {
-        r->counted = 0;
-        h->active--;
-        if (r->cq)
-            r->cq->active--;
-        al_up_req *prev = NULL;
-        for (al_up_req *n = h->wait_head; n; prev = n, n = n->qnext) {
-            if (!may_run(h, n))
-                continue;
-            if (prev)
-                prev->qnext = n->qnext;
-            else
-                h->wait_head = n->qnext;
-            if (h->wait_tail == n)
-                h->wait_tail = prev;
-            n->qnext = NULL;
-            n->queued = 0;
-            count_in(n);
-            n->dispatch = 1;
-            defer(n);
-            break;
-        }
+    al_up_admit_ticket *t = al_up_admit_leave(&h->adm, &r->adm, host_cap(h));
+    if (t) {
+        al_up_req *n = t->owner;
+        n->dispatch = 1;
+        defer(n);
     }
-    r->qnext = NULL;
-    if (r->cq)
-        client_unref(h, r->cq);
-    r->cq = NULL;
     r->h = NULL;
     host_drop_if_unused(h);
 }
@@ -574,10 +498,10 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     r->busy++;
     switch (r->phase) {
     case P_QUEUED: {
-        int over = r->cq && r->client_cap && r->cq->active >= r->client_cap;
-        if (over)
+        if (al_up_admit_client_over(&r->adm))
             fail(r, AL_UPSTREAM_CLIENT_LIMIT,
-                 "this client already has %u requests in flight to this upstream", r->client_cap);
+                 "this client already has %u requests in flight to this upstream",
+                 r->adm.client_cap);
         else
             fail(r, AL_UPSTREAM_BUSY, "all %u upstream connections of this worker are busy",
                  (unsigned)AL_UP_MAX_HOST_CONNECTIONS);
@@ -1294,14 +1218,9 @@ static void h2_to_h1(up_conn *c)
 /* Requests that waited for the slots HTTP/2 opens (the cap is per stream now). */
 static void host_admit_waiting(up_host *h)
 {
-    al_up_req *r;
-    while ((r = h->wait_head) != NULL && may_run(h, r)) {
-        h->wait_head = r->qnext;
-        if (!h->wait_head)
-            h->wait_tail = NULL;
-        r->qnext = NULL;
-        r->queued = 0;
-        count_in(r);
+    al_up_admit_ticket *t;
+    while ((t = al_up_admit_take_head(&h->adm, host_cap(h))) != NULL) {
+        al_up_req *r = t->owner;
         r->dispatch = 1;
         defer(r);
     }
@@ -1853,7 +1772,6 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
     r->first_byte_ms = o->first_byte_timeout_ms;
     r->idle_ms = o->idle_timeout_ms;
     r->queue_ms = o->queue_timeout_ms;
-    r->client_cap = o->max_per_client;
     clock_gettime(CLOCK_MONOTONIC, &r->started);
     al_buf_init(&r->hb, MAX_HEAD_OUT);
     const char *m = o->method;
@@ -1886,12 +1804,9 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
         rc = AL_ERR_NOMEM;
         goto fail;
     }
-    if (o->client && o->client[0]) {
-        if (!(r->cq = client_get(r->h, o->client))) {
-            rc = AL_ERR_NOMEM;
-            goto fail;
-        }
-        r->cq->refs++;
+    if (al_up_admit_join(&r->h->adm, &r->adm, r, o->client, o->max_per_client) != AL_OK) {
+        rc = AL_ERR_NOMEM;
+        goto fail;
     }
     r->live = 1;
     r->next = e->live;
@@ -1904,16 +1819,11 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
         !o->allow_private && e->guard ? e->guard((const struct sockaddr *)&ss, e->guard_arg) : NULL;
     if (refused) {
         fail(r, AL_UPSTREAM_CONNECT, "refused by the egress guard: %s address", refused);
-    } else if (!may_run(r->h, r)) {
-        r->queued = 1;
-        if (r->h->wait_tail)
-            r->h->wait_tail->qnext = r;
-        else
-            r->h->wait_head = r;
-        r->h->wait_tail = r;
+    } else if (!al_up_admit_may_run(&r->h->adm, &r->adm, host_cap(r->h))) {
+        al_up_admit_wait(&r->h->adm, &r->adm);
         set_phase(r, P_QUEUED);
     } else {
-        count_in(r);
+        al_up_admit_count(&r->h->adm, &r->adm);
         dispatch(r);
     }
     /* a pooled connection: a bodiless request's head goes now (read_body is never
