@@ -1715,10 +1715,11 @@ static al_up_req *req_get(al_up_engine *e)
     if (r) {
         e->free_reqs = r->next;
         e->free_count--;
-        al_up_h1_resp keep = r->resp;
-        memset(r, 0, offsetof(al_up_req, rbuf));
+        /* resp (its ~8 KiB header table and head buffer) is kept as it was: al_up_start
+         * initialises it; copying it out and back and clearing it cost ~25k instructions
+         * per request */
+        memset(r, 0, offsetof(al_up_req, resp));
         memset(&r->rlen, 0, sizeof *r - offsetof(al_up_req, rlen));
-        r->resp = keep;
     } else if (!(r = calloc(1, sizeof *r))) {
         return NULL;
     }
