@@ -44,6 +44,27 @@ rss_tree() {
   done
   echo "$total"
 }
+# wait_healthz PORT PID [TRIES [STEP]]: polls airlock's /healthz on 127.0.0.1:PORT, TRIES
+# times (default 300) every STEP s (default 0.05), until it answers; 1 when pid PID exited
+# first, else 0 (also when it is still starting after TRIES polls: the caller's next
+# check, usually wait_port, says so).
+wait_healthz() {
+  for _ in $(seq "${3:-300}"); do
+    curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$1/healthz" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep "${4:-0.05}"
+  done
+}
+# serve_airlock CONFIG STATE LOG ADMIN_PORT: `$airlock_bin serve` with the table CONFIG and
+# the state dir STATE, its output in LOG; sets peer_pid (pushed on pids), then
+# wait_healthz ADMIN_PORT (1: serve exited).
+serve_airlock() {
+  "$airlock_bin" serve -c "$1" --state-dir "$2" >"$3" 2>&1 &
+  peer_pid=$!
+  pids+=("$peer_pid")
+  wait_healthz "$4" "$peer_pid"
+}
+
 # start_upstream: the benchmark's upstream (Debian nginx, bench/upstream-nginx.conf, one
 # worker: a small response and a 1 MiB file) on free ports; sets upstream_port,
 # direct_port (h2c) and upstream_pid.
@@ -109,15 +130,8 @@ start_airlock() {
     note="$name: skipped, creating the provider failed (exit $rc): $(printf '%s' "$out" | head -1)"
     return 1
   fi
-  "$airlock_bin" serve -c "$dir/$name.yaml" --state-dir "$state" >"$dir/$name.log" 2>&1 &
-  peer_pid=$!
-  pids+=("$peer_pid")
-  for _ in $(seq 300); do
-    curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$admin_port/healthz" 2>/dev/null && break
-    kill -0 "$peer_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  if ! kill -0 "$peer_pid" 2>/dev/null; then
+  if ! serve_airlock "$dir/$name.yaml" "$state" "$dir/$name.log" "$admin_port" ||
+    ! kill -0 "$peer_pid" 2>/dev/null; then
     if grep -q "not built yet" "$dir/$name.log"; then
       note="$name: skipped, 'airlock serve' is not built yet"
     else

@@ -167,14 +167,9 @@ start_peer() {
         note="oauth2_2lo: skipped, creating the provider failed (exit $rc): $(printf '%s' "$out" | head -1)"
         return 1
       fi
-      "$airlock_bin" serve -c "$dir/airlock-oauth.yaml" --state-dir "$state" \
-        >"$dir/airlock-oauth.log" 2>&1 &
-      peer_pid=$!
-      for _ in $(seq 300); do
-        curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$admin_port/healthz" 2>/dev/null && break
-        kill -0 "$peer_pid" 2>/dev/null || break
-        sleep 0.05
-      done
+      # (an exit is caught by wait_port below)
+      serve_airlock "$dir/airlock-oauth.yaml" "$state" "$dir/airlock-oauth.log" "$admin_port" ||
+        true
       ;;
   esac
   pids+=("$peer_pid")

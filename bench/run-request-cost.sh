@@ -63,11 +63,7 @@ for bin in "${bins[@]}"; do
     "$bin" serve -c "$dir/airlock-$n.yaml" --state-dir "$state" >"$dir/airlock-$n.log" 2>&1 &
   vg=$!
   pids+=("$vg")
-  for _ in $(seq 600); do
-    curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$admin_port/healthz" 2>/dev/null && break
-    kill -0 "$vg" 2>/dev/null || { tail -5 "$dir/airlock-$n.log" >&2; exit 1; }
-    sleep 0.1
-  done
+  wait_healthz "$admin_port" "$vg" 600 0.1 || { tail -5 "$dir/airlock-$n.log" >&2; exit 1; }
   h2load -c "$conc" -m "$streams" -t 1 -n 500 "http://127.0.0.1:$proxy_port/t/bench/small" >/dev/null
   callgrind_control -i on "$vg" >/dev/null
   out=$(h2load -c "$conc" -m "$streams" -t 1 -n "$requests" "http://127.0.0.1:$proxy_port/t/bench/small")

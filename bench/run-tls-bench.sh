@@ -74,7 +74,7 @@ for tool in nginx haproxy openssl /usr/bin/python3 "$tlsload"; do
 done
 
 dir=$(mktemp -d /tmp/airlock-tlsbench.XXXXXX)
-. bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree
+. bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree, serve_airlock
 # CPU ticks (user + system) of a pid and its children.
 cpu_ticks() {
   local total=0 p t
@@ -137,15 +137,8 @@ start_airlock() {
     note="airlock: skipped, CA or provider creation failed (exit $rc): $(printf '%s' "$out" | head -1)"
     return 1
   fi
-  "$airlock_bin" serve -c "$dir/$name.yaml" --state-dir "$state" >"$dir/$name.log" 2>&1 &
-  peer_pid=$!
-  pids+=("$peer_pid")
-  for _ in $(seq 300); do
-    curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$admin_port/healthz" 2>/dev/null && break
-    kill -0 "$peer_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  if ! kill -0 "$peer_pid" 2>/dev/null || ! wait_port "$peer_port" "$peer_pid"; then
+  if ! serve_airlock "$dir/$name.yaml" "$state" "$dir/$name.log" "$admin_port" ||
+    ! kill -0 "$peer_pid" 2>/dev/null || ! wait_port "$peer_port" "$peer_pid"; then
     note="airlock: skipped, serve did not start: $(tail -3 "$dir/$name.log" | tr '\n' ' ')"
     peer_pid=""
     return 1
