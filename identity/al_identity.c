@@ -128,6 +128,63 @@ static int64_t now_s(al_identity *id)
 
 /* ---- opening ------------------------------------------------------------ */
 
+/* A rotation interrupted after its commit leaves the new key in "<key>.new": when that
+ * key matches `check`, it replaces the key file and *v (the key file's vault) is
+ * reloaded from it. AL_ERR_KEY when neither key matches. */
+static int adopt_rotated_key(const char *state_dir, const char *check, al_vault **v)
+{
+    char next[4200];
+    unsigned char key[AL_VAULT_KEY_LEN];
+    al_vault *nv = NULL;
+    int rc = AL_ERR_KEY;
+    snprintf(next, sizeof next, "%s.new", al_vault_key_path(*v));
+    if (al_vault_read_key_file(next, key) == AL_OK && al_vault_from_key(key, &nv) == AL_OK &&
+        al_vault_verify_check(nv, check) == AL_OK) {
+        /* The interrupted rotation committed: adopt its key. */
+        if (rename(next, al_vault_key_path(*v)) != 0)
+            fprintf(stderr, "airlock: warning: could not finish key rotation: rename %s: %s\n",
+                    next, strerror(errno));
+        al_vault_free(*v);
+        *v = NULL;
+        rc = al_vault_open(state_dir, 0, v);
+        if (rc == AL_OK)
+            rc = al_vault_verify_check(*v, check);
+    }
+    al_vault_free(nv);
+    OPENSSL_cleanse(key, sizeof key);
+    return rc;
+}
+
+int al_identity_store_vault(struct al_store *st, const char *state_dir, al_vault **out)
+{
+    char *check = NULL;
+    al_vault *v = NULL;
+    int rc = st->ops->meta_get(st, CHECK_KEY, &check);
+    if (rc == AL_OK)
+        rc = al_vault_open(state_dir, 0, &v);
+    if (rc == AL_OK && (rc = al_vault_verify_check(v, check)) == AL_ERR_KEY)
+        rc = adopt_rotated_key(state_dir, check, &v);
+    free(check);
+    if (rc != AL_OK) {
+        al_vault_free(v);
+        return rc;
+    }
+    *out = v;
+    return AL_OK;
+}
+
+int al_identity_vault_matches(struct al_store *st, const al_vault *v)
+{
+    char *check = NULL;
+    int rc = st->ops->meta_get(st, CHECK_KEY, &check);
+    if (rc == AL_OK) {
+        rc = al_vault_verify_check(v, check);
+        rc = rc == AL_OK ? 1 : rc == AL_ERR_KEY ? 0 : rc;
+    }
+    free(check);
+    return rc;
+}
+
 /* Loads the master key and checks it against the store. A rotation interrupted
  * after its commit leaves the new key in "<key>.new": finish it here. */
 static int ensure_vault(al_identity *id, int generate)
@@ -163,29 +220,8 @@ static int ensure_vault(al_identity *id, int generate)
     if (rc != AL_OK)
         goto out;
     rc = al_vault_verify_check(v, check);
-    if (rc == AL_ERR_KEY) {
-        char next[4200];
-        unsigned char key[AL_VAULT_KEY_LEN];
-        al_vault *nv = NULL;
-        snprintf(next, sizeof next, "%s.new", al_vault_key_path(v));
-        if (al_vault_read_key_file(next, key) == AL_OK && al_vault_from_key(key, &nv) == AL_OK &&
-            al_vault_verify_check(nv, check) == AL_OK) {
-            /* The interrupted rotation committed: adopt its key. */
-            if (rename(next, al_vault_key_path(v)) != 0)
-                fprintf(stderr, "airlock: warning: could not finish key rotation: rename %s: %s\n",
-                        next, strerror(errno));
-            al_vault_free(nv);
-            OPENSSL_cleanse(key, sizeof key);
-            al_vault_free(v);
-            v = NULL;
-            rc = al_vault_open(id->state_dir, 0, &v);
-            if (rc == AL_OK)
-                rc = al_vault_verify_check(v, check);
-        } else {
-            al_vault_free(nv);
-            OPENSSL_cleanse(key, sizeof key);
-        }
-    }
+    if (rc == AL_ERR_KEY)
+        rc = adopt_rotated_key(id->state_dir, check, &v);
     if (rc == AL_ERR_KEY)
         fprintf(stderr,
                 "airlock: the master key in %s does not match the identity store in %s "
@@ -1165,10 +1201,58 @@ static int key_file_matches(al_identity *id, const char *check)
     return ok;
 }
 
+/* Every user token row with its blobs, each checked to open with `from` and rewrapped
+ * for `to` (al_user_token_rewrap). *users is an array even when empty (the store's
+ * rewrap then also checks that no user row appeared). */
+static int rewrap_user_tokens(al_identity *id, const al_vault *to, al_store_user_token **users,
+                              size_t *n)
+{
+    al_store_user_token *meta = NULL;
+    size_t mn = 0;
+    int rc = AL_OK;
+    *users = NULL;
+    *n = 0;
+    if (id->store->ops->user_list && (rc = id->store->ops->user_list(id->store, NULL, &meta, &mn)))
+        return rc;
+    al_store_user_token *u = calloc(mn ? mn : 1, sizeof *u);
+    if (!u)
+        rc = AL_ERR_NOMEM;
+    size_t count = 0;
+    for (size_t i = 0; i < mn && rc == AL_OK; i++) {
+        rc = id->store->ops->user_get(id->store, meta[i].provider, meta[i].user, &u[count]);
+        if (rc == AL_ERR_NOTFOUND) {
+            rc = AL_OK; /* deleted since the list: nothing to rewrap */
+            continue;
+        }
+        if (rc != AL_OK)
+            break;
+        count++;
+        rc = al_user_token_rewrap(id->vault, to, &u[count - 1]);
+        if (rc != AL_OK)
+            fprintf(stderr,
+                    "airlock: the 3LO tokens of user '%s' for provider '%s' do not open with "
+                    "the current master key (damaged or tampered row); rotation aborted, "
+                    "nothing changed (delete-user-token --provider %s --user '%s' removes "
+                    "them; that user then consents again)\n",
+                    meta[i].user, meta[i].provider, meta[i].provider, meta[i].user);
+    }
+    al_store_user_tokens_free(meta, mn);
+    if (rc != AL_OK) {
+        al_store_user_tokens_free(u, count);
+        return rc;
+    }
+    *users = u;
+    *n = count;
+    return AL_OK;
+}
+
+#define ROTATE_ATTEMPTS 5 /* a user token refreshed during a rotation: read it again */
+
 int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out)
 {
     al_store_record *recs = NULL;
-    size_t n = 0, count = 0;
+    al_store_user_token *users = NULL;
+    size_t n = 0, un = 0, count = 0;
     unsigned char key[AL_VAULT_KEY_LEN];
     al_vault *nv = NULL;
     char *check = NULL, next[4200];
@@ -1180,6 +1264,8 @@ int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out)
         return rc;
     if (!al_vault_key_path(id->vault))
         return AL_ERR_INVAL;
+    if (!id->store->ops->rewrap)
+        return AL_ERR_DB;
     snprintf(path, sizeof path, "%s", al_vault_key_path(id->vault));
     snprintf(next, sizeof next, "%s.new", path);
     snprintf(lock, sizeof lock, "%s.lock", path);
@@ -1196,48 +1282,63 @@ int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out)
     }
     if ((rc = al_vault_from_key(key, &nv)) != AL_OK)
         goto out;
-    if ((rc = begin_write(id, &gen)) != AL_OK)
-        goto out;
-    if ((rc = id->store->ops->list(id->store, &recs, &n)) != AL_OK)
-        goto out;
-    for (size_t i = 0; i < n; i++) {
-        al_store_record *r = &recs[i];
-        for (size_t j = 0; j < r->version_count; j++) {
-            al_store_version *v = &r->versions[j];
-            unsigned char *w = NULL;
-            size_t wl = 0;
-            if (v->wiped || !v->wrapped_key)
-                continue;
-            rc = al_vault_rewrap(id->vault, nv, r->name, r->kind, v->version, v->wrapped_key,
-                                 v->wrapped_key_len, &w, &wl);
-            if (rc != AL_OK) {
-                fprintf(stderr,
-                        "airlock: provider '%s' version %u does not open with the "
-                        "current master key; rotation aborted, nothing changed\n",
-                        r->name, (unsigned)v->version);
-                goto out;
-            }
-            free(v->wrapped_key);
-            v->wrapped_key = w;
-            v->wrapped_key_len = wl;
-            count++;
-        }
-    }
     if ((rc = al_vault_make_check(nv, &check)) != AL_OK)
         goto out;
-    /* Order matters for crash safety: (1) the new key is durable beside the old one,
-     * (2) the store switches in one transaction, (3) the key file is replaced. A crash
-     * after (2) is finished by ensure_vault() adopting "<key>.new". */
-    if ((rc = al_vault_write_key_file(next, key)) != AL_OK)
-        goto out;
-    const char *kv[2] = {CHECK_KEY, check};
-    rc = id->store->ops->put(id->store, recs, n, kv, 1, &gen);
-    if (rc != AL_OK) {
-        if (rc == AL_ERR_AGAIN)
-            fprintf(stderr, "airlock: the store changed during the rotation (another writer); "
-                            "nothing changed, run rotate-master-key again\n");
+    for (int attempt = 0;; attempt++) {
+        al_store_records_free(recs, n);
+        al_store_user_tokens_free(users, un);
+        recs = NULL;
+        users = NULL;
+        n = un = count = 0;
+        if ((rc = begin_write(id, &gen)) != AL_OK)
+            goto out;
+        if ((rc = id->store->ops->list(id->store, &recs, &n)) != AL_OK)
+            goto out;
+        for (size_t i = 0; i < n; i++) {
+            al_store_record *r = &recs[i];
+            for (size_t j = 0; j < r->version_count; j++) {
+                al_store_version *v = &r->versions[j];
+                unsigned char *w = NULL;
+                size_t wl = 0;
+                if (v->wiped || !v->wrapped_key)
+                    continue;
+                rc = al_vault_rewrap(id->vault, nv, r->name, r->kind, v->version, v->wrapped_key,
+                                     v->wrapped_key_len, &w, &wl);
+                if (rc != AL_OK) {
+                    fprintf(stderr,
+                            "airlock: provider '%s' version %u does not open with the "
+                            "current master key; rotation aborted, nothing changed\n",
+                            r->name, (unsigned)v->version);
+                    goto out;
+                }
+                free(v->wrapped_key);
+                v->wrapped_key = w;
+                v->wrapped_key_len = wl;
+                count++;
+            }
+        }
+        if ((rc = rewrap_user_tokens(id, nv, &users, &un)) != AL_OK)
+            goto out;
+        count += un;
+        /* Order matters for crash safety: (1) the new key is durable beside the old one,
+         * (2) the store switches in one transaction (providers, user tokens, check
+         * value), (3) the key file is replaced. A crash after (2) is finished by
+         * ensure_vault() adopting "<key>.new" (serve: al_identity_store_vault). */
+        if ((rc = al_vault_write_key_file(next, key)) != AL_OK)
+            goto out;
+        const char *kv[2] = {CHECK_KEY, check};
+        rc = id->store->ops->rewrap(id->store, recs, n, users, un, kv, 1, &gen);
+        if (rc == AL_OK)
+            break;
         unlink(next);
-        goto out;
+        if (rc != AL_ERR_AGAIN)
+            goto out;
+        if (attempt + 1 == ROTATE_ATTEMPTS) {
+            fprintf(stderr, "airlock: the store kept changing during the rotation (another "
+                            "writer, or users' tokens being refreshed); nothing changed, run "
+                            "rotate-master-key again\n");
+            goto out;
+        }
     }
     if (rename(next, path) != 0 && !(errno == ENOENT && key_file_matches(id, check))) {
         /* ENOENT with a matching key: a serving process that read the store between
@@ -1264,6 +1365,7 @@ out:
     al_vault_free(nv);
     free(check);
     al_store_records_free(recs, n);
+    al_store_user_tokens_free(users, un);
     return rc;
 }
 

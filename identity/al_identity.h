@@ -102,9 +102,26 @@ int al_identity_describe(al_identity *id, const char *name, const char *kind, js
 int al_identity_list(al_identity *id, const char *kind, json_t **out);
 /* Wipes previous versions whose grace has passed, in every provider. */
 int al_identity_purge_expired(al_identity *id);
-/* Generates a new master key, rewraps every data key in one transaction, then
- * replaces the key file atomically. On any failure the old key keeps working. */
+/* Generates a new master key, rewraps every data key — the providers' versions and the
+ * users' 3LO tokens — in one transaction with the new check value, then replaces the
+ * key file atomically. A row that does not open with the current key (a provider's
+ * version, or a user token: both wrapped key and sealed tokens are checked) aborts it
+ * with nothing changed; a user token refreshed meanwhile makes it start again. On any
+ * failure the old key keeps working. *rewrapped_out counts provider versions and user
+ * tokens. */
 int al_identity_rotate_master_key(al_identity *id, size_t *rewrapped_out);
+
+/* The master key that opens `st` (its check value): the key file (state_dir's or
+ * $AIRLOCK_MASTER_KEY_FILE), or the "<key>.new" a rotation interrupted after its commit
+ * left (adopted: renamed over the key file). AL_ERR_KEY: no key file matches;
+ * AL_ERR_NOTFOUND: nothing is sealed in the store yet, or no key file. For serve's
+ * user-token vault, which follows rotations made by the CLI (on any replica). */
+struct al_store;
+struct al_vault;
+int al_identity_store_vault(struct al_store *st, const char *state_dir, struct al_vault **out);
+/* 1 when v is the master key `st` is sealed with, 0 when a rotation replaced it,
+ * negative when the store cannot be read (AL_ERR_NOTFOUND: nothing sealed yet). */
+int al_identity_vault_matches(struct al_store *st, const struct al_vault *v);
 
 /* The store's change counter (bumped by every committed change, by any process). */
 int al_identity_generation(al_identity *id, uint64_t *out);

@@ -130,6 +130,17 @@ typedef struct al_store_ops {
      * The loser of a race thus reads the winner's token and never spends the rotated
      * refresh token a second time. */
     int (*refresh_lock)(al_store *s, const char *key, int timeout_ms, struct al_store_lock **out);
+    /* Master-key rotation (al_identity_rotate_master_key): in ONE transaction, what
+     * put() does (records, meta entries, counter, expect_generation) plus a new
+     * wrapped_key for each of the users' token rows. A user row is updated only while
+     * it still holds the sealed blob given here (the one the rotation read and checked);
+     * a row refreshed or deleted since, or a user row not given here (a consent
+     * meanwhile), fails the whole transaction with AL_ERR_AGAIN: nothing is left
+     * sealed under the old key. Only wrapped_key of the user rows is written. users
+     * NULL: no user row is looked at (put()); a rotation passes an array, even empty. */
+    int (*rewrap)(al_store *s, const al_store_record *recs, size_t n,
+                  const al_store_user_token *users, size_t users_n, const char *const *meta_kv,
+                  size_t meta_n, const uint64_t *expect_generation);
 } al_store_ops;
 
 /* A held refresh lock; al_store_unlock releases and frees it (NULL is fine). It may

@@ -557,8 +557,42 @@ static int put_meta(al_store_pg *s, const char *k, const char *v)
     return r ? AL_OK : AL_ERR_DB;
 }
 
-static int pg_put_(al_store *base, const al_store_record *recs, size_t n,
-                   const char *const *meta_kv, size_t meta_n, const uint64_t *expect_generation)
+/* Rotation: a user row gets its new wrapped key only while it still holds the sealed
+ * blob the rotation read (the UPDATE row-locks it until COMMIT); and no user row may be
+ * left out. Else AL_ERR_AGAIN. */
+static int rewrap_users(al_store_pg *s, const al_store_user_token *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!u[i].wrapped_key || !u[i].sealed)
+            return AL_ERR_INVAL;
+        const char *vals[4] = {u[i].provider, u[i].user, (const char *)u[i].wrapped_key,
+                               (const char *)u[i].sealed};
+        int lens[4] = {0, 0, (int)u[i].wrapped_key_len, (int)u[i].sealed_len};
+        int fmts[4] = {0, 0, 1, 1};
+        PGresult *r = run(s, "rewrap user token",
+                          "UPDATE user_tokens SET wrapped_key = $3 WHERE provider = $1 AND "
+                          "end_user = $2 AND sealed = $4",
+                          4, vals, lens, fmts, PGRES_COMMAND_OK);
+        if (!r)
+            return AL_ERR_DB;
+        int changed = strcmp(PQcmdTuples(r), "1") == 0;
+        PQclear(r);
+        if (!changed)
+            return AL_ERR_AGAIN; /* refreshed or deleted since it was read */
+    }
+    PGresult *r = run(s, "count user tokens", "SELECT COUNT(*) FROM user_tokens", 0, NULL, NULL,
+                      NULL, PGRES_TUPLES_OK);
+    if (!r)
+        return AL_ERR_DB;
+    int rc = strtoull(PQgetvalue(r, 0, 0), NULL, 10) == n ? AL_OK : AL_ERR_AGAIN;
+    PQclear(r);
+    return rc; /* AL_ERR_AGAIN: a consent stored a row the rotation did not see */
+}
+
+static int pg_rewrap_(al_store *base, const al_store_record *recs, size_t n,
+                      const al_store_user_token *users, size_t users_n,
+                      const char *const *meta_kv, size_t meta_n,
+                      const uint64_t *expect_generation)
 {
     al_store_pg *s = (al_store_pg *)base;
     uint64_t gen = 0;
@@ -570,6 +604,8 @@ static int pg_put_(al_store *base, const al_store_record *recs, size_t n,
     rc = lock_generation(s, &gen);
     if (rc == AL_OK && expect_generation && gen != *expect_generation)
         rc = AL_ERR_AGAIN;
+    if (rc == AL_OK && users)
+        rc = rewrap_users(s, users, users_n);
     for (size_t i = 0; i < n && rc == AL_OK; i++)
         rc = put_one(s, &recs[i]);
     for (size_t i = 0; i < meta_n && rc == AL_OK; i++)
@@ -581,6 +617,12 @@ static int pg_put_(al_store *base, const al_store_record *recs, size_t n,
         rc = exec0(s, "commit", "COMMIT");
     rollback(s);
     return rc;
+}
+
+static int pg_put_(al_store *base, const al_store_record *recs, size_t n,
+                   const char *const *meta_kv, size_t meta_n, const uint64_t *expect_generation)
+{
+    return pg_rewrap_(base, recs, n, NULL, 0, meta_kv, meta_n, expect_generation);
 }
 
 static int pg_del_(al_store *base, const char *name)
@@ -951,6 +993,11 @@ LOCKED(put,
        (al_store * base, const al_store_record *recs, size_t n, const char *const *meta_kv,
         size_t meta_n, const uint64_t *expect_generation),
        (base, recs, n, meta_kv, meta_n, expect_generation))
+LOCKED(rewrap,
+       (al_store * base, const al_store_record *recs, size_t n, const al_store_user_token *users,
+        size_t users_n, const char *const *meta_kv, size_t meta_n,
+        const uint64_t *expect_generation),
+       (base, recs, n, users, users_n, meta_kv, meta_n, expect_generation))
 LOCKED(del, (al_store * base, const char *name), (base, name))
 LOCKED(generation, (al_store * base, uint64_t *out), (base, out))
 LOCKED(meta_get, (al_store * base, const char *key, char **out), (base, key, out))
@@ -984,6 +1031,7 @@ static const al_store_ops pg_ops = {
     .change_drain = pg_change_drain,
     .meta_list = pg_meta_list,
     .refresh_lock = pg_refresh_lock,
+    .rewrap = pg_rewrap,
 };
 
 /* The schema's version: 0 when airlock's tables are not there. */

@@ -328,8 +328,49 @@ static int put_meta(al_store_sqlite *s, const char *k, const char *v)
 
 static int sq_generation(al_store *base, uint64_t *out);
 
-static int sq_put(al_store *base, const al_store_record *recs, size_t n, const char *const *meta_kv,
-                  size_t meta_n, const uint64_t *expect_generation)
+/* Rotation: a user row gets its new wrapped key only while it still holds the sealed
+ * blob the rotation read; and no user row may be left out. Else AL_ERR_AGAIN. */
+static int rewrap_users(al_store_sqlite *s, const al_store_user_token *u, size_t n)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = AL_OK;
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE user_tokens SET wrapped_key = ? WHERE provider = ? AND "
+                           "user = ? AND sealed = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare rewrap user token");
+    for (size_t i = 0; i < n && rc == AL_OK; i++) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (!u[i].wrapped_key || !u[i].sealed) {
+            rc = AL_ERR_INVAL;
+            break;
+        }
+        sqlite3_bind_blob(st, 1, u[i].wrapped_key, (int)u[i].wrapped_key_len, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, u[i].provider, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, u[i].user, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 4, u[i].sealed, (int)u[i].sealed_len, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = db_err(s, "rewrap user token");
+        else if (sqlite3_changes(s->db) != 1)
+            rc = AL_ERR_AGAIN; /* refreshed or deleted since it was read */
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc == AL_OK &&
+        sqlite3_prepare_v2(s->db, "SELECT COUNT(*) FROM user_tokens", -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare count user tokens");
+    if (rc == AL_OK && sqlite3_step(st) != SQLITE_ROW)
+        rc = db_err(s, "count user tokens");
+    if (rc == AL_OK && (uint64_t)sqlite3_column_int64(st, 0) != n)
+        rc = AL_ERR_AGAIN; /* a consent stored a row the rotation did not see */
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int sq_rewrap(al_store *base, const al_store_record *recs, size_t n,
+                     const al_store_user_token *users, size_t users_n, const char *const *meta_kv,
+                     size_t meta_n, const uint64_t *expect_generation)
 {
     al_store_sqlite *s = (al_store_sqlite *)base;
     int rc = AL_OK;
@@ -339,6 +380,8 @@ static int sq_put(al_store *base, const al_store_record *recs, size_t n, const c
     /* Inside the write lock: nobody can commit between this check and our COMMIT. */
     if (expect_generation && (rc = sq_generation(base, &gen)) == AL_OK && gen != *expect_generation)
         rc = AL_ERR_AGAIN;
+    if (rc == AL_OK && users)
+        rc = rewrap_users(s, users, users_n);
     for (size_t i = 0; i < n && rc == AL_OK; i++)
         rc = put_one(s, &recs[i]);
     for (size_t i = 0; i < meta_n && rc == AL_OK; i++)
@@ -350,6 +393,12 @@ static int sq_put(al_store *base, const al_store_record *recs, size_t n, const c
     if (rc != AL_OK)
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     return rc;
+}
+
+static int sq_put(al_store *base, const al_store_record *recs, size_t n, const char *const *meta_kv,
+                  size_t meta_n, const uint64_t *expect_generation)
+{
+    return sq_rewrap(base, recs, n, NULL, 0, meta_kv, meta_n, expect_generation);
 }
 
 static int sq_del(al_store *base, const char *name)
@@ -715,6 +764,7 @@ static const al_store_ops sqlite_ops = {
     .user_del = sq_user_del,
     .meta_list = sq_meta_list,
     .refresh_lock = sq_refresh_lock,
+    .rewrap = sq_rewrap,
 };
 
 int al_store_sqlite_open(const char *state_dir, int flags, al_store **out)

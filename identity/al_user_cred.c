@@ -133,9 +133,20 @@ typedef struct fresh_entry {
     char fp[32];
 } fresh_entry;
 
+/* The user-token vault's master key, shared by the threads that seal and open tokens
+ * (the store thread, a worker completing an app session) and replaced when a
+ * rotate-master-key (the CLI, maybe on another replica) changed the store's key: a user
+ * holds the one it took until it releases it. */
+typedef struct vault_ref {
+    al_vault *v;
+    atomic_int refs;
+} vault_ref;
+
 struct al_user_cred {
     al_store *store;
-    al_vault *vault;
+    vault_ref *vault; /* under vlock: swapped when the store's check value changes */
+    pthread_mutex_t vlock; /* only "read the pointer + retain" and the swap */
+    char *state_dir;       /* where the key file is read again; NULL: never (tests) */
     al_cred_cache *creds;
     al_oidc *oidc;
     struct al_audit *audit;
@@ -194,6 +205,123 @@ static int cache_key(const char *provider, const char *user, char *buf, size_t n
 {
     int w = snprintf(buf, n, "%s\x1f%s", provider, user);
     return w > 0 && (size_t)w < n ? AL_OK : AL_ERR_TOOBIG;
+}
+
+/* ---- the vault, following master-key rotations ------------------------------------- */
+
+static vault_ref *vault_ref_new(al_vault *v)
+{
+    vault_ref *r = calloc(1, sizeof *r);
+    if (r) {
+        r->v = v;
+        atomic_init(&r->refs, 1);
+    }
+    return r;
+}
+
+static void vault_release(vault_ref *r)
+{
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+        al_vault_free(r->v); /* wipes the key */
+        free(r);
+    }
+}
+
+static vault_ref *vault_get(al_user_cred *uc)
+{
+    pthread_mutex_lock(&uc->vlock);
+    vault_ref *r = uc->vault;
+    if (r)
+        atomic_fetch_add(&r->refs, 1);
+    pthread_mutex_unlock(&uc->vlock);
+    return r;
+}
+
+/* When the store is no longer sealed with `seen` (a rotate-master-key committed), loads
+ * the key that opens it (al_identity_store_vault: the key file, or the "<key>.new" of a
+ * rotation interrupted after its commit) and makes it the vault. Returns 1 when the
+ * vault now differs from `seen`, 0 when `seen` is still the store's key (or no other key
+ * can be had: the caller keeps what it has). A store read and a key file read: the store
+ * thread's (or a caller that writes the store anyway). */
+static int vault_follow(al_user_cred *uc, vault_ref *seen)
+{
+    al_vault *nv = NULL;
+    if (!uc->state_dir || !seen || al_identity_vault_matches(uc->store, seen->v) != 0)
+        return 0;
+    pthread_mutex_lock(&uc->vlock);
+    int moved = uc->vault != seen; /* another thread followed it already */
+    pthread_mutex_unlock(&uc->vlock);
+    if (moved)
+        return 1;
+    int rc = al_identity_store_vault(uc->store, uc->state_dir, &nv);
+    vault_ref *r = rc == AL_OK ? vault_ref_new(nv) : NULL;
+    if (!r) {
+        al_vault_free(nv);
+        al_log(AL_LOG_ERROR, "user_token.master_key",
+               "the identity store was rotated to another master key but the key file does "
+               "not open it (%s); users' tokens cannot be opened or stored until it does",
+               al_strerror(rc == AL_OK ? AL_ERR_NOMEM : rc));
+        return 0;
+    }
+    pthread_mutex_lock(&uc->vlock);
+    vault_ref *old = uc->vault;
+    if (old == seen) {
+        uc->vault = r;
+        r = NULL;
+    }
+    pthread_mutex_unlock(&uc->vlock);
+    if (!r) {
+        al_log(AL_LOG_INFO, "user_token.master_key",
+               "the identity store's master key was rotated: users' tokens are opened and "
+               "sealed with the new one");
+        vault_release(old);
+    }
+    vault_release(r);
+    return 1;
+}
+
+/* Seals and stores t under the store's current master key. The key is checked before
+ * sealing and again after the write: a rotation that committed in between (it rewraps
+ * only the rows it read) would leave this row under the old key, so it is sealed again
+ * with the new one. */
+static int save_token(al_user_cred *uc, const char *provider, const char *user,
+                      const al_user_token *t)
+{
+    int rc = AL_ERR_KEY;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        vault_ref *v = vault_get(uc);
+        if (!v)
+            return AL_ERR_KEY;
+        if (vault_follow(uc, v)) {
+            vault_release(v);
+            continue;
+        }
+        rc = al_user_token_save(uc->store, v->v, provider, user, t);
+        int again = rc == AL_OK && vault_follow(uc, v);
+        vault_release(v);
+        if (!again)
+            return rc;
+    }
+    return rc;
+}
+
+/* Opens (provider, user)'s row; a row that does not open with the vault's key is tried
+ * again once the vault followed a rotation. */
+static int load_token(al_user_cred *uc, const char *provider, const char *user,
+                      al_user_token *t)
+{
+    vault_ref *v = vault_get(uc);
+    if (!v)
+        return AL_ERR_KEY;
+    int rc = al_user_token_load(uc->store, v->v, provider, user, t);
+    if (rc == AL_ERR_KEY && vault_follow(uc, v)) {
+        vault_release(v);
+        if (!(v = vault_get(uc)))
+            return AL_ERR_KEY;
+        rc = al_user_token_load(uc->store, v->v, provider, user, t);
+    }
+    vault_release(v);
+    return rc;
 }
 
 /* ---- the provider, as a job needs it --------------------------------------------- */
@@ -937,7 +1065,7 @@ int al_user_cred_fresh(al_user_cred *uc, const char *target, const char *user, c
 static int store_tokens(al_user_cred *uc, const char *provider, const char *user,
                         const char *target, const al_user_token *t)
 {
-    int rc = al_user_token_save(uc->store, uc->vault, provider, user, t);
+    int rc = save_token(uc, provider, user, t);
     char key[512];
     if (rc == AL_OK && cache_key(provider, user, key, sizeof key) == AL_OK)
         al_flight_forget(uc->cache, key); /* the next request reads the new tokens */
@@ -1083,7 +1211,7 @@ static void refresh_done(job *j, int err, al_user_token *t, const char *msg)
             t->refresh_token = j->old_refresh;
             j->old_refresh = NULL;
         }
-        err = al_user_token_save(uc->store, uc->vault, j->provider, j->user, t);
+        err = save_token(uc, j->provider, j->user, t);
         if (err != AL_OK)
             msg = "the refreshed tokens could not be stored";
         else if (!(v = access_new(j->provider, j->user, t, NULL)))
@@ -1172,7 +1300,7 @@ static void complete_access(al_user_cred *uc, const char *key, const ukey *k,
 /* Reads (provider, user)'s row: 0 with *t, or 1 when a "none" or an error was answered. */
 static int read_row(al_user_cred *uc, const char *key, const ukey *k, al_user_token *t)
 {
-    int rc = al_user_token_load(uc->store, uc->vault, k->provider, k->user, t);
+    int rc = load_token(uc, k->provider, k->user, t);
     if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_KEY) {
         if (rc == AL_ERR_KEY)
             al_log(AL_LOG_WARN, "user_token.unreadable",
@@ -1344,7 +1472,12 @@ int al_user_cred_new(al_store *store, al_vault *vault, al_cred_cache *creds, al_
     if (!uc)
         return AL_ERR_NOMEM;
     uc->store = store;
-    uc->vault = vault;
+    uc->vault = vault_ref_new(vault);
+    if (!uc->vault) {
+        free(uc);
+        return AL_ERR_NOMEM;
+    }
+    pthread_mutex_init(&uc->vlock, NULL);
     uc->creds = creds;
     uc->oidc = oidc;
     uc->now_s = wall_now;
@@ -1370,6 +1503,8 @@ int al_user_cred_new(al_store *store, al_vault *vault, al_cred_cache *creds, al_
         pthread_cond_destroy(&uc->qcond);
         pthread_mutex_destroy(&uc->qlock);
         pthread_mutex_destroy(&uc->lock);
+        pthread_mutex_destroy(&uc->vlock);
+        free(uc->vault); /* the caller still owns vault on failure */
         free(uc);
         return rc;
     }
@@ -1402,11 +1537,23 @@ void al_user_cred_free(al_user_cred *uc)
     al_flight_free(uc->cache);
     al_consent_free(uc->consent);
     al_store_close(uc->store);
-    al_vault_free(uc->vault);
+    vault_release(uc->vault);
+    pthread_mutex_destroy(&uc->vlock);
+    free(uc->state_dir);
     pthread_cond_destroy(&uc->qcond);
     pthread_mutex_destroy(&uc->qlock);
     pthread_mutex_destroy(&uc->lock);
     free(uc);
+}
+
+int al_user_cred_set_state_dir(al_user_cred *uc, const char *state_dir)
+{
+    char *d = state_dir ? strdup(state_dir) : NULL;
+    if (state_dir && !d)
+        return AL_ERR_NOMEM;
+    free(uc->state_dir);
+    uc->state_dir = d;
+    return AL_OK;
 }
 
 void al_user_cred_set_audit(al_user_cred *uc, struct al_audit *audit)

@@ -80,6 +80,11 @@ int al_user_cred_new(al_store *store, al_vault *vault, al_cred_cache *creds, al_
                      al_user_cred **out);
 /* After al_fetch_stop(al_oidc_fetcher(oidc)): no callback runs any more. */
 void al_user_cred_free(al_user_cred *uc);
+/* Where the master key file is read again when a rotate-master-key (the CLI, maybe on
+ * another replica) changed the store's key: before sealing a token and when a row does
+ * not open, the store's check value is compared with the vault's key, and the vault
+ * follows it (al_identity_store_vault). Without it the vault keeps its key (tests). */
+int al_user_cred_set_state_dir(al_user_cred *uc, const char *state_dir);
 void al_user_cred_set_audit(al_user_cred *uc, struct al_audit *audit);
 /* Tests: the wall clock (unix seconds) of token expiry and of the consents. */
 void al_user_cred_set_clock(al_user_cred *uc, int64_t (*now_s)(void *arg), void *arg);

@@ -153,6 +153,32 @@ out:
     return rc;
 }
 
+int al_user_token_rewrap(const al_vault *from, const al_vault *to, al_store_user_token *row)
+{
+    unsigned char *plain = NULL, *w = NULL;
+    size_t pl = 0, wl = 0;
+    char *name = aad_name(row->provider, row->user);
+    if (!name)
+        return AL_ERR_NOMEM;
+    int rc = al_vault_unseal(from, name, KIND, 1, row->wrapped_key, row->wrapped_key_len,
+                             row->sealed, row->sealed_len, &plain, &pl);
+    if (plain) {
+        OPENSSL_cleanse(plain, pl);
+        free(plain);
+    }
+    if (rc == AL_OK)
+        rc = al_vault_rewrap(from, to, name, KIND, 1, row->wrapped_key, row->wrapped_key_len, &w,
+                             &wl);
+    free(name);
+    if (rc != AL_OK)
+        return rc;
+    OPENSSL_cleanse(row->wrapped_key, row->wrapped_key_len);
+    free(row->wrapped_key);
+    row->wrapped_key = w;
+    row->wrapped_key_len = wl;
+    return AL_OK;
+}
+
 int al_user_token_parse(long status, const char *body, size_t len, const char *host,
                         const al_token_spec *spec, int64_t now_unix, al_user_token *out, char *msg,
                         size_t msglen)

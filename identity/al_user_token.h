@@ -36,6 +36,12 @@ int al_user_token_save(al_store *s, const al_vault *v, const char *provider, con
 int al_user_token_load(al_store *s, const al_vault *v, const char *provider, const char *user,
                        al_user_token *out);
 
+/* Master-key rotation: checks that the row opens with `from` (wrapped key AND sealed
+ * tokens, so a damaged row is found before the rotation commits, not after) and
+ * replaces row->wrapped_key with the data key wrapped by `to`; the sealed blob is
+ * unchanged. AL_ERR_KEY: the row does not open (nothing changed in *row). */
+int al_user_token_rewrap(const al_vault *from, const al_vault *to, al_store_user_token *row);
+
 /* A token endpoint answer to an authorization_code or refresh_token request.
  *   AL_OK        *out filled (refresh_token NULL when the answer had none: a refresh
  *                answer without one keeps the old refresh token — the caller's job);

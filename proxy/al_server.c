@@ -1004,6 +1004,10 @@ static void open_user_tokens(al_server *s, const char *state_dir)
                state_dir, al_strerror(rc));
         return;
     }
+    /* a rotate-master-key while serving: user tokens follow the store's new key */
+    if (al_user_cred_set_state_dir(s->users, state_dir) != AL_OK)
+        al_log(AL_LOG_WARN, "user_tokens.master_key",
+               "out of memory: user tokens keep the master key loaded at start");
     al_user_cred_set_audit(s->users, s->audit);
 }
 

@@ -369,6 +369,26 @@ def test_refresh_lock_and_store_semantics_on_postgres():
     S.setdefault("cli_out", []).append(out)
 
 
+def test_rotation_rewraps_user_tokens_on_postgres():
+    """tests/unit/test_identity_rotate_users.c against this server, on a database of its
+    own: rotate-master-key rewraps users' 3LO tokens with the providers in one
+    transaction; a row that does not open aborts it with every row unchanged."""
+    setup()
+    binary = os.path.join(os.path.dirname(os.path.abspath(AIRLOCK_BIN)), "tests",
+                          "test_identity_rotate_users")
+    if not os.path.exists(binary):
+        raise Skip("unit test binary not built: %s" % binary)
+    pg = S["pg"]
+    pg.psql("CREATE DATABASE airlock_rot OWNER airlock;", db="postgres")
+    env = dict(os.environ, AIRLOCK_TEST_PG_DSN=pg.dsn.replace("dbname=airlock",
+                                                              "dbname=airlock_rot"))
+    env.pop("AIRLOCK_MASTER_KEY_FILE", None)
+    r = subprocess.run([binary], capture_output=True, text=True, env=env, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert out.count("[  PASSED  ] 2 test(s)") == 2, out[-3000:]  # sqlite, postgres
+
+
 def test_no_password_or_secret_in_logs_audit_ps_or_dump():
     setup()
     pg = S["pg"]
