@@ -115,6 +115,7 @@ def test_start():
     op = C["op"] = start_oidc(ttl=TTL, resources=[API],
                               user_clients=[(CLIENT, SECRET, callback)], key_out=C["key_out"])
     rs, rs_port, _ = start_resource_server(op, API)
+    C["rs_port"] = rs_port
     for al in (a, b):
         # both build their links on A's public URL: the one redirect_uri the client has
         al.write_table(TABLE.replace("DSN_FILE", pg.dsn_file).replace("ISSUER", op.issuer)
@@ -226,6 +227,51 @@ def test_postgres_down_cached_user_token_serves_and_a_replica_started_meanwhile_
     assert body["sub"] == "alice", body
     assert "user_tokens.unavailable" not in c.log_text()
 
+
+
+def rs_revoke():
+    """The resource server refuses every token it has seen (an upstream 401)."""
+    import ssl
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=C["op"].ca)
+    req = urllib.request.Request("https://127.0.0.1:%d/__revoke" % C["rs_port"], data=b"",
+                                 method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ctx))
+    with opener.open(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_master_key_rotation_through_the_cli_while_replicas_serve():
+    """rotate-master-key rewraps alice's row in PostgreSQL with the providers; both
+    replicas then open it and seal their refreshes with the new key: no consent again."""
+    a, b, op = C["a"], C["b"], C["op"]
+    for al in (a, b):
+        assert agent(al)[0] == 200
+    with open(C["key"]) as f:
+        k0 = f.read()
+    env = dict(os.environ, AIRLOCK_MASTER_KEY_FILE=C["key"])
+    r = subprocess.run([AIRLOCK_BIN, "identity", "rotate-master-key", "-c", a.table_path],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["rewrappedDataKeys"] == 2, r.stdout  # idp + alice
+    with open(C["key"]) as f:
+        assert f.read() != k0
+    user = op.issuer + " alice"
+    before = user_tokens()[user]
+    grants = op.stats()["refresh_grants"]
+    rs_revoke()  # B refreshes: it opens the row the CLI rewrapped, seals under the new key
+    st, body = agent(b)
+    assert st == 200 and body["sub"] == "alice", (st, body)
+    assert op.stats()["refresh_grants"] == grants + 1
+    # A's token is refused too: A reads the row B stored (new key) and uses it
+    st, body = agent(a)
+    assert st == 200 and body["sub"] == "alice", (st, body)
+    after = user_tokens()[user]
+    assert after["fingerprint"] != before["fingerprint"], (before, after)
+    for al in (a, b):
+        assert "does not open" not in al.log_text() and "user_token.unreadable" not in \
+            al.log_text()
 
 
 def test_delete_user_token_reaches_every_replica_within_a_second():
