@@ -1,6 +1,7 @@
 # Helpers shared by the benchmark scripts (sourced from the repository root, after
-# `dir` is set to the run's temporary directory): processes started are recorded in
-# `pids` and stopped by pid (TERM, then KILL after 5 s) when the script exits.
+# `dir` is set to the run's temporary directory, before the command line is parsed):
+# processes started are recorded in `pids` and stopped by pid (TERM, then KILL after
+# 5 s) when the script exits.
 # shellcheck shell=bash
 : "${dir:?bench/lib.sh needs dir set to the run directory}"
 pids=()
@@ -15,6 +16,47 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+me=$(basename "$0" .sh) # for messages
+# usage: prints the script's leading comment block (its --help) and exits.
+usage() {
+  awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"
+  exit 0
+}
+# parse_opts SPEC ARGS...: the script's command line. SPEC lists the options it takes,
+# each with a value: OPT sets the variable OPT ('-' read as '_'), OPT=VAR sets VAR,
+# OPT=VAR+ appends to the array VAR. -h / --help: usage; anything else exits 2.
+parse_opts() {
+  local spec=$1 opt var found
+  shift
+  while [ $# -gt 0 ]; do
+    case "$1" in -h | --help) usage ;; esac
+    found=""
+    for opt in $spec; do
+      var=${opt#*=}
+      opt=${opt%%=*}
+      [ "$var" != "$opt" ] || var=${opt//-/_}
+      [ "$1" = "--$opt" ] || continue
+      [ $# -ge 2 ] || { echo "$me: $1 needs a value (try --help)" >&2; exit 2; }
+      case "$var" in
+        *+) eval "${var%+}+=(\"\$2\")" ;;
+        *) printf -v "$var" '%s' "$2" ;;
+      esac
+      found=1
+      break
+    done
+    [ -n "$found" ] || { echo "$me: unknown option '$1' (try --help)" >&2; exit 2; }
+    shift 2
+  done
+}
+# need_tools HINT TOOL...: exits 1 naming the first TOOL not installed, and HINT.
+need_tools() {
+  local hint=$1 tool
+  shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$me: $tool missing: $hint" >&2; exit 1; }
+  done
+}
 
 free_port() {
   /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

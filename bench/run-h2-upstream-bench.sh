@@ -23,6 +23,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
+dir=$(mktemp -d /tmp/airlock-h2up.XXXXXX)
+. bench/lib.sh # pids, cleanup (trapped), parse_opts, free_port, wait_port, render, start_airlock
 
 airlock_bin=${AIRLOCK_BIN:-}
 duration=3
@@ -33,25 +35,9 @@ peers="airlock haproxy nginx"
 engine=""
 protocol=""
 audit_chain=true
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --airlock) airlock_bin=$2; shift 2 ;;
-    --duration) duration=$2; shift 2 ;;
-    --conc) concs=$2; shift 2 ;;
-    --streams) streams=$2; shift 2 ;;
-    --peers) peers=$2; shift 2 ;;
-    --engine) engine=$2; shift 2 ;;
-    --protocol) protocol=$2; shift 2 ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "run-h2-upstream-bench: unknown option '$1' (try --help)" >&2; exit 2 ;;
-  esac
-done
-for tool in nginx haproxy h2load curl openssl /usr/bin/python3; do
-  command -v "$tool" >/dev/null || { echo "run-h2-upstream-bench: $tool missing: run deploy/install-deps.sh" >&2; exit 1; }
-done
+parse_opts "airlock=airlock_bin duration conc=concs streams peers engine protocol" "$@"
+need_tools "run deploy/install-deps.sh" nginx haproxy h2load curl openssl /usr/bin/python3
 
-dir=$(mktemp -d /tmp/airlock-h2up.XXXXXX)
-. bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree, start_airlock
 case " $peers " in *" airlock "*) release_airlock_bin ;; esac
 key="bench-$(openssl rand -hex 16)"
 start_upstream # (the HTTP/1.1 upstream's temp directories; it idles)

@@ -17,24 +17,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
+dir=$(mktemp -d /tmp/airlock-idle.XXXXXX)
+. bench/lib.sh # pids, cleanup (trapped), parse_opts, free_port, wait_port, render, start_airlock
 
 airlock_bin=${AIRLOCK_BIN:-}
 count=10000
 protos="h2 h1"
 peers="airlock haproxy"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --airlock) airlock_bin=$2; shift 2 ;;
-    --count) count=$2; shift 2 ;;
-    --protos) protos=$2; shift 2 ;;
-    --peers) peers=$2; shift 2 ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "run-idle-scale: unknown option '$1' (try --help)" >&2; exit 2 ;;
-  esac
-done
-for tool in nginx haproxy curl openssl /usr/bin/python3; do
-  command -v "$tool" >/dev/null || { echo "run-idle-scale: $tool missing: run deploy/install-deps.sh" >&2; exit 1; }
-done
+parse_opts "airlock=airlock_bin count protos peers" "$@"
+need_tools "run deploy/install-deps.sh" nginx haproxy curl openssl /usr/bin/python3
 /usr/bin/python3 -c 'import hpack' 2>/dev/null ||
   { echo "run-idle-scale: python3-hpack missing (python3-h2): run deploy/install-deps.sh" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -49,8 +40,6 @@ if [ "$count" -gt $((maxconn - 20)) ]; then
   count=$((maxconn - 20))
 fi
 
-dir=$(mktemp -d /tmp/airlock-idle.XXXXXX)
-. bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree, start_airlock
 case " $peers " in *" airlock "*) release_airlock_bin ;; esac
 key="bench-$(openssl rand -hex 16)"
 start_upstream

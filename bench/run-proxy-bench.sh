@@ -43,6 +43,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
+dir=$(mktemp -d /tmp/airlock-bench.XXXXXX)
+. bench/lib.sh # pids, cleanup (trapped), parse_opts, free_port, wait_port, render, start_airlock
 
 airlock_bin=${AIRLOCK_BIN:-}
 duration=3
@@ -53,27 +55,8 @@ sizes="small 1m post"
 peers="direct nginx haproxy airlock native iam oauth2_2lo"
 rounds=1
 audit_chain=true
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --airlock) airlock_bin=$2; shift 2 ;;
-    --duration) duration=$2; shift 2 ;;
-    --conc) concs=$2; shift 2 ;;
-    --streams) streams=$2; shift 2 ;;
-    --sizes) sizes=$2; shift 2 ;;
-    --peers) peers=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    --audit-chain) audit_chain=$2; shift 2 ;;
-    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "run-proxy-bench: unknown option '$1' (try --help)" >&2; exit 2 ;;
-  esac
-done
-
-for tool in nginx haproxy h2load curl openssl /usr/bin/python3; do
-  command -v "$tool" >/dev/null || { echo "run-proxy-bench: $tool missing: run deploy/install-deps.sh" >&2; exit 1; }
-done
-
-dir=$(mktemp -d /tmp/airlock-bench.XXXXXX)
-. bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree, start_airlock
+parse_opts "airlock=airlock_bin duration conc=concs streams sizes peers rounds audit-chain" "$@"
+need_tools "run deploy/install-deps.sh" nginx haproxy h2load curl openssl /usr/bin/python3
 
 # airlock's figures mean something only for an optimised, uninstrumented build.
 airlock_build="given"

@@ -16,29 +16,17 @@
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 cd "$src"
+dir=$(mktemp -d /tmp/airlock-cost.XXXXXX)
+. bench/lib.sh
 bins=()
 conc=10
 streams=10
 requests=3000
 engines=default
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --airlock) bins+=("$2"); shift 2 ;;
-    --conc) conc=$2; shift 2 ;;
-    --streams) streams=$2; shift 2 ;;
-    --requests) requests=$2; shift 2 ;;
-    --engines) engines=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "run-request-cost: unknown option '$1' (try --help)" >&2; exit 2 ;;
-  esac
-done
+parse_opts "airlock=bins+ conc streams requests engines" "$@"
 [ ${#bins[@]} -gt 0 ] || bins=("$src/build-release/airlock")
-for tool in nginx h2load valgrind callgrind_control callgrind_annotate curl openssl; do
-  command -v "$tool" >/dev/null || { echo "run-request-cost: $tool missing" >&2; exit 1; }
-done
-
-dir=$(mktemp -d /tmp/airlock-cost.XXXXXX)
-. bench/lib.sh
+need_tools "run deploy/install-deps.sh" nginx h2load valgrind callgrind_control \
+  callgrind_annotate curl openssl
 key="bench-$(openssl rand -hex 16)"
 start_upstream
 

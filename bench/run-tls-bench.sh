@@ -34,6 +34,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
+dir=$(mktemp -d /tmp/airlock-tlsbench.XXXXXX)
+. bench/lib.sh # pids, cleanup (trapped), parse_opts, free_port, wait_port, render, serve_airlock
 
 airlock_bin=${AIRLOCK_BIN:-$src/build-tlsbench/airlock}
 tlsload=""
@@ -45,36 +47,16 @@ conns=8
 peers="nginx haproxy airlock"
 sign_names=100
 perf_out=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --airlock) airlock_bin=$2; shift 2 ;;
-    --tlsload) tlsload=$2; shift 2 ;;
-    --duration) duration=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    --threads) threads=$2; shift 2 ;;
-    --conns) conns=$2; shift 2 ;;
-    --peers) peers=$2; shift 2 ;;
-    --sign-names) sign_names=$2; shift 2 ;;
-    --perf) perf_out=$2; shift 2 ;;
-    -h | --help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
-    *) echo "run-tls-bench: unknown option '$1' (try --help)" >&2; exit 2 ;;
-  esac
-done
+parse_opts "airlock=airlock_bin tlsload duration rounds threads conns peers sign-names perf=perf_out" "$@"
 [ -n "$tlsload" ] || tlsload=$(dirname "$airlock_bin")/bench/bench_proxy_tlsload
 if [ "$sign_names" -gt 250 ]; then
   echo "run-tls-bench: --sign-names at most 250 (127.0.0.2 .. 127.0.0.251)" >&2
   exit 2
 fi
 
-for tool in nginx haproxy openssl /usr/bin/python3 "$tlsload"; do
-  command -v "$tool" >/dev/null || {
-    echo "run-tls-bench: $tool missing (deploy/install-deps.sh; build the bench_proxy_tlsload target)" >&2
-    exit 1
-  }
-done
+need_tools "deploy/install-deps.sh; build the bench_proxy_tlsload target" nginx haproxy openssl \
+  /usr/bin/python3 "$tlsload"
 
-dir=$(mktemp -d /tmp/airlock-tlsbench.XXXXXX)
-. bench/lib.sh # pids, cleanup (trapped), free_port, wait_port, render, rss_tree, serve_airlock
 # CPU ticks (user + system) of a pid and its children.
 cpu_ticks() {
   local total=0 p t
