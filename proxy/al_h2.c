@@ -13,6 +13,7 @@
 #include "al_request.h"
 #include "al_worker.h"
 #include "common/al_err.h"
+#include "common/al_fmt.h"
 #include "common/al_log.h"
 
 #include <ctype.h>
@@ -157,8 +158,8 @@ static int head_nva(h2_stream *s, int status, const al_header *h, size_t n, int6
         off += x->name_len;
     }
     if (clen >= 0) {
-        int cn = snprintf(cl, 24, "%lld", (long long)clen);
-        nva[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, (size_t)cn,
+        size_t cn = al_fmt_u64(cl, (uint64_t)clen); /* not snprintf: one per response */
+        nva[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, cn,
                                 NGHTTP2_NV_FLAG_NONE};
     }
     *out = nva;

@@ -1705,7 +1705,10 @@ static int parse_addr(const char *a, uint16_t port, struct sockaddr_storage *ss,
     } else {
         return AL_ERR_INVAL;
     }
-    snprintf(text, text_len, "%s", a);
+    size_t al = strlen(a); /* an address inet_pton took: at most 45 characters */
+    if (al >= text_len)
+        return AL_ERR_INVAL;
+    memcpy(text, a, al + 1);
     return AL_OK;
 }
 

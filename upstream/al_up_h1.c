@@ -8,6 +8,7 @@
  * "Transfer-Encoding: chunked" in a head of its own. */
 #include "al_up_h1.h"
 #include "common/al_err.h"
+#include "common/al_fmt.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -84,9 +85,8 @@ int al_up_h1_write_head(al_buf *out, const al_up_h1_req *q)
     if (v6)
         PUT(out, "]", 1);
     if (q->port != (q->https ? 443 : 80)) {
-        char port[8];
-        int n = snprintf(port, sizeof port, ":%u", (unsigned)q->port);
-        PUT(out, port, (size_t)n);
+        char port[1 + AL_FMT_U64_MAX] = ":";
+        PUT(out, port, 1 + al_fmt_u64(port + 1, q->port));
     }
     PUT(out, "\r\n", 2);
     for (size_t i = 0; i < q->header_count; i++) {
@@ -103,10 +103,10 @@ int al_up_h1_write_head(al_buf *out, const al_up_h1_req *q)
     if (q->has_body && q->body_length < 0) {
         PUT(out, "Transfer-Encoding: chunked\r\n", 28);
     } else if (q->has_body || q->force_length) {
-        char cl[40];
-        int n = snprintf(cl, sizeof cl, "Content-Length: %lld\r\n",
-                         (long long)(q->has_body ? q->body_length : 0));
-        PUT(out, cl, (size_t)n);
+        char cl[AL_FMT_U64_MAX];
+        PUT(out, "Content-Length: ", 16);
+        PUT(out, cl, al_fmt_u64(cl, q->has_body ? (uint64_t)q->body_length : 0));
+        PUT(out, "\r\n", 2);
     }
     PUT(out, "\r\n", 2);
     return AL_OK;
