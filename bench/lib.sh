@@ -58,6 +58,16 @@ need_tools() {
   done
 }
 
+# spawn OUT CMD...: CMD in the background, its output in OUT; its pid in last_pid and on
+# pids.
+spawn() {
+  local out=$1
+  shift
+  "$@" >"$out" 2>&1 &
+  last_pid=$!
+  pids+=("$last_pid")
+}
+
 free_port() {
   /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
@@ -101,9 +111,8 @@ wait_healthz() {
 # the state dir STATE, its output in LOG; sets peer_pid (pushed on pids), then
 # wait_healthz ADMIN_PORT (1: serve exited).
 serve_airlock() {
-  "$airlock_bin" serve -c "$1" --state-dir "$2" >"$3" 2>&1 &
-  peer_pid=$!
-  pids+=("$peer_pid")
+  spawn "$3" "$airlock_bin" serve -c "$1" --state-dir "$2"
+  peer_pid=$last_pid
   wait_healthz "$4" "$peer_pid"
 }
 
@@ -124,9 +133,9 @@ start_upstream() {
   direct_port=$(free_port)
   render bench/upstream-nginx.conf "$dir/upstream.conf" DIR="$dir" UPSTREAM_PORT="$upstream_port" \
     DIRECT_PORT="$direct_port"
-  nginx -e "$dir/upstream-error.log" -p "$dir" -c "$dir/upstream.conf" >"$dir/upstream.out" 2>&1 &
-  upstream_pid=$!
-  pids+=("$upstream_pid")
+  spawn "$dir/upstream.out" \
+    nginx -e "$dir/upstream-error.log" -p "$dir" -c "$dir/upstream.conf"
+  upstream_pid=$last_pid
   wait_port "$upstream_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
   wait_port "$direct_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
 }

@@ -46,9 +46,8 @@ chmod 755 "$dir/ca"
 chmod 644 "$dir/ca/server.key" "$dir/ca/server.pem" "$dir/ca/ca.pem"
 h2up_port=$(free_port)
 render bench/h2-upstream-nginx.conf "$dir/h2up.conf" DIR="$dir" H2UP_PORT="$h2up_port" CA="$dir/ca"
-nginx -e "$dir/h2up-error.log" -p "$dir" -c "$dir/h2up.conf" >"$dir/h2up.out" 2>&1 &
-h2up_pid=$!
-pids+=("$h2up_pid")
+spawn "$dir/h2up.out" nginx -e "$dir/h2up-error.log" -p "$dir" -c "$dir/h2up.conf"
+h2up_pid=$last_pid
 wait_port "$h2up_port" "$h2up_pid" || { cat "$dir/h2up-error.log" >&2; exit 1; }
 
 note=""
@@ -59,16 +58,15 @@ start_peer() {
     haproxy)
       render bench/haproxy-h2up.conf "$dir/haproxy.cfg" PROXY_PORT="$peer_port" \
         H2UP_PORT="$h2up_port" KEY="$key" CA="$dir/ca"
-      haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.out" 2>&1 &
-      peer_pid=$!
-      pids+=("$peer_pid")
+      spawn "$dir/haproxy.out" haproxy -db -f "$dir/haproxy.cfg"
+      peer_pid=$last_pid
       ;;
     nginx)
       render bench/nginx-h2up-proxy.conf "$dir/nginx-proxy.conf" DIR="$dir" PROXY_PORT="$peer_port" \
         H2UP_PORT="$h2up_port" KEY="$key" CA="$dir/ca"
-      nginx -e "$dir/nginx-proxy-error.log" -p "$dir" -c "$dir/nginx-proxy.conf" >"$dir/nginx.out" 2>&1 &
-      peer_pid=$!
-      pids+=("$peer_pid")
+      spawn "$dir/nginx.out" \
+        nginx -e "$dir/nginx-proxy-error.log" -p "$dir" -c "$dir/nginx-proxy.conf"
+      peer_pid=$last_pid
       ;;
     airlock)
       start_airlock airlock bench/airlock-h2up-table.conf H2UP_PORT="$h2up_port" CA="$dir/ca" \

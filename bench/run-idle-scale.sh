@@ -52,9 +52,8 @@ start_peer() {
     haproxy)
       render bench/haproxy-idle.conf "$dir/haproxy.cfg" PROXY_PORT="$peer_port" \
         UPSTREAM_PORT="$upstream_port" KEY="$key" MAXCONN="$maxconn"
-      haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.out" 2>&1 &
-      peer_pid=$!
-      pids+=("$peer_pid")
+      spawn "$dir/haproxy.out" haproxy -db -f "$dir/haproxy.cfg"
+      peer_pid=$last_pid
       ;;
     airlock)
       # the benchmark's table, with no idle timeout closing the held connections

@@ -82,15 +82,15 @@ start_peer() {
     nginx)
       render bench/nginx-proxy.conf "$dir/nginx-proxy.conf" DIR="$dir" PROXY_PORT="$peer_port" \
         UPSTREAM_PORT="$upstream_port" KEY="$key"
-      nginx -e "$dir/nginx-proxy-error.log" -p "$dir" -c "$dir/nginx-proxy.conf" \
-        >"$dir/nginx.out" 2>&1 &
-      peer_pid=$!
+      spawn "$dir/nginx.out" \
+        nginx -e "$dir/nginx-proxy-error.log" -p "$dir" -c "$dir/nginx-proxy.conf"
+      peer_pid=$last_pid
       ;;
     haproxy)
       render bench/haproxy.conf "$dir/haproxy.cfg" PROXY_PORT="$peer_port" \
         UPSTREAM_PORT="$upstream_port" KEY="$key"
-      haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.out" 2>&1 &
-      peer_pid=$!
+      spawn "$dir/haproxy.out" haproxy -db -f "$dir/haproxy.cfg"
+      peer_pid=$last_pid
       ;;
     iam)
       if [ ! -x "$airlock_bin" ]; then

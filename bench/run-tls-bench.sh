@@ -79,9 +79,9 @@ if [ "$(id -u)" = 0 ]; then chmod 755 "$dir" "$dir/ca" && chmod 644 "$dir/ca/ser
 
 upstream_port=$(free_port)
 render bench/tls-upstream-nginx.conf "$dir/upstream.conf" DIR="$dir" UPSTREAM_PORT="$upstream_port"
-nginx -e "$dir/upstream-error.log" -p "$dir" -c "$dir/upstream.conf" >"$dir/upstream.out" 2>&1 &
-upstream_pid=$!
-pids+=("$upstream_pid")
+spawn "$dir/upstream.out" \
+  nginx -e "$dir/upstream-error.log" -p "$dir" -c "$dir/upstream.conf"
+upstream_pid=$last_pid
 wait_port "$upstream_port" "$upstream_pid" || { cat "$dir/upstream-error.log" >&2; exit 1; }
 target="localhost:$upstream_port"
 
@@ -137,18 +137,16 @@ start_peer() {
     nginx)
       render bench/tls-nginx-proxy.conf "$dir/nginx-proxy.conf" DIR="$dir" PROXY_PORT="$peer_port" \
         UPSTREAM_PORT="$upstream_port" KEY="$key"
-      nginx -e "$dir/nginx-proxy-error.log" -p "$dir" -c "$dir/nginx-proxy.conf" \
-        >"$dir/nginx.out" 2>&1 &
-      peer_pid=$!
-      pids+=("$peer_pid")
+      spawn "$dir/nginx.out" \
+        nginx -e "$dir/nginx-proxy-error.log" -p "$dir" -c "$dir/nginx-proxy.conf"
+      peer_pid=$last_pid
       args_of[$1]="--addr 127.0.0.1:$peer_port --cafile $dir/ca/ca.pem --sni localhost --host-header $target"
       ;;
     haproxy)
       render bench/tls-haproxy.conf "$dir/haproxy.cfg" DIR="$dir" PROXY_PORT="$peer_port" \
         UPSTREAM_PORT="$upstream_port" KEY="$key"
-      haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.out" 2>&1 &
-      peer_pid=$!
-      pids+=("$peer_pid")
+      spawn "$dir/haproxy.out" haproxy -db -f "$dir/haproxy.cfg"
+      peer_pid=$last_pid
       args_of[$1]="--addr 127.0.0.1:$peer_port --cafile $dir/ca/ca.pem --sni localhost --host-header $target"
       ;;
     airlock)
