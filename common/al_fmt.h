@@ -10,8 +10,8 @@
 /* Longest output of al_fmt_u64: UINT64_MAX has 20 digits. */
 #define AL_FMT_U64_MAX 20
 
-/* Writes v in decimal (no sign, no NUL) to out, which has room for AL_FMT_U64_MAX
- * bytes; returns the number of digits written. */
+/* Writes v in decimal (no sign, no NUL) to out, which has room for its digits
+ * (AL_FMT_U64_MAX at most); returns the number of digits written. */
 size_t al_fmt_u64(char *out, uint64_t v);
 
 #endif

@@ -18,9 +18,19 @@ enum { ST_HEAD, ST_LENGTH, ST_CHUNKED, ST_CLOSE, ST_NONE, ST_DONE_PENDING, ST_DO
 
 /* ---- request ------------------------------------------------------------------ */
 
+/* tchar (RFC 9110 section 5.6.2). A switch, not strchr over the separators: this runs
+ * for every byte of every header name sent (~1.8k instructions a request by strchr). */
 static int token_char(unsigned char c)
 {
-    return c > ' ' && c < 0x7f && !strchr("\"(),/:;<=>?@[\\]{}", c);
+    if (c <= ' ' || c >= 0x7f)
+        return 0;
+    switch (c) {
+    case '"': case '(': case ')': case ',': case '/': case ':': case ';': case '<': case '=':
+    case '>': case '?': case '@': case '[': case '\\': case ']': case '{': case '}':
+        return 0;
+    default:
+        return 1;
+    }
 }
 
 static int name_ok(const char *s, size_t n)
