@@ -38,6 +38,7 @@ static int parse_bool(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_uint(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_address(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_string_list(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_return_urls(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_providers(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_passthrough(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_string_map(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
@@ -410,7 +411,7 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                         "How a consent is bound to its user: `link` (the single-use link is "
                         "the capability) or `app` (the application completes the session for "
                         "its signed-in user, `POST /oauth2/sessions/complete`)."},
-    [AL_S_A_RETURN_URLS] = {"targets[].auth.return_urls", AL_SK_STRING_LIST, parse_string_list,
+    [AL_S_A_RETURN_URLS] = {"targets[].auth.return_urls", AL_SK_STRING_LIST, parse_return_urls,
                             TGT(auth.return_urls), offsetof(al_target, auth.return_url_count), 0,
                             0, 0, M(AL_AUTH_OAUTH2_3LO), "[] (required with `binding: app`)",
                             "Where the user's browser may be sent back with the session id "
@@ -749,6 +750,23 @@ static int parse_string_list(al_schema_ctx *c, const al_schema_row *r, yaml_node
     }
     *(char ***)field(c, r, r->offset) = items;
     *(size_t *)field(c, r, r->count_offset) = n;
+    return AL_OK;
+}
+
+/* auth.return_urls: the list, and where each item was written (its check names the
+ * element's line:column, not the list's). */
+static int parse_return_urls(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    al_auth *a = &c->target->auth;
+    int rc = parse_string_list(c, r, v);
+    if (rc != AL_OK || !a->return_url_count)
+        return rc;
+    free(a->return_url_marks); /* a key given twice: the last one counts */
+    if (!(a->return_url_marks = calloc(a->return_url_count, sizeof *a->return_url_marks)))
+        return AL_ERR_NOMEM;
+    for (size_t i = 0; i < a->return_url_count; i++)
+        a->return_url_marks[i] =
+            al_schema_mark(yaml_document_get_node(c->doc, v->data.sequence.items.start[i]));
     return AL_OK;
 }
 

@@ -147,6 +147,7 @@ static void target_free(al_target *t)
     free(a->prefix);
     free_strv(a->scopes, a->scope_count);
     free_strv(a->return_urls, a->return_url_count);
+    free(a->return_url_marks);
     free(a->audience);
     free(a->resource);
     for (size_t i = 0; i < a->custom_parameter_count; i++) {
@@ -643,8 +644,10 @@ static void check_auth(loader *L, al_target *t, const char *label, yaml_node_t *
     for (size_t i = 0; i < a->return_url_count; i++) {
         char why[300];
         if (al_return_url_valid(a->return_urls[i], why, sizeof why) != AL_OK)
-            al_schema_error_at(c, seen_val(c, AL_S_A_RETURN_URLS), "target %s: return_urls[%zu] %s",
-                               label, i, why);
+            al_schema_error_at(c,
+                               a->return_url_marks ? a->return_url_marks[i]
+                                                   : seen_val(c, AL_S_A_RETURN_URLS),
+                               "target %s: return_urls[%zu] %s", label, i, why);
     }
     /* api_key defaults (AgentCore Gateway's API key configuration). */
     if (a->method == AL_AUTH_API_KEY) {

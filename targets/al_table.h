@@ -107,6 +107,7 @@ typedef struct al_auth {
     enum al_consent_binding_mode binding;
     char **return_urls; /* owned */
     size_t return_url_count;
+    al_mark *return_url_marks; /* owned; return_url_count entries: where each was written */
     int force_authentication; /* a new consent even when the user has tokens */
     /* iam */
     char *region;  /* owned */

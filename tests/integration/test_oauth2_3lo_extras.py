@@ -359,7 +359,7 @@ def test_return_url_outside_the_allow_list_is_refused():
                 "      binding: app\n"
                 "      return_urls: [\"https://u@app.example/cb\"]\n")
     r = AL.cli("check", "-c", path)
-    assert r.returncode != 0 and "%s:10:20: error:" % path in r.stderr + r.stdout, r.stderr
+    assert r.returncode != 0 and "%s:10:21: error:" % path in r.stderr + r.stdout, r.stderr
     assert "userinfo" in r.stderr + r.stdout
 
 
