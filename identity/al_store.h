@@ -104,7 +104,10 @@ typedef struct al_store_ops {
      * error; it calls on_user(arg, provider, user) for each user token written or
      * deleted by any process, this one included (on_user may be NULL). NULL = none.
      * Call it before polling too: an announcement that came with a query's answer is
-     * already taken in (libpq's queue) and leaves the descriptor quiet. */
+     * already taken in (libpq's queue) and leaves the descriptor quiet.
+ * SQLite has change_drain without change_fd: its user token change log (triggers on
+ * user_tokens) is polled; on_user(arg, NULL, NULL) there means "some were missed: any
+ * user's token may have changed". The first call only notes where the log ends. */
     int (*change_fd)(al_store *s);
     int (*change_drain)(al_store *s,
                         void (*on_user)(void *arg, const char *provider, const char *user),

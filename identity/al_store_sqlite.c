@@ -28,6 +28,8 @@ typedef struct al_store_sqlite {
     al_store base;
     sqlite3 *db;
     char lock_path[4200]; /* <state_dir>/identity.db.locks: refresh locks */
+    int64_t changes_seen; /* user_token_changes: the last seq change_drain reported */
+    int changes_started;
 } al_store_sqlite;
 
 static const char schema_sql[] =
@@ -45,7 +47,22 @@ static const char schema_sql[] =
     " obtained_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
     " has_refresh INTEGER NOT NULL, fingerprint TEXT NOT NULL, wrapped_key BLOB NOT NULL,"
     " sealed BLOB NOT NULL, PRIMARY KEY (provider, user));"
-    "INSERT OR IGNORE INTO meta (k, v) VALUES ('generation', '0');";
+    "INSERT OR IGNORE INTO meta (k, v) VALUES ('generation', '0');"
+    /* Every user token written or deleted, by any process, in the writer's own
+     * statement (triggers): serve's store thread reads what is new every 100 ms
+     * (change_drain) and drops its cached copy, so a delete-user-token reaches it within
+     * a second, as PostgreSQL's NOTIFY does. The last USER_CHANGES_KEEP stay. */
+    "CREATE TABLE IF NOT EXISTS user_token_changes ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT, provider TEXT NOT NULL, user TEXT NOT NULL);"
+    "CREATE TRIGGER IF NOT EXISTS user_tokens_changed_ins AFTER INSERT ON user_tokens BEGIN"
+    " INSERT INTO user_token_changes (provider, user) VALUES (NEW.provider, NEW.user);"
+    " DELETE FROM user_token_changes WHERE seq <= last_insert_rowid() - 4096; END;"
+    "CREATE TRIGGER IF NOT EXISTS user_tokens_changed_upd AFTER UPDATE ON user_tokens BEGIN"
+    " INSERT INTO user_token_changes (provider, user) VALUES (NEW.provider, NEW.user);"
+    " DELETE FROM user_token_changes WHERE seq <= last_insert_rowid() - 4096; END;"
+    "CREATE TRIGGER IF NOT EXISTS user_tokens_changed_del AFTER DELETE ON user_tokens BEGIN"
+    " INSERT INTO user_token_changes (provider, user) VALUES (OLD.provider, OLD.user);"
+    " DELETE FROM user_token_changes WHERE seq <= last_insert_rowid() - 4096; END;";
 
 static char *dup_col(sqlite3_stmt *st, int col)
 {
@@ -749,6 +766,54 @@ static int sq_refresh_lock(al_store *base, const char *key, int timeout_ms, al_s
     return AL_OK;
 }
 
+/* The user tokens changed since the last call (user_token_changes, filled by the
+ * triggers): on_user for each. The first call only notes where the log ends. A reader
+ * that fell more than the log's length behind hears on_user(arg, NULL, NULL): "any". */
+static int sq_change_drain(al_store *base,
+                           void (*on_user)(void *arg, const char *provider, const char *user),
+                           void *arg)
+{
+    al_store_sqlite *s = (al_store_sqlite *)base;
+    sqlite3_stmt *st = NULL;
+    int rc = AL_OK, step;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT seq, provider, user FROM user_token_changes WHERE seq > ? "
+                           "UNION ALL SELECT -1, MIN(seq), NULL FROM user_token_changes "
+                           "ORDER BY 1 LIMIT 1000",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, "prepare user token changes");
+    sqlite3_bind_int64(st, 1, s->changes_started ? s->changes_seen : INT64_MAX);
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(st, 0);
+        const char *provider = (const char *)sqlite3_column_text(st, 1);
+        const char *user = (const char *)sqlite3_column_text(st, 2);
+        if (seq < 0) { /* the oldest kept: was anything pruned before we read it? */
+            int64_t oldest = sqlite3_column_int64(st, 1);
+            if (s->changes_started && provider && oldest > s->changes_seen + 1 && on_user)
+                on_user(arg, NULL, NULL);
+            continue;
+        }
+        if (s->changes_started && on_user && provider && user)
+            on_user(arg, provider, user);
+        s->changes_seen = seq;
+    }
+    if (step != SQLITE_DONE)
+        rc = db_err(s, "user token changes");
+    sqlite3_finalize(st);
+    if (rc == AL_OK && !s->changes_started) {
+        /* where the log ends now: changes before this handle opened are not news */
+        if (sqlite3_prepare_v2(s->db, "SELECT COALESCE(MAX(seq), 0) FROM user_token_changes", -1,
+                               &st, NULL) != SQLITE_OK)
+            return db_err(s, "prepare user token changes");
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            s->changes_seen = sqlite3_column_int64(st, 0);
+            s->changes_started = 1;
+        }
+        sqlite3_finalize(st);
+    }
+    return rc == AL_OK ? 0 : rc;
+}
+
 static const al_store_ops sqlite_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -762,6 +827,7 @@ static const al_store_ops sqlite_ops = {
     .user_put = sq_user_put,
     .user_list = sq_user_list,
     .user_del = sq_user_del,
+    .change_drain = sq_change_drain,
     .meta_list = sq_meta_list,
     .refresh_lock = sq_refresh_lock,
     .rewrap = sq_rewrap,

@@ -9,15 +9,19 @@
  * thread (store_main), which does every store read and write and takes the refresh
  * lock; jobs' network requests run on the fetch thread, and their answers come back to
  * the store thread to be stored (job_answered). `lock` covers the job list and the
- * rejected ring; `qlock` the store thread's queue. With a store that announces changes
- * (PostgreSQL NOTIFY) the store thread also takes them every CHANGES_POLL_MS: a user
- * token another replica (or the CLI) wrote or deleted leaves this cache (recheck_user).
+ * rejected ring; `qlock` the store thread's queue. The store thread also takes the
+ * store's user token announcements every CHANGES_POLL_MS (PostgreSQL NOTIFY; SQLite's
+ * change log, filled by triggers): a user token another replica (or the CLI) wrote or
+ * deleted leaves this cache (recheck_user).
  *
  * A job: [the provider's endpoint: configured, or its discovery document] -> then
  * authorize: al_consent_open + the redirect; code / refresh: POST to the token
- * endpoint with client authentication -> al_user_token_parse -> store -> answer. */
+ * endpoint with client authentication -> al_user_token_parse -> store -> answer;
+ * revoke (a consent replaced the user's tokens): POST the replaced refresh token to
+ * the revocation endpoint (RFC 7009) -> audit, nobody waits. */
 #include "al_user_cred.h"
 #include "al_par.h"
+#include "al_revoke.h"
 #include "al_token.h"
 #include "al_identity.h"
 #include "al_user_token.h"
@@ -37,7 +41,7 @@
 #include <time.h>
 
 #define REJECTED_MAX    64
-#define CHANGES_POLL_MS 100 /* networked store: other replicas' user token changes */
+#define CHANGES_POLL_MS 100 /* other processes' user token changes (replicas, the CLI) */
 #define FRESH_MAX       256 /* force_authentication: remembered consents (target, user) */
 #define NONE_RECHECK_MS 1000
 
@@ -424,7 +428,7 @@ typedef struct changes {
 static void note_user(void *arg, const char *provider, const char *user)
 {
     changes *ch = arg;
-    if (ch->n == CHANGES_MAX || cache_key(provider, user, ch->key[ch->n], sizeof ch->key[0]))
+    if (!provider || !user || ch->n == CHANGES_MAX || cache_key(provider, user, ch->key[ch->n], sizeof ch->key[0]))
         ch->overflow = 1;
     else
         ch->n++;
@@ -454,13 +458,13 @@ static void recheck_user(al_user_cred *uc, const char *key)
     al_flight_release(uc->cache, res.value);
 }
 
-/* The store thread, between tasks: the announcements that arrived (never waits for one;
- * a store without them, SQLite, has none). */
+/* The store thread, between tasks: the announcements that arrived (never waits for
+ * one). */
 static void take_changes(al_user_cred *uc)
 {
     al_store *st = uc->store;
     changes *ch;
-    if (!st->ops->change_fd || !st->ops->change_drain || st->ops->change_fd(st) < 0)
+    if (!st->ops->change_drain || (st->ops->change_fd && st->ops->change_fd(st) < 0))
         return;
     if (!(ch = calloc(1, sizeof *ch)))
         return;
@@ -475,7 +479,7 @@ static void take_changes(al_user_cred *uc)
 static void *store_main(void *arg)
 {
     al_user_cred *uc = arg;
-    int listens = uc->store->ops->change_fd != NULL;
+    int listens = uc->store->ops->change_drain != NULL;
     pthread_mutex_lock(&uc->qlock);
     for (;;) {
         while (!uc->qhead && !uc->qstop) {
@@ -512,7 +516,7 @@ static void *store_main(void *arg)
 
 /* ---- jobs ------------------------------------------------------------------------ */
 
-enum job_kind { J_AUTHORIZE, J_CODE, J_REFRESH };
+enum job_kind { J_AUTHORIZE, J_CODE, J_REFRESH, J_REVOKE };
 
 struct job {
     job *next, *prev;
@@ -525,7 +529,7 @@ struct job {
     char *par_endpoint;                     /* J_AUTHORIZE: push here first (RFC 9126) */
     char *chosen_return_url;                /* J_AUTHORIZE: the link opener's choice */
     void *par_pending; /* J_AUTHORIZE: the push in flight (freed if al_fetch_stop drops it) */
-    char *form;                             /* the grant (code, refresh): wiped */
+    char *form; /* the grant (code, refresh) or the token to revoke: wiped */
     size_t form_cap;
     char *redirect_uri;
     char link_id[AL_CONSENT_ID_LEN + 1];
@@ -654,6 +658,8 @@ static const char *endpoint_field(const job *j, int meta)
 {
     if (j->kind == J_AUTHORIZE)
         return meta ? "authorization_endpoint" : "authorizationEndpoint";
+    if (j->kind == J_REVOKE)
+        return meta ? "revocation_endpoint" : "revocationEndpoint";
     return meta ? "token_endpoint" : "tokenEndpoint";
 }
 
@@ -696,7 +702,7 @@ static void with_metadata(job *j, json_t *meta)
     if (!url) {
         char m[200];
         snprintf(m, sizeof m, "the provider's discovery document has no %s", endpoint_field(j, 1));
-        job_fail(j, AL_ERR_PROTO, m);
+        job_fail(j, j->kind == J_REVOKE ? AL_ERR_NOTFOUND : AL_ERR_PROTO, m);
         return;
     }
     job_continue(j, url);
@@ -737,9 +743,11 @@ static int job_start(job *j)
         return AL_OK;
     }
     if (!disc) {
-        job_fail(j, AL_ERR_CONFIG,
+        job_fail(j, j->kind == J_REVOKE ? AL_ERR_NOTFOUND : AL_ERR_CONFIG,
                  j->kind == J_AUTHORIZE ? "the provider has neither an authorization endpoint nor "
                                           "a discovery URL"
+                 : j->kind == J_REVOKE  ? "the provider has neither a revocation endpoint nor a "
+                                          "discovery URL"
                                         : "the provider has neither a token endpoint nor a "
                                           "discovery URL");
         return AL_OK;
@@ -980,7 +988,10 @@ static void on_token(void *arg, const al_fetch_response *res)
     al_user_token_clear(&t); /* moved: empty unless the hand-off failed */
 }
 
-/* POST the grant with the client's authentication (tokenEndpointAuthMethod). */
+static void on_revoked(void *arg, const al_fetch_response *res);
+
+/* POST the grant (or, J_REVOKE, the token to revoke) with the client's authentication
+ * (tokenEndpointAuthMethod). */
 static void request_token(job *j, const char *endpoint)
 {
     al_token_post tp;
@@ -989,15 +1000,16 @@ static void request_token(job *j, const char *endpoint)
     int rc =
         al_token_post_init(&tp, j->p.config_json, j->p.secret, j->p.secret_len, endpoint, j->form);
     if (rc == AL_OK)
-        rc = al_fetch_start(al_oidc_fetcher(j->uc->oidc), &tp.rq, &tp.fo, on_token, j, NULL, eb,
-                            sizeof eb);
+        rc = al_fetch_start(al_oidc_fetcher(j->uc->oidc), &tp.rq, &tp.fo,
+                            j->kind == J_REVOKE ? on_revoked : on_token, j, NULL, eb, sizeof eb);
     else
         snprintf(eb, sizeof eb, "%s",
                  rc == AL_ERR_CONFIG ? "the provider has no clientId" : al_strerror(rc));
     al_token_post_clear(&tp); /* al_fetch copied what it sends */
     if (rc != AL_OK) {
         char m[400];
-        snprintf(m, sizeof m, "token endpoint refused: %s", eb);
+        snprintf(m, sizeof m, "%s endpoint refused: %s",
+                 j->kind == J_REVOKE ? "revocation" : "token", eb);
         job_fail(j, rc, m);
     }
 }
@@ -1011,8 +1023,14 @@ static void job_continue(job *j, const char *endpoint)
         request_token(j, endpoint);
 }
 
+static void revoke_done(job *j, int err, const char *msg);
+
 static void job_fail(job *j, int err, const char *msg)
 {
+    if (j->kind == J_REVOKE) {
+        revoke_done(j, err, msg);
+        return;
+    }
     if (j->kind != J_AUTHORIZE) {
         job_answered(j, err == AL_ERR_PERM ? AL_ERR_PROTO : err, NULL, msg);
         return;
@@ -1060,17 +1078,82 @@ int al_user_cred_fresh(al_user_cred *uc, const char *target, const char *user, c
     return hit;
 }
 
+/* ---- revocation of replaced tokens ------------------------------------------------ */
+
+/* The revocation endpoint answered (fetch thread), or the job ended before asking it:
+ * audited and, unless revoked, logged — never a token. The consent it follows is done. */
+static void revoke_done(job *j, int err, const char *msg)
+{
+    const char *outcome = err == AL_OK ? "revoked" : err == AL_ERR_NOTFOUND ? "unsupported"
+                                                                            : "error";
+    audit_ev(j->uc, "user_token.revoke", j->provider, j->user, NULL, outcome,
+             err == AL_OK ? NULL : msg, NULL);
+    if (err != AL_OK)
+        al_log(err == AL_ERR_NOTFOUND ? AL_LOG_INFO : AL_LOG_WARN, "identity.user_token",
+               "provider %s: the refresh token a new consent replaced was not revoked (%s): %s",
+               j->provider, outcome, msg && *msg ? msg : al_strerror(err));
+    job_free(j);
+}
+
+static void on_revoked(void *arg, const al_fetch_response *res)
+{
+    job *j = arg;
+    char msg[512] = "";
+    int err = res->err;
+    if (err != AL_OK)
+        snprintf(msg, sizeof msg, "revocation endpoint unreachable: %s", res->errmsg);
+    else
+        err = al_revoke_check(res->status, res->body, res->body_len, res->host, j->p.secret,
+                              j->p.secret_len, msg, sizeof msg);
+    revoke_done(j, err, msg);
+}
+
+/* A consent replaced (provider, user)'s tokens: the replaced refresh token would stay
+ * valid at the provider, unused by anyone, so it is revoked (RFC 7009) — after the new
+ * tokens are stored, on the fetch thread, without making the consent wait. */
+static void revoke_replaced(al_user_cred *uc, const char *provider, const char *user,
+                            const char *refresh)
+{
+    job *j = job_new(uc, J_REVOKE);
+    int rc = j ? prov_load(uc, provider, &j->p) : AL_ERR_NOMEM;
+    if (rc == AL_OK) {
+        j->provider = strdup(provider);
+        j->user = strdup(user);
+        j->form = al_revoke_form(refresh, "refresh_token");
+        j->form_cap = j->form ? strlen(j->form) : 0;
+        rc = j->provider && j->user && j->form ? AL_OK : AL_ERR_NOMEM;
+    }
+    if (rc != AL_OK) {
+        audit_ev(uc, "user_token.revoke", provider, user, NULL, "error",
+                 rc == AL_ERR_NOTFOUND ? "the provider is no longer in the store"
+                                       : al_strerror(rc),
+                 NULL);
+        job_free(j);
+        return;
+    }
+    job_start(j);
+}
+
 /* A consent's tokens go into the vault for (provider, user); the cache forgets the old
- * answer so the next request reads them. */
+ * answer so the next request reads them. A refresh token they replace is revoked. */
 static int store_tokens(al_user_cred *uc, const char *provider, const char *user,
                         const char *target, const al_user_token *t)
 {
+    al_user_token old;
+    memset(&old, 0, sizeof old);
+    /* a row that does not open (another master key) has nothing we could revoke */
+    int replaced = load_token(uc, provider, user, &old) == AL_OK && old.refresh_token &&
+                   *old.refresh_token &&
+                   (!t->refresh_token || strcmp(old.refresh_token, t->refresh_token) != 0);
     int rc = save_token(uc, provider, user, t);
     char key[512];
     if (rc == AL_OK && cache_key(provider, user, key, sizeof key) == AL_OK)
         al_flight_forget(uc->cache, key); /* the next request reads the new tokens */
     if (rc == AL_OK)
         fresh_mark(uc, target, user, t->fingerprint);
+    if (rc == AL_OK && replaced)
+        revoke_replaced(uc, provider, user, old.refresh_token);
+    al_user_token_clear(&old);
     return rc;
 }
 
@@ -1812,24 +1895,38 @@ out:
     return rc == AL_ERR_PENDING ? AL_ERR_PENDING : AL_OK;
 }
 
-int al_user_cred_complete(al_user_cred *uc, const char *session_id, const char *user,
-                          char *target, size_t target_len)
+/* A session completion for the store thread: the ids are copies (wiped), the answer
+ * goes to done. */
+typedef struct complete_task {
+    char sid[AL_CONSENT_ID_LEN + 1];
+    char *user;
+    al_user_complete_fn done;
+    void *arg;
+} complete_task;
+
+static void complete_task_free(complete_task *ct)
 {
+    free(ct->user);
+    OPENSSL_cleanse(ct, sizeof *ct);
+    free(ct);
+}
+
+static void complete_run(al_user_cred *uc, void *arg)
+{
+    complete_task *ct = arg;
     al_consent_flow f;
     al_user_token t;
-    if (target_len)
-        target[0] = 0;
-    int rc = al_consent_complete(uc->consent, session_id, user, &f, &t);
+    char target[256] = "";
+    int rc = al_consent_complete(uc->consent, ct->sid, ct->user, &f, &t);
     if (rc == AL_OK) {
         rc = store_tokens(uc, f.provider, f.user, f.target, &t);
         audit_ev(uc, rc == AL_OK ? "consent.completed" : "consent.refused", f.provider, f.user,
                  f.target, rc == AL_OK ? "ok" : "store_failed", NULL,
                  rc == AL_OK ? t.fingerprint : NULL);
-        if (target_len)
-            snprintf(target, target_len, "%s", f.target);
+        snprintf(target, sizeof target, "%s", f.target);
     } else {
         /* who tried is known (authenticated); whose flow it was is not said to them */
-        audit_ev(uc, "consent.refused", NULL, user, NULL,
+        audit_ev(uc, "consent.refused", NULL, ct->user, NULL,
                  rc == AL_ERR_PERM      ? "session_user_mismatch"
                  : rc == AL_ERR_TIMEOUT ? "session_expired"
                                         : "session_unknown",
@@ -1837,7 +1934,36 @@ int al_user_cred_complete(al_user_cred *uc, const char *session_id, const char *
     }
     al_consent_flow_clear(&f);
     al_user_token_clear(&t);
-    return rc;
+    ct->done(ct->arg, rc, target);
+    complete_task_free(ct);
+}
+
+static void complete_drop(al_user_cred *uc, void *arg)
+{
+    complete_task *ct = arg;
+    (void)uc;
+    ct->done(ct->arg, AL_ERR_IO, "");
+    complete_task_free(ct);
+}
+
+int al_user_cred_complete(al_user_cred *uc, const char *session_id, const char *user,
+                          al_user_complete_fn done, void *arg)
+{
+    if (strlen(session_id) > AL_CONSENT_ID_LEN)
+        return AL_ERR_INVAL;
+    complete_task *ct = calloc(1, sizeof *ct);
+    if (!ct || !(ct->user = strdup(user))) {
+        free(ct);
+        return AL_ERR_NOMEM;
+    }
+    snprintf(ct->sid, sizeof ct->sid, "%s", session_id);
+    ct->done = done;
+    ct->arg = arg;
+    if (store_post(uc, complete_run, complete_drop, ct) != AL_OK) {
+        complete_task_free(ct);
+        return AL_ERR_NOMEM;
+    }
+    return AL_ERR_PENDING;
 }
 
 /* ---- pure ----------------------------------------------------------------------------- */

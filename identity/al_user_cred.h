@@ -138,13 +138,16 @@ int al_user_cred_authorize_to(al_user_cred *uc, const al_table *t, const char *l
                               const char *return_url, const char *redirect_uri,
                               al_user_page *page, al_user_page_fn done, void *arg);
 /* App binding mode: the application completes session_id (from its return URL) for its
- * signed-in user. AL_OK: the tokens held since the callback are stored for that user
- * (target gets the target's name); AL_ERR_PERM: the flow was started for another user
- * — nothing stored, the held tokens wiped; AL_ERR_NOTFOUND / AL_ERR_TIMEOUT: unknown
- * (or completed already) / expired; else the store failed. Audited (consent.completed
- * / consent.refused). Runs on the caller's thread (one store write). */
+ * signed-in user. done(arg, rc, target) runs once on the store thread (the store write
+ * never blocks a worker loop: a PostgreSQL store is a network round trip): AL_OK: the
+ * tokens held since the callback are stored for that user (target: the target's name);
+ * AL_ERR_PERM: the flow was started for another user — nothing stored, the held tokens
+ * wiped; AL_ERR_NOTFOUND / AL_ERR_TIMEOUT: unknown (or completed already) / expired;
+ * AL_ERR_IO: airlock is stopping; else the store failed. Audited (consent.completed /
+ * consent.refused). Returns AL_ERR_PENDING (done will run), or an error (it will not). */
+typedef void (*al_user_complete_fn)(void *arg, int rc, const char *target);
 int al_user_cred_complete(al_user_cred *uc, const char *session_id, const char *user,
-                          char *target, size_t target_len);
+                          al_user_complete_fn done, void *arg);
 /* force_authentication: 1 when the token with fingerprint fp came from a consent made
  * for (target, user) in this process — not refreshed since, not another target's. */
 int al_user_cred_fresh(al_user_cred *uc, const char *target, const char *user, const char *fp);

@@ -52,6 +52,10 @@ typedef struct pend {
     void *req;
     const char *audit_path;
     al_user_page page;
+    /* P_PAGE of sessions/complete: the store thread's answer */
+    int complete;
+    int complete_rc;
+    char complete_target[256];
 } pend;
 
 struct mailbox {
@@ -78,6 +82,7 @@ struct al_oauth2_3lo {
     char consent_url[1200]; /* the last consent link (loop thread) */
     char html[8192];        /* the last page (loop thread) */
     char *location;         /* the last redirect (loop thread) */
+    char challenge[384];    /* the last 401's WWW-Authenticate (loop thread) */
     al_authz_state *authz;  /* the server's (sessions/complete), NULL in tests */
 };
 
@@ -275,6 +280,7 @@ static void deliver_cred(al_oauth2_3lo *s, pend *p)
 }
 
 static void render(al_oauth2_3lo *s, pend *p, al_local_resp *resp);
+static void complete_answer(al_oauth2_3lo *s, int rc, const char *target, al_local_resp *resp);
 
 static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
 {
@@ -301,7 +307,10 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
             deliver_cred(s, p);
         } else {
             al_local_resp resp;
-            render(s, p, &resp);
+            if (p->complete)
+                complete_answer(s, p->complete_rc, p->complete_target, &resp);
+            else
+                render(s, p, &resp);
             p->ldone(p->req, &resp);
         }
         pend_free(p);
@@ -543,9 +552,10 @@ void al_oauth2_3lo_set_authz(al_oauth2_3lo *s, struct al_authz_state *authz)
     s->authz = authz;
 }
 
-/* A JSON answer of sessions/complete ({"error", "message"} for a refusal). */
-static int json_now(al_oauth2_3lo *s, pend *p, al_local_resp *resp, int status,
-                    const char *reason, const char *body)
+/* A JSON answer of sessions/complete ({"error", "message"} for a refusal); a 401 carries
+ * the gateway's Bearer challenge (RFC 6750). */
+static void json_fill(al_oauth2_3lo *s, al_local_resp *resp, int status, const char *reason,
+                      const char *body)
 {
     memset(resp, 0, sizeof *resp);
     snprintf(s->html, sizeof s->html, "%s\n", body);
@@ -555,36 +565,88 @@ static int json_now(al_oauth2_3lo *s, pend *p, al_local_resp *resp, int status,
     resp->audit_path = "/oauth2/sessions/complete";
     resp->body = s->html;
     resp->body_len = strlen(s->html);
-    pend_free(p);
-    mb_unref(s->mb);
-    return 1;
+    if (status == 401) {
+        if (!s->challenge[0])
+            snprintf(s->challenge, sizeof s->challenge, "Bearer realm=\"airlock\"");
+        resp->www_authenticate = s->challenge;
+    }
+}
+
+static void json_error_fill(al_oauth2_3lo *s, al_local_resp *resp, int status, const char *code,
+                            const char *message)
+{
+    json_t *j = json_pack("{s:s, s:s}", "error", code, "message", message);
+    char *b = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_fill(s, resp, status, code, b ? b : "{\"error\":\"internal_error\"}");
+    free(b);
+    json_decref(j);
 }
 
 static int json_error(al_oauth2_3lo *s, pend *p, al_local_resp *resp, int status,
                       const char *code, const char *message)
 {
-    json_t *j = json_pack("{s:s, s:s}", "error", code, "message", message);
-    char *b = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    int rc = json_now(s, p, resp, status, code, b ? b : "{\"error\":\"internal_error\"}");
-    free(b);
-    json_decref(j);
-    return rc;
+    json_error_fill(s, resp, status, code, message);
+    pend_free(p);
+    mb_unref(s->mb);
+    return 1;
+}
+
+/* The store thread's answer to a session completion (loop thread). */
+static void complete_answer(al_oauth2_3lo *s, int rc, const char *target, al_local_resp *resp)
+{
+    if (rc == AL_OK) {
+        json_t *j = json_pack("{s:s, s:s}", "status", "completed", "target", target);
+        char *b = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_fill(s, resp, 200, NULL, b ? b : "{\"status\":\"completed\"}");
+        free(b);
+        json_decref(j);
+    } else if (rc == AL_ERR_PERM) {
+        json_error_fill(s, resp, 403, "session_user_mismatch",
+                        "this session was started for another user; nothing was stored and "
+                        "the session is gone: the user who asked must sign in again");
+    } else if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_TIMEOUT) {
+        json_error_fill(s, resp, rc == AL_ERR_TIMEOUT ? 410 : 404,
+                        rc == AL_ERR_TIMEOUT ? "session_expired" : "session_not_found",
+                        rc == AL_ERR_TIMEOUT
+                            ? "the session expired (sessions wait 10 minutes); ask the agent "
+                              "for a new link"
+                            : "no such session (unknown, or completed already); ask the agent "
+                              "for a new link");
+    } else if (rc == AL_ERR_IO) {
+        json_error_fill(s, resp, 503, "stopping", "airlock is stopping; try again in a moment");
+    } else {
+        json_error_fill(s, resp, 500, "internal_error",
+                        "the tokens could not be stored; see airlock's log");
+    }
+}
+
+/* The store thread: the completion's outcome goes to the worker's mailbox. */
+static void on_completed(void *arg, int rc, const char *target)
+{
+    pend *p = arg;
+    p->complete_rc = rc;
+    snprintf(p->complete_target, sizeof p->complete_target, "%s", target ? target : "");
+    mb_post(p);
 }
 
 /* POST /oauth2/sessions/complete (app binding): the caller's end user completes the
- * session named by X-Airlock-Session-Id. Answered now (one store write). */
+ * session named by X-Airlock-Session-Id. The refusals that need no store are answered
+ * now; the completion itself (a store write) runs on the store thread. */
 static int sessions_complete(al_oauth2_3lo *s, pend *p, const al_local_req *q,
-                             al_local_resp *resp)
+                             al_local_resp *resp, al_local_done_fn done, void *req,
+                             void **pending)
 {
-    char user[1100], msg[768], challenge[384], target[256];
+    char user[1100], msg[768];
     const char *code = NULL;
     int status = 0;
     if (strcmp(q->method, "POST") != 0)
         return json_error(s, p, resp, 405, "method_not_allowed",
                           "complete a session with POST /oauth2/sessions/complete and the "
                           "X-Airlock-Session-Id header");
+    s->challenge[0] = 0;
     if (al_authz_end_user(s->authz, q->table, q->headers, q->header_count, user, sizeof user,
-                          &status, &code, msg, sizeof msg, challenge, sizeof challenge) != AL_OK)
+                          &status, &code, msg, sizeof msg, s->challenge,
+                          sizeof s->challenge) != AL_OK)
         return json_error(s, p, resp, status, code, msg);
     const al_header *sh = NULL;
     size_t seen = 0;
@@ -600,30 +662,20 @@ static int sessions_complete(al_oauth2_3lo *s, pend *p, const al_local_req *q,
                           "once, in the X-Airlock-Session-Id header");
     memcpy(sid, sh->value, AL_CONSENT_ID_LEN);
     sid[AL_CONSENT_ID_LEN] = 0;
-    int rc = al_user_cred_complete(s->uc, sid, user, target, sizeof target);
+    p->complete = 1;
+    p->ldone = done;
+    p->req = req;
+    int rc = al_user_cred_complete(s->uc, sid, user, on_completed, p);
     OPENSSL_cleanse(sid, sizeof sid);
-    if (rc == AL_OK) {
-        json_t *j = json_pack("{s:s, s:s}", "status", "completed", "target", target);
-        char *b = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        int r = json_now(s, p, resp, 200, NULL, b ? b : "{\"status\":\"completed\"}");
-        free(b);
-        json_decref(j);
-        return r;
+    if (rc != AL_ERR_PENDING) {
+        complete_answer(s, rc, "", resp);
+        pend_free(p);
+        mb_unref(s->mb);
+        return 1;
     }
-    if (rc == AL_ERR_PERM)
-        return json_error(s, p, resp, 403, "session_user_mismatch",
-                          "this session was started for another user; nothing was stored and "
-                          "the session is gone: the user who asked must sign in again");
-    if (rc == AL_ERR_NOTFOUND || rc == AL_ERR_TIMEOUT)
-        return json_error(s, p, resp, rc == AL_ERR_TIMEOUT ? 410 : 404,
-                          rc == AL_ERR_TIMEOUT ? "session_expired" : "session_not_found",
-                          rc == AL_ERR_TIMEOUT
-                              ? "the session expired (sessions wait 10 minutes); ask the agent "
-                                "for a new link"
-                              : "no such session (unknown, or completed already); ask the agent "
-                                "for a new link");
-    return json_error(s, p, resp, 500, "internal_error",
-                      "the tokens could not be stored; see airlock's log");
+    link_pending(s, p);
+    *pending = p;
+    return 2;
 }
 
 int al_oauth2_3lo_local(void *arg, const al_local_req *q, al_local_resp *resp,
@@ -651,7 +703,7 @@ int al_oauth2_3lo_local(void *arg, const al_local_req *q, al_local_resp *resp,
         return json_error(s, p, resp, 503, "user_tokens_unavailable",
                           "airlock's user token vault is not open; tell airlock's operator");
     if (is_sc)
-        return sessions_complete(s, p, q, resp);
+        return sessions_complete(s, p, q, resp, done, req, pending);
     if (!s->uc) {
         p->page.status = 503;
         p->page.reason = "user_tokens_unavailable";

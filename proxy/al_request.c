@@ -2269,6 +2269,9 @@ static void local_answer(al_req *r, const al_local_resp *resp)
         h[hn++] = (al_header){"x-request-id", 12, r->request_id, strlen(r->request_id)};
     if (resp->location)
         h[hn++] = (al_header){"location", 8, resp->location, strlen(resp->location)};
+    if (resp->www_authenticate)
+        h[hn++] = (al_header){"www-authenticate", 16, resp->www_authenticate,
+                              strlen(resp->www_authenticate)};
     r->head_sent = 1;
     r->sink->head(r->arg, resp->status, h, hn, (int64_t)r->refuse_body.len);
     deliver_refusal(r);

@@ -221,6 +221,7 @@ typedef struct al_local_resp {
     size_t body_len;
     const char *reason;     /* the audit record's reason (static), NULL for none */
     const char *audit_path; /* the path the audit shows (static; a link id left out) */
+    const char *www_authenticate; /* a 401's challenge (RFC 6750), else NULL */
 } al_local_resp;
 
 /* done(req, resp) answers a pending local request on the loop; resp is copied. */

@@ -23,6 +23,7 @@ browser by OidcProvider.consent) and a resource server that verifies each JWT wi
 - No token, code, state or session id in airlock's log, the audit log or any response
   to the agent."""
 import json
+import time
 import os
 import sys
 import urllib.parse
@@ -280,10 +281,13 @@ def test_app_binding_completed_by_its_user():
     r = session().post(BASE + "/oauth2/sessions/complete", headers={"x-airlock-session-id": sid},
                        timeout=30)
     assert r.status_code == 401 and r.json()["error"] == "unauthenticated", r.text
+    # RFC 6750: the gateway's Bearer challenge, as on its other 401s
+    assert r.headers.get("www-authenticate", "").startswith('Bearer realm="airlock"'), r.headers
     r = session().post(BASE + "/oauth2/sessions/complete", timeout=30,
                        headers={"x-airlock-session-id": sid,
                                 "authorization": "Bearer " + token_for("alice")[:-5] + "AAAAA"})
     assert r.status_code == 401, r.text
+    assert r.headers.get("www-authenticate", "").startswith('Bearer realm="airlock"'), r.headers
     for bad in (None, sid[:-1], sid + "x"):
         st, body = complete(bad, "alice")
         assert st in (400, 404) and body["error"] in ("bad_request", "session_not_found"), body
@@ -304,6 +308,43 @@ def test_app_binding_completed_by_its_user():
     assert st == 404, body
     done = [e for e in audit("consent.completed") if e["target"] == "app"]
     assert done and done[-1]["end_user"] == user, done
+
+
+def test_session_completion_never_blocks_a_worker():
+    """The completion's store write runs on the store thread: while another process
+    holds the SQLite store's write lock (as a slow PostgreSQL round trip would hold it),
+    the workers go on answering; the completion finishes once the lock is free."""
+    import sqlite3
+    import threading
+    url = consent_link("ivy", "app")
+    page = browser(to_callback(url, "ivy"))
+    sid = urllib.parse.parse_qs(urllib.parse.urlparse(page.headers["location"]).query)[
+        "session_id"][0]
+    SECRETS.append(sid)
+    db = sqlite3.connect(os.path.join(AL.state_dir, "identity.db"), timeout=10,
+                         isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    held = time.time()
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=complete(sid, "ivy")))
+    t.start()
+    worst = 0.0
+    try:
+        while time.time() - held < 2.0:  # the completion waits for the lock meanwhile
+            t0 = time.time()
+            r = session().get(BASE + "/oauth2/sessions/complete", timeout=30)
+            assert r.status_code == 405, r.status_code
+            worst = max(worst, time.time() - t0)
+        assert "r" not in out, out  # it did wait for the store
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    t.join(30)
+    print("a worker's slowest answer while the store was locked for %.1f s: %.3f s"
+          % (time.time() - held, worst))
+    assert worst < 1.0, worst
+    assert out["r"] == (200, {"status": "completed", "target": "app"}), out
+    assert OP.issuer + " ivy" in user_tokens("idp-app")
 
 
 def test_app_binding_via_trusted_runtime_user_header():
@@ -380,6 +421,15 @@ def test_force_authentication_asks_again_though_tokens_exist():
     assert st == 200 and body["sub"] == "frank", (st, body)
     st, body = agent("frank", "forced")
     assert st == 200, body  # the consent's token serves until it changes
+    # the second consent replaced the first one's tokens: airlock revoked the replaced
+    # refresh token at the provider (asynchronously, after storing the new ones), so the
+    # provider honours exactly one refresh token of frank's, the stored one
+    rev = wait_for(lambda: [e for e in audit("user_token.revoke") if e["end_user"] == user],
+                   timeout=15, what="the replaced refresh token's revocation audit")
+    assert rev[-1]["outcome"] == "revoked" and rev[-1]["provider"] == "idp", rev
+    assert OP.active_refresh_tokens("frank") == 1, OP.active_refresh_tokens("frank")
+    st, body = agent("frank", "forced")
+    assert st == 200 and body["sub"] == "frank", (st, body)
 
 
 def test_delete_user_token_revokes_at_the_provider():
@@ -393,6 +443,19 @@ def test_delete_user_token_revokes_at_the_provider():
     r = AL.cli("identity", "delete-user-token", "--provider", "idp", "--user", user,
                "--state-dir", AL.state_dir)
     assert r.returncode == 0, r.stderr
+    # the running serve (SQLite store) drops its cached access token within a second:
+    # the offboarded user's next request asks for consent again
+    gone = time.time()
+    while True:
+        st, body = agent("gina", "api")
+        if st == 401:
+            break
+        assert st == 200 and time.time() - gone < 5, (st, body)
+        time.sleep(0.02)
+    took = time.time() - gone
+    print("delete-user-token -> 401 consent_required after %.3f s" % took)
+    assert body["error"] == "consent_required", body
+    assert took < 1.0, took
     out = json.loads(r.stdout)
     assert out["deleted"] is True and out["revocation"] == {
         "outcome": "revoked", "tokenType": "refresh_token"}, out
@@ -402,8 +465,6 @@ def test_delete_user_token_revokes_at_the_provider():
     assert user not in user_tokens("idp")
     rev = audit("identity.user_token_revoke")
     assert rev and rev[-1]["outcome"] == "revoked" and rev[-1]["end_user"] == user, rev
-    # (on SQLite a running serve keeps the access token it holds until that token is due
-    # for refresh: the refresh then finds no row, and the user is asked to consent again)
 
 
 def test_no_token_code_state_or_session_in_logs_or_responses():
