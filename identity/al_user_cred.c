@@ -428,8 +428,9 @@ typedef struct changes {
 static void note_user(void *arg, const char *provider, const char *user)
 {
     changes *ch = arg;
-    if (!provider || !user || ch->n == CHANGES_MAX || cache_key(provider, user, ch->key[ch->n], sizeof ch->key[0]))
-        ch->overflow = 1;
+    if (!provider || !user || ch->n == CHANGES_MAX ||
+        cache_key(provider, user, ch->key[ch->n], sizeof ch->key[0]))
+        ch->overflow = 1; /* too many, or (NULL) some were missed: read everyone again */
     else
         ch->n++;
 }
