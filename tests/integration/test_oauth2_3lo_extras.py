@@ -19,7 +19,13 @@ browser by OidcProvider.consent) and a resource server that verifies each JWT wi
 - force_authentication: a user who holds tokens (from another target's consent) still
   gets consent_required; after consenting for this target the retry works.
 - revocation: `airlock identity delete-user-token` revokes the user's refresh token at
-  the provider: the provider itself no longer honours it (its own store), audited.
+  the provider: the provider itself no longer honours it (its own store), audited, and
+  the running serve (SQLite) answers consent_required within a second. A re-consent
+  (force_authentication) revokes the refresh token it replaced (the provider honours
+  one); a revocation that fails is audited and logged and the consent still serves.
+- sessions/complete: its 401 carries the Bearer challenge; while another process holds
+  the SQLite store's write lock the workers keep answering (the completion waits on the
+  store thread) and it completes once the lock is free.
 - No token, code, state or session id in airlock's log, the audit log or any response
   to the agent."""
 import json
@@ -76,6 +82,22 @@ targets:
     auth:
       method: oauth2_3lo
       provider: idp
+      scopes: [openid, offline_access, read]
+      force_authentication: true
+  - name: badrev
+    type: openapi
+    url: https://127.0.0.1:RS_PORT/api/badrev
+    allow_private_network: true
+    ca_file: CA
+    auth: {method: oauth2_3lo, provider: idp-badrev, scopes: [openid, offline_access, read]}
+  - name: badrev-forced
+    type: openapi
+    url: https://127.0.0.1:RS_PORT/api/badrev-forced
+    allow_private_network: true
+    ca_file: CA
+    auth:
+      method: oauth2_3lo
+      provider: idp-badrev
       scopes: [openid, offline_access, read]
       force_authentication: true
   - name: app
@@ -136,6 +158,9 @@ def test_start():
     create_provider("idp", CLIENT, SECRET)
     create_provider("idp-app", CLIENT, SECRET)  # the same OAuth client, its own vault rows
     create_provider("idp-par", PAR_CLIENT, PAR_SECRET, "--use-par")
+    # its revocation endpoint refuses connections (a port nobody listens on)
+    create_provider("idp-badrev", CLIENT, SECRET, "--revocation-endpoint",
+                    "https://127.0.0.1:%d/revoke" % free_port())
     # a provider whose discovery document requires PAR of every client (no --use-par)
     OP2 = start_oidc(ttl=300, user_clients=[(CLIENT, SECRET, CALLBACK)], require_par=True)
     create_provider("idp-meta", CLIENT, SECRET, op=OP2)
@@ -432,6 +457,24 @@ def test_force_authentication_asks_again_though_tokens_exist():
     assert st == 200 and body["sub"] == "frank", (st, body)
 
 
+def test_a_failed_revocation_never_blocks_the_consent():
+    """The replaced refresh token's revocation fails (its endpoint refuses): the new
+    consent still completes and serves; the failure is audited and logged."""
+    user = OP.issuer + " hugo"
+    assert browser(to_callback(consent_link("hugo", "badrev"), "hugo")).status_code == 200
+    page = browser(to_callback(consent_link("hugo", "badrev-forced"), "hugo"))
+    assert page.status_code == 200 and "Access granted" in page.text, page.text
+    st, body = agent("hugo", "badrev-forced")
+    assert st == 200 and body["sub"] == "hugo", (st, body)
+    rev = wait_for(lambda: [e for e in audit("user_token.revoke") if e["end_user"] == user],
+                   timeout=15, what="the failed revocation's audit")
+    assert rev[-1]["outcome"] == "error" and "revocation endpoint" in rev[-1]["error"], rev
+    wait_for(lambda: "was not revoked" in open(AL.log_path).read(), timeout=10,
+             what="the failed revocation's log line")
+    assert OP.active_refresh_tokens("hugo") == 2  # the replaced one is still alive
+    assert OP.issuer + " hugo" in user_tokens("idp-badrev")
+
+
 def test_delete_user_token_revokes_at_the_provider():
     user = OP.issuer + " gina"
     page = browser(to_callback(consent_link("gina", "api"), "gina"))
@@ -470,7 +513,10 @@ def test_delete_user_token_revokes_at_the_provider():
 def test_no_token_code_state_or_session_in_logs_or_responses():
     rs = json.loads(session().get("https://127.0.0.1:%d/__stats" % RS_PORT, verify=OP.ca,
                                   timeout=10).text)
-    secrets = [s for s in rs["tokens"] + SECRETS if s and len(s) >= 16]
+    # the provider's list adds every refresh token, code and PKCE verifier it saw (the
+    # revocations' tokens among them)
+    secrets = [s for s in rs["tokens"] + SECRETS + OP.stats()["secrets_seen"]
+               if s and len(s) >= 16]
     assert len(secrets) >= 8, len(secrets)
     AL.stop()
     texts = {"audit log": open(AL.audit_path).read(), "airlock's log": open(AL.log_path).read(),
