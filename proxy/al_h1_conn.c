@@ -25,7 +25,8 @@ enum h1_st { H1_HEAD, H1_BODY, H1_WAIT };
 
 typedef struct h1_state {
     al_conn *c;
-    al_h1_parser p;
+    al_h1_parser *p; /* from a request's head to its end (~2.2 KiB with the head's field
+                        table): not held while the connection is idle */
     enum h1_st st;
     al_req *req;
     int keep_alive;
@@ -242,7 +243,7 @@ static void handle_connect(h1_state *s, const char *url, size_t url_len)
         al_conn_queue(c, "HTTP/1.1 200 Connection established\r\n\r\n", 39);
         c->tunnel_port = rt.port;
         /* the tunnel's principal: its requests are decided with this token */
-        const al_h1_head *hd = &s->p.head;
+        const al_h1_head *hd = &s->p->head;
         for (size_t i = 0; i < hd->field_count && !c->tunnel_auth; i++)
             if (al_http_name_is(hd->buf + hd->fields[i].name.off, hd->fields[i].name.len,
                                 "proxy-authorization") &&
@@ -275,7 +276,7 @@ static void handle_connect(h1_state *s, const char *url, size_t url_len)
 static int start_request(h1_state *s, size_t head_len)
 {
     al_conn *c = s->c;
-    const al_h1_head *h = &s->p.head;
+    const al_h1_head *h = &s->p->head;
     s->req = al_request_new(&c->worker->rctx, &h1_sink, s, "http/1.1", c->peer);
     if (!s->req)
         return -1;
@@ -293,7 +294,7 @@ static int start_request(h1_state *s, size_t head_len)
     int has_body = h->chunked || h->content_length > 0;
     int64_t blen = h->chunked ? -1 : (h->content_length > 0 ? h->content_length : 0);
     int expect = h->expect_continue;
-    s->msg_done = s->p.message_done;
+    s->msg_done = s->p->message_done;
     if (h->is_connect) {
         s->keep_alive = 0;
         s->st = H1_WAIT;
@@ -340,6 +341,8 @@ static int h1_on_read(al_conn *c)
                 return 0;
             al_request_free(s->req);
             s->req = NULL;
+            free(s->p);
+            s->p = NULL;
             s->st = H1_HEAD;
             s->served = 1;
             if (c->worker->draining) {
@@ -358,8 +361,10 @@ static int h1_on_read(al_conn *c)
             long n = al_h1_head_scan(c->in, c->in_len, limit ? limit : 65536, &e);
             if (n == 0)
                 return 0;
-            if (n < 0 || al_h1_parse_head(&s->p, c->in, (size_t)n, body_cb, s, &e) != 0 ||
-                host_missing(&s->p.head, &e)) {
+            if (n > 0 && !s->p && !(s->p = malloc(sizeof *s->p)))
+                return -1;
+            if (n < 0 || al_h1_parse_head(s->p, c->in, (size_t)n, body_cb, s, &e) != 0 ||
+                host_missing(&s->p->head, &e)) {
                 fail_request(s, &e);
                 return 0;
             }
@@ -373,7 +378,7 @@ static int h1_on_read(al_conn *c)
         if (feed == 0)
             return 0;
         al_h1_error e;
-        long used = al_h1_feed_body(&s->p, c->in, feed, &e);
+        long used = al_h1_feed_body(s->p, c->in, feed, &e);
         if (used < 0) {
             if (!al_request_finished(s->req) && al_request_status(s->req) == 0) {
                 s->st = H1_WAIT;
@@ -385,7 +390,7 @@ static int h1_on_read(al_conn *c)
             return -1;
         }
         al_conn_consume(c, (size_t)used);
-        if (s->p.message_done) {
+        if (s->p->message_done) {
             s->msg_done = 1;
             s->st = H1_WAIT;
             al_request_body_end(s->req);
@@ -529,6 +534,7 @@ static void h1_free(al_conn *c)
     if (s->req)
         al_request_free(s->req);
     al_buf_free(&s->trailers, 0);
+    free(s->p);
     free(s);
     c->proto_state = NULL;
 }
