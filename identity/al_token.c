@@ -13,12 +13,15 @@
  * buffer, both wiped; no log line, audit field or message is built from them (the
  * fingerprint is a truncated SHA-256). */
 #include "al_token.h"
+#include "al_store.h"
+#include "al_user_token.h"
 #include "al_vault.h"
 #include "common/al_err.h"
 #include "common/al_log.h"
 #include "policy/al_audit.h"
 
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -32,6 +35,8 @@
 #define TOKEN_MAX          16384
 #define DESC_MAX           200
 #define WARNED_MAX         256
+#define REJECTED_MAX       32    /* shared cache: tokens an upstream refused (per key) */
+#define SHARED_LOCK_MS     10000 /* waiting for another replica's fetch */
 
 typedef struct tok_impl {
     al_token pub; /* first: an al_token* is a tok_impl* */
@@ -63,7 +68,16 @@ typedef struct load_ctx {
     spec_copy *sc;
     int64_t started_ms;
     char host[256];
+    int shared;          /* the token lives in the store (tc->ts) */
+    al_store_lock *lock; /* shared: held from before the fetch until stored */
+    char row_user[80];   /* shared: "2lo:" + SHA-256 hex of the key */
+    char avoid_fp[32];   /* shared: a rejected token's fingerprint, not to be read back */
 } load_ctx;
+
+typedef struct rejected {
+    char key_hash[65];
+    char fp[32];
+} rejected;
 
 struct al_token_client {
     al_oidc *oidc;
@@ -75,6 +89,9 @@ struct al_token_client {
     load_ctx *loads;
     char *warned[WARNED_MAX];
     size_t n_warned;
+    al_token_store ts;          /* the shared cache's store; ts.post NULL = none */
+    rejected rej[REJECTED_MAX]; /* under lock */
+    size_t rej_next;
 };
 
 /* ---- tokens -------------------------------------------------------------------- */
@@ -139,8 +156,9 @@ static void key_text(const al_token_spec *s, char *buf, size_t len)
         if (sorted != small)
             free(sorted);
     }
-    snprintf(buf, len, "%s/v%u scopes=[%s] audience=%s resource=%s", s->provider, s->version,
-             scopes, s->audience ? s->audience : "-", s->resource ? s->resource : "-");
+    snprintf(buf, len, "%s/v%u scopes=[%s] audience=%s resource=%s%s", s->provider, s->version,
+             scopes, s->audience ? s->audience : "-", s->resource ? s->resource : "-",
+             s->shared ? " token_cache=shared" : "");
 }
 
 int al_token_cache_key(const al_token_spec *s, char *buf, size_t len)
@@ -268,6 +286,7 @@ void al_token_spec_from_target(al_token_spec *spec, const al_target *t, const ch
     spec->custom_count = t->auth.custom_parameter_count;
     spec->default_lifetime_s = t->auth.default_token_lifetime_s;
     spec->max_lifetime_s = t->auth.max_token_lifetime_s;
+    spec->shared = t->auth.token_cache_shared;
 }
 
 /* ---- parsing the answer (pure) ------------------------------------------------------- */
@@ -314,6 +333,39 @@ static int visible_ascii(const char *s, size_t n)
         if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
             return 0;
     return 1;
+}
+
+/* A token value (refs 1) of tl bytes at tv; NULL when out of memory. */
+static al_token *tok_new(const al_token_spec *spec, const char *tv, size_t tl, const char *scope,
+                         int64_t obtained_unix, int64_t life, int has_expiry)
+{
+    uint64_t max = spec->max_lifetime_s ? spec->max_lifetime_s : DEFAULT_MAX_S;
+    tok_impl *ti = calloc(1, sizeof *ti);
+    if (!ti)
+        return NULL;
+    atomic_init(&ti->refs, 1);
+    ti->token = malloc(tl + 1);
+    ti->provider = strdup(spec->provider ? spec->provider : "");
+    ti->scope = strdup(scope ? scope : "");
+    if (!ti->token || !ti->provider || !ti->scope) {
+        al_token_release(&ti->pub);
+        return NULL;
+    }
+    memcpy(ti->token, tv, tl);
+    ti->token[tl] = 0;
+    ti->token_len = tl;
+    al_vault_fingerprint((const unsigned char *)tv, tl, ti->fp);
+    ti->pub.access_token = ti->token;
+    ti->pub.len = tl;
+    ti->pub.provider = ti->provider;
+    ti->pub.version = spec->version;
+    ti->pub.fingerprint = ti->fp;
+    ti->pub.scope = ti->scope;
+    ti->pub.obtained_unix = obtained_unix;
+    ti->pub.lifetime_s = life;
+    ti->pub.has_expiry = has_expiry;
+    ti->pub.long_lived = !has_expiry || (uint64_t)life > max;
+    return &ti->pub;
 }
 
 int al_token_parse_response(long status, const char *body, size_t len, const char *host,
@@ -369,16 +421,6 @@ int al_token_parse_response(long status, const char *body, size_t len, const cha
         life = spec->default_lifetime_s ? spec->default_lifetime_s : DEFAULT_LIFETIME_S;
     if (life > 10LL * 365 * 86400)
         life = 10LL * 365 * 86400;
-    uint64_t max = spec->max_lifetime_s ? spec->max_lifetime_s : DEFAULT_MAX_S;
-    tok_impl *ti = calloc(1, sizeof *ti);
-    rc = AL_ERR_NOMEM;
-    if (!ti) {
-        snprintf(msg, msglen, "out of memory");
-        goto out;
-    }
-    atomic_init(&ti->refs, 1);
-    ti->token = malloc(tl + 1);
-    ti->provider = strdup(spec->provider ? spec->provider : "");
     const char *sc = json_string_value(json_object_get(j, "scope"));
     char req_scope[512] = "";
     for (size_t i = 0, u = 0; i < spec->scope_count && u < sizeof req_scope; i++) {
@@ -387,27 +429,13 @@ int al_token_parse_response(long status, const char *body, size_t len, const cha
         if (n > 0)
             u += (size_t)n;
     }
-    ti->scope = strdup(sc ? sc : req_scope);
-    if (!ti->token || !ti->provider || !ti->scope) {
-        al_token_release(&ti->pub);
+    rc = AL_ERR_NOMEM;
+    al_token *made = tok_new(spec, tv, tl, sc ? sc : req_scope, now_unix, life, has_expiry);
+    if (!made) {
         snprintf(msg, msglen, "out of memory");
         goto out;
     }
-    memcpy(ti->token, tv, tl);
-    ti->token[tl] = 0;
-    ti->token_len = tl;
-    al_vault_fingerprint((const unsigned char *)tv, tl, ti->fp);
-    ti->pub.access_token = ti->token;
-    ti->pub.len = tl;
-    ti->pub.provider = ti->provider;
-    ti->pub.version = spec->version;
-    ti->pub.fingerprint = ti->fp;
-    ti->pub.scope = ti->scope;
-    ti->pub.obtained_unix = now_unix;
-    ti->pub.lifetime_s = life;
-    ti->pub.has_expiry = has_expiry;
-    ti->pub.long_lived = !has_expiry || (uint64_t)life > max;
-    *tok = &ti->pub;
+    *tok = made;
     rc = AL_OK;
 out:
     if (j) {
@@ -433,6 +461,7 @@ static void ctx_free(load_ctx *c)
     if (c->next)
         c->next->prev = c->prev;
     pthread_mutex_unlock(&tc->lock);
+    al_store_unlock(c->lock); /* a shared fetch ended (stored or not) */
     free(c->key);
     free(c);
 }
@@ -491,23 +520,39 @@ static void warn_long_lived(al_token_client *tc, const al_token *t)
                t->provider);
 }
 
+/* Hands t to the cache: refreshed at 80 % of its life, not used in its last min(30 s,
+ * 10 %); age_ms is how old it already is (a token another replica stored). */
+static void complete_token(load_ctx *c, al_token *t, int64_t age_ms)
+{
+    ((tok_impl *)t)->key = strdup(c->key); /* NULL (no memory): al_token_drop is a no-op */
+    int64_t life_ms = t->lifetime_s * 1000;
+    int64_t skew = life_ms / 10 < 30000 ? life_ms / 10 : 30000;
+    int64_t refresh = life_ms * 8 / 10 - age_ms, usable = life_ms - skew - age_ms;
+    if (usable < 1)
+        usable = 1;
+    if (age_ms > 0 && refresh < 100) /* never a reload loop on a stored token */
+        refresh = 100;
+    if (refresh > usable)
+        refresh = usable;
+    al_flight_complete(c->tc->cache, c->key, AL_OK, t, refresh, usable, NULL);
+}
+
 static void finish(load_ctx *c, int err, al_token *t, const char *msg)
 {
     al_token_client *tc = c->tc;
     if (err == AL_OK) {
-        ((tok_impl *)t)->key = strdup(c->key); /* NULL (no memory): al_token_drop is a no-op */
-        int64_t life_ms = t->lifetime_s * 1000;
-        int64_t skew = life_ms / 10 < 30000 ? life_ms / 10 : 30000;
         audit_event(c, "ok", 0, NULL, t);
         if (t->long_lived)
             warn_long_lived(tc, t);
-        al_flight_complete(tc->cache, c->key, AL_OK, t, life_ms * 8 / 10, life_ms - skew, NULL);
+        complete_token(c, t, 0);
     } else {
         audit_event(c, "error", err, msg, NULL);
         al_flight_complete(tc->cache, c->key, err, NULL, 0, 0, msg);
     }
     ctx_free(c);
 }
+
+static void shared_answered(load_ctx *c, int err, al_token *t, const char *msg);
 
 static void on_token(void *arg, const al_fetch_response *res)
 {
@@ -522,7 +567,10 @@ static void on_token(void *arg, const al_fetch_response *res)
     else
         err = al_token_parse_response(res->status, res->body, res->body_len, res->host, &c->sc->s,
                                       (int64_t)time(NULL), &t, msg, sizeof msg);
-    finish(c, err, t, msg);
+    if (c->shared)
+        shared_answered(c, err, t, msg); /* stored on the store thread first */
+    else
+        finish(c, err, t, msg);
 }
 
 /* application/x-www-form-urlencoded value encoding into out[0..cap); returns the length
@@ -758,28 +806,11 @@ static void on_meta(void *arg, int err, void *value, uint64_t gen, const char *m
     with_metadata(c, value);
 }
 
-static void load_token(void *arg, al_flight *f, const char *key, void *key_data)
+/* The token endpoint (configured, or from discovery), then the request. */
+static void start_fetch(load_ctx *c)
 {
-    al_token_client *tc = arg;
-    spec_copy *sc = key_data;
-    load_ctx *c = calloc(1, sizeof *c);
-    char *kc = strdup(key);
-    if (!c || !kc) {
-        free(c);
-        free(kc);
-        al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
-        return;
-    }
-    c->tc = tc;
-    c->key = kc;
-    c->sc = sc;
-    c->started_ms = mono_ms();
-    pthread_mutex_lock(&tc->lock);
-    c->next = tc->loads;
-    if (tc->loads)
-        tc->loads->prev = c;
-    tc->loads = c;
-    pthread_mutex_unlock(&tc->lock);
+    al_token_client *tc = c->tc;
+    spec_copy *sc = c->sc;
     const char *te = json_string_value(json_object_get(sc->cfg, "tokenEndpoint"));
     const char *disc = json_string_value(json_object_get(sc->cfg, "discoveryUrl"));
     if (te) {
@@ -803,6 +834,188 @@ static void load_token(void *arg, al_flight *f, const char *key, void *key_data)
         snprintf(m, sizeof m, "discovery failed: %s", r.msg);
         finish(c, rc, NULL, m);
     }
+}
+
+/* ---- the shared cache (al_token_store): store thread tasks -------------------------- */
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void key_hash(const char *key, char out[65])
+{
+    unsigned char h[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)key, strlen(key), h);
+    for (size_t i = 0; i < sizeof h; i++)
+        snprintf(out + 2 * i, 3, "%02x", h[i]);
+}
+
+static void remember_rejected(al_token_client *tc, const char *key, const char *fp)
+{
+    pthread_mutex_lock(&tc->lock);
+    rejected *r = &tc->rej[tc->rej_next++ % REJECTED_MAX];
+    key_hash(key, r->key_hash);
+    snprintf(r->fp, sizeof r->fp, "%s", fp);
+    pthread_mutex_unlock(&tc->lock);
+}
+
+/* The stored token of c's key when it is usable and not due for refresh: AL_OK, the load
+ * answered with it (and c freed). Anything else — none, due, the one the upstream
+ * refused, a store that cannot be read — is for the caller to fetch. */
+static int shared_use_stored(load_ctx *c)
+{
+    al_token_client *tc = c->tc;
+    al_user_token row;
+    int rc = tc->ts.load(tc->ts.arg, c->sc->s.provider, c->row_user, &row);
+    if (rc != AL_OK)
+        return rc;
+    int64_t life_ms = (row.expires_at - row.obtained_at) * 1000;
+    int64_t age_ms = wall_ms() - row.obtained_at * 1000;
+    al_token *t = NULL;
+    rc = AL_ERR_NOTFOUND;
+    if (life_ms > 0 && age_ms < life_ms * 8 / 10 && strcmp(row.fingerprint, c->avoid_fp) != 0 &&
+        (t = tok_new(&c->sc->s, row.access_token, row.access_len, row.scope, row.obtained_at,
+                     life_ms / 1000, 1)) != NULL) {
+        al_log(AL_LOG_DEBUG, "token.shared_read", "provider=%s fingerprint=%s age_ms=%lld",
+               t->provider, t->fingerprint, (long long)age_ms);
+        complete_token(c, t, age_ms > 0 ? age_ms : 1);
+        ctx_free(c);
+        rc = AL_OK;
+    }
+    al_user_token_clear(&row);
+    return rc;
+}
+
+/* Store thread: the stored token, else the lock, the stored token again (the winner's),
+ * else a fetch with the lock held. */
+static void shared_begin(void *arg)
+{
+    load_ctx *c = arg;
+    al_token_client *tc = c->tc;
+    if (shared_use_stored(c) == AL_OK)
+        return;
+    char name[AL_STORE_NAME_MAX + 96];
+    snprintf(name, sizeof name, "2lo\n%s\n%s", c->sc->s.provider, c->row_user);
+    int rc = tc->ts.lock(tc->ts.arg, name, SHARED_LOCK_MS, &c->lock);
+    if (rc != AL_OK) {
+        /* degraded (the store is down, or another replica hangs): fetch our own */
+        c->lock = NULL;
+        al_log(AL_LOG_WARN, "token.shared_lock",
+               "provider=%s: the store's refresh lock could not be taken (%s); this airlock "
+               "fetches its own token",
+               c->sc->s.provider, al_strerror(rc));
+    } else if (c->lock && shared_use_stored(c) == AL_OK) {
+        return; /* another replica fetched it while we waited */
+    }
+    start_fetch(c);
+}
+
+/* Shutdown: the task never ran. */
+static void shared_abandon(void *arg)
+{
+    load_ctx *c = arg;
+    al_flight_complete(c->tc->cache, c->key, AL_ERR_IO, NULL, 0, 0, "airlock is stopping");
+    ctx_free(c);
+}
+
+typedef struct answer_task {
+    load_ctx *c;
+    int err;
+    al_token *t;
+    char msg[512];
+} answer_task;
+
+/* Store thread: the fetched token goes into the store before the lock is released (so
+ * the replicas waiting for it read it), then to the waiters. */
+static void shared_store(void *arg)
+{
+    answer_task *a = arg;
+    load_ctx *c = a->c;
+    if (a->err == AL_OK) {
+        const al_token *t = a->t;
+        al_user_token row = {
+            .access_token = (char *)t->access_token,
+            .access_len = t->len,
+            .scope = (char *)t->scope,
+            .obtained_at = t->obtained_unix,
+            .expires_at = t->obtained_unix + t->lifetime_s,
+        };
+        snprintf(row.fingerprint, sizeof row.fingerprint, "%s", t->fingerprint);
+        int rc = c->tc->ts.save(c->tc->ts.arg, c->sc->s.provider, c->row_user, &row);
+        if (rc != AL_OK)
+            al_log(AL_LOG_WARN, "token.shared_store",
+                   "provider=%s: the token could not be stored for the other replicas (%s); "
+                   "they fetch their own",
+                   c->sc->s.provider, al_strerror(rc));
+    }
+    finish(c, a->err, a->t, a->msg);
+    free(a);
+}
+
+static void shared_store_drop(void *arg)
+{
+    answer_task *a = arg;
+    al_token_release(a->t);
+    shared_abandon(a->c);
+    free(a);
+}
+
+/* Fetch thread: hands the answer to the store thread. */
+static void shared_answered(load_ctx *c, int err, al_token *t, const char *msg)
+{
+    answer_task *a = calloc(1, sizeof *a);
+    if (a) {
+        a->c = c;
+        a->err = err;
+        a->t = t;
+        snprintf(a->msg, sizeof a->msg, "%s", msg ? msg : "");
+        if (c->tc->ts.post(c->tc->ts.arg, shared_store, shared_store_drop, a) == AL_OK)
+            return;
+        free(a);
+    }
+    finish(c, err, t, msg); /* not stored: the other replicas fetch their own */
+}
+
+static void load_token(void *arg, al_flight *f, const char *key, void *key_data)
+{
+    al_token_client *tc = arg;
+    spec_copy *sc = key_data;
+    load_ctx *c = calloc(1, sizeof *c);
+    char *kc = strdup(key);
+    if (!c || !kc) {
+        free(c);
+        free(kc);
+        al_flight_complete(f, key, AL_ERR_NOMEM, NULL, 0, 0, "out of memory");
+        return;
+    }
+    c->tc = tc;
+    c->key = kc;
+    c->sc = sc;
+    c->started_ms = mono_ms();
+    pthread_mutex_lock(&tc->lock);
+    c->next = tc->loads;
+    if (tc->loads)
+        tc->loads->prev = c;
+    tc->loads = c;
+    if (sc->s.shared && tc->ts.post) {
+        char h[65];
+        key_hash(key, h);
+        c->shared = 1;
+        snprintf(c->row_user, sizeof c->row_user, "2lo:%s", h);
+        for (size_t i = 0; i < REJECTED_MAX; i++)
+            if (!strcmp(tc->rej[i].key_hash, h))
+                snprintf(c->avoid_fp, sizeof c->avoid_fp, "%s", tc->rej[i].fp);
+    }
+    pthread_mutex_unlock(&tc->lock);
+    if (c->shared) {
+        if (tc->ts.post(tc->ts.arg, shared_begin, shared_abandon, c) == AL_OK)
+            return;
+        c->shared = 0; /* no memory for the task: this process fetches its own */
+    }
+    start_fetch(c);
 }
 
 /* ---- the client -------------------------------------------------------------------------- */
@@ -850,6 +1063,14 @@ void al_token_client_free(al_token_client *tc)
         free(tc->warned[i]);
     pthread_mutex_destroy(&tc->lock);
     free(tc);
+}
+
+void al_token_client_set_store(al_token_client *tc, const al_token_store *ts)
+{
+    if (ts)
+        tc->ts = *ts;
+    else
+        memset(&tc->ts, 0, sizeof tc->ts);
 }
 
 void al_token_client_set_audit(al_token_client *tc, struct al_audit *audit)
@@ -903,8 +1124,14 @@ int al_token_cancel(al_token_client *tc, uint64_t wait_id)
 int al_token_invalidate(al_token_client *tc, const al_token_spec *spec, uint64_t gen)
 {
     char key[4096];
+    al_flight_result res;
     if (al_token_cache_key(spec, key, sizeof key) != AL_OK)
         return 0;
+    if (spec->shared && al_flight_peek(tc->cache, key, &res) == AL_OK) {
+        if (res.gen == gen) /* the store may still hold it: not to be read back */
+            remember_rejected(tc, key, ((al_token *)res.value)->fingerprint);
+        al_flight_release(tc->cache, res.value);
+    }
     return al_flight_invalidate(tc->cache, key, gen);
 }
 
@@ -913,7 +1140,10 @@ int al_token_drop(al_token_client *tc, const al_token *tok, uint64_t gen)
     const tok_impl *ti = (const tok_impl *)tok;
     if (!ti || !ti->key)
         return 0;
-    return al_flight_invalidate(tc->cache, ti->key, gen);
+    int dropped = al_flight_invalidate(tc->cache, ti->key, gen);
+    if (dropped && tc->ts.post) /* a shared token: the store may still hold it */
+        remember_rejected(tc, ti->key, ti->fp);
+    return dropped;
 }
 
 int al_token_get_wait(al_token_client *tc, const al_token_spec *spec, al_token **tok, char *errbuf,

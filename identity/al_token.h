@@ -48,6 +48,8 @@
 
 typedef struct al_token_client al_token_client;
 struct al_audit;
+struct al_user_token;
+struct al_store_lock;
 
 typedef struct al_token {
     const char *access_token; /* NOT to be logged; wiped when the last reference goes */
@@ -76,7 +78,31 @@ typedef struct al_token_spec {
     size_t custom_count;
     uint32_t default_lifetime_s; /* 0 = 3600 */
     uint32_t max_lifetime_s;     /* 0 = 30 days */
+    int shared;                  /* targets[].auth.token_cache: shared (al_token_store) */
 } al_token_spec;
+
+/* The shared token cache (targets[].auth.token_cache: shared; issue 17 item 3): a token
+ * for a shared spec lives in the identity store as a user-token row (provider, user
+ * "2lo:" + SHA-256 hex of the cache key), sealed by al_vault like a user's tokens, so
+ * every replica on that store uses one token. A load reads the row; when it is missing,
+ * due for refresh (80 % of its life), or the upstream rejected it, it follows
+ * al_store.h's refresh protocol: refresh_lock("2lo\nPROVIDER\nUSER"), read again (the
+ * loser of a race takes the winner's token here), else fetch, store, unlock. All store
+ * I/O runs as tasks given to post() (the 3LO store thread), the fetch on the fetch
+ * thread. A store that cannot be read or locked (PostgreSQL down) does not stop 2LO: the
+ * replica fetches its own token, as with `local`. Without an al_token_store (the CLI, no
+ * store) shared specs are cached per process. */
+typedef struct al_token_store {
+    /* queues run(arg) on the store thread; drop(arg) instead at shutdown */
+    int (*post)(void *arg, void (*run)(void *a), void (*drop)(void *a), void *a);
+    /* from a posted task: a row's tokens opened / sealed and stored (al_user_token.h) */
+    int (*load)(void *arg, const char *provider, const char *user, struct al_user_token *out);
+    int (*save)(void *arg, const char *provider, const char *user,
+                const struct al_user_token *t);
+    /* the store's refresh_lock (AL_OK with *out NULL: the store has none) */
+    int (*lock)(void *arg, const char *name, int timeout_ms, struct al_store_lock **out);
+    void *arg;
+} al_token_store;
 
 /* oidc supplies the fetch thread and the discovery cache (borrowed; free it after). */
 int al_token_client_new(al_oidc *oidc, al_token_client **out);
@@ -87,6 +113,8 @@ void al_token_client_set_audit(al_token_client *tc, struct al_audit *audit);
  * record), on the fetch thread: ok = a token came back. For metrics. */
 void al_token_client_set_observer(al_token_client *tc,
                                   void (*fn)(void *arg, const char *provider, int ok), void *arg);
+/* Before the first token is asked for; ts is copied (its arg borrowed). */
+void al_token_client_set_store(al_token_client *tc, const al_token_store *ts);
 /* Tests: the cache clock (ms, monotonic) and the back-off base. */
 void al_token_client_set_clock(al_token_client *tc, int64_t (*now_ms)(void *arg), void *arg);
 

@@ -1640,6 +1640,61 @@ int al_user_cred_set_state_dir(al_user_cred *uc, const char *state_dir)
     return AL_OK;
 }
 
+/* A task of another module (al_user_cred_post). */
+typedef struct ext_task {
+    void (*run)(void *arg);
+    void (*drop)(void *arg);
+    void *arg;
+} ext_task;
+
+static void ext_run(al_user_cred *uc, void *arg)
+{
+    ext_task *e = arg;
+    (void)uc;
+    e->run(e->arg);
+    free(e);
+}
+
+static void ext_drop(al_user_cred *uc, void *arg)
+{
+    ext_task *e = arg;
+    (void)uc;
+    e->drop(e->arg);
+    free(e);
+}
+
+int al_user_cred_post(void *uc, void (*run)(void *arg), void (*drop)(void *arg), void *arg)
+{
+    ext_task *e = calloc(1, sizeof *e);
+    if (!e)
+        return AL_ERR_NOMEM;
+    e->run = run;
+    e->drop = drop;
+    e->arg = arg;
+    int rc = store_post(uc, ext_run, ext_drop, e);
+    if (rc != AL_OK)
+        free(e);
+    return rc;
+}
+
+int al_user_cred_load_row(void *uc, const char *provider, const char *user, al_user_token *out)
+{
+    return load_token(uc, provider, user, out);
+}
+
+int al_user_cred_save_row(void *uc, const char *provider, const char *user,
+                          const al_user_token *t)
+{
+    return save_token(uc, provider, user, t);
+}
+
+int al_user_cred_lock(void *uc, const char *name, int timeout_ms, al_store_lock **out)
+{
+    al_store *st = ((al_user_cred *)uc)->store;
+    *out = NULL;
+    return st->ops->refresh_lock ? st->ops->refresh_lock(st, name, timeout_ms, out) : AL_OK;
+}
+
 void al_user_cred_set_audit(al_user_cred *uc, struct al_audit *audit)
 {
     uc->audit = audit;

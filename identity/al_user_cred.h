@@ -52,6 +52,7 @@
 #include "identity/al_flight.h"
 #include "identity/al_oidc.h"
 #include "identity/al_store.h"
+#include "identity/al_user_token.h"
 #include "identity/al_vault.h"
 #include "targets/al_table.h"
 
@@ -89,6 +90,18 @@ void al_user_cred_set_audit(al_user_cred *uc, struct al_audit *audit);
 /* Tests: the wall clock (unix seconds) of token expiry and of the consents. */
 void al_user_cred_set_clock(al_user_cred *uc, int64_t (*now_s)(void *arg), void *arg);
 al_consent *al_user_cred_consent(al_user_cred *uc);
+/* For others that keep secrets in the same store (the shared 2LO token cache:
+ * al_token.h's al_token_store; uc is an al_user_cred*):
+ * post queues run(arg) on the store thread, or drop(arg) instead at al_user_cred_free
+ * (AL_ERR_NOMEM: nothing queued); from such a task only: load_row / save_row open and
+ * seal a user-token row with the vault, following a master-key rotation as users'
+ * tokens do (al_user_token_load / _save's answers); lock is the store's refresh_lock
+ * (AL_OK with *out NULL when the store has none). */
+int al_user_cred_post(void *uc, void (*run)(void *arg), void (*drop)(void *arg), void *arg);
+int al_user_cred_load_row(void *uc, const char *provider, const char *user, al_user_token *out);
+int al_user_cred_save_row(void *uc, const char *provider, const char *user,
+                          const al_user_token *t);
+int al_user_cred_lock(void *uc, const char *name, int timeout_ms, al_store_lock **out);
 
 /* The user's token for `provider`: AL_OK (res->value an al_user_access*, retained:
  * al_user_access_release), AL_ERR_AGAIN (cb(arg, err, al_user_access *borrowed, gen,

@@ -1124,6 +1124,13 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
     al_token_client_set_audit(s->tokens, s->audit);
     warn_insecure_providers(s);
     open_user_tokens(s, state_dir);
+    if (s->users) {
+        /* targets[].auth.token_cache: shared — 2LO tokens in the store, fetched by one
+         * replica for all, store I/O on the user-token store thread */
+        al_token_store ts = {al_user_cred_post, al_user_cred_load_row, al_user_cred_save_row,
+                             al_user_cred_lock, s->users};
+        al_token_client_set_store(s->tokens, &ts);
+    }
 
     /* One airlock per address: the workers' SO_REUSEPORT would otherwise share it. */
     const char *addrs[2] = {s->table->listen.proxy, s->listener_ctx ? s->table->listen.tls : NULL};
@@ -1215,8 +1222,9 @@ out:
             close(s->listen_locks[i]);
     if (s->oidc)
         al_fetch_stop(al_oidc_fetcher(s->oidc)); /* no token callback after this */
-    al_token_client_free(s->tokens);
+    /* the store thread first: a shared 2LO load it drops completes in the token cache */
     al_user_cred_free(s->users);
+    al_token_client_free(s->tokens);
     al_oidc_free(s->oidc);
     if (s->audit)
         al_audit_close(s->audit);

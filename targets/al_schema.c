@@ -47,6 +47,7 @@ static int parse_method(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v
 static int parse_location(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_upstream_protocol(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_binding(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
+static int parse_token_cache(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_inbound_mode(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_rule_targets(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
 static int parse_rule_methods(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v);
@@ -406,6 +407,13 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
                                    M(AL_AUTH_OAUTH2_2LO), "2592000 (30 days)",
                                    "A token living longer, or without expiry, is flagged in the "
                                    "audit log and warned about once per provider."},
+    [AL_S_A_TOKEN_CACHE] = {"targets[].auth.token_cache", AL_SK_ENUM, parse_token_cache,
+                            TGT(auth.token_cache_shared), 0, 0, 0, 0, M(AL_AUTH_OAUTH2_2LO),
+                            "`local`",
+                            "Where the access token is cached: `local` (per airlock process) "
+                            "or `shared` (sealed in the identity store; with several replicas "
+                            "one fetches it for all under the store's refresh lock and the "
+                            "others read it)."},
     [AL_S_A_BINDING] = {"targets[].auth.binding", AL_SK_ENUM, parse_binding, TGT(auth.binding), 0,
                         0, 0, 0, M(AL_AUTH_OAUTH2_3LO), "`link`",
                         "How a consent is bound to its user: `link` (the single-use link is "
@@ -986,6 +994,16 @@ static int parse_binding(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *
     int rc = parse_enum(c, r, v, names, 2, &b);
     if (rc == AL_OK)
         c->target->auth.binding = b ? AL_BINDING_APP : AL_BINDING_LINK;
+    return rc;
+}
+
+static int parse_token_cache(al_schema_ctx *c, const al_schema_row *r, yaml_node_t *v)
+{
+    static const char *const names[] = {"local", "shared"};
+    int b;
+    int rc = parse_enum(c, r, v, names, 2, &b);
+    if (rc == AL_OK)
+        c->target->auth.token_cache_shared = b;
     return rc;
 }
 

@@ -100,6 +100,9 @@ typedef struct al_auth {
     char *resource;                    /* owned, 2lo only (RFC 8707); NULL = see al_token */
     uint32_t default_token_lifetime_s; /* 2lo; 0 = 3600 */
     uint32_t max_token_lifetime_s;     /* 2lo; 0 = 30 days */
+    /* 2lo: 1 = the token lives in the identity store (sealed) and one replica fetches it
+     * for all under the store's refresh lock (identity/al_token.h); 0 = per process */
+    int token_cache_shared;
     /* oauth2_3lo: how a finished consent is bound to its user (identity/al_consent.h):
      * link (the single-use link is the capability) or app (the application completes the
      * session for its signed-in user; return_urls is the allow-list of where the browser

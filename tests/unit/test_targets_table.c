@@ -371,7 +371,8 @@ static void test_explicit_sections(void **state)
                           "      fallback_provider: c3\n"
                           "      scopes: [a, b]\n"
                           "      audience: https://p.example.com\n"
-                          "      custom_parameters: {resource: x}\n");
+                          "      custom_parameters: {resource: x}\n"
+                          "      token_cache: shared\n");
     assert_string_equal(t->listen.tls, "[::1]:2");
     assert_int_equal(t->limits.max_body_bytes, 1048576);
     assert_int_equal(t->limits.workers, 4);
@@ -392,6 +393,7 @@ static void test_explicit_sections(void **state)
     assert_string_equal(g->auth.audience, "https://p.example.com");
     assert_int_equal(g->auth.custom_parameter_count, 1);
     assert_string_equal(g->auth.custom_parameters[0].key, "resource");
+    assert_int_equal(g->auth.token_cache_shared, 1);
     assert_null(g->auth.name); /* api_key fields stay unset for oauth */
     al_table_unref(t);
 }
