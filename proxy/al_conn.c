@@ -230,6 +230,9 @@ static uint32_t ct_limit_ms(const al_conn *c, int kind)
     case AL_CT_BODY:
         return l->client_body_timeout_ms;
     case AL_CT_KEEPALIVE:
+        /* draining: an idle connection gets a short last chance (al_conn_drain_idle) */
+        if (c->worker->draining && l->client_keepalive_timeout_ms > AL_CONN_DRAIN_IDLE_MS)
+            return AL_CONN_DRAIN_IDLE_MS;
         return l->client_keepalive_timeout_ms;
     case AL_CT_CLOSING:
         return l->idle_timeout_ms;
@@ -300,6 +303,12 @@ static void on_ct_timer(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     conn_kill(c);
+}
+
+void al_conn_drain_idle(al_conn *c)
+{
+    c->ct_kind = AL_CT_NONE; /* the keep-alive clock restarts now, with the drain's limit */
+    al_conn_update(c);
 }
 
 void al_conn_update(al_conn *c)

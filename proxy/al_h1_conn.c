@@ -505,7 +505,7 @@ static void h1_drain(al_conn *c)
 {
     h1_state *s = c->proto_state;
     if (h1_idle(c))
-        al_conn_close(c, 1);
+        al_conn_drain_idle(c);
     else
         s->keep_alive = 0;
 }

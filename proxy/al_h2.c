@@ -54,7 +54,7 @@ struct h2_session {
     size_t stream_count;
     size_t in_flight; /* live streams whose request has not ended (sink end) */
     int sending;
-    int goaway;
+    int goaway; /* 0, GOAWAY_NOTICE (shutdown notice + PING sent), GOAWAY_FINAL */
     int32_t max_stream_id;  /* the highest stream id a HEADERS frame used */
     int32_t recent_ids[16]; /* streams closed lately (a ring): their trailers may be late */
     unsigned recent_pos;
@@ -62,6 +62,22 @@ struct h2_session {
 };
 
 static const al_proto h2_proto;
+
+/* A graceful GOAWAY (RFC 9113 section 6.8): first a shutdown notice (last-stream-id
+ * 2^31-1) and a PING; the PING's ACK comes after every stream the client opened before
+ * it saw the notice, so the final GOAWAY's last-stream-id then covers all of them and
+ * none is refused under the client. */
+enum { GOAWAY_NOTICE = 1, GOAWAY_FINAL = 2 };
+static const uint8_t drain_ping[8] = {'a', 'l', '-', 'd', 'r', 'a', 'i', 'n'};
+
+static void goaway_final(h2_session *h)
+{
+    if (h->goaway == GOAWAY_FINAL)
+        return;
+    h->goaway = GOAWAY_FINAL;
+    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+}
 
 static void schedule(h2_session *h)
 {
@@ -484,6 +500,9 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
     h2_session *h = user;
     if (f->hd.type == NGHTTP2_SETTINGS && !(f->hd.flags & NGHTTP2_FLAG_ACK))
         h->got_settings = 1;
+    if (f->hd.type == NGHTTP2_PING && (f->hd.flags & NGHTTP2_FLAG_ACK) &&
+        h->goaway == GOAWAY_NOTICE && memcmp(f->ping.opaque_data, drain_ping, 8) == 0)
+        goaway_final(h);
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
         return 0;
     h2_stream *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
@@ -619,7 +638,7 @@ static int h2_on_read(al_conn *c)
     }
     if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
         return -1;
-    if (c->worker->draining && h->stream_count == 0)
+    if (h->goaway == GOAWAY_FINAL && h->stream_count == 0)
         return -1;
     return 0;
 }
@@ -662,10 +681,11 @@ static void h2_drain(al_conn *c)
 {
     h2_session *h = c->proto_state;
     if (!h->goaway) {
-        h->goaway = 1;
-        nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE,
-                              nghttp2_session_get_last_proc_stream_id(h->ng), NGHTTP2_NO_ERROR,
-                              NULL, 0);
+        if (nghttp2_submit_shutdown_notice(h->ng) == 0 &&
+            nghttp2_submit_ping(h->ng, NGHTTP2_FLAG_NONE, drain_ping) == 0)
+            h->goaway = GOAWAY_NOTICE;
+        else
+            goaway_final(h);
     }
     al_conn_kick(c);
 }
@@ -674,7 +694,7 @@ static void h2_on_timeout(al_conn *c, int kind)
 {
     (void)kind;
     /* no stream for limits.client_keepalive_timeout_ms: GOAWAY, then close */
-    h2_drain(c);
+    goaway_final(c->proto_state);
     h2_send(c->proto_state);
     al_conn_close(c, 1);
 }

@@ -63,6 +63,7 @@ static void log_warnings(const al_table *t)
 static int ready(const al_server *s)
 {
     return s->table && s->creds && al_cred_cache_ready(s->creds) && !s->draining &&
+           !s->lame_duck &&
            atomic_load(&s->workers_running) == (int)s->worker_count;
 }
 
@@ -536,7 +537,10 @@ static void admin_status(admin_conn *a, int readyz)
     /* A missing provider fails only its targets' requests (502 credential_unavailable),
      * and every replica shares the table: answering 503 would take all of them out of
      * service for one target. So /readyz stays 200 and says "degraded". */
-    const char *st = !ok ? "not_ready" : nd ? "degraded" : "ready";
+    const char *st = s->draining || s->lame_duck ? "draining"
+                     : !ok                       ? "not_ready"
+                     : nd                        ? "degraded"
+                                                 : "ready";
     put(&b, "{\"status\":");
     json_str(&b, st);
     if (!s->creds)
@@ -552,7 +556,7 @@ static void admin_status(admin_conn *a, int readyz)
         table_json(s, &b);
         al_buf_appendf(&b, ",\"workers\":%zu,\"workers_running\":%d,\"draining\":%s",
                        s->worker_count, atomic_load(&s->workers_running),
-                       s->draining ? "true" : "false");
+                       s->draining || s->lame_duck ? "true" : "false");
         put(&b, ",\"last_reload\":");
         json_str(&b, s->last_reload_ok < 0 ? NULL : s->last_reload_ok ? "ok" : "failed");
         status_activity_json(s, &b);
@@ -678,6 +682,7 @@ static void on_admin_read(struct ev_loop *loop, ev_io *io, int revents)
     if (strncmp(a->buf, "GET /healthz ", 13) == 0 || strncmp(a->buf, "HEAD /healthz ", 14) == 0) {
         admin_reply(a, 200, "{\"status\":\"ok\"}\n");
     } else if (strncmp(a->buf, "GET /readyz ", 12) == 0) {
+        a->s->readyz_asked = 1;
         admin_status(a, 1);
     } else if (strncmp(a->buf, "GET /status.json ", 17) == 0) {
         admin_status(a, 0);
@@ -933,18 +938,45 @@ static void on_sigusr1(struct ev_loop *loop, ev_signal *w, int revents)
     al_log(AL_LOG_INFO, "audit.reopen", "reopening the audit log");
 }
 
+static void start_drain(al_server *s, struct ev_loop *loop, int signum)
+{
+    if (s->draining)
+        return;
+    s->draining = 1;
+    ev_timer_stop(loop, &s->delay_timer);
+    al_log(AL_LOG_INFO, "serve.drain", "signal %d: draining in-flight requests (up to %u ms)",
+           signum, s->table->limits.drain_timeout_ms);
+    for (size_t i = 0; i < s->worker_count; i++)
+        al_worker_post_stop(&s->workers[i]);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void on_drain_delay(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    start_drain(t->data, loop, SIGTERM);
+}
+
+/* SIGTERM first makes the replica a lame duck for limits.drain_delay_ms (see
+ * al_server.h); a second SIGTERM/SIGINT, or SIGINT at once, skips what is left of it. */
 static void on_sigterm(struct ev_loop *loop, ev_signal *w, int revents)
 {
     al_server *s = w->data;
     (void)revents;
+    uint32_t delay = s->table->limits.drain_delay_ms;
     if (s->draining)
         return;
-    s->draining = 1;
-    al_log(AL_LOG_INFO, "serve.drain", "signal %d: draining in-flight requests (up to %u ms)",
-           w->signum, s->table->limits.drain_timeout_ms);
-    for (size_t i = 0; i < s->worker_count; i++)
-        al_worker_post_stop(&s->workers[i]);
-    ev_break(loop, EVBREAK_ALL);
+    if (s->lame_duck || w->signum != SIGTERM || delay == 0 || !s->readyz_asked) {
+        start_drain(s, loop, w->signum);
+        return;
+    }
+    s->lame_duck = 1;
+    al_log(AL_LOG_INFO, "serve.lame_duck",
+           "signal %d: /readyz answers 503 draining; serving on for %u ms "
+           "(limits.drain_delay_ms) before the drain",
+           w->signum, delay);
+    ev_timer_set(&s->delay_timer, delay / 1000.0, 0.);
+    ev_timer_start(loop, &s->delay_timer);
 }
 
 static unsigned nproc(void)
@@ -1172,6 +1204,8 @@ int al_server_run(const char *config_path, const char *state_dir, unsigned worke
         ev_init(&s->admin_retry, on_admin_retry);
         s->admin_retry.data = s;
     }
+    ev_init(&s->delay_timer, on_drain_delay);
+    s->delay_timer.data = s;
     ev_signal_init(&s->sighup, on_sighup, SIGHUP);
     ev_signal_init(&s->sigterm, on_sigterm, SIGTERM);
     ev_signal_init(&s->sigint, on_sigterm, SIGINT);

@@ -47,6 +47,13 @@ typedef struct al_server {
     uint64_t table_generation; /* 1 = the table loaded at start, +1 per successful reload */
     ev_timer drain_timer;
     int draining;
+    /* SIGTERM's lame duck (limits.drain_delay_ms): /readyz answers 503 "draining" while
+     * the listeners serve on, so that load balancers take the replica out before the
+     * drain closes anything. Only once /readyz was asked (readyz_asked): without a
+     * health checker reading it, waiting helps nobody. */
+    ev_timer delay_timer;
+    int lame_duck;
+    int readyz_asked;
     void *ca;            /* al_ca*, owned; NULL without a CA */
     void *intercept_ctx; /* SSL_CTX*, owned */
     void *listener_ctx;  /* SSL_CTX*, owned */

@@ -253,6 +253,11 @@ const al_schema_row al_schema_rows[AL_S_COUNT] = {
     [AL_S_LIMITS_DRAIN_TIMEOUT] = {"limits.drain_timeout_ms", AL_SK_UINT, parse_uint,
                                    TBL(limits.drain_timeout_ms), 0, 0, 3600000, 10000, 0, "10000",
                                    "On SIGTERM, time (ms) requests in flight get to finish."},
+    [AL_S_LIMITS_DRAIN_DELAY] = {"limits.drain_delay_ms", AL_SK_UINT, parse_uint,
+                                 TBL(limits.drain_delay_ms), 0, 0, 600000, 5000, 0, "5000",
+                                 "On SIGTERM, time (ms) /readyz answers 503 draining while the "
+                                 "listeners keep serving, before the drain starts (only once "
+                                 "/readyz has been asked; 0: drain at once)."},
     [AL_S_LIMITS_WORKERS] = {"limits.workers", AL_SK_UINT, parse_uint, TBL(limits.workers), 0, 0,
                              1024, 0, 0, "0 (one per core)", "Worker threads."},
     [AL_S_LIMITS_CLIENT_HANDSHAKE_TIMEOUT] = {"limits.client_handshake_timeout_ms", AL_SK_UINT,

@@ -164,6 +164,7 @@ typedef struct al_limits {
     uint32_t max_header_bytes;      /* default 65536 -> 431 past it */
     uint64_t max_body_bytes;        /* default 0 = unlimited (streamed) */
     uint32_t drain_timeout_ms;      /* default 10000 */
+    uint32_t drain_delay_ms;        /* lame duck before the drain; default 5000 */
     uint32_t workers;               /* default 0 = one per core */
     /* Client side (agent -> airlock), see README "Timeouts". */
     uint32_t client_handshake_timeout_ms; /* TLS handshake, h2 preface + SETTINGS; 10000 */

@@ -179,11 +179,12 @@ class Proc:
     def wait(self, timeout=None):
         return self.popen.wait(timeout=timeout)
 
-    def stop(self, timeout=5):
-        """SIGTERM, then SIGKILL if still running after `timeout` s. Returns the status."""
+    def stop(self, timeout=5, sig=None):
+        """`sig` (SIGTERM), then SIGKILL if still running after `timeout` s. Returns the
+        status."""
         if self.alive():
             try:
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, sig or signal.SIGTERM)
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.kill(self.pid, signal.SIGKILL)
@@ -805,10 +806,11 @@ class Airlock:
             time.sleep(0.05)
 
     def stop(self, timeout=5):
-        """SIGTERM (graceful drain), SIGKILL after `timeout` s; returns the exit status."""
+        """SIGINT (graceful drain at once: SIGTERM would first wait limits.drain_delay_ms
+        when /readyz was asked), SIGKILL after `timeout` s; returns the exit status."""
         if self.proc is None:
             return None
-        return self.proc.stop(timeout)
+        return self.proc.stop(timeout, sig=signal.SIGINT)
 
     def reload(self, table_yaml_text=None):
         """Optionally rewrites the table, then sends SIGHUP."""

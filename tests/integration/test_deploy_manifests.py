@@ -303,8 +303,12 @@ def test_deployment_matches_the_table():
         assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
         assert c["image"] == al["image"], c["name"]
         assert "resources" in c and "requests" in c["resources"], c["name"]
-    assert spec["terminationGracePeriodSeconds"] * 1000 > t["limits"].get(
-        "drain_timeout_ms", 10000) + 5000
+    # SIGTERM: the lame duck (drain_delay_ms), then the drain, then a margin; the delay
+    # replaces a preStop pause (which would come before SIGTERM, inside the same period).
+    assert spec["terminationGracePeriodSeconds"] * 1000 >= t["limits"].get(
+        "drain_delay_ms", 5000) + t["limits"].get("drain_timeout_ms", 10000) + 5000
+    pre = al.get("lifecycle", {}).get("preStop")
+    assert pre is None, "a preStop pause adds to limits.drain_delay_ms: %r" % pre
 
 
 def test_service_pdb_and_network_policies_select_airlock():

@@ -492,14 +492,31 @@ def sigkill():
         len(bad_get), len(bad_post)), flush=True)
 
 
+def secret_found(data, secrets, where):
+    """None, or where a secret is in `data`: its name, the place and some context with
+    every secret masked (a failure must be diagnosable from the output alone)."""
+    for name, s in secrets:
+        s = s.encode() if isinstance(data, bytes) else s
+        i = data.find(s)
+        if i < 0:
+            continue
+        ctx = data[max(0, i - 160):i + len(s) + 160]
+        if isinstance(ctx, bytes):
+            ctx = ctx.decode("utf-8", "replace")
+        for n2, s2 in secrets:
+            ctx = ctx.replace(s2, "<%s>" % n2)
+        return "%s is in %s at offset %d: ...%s..." % (name, where, i, ctx)
+    return None
+
+
 def no_secret():
-    secrets = [KEY1, KEY2, C.master_key_hex]
+    secrets = [("KEY1", KEY1), ("KEY2", KEY2), ("the master key", C.master_key_hex)]
     files = []
     for a in C.replicas:
         files += [a.log_path, a.audit_path]
     files += [C.haproxy.log_path, C.echo.log_path, os.path.join(C.state, "audit.log")]
     if C.pg is not None:
-        secrets += [C.pg.password]
+        secrets += [("the database password", C.pg.password)]
         files += [C.pg.proc.log_path]
         dump = C.pg.dump()
         dump = dump if isinstance(dump, bytes) else dump.encode()
@@ -512,15 +529,15 @@ def no_secret():
         assert os.path.exists(path), "expected %s to exist" % path
         with open(path, "rb") as f:
             data = f.read()
-        for s in secrets:
-            assert s.encode() not in data, "a secret is in %s" % path
+        found = secret_found(data, secrets, path)
+        assert not found, found
     # The replicas' audit files hold their requests (a check that reads nothing finds nothing).
     for a in C.replicas:
         assert any(x.get("target") == "echo" for x in a.audit_lines()), a.audit_path
     ps = sh(["ps", "-eo", "pid,args", "--no-headers", "-ww"]).stdout
     assert str(C.replicas[0].pid) in ps, "ps does not show the replicas?"
-    for s in secrets:
-        assert s not in ps, "a secret is on a command line"
+    found = secret_found(ps, secrets, "ps output")
+    assert not found, found
 
 
 def teardown():
