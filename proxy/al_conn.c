@@ -226,6 +226,9 @@ static uint32_t ct_limit_ms(const al_conn *c, int kind)
     case AL_CT_HANDSHAKE:
         return l->client_handshake_timeout_ms;
     case AL_CT_HEADER:
+        if (c->worker->draining && !c->proto && !c->in_len &&
+            l->client_header_timeout_ms > AL_CONN_DRAIN_IDLE_MS)
+            return AL_CONN_DRAIN_IDLE_MS; /* a connection that never sent a byte */
         return l->client_header_timeout_ms;
     case AL_CT_BODY:
         return l->client_body_timeout_ms;

@@ -131,10 +131,10 @@ size_t al_conn_out_pending(const al_conn *c);
 void al_conn_consume(al_conn *c, size_t n);
 /* Re-evaluates read/write interest (after the protocol's wants_read changed). */
 void al_conn_update(al_conn *c);
-/* Draining: an idle kept-alive connection is closed only after AL_CONN_DRAIN_IDLE_MS
- * more without a request (or its keep-alive limit, if shorter), not at once: a request
- * a client (a load balancer's pooled connection) sent just before it could know is
- * answered, with Connection: close, instead of being cut. */
+/* Draining: an idle kept-alive connection (or one that has sent nothing yet) is closed
+ * only after AL_CONN_DRAIN_IDLE_MS more without a request (or its own limit, if
+ * shorter), not at once: a request a client (a load balancer's pooled connection) sent
+ * just before it could know is answered, with Connection: close, instead of being cut. */
 #define AL_CONN_DRAIN_IDLE_MS 1000
 void al_conn_drain_idle(al_conn *c);
 /* Runs proto->on_read again soon from the loop (pipelined input already buffered). */

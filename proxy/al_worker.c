@@ -400,6 +400,12 @@ static void begin_drain(al_worker *w)
         return;
     w->draining = 1;
     ev_timer_stop(w->loop, &w->accept_retry);
+    /* Connections the kernel completed are taken first: closing a listener resets those
+     * in its backlog, whose first request (a load balancer's POST) is then lost. */
+    if (w->listen_fd >= 0)
+        on_accept(w->loop, &w->accept_w, EV_READ);
+    if (w->tls_listen_fd >= 0)
+        on_accept(w->loop, &w->tls_accept_w, EV_READ);
     ev_io_stop(w->loop, &w->accept_w);
     if (w->listen_fd >= 0)
         close(w->listen_fd);
@@ -414,7 +420,7 @@ static void begin_drain(al_worker *w)
         if (c->proto && c->proto->drain)
             c->proto->drain(c);
         else
-            al_conn_close(c, 0);
+            al_conn_drain_idle(c); /* nothing read yet: its first request is answered */
     }
     uint32_t ms = w->table->limits.drain_timeout_ms ? w->table->limits.drain_timeout_ms : 10000;
     ev_timer_init(&w->drain_timer, on_drain_timeout, ms / 1000.0, 0.);

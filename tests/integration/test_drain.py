@@ -18,6 +18,7 @@ sent on a kept-alive connection that the replica closed at that instant is lost.
 """
 import http.client
 import json
+import re
 import os
 import signal
 import subprocess
@@ -30,9 +31,12 @@ from altest import *  # noqa: E402,F401
 import test_replicas as TR  # noqa: E402  (its HAProxy rewrite of the example)
 
 POST_CLIENTS = 6
-OLD_REPS = int(os.environ.get("AL_DRAIN_OLD_REPS", "4"))
+OLD_REPS = int(os.environ.get("AL_DRAIN_OLD_REPS", "3"))
 NEW_REPS = int(os.environ.get("AL_DRAIN_REPS", "10"))
-DELAY_MS = 2000  # HAProxy's example marks a server down within ~1.3 s (inter 1s, fastinter 250ms, fall 2)
+# HAProxy's example marks a server down within ~1.3 s (inter 1s, fastinter 250ms, fall 2),
+# but right after restart()'s forced "health up" its next check may still be a
+# `downinter 2s` away: 3 s covers that (the default, 5 s, covers Kubernetes too).
+DELAY_MS = 3000
 
 TABLE = """
 listen:
@@ -138,6 +142,10 @@ def sigterm_reps(delay, reps):
         restart(a, name, delay)
         t0 = time.monotonic()
         a.proc.signal(signal.SIGTERM)
+        # when HAProxy's check (GET /readyz) took it out, for the figures
+        wait_for(lambda: states().get(name, "").startswith("DOWN") or not a.proc.alive(), 30,
+                 "%s DOWN or gone" % name, interval=0.01)
+        t_down = time.monotonic() - t0
         rc = a.proc.wait(30)
         assert rc == 0, "%s exited %s:\n%s" % (name, rc, a.proc.log_tail())
         if delay:
@@ -152,9 +160,11 @@ def sigterm_reps(delay, reps):
         failed = [x for x in res if x[2] != 200]
         total += len(res)
         bad += failed
-        print("drain_delay_ms %d, SIGTERM %d: %d POSTs around it, %d failed%s"
-              % (delay, rep + 1, len(res), len(failed),
-                 (" e.g. %r" % (failed[0],)) if failed else ""), flush=True)
+        print("drain_delay_ms %d, SIGTERM %d: HAProxy marked it down %.2f s after; %d POSTs "
+              "around it, %d failed%s"
+              % (delay, rep + 1, t_down, len(res), len(failed),
+                 (" e.g. %r, sent %+.3f s from the SIGTERM" % (failed[0], failed[0][0] - t0))
+                 if failed else ""), flush=True)
     return total, bad
 
 
@@ -201,6 +211,10 @@ def test_sigterm_with_delay_loses_nothing():
     total, bad = sigterm_reps(DELAY_MS, NEW_REPS)
     print("drain_delay_ms %d: %d SIGTERMs, %d POSTs, %d failed" % (DELAY_MS, NEW_REPS, total,
                                                                    len(bad)), flush=True)
+    if bad:  # HAProxy's lines of the failed ones (server, termination state, timers)
+        print("\n".join(l for l in S.haproxy.log_text().splitlines()
+                        if re.search(r" (-1|5\d\d) -?\d+ - - ", l)
+                        or re.search(r" (?!----)[A-Za-z-]{4} \d+/\d+/\d+/\d+/\+?\d+ ", l))[-3000:])
     assert not bad, "POSTs failed across a lame-duck SIGTERM: %r" % bad[:5]
 
 
