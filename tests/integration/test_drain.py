@@ -137,7 +137,6 @@ def sigterm_reps(delay, reps):
     """SIGTERM replica 2 `reps` times under the load; returns (requests, failed list)."""
     a, name = S.replicas[1], "airlock-2"
     total, bad = 0, []
-    prev_end = 0
     for rep in range(reps):
         restart(a, name, delay)
         t0 = time.monotonic()
@@ -154,9 +153,9 @@ def sigterm_reps(delay, reps):
         # the requests around the stop: until the survivor has answered for a moment
         t1 = time.monotonic()
         wait_for(lambda: served_by("airlock-1", t1) >= 30, 15, "airlock-1 answering")
+        # (ended after restart() returned: not the previous stop's, nor the next one's)
         end = time.monotonic()
-        res = [x for x in S.load.snapshot() if max(t0 - 0.5, prev_end) <= x[0] < end]
-        prev_end = end
+        res = [x for x in S.load.snapshot() if x[1] >= t0 and x[0] < end]
         failed = [x for x in res if x[2] != 200]
         total += len(res)
         bad += failed
