@@ -180,6 +180,15 @@ static int end_user(const al_table *t, const al_decide_req *q, const char *iss, 
                      t->inbound.user_header);
             return -1;
         }
+        /* "2lo:..." names the shared 2LO token rows in the user-token store (al_token.h):
+         * a user of that name would be handed the client's own token */
+        if (uh->value_len >= 4 && memcmp(uh->value, "2lo:", 4) == 0) {
+            snprintf(msg, sizeof msg,
+                     "%s values starting with '2lo:' are reserved (airlock's shared client "
+                     "credentials tokens); name the end user differently",
+                     t->inbound.user_header);
+            return -1;
+        }
         d->allow = 1;
         snprintf(user, sizeof user, "%.*s", (int)uh->value_len, uh->value);
         if (q->target && q->target->auth.method == AL_AUTH_OAUTH2_3LO)

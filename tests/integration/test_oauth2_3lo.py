@@ -255,6 +255,11 @@ def test_user_header_only_from_trusted_clients_and_never_upstream():
                            b"\r\n" + extra)
         assert st == 400 and body["error"] == "bad_request", (extra, st, body)
         assert "X-Airlock-User must appear once" in body["message"], body
+    # the user names of the shared 2LO token rows are not for end users
+    for name in ("2lo:" + "ab" * 32, "2lo:", "2lo:alice"):
+        st, body = raw_get(b"/t/api/things", b"Authorization: Bearer " + tok.encode() +
+                           b"\r\nX-Airlock-User: " + name.encode() + b"\r\n")
+        assert st == 400 and "reserved" in body["message"], (name, st, body)
 
 
 def raw_get(path, headers):
