@@ -132,6 +132,7 @@ enum opt {
     O_REVOKE_EP,
     O_PAR_EP,
     O_USE_PAR,
+    O_REVOKE_REPLACED,
     O_COUNT
 };
 
@@ -208,6 +209,9 @@ static const struct flag {
     [O_USE_PAR] = {"--use-par", F_OAUTH, A_CU, 0, NULL,
                    "push users' authorization requests (RFC 9126) even when the provider "
                    "does not require it"},
+    [O_REVOKE_REPLACED] = {"--revoke-replaced-tokens", F_OAUTH, A_CU, 0, NULL,
+                           "revoke the refresh token a user's new consent replaced (only for "
+                           "providers that revoke one token, not the whole grant)"},
 };
 
 static void usage_top(FILE *out)
@@ -716,7 +720,8 @@ int al_cmd_identity(int argc, char **argv)
         const char *key;
     } switches[] = {{O_ALLOW_INSECURE, "allowInsecureEndpoints"},
                     {O_ALLOW_PRIVATE, "allowPrivateNetwork"},
-                    {O_USE_PAR, "usePar"}};
+                    {O_USE_PAR, "usePar"},
+                    {O_REVOKE_REPLACED, "revokeReplacedTokens"}};
     for (size_t i = 0; i < sizeof switches / sizeof switches[0]; i++) {
         const char *val = o[switches[i].flag];
         if (!val)

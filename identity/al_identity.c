@@ -543,7 +543,7 @@ static int oauth2_config(const json_t *in, json_t **out)
         goto fail;
     }
     static const char *const switches[] = {"allowInsecureEndpoints", "allowPrivateNetwork",
-                                           "usePar"};
+                                           "usePar", "revokeReplacedTokens"};
     for (size_t i = 0; i < sizeof switches / sizeof switches[0]; i++) {
         json_t *b = json_object_get(c, switches[i]);
         if (b && !json_is_boolean(b)) {

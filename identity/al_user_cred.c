@@ -1111,12 +1111,18 @@ static void on_revoked(void *arg, const al_fetch_response *res)
 
 /* A consent replaced (provider, user)'s tokens: the replaced refresh token would stay
  * valid at the provider, unused by anyone, so it is revoked (RFC 7009) — after the new
- * tokens are stored, on the fetch thread, without making the consent wait. */
+ * tokens are stored, on the fetch thread, without making the consent wait. Only for a
+ * provider created with --revoke-replaced-tokens: several providers (Google among them)
+ * revoke the whole grant for a token, which would end the new consent's tokens too. */
 static void revoke_replaced(al_user_cred *uc, const char *provider, const char *user,
                             const char *refresh)
 {
     job *j = job_new(uc, J_REVOKE);
     int rc = j ? prov_load(uc, provider, &j->p) : AL_ERR_NOMEM;
+    if (rc == AL_OK && !json_is_true(json_object_get(j->p.cfg, "revokeReplacedTokens"))) {
+        job_free(j); /* the provider did not ask for it: the replaced token is left alone */
+        return;
+    }
     if (rc == AL_OK) {
         j->provider = strdup(provider);
         j->user = strdup(user);

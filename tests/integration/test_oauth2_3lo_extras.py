@@ -100,6 +100,22 @@ targets:
       provider: idp-badrev
       scopes: [openid, offline_access, read]
       force_authentication: true
+  - name: keep
+    type: openapi
+    url: https://127.0.0.1:RS_PORT/api/keep
+    allow_private_network: true
+    ca_file: CA
+    auth: {method: oauth2_3lo, provider: idp-keep, scopes: [openid, offline_access, read]}
+  - name: keep-forced
+    type: openapi
+    url: https://127.0.0.1:RS_PORT/api/keep-forced
+    allow_private_network: true
+    ca_file: CA
+    auth:
+      method: oauth2_3lo
+      provider: idp-keep
+      scopes: [openid, offline_access, read]
+      force_authentication: true
   - name: app
     type: openapi
     url: https://127.0.0.1:RS_PORT/api/app
@@ -155,11 +171,12 @@ def test_start():
     AL.write_table(TABLE.replace("ISSUER", OP.issuer).replace("AUD", AUD).replace("CA", OP.ca)
                    .replace("RS_PORT", str(RS_PORT)).replace("APP2", APP2)
                    .replace("APP", APP))
-    create_provider("idp", CLIENT, SECRET)
+    create_provider("idp", CLIENT, SECRET, "--revoke-replaced-tokens")
+    create_provider("idp-keep", CLIENT, SECRET)  # no --revoke-replaced-tokens
     create_provider("idp-app", CLIENT, SECRET)  # the same OAuth client, its own vault rows
     create_provider("idp-par", PAR_CLIENT, PAR_SECRET, "--use-par")
     # its revocation endpoint refuses connections (a port nobody listens on)
-    create_provider("idp-badrev", CLIENT, SECRET, "--revocation-endpoint",
+    create_provider("idp-badrev", CLIENT, SECRET, "--revoke-replaced-tokens", "--revocation-endpoint",
                     "https://127.0.0.1:%d/revoke" % free_port())
     # a provider whose discovery document requires PAR of every client (no --use-par)
     OP2 = start_oidc(ttl=300, user_clients=[(CLIENT, SECRET, CALLBACK)], require_par=True)
@@ -455,6 +472,26 @@ def test_force_authentication_asks_again_though_tokens_exist():
     assert OP.active_refresh_tokens("frank") == 1, OP.active_refresh_tokens("frank")
     st, body = agent("frank", "forced")
     assert st == 200 and body["sub"] == "frank", (st, body)
+
+
+def test_replaced_tokens_are_left_alone_without_the_switch():
+    """A provider made without --revoke-replaced-tokens (the default: Google and others
+    revoke the whole grant for one token): a re-consent revokes nothing."""
+    user = OP.issuer + " ivan"
+    assert browser(to_callback(consent_link("ivan", "keep"), "ivan")).status_code == 200
+    assert browser(to_callback(consent_link("ivan", "keep-forced"), "ivan")).status_code == 200
+    st, body = agent("ivan", "keep-forced")
+    assert st == 200 and body["sub"] == "ivan", (st, body)
+    # a revocation would have started on the fetch thread right after that store; the
+    # same replacement on provider idp (with the switch) starts one two consents later,
+    # so once that one is audited, idp-keep's would have been too
+    assert browser(to_callback(consent_link("ivan", "api"), "ivan")).status_code == 200
+    assert browser(to_callback(consent_link("ivan", "forced"), "ivan")).status_code == 200
+    rev = wait_for(lambda: [e for e in audit("user_token.revoke") if e["end_user"] == user],
+                   timeout=15, what="idp's revocation audit")
+    assert [e["provider"] for e in rev] == ["idp"], rev
+    # idp-keep's two and idp's one (the same OAuth client: one account at the provider)
+    assert OP.active_refresh_tokens("ivan") == 3, OP.active_refresh_tokens("ivan")
 
 
 def test_a_failed_revocation_never_blocks_the_consent():
