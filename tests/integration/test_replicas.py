@@ -406,9 +406,8 @@ def sigterm():
     it behind HAProxy: take it out of HAProxy (`set server ... state maint` on the stats
     socket: no new request goes to it, those in flight finish), wait until it has no
     session, SIGTERM (it drains and exits 0), start it again, put it back (`state
-    ready`); HAProxy sends it traffic once its checks pass. No request fails. (A SIGTERM
-    alone races with HAProxy reusing a kept-alive connection the draining replica
-    closes: a POST sent on it at that instant is lost, see the README.)"""
+    ready`); HAProxy sends it traffic once its checks pass. No request fails. (Since
+    limits.drain_delay_ms a SIGTERM alone is safe too: test_drain.py.)"""
     a = C.replicas[2]
     name = "airlock-3"
     t0 = time.monotonic()
