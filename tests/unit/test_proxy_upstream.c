@@ -17,9 +17,11 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <ev.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1219,21 +1221,33 @@ static int h2_teardown(void **state)
     return 0;
 }
 
-/* Established client connections to 127.0.0.1:port (the pool keeps idle ones). */
+/* This process's established TCP connections to 127.0.0.1:port (the pool keeps idle
+ * ones): its own descriptors, each asked for its peer and its state. (/proc/net/tcp
+ * was read before: it lists every process's sockets, and another test's connection to
+ * 127.1.1.17 on the same port number counted; read while sockets come and go it can
+ * also list one twice.) */
 static int tcp_established_to(uint16_t port)
 {
-    FILE *f = fopen("/proc/net/tcp", "r");
-    char line[512];
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
     int n = 0;
-    if (!f)
+    if (!d)
         return -1;
-    while (fgets(line, sizeof line, f)) {
-        unsigned rport = 0, st = 0;
-        /* "  0: 0100007F:ABCD 0100007F:01BB 01 ..." local, remote, state */
-        if (sscanf(line, " %*d: %*x:%*x %*x:%x %x", &rport, &st) == 2 && rport == port && st == 1)
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        int fd = atoi(de->d_name);
+        struct sockaddr_in a;
+        socklen_t al = sizeof a;
+        struct tcp_info ti;
+        socklen_t tl = sizeof ti;
+        if (fd != dirfd(d) && getpeername(fd, (struct sockaddr *)&a, &al) == 0 &&
+            a.sin_family == AF_INET && a.sin_addr.s_addr == htonl(INADDR_LOOPBACK) &&
+            ntohs(a.sin_port) == port && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+            ti.tcpi_state == TCP_ESTABLISHED)
             n++;
     }
-    fclose(f);
+    closedir(d);
     return n;
 }
 
