@@ -95,7 +95,7 @@ static const char *url_parse(const char *url, url_parts *u)
     if (colon) {
         size_t pl = (size_t)(hend - colon - 1);
         unsigned v = 0;
-        if (!pl || pl > 5)
+        if (!pl || pl > 5 || colon[1] == '0') /* "08080": one spelling per port */
             return "its port is not a number from 1 to 65535";
         for (size_t i = 1; i <= pl; i++) {
             if (colon[i] < '0' || colon[i] > '9')

@@ -87,6 +87,7 @@ static void test_return_url_allow_list(void **st)
         "https://app.example.com:4430000/oauth/done",
         "http://127.0.0.1:8080/cb", /* the entry ends in '/': "/cb" is above it */
         "http://127.0.0.2:8080/cb/",
+        "http://127.0.0.1:08080/cb/", /* a leading zero: one spelling per port */
         "http://127.0.0.1:8080/cb/../admin",
         "https://[::1]:9443/xy",
         "https://[::1]/x",
