@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import types
 import time
 import traceback
 import urllib.error
@@ -783,6 +784,17 @@ class Airlock:
             raise RuntimeError("creating provider %s failed (exit %d): %s"
                                % (name, r.returncode, (r.stdout + r.stderr).strip()))
 
+    def create_oauth2_provider(self, name, op, client, secret, *extra, table=False):
+        """`airlock identity create-oauth2-credential-provider` for client `client` of
+        OidcProvider `op` (its discovery URL and CA), the secret on stdin; the store is
+        the state dir's, or (table=True) the one the written table names."""
+        where = ("-c", self.table_path) if table else ("--state-dir", self.state_dir)
+        r = self.cli("identity", "create-oauth2-credential-provider", "--name", name,
+                     "--client-id", client, "--client-secret", "-", "--discovery-url",
+                     op.discovery_url, "--ca-file", op.ca, "--allow-private-network", *where,
+                     *extra, stdin_data=secret + "\n")
+        assert r.returncode == 0, r.stderr
+
     def start(self, timeout=15, extra_args=()):
         if not os.path.exists(AIRLOCK_BIN):
             raise Skip("airlock binary not built: %s" % AIRLOCK_BIN)
@@ -842,6 +854,82 @@ class Airlock:
 
     def gateway_url(self, target, path="/"):
         return "http://127.0.0.1:%d/t/%s%s" % (self.proxy_port, target, path)
+
+
+def http_session():
+    """A requests.Session that ignores the proxy environment variables."""
+    import requests
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+# --- OAuth 2.0 on behalf of a user (3LO) -------------------------------------------
+
+def table_head(tls=False, workers=2, limits=""):
+    """The start of a table: listen on the Airlock's free proxy and admin ports (and
+    tls when asked), limits.workers and the `limits` lines given (indented)."""
+    return ("listen:\n  proxy: 127.0.0.1:{proxy_port}\n  admin: 127.0.0.1:{admin_port}\n"
+            + ("  tls: 127.0.0.1:{tls_port}\n" if tls else "")
+            + "limits:\n  workers: %d\n" % workers + limits)
+
+
+def inbound_jwt(user_header=False):
+    """The table's `inbound:` section taking agents' JWTs from the tests' OpenID provider
+    (placeholders ISSUER, AUD, CA: see oidc_table); user_header: the end user may be
+    named in X-Airlock-User by the inbound client `runtime`."""
+    return ("inbound:\n  mode: jwt\n  jwt:\n"
+            "    discovery_url: ISSUER/.well-known/openid-configuration\n"
+            "    allowed_audiences: [\"AUD\"]\n    ca_file: CA\n    allow_private_network: true\n"
+            + ("  user_header:\n    name: X-Airlock-User\n    trusted_clients: [runtime]\n"
+               if user_header else ""))
+
+
+def oidc_table(table, op, aud, rs_port, **more):
+    """The table text with ISSUER, AUD, CA (op's CA file), RS_PORT replaced, then each
+    NAME=value of `more`, in the order given."""
+    text = (table.replace("ISSUER", op.issuer).replace("AUD", aud).replace("CA", op.ca)
+            .replace("RS_PORT", str(rs_port)))
+    for k, v in more.items():
+        text = text.replace(k, str(v))
+    return text
+
+
+def start_3lo(table, api, aud, client, secret, par_clients=(), ttl=300, **more):
+    """For a 3LO test: an Airlock (not started), the OpenID provider with the user client
+    (client, secret) (and the PAR clients (id, secret) of par_clients) redirecting to
+    airlock's callback, agents' tokens signed by a key written to the state dir, the
+    resource server for `api`, and `table` written through oidc_table(aud, **more).
+    Returns a namespace: al, op, rs, rs_port, base (airlock's proxy URL), callback,
+    key_file."""
+    al = Airlock("listen: {proxy: 127.0.0.1:{proxy_port}}\n")
+    base = "http://127.0.0.1:%d" % al.proxy_port
+    callback = base + "/oauth2/callback"
+    key_file = os.path.join(al.state_dir, "issuer-key.json")
+    op = start_oidc(ttl=ttl, resources=[api], user_clients=[(client, secret, callback)],
+                    par_clients=[(c, s, callback) for c, s in par_clients], key_out=key_file)
+    rs, rs_port, _ = start_resource_server(op, api)
+    al.write_table(oidc_table(table, op, aud, rs_port, **more))
+    return types.SimpleNamespace(al=al, op=op, rs=rs, rs_port=rs_port, base=base,
+                                 callback=callback, key_file=key_file)
+
+
+start_3lo.__test__ = False
+
+
+def revoke_resource_tokens(op, rs_port):
+    """POST /__revoke to the resource server on rs_port (start_resource_server for
+    OidcProvider op): it refuses every token it has seen so far (an upstream 401).
+    Returns its JSON answer."""
+    import ssl
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=op.ca)
+    req = urllib.request.Request("https://127.0.0.1:%d/__revoke" % rs_port, data=b"",
+                                 method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ctx))
+    with opener.open(req, timeout=10) as r:
+        return json.loads(r.read())
 
 
 # --- runner ------------------------------------------------------------------------

@@ -32,24 +32,13 @@ CLIENT, SECRET = "airlock-3lo", "cs3-" + os.urandom(10).hex()
 TTL = 4
 C = {}
 
-TABLE = """
-listen:
-  proxy: 127.0.0.1:{proxy_port}
-  admin: 127.0.0.1:{admin_port}
-limits:
-  workers: 2
+TABLE = table_head() + """
 store:
   backend: postgres
   dsn_file: DSN_FILE
 identity:
   public_base_url: BASE_URL
-inbound:
-  mode: jwt
-  jwt:
-    discovery_url: ISSUER/.well-known/openid-configuration
-    allowed_audiences: ["AUD"]
-    ca_file: CA
-    allow_private_network: true
+""" + inbound_jwt() + """
 targets:
   - name: api
     type: openapi
@@ -64,11 +53,7 @@ targets:
 """
 
 
-def session():
-    import requests
-    s = requests.Session()
-    s.trust_env = False
-    return s
+session = http_session
 
 
 def agent_token(sub):
@@ -118,10 +103,8 @@ def test_start():
     C["rs_port"] = rs_port
     for al in (a, b):
         # both build their links on A's public URL: the one redirect_uri the client has
-        al.write_table(TABLE.replace("DSN_FILE", pg.dsn_file).replace("ISSUER", op.issuer)
-                       .replace("AUD", AUD).replace("CA", op.ca)
-                       .replace("RS_PORT", str(rs_port))
-                       .replace("BASE_URL", "http://127.0.0.1:%d" % a.proxy_port))
+        al.write_table(oidc_table(TABLE.replace("DSN_FILE", pg.dsn_file), op, AUD, rs_port,
+                                  BASE_URL="http://127.0.0.1:%d" % a.proxy_port))
     # the master key: made by a SQLite store once, then shared by CLI and replicas
     env = dict(os.environ)
     env.pop("AIRLOCK_MASTER_KEY_FILE", None)
@@ -130,10 +113,7 @@ def test_start():
                     "--api-key", "-", "--state-dir", seed], input="x" * 24 + "\n",
                    capture_output=True, text=True, env=env, check=True)
     os.rename(os.path.join(seed, "master.key"), C["key"])
-    r = a.cli("identity", "create-oauth2-credential-provider", "--name", "idp", "--client-id",
-              CLIENT, "--client-secret", "-", "--discovery-url", op.discovery_url, "--ca-file",
-              op.ca, "--allow-private-network", "-c", a.table_path, stdin_data=SECRET + "\n")
-    assert r.returncode == 0, r.stderr
+    a.create_oauth2_provider("idp", op, CLIENT, SECRET, table=True)
     C["a"], C["b"] = a.start(), b.start()
     C["tok"] = agent_token("alice")
 
@@ -231,15 +211,7 @@ def test_postgres_down_cached_user_token_serves_and_a_replica_started_meanwhile_
 
 def rs_revoke():
     """The resource server refuses every token it has seen (an upstream 401)."""
-    import ssl
-    import urllib.request
-    ctx = ssl.create_default_context(cafile=C["op"].ca)
-    req = urllib.request.Request("https://127.0.0.1:%d/__revoke" % C["rs_port"], data=b"",
-                                 method="POST")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                         urllib.request.HTTPSHandler(context=ctx))
-    with opener.open(req, timeout=10) as r:
-        return json.loads(r.read())
+    return revoke_resource_tokens(C["op"], C["rs_port"])
 
 
 def test_master_key_rotation_through_the_cli_while_replicas_serve():

@@ -35,26 +35,8 @@ KEY_FILE = ""
 AGENT_SEEN = []  # every response (body + headers) the agent got
 PAGES = []  # airlock's callback pages (body + headers)
 SECRETS = []  # tokens, codes and states that must never show in a log or response
-REQUESTS = None
 
-TABLE = """
-listen:
-  proxy: 127.0.0.1:{proxy_port}
-  admin: 127.0.0.1:{admin_port}
-  tls: 127.0.0.1:{tls_port}
-limits:
-  workers: 2
-  drain_timeout_ms: 2000
-inbound:
-  mode: jwt
-  jwt:
-    discovery_url: ISSUER/.well-known/openid-configuration
-    allowed_audiences: ["AUD"]
-    ca_file: CA
-    allow_private_network: true
-  user_header:
-    name: X-Airlock-User
-    trusted_clients: [runtime]
+TABLE = table_head(tls=True, limits="  drain_timeout_ms: 2000\n") + inbound_jwt(True) + """
 targets:
   - name: api
     type: openapi
@@ -69,30 +51,15 @@ targets:
 """
 
 
-def session():
-    s = REQUESTS.Session()
-    s.trust_env = False
-    return s
+session = http_session
 
 
 def test_start():
-    global OP, AL, RS, RS_PORT, BASE, CALLBACK, KEY_FILE, REQUESTS
-    import requests
-    REQUESTS = requests
-    AL = Airlock("listen: {proxy: 127.0.0.1:{proxy_port}}\n")
-    BASE = "http://127.0.0.1:%d" % AL.proxy_port
-    CALLBACK = BASE + "/oauth2/callback"
-    KEY_FILE = os.path.join(AL.state_dir, "issuer-key.json")
-    OP = start_oidc(ttl=300, resources=[API], user_clients=[(CLIENT, SECRET, CALLBACK)],
-                    key_out=KEY_FILE)
-    RS, RS_PORT, _ = start_resource_server(OP, API)
-    AL.write_table(TABLE.replace("ISSUER", OP.issuer).replace("AUD", AUD)
-                   .replace("CA", OP.ca).replace("RS_PORT", str(RS_PORT)))
-    r = AL.cli("identity", "create-oauth2-credential-provider", "--name", "idp", "--client-id",
-               CLIENT, "--client-secret", "-", "--discovery-url", OP.discovery_url, "--ca-file",
-               OP.ca, "--allow-private-network", "--state-dir", AL.state_dir,
-               stdin_data=SECRET + "\n")
-    assert r.returncode == 0, r.stderr
+    global OP, AL, RS, RS_PORT, BASE, CALLBACK, KEY_FILE
+    t = start_3lo(TABLE, API, AUD, CLIENT, SECRET)
+    AL, OP, RS, RS_PORT, BASE, CALLBACK, KEY_FILE = (t.al, t.op, t.rs, t.rs_port, t.base,
+                                                     t.callback, t.key_file)
+    AL.create_oauth2_provider("idp", OP, CLIENT, SECRET)
     AL.start()
 
 
@@ -303,15 +270,7 @@ def test_upstream_401_refreshes_once_and_rotation_is_stored():
 
 
 def RS_revoke():
-    import ssl
-    import urllib.request
-    ctx = ssl.create_default_context(cafile=OP.ca)
-    req = urllib.request.Request("https://127.0.0.1:%d/__revoke" % RS_PORT, data=b"",
-                                 method="POST")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                         urllib.request.HTTPSHandler(context=ctx))
-    with opener.open(req, timeout=10) as r:
-        return json.loads(r.read())
+    return revoke_resource_tokens(OP, RS_PORT)
 
 
 def test_expired_access_token_is_refreshed():

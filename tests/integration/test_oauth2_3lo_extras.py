@@ -48,25 +48,9 @@ RS_PORT = 0
 BASE = CALLBACK = KEY_FILE = ""
 AGENT_SEEN = []
 SECRETS = []
-REQUESTS = None
 TOKENS = {}
 
-TABLE = """
-listen:
-  proxy: 127.0.0.1:{proxy_port}
-  admin: 127.0.0.1:{admin_port}
-limits:
-  workers: 2
-inbound:
-  mode: jwt
-  jwt:
-    discovery_url: ISSUER/.well-known/openid-configuration
-    allowed_audiences: ["AUD"]
-    ca_file: CA
-    allow_private_network: true
-  user_header:
-    name: X-Airlock-User
-    trusted_clients: [runtime]
+TABLE = table_head() + inbound_jwt(True) + """
 targets:
   - name: api
     type: openapi
@@ -142,35 +126,19 @@ targets:
 """
 
 
-def session():
-    s = REQUESTS.Session()
-    s.trust_env = False
-    return s
+session = http_session
 
 
 def create_provider(name, client, secret, *extra, op=None):
-    op = op or OP
-    r = AL.cli("identity", "create-oauth2-credential-provider", "--name", name, "--client-id",
-               client, "--client-secret", "-", "--discovery-url", op.discovery_url, "--ca-file",
-               op.ca, "--allow-private-network", "--state-dir", AL.state_dir, *extra,
-               stdin_data=secret + "\n")
-    assert r.returncode == 0, r.stderr
+    AL.create_oauth2_provider(name, op or OP, client, secret, *extra)
 
 
 def test_start():
-    global OP, OP2, AL, RS, RS_PORT, BASE, CALLBACK, KEY_FILE, REQUESTS
-    import requests
-    REQUESTS = requests
-    AL = Airlock("listen: {proxy: 127.0.0.1:{proxy_port}}\n")
-    BASE = "http://127.0.0.1:%d" % AL.proxy_port
-    CALLBACK = BASE + "/oauth2/callback"
-    KEY_FILE = os.path.join(AL.state_dir, "issuer-key.json")
-    OP = start_oidc(ttl=300, resources=[API], user_clients=[(CLIENT, SECRET, CALLBACK)],
-                    par_clients=[(PAR_CLIENT, PAR_SECRET, CALLBACK)], key_out=KEY_FILE)
-    RS, RS_PORT, _ = start_resource_server(OP, API)
-    AL.write_table(TABLE.replace("ISSUER", OP.issuer).replace("AUD", AUD).replace("CA", OP.ca)
-                   .replace("RS_PORT", str(RS_PORT)).replace("APP2", APP2)
-                   .replace("APP", APP))
+    global OP, OP2, AL, RS, RS_PORT, BASE, CALLBACK, KEY_FILE
+    t = start_3lo(TABLE, API, AUD, CLIENT, SECRET, par_clients=[(PAR_CLIENT, PAR_SECRET)],
+                  APP2=APP2, APP=APP)
+    AL, OP, RS, RS_PORT, BASE, CALLBACK, KEY_FILE = (t.al, t.op, t.rs, t.rs_port, t.base,
+                                                     t.callback, t.key_file)
     create_provider("idp", CLIENT, SECRET, "--revoke-replaced-tokens")
     create_provider("idp-keep", CLIENT, SECRET)  # no --revoke-replaced-tokens
     create_provider("idp-app", CLIENT, SECRET)  # the same OAuth client, its own vault rows

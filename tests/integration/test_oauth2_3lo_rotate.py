@@ -33,23 +33,9 @@ BASE = CALLBACK = KEY_FILE = ""
 SEEN = []  # agent responses, CLI output, logs (serve's log is rewritten at a restart)
 SECRETS = []
 MASTER_KEYS = []
-REQUESTS = None
 TOKENS = {}
 
-TABLE = """
-listen:
-  proxy: 127.0.0.1:{proxy_port}
-  admin: 127.0.0.1:{admin_port}
-limits:
-  workers: 2
-  drain_timeout_ms: 2000
-inbound:
-  mode: jwt
-  jwt:
-    discovery_url: ISSUER/.well-known/openid-configuration
-    allowed_audiences: ["AUD"]
-    ca_file: CA
-    allow_private_network: true
+TABLE = table_head(limits="  drain_timeout_ms: 2000\n") + inbound_jwt() + """
 targets:
   - name: api
     type: openapi
@@ -64,10 +50,7 @@ targets:
 """
 
 
-def session():
-    s = REQUESTS.Session()
-    s.trust_env = False
-    return s
+session = http_session
 
 
 def cli(*args):
@@ -84,23 +67,11 @@ def master_key():
 
 
 def test_start():
-    global OP, AL, RS, RS_PORT, BASE, CALLBACK, KEY_FILE, REQUESTS
-    import requests
-    REQUESTS = requests
-    AL = Airlock("listen: {proxy: 127.0.0.1:{proxy_port}}\n")
-    BASE = "http://127.0.0.1:%d" % AL.proxy_port
-    CALLBACK = BASE + "/oauth2/callback"
-    KEY_FILE = os.path.join(AL.state_dir, "issuer-key.json")
-    OP = start_oidc(ttl=300, resources=[API], user_clients=[(CLIENT, SECRET, CALLBACK)],
-                    key_out=KEY_FILE)
-    RS, RS_PORT, _ = start_resource_server(OP, API)
-    AL.write_table(TABLE.replace("ISSUER", OP.issuer).replace("AUD", AUD)
-                   .replace("CA", OP.ca).replace("RS_PORT", str(RS_PORT)))
-    r = AL.cli("identity", "create-oauth2-credential-provider", "--name", "idp", "--client-id",
-               CLIENT, "--client-secret", "-", "--discovery-url", OP.discovery_url, "--ca-file",
-               OP.ca, "--allow-private-network", "--state-dir", AL.state_dir,
-               stdin_data=SECRET + "\n")
-    assert r.returncode == 0, r.stderr
+    global OP, AL, RS, RS_PORT, BASE, CALLBACK, KEY_FILE
+    t = start_3lo(TABLE, API, AUD, CLIENT, SECRET)
+    AL, OP, RS, RS_PORT, BASE, CALLBACK, KEY_FILE = (t.al, t.op, t.rs, t.rs_port, t.base,
+                                                     t.callback, t.key_file)
+    AL.create_oauth2_provider("idp", OP, CLIENT, SECRET)
     AL.start()
 
 
@@ -137,15 +108,7 @@ def user_tokens():
 
 
 def rs_revoke():
-    import ssl
-    import urllib.request
-    ctx = ssl.create_default_context(cafile=OP.ca)
-    req = urllib.request.Request("https://127.0.0.1:%d/__revoke" % RS_PORT, data=b"",
-                                 method="POST")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                         urllib.request.HTTPSHandler(context=ctx))
-    with opener.open(req, timeout=10) as r:
-        return json.loads(r.read())
+    return revoke_resource_tokens(OP, RS_PORT)
 
 
 def test_rotation_while_serving_keeps_users_tokens():
