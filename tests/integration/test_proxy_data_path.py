@@ -158,7 +158,15 @@ def setup():
 
 def test_start():
     setup()
-    code, body = curl("http://127.0.0.1:%d/readyz" % AL.admin_port)
+    # Airlock.start waits for /healthz (the admin listener answers); /readyz also waits
+    # for every worker to run: on a loaded machine that came later (503 not_ready right
+    # after /healthz, once in a full ctest -j2 run), so it is a condition with a deadline
+    deadline = time.monotonic() + 30
+    while True:
+        code, body = curl("http://127.0.0.1:%d/readyz" % AL.admin_port)
+        if code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert code == 200, (code, body)
 
 
