@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from altest import *  # noqa: E402,F401,F403
 
 SECRET = "sk-node-agent-7c1e4a9d2b8f5e3a6d0c"
+LOCKSTEP_ACK_TIMEOUT_S = 20  # how long the upstream waits for a chunk's ack: slowness, not a race
 AGENT_OWN = "Bearer sk-agent-own-placeholder"
 NODE_DIR = os.path.join(HERE, "node")
 TESTS_DIR = os.path.join(SOURCE_DIR, "tests")
@@ -56,8 +57,10 @@ def sha(s):
 
 
 def start_fake_openai(tls, record):
+    # Lock-step streaming (see fake_openai.py): chunk i+1 leaves the upstream only after the
+    # client acknowledged chunk i, so no timer decides whether airlock streamed.
     argv = [PYTHON, os.path.join(PEERS_DIR, "fake_openai.py"), "--port", "0", "--record", record,
-            "--stream-interval-ms", "100"]
+            "--stream-ack-timeout-s", str(LOCKSTEP_ACK_TIMEOUT_S)]
     if tls:
         c = test_ca()
         argv += ["--tls-cert", c["cert"], "--tls-key", c["key"]]
@@ -212,16 +215,21 @@ def test_openai_sdk_chat_completion():
 
 
 def test_openai_sdk_streaming_sse():
-    code, out, text = node("openai_sdk.mjs", "stream", S["base"])
+    # Lock-step: in its `for await` loop the client acknowledges each chunk straight to the
+    # upstream (not through airlock), and the upstream sends the next chunk only after that
+    # ack. Streaming passes however loaded the machine; a proxy that buffers holds chunk 0
+    # until the upstream gives up waiting (LOCKSTEP_ACK_TIMEOUT_S) and ends the stream with
+    # a lockstep_timeout error event, which the SDK raises.
+    code, out, text = node("openai_sdk.mjs", "stream", S["base"], timeout=LOCKSTEP_ACK_TIMEOUT_S + 40,
+                           extra_env={"FAKE_OPENAI_ACK_CA": test_ca()["ca"]})
+    assert not (out and out.get("code") == "lockstep_timeout"), \
+        ("chunk 1 was not delivered before the upstream needed its ack: the proxy buffered", out)
     assert code == 0 and out and out["ok"], text
-    # role chunk + 6 content chunks + the finish chunk
+    # role chunk + 6 content chunks + the finish chunk, each acknowledged before the next
     assert out["chunks"] == 8 and out["objects"] == ["chat.completion.chunk"], out
+    assert out["acks"] == 8 and out["lockstep_acked"] == 7, ("the stream was not in lock-step", out)
     assert out["content"] == "Hello from the fake upstream." and out["finish_reason"] == "stop", out
     assert out["received_auth_sha256"] == sha("Bearer " + SECRET), out
-    # The upstream paces chunks 100 ms apart: a proxy that buffered the whole response
-    # would deliver them all at once.
-    t = out["times_ms"]
-    assert t[-1] - t[0] >= 350, ("chunks arrived together, not streamed", t)
     assert records(S["rec_tls"])[-1]["headers"]["authorization"] == ["Bearer " + SECRET]
 
 

@@ -3,7 +3,7 @@
 /usr/bin/python3).
 
     fake_openai.py --port N [--host 127.0.0.1] [--tls-cert C --tls-key K]
-                   [--record FILE] [--stream-interval-ms 100]
+                   [--record FILE] [--stream-interval-ms 100] [--stream-ack-timeout-s 0]
 
 Prints "READY <port>" on stdout once listening (--port 0 picks a free port). Without
 --tls-cert it speaks plain HTTP (for forward-proxy tests of http:// targets).
@@ -14,8 +14,20 @@ Endpoints (paths as the official SDKs send them under baseURL .../v1):
   POST /v1/chat/completions   a chat.completion; with "stream": true a text/event-stream
                               of chat.completion.chunk events ("data: {...}"), one every
                               --stream-interval-ms, then "data: [DONE]"
+  GET  /_lockstep/ack?id=CID&n=I   lock-step mode (below): the client saw chunk I of the
+                              stream CID; 200 {"acked": count}, 404 for an unknown stream
   anything else               404 with an OpenAI-shaped error
-A request without Authorization gets 401 (as the real API does).
+A request without Authorization gets 401 (as the real API does); the ack endpoint needs
+none (it is a side channel straight from the client, not through the proxy under test).
+
+Lock-step streaming (--stream-ack-timeout-s T, T > 0): instead of pacing chunks by a
+timer, the upstream sends chunk I+1 only after the client acknowledged chunk I on the
+ack endpoint. A proxy that streams delivers every chunk while the upstream waits for its
+ack, however slow the machine; a proxy that buffers holds chunk 0 back until the upstream
+gives up after T seconds, and then the stream ends with an OpenAI-shaped error event
+({"error": {"code": "lockstep_timeout", ...}}, which the SDKs raise) instead of the rest.
+The finish chunk carries "lockstep_acked": how many chunks were acknowledged before it
+was sent. No timing decides the outcome, so CPU load cannot make the test flaky.
 
 What arrived, for the test to assert:
   - every response carries X-Received-Authorization-SHA256 (hex SHA-256 of the
@@ -38,7 +50,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peerserver import PeerServer, tls_context  # noqa: E402
@@ -157,21 +169,65 @@ class Handler(BaseHTTPRequestHandler):
             self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
 
         interval = self.server.stream_interval_ms / 1000.0
-        event({"role": "assistant", "content": "", "refusal": None})
-        for w in REPLY_WORDS:
-            time.sleep(interval)  # paced, so a test can see the chunks arrive one by one
-            event({"content": w})
-        event({}, "stop", {"received_authorization_sha256": self._auth_sha()})
-        self._chunk(b"data: [DONE]\n\n")
+        lockstep = self.server.stream_ack_timeout_s > 0
+        events = [({"role": "assistant", "content": "", "refusal": None}, None, None)]
+        events += [({"content": w}, None, None) for w in REPLY_WORDS]
+        events.append(({}, "stop", {"received_authorization_sha256": self._auth_sha()}))
+        if lockstep:
+            self.server.lockstep_open(cid)
+        try:
+            for i in range(len(events) + 1):
+                if i and lockstep:
+                    # Chunk i-1 must have reached the client before chunk i (or [DONE]) is sent.
+                    if not self.server.lockstep_wait(cid, i, self.server.stream_ack_timeout_s):
+                        failure = {"message": "lockstep: chunk %d was not acknowledged within %g s: it was not "
+                                              "delivered before the upstream needed its ack (the proxy buffered "
+                                              "the stream)" % (i - 1, self.server.stream_ack_timeout_s),
+                                   "type": "lockstep_timeout", "param": None, "code": "lockstep_timeout"}
+                        self.server.lockstep_fail(cid, failure)
+                        self._chunk(b"data: " + json.dumps({"error": failure}).encode() + b"\n\n")
+                        break
+                elif 0 < i <= len(REPLY_WORDS):
+                    time.sleep(interval)  # paced, so a test can see the chunks arrive one by one
+                if i == len(events):
+                    self._chunk(b"data: [DONE]\n\n")
+                    break
+                delta, finish, extra = events[i]
+                if lockstep and finish:
+                    extra = dict(extra, lockstep_acked=self.server.lockstep_acked(cid))
+                event(delta, finish, extra)
+        finally:
+            if lockstep:
+                self.server.lockstep_close(cid)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def _ack(self, query):
+        q = parse_qs(query)
+        try:
+            cid, n = q["id"][0], int(q["n"][0])
+        except (KeyError, ValueError):
+            self._error(400, "id and n are required", None)
+            return
+        count = self.server.lockstep_ack(cid, n)
+        failure = self.server.lockstep_failure(cid)
+        if failure:  # the late ack of a stream that gave up: the client learns why
+            self._send_json(409, {"error": failure})
+        elif count is None:
+            self._error(404, "no lock-step stream %s is open" % cid, "unknown_stream")
+        else:
+            self._send_json(200, {"acked": count})
 
     def _handle(self):
         body = self._read_body()
         if body is None:
             return
+        url = urlsplit(self.path)
+        path = url.path
+        if path == "/_lockstep/ack" and self.command == "GET":
+            self._ack(url.query)  # not recorded: the record is what came through the proxy
+            return
         self._record(body)
-        path = urlsplit(self.path).path
         if self.headers.get("Authorization") is None:
             self._error(401, "You didn't provide an API key.", None)
             return
@@ -208,12 +264,52 @@ class Server(PeerServer):
     peer_name = "fake_openai"
     record_path = None
     stream_interval_ms = 100
+    stream_ack_timeout_s = 0.0
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.record_lock = threading.Lock()
         self._id_lock = threading.Lock()
         self._id = 0
+        self._acks = {}  # open lock-step stream id -> the set of chunk indexes acknowledged
+        self._failed = {}  # lock-step stream id -> the error it ended with (for late acks)
+        self._ack_cond = threading.Condition()
+
+    def lockstep_open(self, cid):
+        with self._ack_cond:
+            self._acks[cid] = set()
+
+    def lockstep_fail(self, cid, failure):
+        with self._ack_cond:
+            self._failed[cid] = failure
+
+    def lockstep_failure(self, cid):
+        with self._ack_cond:
+            return self._failed.get(cid)
+
+    def lockstep_close(self, cid):
+        with self._ack_cond:
+            self._acks.pop(cid, None)
+
+    def lockstep_ack(self, cid, n):
+        """Records the client's ack of chunk n; returns how many chunks are acked, or None
+        for a stream that is not open."""
+        with self._ack_cond:
+            acked = self._acks.get(cid)
+            if acked is None:
+                return None
+            acked.add(n)
+            self._ack_cond.notify_all()
+            return len(acked)
+
+    def lockstep_acked(self, cid):
+        with self._ack_cond:
+            return len(self._acks.get(cid, ()))
+
+    def lockstep_wait(self, cid, n, timeout):
+        """True once chunks 0..n-1 of stream cid are all acked; False after timeout s."""
+        with self._ack_cond:
+            return self._ack_cond.wait_for(lambda: all(i in self._acks[cid] for i in range(n)), timeout)
 
     def next_id(self):
         with self._id_lock:
@@ -229,12 +325,15 @@ def main():
     ap.add_argument("--tls-key")
     ap.add_argument("--record", help="append one JSON line per request (raw headers) to this file")
     ap.add_argument("--stream-interval-ms", type=int, default=100)
+    ap.add_argument("--stream-ack-timeout-s", type=float, default=0,
+                    help="lock-step streaming: send chunk i+1 only after chunk i was acked (0: paced)")
     a = ap.parse_args()
     if bool(a.tls_cert) != bool(a.tls_key):
         ap.error("--tls-cert and --tls-key go together")
     srv = Server((a.host, a.port), Handler)
     srv.record_path = a.record
     srv.stream_interval_ms = max(0, a.stream_interval_ms)
+    srv.stream_ack_timeout_s = max(0.0, a.stream_ack_timeout_s)
     if a.tls_cert:
         srv.ssl_ctx = tls_context(a.tls_cert, a.tls_key)
     print("READY %d" % srv.server_address[1], flush=True)
