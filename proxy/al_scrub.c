@@ -67,12 +67,18 @@ int al_scrub_feed(al_scrub *s, const void *in, size_t n, al_buf *out)
     if (!s->next)
         return AL_ERR_INVAL;
     for (size_t i = 0; i < n; i++) {
+        if (s->state == 0 && b[i] != p[0]) {
+            /* the common case, bytes that start nothing: memchr skips to the next byte
+             * that could (a byte loop here was a third of a 1 MiB response's CPU) */
+            const unsigned char *hit = memchr(b + i, p[0], n - i);
+            size_t skip = hit ? (size_t)(hit - (b + i)) : n - i;
+            run += skip;
+            i += skip;
+            if (i == n)
+                break;
+        }
         unsigned char c = b[i];
         size_t k = s->state;
-        if (k == 0 && c != p[0]) {
-            run++; /* the common case: a byte that starts nothing */
-            continue;
-        }
         if (run) {
             if ((rc = al_buf_append(out, b + i - run, run)) != AL_OK)
                 return rc;
