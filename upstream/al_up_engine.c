@@ -34,6 +34,7 @@
 #include <ev.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,9 +131,9 @@ struct al_up_req {
     al_up_h2_stream *st;      /* HTTP/2: the request's stream (NULL: none now) */
     al_up_req *sprev, *snext; /* HTTP/2: the connection's requests */
     int replays;              /* HTTP/2: times sent again after a GOAWAY / REFUSED */
-    unsigned body_eof : 1, req_done : 1, got_byte : 1, head_done : 1,
-        send_paused : 1, recv_paused : 1, cancelled : 1, finished : 1, deferred : 1, retried : 1,
-        rerun : 1, live : 1, dispatch : 1, tls_rw : 1, send_broken : 1;
+    unsigned body_eof : 1, req_done : 1, got_byte : 1, head_done : 1, send_paused : 1,
+        recv_paused : 1, cancelled : 1, finished : 1, deferred : 1, retried : 1, rerun : 1,
+        live : 1, dispatch : 1, tls_rw : 1, send_broken : 1, grace : 1;
     int busy;
     enum al_upstream_error err;
     char detail[256];
@@ -457,6 +458,7 @@ static void detach(al_up_req *r, int reusable)
 static void set_phase(al_up_req *r, int phase)
 {
     r->phase = phase;
+    r->grace = 0;
     r->phase_at = ev_now(r->e->loop);
     r->last_activity = r->phase_at;
     rearm(r);
@@ -490,11 +492,32 @@ static void rearm(al_up_req *r)
     ev_timer_start(loop, &r->timer);
 }
 
+/* 1 when the connection's socket is ready for what its watcher waits on: after a stall
+ * (a starved worker) libev may run an expired timer before the same pass's I/O
+ * callback, so the answer that arrived in time would be reported as a timeout. Such a
+ * request gets one short grace period (once per phase) for the I/O to be handled. */
+static int io_pending(al_up_req *r)
+{
+    up_conn *c = r->c;
+    if (r->grace || !c || c->io.fd < 0 || !c->events)
+        return 0;
+    struct pollfd pf = {.fd = c->io.fd,
+                        .events = (short)((c->events & EV_READ ? POLLIN : 0) |
+                                          (c->events & EV_WRITE ? POLLOUT : 0))};
+    return poll(&pf, 1, 0) == 1 && (pf.revents & (POLLIN | POLLOUT | POLLHUP | POLLERR));
+}
+
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     al_up_req *r = w->data;
     if (r->finished || r->cancelled)
         return;
+    if ((r->phase == P_CONNECT || r->phase == P_WAIT) && io_pending(r)) {
+        r->grace = 1;
+        ev_timer_set(&r->timer, 0.05, 0.);
+        ev_timer_start(loop, &r->timer);
+        return;
+    }
     r->busy++;
     switch (r->phase) {
     case P_QUEUED: {
