@@ -103,8 +103,8 @@ struct al_up_req {
     up_conn *c;
     al_upstream_cbs cbs;
     void *arg;
-    al_up_req *prev, *next; /* engine's live list */
-    al_up_req *dnext;       /* engine's deferred list */
+    al_up_req *prev, *next;   /* engine's live list */
+    al_up_req *dprev, *dnext; /* engine's deferred list (unlinked in O(1)) */
 
     int has_body, chunked, idempotent, allow_private;
     int64_t body_length;
@@ -201,6 +201,7 @@ static void defer(al_up_req *r)
     if (!r->deferred) {
         r->deferred = 1;
         r->dnext = NULL;
+        r->dprev = e->dtail;
         if (e->dtail)
             e->dtail->dnext = r;
         else
@@ -218,19 +219,16 @@ static void undefer(al_up_req *r)
     al_up_engine *e = r->e;
     if (!r->deferred)
         return;
-    al_up_req *prev = NULL;
-    for (al_up_req *n = e->dhead; n; prev = n, n = n->dnext)
-        if (n == r) {
-            if (prev)
-                prev->dnext = r->dnext;
-            else
-                e->dhead = r->dnext;
-            if (e->dtail == r)
-                e->dtail = prev;
-            break;
-        }
+    if (r->dprev)
+        r->dprev->dnext = r->dnext;
+    else
+        e->dhead = r->dnext;
+    if (r->dnext)
+        r->dnext->dprev = r->dprev;
+    else
+        e->dtail = r->dprev;
     r->deferred = 0;
-    r->dnext = NULL;
+    r->dprev = r->dnext = NULL;
 }
 
 /* ---- hosts and admission ---------------------------------------------------------- */
@@ -1599,10 +1597,12 @@ static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
     al_up_req *r;
     while ((r = e->dhead) != NULL) {
         e->dhead = r->dnext;
-        if (!e->dhead)
+        if (e->dhead)
+            e->dhead->dprev = NULL;
+        else
             e->dtail = NULL;
         r->deferred = 0;
-        r->dnext = NULL;
+        r->dprev = r->dnext = NULL;
         if (r->dispatch && !r->finished && !r->cancelled) {
             r->dispatch = 0;
             r->busy++;
