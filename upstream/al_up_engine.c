@@ -361,17 +361,46 @@ static void conn_to_idle(up_conn *c)
     ev_timer_start(e->loop, &c->idle_t);
 }
 
-/* An idle connection of h that is still open, or NULL. One the upstream closed (or
- * that has bytes waiting, which no request asked for) is closed here, before reuse. */
-static up_conn *host_pick(up_host *h)
+/* An idle connection reported readable: the upstream closed it or sent what nobody
+ * asked for. 1 when it is still usable after all: over TLS a record without data (a TLS
+ * 1.3 session ticket) was consumed; a readiness left from its previous request's pass
+ * (that request read the socket dry from another callback) finds nothing to read. */
+static int conn_idle_readable(up_conn *c)
 {
+    char b;
+    if (c->io.ssl)
+        return al_up_io_read(&c->io, &b, 1) == AL_ERR_AGAIN && c->io.want == EV_READ;
+    return al_up_io_alive(&c->io);
+}
+
+/* An idle connection of h that is still open for r, or NULL.
+ *
+ * A pooled connection keeps its read watcher armed (conn_to_idle), so a close or stray
+ * bytes that arrived by the loop's last poll were already handled by conn_io_cb, or
+ * are pending in this loop pass (handled here, before reuse): no system call per
+ * request. What the loop cannot have seen is a FIN still in flight; a request that may
+ * be sent again (may_retry: idempotent without a body, or nothing sent) finds it when
+ * its read gives EOF or a reset before any response byte and goes again once, on a
+ * fresh connection (dispatch). Any other request (a body, or a method that is not
+ * idempotent: never sent twice) also asks the socket (MSG_PEEK), which narrows that
+ * window for it as before. */
+static up_conn *host_pick(up_host *h, const al_up_req *r)
+{
+    int peek = r->has_body || !r->idempotent;
     while (h->idle) {
         up_conn *c = h->idle;
         h->idle = c->next;
         h->idle_count--;
         c->next = NULL;
         ev_timer_stop(h->e->loop, &c->idle_t);
-        if (al_up_io_alive(&c->io) && !(c->io.ssl && SSL_pending(c->io.ssl)))
+        int ok = 1;
+        if (ev_is_pending(&c->w)) { /* readable in this loop pass: closed or stray bytes */
+            ev_clear_pending(h->e->loop, &c->w);
+            ok = conn_idle_readable(c);
+        } else if (peek) {
+            ok = al_up_io_alive(&c->io);
+        }
+        if (ok && !(c->io.ssl && SSL_pending(c->io.ssl)))
             return c;
         h->e->stats.idle_closed++;
         ev_io_stop(h->e->loop, &c->w);
@@ -1464,11 +1493,10 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         return;
     }
     if (!r) { /* idle and readable: closed by the upstream, or stray bytes */
-        char b;
-        if (c->io.ssl && al_up_io_read(&c->io, &b, 1) == AL_ERR_AGAIN && c->io.want == EV_READ)
-            return; /* a TLS 1.3 session ticket, or another record without data */
-        c->host->e->stats.idle_closed++;
-        conn_close(c);
+        if (!conn_idle_readable(c)) {
+            c->host->e->stats.idle_closed++;
+            conn_close(c);
+        }
         return;
     }
     run(r);
@@ -1483,7 +1511,9 @@ static void dispatch(al_up_req *r)
         h2_dispatch(r);
         return;
     }
-    up_conn *c = host_pick(h);
+    /* a retry goes on a fresh connection: another pooled one may be closing too, and
+     * the request gets no third attempt */
+    up_conn *c = r->retried ? NULL : host_pick(h, r);
     if (c) {
         h->e->stats.reuses++;
         r->c = c;

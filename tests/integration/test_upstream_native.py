@@ -11,7 +11,12 @@ upstreams of the test's own that misbehave on purpose.
    unharmed (the next request on the same agent connection is answered).
 3. 103 Early Hints reach HTTP/1.1 and HTTP/2 agents before the final head (never an
    HTTP/1.0 agent); X-Request-Id is on proxied responses (an upstream's own stays,
-   airlock's is then X-Airlock-Request-Id)."""
+   airlock's is then X-Airlock-Request-Id).
+4. A kept-alive connection the upstream closes as the next request arrives (what a
+   FIN still in flight when airlock reuses the connection looks like: the request
+   was written, then EOF before any response byte): a GET goes again once, on a fresh
+   connection (never on another pooled one that may be closing too), and is answered;
+   a POST with a body is not sent again (502)."""
 import http.client
 import os
 import random
@@ -44,23 +49,21 @@ targets:
     url: http://127.0.0.1:UP_PORT
     allow_insecure_upstream: true
     allow_private_network: true
+  - name: drop
+    type: openapi
+    url: http://127.0.0.1:DROP_PORT
+    allow_insecure_upstream: true
+    allow_private_network: true
 """
 
 
-class ChaosUpstream:
-    """HTTP/1.1 upstream on raw sockets. /get/<id> and /post/<id> are answered and
-    recorded (only what was answered counts as processed); after each answer the
-    connection is, at random, kept, closed at once (without Connection: close), or
-    closed after a random idle wait unless the next request came first. /bad and
-    /garbage answer malformed responses; /early sends a 103 first; /ownid carries the
-    upstream's own X-Request-Id."""
+class RawUpstream:
+    """An HTTP/1.1 upstream on raw sockets: one thread per connection runs
+    self._serve(c, n) (n: the connection's number, from 1)."""
 
-    def __init__(self, seed=15):
-        self.rand = random.Random(seed)
+    def __init__(self):
         self.lock = threading.Lock()
-        self.processed = []  # (method, id, body)
         self.conns = 0
-        self.closes = 0
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -76,36 +79,60 @@ class ChaosUpstream:
                 return
             with self.lock:
                 self.conns += 1
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+                n = self.conns
+            threading.Thread(target=self._serve, args=(c, n), daemon=True).start()
+
+
+def read_request(c, buf):
+    """The next request on c after the bytes buf: (method, path, body, rest), or None
+    when the connection closed first."""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(65536)
+        if not d:
+            return None
+        buf += d
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path = lines[0].split(" ")[:2]
+    hdrs = {}
+    for h in lines[1:]:
+        k, _, v = h.partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    n = int(hdrs.get("content-length", "0"))
+    while len(buf) < n:
+        d = c.recv(65536)
+        if not d:
+            return None
+        buf += d
+    return method, path, buf[:n], buf[n:]
+
+
+class ChaosUpstream(RawUpstream):
+    """/get/<id> and /post/<id> are answered and recorded (only what was answered
+    counts as processed); after each answer the connection is, at random, kept, closed
+    at once (without Connection: close), or closed after a random idle wait unless the
+    next request came first. /bad and /garbage answer malformed responses; /early
+    sends a 103 first; /ownid carries the upstream's own X-Request-Id."""
+
+    def __init__(self, seed=15):
+        self.rand = random.Random(seed)
+        self.processed = []  # (method, id, body)
+        self.closes = 0
+        super().__init__()
 
     def _choice(self):
         with self.lock:
             return self.rand.random(), self.rand.random()
 
-    def _serve(self, c):
+    def _serve(self, c, _n):
         buf = b""
         c.settimeout(20)
         try:
             while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path = lines[0].split(" ")[:2]
-                hdrs = {}
-                for h in lines[1:]:
-                    k, _, v = h.partition(":")
-                    hdrs[k.strip().lower()] = v.strip()
-                n = int(hdrs.get("content-length", "0"))
-                while len(buf) < n:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                body, buf = buf[:n], buf[n:]
+                req = read_request(c, buf)
+                if req is None:
+                    return
+                method, path, body, buf = req
                 if path == "/bad":
                     c.sendall(b"HTTP/1.1 200 OK\r\nNo colon in this line\r\n\r\n")
                     return
@@ -143,10 +170,52 @@ class ChaosUpstream:
                 pass
 
 
+class DropAfterFirst(RawUpstream):
+    """Answers only the first request of each connection (kept alive); a later request
+    on it is read whole, recorded, and the connection closed without a byte of answer.
+    /hold/<id> answers wait until `hold` such requests are in, so that many
+    connections are open and then pooled at once."""
+
+    def __init__(self, hold=2):
+        super().__init__()
+        self.cond = threading.Condition(self.lock)
+        self.hold = hold
+        self.held = 0
+        self.seen = []  # (connection number, request number on it, method, path, body)
+
+    def _serve(self, c, cn):
+        buf = b""
+        c.settimeout(20)
+        try:
+            for k in range(2):
+                req = read_request(c, buf)
+                if req is None:
+                    return
+                method, path, body, buf = req
+                with self.cond:
+                    self.seen.append((cn, k, method, path, body))
+                    if k == 1:
+                        return  # closed without an answer
+                    if path.startswith("/hold/"):
+                        self.held += 1
+                        self.cond.notify_all()
+                        assert self.cond.wait_for(lambda: self.held >= self.hold, timeout=20)
+                reply = ("%s %s" % (method, path)).encode()
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+
+DROP = None
+
+
 def test_start():
-    global AL, UP
+    global AL, UP, DROP
     UP = ChaosUpstream()
-    AL = Airlock(TABLE.replace("UP_PORT", str(UP.port)))
+    DROP = DropAfterFirst()
+    AL = Airlock(TABLE.replace("UP_PORT", str(UP.port)).replace("DROP_PORT", str(DROP.port)))
     AL.start()
 
 
@@ -282,6 +351,49 @@ def test_request_id_on_proxied_responses():
                         "--noproxy", "", AL.gateway_url("up", "/get/rid2")],
                        capture_output=True, timeout=20)
     assert re.search(r"^x-request-id: [0-9a-f]{32}\r?$", r.stdout.decode(), re.M | re.I), r.stdout
+
+
+def test_reuse_racing_a_close_retries_a_get_once_on_a_fresh_connection():
+    # two connections opened at once, then both pooled
+    out = {}
+
+    def hold(i):
+        conn = http.client.HTTPConnection("127.0.0.1", AL.proxy_port, timeout=30)
+        conn.request("GET", "/t/drop/hold/%d" % i)
+        resp = conn.getresponse()
+        out[i] = (resp.status, resp.read())
+        conn.close()
+
+    ts = [threading.Thread(target=hold, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert out == {0: (200, b"GET /hold/0"), 1: (200, b"GET /hold/1")}, out
+    assert DROP.conns == 2, DROP.conns
+    conn = http.client.HTTPConnection("127.0.0.1", AL.proxy_port, timeout=30)
+    # a GET on a pooled connection that dies under it: sent again on a new one
+    conn.request("GET", "/t/drop/get/g1")
+    resp = conn.getresponse()
+    data = resp.read()
+    with DROP.lock:
+        seen = [(cn, k) for cn, k, m, p, b in DROP.seen if p == "/get/g1"]
+    assert (resp.status, data) == (200, b"GET /get/g1"), (resp.status, data, seen)
+    # once on a pooled connection (its second request, dropped), then the first request
+    # of a fresh connection (the other pooled one, closing too, is not tried)
+    assert len(seen) == 2 and seen[0][1] == 1 and seen[1] == (3, 0), seen
+    # a POST with a body on a pooled connection that dies under it: never sent twice
+    conn.request("POST", "/t/drop/post/p1", body=b"once only",
+                 headers={"Content-Type": "text/plain"})
+    resp = conn.getresponse()
+    data = resp.read()
+    assert resp.status == 502 and json.loads(data)["error"] == "upstream_reset", (resp.status,
+                                                                                  data)
+    with DROP.lock:
+        seen = [(cn, k, b) for cn, k, m, p, b in DROP.seen if p == "/post/p1"]
+    assert len(seen) == 1 and seen[0][1] == 1 and seen[0][2] == b"once only", seen
+    conn.close()
+    assert AL.proc.alive()
 
 
 def test_stop():
