@@ -6,6 +6,9 @@
  * checkpoint's bytes up to ,"sig":" and the signature is the line's last field.
  * The verifier parses each line with jansson only to read seq, prev, event, key_id
  * and sig; everything it compares is bytes. */
+/* SHA256_Init/Update/Final are deprecated in OpenSSL 3 but still in its API; sha256()
+ * below says why the chain uses them. Defined before any OpenSSL header is read. */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "al_audit_chain.h"
 #include "common/al_err.h"
 #include "common/al_fmt.h"
@@ -15,7 +18,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <openssl/pem.h>
-#include <pthread.h>
+#include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,21 +35,18 @@ void al_audit_chain_init(al_audit_chain *c)
     memset(c->prev, 0, sizeof c->prev);
 }
 
-/* SHA-256 fetched once: EVP_sha256() makes every EVP_Digest fetch it again from the
- * provider (~2.5k instructions a line, one line per request). */
-static EVP_MD *sha256_md;
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
-
-static void sha256_fetch(void)
-{
-    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-}
-
+/* SHA-256 of one line (the writer hashes every record, the verifier every line).
+ * The low-level interface runs the same assembly as the EVP one (the SHA extensions
+ * when the CPU has them) without EVP_Digest's per-call context allocation, provider
+ * dispatch and cleanse: 382 instead of 431 ns for a 632-byte line on this machine's
+ * CPU, ~900 fewer instructions a line under callgrind. The input is a public log
+ * line, so nothing needs wiping. */
 static void sha256(const void *p, size_t n, unsigned char out[32])
 {
-    unsigned len = 32;
-    pthread_once(&sha256_once, sha256_fetch);
-    EVP_Digest(p, n, out, &len, sha256_md ? sha256_md : EVP_sha256(), NULL);
+    SHA256_CTX c;
+    SHA256_Init(&c);
+    SHA256_Update(&c, p, n);
+    SHA256_Final(out, &c);
 }
 
 /* {"seq":N,"prev":"<64 hex>" — by appends: snprintf was ~1k instructions a line */
