@@ -110,6 +110,20 @@ static long futex(_Atomic int *word, int op, int val, const struct timespec *ts)
     return syscall(SYS_futex, (int *)word, op, val, ts, NULL, 0);
 }
 
+/* Asks for the first bytes of the slot the next record will use (`write` on the
+ * producers' side, read on the writer's) while this one is finished: the ring is
+ * 4 MiB, so that slot is cold, and its seq was last written by the other thread.
+ * Loading it was 91 % of al_audit_submit's own time (perf annotate). */
+static void prefetch_slot(const audit_slot *s, int write)
+{
+    for (size_t off = 0; off < 640; off += 64) {
+        if (write)
+            __builtin_prefetch((const char *)s + off, 1);
+        else
+            __builtin_prefetch((const char *)s + off, 0);
+    }
+}
+
 static int open_log(const char *path)
 {
     /* read too: the chain's end is read back after a restart or a foreign append */
@@ -400,6 +414,7 @@ static size_t drain(al_audit *a)
             }
             blen = 0;
         }
+        prefetch_slot(&a->slots[(pos + 1) & a->mask], 0);
         memcpy(a->batch + blen, s->line, s->len);
         blen += s->len;
         atomic_fetch_add(&a->pending_lines, 1);
@@ -702,6 +717,7 @@ static void publish_slot(al_audit *a, audit_slot *s, size_t pos, int n)
     atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
     /* every quarter ring: a napping writer must not let the ring fill */
     wake_writer(a, ((pos + 1) & (a->mask >> 2)) == 0);
+    prefetch_slot(&a->slots[(pos + 1) & a->mask], 1);
 }
 
 void al_audit_submit(al_audit *a, const al_audit_request *r)
@@ -875,6 +891,20 @@ static size_t escape_one(const unsigned char *p, size_t left, char *tmp, const c
     return u;
 }
 
+/* 1 for a byte a JSON string holds as it is: printable ASCII but '"' and '\\' (not NUL,
+ * control characters, DEL, or bytes >= 0x80, which put_str checks as UTF-8). */
+static const unsigned char json_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,
+    /* 0x80 - 0xff: 0 */
+};
+
 /* Writes s as a JSON string whose content is at most `budget` (>= 3) bytes; a longer
  * value is cut at a character boundary and ends in "..." (and the record is marked
  * "truncated"), so a huge or hostile field cannot push the line past its slot. */
@@ -888,25 +918,29 @@ static void put_str(enc *e, const char *s, size_t budget)
         puts_(e, "null");
         return;
     }
-    left = strlen(s);
     /* Fast path (nearly every field): printable ASCII with nothing to escape, within
-     * the budget, goes in with one copy. The per-character path below cost about a
-     * tenth of a small request's instructions. */
-    if (left <= budget) {
+     * the budget, copied while it is scanned, in one pass (strlen, a scan and a memcpy
+     * were ~135 instructions a field, 20 fields a record). A byte that needs more (or
+     * a value over budget) leaves what was copied behind unused and takes the path
+     * below from the start. */
+    if (!e->overflow && e->cap - e->len >= budget + 2) {
+        char *o = e->p + e->len + 1;
         size_t i = 0;
-        while (i < left) {
-            unsigned char c = (unsigned char)s[i];
-            if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
-                break;
-            i++;
+        unsigned c = 0;
+        for (; i <= budget; i++) {
+            c = (unsigned char)s[i];
+            if (!json_plain[c])
+                break; /* NUL, a control character, DEL, non-ASCII or a quote */
+            o[i] = (char)c;
         }
-        if (i == left) {
-            put(e, "\"", 1);
-            put(e, s, left);
-            put(e, "\"", 1);
+        if (c == '\0' && i <= budget) {
+            o[-1] = '"';
+            o[i] = '"';
+            e->len += i + 2;
             return;
         }
     }
+    left = strlen(s);
     for (p = (const unsigned char *)s; left && total <= budget; p += adv, left -= adv) {
         adv = escape_one(p, left, tmp, &piece, &plen);
         total += plen;
@@ -936,7 +970,15 @@ static void put_u64(enc *e, uint64_t v)
     char tmp[AL_FMT_U64_MAX];
     if (v > (uint64_t)INT64_MAX)
         v = (uint64_t)INT64_MAX;
-    /* not snprintf: six numbers a record, formatted in a tenth of the time */
+    /* not snprintf: six numbers a record, formatted in a tenth of the time; straight
+     * into the line when it has room (most are one digit: bytes_in, the times) */
+    if (!e->overflow && e->cap - e->len >= sizeof tmp) {
+        if (v < 10)
+            e->p[e->len++] = (char)('0' + v);
+        else
+            e->len += al_fmt_u64(e->p + e->len, v);
+        return;
+    }
     put(e, tmp, al_fmt_u64(tmp, v));
 }
 

@@ -267,6 +267,62 @@ static void test_encode_huge_fields_fit(void **state)
     free(multi);
 }
 
+/* The encoder's one-pass copy of plain strings and its byte-by-byte path agree: a
+ * value exactly at its budget comes whole, one byte over is cut with "..."; and a
+ * buffer too small for a field's whole budget (the slow path then writes it) gives the
+ * same bytes or AL_ERR_TOOBIG, never a different line. */
+static void test_encode_budget_edges_and_tight_buffers(void **state)
+{
+    char path[1602], buf[AL_AUDIT_LINE_MAX];
+    for (size_t k = 0; k < sizeof path - 1; k++)
+        path[k] = (char)('a' + k % 26);
+    /* path's budget is 1600 bytes of output */
+    for (size_t len = 1598; len <= 1601; len++) {
+        char v[sizeof path];
+        memcpy(v, path, len);
+        v[len] = '\0';
+        al_audit_request r = sample();
+        r.path = v;
+        int n = al_audit_encode_request(&r, buf, sizeof buf);
+        json_t *j = parse_line(buf, n);
+        const char *got = json_string_value(json_object_get(j, "path"));
+        if (len <= 1600) {
+            assert_string_equal(got, v);
+            assert_null(json_object_get(j, "truncated"));
+        } else {
+            assert_int_equal(strlen(got), 1600);
+            assert_memory_equal(got, v, 1597);
+            assert_string_equal(got + 1597, "...");
+            assert_true(json_is_true(json_object_get(j, "truncated")));
+        }
+        json_decref(j);
+    }
+    /* the same record into buffers (of exactly cap bytes: ASan sees a byte written past
+     * one) from roomy to too small; plain and escaped values, a path at its budget */
+    static const char *const hosts[] = {"api.example.com", "a\"b\\c\x01" "caf\xc3\xa9"};
+    path[1600] = '\0';
+    for (size_t h = 0; h < 3; h++) {
+        al_audit_request r = sample();
+        r.host = hosts[h % 2];
+        if (h == 2)
+            r.path = path;
+        int n = al_audit_encode_request(&r, buf, sizeof buf);
+        json_decref(parse_line(buf, n));
+        for (size_t cap = (size_t)n + 300; cap >= 2; cap--) {
+            char *tight = malloc(cap);
+            assert_non_null(tight);
+            int m = al_audit_encode_request(&r, tight, cap);
+            if (cap > (size_t)n) {
+                assert_int_equal(m, n);
+                assert_string_equal(tight, buf);
+            } else {
+                assert_int_equal(m, AL_ERR_TOOBIG);
+            }
+            free(tight);
+        }
+    }
+}
+
 static void redact(const char *in, const char *want)
 {
     char out[256];
@@ -739,6 +795,7 @@ int main(void)
         cmocka_unit_test(test_encode_fields),
         cmocka_unit_test(test_encode_hostile_strings),
         cmocka_unit_test(test_encode_huge_fields_fit),
+        cmocka_unit_test(test_encode_budget_edges_and_tight_buffers),
         cmocka_unit_test(test_redact_query),
         cmocka_unit_test(test_many_threads_all_lines_whole),
         cmocka_unit_test(test_small_queue_counts_what_it_drops),
