@@ -261,6 +261,13 @@ static ev_tstamp ct_deadline(const al_conn *c)
     return from + ct_limit_ms(c, c->ct_kind) / 1000.0;
 }
 
+/* The idle connection has yet to give its memory back (proto->trim): the keep-alive
+ * clock's timer also wakes up AL_CONN_TRIM_IDLE_MS into the idle period. */
+static int ct_trim_due(const al_conn *c)
+{
+    return c->ct_kind == AL_CT_KEEPALIVE && !c->trimmed && c->proto && c->proto->trim;
+}
+
 static void ct_update(al_conn *c)
 {
     int kind = ct_kind_now(c);
@@ -269,8 +276,11 @@ static void ct_update(al_conn *c)
     struct ev_loop *loop = c->worker->loop;
     c->ct_kind = kind;
     c->ct_since = ev_now(loop);
+    c->trimmed = 0;
     ev_timer_stop(loop, &c->ct_timer);
     uint32_t ms = ct_limit_ms(c, kind);
+    if (ct_trim_due(c) && (ms == 0 || ms > AL_CONN_TRIM_IDLE_MS))
+        ms = AL_CONN_TRIM_IDLE_MS;
     if (kind == AL_CT_NONE || ms == 0)
         return;
     ev_timer_set(&c->ct_timer, ms / 1000.0, 0.);
@@ -289,6 +299,20 @@ static void on_ct_timer(struct ev_loop *loop, ev_timer *t, int revents)
     if (c->ct_kind == AL_CT_NONE || ev_is_active(&c->ct_timer))
         return;
     ev_tstamp left = ct_deadline(c) - ev_now(loop);
+    uint32_t limit = ct_limit_ms(c, c->ct_kind);
+    if (ct_trim_due(c)) {
+        ev_tstamp at = c->ct_since + AL_CONN_TRIM_IDLE_MS / 1000.0 - ev_now(loop);
+        if (at <= 0.001) {
+            c->trimmed = 1;
+            c->proto->trim(c);
+        } else if (limit == 0 || at < left) {
+            ev_timer_set(&c->ct_timer, at, 0.);
+            ev_timer_start(loop, &c->ct_timer);
+            return;
+        }
+    }
+    if (limit == 0)
+        return; /* no limit (the timer ran for the trim only) */
     if (left > 0.001) {
         ev_timer_set(&c->ct_timer, left, 0.);
         ev_timer_start(loop, &c->ct_timer);

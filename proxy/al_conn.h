@@ -71,7 +71,14 @@ typedef struct al_proto {
     int (*timeout_kind)(al_conn *c);
     /* That clock ran out (HEADER, BODY or KEEPALIVE); NULL = close at once. */
     void (*on_timeout)(al_conn *c, int kind);
+    /* The connection has been idle (KEEPALIVE) for AL_CONN_TRIM_IDLE_MS: give back
+     * memory that costs a system call to give back (h2: nghttp2's buffers); NULL none. */
+    void (*trim)(al_conn *c);
 } al_proto;
+
+/* How long a connection stays idle before proto->trim: a connection between two
+ * requests of a busy client never pays its system calls and page faults. */
+#define AL_CONN_TRIM_IDLE_MS 500
 
 struct al_conn {
     struct al_worker *worker;
@@ -111,6 +118,7 @@ struct al_conn {
     /* Client-side clock: one lazy timer; ct_kind and ct_since say which and from when. */
     ev_timer ct_timer;
     int ct_kind; /* enum al_conn_timeout */
+    int trimmed; /* proto->trim ran in this KEEPALIVE period */
     ev_tstamp ct_since, last_read, last_write;
     int closing; /* close once the output is flushed */
     int dead;    /* closed; freed at the end of the event */

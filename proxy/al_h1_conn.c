@@ -542,6 +542,7 @@ static void h1_free(al_conn *c)
 static const al_proto h1_proto = {
     "http/1.1", h1_on_read, h1_on_eof, h1_on_drain,     h1_wants_read,
     h1_idle,    h1_drain,   h1_free,   h1_timeout_kind, h1_on_timeout,
+    NULL,
 };
 
 int al_h1_conn_attach(al_conn *c)

@@ -18,14 +18,20 @@
 
 #include <ctype.h>
 #include <nghttp2/nghttp2.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define STREAM_OUT_HIGH (64 * 1024)
 
 typedef struct h2_session h2_session;
+
+/* nghttp2's big buffers, each on pages of its own in a slot (see "idle memory") */
+enum { PART_DEFLATE, PART_MAP, PART_FRAMEBUF, PARTS };
 
 typedef struct h2_stream {
     h2_session *h;
@@ -59,6 +65,13 @@ struct h2_session {
     int32_t recent_ids[16]; /* streams closed lately (a ring): their trailers may be late */
     unsigned recent_pos;
     int got_settings; /* the client's first SETTINGS arrived (the preface is complete) */
+    /* nghttp2's big buffers, on pages of their own (see "idle memory" below): the
+     * slot, and each part of it while nghttp2 holds it. */
+    char *slot;
+    void *part[PARTS];
+    int creating;     /* inside nghttp2_session_server_new3: its buffers are recognised */
+    int deleting;     /* inside nghttp2_session_del: slot_put gives the pages back */
+    int deflate_seen; /* a 1,024-byte buffer was allocated during creation */
 };
 
 static const al_proto h2_proto;
@@ -570,6 +583,190 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     return 0;
 }
 
+/* ---- idle memory: nghttp2's big buffers on pages of their own -----------
+ *
+ * An idle HTTP/2 connection was ~18 KB of RSS (bench/RESULTS.md run 10), most of it
+ * buffers nghttp2 allocates per session and keeps for the session's life: the
+ * 16,394-byte frame buffer every outgoing frame is written into, the stream map's
+ * first table (256 buckets of 16 B, calloc'd) and the HPACK encoder's 1,024-byte
+ * table of entry pointers (never written: the encoder keeps no dynamic table). On the
+ * malloc heap they sit between other objects, so a page that ever held a frame stays
+ * resident. Here each session gets one page-aligned slot holding the three (the
+ * allocator below recognises them by size, and the encoder's by coming first, while
+ * nghttp2_session_server_new3 runs: nghttp2 1.52's session_new), and h2_trim, once the
+ * connection has been idle for AL_CONN_TRIM_IDLE_MS, gives pages back with
+ * MADV_DONTNEED (a private anonymous page reads as zeros after that, mapped again on
+ * the next write):
+ *  - the frame buffer holds nothing live once nghttp2_session_want_write() is 0: that
+ *    means no active outbound item, and nghttp2 1.52 resets the buffers when it drops
+ *    the item (active_outbound_item_reset) and writes each frame from the start
+ *    before reading it (session_prep_frame); mem_send's caller (h2_send) has copied
+ *    every frame it was given;
+ *  - the map table is given back only when every byte of it is 0 (no stream; closed
+ *    streams are not kept), so what nghttp2 reads afterwards is what it left there;
+ *  - the encoder's table is never given back while the session lives (were the
+ *    guess of which 1,024-byte buffer it is wrong, it would only cost its page).
+ * Slots come from one process-wide pool (a lock taken once per session, not per
+ * frame); a freed slot's pages go back to the kernel before it is reused, so a slot
+ * always starts as zeros (the map table is calloc'd). */
+static const size_t part_len[PARTS] = {
+    128 * 8,       /* hd_ringbuf: 4,096 / 32 entry pointers */
+    256 * 16,      /* nghttp2_map: 1 << 8 buckets of 16 bytes (hash, key, data) */
+    9 + 1 + 16384, /* NGHTTP2_FRAMEBUF_CHUNKLEN (nghttp2_frame.h) */
+};
+#define POOL_GROW 64 /* slots mapped at once */
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static void **pool_free; /* free slots, their pages already given back */
+static size_t pool_n, pool_cap;
+
+static size_t page_round(size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    return (n + pg - 1) / pg * pg;
+}
+
+/* A slot is the parts in enum order, each from a page boundary. */
+static size_t part_off(int part)
+{
+    size_t off = 0;
+    for (int i = 0; i < part; i++)
+        off += page_round(part_len[i]);
+    return off;
+}
+
+/* A zero-filled slot, or NULL (nghttp2 then allocates with malloc as usual). */
+static char *slot_get(void)
+{
+    char *slot = NULL;
+    size_t sz = part_off(PARTS);
+    pthread_mutex_lock(&pool_lock);
+    if (!pool_n) {
+        void **grown = realloc(pool_free, (pool_cap + POOL_GROW) * sizeof *grown);
+        char *m = grown ? mmap(NULL, sz * POOL_GROW, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                        : MAP_FAILED;
+        if (grown) {
+            pool_free = grown;
+            pool_cap += POOL_GROW;
+        }
+        for (size_t i = 0; m != MAP_FAILED && i < POOL_GROW; i++)
+            pool_free[pool_n++] = m + (POOL_GROW - 1 - i) * sz;
+    }
+    if (pool_n)
+        slot = pool_free[--pool_n];
+    pthread_mutex_unlock(&pool_lock);
+    return slot;
+}
+
+static void slot_put(char *slot)
+{
+    if (!slot)
+        return;
+    size_t sz = part_off(PARTS);
+    if (madvise(slot, sz, MADV_DONTNEED) != 0)
+        memset(slot, 0, sz); /* not expected: zeros for the next session anyway */
+    pthread_mutex_lock(&pool_lock);
+    pool_free[pool_n++] = slot; /* room: pool_cap counts every slot ever mapped */
+    pthread_mutex_unlock(&pool_lock);
+}
+
+/* While the session is created: the part of the slot for an allocation of len
+ * bytes, or NULL. */
+static void *part_take(h2_session *h, int part, size_t len)
+{
+    if (!h->creating || !h->slot || len != part_len[part] || h->part[part])
+        return NULL;
+    return h->part[part] = h->slot + part_off(part);
+}
+
+/* Which part ptr is, or -1. */
+static int part_of(const h2_session *h, const void *ptr)
+{
+    for (int i = 0; ptr && i < PARTS; i++)
+        if (ptr == h->part[i])
+            return i;
+    return -1;
+}
+
+static void *ng_malloc(size_t size, void *user)
+{
+    h2_session *h = user;
+    void *p = NULL;
+    if (size == part_len[PART_FRAMEBUF])
+        p = part_take(h, PART_FRAMEBUF, size);
+    else if (size == part_len[PART_DEFLATE] && !h->part[PART_DEFLATE] &&
+             !h->deflate_seen++) /* the first of the two HPACK tables: the encoder's */
+        p = part_take(h, PART_DEFLATE, size);
+    return p ? p : malloc(size);
+}
+
+static void ng_free(void *ptr, void *user)
+{
+    h2_session *h = user;
+    int part = part_of(h, ptr);
+    if (part < 0) {
+        free(ptr);
+        return;
+    }
+    /* nghttp2 let go of it (the map grew): its pages go back now */
+    if (!h->deleting)
+        madvise(ptr, page_round(part_len[part]), MADV_DONTNEED);
+    h->part[part] = NULL;
+}
+
+static void *ng_calloc(size_t n, size_t size, void *user)
+{
+    h2_session *h = user;
+    void *p = size && n == part_len[PART_MAP] / size && n * size == part_len[PART_MAP]
+                  ? part_take(h, PART_MAP, n * size) /* zero-filled */
+                  : NULL;
+    return p ? p : calloc(n, size);
+}
+
+static void *ng_realloc(void *ptr, size_t size, void *user)
+{
+    h2_session *h = user;
+    if (!ptr)
+        return ng_malloc(size, user); /* nghttp2_buf_init2 allocates the frame buffer so */
+    int part = part_of(h, ptr);
+    if (part < 0)
+        return realloc(ptr, size);
+    void *p = malloc(size);
+    if (p) {
+        memcpy(p, ptr, part_len[part] < size ? part_len[part] : size);
+        ng_free(ptr, user);
+    }
+    return p;
+}
+
+static int all_zero(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
+}
+
+/* The connection has been idle (no stream) for AL_CONN_TRIM_IDLE_MS: the pages of the
+ * frame buffer, and of the stream map table when it is empty, go back to the kernel
+ * (the two are adjacent in the slot: one system call). */
+static void h2_trim(al_conn *c)
+{
+    h2_session *h = c->proto_state;
+    if (!h || !h->slot || h->stream_count || h->closed || h->goaway ||
+        nghttp2_session_want_write(h->ng))
+        return;
+    char *map = h->part[PART_MAP], *fb = h->part[PART_FRAMEBUF];
+    size_t map_sz = page_round(part_len[PART_MAP]), fb_sz = page_round(part_len[PART_FRAMEBUF]);
+    if (map && !all_zero(map, part_len[PART_MAP]))
+        map = NULL;
+    if (map && fb)
+        madvise(map, map_sz + fb_sz, MADV_DONTNEED);
+    else if (map || fb)
+        madvise(map ? map : fb, map ? map_sz : fb_sz, MADV_DONTNEED);
+    al_log(AL_LOG_DEBUG, "h2.trim", "peer=%s frame_buffer=%d stream_map=%d", c->peer, fb != NULL,
+           map != NULL);
+}
+
 /* ---- connection side ------------------------------------------------------ */
 
 static void free_stream(h2_stream *s)
@@ -714,7 +911,9 @@ static void h2_free(al_conn *c)
         h->closed = s->next;
         free_stream(s);
     }
+    h->deleting = 1;
     nghttp2_session_del(h->ng);
+    slot_put(h->slot); /* one system call for the whole slot */
     free(h);
     c->proto_state = NULL;
 }
@@ -722,6 +921,7 @@ static void h2_free(al_conn *c)
 static const al_proto h2_proto = {
     "h2",    h2_on_read, h2_on_eof, h2_on_drain,     h2_wants_read,
     h2_idle, h2_drain,   h2_free,   h2_timeout_kind, h2_on_timeout,
+    h2_trim,
 };
 
 int al_h2_attach(al_conn *c)
@@ -748,7 +948,12 @@ int al_h2_attach(al_conn *c)
      * sent indexed from the static table or literal), so no entries stay behind. */
     nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 0);
-    if (nghttp2_session_server_new2(&h->ng, cbs, h, opt) != 0)
+    nghttp2_mem mem = {h, ng_malloc, ng_free, ng_calloc, ng_realloc}; /* copied by nghttp2 */
+    h->slot = slot_get();
+    h->creating = 1;
+    int made = nghttp2_session_server_new3(&h->ng, cbs, h, opt, &mem);
+    h->creating = 0;
+    if (made != 0)
         goto fail;
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1024},
@@ -767,8 +972,11 @@ int al_h2_attach(al_conn *c)
     c->proto_state = h;
     return AL_OK;
 fail:
-    if (h && h->ng)
-        nghttp2_session_del(h->ng);
+    if (h) {
+        h->deleting = 1;
+        nghttp2_session_del(h->ng); /* NULL: nothing */
+        slot_put(h->slot);
+    }
     free(h);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);

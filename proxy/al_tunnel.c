@@ -321,4 +321,5 @@ static void tp_free(al_conn *c)
 static const al_proto tunnel_proto = {
     "tunnel", tp_on_read, tp_on_eof, tp_on_drain, tp_wants_read,
     tp_idle,  tp_drain,   tp_free,   NULL,        NULL, /* the tunnel's own idle timer */
+    NULL,
 };
