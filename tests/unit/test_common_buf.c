@@ -10,6 +10,7 @@
 #include "common/al_err.h"
 #include "common/al_hex.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static void test_buf_grows_to_its_limit_and_no_further(void **state)
@@ -59,6 +60,17 @@ static void test_hex(void **state)
     char out[9];
     al_hex_encode(in, sizeof in, out);
     assert_string_equal(out, "007fabff");
+    /* every byte value, as printf spells it */
+    unsigned char all[256];
+    char hex[513], want[3];
+    for (int b = 0; b < 256; b++)
+        all[b] = (unsigned char)b;
+    al_hex_encode(all, sizeof all, hex);
+    assert_int_equal(strlen(hex), 512);
+    for (int b = 0; b < 256; b++) {
+        snprintf(want, sizeof want, "%02x", b);
+        assert_memory_equal(hex + 2 * b, want, 2);
+    }
     assert_int_equal(al_hex_value('0'), 0);
     assert_int_equal(al_hex_value('f'), 15);
     assert_int_equal(al_hex_value('F'), 15);
