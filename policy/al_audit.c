@@ -10,10 +10,11 @@
  *
  * Wake-up: the writer sleeps on a futex word `sleeping`. After a drain that found
  * lines it naps (sleeping = NAP) for NAP_NS and drains again; while it naps, producers
- * do not wake it, except once every quarter of the ring, so a busy proxy makes no
- * system call per request and the writer wakes at most 1/NAP_NS times a second plus
- * when the ring fills (a wake per record cost a futex pair per request: measured
- * 10-15 % of the worker's time). After a drain that found nothing it sleeps (IDLE)
+ * do not wake it until a quarter of the ring has filled since the nap began, so a
+ * busy proxy makes no system call per request and the writer wakes at most 1/NAP_NS
+ * times a second or once per quarter ring (a wake per record cost a futex pair per
+ * request: measured 10-15 % of the worker's time; a wake at every quarter-ring mark
+ * woke it every ~140 records, each wake-up a context switch). After a drain that found nothing it sleeps (IDLE)
  * until a producer wakes it, so an idle proxy costs nothing and the first line after
  * a quiet spell is written at once. Both sides put a seq_cst fence between their store
  * and their load (the producer: publish, then read `sleeping`; the writer: set
@@ -80,6 +81,7 @@ struct al_audit {
     _Atomic uint64_t pending_lines; /* taken from the ring, not yet in the file */
     _Atomic int failing;            /* the last write failed; cleared by the next success */
     _Atomic int sleeping;           /* futex word: AWAKE, NAP or IDLE */
+    _Atomic size_t nap_from;        /* dequeue_pos when the writer began its nap */
     _Atomic int stop;
     _Atomic int reopen;
     size_t mask;
@@ -511,6 +513,7 @@ static void *writer_main(void *arg)
             reopen_file(a);
         if (drain(a)) {
             /* Lines are flowing: let more accumulate rather than being woken per line. */
+            atomic_store_explicit(&a->nap_from, a->dequeue_pos, memory_order_relaxed);
             atomic_store(&a->sleeping, NAP);
             if (!atomic_load(&a->stop) && !atomic_load(&a->reopen)) {
                 struct timespec nap = {0, NAP_NS};
@@ -737,8 +740,10 @@ static void publish_slot(al_audit *a, audit_slot *s, size_t pos, int n)
     }
     s->len = (uint32_t)n;
     atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
-    /* every quarter ring: a napping writer must not let the ring fill */
-    wake_writer(a, ((pos + 1) & (a->mask >> 2)) == 0);
+    /* a quarter ring queued since the writer began its nap: it must not let the ring
+     * fill (read with `sleeping`'s cache line, written once per nap) */
+    size_t napped = pos + 1 - atomic_load_explicit(&a->nap_from, memory_order_relaxed);
+    wake_writer(a, napped >= (a->mask + 1) >> 2);
     prefetch_slot(&a->slots[(pos + 1) & a->mask], 1);
 }
 
