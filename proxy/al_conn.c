@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #define OUT_HARD_CAP (8u * 1024 * 1024)
+static const char no_tunnel_host[] = ""; /* c->tunnel_host outside a tunnel */
 static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 static ssize_t tcp_read(al_conn *c, void *buf, size_t n)
@@ -740,6 +741,7 @@ int al_conn_new(al_worker *w, int fd, const struct sockaddr *peer, socklen_t pee
     c->worker = w;
     c->fd = fd;
     c->transport = &al_transport_tcp;
+    c->tunnel_host = no_tunnel_host;
     al_buf_init(&c->out, OUT_HARD_CAP);
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
@@ -769,9 +771,17 @@ int al_conn_new(al_worker *w, int fd, const struct sockaddr *peer, socklen_t pee
 
 void al_conn_start_tls(al_conn *c, void *ssl_ctx, const char *intercept_host)
 {
+    if (intercept_host) {
+        char *host = strndup(intercept_host, 255); /* a DNS name's bound */
+        if (!host) {
+            conn_kill(c); /* never a tunnel without its host binding */
+            return;
+        }
+        if (c->tunnel_host != no_tunnel_host)
+            free((char *)c->tunnel_host);
+        c->tunnel_host = host;
+    }
     c->start_tls_ctx = ssl_ctx;
-    if (intercept_host)
-        snprintf(c->tunnel_host, sizeof c->tunnel_host, "%s", intercept_host);
     ct_update(c); /* the handshake clock */
 }
 
@@ -787,5 +797,7 @@ void al_conn_free(al_conn *c)
     free(c->pre);
     free(c->in);
     free(c->tunnel_auth);
+    if (c->tunnel_host != no_tunnel_host)
+        free((char *)c->tunnel_host);
     free(c);
 }

@@ -108,8 +108,10 @@ struct al_conn {
     void *start_tls_ctx; /* SSL_CTX* (borrowed) */
     int tls_handshaking; /* SSL_do_handshake not finished yet */
     int tls_want_write;  /* the handshake waits for the socket to be writable */
-    /* Inside an intercepted CONNECT tunnel: the only host requests may address. */
-    char tunnel_host[256];
+    /* Inside an intercepted CONNECT tunnel: the only host requests may address; ""
+     * (a static string) outside one, else malloc'd (inline, it was 256 of the 712
+     * bytes every connection held, idle or not). */
+    const char *tunnel_host;
     uint16_t tunnel_port;
     /* The CONNECT's Proxy-Authorization value (malloc'd, NULL if none): requests in the
      * tunnel are decided as its principal (inbound JWT). */
