@@ -718,9 +718,11 @@ static void on_kick(struct ev_loop *loop, ev_timer *t, int revents)
 
 void al_conn_kick(al_conn *c)
 {
-    if (c->dead)
+    /* a kick already armed (or expired, its call waiting in this loop pass) runs after
+     * the caller anyway: restarting it (a heap removal and insertion) cost ~140
+     * instructions, 4 times per h2 request */
+    if (c->dead || ev_is_active(&c->kick) || ev_is_pending(&c->kick))
         return;
-    ev_timer_stop(c->worker->loop, &c->kick);
     ev_timer_set(&c->kick, 0., 0.);
     ev_timer_start(c->worker->loop, &c->kick);
 }
