@@ -125,6 +125,7 @@ struct al_up_req {
     ev_timer timer;
     int phase;
     ev_tstamp phase_at, last_activity;
+    ev_tstamp timer_at; /* when the timer, while active, fires */
     struct timespec started;
     uint32_t first_byte_elapsed;
 
@@ -491,9 +492,9 @@ static void set_phase(al_up_req *r, int phase)
     rearm(r);
 }
 
-static void rearm(al_up_req *r)
+/* The current phase's deadline (ev_now time); 0 when it has none. */
+static ev_tstamp phase_due(const al_up_req *r)
 {
-    struct ev_loop *loop = r->e->loop;
     uint32_t ms = 0;
     ev_tstamp from = r->phase_at;
     switch (r->phase) {
@@ -511,12 +512,39 @@ static void rearm(al_up_req *r)
         from = r->last_activity;
         break;
     }
+    return ms ? from + ms / 1000.0 : 0;
+}
+
+static void arm_at(al_up_req *r, ev_tstamp at)
+{
+    struct ev_loop *loop = r->e->loop;
+    ev_tstamp left = at - ev_now(loop);
     ev_timer_stop(loop, &r->timer);
-    if (!ms || r->finished)
-        return;
-    ev_tstamp left = from + ms / 1000.0 - ev_now(loop);
+    r->timer_at = at;
     ev_timer_set(&r->timer, left > 0 ? left : 0., 0.);
     ev_timer_start(loop, &r->timer);
+}
+
+/* Arms the request's timer for its phase's deadline, lazily: a timer already armed no
+ * later than the deadline stays as it is (it fires early and timer_cb arms it again
+ * for what is left), so the phases of one exchange (send, wait, receive) do not each
+ * take it out of libev's timer heap and put it back. */
+static void rearm(al_up_req *r)
+{
+    struct ev_loop *loop = r->e->loop;
+    ev_tstamp due = r->finished ? 0 : phase_due(r);
+    if (!due) {
+        ev_timer_stop(loop, &r->timer);
+        return;
+    }
+    if (ev_is_active(&r->timer) && r->timer_at <= due)
+        return;
+    /* sending: armed no later than the deadline of the wait for the first byte that
+     * follows, so that phase keeps this timer */
+    ev_tstamp wait = ev_now(loop) + r->first_byte_ms / 1000.0;
+    if (r->phase == P_SEND && r->first_byte_ms && wait < due)
+        due = wait;
+    arm_at(r, due);
 }
 
 /* 1 when the connection's socket is ready for what its watcher waits on: after a stall
@@ -539,10 +567,18 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     al_up_req *r = w->data;
     if (r->finished || r->cancelled)
         return;
+    if (!r->grace) { /* armed early (rearm): the phase's own deadline may be later */
+        ev_tstamp due = phase_due(r);
+        if (!due)
+            return;
+        if (due - ev_now(loop) > 0.0005) {
+            arm_at(r, due);
+            return;
+        }
+    }
     if ((r->phase == P_CONNECT || r->phase == P_WAIT) && io_pending(r)) {
         r->grace = 1;
-        ev_timer_set(&r->timer, 0.05, 0.);
-        ev_timer_start(loop, &r->timer);
+        arm_at(r, ev_now(loop) + 0.05);
         return;
     }
     r->busy++;
@@ -566,11 +602,6 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         fail(r, AL_UPSTREAM_TIMEOUT_FIRST_BYTE, "no response within %u ms", r->first_byte_ms);
         break;
     default: {
-        ev_tstamp left = r->last_activity + r->idle_ms / 1000.0 - ev_now(loop);
-        if (left > 0.0005) {
-            rearm(r);
-            break;
-        }
         int client =
             (r->phase == P_SEND && r->send_paused) || (r->phase == P_RECV && r->recv_paused);
         if (client)
