@@ -92,6 +92,7 @@ struct up_conn {
     size_t out_off;
     ev_timer kick;
     ev_tstamp last_rx; /* the last byte from the upstream (or the connection's start) */
+    ev_tstamp idle_since; /* HTTP/1.1: when it last went back to the pool */
 };
 
 enum { P_QUEUED, P_CONNECT, P_SEND, P_WAIT, P_RECV };
@@ -317,6 +318,16 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void idle_expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     up_conn *c = w->data;
+    if (!c->h2mode) { /* HTTP/1.1: the timer ran on while the connection served */
+        if (c->req)
+            return; /* busy: conn_to_idle arms it again */
+        ev_tstamp left = c->idle_since + AL_UP_IDLE_EXPIRY_MS / 1000.0 - ev_now(loop);
+        if (left > 0.0005) {
+            ev_timer_set(&c->idle_t, left, 0.);
+            ev_timer_start(loop, &c->idle_t);
+            return;
+        }
+    }
     c->host->e->stats.idle_closed++;
     conn_close(c);
 }
@@ -358,8 +369,14 @@ static void conn_to_idle(up_conn *c)
     h->idle_count++;
     /* readable while idle = the upstream closed it (or sent what nobody asked for) */
     conn_events(c);
-    ev_timer_set(&c->idle_t, AL_UP_IDLE_EXPIRY_MS / 1000.0, 0.);
-    ev_timer_start(e->loop, &c->idle_t);
+    /* the expiry counts from now; a timer still running from an earlier idle spell
+     * (host_pick leaves it: one heap removal and insertion less per request) fires
+     * early and is armed again for what is left */
+    c->idle_since = ev_now(e->loop);
+    if (!ev_is_active(&c->idle_t)) {
+        ev_timer_set(&c->idle_t, AL_UP_IDLE_EXPIRY_MS / 1000.0, 0.);
+        ev_timer_start(e->loop, &c->idle_t);
+    }
 }
 
 /* An idle connection reported readable: the upstream closed it or sent what nobody
@@ -393,7 +410,6 @@ static up_conn *host_pick(up_host *h, const al_up_req *r)
         h->idle = c->next;
         h->idle_count--;
         c->next = NULL;
-        ev_timer_stop(h->e->loop, &c->idle_t);
         int ok = 1;
         if (ev_is_pending(&c->w)) { /* readable in this loop pass: closed or stray bytes */
             ev_clear_pending(h->e->loop, &c->w);
@@ -405,6 +421,7 @@ static up_conn *host_pick(up_host *h, const al_up_req *r)
             return c;
         h->e->stats.idle_closed++;
         ev_io_stop(h->e->loop, &c->w);
+        ev_timer_stop(h->e->loop, &c->idle_t);
         al_up_io_close(&c->io);
         h->conns--;
         free(c);
