@@ -53,6 +53,13 @@ int al_buf_append(al_buf *b, const void *p, size_t n)
     return AL_OK;
 }
 
+int al_buf_reserve(al_buf *b, size_t n)
+{
+    if (n > b->max - b->len)
+        return AL_ERR_TOOBIG;
+    return grow(b, b->len + n);
+}
+
 int al_buf_appendf(al_buf *b, const char *fmt, ...)
 {
     va_list ap;

@@ -1630,7 +1630,14 @@ static void req_free(al_up_req *r)
     }
     detach(r, 0);
     host_leave(r);
-    al_buf_free(&r->hb, 1);
+    /* the head held the credential: wiped; its memory goes with the request to the free
+     * list (al_up_start writes the next head into it) unless it grew past a usual head */
+    if (r->hb.cap > 4096) {
+        al_buf_free(&r->hb, 1);
+    } else if (r->hb.data) {
+        OPENSSL_cleanse(r->hb.data, r->hb.len);
+        al_buf_reset(&r->hb);
+    }
     if (r->bb) {
         OPENSSL_cleanse(r->bb, BODY_BUF + 32);
         free(r->bb);
@@ -1642,6 +1649,7 @@ static void req_free(al_up_req *r)
         e->free_count++;
         return;
     }
+    al_buf_free(&r->hb, 1);
     al_up_h1_resp_free(&r->resp);
     free(r);
 }
@@ -1760,6 +1768,7 @@ void al_up_engine_free(al_up_engine *e)
     while (e->free_reqs) {
         al_up_req *r = e->free_reqs;
         e->free_reqs = r->next;
+        al_buf_free(&r->hb, 1);
         al_up_h1_resp_free(&r->resp);
         free(r);
     }
@@ -1821,9 +1830,11 @@ static al_up_req *req_get(al_up_engine *e)
         e->free_count--;
         /* resp (its ~8 KiB header table and head buffer) is kept as it was: al_up_start
          * initialises it; copying it out and back and clearing it cost ~25k instructions
-         * per request */
+         * per request. So is hb's memory (wiped by req_free), for the next head. */
+        al_buf hb = r->hb;
         memset(r, 0, offsetof(al_up_req, resp));
         memset(&r->rlen, 0, sizeof *r - offsetof(al_up_req, rlen));
+        r->hb = hb;
     } else if (!(r = calloc(1, sizeof *r))) {
         return NULL;
     }
@@ -1878,7 +1889,8 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
     r->idle_ms = o->idle_timeout_ms;
     r->queue_ms = o->queue_timeout_ms;
     clock_gettime(CLOCK_MONOTONIC, &r->started);
-    al_buf_init(&r->hb, MAX_HEAD_OUT);
+    if (!r->hb.data) /* (a request from the free list keeps its head's memory) */
+        al_buf_init(&r->hb, MAX_HEAD_OUT);
     const char *m = o->method;
     int bodyless_write =
         !o->has_body && (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH"));

@@ -132,6 +132,55 @@ static void test_request_head_refuses_bytes(void **state)
     }
 }
 
+/* Past the first 64 headers (whose drop decisions write_head keeps in a bitmap) the
+ * hop-by-hop and framing headers still go; the head is appended after what the
+ * buffer held; a head past the buffer's bound is AL_ERR_TOOBIG. */
+static void test_request_head_many_headers(void **state)
+{
+    enum { N = 100 };
+    static char names[N][16];
+    al_header h[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof names[i], "X-H%d", i);
+        h[i] = (al_header){names[i], strlen(names[i]), "v", 1};
+    }
+    h[3] = (al_header){"Connection", 10, "close", 5};
+    h[63] = (al_header){"Upgrade", 7, "h2c", 3};
+    h[64] = (al_header){"Host", 4, "evil", 4};
+    h[70] = (al_header){"Connection", 10, "close", 5};
+    h[99] = (al_header){"Content-Length", 14, "7", 1};
+    al_up_h1_req q = {
+        .method = "GET", .path = "/", .host = "h", .port = 80, .headers = h, .header_count = N};
+    al_buf b;
+    al_buf_init(&b, 65536);
+    assert_int_equal(al_buf_append(&b, "before|", 7), AL_OK);
+    assert_int_equal(al_up_h1_write_head(&b, &q), AL_OK);
+    al_buf want;
+    al_buf_init(&want, 65536);
+    static const char first[] = "before|GET / HTTP/1.1\r\nHost: h\r\n";
+    assert_int_equal(al_buf_append(&want, first, sizeof first - 1), AL_OK);
+    for (int i = 0; i < N; i++)
+        if (i != 3 && i != 63 && i != 64 && i != 70 && i != 99) {
+            char line[32];
+            int n = snprintf(line, sizeof line, "X-H%d: v\r\n", i);
+            assert_int_equal(al_buf_append(&want, line, (size_t)n), AL_OK);
+        }
+    assert_int_equal(al_buf_append(&want, "\r\n", 2), AL_OK);
+    assert_int_equal(b.len, want.len);
+    assert_string_equal(b.data, want.data);
+    /* one byte short of the head: refused, and nothing of it appended */
+    al_buf small;
+    al_buf_init(&small, want.len - 7 - 1);
+    assert_int_equal(al_up_h1_write_head(&small, &q), AL_ERR_TOOBIG);
+    assert_int_equal(small.len, 0);
+    al_buf_init(&small, want.len - 7);
+    assert_int_equal(al_up_h1_write_head(&small, &q), AL_OK);
+    assert_string_equal(small.data, want.data + 7);
+    al_buf_free(&small, 0);
+    al_buf_free(&b, 0);
+    al_buf_free(&want, 0);
+}
+
 static void test_chunk_head(void **state)
 {
     char b[20];
@@ -498,6 +547,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_head),
         cmocka_unit_test(test_request_head_refuses_bytes),
+        cmocka_unit_test(test_request_head_many_headers),
         cmocka_unit_test(test_chunk_head),
         cmocka_unit_test(test_content_length),
         cmocka_unit_test(test_chunked_with_trailers),
