@@ -1835,7 +1835,15 @@ static al_up_req *req_get(al_up_engine *e)
         memset(r, 0, offsetof(al_up_req, resp));
         memset(&r->rlen, 0, sizeof *r - offsetof(al_up_req, rlen));
         r->hb = hb;
-    } else if (!(r = calloc(1, sizeof *r))) {
+    } else if ((r = malloc(sizeof *r)) != NULL) {
+        /* not calloc: zeroing the whole request (~25 KiB: the read buffer and the
+         * response's header table, both written before they are read) cost ~24k
+         * instructions for each request past the free list's FREE_MAX in flight */
+        memset(r, 0, offsetof(al_up_req, resp));
+        memset(&r->resp, 0, offsetof(al_up_h1_resp, hdrs));
+        memset(&r->resp.count, 0, sizeof r->resp - offsetof(al_up_h1_resp, count));
+        memset(&r->rlen, 0, sizeof *r - offsetof(al_up_req, rlen));
+    } else {
         return NULL;
     }
     r->e = e;
