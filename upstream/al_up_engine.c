@@ -42,6 +42,11 @@
 #include <time.h>
 
 #define READ_BUF     16384
+/* A response body is read in pieces of up to this much once its head is delivered (and
+ * more than READ_BUF is still to come): a 16 KiB read was 66 read() calls and as many
+ * body offers per 1 MiB response. The downstream takes one piece while it holds less
+ * than its high mark (64 KiB), so a stream's memory stays bounded by mark + piece. */
+#define BODY_READ    (64 * 1024)
 #define BODY_BUF     16384
 #define FREE_MAX     64
 #define MAX_HEAD_OUT (128 * 1024) /* serialised request head */
@@ -122,6 +127,7 @@ struct al_up_req {
     size_t rlen, roff;
     const char *pend; /* body bytes offered and refused (AGAIN): offered again */
     size_t pend_len;
+    char *rbig; /* BODY_READ bytes for a large body (malloc'd on its first read), or NULL */
 
     ev_timer timer;
     int phase;
@@ -783,12 +789,17 @@ static void h1_recv(al_up_req *r)
             return;
         al_up_h1_event ev;
         size_t used = 0;
-        al_up_h1_resp_next(&r->resp, r->rbuf + r->roff, r->rlen - r->roff, &used, &ev);
+        al_up_h1_resp_next(&r->resp, (r->rbig ? r->rbig : r->rbuf) + r->roff, r->rlen - r->roff,
+                           &used, &ev);
         r->roff += used;
         switch (ev.type) {
         case AL_UP_H1_NEED_MORE: {
             r->rlen = r->roff = 0;
-            ssize_t n = al_up_io_read(&r->c->io, r->rbuf, sizeof r->rbuf);
+            if (!r->rbig && r->head_done && r->resp.body != AL_UP_H1_BODY_NONE &&
+                (r->resp.body != AL_UP_H1_BODY_LENGTH || r->resp.left > READ_BUF))
+                r->rbig = malloc(BODY_READ); /* NULL: the 16 KiB buffer will do */
+            ssize_t n = r->rbig ? al_up_io_read(&r->c->io, r->rbig, BODY_READ)
+                                : al_up_io_read(&r->c->io, r->rbuf, sizeof r->rbuf);
             if (n == AL_ERR_AGAIN) {
                 r->tls_rw = r->c->io.want == EV_WRITE;
                 return;
@@ -1638,6 +1649,8 @@ static void req_free(al_up_req *r)
         OPENSSL_cleanse(r->hb.data, r->hb.len);
         al_buf_reset(&r->hb);
     }
+    free(r->rbig);
+    r->rbig = NULL;
     if (r->bb) {
         OPENSSL_cleanse(r->bb, BODY_BUF + 32);
         free(r->bb);
