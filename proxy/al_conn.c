@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -415,8 +416,10 @@ static int flush_out(al_conn *c)
         c->out_off = 0;
     }
     al_conn_update(c);
-    if (was_full && !al_conn_out_full(c) && c->proto && c->proto->on_drain)
+    if ((was_full || c->drain_wanted) && !al_conn_out_full(c) && c->proto && c->proto->on_drain) {
+        c->drain_wanted = 0;
         c->proto->on_drain(c);
+    }
     return 0;
 }
 
@@ -430,6 +433,83 @@ int al_conn_send(al_conn *c, const void *data, size_t len)
     /* Small writes go out at once; under load the kernel buffer absorbs them. */
     if (!(c->io_events & EV_WRITE))
         flush_out(c);
+    return AL_OK;
+}
+
+int al_conn_send_spans(al_conn *c, const al_conn_span *sp, size_t n)
+{
+    struct iovec iov[2 * AL_CONN_SPANS_MAX + 1];
+    size_t k = 0, pos = c->out_off, total = 0;
+    if (c->dead)
+        return AL_ERR_IO;
+    if (n > AL_CONN_SPANS_MAX)
+        return AL_ERR_INVAL;
+    for (size_t i = 0; i < n; i++) {
+        if (sp[i].at < pos || sp[i].at > c->out.len)
+            return AL_ERR_INVAL;
+        if (sp[i].at > pos)
+            iov[k++] = (struct iovec){c->out.data + pos, sp[i].at - pos};
+        if (sp[i].len)
+            iov[k++] = (struct iovec){(void *)sp[i].p, sp[i].len};
+        pos = sp[i].at;
+    }
+    if (c->out.len > pos)
+        iov[k++] = (struct iovec){c->out.data + pos, c->out.len - pos};
+    for (size_t i = 0; i < k; i++)
+        total += iov[i].iov_len;
+    if (total == 0)
+        return AL_OK;
+    int was_full = al_conn_out_full(c);
+    size_t done = 0;
+    int direct = c->transport == &al_transport_tcp && !(c->io_events & EV_WRITE);
+    if (direct) {
+        ssize_t w = writev(c->fd, iov, (int)k);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            conn_kill(c);
+            return AL_ERR_IO;
+        }
+        if (w > 0) {
+            done = (size_t)w;
+            c->last_write = ev_now(c->worker->loop);
+        }
+    }
+    if (done == total) {
+        c->out_off = 0;
+        al_buf_reset(&c->out);
+    } else if (total - done <= c->out.len - pos) {
+        c->out_off = c->out.len - (total - done); /* only queued bytes are left */
+    } else {
+        /* what the socket left, in order, becomes the queue (the spans' memory is the
+         * callers' and changes once this returns) */
+        al_buf rest;
+        al_buf_init(&rest, c->out.max);
+        int rc = AL_OK;
+        for (size_t i = 0; i < k && rc == AL_OK; i++) {
+            size_t skip = done < iov[i].iov_len ? done : iov[i].iov_len;
+            done -= skip;
+            rc = al_buf_append(&rest, (char *)iov[i].iov_base + skip, iov[i].iov_len - skip);
+        }
+        if (rc != AL_OK) {
+            al_buf_free(&rest, 0);
+            conn_kill(c); /* part of the output is lost: the stream cannot go on */
+            return rc;
+        }
+        al_buf_free(&c->out, 0);
+        c->out = rest;
+        c->out_off = 0;
+    }
+    if (!direct) {
+        if (!(c->io_events & EV_WRITE))
+            flush_out(c);
+        return c->dead ? AL_ERR_IO : AL_OK;
+    }
+    if (!al_conn_out_pending(c) && c->closing) {
+        conn_kill(c);
+        return AL_OK;
+    }
+    al_conn_update(c);
+    if (was_full && !al_conn_out_full(c) && c->proto && c->proto->on_drain)
+        c->proto->on_drain(c);
     return AL_OK;
 }
 

@@ -123,6 +123,8 @@ struct al_conn {
     int trimmed; /* proto->trim ran in this KEEPALIVE period */
     ev_tstamp ct_since, last_read, last_write;
     int closing; /* close once the output is flushed */
+    int drain_wanted; /* proto->on_drain when the queue goes below the mark, even if it was
+                         not above it (the protocol stopped with more to write) */
     int dead;    /* closed; freed at the end of the event */
     al_conn *prev, *next;
 };
@@ -132,6 +134,21 @@ int al_conn_new(struct al_worker *w, int fd, const struct sockaddr *peer, sockle
                 al_conn **out);
 /* Queues bytes; tries to write at once. AL_ERR_TOOBIG past the hard cap. */
 int al_conn_send(al_conn *c, const void *data, size_t len);
+/* Zero-copy output: `len` bytes at `p` (borrowed: valid during the call only) that go
+ * out right before queue byte `at` (an offset into c->out.data, >= c->out_off and
+ * <= c->out.len; spans in order, nondecreasing `at`). */
+typedef struct al_conn_span {
+    size_t at;
+    const void *p;
+    size_t len;
+} al_conn_span;
+#define AL_CONN_SPANS_MAX 64
+/* Sends the queue with the spans inserted: on a plain socket that is not waiting to be
+ * writable, one writev of queue and spans straight from the callers' memory; only what
+ * the socket did not take is copied into the queue (in order). On TLS everything is
+ * queued first (SSL_write copies anyway). At most AL_CONN_SPANS_MAX spans. Returns
+ * AL_OK, AL_ERR_TOOBIG past the hard cap, AL_ERR_IO when the connection is dead. */
+int al_conn_send_spans(al_conn *c, const al_conn_span *sp, size_t n);
 /* Queues bytes without writing (batch a head, then al_conn_flush: one syscall). */
 int al_conn_queue(al_conn *c, const void *data, size_t len);
 void al_conn_flush(al_conn *c);

@@ -111,16 +111,19 @@ static int sink_body(void *arg, const char *data, size_t len)
         return AL_OK;
     if (al_conn_out_full(c))
         return AL_ERR_AGAIN;
+    /* the body bytes go out from the caller's buffer (one writev with what is queued);
+     * only what the socket does not take is copied */
+    al_conn_span sp = {c->out.len, data, len};
     if (s->chunked_out) {
         char sz[24];
         int n = snprintf(sz, sizeof sz, "%zx\r\n", len);
-        if (al_buf_append(&c->out, sz, (size_t)n) || al_buf_append(&c->out, data, len) ||
-            al_buf_append(&c->out, "\r\n", 2))
+        if (al_buf_append(&c->out, sz, (size_t)n))
             return AL_ERR_NOMEM;
-        al_conn_flush(c);
-        return AL_OK;
+        sp.at = c->out.len;
+        if (al_buf_append(&c->out, "\r\n", 2))
+            return AL_ERR_NOMEM;
     }
-    return al_conn_send(c, data, len);
+    return al_conn_send_spans(c, &sp, 1);
 }
 
 static void sink_end(void *arg, int ok)

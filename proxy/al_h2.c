@@ -27,6 +27,10 @@
 #include <unistd.h>
 
 #define STREAM_OUT_HIGH (64 * 1024)
+/* One writev's worth of DATA payload (referenced in the streams' buffers, not copied)
+ * while the socket takes everything; AL_CONN_OUT_HIGH once it is full (what it leaves
+ * is copied into the connection's queue). */
+#define SEND_BATCH (256 * 1024)
 
 typedef struct h2_session h2_session;
 
@@ -60,6 +64,11 @@ struct h2_session {
     size_t stream_count;
     size_t in_flight; /* live streams whose request has not ended (sink end) */
     int sending;
+    /* h2_send's batch: DATA payloads (in their streams' buffers) to insert into the
+     * connection's queue, their bytes, and whether the batch limit stopped nghttp2 */
+    al_conn_span zc[AL_CONN_SPANS_MAX];
+    size_t zc_n, zc_bytes;
+    int zc_full;
     int goaway; /* 0, GOAWAY_NOTICE (shutdown notice + PING sent), GOAWAY_FINAL */
     int32_t max_stream_id;  /* the highest stream id a HEADERS frame used */
     int32_t recent_ids[16]; /* streams closed lately (a ring): their trailers may be late */
@@ -125,16 +134,45 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         }
         return NGHTTP2_ERR_DEFERRED;
     }
+    (void)buf; /* the payload goes out from s->out itself (send_data) */
     if (n > length)
         n = length;
-    memcpy(buf, s->out.data + s->out_off, n);
-    s->out_off += n;
-    if (out_pending(s) == 0) {
-        s->out_off = 0;
-        al_buf_reset(&s->out);
-        if (s->eof)
-            end_of_data(ng, s, flags);
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (n == out_pending(s) && s->eof)
+        end_of_data(ng, s, flags);
+    return (ssize_t)n;
+}
+
+static size_t batch_limit(const al_conn *c)
+{
+    return (c->io_events & EV_WRITE) ? AL_CONN_OUT_HIGH : SEND_BATCH;
+}
+
+/* A DATA frame nghttp2 has framed (data_read said NO_COPY): its 9-byte header goes to
+ * the connection's queue, its payload stays in s->out and is sent from there by the
+ * writev at the end of h2_send (al_conn_send_spans). s->out is neither moved nor reset
+ * before that: sink_body runs only outside h2_send, and closed streams are freed after
+ * it. The batch is bounded (batch_limit bytes, AL_CONN_SPANS_MAX frames): past that,
+ * WOULDBLOCK keeps the frame in nghttp2 for the next round. */
+static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd,
+                     size_t length, nghttp2_data_source *src, void *user)
+{
+    h2_session *h = user;
+    h2_stream *s = src->ptr;
+    al_conn *c = h->c;
+    (void)ng;
+    if (!h->sending || h->zc_n == AL_CONN_SPANS_MAX ||
+        (h->zc_n && al_conn_out_pending(c) + h->zc_bytes + length > batch_limit(c))) {
+        h->zc_full = 1;
+        return NGHTTP2_ERR_WOULDBLOCK;
     }
+    if (frame->data.padlen || length > out_pending(s))
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* airlock never pads; nor frames past its bytes */
+    if (al_buf_append(&c->out, framehd, 9) != AL_OK)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    h->zc[h->zc_n++] = (al_conn_span){c->out.len, s->out.data + s->out_off, length};
+    h->zc_bytes += length;
+    s->out_off += length;
     /* The paused upstream is resumed by the kick (h2_on_read), never from inside
      * nghttp2's send loop. Without this wake-up the resume waited for some other
      * event: the kick's resume pass runs before its send pass, so a buffer framed
@@ -143,7 +181,7 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
      * streams of a batch stalled at "90% done" under CPU contention). */
     if (s->out_paused && out_pending(s) < STREAM_OUT_HIGH / 2)
         schedule(s->h);
-    return (ssize_t)n;
+    return 0;
 }
 
 /* The header block of a response head or an interim response: :status, the headers
@@ -780,29 +818,53 @@ static void free_stream(h2_stream *s)
     free(s);
 }
 
+/* Frames to the socket in rounds: nghttp2's frames go to the queue, DATA payloads are
+ * referenced (send_data), then one writev sends queue and payloads (al_conn_send_spans:
+ * only what the socket leaves is copied). Another round while the batch limit, not the
+ * socket, stopped the last one. */
 static int h2_send(h2_session *h)
 {
     al_conn *c = h->c;
+    int rc = 0;
     if (h->sending)
         return 0;
     h->sending = 1;
-    while (!al_conn_out_full(c) && !c->dead) {
-        const uint8_t *d;
-        ssize_t n = nghttp2_session_mem_send(h->ng, &d);
-        if (n < 0) {
-            h->sending = 0;
-            return -1;
+    int more = 0;
+    for (int round = 0; round < 8 && rc == 0 && !c->dead; round++) {
+        h->zc_n = h->zc_bytes = 0;
+        h->zc_full = 0;
+        while (!h->zc_full && al_conn_out_pending(c) + h->zc_bytes < batch_limit(c) && !c->dead) {
+            const uint8_t *d;
+            ssize_t n = nghttp2_session_mem_send(h->ng, &d);
+            if (n < 0) {
+                rc = -1;
+                break;
+            }
+            if (n == 0)
+                break;
+            if (al_buf_append(&c->out, d, (size_t)n) != AL_OK) {
+                rc = -1;
+                break;
+            }
         }
-        if (n == 0)
-            break;
-        if (al_buf_append(&c->out, d, (size_t)n) != AL_OK) {
-            h->sending = 0;
-            return -1;
-        }
+        more = h->zc_full || al_conn_out_pending(c) + h->zc_bytes >= batch_limit(c);
+        if (al_conn_send_spans(c, h->zc, h->zc_n) != AL_OK && rc == 0)
+            rc = c->dead ? 0 : -1; /* a dead connection is closed by al_conn already */
+        h->zc_n = h->zc_bytes = 0;
+        if (!more || al_conn_out_pending(c))
+            break; /* nothing left, or the socket is full */
     }
     h->sending = 0;
-    al_conn_send(c, "", 0); /* flush */
-    return 0;
+    if (more && rc == 0 && !c->dead) {
+        /* nghttp2 has more: when the socket takes the queue (on_drain, whatever the
+         * queue's size), or at the next turn of the loop when 8 rounds went out (the
+         * other connections' turn first) */
+        if (al_conn_out_pending(c))
+            c->drain_wanted = 1;
+        else
+            al_conn_kick(c);
+    }
+    return rc;
 }
 
 static int h2_on_read(al_conn *c)
@@ -939,6 +1001,7 @@ int al_h2_attach(al_conn *c)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, send_data);
     /* Request bodies: the window is given back only when bytes went upstream. */
     nghttp2_option_set_no_auto_window_update(opt, 1);
     /* Idle memory (bench/RESULTS.md run 10): a closed stream is freed at once instead
