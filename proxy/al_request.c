@@ -245,6 +245,41 @@ static uint32_t elapsed_ms(const struct timespec *t0)
 }
 
 static void make_request_id(al_req *r);
+/* filter_run_spans' emit: a span goes to the sink straight from where it lies (the
+ * upstream's read buffer, mostly) unless output already waits in filt_out or the sink
+ * is full; then it is copied there, behind what waits (filter_flush delivers it). A span
+ * that would break the filter's length promise is refused before the sink sees it. */
+static int filter_emit(void *arg, const void *p, size_t n)
+{
+    al_req *r = arg;
+    if (n == 0)
+        return 0;
+    if (r->filt_emitted + n > r->filt_in)
+        return AL_ERR_PROTO;
+    r->filt_emitted += n;
+    if (r->filt_off == r->filt_out.len) {
+        int rc = r->sink->body(r->arg, p, n);
+        if (rc == 0) {
+            r->bytes_out += n;
+            return 0;
+        }
+        if (rc != AL_ERR_AGAIN)
+            return rc;
+    }
+    return al_buf_append(&r->filt_out, p, n);
+}
+
+/* filter_run (final 0) without the copy into filt_out: filt_out must be empty (flushed). */
+static int filter_run_spans(al_req *r, const char *in, size_t len)
+{
+    r->filt_in += len;
+    if (r->filter.run_spans(r->filter.state, in, len, filter_emit, r))
+        return AL_ERR_PROTO;
+    if (r->filter.count)
+        r->body_scrubbed = (uint32_t)r->filter.count(r->filter.state);
+    return 0;
+}
+
 static void filter_close(al_req *r);
 
 /* The response-body filter's output buffer (a few curl chunks and what it holds back). */
@@ -1125,7 +1160,7 @@ static int mcp_list_open(al_req *r, const al_header *h, size_t n)
         if (al_http_name_is(h[i].name, h[i].name_len, "content-type") &&
             memmem(h[i].value, h[i].value_len, "event-stream", 12))
             st->sse = 1;
-    al_body_filter f = {mcp_list_run, mcp_list_free, st, NULL};
+    al_body_filter f = {mcp_list_run, mcp_list_free, st, NULL, NULL};
     if (!r->filter.run) {
         r->filter = f;
         return 1;
@@ -1139,7 +1174,7 @@ static int mcp_list_open(al_req *r, const al_header *h, size_t n)
     c->a = r->filter;
     c->b = f;
     al_buf_init(&c->mid, FILTER_BUF_MAX);
-    r->filter = (al_body_filter){chain_run, chain_free, c, chain_count};
+    r->filter = (al_body_filter){chain_run, chain_free, c, chain_count, NULL};
     return 1;
 }
 
@@ -1363,7 +1398,7 @@ static int up_on_body(void *arg, const char *data, size_t len)
         }
         if (rc < 0)
             return rc;
-        if (n && filter_run(r, data, n, 0))
+        if (n && (r->filter.run_spans ? filter_run_spans(r, data, n) : filter_run(r, data, n, 0)))
             return AL_ERR_PROTO;
         r->resp_sent += n;
         rc = filter_flush(r);

@@ -160,6 +160,11 @@ typedef struct al_body_filter {
     void *state;
     /* Replacements made so far (NULL: none counted); audited as "scrubbed". */
     uint64_t (*count)(void *state);
+    /* Optional zero-copy form of run() for final 0 (NULL: run is used): the output is
+     * given to emit() as spans (of `in` or of the filter's own memory), in order, each
+     * valid during its emit call only; a nonzero emit result is returned at once. */
+    int (*run_spans)(void *state, const char *in, size_t len,
+                     int (*emit)(void *arg, const void *p, size_t n), void *arg);
 } al_body_filter;
 
 /* Leaves out->run NULL when this response needs no filter. sv is the injected

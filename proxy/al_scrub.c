@@ -3,7 +3,9 @@
  * Invariant: after every byte, `state` is the length of the longest suffix of the
  * bytes seen (since the last match or finish) that is a proper prefix of the secret,
  * and every byte seen before that suffix has been written to the output. So the held
- * bytes are secret[0..state) and need no buffer of their own. */
+ * bytes are secret[0..state) and need no buffer of their own, and the output is made
+ * of spans of the input, of the secret (a held prefix released) and of the constant
+ * replacement: nothing is copied unless the caller's emit function copies. */
 #include "al_scrub.h"
 
 #include "common/al_err.h"
@@ -48,68 +50,86 @@ size_t al_scrub_pending(const al_scrub *s)
     return s->state;
 }
 
-static int emit_replacement(const al_scrub *s, al_buf *out)
+/* "[REDACTED]" and its '*' padding as spans of constant memory. */
+static int emit_replacement(const al_scrub *s, al_scrub_emit_fn emit, void *arg)
 {
+    static const char stars[64] = "****************************************************************";
     if (!(s->flags & AL_SCRUB_KEEP_LENGTH))
-        return al_buf_append(out, AL_SCRUB_REPLACEMENT, AL_SCRUB_REPLACEMENT_LEN);
+        return emit(arg, AL_SCRUB_REPLACEMENT, AL_SCRUB_REPLACEMENT_LEN);
     size_t head = s->len < AL_SCRUB_REPLACEMENT_LEN ? s->len : AL_SCRUB_REPLACEMENT_LEN;
-    int rc = al_buf_append(out, AL_SCRUB_REPLACEMENT, head);
-    for (size_t i = head; rc == AL_OK && i < s->len; i++)
-        rc = al_buf_append(out, "*", 1);
+    int rc = emit(arg, AL_SCRUB_REPLACEMENT, head);
+    for (size_t i = head; rc == AL_OK && i < s->len; i += sizeof stars)
+        rc = emit(arg, stars, s->len - i < sizeof stars ? s->len - i : sizeof stars);
     return rc;
+}
+
+/* Emits bytes [from, to) of the logical stream secret[0..k0) ++ in[0..n): the part
+ * below k0 is the held prefix of the secret (from an earlier feed), the rest is `in`. */
+static int emit_range(const al_scrub *s, size_t k0, const unsigned char *in, size_t from,
+                      size_t to, al_scrub_emit_fn emit, void *arg)
+{
+    int rc = AL_OK;
+    if (from >= to)
+        return AL_OK;
+    if (from < k0) {
+        size_t e = to < k0 ? to : k0;
+        rc = emit(arg, s->secret + from, e - from);
+        from = e;
+    }
+    if (rc == AL_OK && from < to)
+        rc = emit(arg, in + (from - k0), to - from);
+    return rc;
+}
+
+int al_scrub_feed_spans(al_scrub *s, const void *in, size_t n, al_scrub_emit_fn emit, void *arg)
+{
+    const unsigned char *b = in, *p = s->secret;
+    if (!s->next)
+        return AL_ERR_INVAL;
+    /* Positions are in the logical stream L = secret[0..k0) ++ in: the bytes held from
+     * earlier feeds, then this feed's. Everything before `done` has been emitted (or
+     * replaced); the last k bytes before the current position are held. */
+    size_t k0 = s->state, k = k0, done = 0;
+    int rc = AL_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (k == 0 && b[i] != p[0]) {
+            /* the common case, bytes that start nothing: memchr skips to the next byte
+             * that could (a byte loop here was a third of a 1 MiB response's CPU) */
+            const unsigned char *hit = memchr(b + i, p[0], n - i);
+            if (!hit)
+                break;
+            i = (size_t)(hit - b);
+        }
+        /* held = secret[0..k) + b[i]; fall back along the borders until b[i] extends one */
+        unsigned char c = b[i];
+        while (k && p[k] != c)
+            k = s->next[k - 1];
+        if (p[k] == c)
+            k++;
+        if (k == s->len) { /* a match ends at b[i]: what came before it, then the replacement */
+            size_t end = k0 + i + 1;
+            if ((rc = emit_range(s, k0, b, done, end - s->len, emit, arg)) != AL_OK ||
+                (rc = emit_replacement(s, emit, arg)) != AL_OK)
+                return rc;
+            s->count++;
+            done = end;
+            k = 0;
+        }
+    }
+    /* the bytes up to the held tail go out now (one span of `in` when nothing matched) */
+    rc = emit_range(s, k0, b, done, k0 + n - k, emit, arg);
+    s->state = k;
+    return rc;
+}
+
+static int append_span(void *arg, const void *p, size_t n)
+{
+    return n ? al_buf_append(arg, p, n) : AL_OK;
 }
 
 int al_scrub_feed(al_scrub *s, const void *in, size_t n, al_buf *out)
 {
-    const unsigned char *b = in, *p = s->secret;
-    size_t run = 0; /* bytes of `in` ending at i that are plain output, written lazily */
-    int rc = AL_OK;
-    if (!s->next)
-        return AL_ERR_INVAL;
-    for (size_t i = 0; i < n; i++) {
-        if (s->state == 0 && b[i] != p[0]) {
-            /* the common case, bytes that start nothing: memchr skips to the next byte
-             * that could (a byte loop here was a third of a 1 MiB response's CPU) */
-            const unsigned char *hit = memchr(b + i, p[0], n - i);
-            size_t skip = hit ? (size_t)(hit - (b + i)) : n - i;
-            run += skip;
-            i += skip;
-            if (i == n)
-                break;
-        }
-        unsigned char c = b[i];
-        size_t k = s->state;
-        if (run) {
-            if ((rc = al_buf_append(out, b + i - run, run)) != AL_OK)
-                return rc;
-            run = 0;
-        }
-        /* held = secret[0..k) + c; fall back along the borders until c extends one */
-        size_t nk = k;
-        while (nk && p[nk] != c)
-            nk = s->next[nk - 1];
-        if (p[nk] == c)
-            nk++;
-        /* the k + 1 - nk oldest held bytes can no longer be part of a match */
-        size_t drop = k + 1 - nk;
-        if (drop) {
-            size_t from_secret = drop <= k ? drop : k;
-            if (from_secret && (rc = al_buf_append(out, p, from_secret)) != AL_OK)
-                return rc;
-            if (drop > k && (rc = al_buf_append(out, &c, 1)) != AL_OK)
-                return rc;
-        }
-        if (nk == s->len) {
-            if ((rc = emit_replacement(s, out)) != AL_OK)
-                return rc;
-            s->count++;
-            nk = 0;
-        }
-        s->state = nk;
-    }
-    if (run)
-        rc = al_buf_append(out, b + n - run, run);
-    return rc;
+    return al_scrub_feed_spans(s, in, n, append_span, out);
 }
 
 int al_scrub_finish(al_scrub *s, al_buf *out)

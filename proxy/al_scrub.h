@@ -61,6 +61,14 @@ void al_scrub_free(al_scrub *s);
  * to `out` (those held back come later). Returns 0, or AL_ERR_TOOBIG when `out` hit
  * its limit (the stream is then unusable: end it). */
 int al_scrub_feed(al_scrub *s, const void *in, size_t n, al_buf *out);
+/* Zero-copy form of al_scrub_feed: the scrubbed bytes are given to emit() as spans, in
+ * order: pieces of `in` itself, of the secret (held bytes released: the scrubber's
+ * borrowed copy) or of constant memory (the replacement). A span is valid during the
+ * emit call only as far as `in` is; the secret's and the constants' for longer. Without
+ * a match that is one span of `in` (minus the held tail). emit returns 0, or an error
+ * that stops the feed and is returned (the stream is then unusable). */
+typedef int (*al_scrub_emit_fn)(void *arg, const void *p, size_t n);
+int al_scrub_feed_spans(al_scrub *s, const void *in, size_t n, al_scrub_emit_fn emit, void *arg);
 /* End of stream: releases the bytes held back (a prefix of the secret that was never
  * completed) and resets the state so the scrubber can be used again. */
 int al_scrub_finish(al_scrub *s, al_buf *out);

@@ -270,6 +270,13 @@ static int scrub_run(void *state, const char *in, size_t len, int final, al_buf 
     return rc;
 }
 
+static int scrub_run_spans(void *state, const char *in, size_t len,
+                           int (*emit)(void *arg, const void *p, size_t n), void *arg)
+{
+    scrub_filter *f = state;
+    return al_scrub_feed_spans(&f->s, in, len, emit, arg);
+}
+
 static uint64_t scrub_count(void *state)
 {
     return ((scrub_filter *)state)->s.count;
@@ -301,7 +308,7 @@ static int scrub_open(void *arg, const al_target *t, const al_secret_view *sv, i
         return rc;
     }
     *out = (al_body_filter){.run = scrub_run, .count = scrub_count, .free = scrub_free,
-                            .state = f};
+                            .state = f, .run_spans = scrub_run_spans};
     return AL_OK;
 }
 

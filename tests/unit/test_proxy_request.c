@@ -672,7 +672,7 @@ static int open_scrub(void *arg, const al_target *t, const al_secret_view *sv, i
     scrub *sc = calloc(1, sizeof *sc);
     memcpy(sc->secret, sv->value, sv->len);
     sc->slen = sv->len;
-    *out = (al_body_filter){scrub_run, scrub_free, sc, NULL};
+    *out = (al_body_filter){scrub_run, scrub_free, sc, NULL, NULL};
     return 0;
 }
 

@@ -207,6 +207,69 @@ static void test_keep_length_and_limits(void **state)
     al_buf_free(&out, 0);
 }
 
+/* The zero-copy form: spans are recorded (where they lie) and joined. */
+typedef struct spans {
+    al_buf out;
+    const void *where[16];
+    size_t len[16], n;
+} spans;
+
+static int record(void *arg, const void *p, size_t n)
+{
+    spans *k = arg;
+    if (k->n < 16) {
+        k->where[k->n] = p;
+        k->len[k->n] = n;
+    }
+    k->n++;
+    return al_buf_append(&k->out, p, n);
+}
+
+static void test_spans_zero_copy(void **state)
+{
+    (void)state;
+    al_scrub s;
+    spans k = {0};
+    al_buf_init(&k.out, 1 << 16);
+    assert_int_equal(al_scrub_init(&s, KEY, strlen(KEY), AL_SCRUB_KEEP_LENGTH), AL_OK);
+    /* no match, near misses ("sk-l", "s") inside: one span, the input itself */
+    const char a[] = "plain sk-l text, s and more";
+    assert_int_equal(al_scrub_feed_spans(&s, a, strlen(a), record, &k), AL_OK);
+    assert_int_equal(k.n, 1);
+    assert_ptr_equal(k.where[0], a);
+    assert_int_equal(k.len[0], strlen(a));
+    /* a key split over three feeds: "...sk-li" | "ve-0123456789" | "abcdef tail" */
+    const char b[] = "head sk-li", c[] = "ve-0123456789", d[] = "abcdef tail";
+    k.n = 0;
+    assert_int_equal(al_scrub_feed_spans(&s, b, strlen(b), record, &k), AL_OK);
+    assert_int_equal(k.n, 1); /* "head " out, "sk-li" held */
+    assert_ptr_equal(k.where[0], b);
+    assert_int_equal(k.len[0], 5);
+    assert_int_equal(al_scrub_pending(&s), 5);
+    assert_int_equal(al_scrub_feed_spans(&s, c, strlen(c), record, &k), AL_OK);
+    assert_int_equal(k.n, 1); /* all held */
+    assert_int_equal(al_scrub_feed_spans(&s, d, strlen(d), record, &k), AL_OK);
+    assert_int_equal(al_scrub_finish(&s, &k.out), AL_OK);
+    const char want[] = "plain sk-l text, s and morehead [REDACTED]************** tail";
+    assert_int_equal(k.out.len, strlen(want));
+    assert_memory_equal(k.out.data, want, strlen(want));
+    /* a held prefix the next feed breaks is released from the secret, then the input */
+    const char e[] = "x sk-live", f[] = "-9 y";
+    k.n = 0;
+    al_buf_reset(&k.out);
+    assert_int_equal(al_scrub_feed_spans(&s, e, strlen(e), record, &k), AL_OK);
+    assert_int_equal(al_scrub_feed_spans(&s, f, strlen(f), record, &k), AL_OK);
+    assert_int_equal(k.n, 3);
+    assert_ptr_equal(k.where[1], KEY); /* "sk-live" (held from e) released */
+    assert_int_equal(k.len[1], 7);
+    assert_ptr_equal(k.where[2], f);
+    assert_int_equal(k.len[2], 4);
+    assert_memory_equal(k.out.data, "x sk-live-9 y", 13);
+    assert_int_equal(al_scrub_pending(&s), 0);
+    al_scrub_free(&s);
+    al_buf_free(&k.out, 0);
+}
+
 static void test_random_against_naive(void **state)
 {
     (void)state;
@@ -249,6 +312,7 @@ int main(void)
         cmocka_unit_test(test_holds_back_at_most_len_minus_one),
         cmocka_unit_test(test_keep_length_and_limits),
         cmocka_unit_test(test_random_against_naive),
+        cmocka_unit_test(test_spans_zero_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
