@@ -115,6 +115,26 @@ def test_split_across_chunks_bytes_and_sse_events():
         assert SECRET not in out and MASK in out, (path, out)
 
 
+def test_large_body_keys_across_read_and_frame_boundaries():
+    # 2 MiB with the key every 97 bytes: the upstream reads (64 KiB), the zero-copy
+    # spans handed to the sink, h2 DATA frames and a slow reader's held output all cut
+    # through copies of the key; every one is replaced, nothing else changes.
+    sys.path.insert(0, PEERS_DIR)
+    from echo_key_upstream import big_body
+    n = 2 * 1024 * 1024
+    want = big_body(SECRET.encode(), n).replace(SECRET.encode(), MASK.encode())
+    assert len(want) == n and SECRET.encode() not in want
+    st, head, body, _ = h1("echo", "/big?n=%d" % n)
+    assert st == 200 and len(body) == n and body == want, (st, len(body))
+    url = setup().gateway_url("echo", "/big?n=%d" % n)
+    for extra in ([], ["--limit-rate", "4M"]):  # the second: the sink refuses, output waits
+        r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--noproxy", "*",
+                            "--max-time", "60", "-o", "-"] + extra + [url],
+                           capture_output=True, timeout=90)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == want, (extra, len(r.stdout))
+
+
 def test_look_alikes_pass_untouched_and_off_means_off():
     st, head, body, _ = h1("echo", "/near")
     lines = body.decode().splitlines()

@@ -20,6 +20,9 @@ X-Api-Key header. Endpoints (any method; HTTP/1.1 keep-alive):
                  ("data: ...sk-li" / "data: ve..."), then one with KEY whole
   /near          200 with every proper prefix of KEY and KEY with its last byte
                  changed, but never KEY itself (nothing to scrub)
+  /big?n=N       200 with Content-Length N (default 2 MiB): big_body(KEY, N), KEY every
+                 97 bytes, so airlock's 64 KiB upstream reads and its h2 frames cut
+                 through copies of it
 """
 import argparse
 import json
@@ -115,12 +118,27 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif p == "/big":
+            body = big_body(key, int(q.get("n", [2 * 1024 * 1024])[0]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for i in range(0, len(body), 100000):  # several writes: boundaries move
+                self.wfile.write(body[i:i + 100000])
         else:
             self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+
+def big_body(key, n):
+    """n bytes: KEY, a space, KEY's first half, filler, every 97 bytes (also imported by
+    the tests to build the expected body)."""
+    unit = key + b" " + key[:len(key) // 2]
+    unit += b"." * (97 - len(unit)) if len(unit) < 97 else b""
+    return (unit * (n // len(unit) + 1))[:n]
 
 
 class Server(PeerServer):
