@@ -117,7 +117,7 @@ static void sink_end(void *arg, int ok)
     ev_break(s->loop, EVBREAK_ALL);
 }
 
-static const al_req_sink explain_sink = {sink_head, sink_body, sink_end, NULL, NULL, NULL};
+static const al_req_sink explain_sink = {sink_head, sink_body, sink_end, NULL, NULL, NULL, NULL};
 
 /* The upstream engine: records, never sends. */
 static int up_start(al_upstream_pool *p, const al_upstream_opts *o, const al_upstream_cbs *cb,

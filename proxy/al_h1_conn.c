@@ -126,6 +126,12 @@ static int sink_body(void *arg, const char *data, size_t len)
     return al_conn_send_spans(c, &sp, 1);
 }
 
+static int sink_body_full(void *arg)
+{
+    h1_state *s = arg;
+    return !s->c->dead && !s->no_body_out && al_conn_out_full(s->c);
+}
+
 static void sink_end(void *arg, int ok)
 {
     h1_state *s = arg;
@@ -202,7 +208,8 @@ static void sink_interim(void *arg, int status, const al_header *h, size_t n)
 }
 
 static const al_req_sink h1_sink = {sink_head, sink_body,     sink_end,
-                                    sink_body_consumed, sink_trailers, sink_interim};
+                                    sink_body_consumed, sink_trailers, sink_interim,
+                                    sink_body_full};
 
 static int body_cb(void *arg, const char *data, size_t len)
 {

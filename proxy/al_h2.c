@@ -314,6 +314,16 @@ static int sink_body(void *arg, const char *data, size_t len)
     return AL_OK;
 }
 
+/* As sink_body would answer AL_ERR_AGAIN: the request pauses and is resumed the same way. */
+static int sink_body_full(void *arg)
+{
+    h2_stream *s = arg;
+    if (s->closed || s->rst || s->is_head || out_pending(s) < STREAM_OUT_HIGH)
+        return 0;
+    s->out_paused = 1;
+    return 1;
+}
+
 static void stream_ended(h2_stream *s)
 {
     if (s->in_flight) {
@@ -378,7 +388,8 @@ static void sink_trailers(void *arg, const al_header *h, size_t n)
 }
 
 static const al_req_sink h2_sink = {sink_head,          sink_body,     sink_end,
-                                    sink_body_consumed, sink_trailers, sink_interim};
+                                    sink_body_consumed, sink_trailers, sink_interim,
+                                    sink_body_full};
 
 /* ---- request body clock --------------------------------------------------- */
 

@@ -1398,6 +1398,11 @@ static int up_on_body(void *arg, const char *data, size_t len)
         }
         if (rc < 0)
             return rc;
+        if (n && r->filter.run_spans && r->sink->body_full && r->sink->body_full(r->arg)) {
+            /* not taken yet: the spans would only be copied aside (offered again) */
+            r->out_paused = 1;
+            return AL_ERR_AGAIN;
+        }
         if (n && (r->filter.run_spans ? filter_run_spans(r, data, n) : filter_run(r, data, n, 0)))
             return AL_ERR_PROTO;
         r->resp_sent += n;

@@ -90,6 +90,10 @@ typedef struct al_req_sink {
     /* An interim 1xx response (103 Early Hints, 102) before head(); hop-by-hop
      * headers excluded. May be NULL (they are dropped). */
     void (*interim)(void *arg, int status, const al_header *h, size_t n);
+    /* 1 when body() would refuse now (AL_ERR_AGAIN): a body filter that consumes its
+     * input (the zero-copy scrubber) asks first, so its output is not copied aside
+     * while the agent is slow. May be NULL (never full). */
+    int (*body_full)(void *arg);
 } al_req_sink;
 
 /* ---- the decide stage: the policy decision point ------------------------- */

@@ -245,7 +245,7 @@ static void s_end(void *arg, int ok)
     sink.ok = ok;
 }
 
-static const al_req_sink test_sink = {s_head, s_body, s_end, NULL, NULL, NULL};
+static const al_req_sink test_sink = {s_head, s_body, s_end, NULL, NULL, NULL, NULL};
 
 static struct {
     int records;
@@ -717,7 +717,7 @@ static void s_consumed(void *arg, size_t n)
     consumed += n;
 }
 
-static const al_req_sink body_sink = {s_head, s_body, s_end, s_consumed, NULL, NULL};
+static const al_req_sink body_sink = {s_head, s_body, s_end, s_consumed, NULL, NULL, NULL};
 
 static al_req *start_post(int64_t len)
 {
