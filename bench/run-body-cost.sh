@@ -13,7 +13,7 @@
 #              of the response times (h2load's per-request log) — p99/p50 says how evenly
 #              the streams of one connection are served;
 #   callgrind: airlock under callgrind (instrumentation on for the N requests only):
-#              instructions per response, and memcpy's share (inclusive, all callers).
+#              instructions per response, and those of memcpy/memmove (all variants).
 # Every process started is stopped by pid at the end.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -105,11 +105,12 @@ for bin in "${bins[@]}"; do
         for f in "$dir"/cg-$n.out*; do
           t=$(awk '/^totals:/ {print $2; exit}' "$f")
           total=$((total + ${t:-0}))
-          c=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null |
-            awk '/memcpy|memmove/ && !/\?\?\?:0x/ {gsub(",", "", $1); if ($1+0 > m) m = $1+0} END {print m+0}')
+          # self cost of every memcpy/memmove variant (leaf functions: all their cost)
+          c=$(callgrind_annotate --threshold=100 "$f" 2>/dev/null |
+            awk '/memcpy|memmove/ {gsub(",", "", $1); m += $1} END {print m+0}')
           mc=$((mc + c))
         done
-        echo "$bin callgrind: $ok responses, c=$conc m=$streams:" \
+        echo "$bin callgrind: $ok of $requests responses, c=$conc m=$streams:" \
           "instructions/response $((total / ok)), memcpy/memmove $((mc / ok))"
         ;;
     esac
