@@ -103,12 +103,13 @@ typedef struct al_audit_field {
 /* At most this many fields in one event record. */
 #define AL_AUDIT_EVENT_FIELDS_MAX 32
 
-/* Queue capacity of al_audit_open() (lines; a power of two). */
-#define AL_AUDIT_QUEUE_DEFAULT 1024
+/* Queue capacity of al_audit_open(), in ring positions of 1 KiB (a power of two): a
+ * record takes one per KiB of its line, most records one (4 MiB: ~4,000 records). */
+#define AL_AUDIT_QUEUE_DEFAULT 4096
 
 /* How the server opens the log (README "Tamper-evident audit log"). */
 typedef struct al_audit_opts {
-    size_t slots;                    /* ring size in lines; 0 = AL_AUDIT_QUEUE_DEFAULT */
+    size_t slots;                    /* ring positions; 0 = AL_AUDIT_QUEUE_DEFAULT */
     int chain;                       /* seq/prev on every line, signed checkpoints */
     const char *state_dir;           /* where the signing key lives; NULL = no checkpoints */
     uint32_t checkpoint_interval_ms; /* 0 = only at rotation, reopen and close */
@@ -121,7 +122,8 @@ typedef struct al_audit_stats {
     uint64_t written;     /* records appended (checkpoints not counted) */
     uint64_t dropped;     /* records lost: the ring was full (or unwritable at close) */
     uint64_t failed;      /* write attempts that failed (each is retried) */
-    uint64_t lag;         /* records queued or held, not yet in the file */
+    uint64_t lag;         /* records queued (ring positions: one per KiB of a line) or held,
+                             not yet in the file */
     uint64_t checkpoints; /* signed checkpoints written */
     uint64_t rotations;   /* size rotations */
     int writable;         /* al_audit_writable() */
@@ -137,7 +139,8 @@ int al_audit_writable(const al_audit *a);
 
 /* Opens (creates 0600, appends) the log and starts the writer thread (no chain). */
 int al_audit_open(const char *path, al_audit **out);
-/* Same with a queue of `slots` lines (rounded up to a power of two, >= 2). */
+/* Same with a queue of `slots` positions (rounded up to a power of two, >= 4: room
+ * for the longest line). */
 int al_audit_open_ex(const char *path, size_t slots, al_audit **out);
 /* Flushes what is queued, stops the thread, closes the file. */
 void al_audit_close(al_audit *a);

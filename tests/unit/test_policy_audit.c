@@ -379,8 +379,26 @@ static char *slurp(const char *path, size_t *len)
     return s;
 }
 
+/* The producers' records vary in size, so that they take one to four ring positions
+ * (1 KiB each) and wrap around the ring's end: record q's path is '/' and
+ * path_len(q) letters ('a' + (thread + q) % 26), every seventh record also has long
+ * host, target, provider and principal fields (a line near AL_AUDIT_LINE_MAX). */
+static size_t path_len(int q)
+{
+    static const size_t lens[] = {5, 900, 1500, 1590, 40, 1100};
+    return lens[q % 6];
+}
+
+static char *filled(char *buf, size_t n, char c)
+{
+    memset(buf, c, n);
+    buf[n] = '\0';
+    return buf;
+}
+
 /* Checks every line parses; fills seen[thread * per + seq] from request_id "t<T>-<S>";
- * returns the number of lines. Each thread's lines must be in submission order. */
+ * returns the number of lines. Each thread's lines must be in submission order, each
+ * path as it was submitted. */
 static size_t check_lines(const char *path, unsigned char *seen, int threads, int per)
 {
     size_t len, lines = 0;
@@ -400,6 +418,13 @@ static size_t check_lines(const char *path, unsigned char *seen, int threads, in
         assert_int_equal(
             sscanf(json_string_value(json_object_get(j, "request_id")), "t%d-%d", &t, &q), 2);
         assert_true(t >= 0 && t < threads && q >= 0 && q < per);
+        const char *rpath = json_string_value(json_object_get(j, "path"));
+        assert_non_null(rpath);
+        if (strcmp(rpath, sample().path) != 0) { /* (not sample()'s: a produce() record) */
+            assert_int_equal(strlen(rpath), path_len(q) + 1);
+            for (size_t k = 1; k <= path_len(q); k++)
+                assert_int_equal(rpath[k], 'a' + (t + q) % 26);
+        }
         assert_int_equal(seen[t * per + q], 0); /* no duplicates */
         seen[t * per + q] = 1;
         assert_true(q > last[t]);
@@ -420,11 +445,22 @@ typedef struct producer {
 static void *produce(void *arg)
 {
     producer *pr = arg;
-    char rid[32];
+    char rid[32], path[1600], host[256], target[128], provider[128], principal[160];
     for (int i = 0; i < pr->count; i++) {
         al_audit_request r = sample();
         snprintf(rid, sizeof rid, "t%d-%d", pr->id, i);
         r.request_id = rid;
+        path[0] = '/';
+        filled(path + 1, path_len(i), (char)('a' + (pr->id + i) % 26));
+        r.path = path;
+        if (i % 7 == 0) {
+            r.host = filled(host, 250, 'h');
+            r.target = filled(target, 120, 't');
+            r.provider = filled(provider, 120, 'p');
+            r.principal = filled(principal, 150, 'u');
+            r.client_request_id = r.target;
+            r.end_user = r.host;
+        }
         al_audit_submit(pr->a, &r);
     }
     return NULL;
@@ -444,12 +480,13 @@ static void run_producers(al_audit *a, int threads, int per)
 
 static void test_many_threads_all_lines_whole(void **state)
 {
-    /* queue big enough for everything: nothing may be dropped */
+    /* queue big enough for everything (four 1 KiB positions a record at most): nothing
+     * may be dropped */
     enum { THREADS = 8, PER = 1000 };
     char path[128];
     path_in_dir(path, sizeof path, "many.log");
     al_audit *a = NULL;
-    assert_int_equal(al_audit_open_ex(path, THREADS * PER, &a), AL_OK);
+    assert_int_equal(al_audit_open_ex(path, 4 * THREADS * PER, &a), AL_OK);
     run_producers(a, THREADS, PER);
     al_audit_close(a);
     unsigned char *seen = calloc(THREADS * PER, 1);
