@@ -21,42 +21,39 @@
 
 /* ---- character classes (RFC 3986 §2, §3.3, §3.4) -------------------------------- */
 
-static int is_unreserved(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '.' || c == '_' || c == '~';
-}
-
-static int is_sub_delim(unsigned char c)
-{
-    return c != '\0' && strchr("!$&'()*+,;=", c) != NULL;
-}
-
-static int is_pchar(unsigned char c) /* without pct-encoded, checked apart */
-{
-    return is_unreserved(c) || is_sub_delim(c) || c == ':' || c == '@';
-}
-
-/* Bytes clients (Python requests, browsers) leave unencoded in a query; harmless there
- * since the query never selects a target or a path. */
-static int is_query_extra(unsigned char c)
-{
-    return c != '\0' && strchr("[]{}|^`", c) != NULL;
-}
+/* What a byte may be in a path[?query], by table (this runs for every byte of every
+ * request target, twice): PATH for a pchar (unreserved, sub-delims, ':' '@') or '/',
+ * QUERY for the bytes clients (Python requests, browsers) leave unencoded in a query,
+ * harmless there since the query never selects a target or a path: "[]{}|^`". '%'
+ * and '?' are handled apart; every other byte (controls, space, '"', '<', '>', '\\',
+ * '#', DEL, bytes >= 0x80) is refused. */
+enum { PATH = 1, QUERY = 2 };
+static const unsigned char CHAR_CLASS[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* controls */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 0, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* SP ! " # $ % & ' ( ) * + , - . / */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, /* 0-9 : ; < = > ? */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* @ A-O */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 0, 2, 2, 1, /* P-Z [ \\ ] ^ _ */
+    2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* ` a-o */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 1, 0, /* p-z { | } ~ DEL */
+};
 
 /* Checks the bytes of path[?query]. */
 static int chars_ok(const char *p, size_t n)
 {
-    int in_query = 0;
+    unsigned ok = PATH;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
+        if (CHAR_CLASS[c] & ok)
+            continue;
         if (c == '%') {
             if (i + 2 >= n || al_hex_value(p[i + 1]) < 0 || al_hex_value(p[i + 2]) < 0)
                 return 0;
             i += 2;
         } else if (c == '?') {
-            in_query = 1;
-        } else if (!(is_pchar(c) || c == '/' || (in_query && is_query_extra(c)))) {
+            ok = PATH | QUERY;
+        } else {
             return 0;
         }
     }
@@ -111,7 +108,11 @@ static enum al_reqtarget_why path_rule(const char *p, size_t n, int forbid_encod
         enum kind k = K_SEP; /* the end closes the last piece */
         int enc = 0;
         if (i < n) {
-            int b = deep_byte(p, n, &i, 0, &enc);
+            int b = (unsigned char)p[i]; /* (deep_byte of a byte that is not '%' is itself) */
+            if (b == '%')
+                b = deep_byte(p, n, &i, 0, &enc);
+            else
+                i++;
             k = K_OTHER;
             if (b == 0)
                 return AL_REQTARGET_BAD_CHAR;
