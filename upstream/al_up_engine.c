@@ -1442,7 +1442,7 @@ static void h2_conn_io(up_conn *c)
             h2_kick(c);
             break;
         }
-        char buf[16384];
+        char buf[BODY_READ]; /* (TLS gives one record, <= 16 KiB, per read anyway) */
         ssize_t n = al_up_io_read(&c->io, buf, sizeof buf);
         if (n == AL_ERR_AGAIN) {
             c->tls_rw = c->io.want == EV_WRITE;
