@@ -3,7 +3,7 @@
 # depend on what else the machine runs — for comparing builds on a shared machine.
 #
 #   bench/run-body-cost.sh [--airlock BIN]... [--conc C] [--streams M] [--requests N]
-#                          [--mode "strace callgrind"]
+#                          [--mode "strace callgrind plain"]
 #
 # For each BIN (default: build-release/airlock): the benchmark's upstream (Debian nginx,
 # bench/upstream-nginx.conf, a 1 MiB file) and table (bench/airlock-table.conf: gateway
@@ -12,6 +12,8 @@
 #              system calls per response (total, read, writev+sendto), and the p50 / p99
 #              of the response times (h2load's per-request log) — p99/p50 says how evenly
 #              the streams of one connection are served;
+#   plain:     the same load without strace: req/s (noise on a shared machine) and
+#              p50 / p99;
 #   callgrind: airlock under callgrind (instrumentation on for the N requests only):
 #              instructions per response, and those of memcpy/memmove (all variants).
 # Every process started is stopped by pid at the end.
@@ -89,6 +91,16 @@ for bin in "${bins[@]}"; do
         echo "$bin strace: $ok responses, c=$conc m=$streams: syscalls/response $total" \
           "(read $(per read), writev $(per writev), sendto $(per sendto)," \
           "epoll_ctl $(per epoll_ctl), epoll_wait $(per epoll_wait)); p50 $p50 ms p99 $p99 ms"
+        stop "$ap"
+        ;;
+      plain)
+        start "$bin" "$n"
+        load 100 "$dir/warm-$n.log" >/dev/null
+        out=$(load "$requests" "$dir/h2-$n.log")
+        ok=$(printf '%s\n' "$out" | awk '/^requests:/ {print $8}')
+        rps=$(printf '%s\n' "$out" | awk '/^finished in/ {print $4}')
+        read -r p50 p99 < <(pct "$dir/h2-$n.log")
+        echo "$bin plain: $ok responses, c=$conc m=$streams: $rps req/s, p50 $p50 ms p99 $p99 ms"
         stop "$ap"
         ;;
       callgrind)
