@@ -1865,12 +1865,41 @@ static al_up_req *req_get(al_up_engine *e)
     return r;
 }
 
-static int is_idempotent(const char *m)
+enum { M_IDEMPOTENT = 1, M_WRITE = 2, M_HEAD = 4 };
+
+/* What the engine needs to know of a method: idempotent (RFC 9110 section 9.2.2: may
+ * be sent again), a write that says its length even without a body (POST, PUT,
+ * PATCH), HEAD. One length switch instead of up to ten strcmp per request. */
+static unsigned method_flags(const char *m)
 {
-    static const char *const ok[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
-    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
-        if (!strcmp(m, ok[i]))
-            return 1;
+    switch (strlen(m)) {
+    case 3:
+        if (!memcmp(m, "GET", 3))
+            return M_IDEMPOTENT;
+        if (!memcmp(m, "PUT", 3))
+            return M_IDEMPOTENT | M_WRITE;
+        break;
+    case 4:
+        if (!memcmp(m, "HEAD", 4))
+            return M_IDEMPOTENT | M_HEAD;
+        if (!memcmp(m, "POST", 4))
+            return M_WRITE;
+        break;
+    case 5:
+        if (!memcmp(m, "TRACE", 5))
+            return M_IDEMPOTENT;
+        if (!memcmp(m, "PATCH", 5))
+            return M_WRITE;
+        break;
+    case 6:
+        if (!memcmp(m, "DELETE", 6))
+            return M_IDEMPOTENT;
+        break;
+    case 7:
+        if (!memcmp(m, "OPTIONS", 7))
+            return M_IDEMPOTENT;
+        break;
+    }
     return 0;
 }
 
@@ -1903,7 +1932,8 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
     r->has_body = o->has_body != 0;
     r->body_length = o->has_body ? o->body_length : 0;
     r->chunked = r->has_body && o->body_length < 0;
-    r->idempotent = is_idempotent(o->method);
+    unsigned mf = method_flags(o->method);
+    r->idempotent = (mf & M_IDEMPOTENT) != 0;
     r->allow_private = o->allow_private;
     r->connect_ms = o->connect_timeout_ms;
     r->first_byte_ms = o->first_byte_timeout_ms;
@@ -1913,8 +1943,7 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
     if (!r->hb.data) /* (a request from the free list keeps its head's memory) */
         al_buf_init(&r->hb, MAX_HEAD_OUT);
     const char *m = o->method;
-    int bodyless_write =
-        !o->has_body && (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH"));
+    int bodyless_write = !o->has_body && (mf & M_WRITE);
     al_up_h1_req q = {
         .method = m,
         .path = o->path,
@@ -1935,7 +1964,7 @@ int al_up_start(al_up_engine *e, const al_upstream_opts *o, const al_upstream_cb
         rc = AL_ERR_NOMEM;
         goto fail;
     }
-    al_up_h1_resp_init(&r->resp, !strcmp(m, "HEAD"));
+    al_up_h1_resp_init(&r->resp, (mf & M_HEAD) != 0);
     r->h = host_get(e, addr, o->connect_port, https, proto, o->connect_host,
                     https ? o->ca_file : NULL, &ss, sl);
     if (!r->h) {
