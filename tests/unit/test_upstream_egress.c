@@ -373,6 +373,13 @@ static const resolve_case g_literals[] = {
     {"2130706433", 0, AL_ERR_EGRESS, LO, "127.0.0.1"}, /* one number */
     {"0x7f.0.0.1", 0, AL_ERR_EGRESS, LO, NULL},        /* hex */
     {"0177.0.0.1", 0, AL_ERR_EGRESS, LO, NULL},        /* octal */
+    /* a leading zero is octal (inet_aton's reading, not the decimal fast path's): read as
+     * decimal, 010.0.0.1 would be 10.0.0.1 (private) instead of 8.0.0.1 */
+    {"010.0.0.1", 0, AL_OK, 0, "8.0.0.1"},
+    {"10.0.0.010", 1, AL_OK, 0, "10.0.0.8"},
+    {"127.000.000.001", 0, AL_ERR_EGRESS, LO, NULL},
+    {"192.168.1.1", 0, AL_ERR_EGRESS, PRV, NULL},
+    {"8.8.8.8", 0, AL_OK, 0, "8.8.8.8"},
     {"0.0.0.0", 0, AL_ERR_EGRESS, RSV, NULL},
     {"[::1]", 0, AL_ERR_EGRESS, LO, "::1"},
     {"::1", 1, AL_OK, 0, "::1"},
