@@ -188,23 +188,44 @@ static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *f
  * with lower-case names (hop-by-hop, content-length and pseudo headers dropped), and
  * content-length when clen >= 0. *nva and *lower are the caller's to free; -1 when
  * out of memory (the stream was reset). */
-static int head_nva(h2_stream *s, int status, const al_header *h, size_t n, int64_t clen,
-                    nghttp2_nv **out, char **lower_out, size_t *count, char st[4], char cl[24])
+/* A response head as nghttp2 name/value pairs: in the small buffers here when it fits
+ * (nghttp2 copies the pairs when the head is submitted), else allocated (a calloc and
+ * a malloc per response before). */
+typedef struct head_nv {
+    nghttp2_nv *nva;
+    char *lower; /* the names in lower case */
+    size_t count;
+    nghttp2_nv nva_small[32];
+    char lower_small[512];
+    char st[4], cl[24];
+} head_nv;
+
+static void head_nv_free(head_nv *v)
 {
-    nghttp2_nv *nva = calloc(n + 2, sizeof *nva);
-    char *lower = NULL;
+    if (v->nva != v->nva_small)
+        free(v->nva);
+    if (v->lower != v->lower_small)
+        free(v->lower);
+}
+
+static int head_nva(h2_stream *s, int status, const al_header *h, size_t n, int64_t clen,
+                    head_nv *v)
+{
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += h[i].name_len;
-    lower = malloc(total + 1);
-    if (!nva || !lower) {
-        free(nva);
-        free(lower);
+    v->nva = n + 2 <= sizeof v->nva_small / sizeof v->nva_small[0] ? v->nva_small
+                                                                   : calloc(n + 2, sizeof *v->nva);
+    v->lower = total < sizeof v->lower_small ? v->lower_small : malloc(total + 1);
+    if (!v->nva || !v->lower) {
+        head_nv_free(v);
         nghttp2_submit_rst_stream(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         s->rst = 1;
         schedule(s->h);
         return -1;
     }
+    nghttp2_nv *nva = v->nva;
+    char *lower = v->lower, *st = v->st, *cl = v->cl;
     unsigned sv = (unsigned)(status < 0 ? 0 : status) % 1000;
     st[0] = (char)('0' + sv / 100);
     st[1] = (char)('0' + sv / 10 % 10);
@@ -218,8 +239,10 @@ static int head_nva(h2_stream *s, int status, const al_header *h, size_t n, int6
                    al_http_name_is(x->name, x->name_len, "content-length");
         if (skip || x->name_len == 0 || x->name[0] == ':')
             continue;
-        for (size_t j = 0; j < x->name_len; j++)
-            lower[off + j] = (char)tolower((unsigned char)x->name[j]);
+        for (size_t j = 0; j < x->name_len; j++) { /* (ASCII: tolower is a libc call) */
+            unsigned char c = (unsigned char)x->name[j];
+            lower[off + j] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        }
         nva[k++] = (nghttp2_nv){(uint8_t *)lower + off, (uint8_t *)x->value, x->name_len,
                                 x->value_len, NGHTTP2_NV_FLAG_NONE};
         off += x->name_len;
@@ -229,9 +252,7 @@ static int head_nva(h2_stream *s, int status, const al_header *h, size_t n, int6
         nva[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, cn,
                                 NGHTTP2_NV_FLAG_NONE};
     }
-    *out = nva;
-    *lower_out = lower;
-    *count = k;
+    v->count = k;
     return 0;
 }
 
@@ -240,19 +261,15 @@ static void sink_head(void *arg, int status, const al_header *h, size_t n, int64
     h2_stream *s = arg;
     if (s->closed || s->rst)
         return;
-    nghttp2_nv *nva;
-    char *lower, st[4], cl[24];
-    size_t k;
+    head_nv v;
     /* The length comes from how airlock frames the body (al_request counts it), not
      * from whatever the upstream's header said. */
-    if (head_nva(s, status, h, n, clen >= 0 && status != 204 && status >= 200 ? clen : -1, &nva,
-                 &lower, &k, st, cl))
+    if (head_nva(s, status, h, n, clen >= 0 && status != 204 && status >= 200 ? clen : -1, &v))
         return;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = data_read};
     int no_body = s->is_head || status == 204 || status == 304;
-    int rv = nghttp2_submit_response(s->h->ng, s->id, nva, k, no_body ? NULL : &prd);
-    free(nva);
-    free(lower);
+    int rv = nghttp2_submit_response(s->h->ng, s->id, v.nva, v.count, no_body ? NULL : &prd);
+    head_nv_free(&v);
     if (rv != 0) {
         nghttp2_submit_rst_stream(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         s->rst = 1;
@@ -270,14 +287,11 @@ static void sink_interim(void *arg, int status, const al_header *h, size_t n)
     h2_stream *s = arg;
     if (s->closed || s->rst || s->submitted || status < 102 || status > 199)
         return;
-    nghttp2_nv *nva;
-    char *lower, st[4], cl[24];
-    size_t k;
-    if (head_nva(s, status, h, n, -1, &nva, &lower, &k, st, cl))
+    head_nv v;
+    if (head_nva(s, status, h, n, -1, &v))
         return;
-    nghttp2_submit_headers(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NULL, nva, k, NULL);
-    free(nva);
-    free(lower);
+    nghttp2_submit_headers(s->h->ng, NGHTTP2_FLAG_NONE, s->id, NULL, v.nva, v.count, NULL);
+    head_nv_free(&v);
     schedule(s->h);
 }
 

@@ -143,6 +143,11 @@ class ChaosUpstream(RawUpstream):
                     c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
                               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     continue
+                if path == "/many":  # 60 headers, 1.6 KB of names: past h2's small buffers
+                    extra = b"".join(b"X-Many-Header-With-A-Long-Name-%02d: v%d\r\n" % (i, i)
+                                     for i in range(60))
+                    c.sendall(b"HTTP/1.1 200 OK\r\n" + extra + b"Content-Length: 2\r\n\r\nok")
+                    continue
                 if path == "/ownid":
                     c.sendall(b"HTTP/1.1 200 OK\r\nX-Request-Id: upstream-123\r\n"
                               b"Content-Length: 2\r\n\r\nok")
@@ -351,6 +356,17 @@ def test_request_id_on_proxied_responses():
                         "--noproxy", "", AL.gateway_url("up", "/get/rid2")],
                        capture_output=True, timeout=20)
     assert re.search(r"^x-request-id: [0-9a-f]{32}\r?$", r.stdout.decode(), re.M | re.I), r.stdout
+
+
+def test_many_response_headers_reach_an_h2_agent():
+    r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-D", "-", "--noproxy", "",
+                        AL.gateway_url("up", "/many")], capture_output=True, timeout=20)
+    text = r.stdout.decode("latin-1")
+    assert r.returncode == 0, r.stderr
+    assert text.startswith("HTTP/2 200"), text
+    for i in range(60):
+        assert "x-many-header-with-a-long-name-%02d: v%d\r\n" % (i, i) in text, (i, text)
+    assert text.endswith("ok"), text
 
 
 def test_reuse_racing_a_close_retries_a_get_once_on_a_fresh_connection():
