@@ -46,7 +46,7 @@
  * more than READ_BUF is still to come): a 16 KiB read was 66 read() calls and as many
  * body offers per 1 MiB response. The downstream takes one piece while it holds less
  * than its high mark (64 KiB), so a stream's memory stays bounded by mark + piece. */
-#define BODY_READ    (64 * 1024)
+#define BODY_READ    AL_UP_MAX_BODY_CHUNK
 #define BODY_BUF     16384
 #define FREE_MAX     64
 #define MAX_HEAD_OUT (128 * 1024) /* serialised request head */

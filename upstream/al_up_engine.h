@@ -21,7 +21,7 @@
  * idempotent without a body (HTTP/2: a stream the upstream did not process — GOAWAY
  * above its last stream, REFUSED_STREAM — goes again on another connection, at most 3
  * times, when none of its body was read); memory per request is bounded (a 16 KiB read
- * buffer, a 16 KiB body buffer, the head; HTTP/2: the stream's receive window, 256 KiB,
+ * buffer, 64 KiB more once a large response body streams, a 16 KiB body buffer, the head; HTTP/2: the stream's receive window, 256 KiB,
  * while its agent does not read). */
 #ifndef AL_UP_ENGINE_H
 #define AL_UP_ENGINE_H
@@ -42,6 +42,9 @@ typedef struct al_up_req al_up_req;
 /* Per worker and host speaking HTTP/2: requests in flight at once (streams, most on one
  * connection; the peer's SETTINGS_MAX_CONCURRENT_STREAMS queues the excess there). */
 #define AL_UP_MAX_HOST_STREAMS 1024
+/* on_body gets at most this many bytes at once (a large HTTP/1.1 body is read in pieces
+ * of this size; the downstream's per-stream buffers are sized for it). */
+#define AL_UP_MAX_BODY_CHUNK (64 * 1024)
 #define AL_UP_IDLE_EXPIRY_MS       30000
 
 int al_up_engine_new(struct ev_loop *loop, al_up_engine **out);

@@ -15,6 +15,7 @@
 typedef al_up_engine al_upstream_pool;
 typedef al_up_req al_upstream_req;
 #define AL_UPSTREAM_MAX_HOST_CONNECTIONS AL_UP_MAX_HOST_CONNECTIONS
+#define SUITE_MAX_CHUNK AL_UP_MAX_BODY_CHUNK /* (64 KiB reads of a large body) */
 
 /* What the worker installs (upstream/al_egress's classes), reduced to what the suite
  * checks: loopback and private addresses are refused. */
