@@ -101,6 +101,39 @@ static void test_json_body_every_split(void **state)
     al_buf_free(&want, 0);
 }
 
+/* The skip passes a first byte whose next one breaks the match: a run of first bytes
+ * before the key, a first byte ending a piece, the second byte starting a piece. */
+static void test_first_byte_runs_every_split(void **state)
+{
+    (void)state;
+    static const char *const secs[] = {"aab-secret-0123", "ab-secret-01234"};
+    const char *body = "a aa aaab-secret-0123 aab-secret-012a aab-secret-01234"
+                       "aaab-secret-0123aab-secret-0123 aa";
+    size_t n = strlen(body);
+    al_buf out, want;
+    al_buf_init(&out, 4096);
+    al_buf_init(&want, 4096);
+    for (size_t k = 0; k < 2; k++) {
+        al_scrub s;
+        size_t sl = strlen(secs[k]);
+        assert_int_equal(al_scrub_init(&s, secs[k], sl, 0), AL_OK);
+        naive(secs[k], sl, body, n, &want);
+        assert_null(strstr(want.data, secs[k]));
+        assert_non_null(strstr(want.data, "[REDACTED]"));
+        for (size_t cut = 0; cut <= n; cut++) {
+            for (size_t second = 1; second <= 3; second++) {
+                size_t sizes[3] = {cut ? cut : n, second, n};
+                chunked(&s, body, n, sizes, 3, &out);
+                assert_int_equal(out.len, want.len);
+                assert_memory_equal(out.data, want.data, want.len);
+            }
+        }
+        al_scrub_free(&s);
+    }
+    al_buf_free(&out, 0);
+    al_buf_free(&want, 0);
+}
+
 static void test_sse_events(void **state)
 {
     (void)state;
@@ -313,6 +346,7 @@ int main(void)
         cmocka_unit_test(test_keep_length_and_limits),
         cmocka_unit_test(test_random_against_naive),
         cmocka_unit_test(test_spans_zero_copy),
+        cmocka_unit_test(test_first_byte_runs_every_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
