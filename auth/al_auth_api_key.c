@@ -9,6 +9,7 @@
  * secret is sized before the first secret byte is copied. */
 #include "al_auth.h"
 #include "common/al_err.h"
+#include "common/al_http.h"
 #include "common/al_hex.h"
 
 #include <string.h>
@@ -107,16 +108,6 @@ static int piece_names(const char *p, size_t n, const char *name, size_t nlen)
     }
 }
 
-/* Header values may hold visible ASCII, SP, HTAB and obs-text; nothing that ends
- * a header line or the header block. */
-static int header_value_ok(const unsigned char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f)
-            return 0;
-    return 1;
-}
-
 /* ---- api_key -------------------------------------------------------------- */
 
 static const char *api_key_name(const al_target *t)
@@ -140,8 +131,8 @@ int al_auth_api_key_header(const al_target *t, const al_secret_view *s, al_auth_
         return AL_OK;
     const char *prefix = api_key_prefix(t);
     size_t plen = strlen(prefix);
-    if (!s || (!s->value && s->len) || !header_value_ok((const unsigned char *)prefix, plen) ||
-        !header_value_ok(s->value, s->len))
+    if (!s || (!s->value && s->len) || !al_http_field_value_ok(prefix, plen) ||
+        !al_http_field_value_ok((const char *)s->value, s->len))
         return AL_ERR_INVAL;
     al_buf *value = al_auth_out_add(out, api_key_name(t));
     if (!value)

@@ -58,6 +58,9 @@ static inline int al_http_connection_lists(const char *v, size_t vlen, const cha
     return 0;
 }
 
+/* 1 when v[0..n) may be a header field value (RFC 9110 section 5.5): no control byte
+ * but HTAB, no DEL (visible ASCII, SP, HTAB, obs-text). Eight bytes at a time. */
+int al_http_field_value_ok(const char *v, size_t n);
 /* The first header named `lit` (lower-case literal) in h[0..n), or NULL. */
 const al_header *al_http_find(const al_header *h, size_t n, const char *lit);
 

@@ -45,45 +45,27 @@ static int name_ok(const char *s, size_t n)
 #define ONES  0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
 
-/* 1 when the 8 bytes of x hold one below b (b <= 128): exact as a yes/no. */
-static inline int word_has_below(uint64_t x, unsigned b)
-{
-    return ((x - ONES * b) & ~x & HIGHS) != 0;
-}
-
 /* A header value sent: no CR, LF or NUL (they would end the line or the head). Eight
- * bytes at a time; a word holding any byte below 0x0e is looked at byte by byte. */
+ * bytes at a time (the tail as the last eight, overlapping); a word holding any byte
+ * below 0x0e is looked at byte by byte. */
 static int value_ok(const char *s, size_t n)
 {
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
+    if (n >= 8) {
         uint64_t x;
-        memcpy(&x, s + i, 8);
-        if (word_has_below(x, 0x0e))
-            break;
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&x, s + i, 8);
+            if ((x - ONES * 0x0e) & ~x & HIGHS)
+                goto bytes;
+        }
+        memcpy(&x, s + n - 8, 8);
+        if (i == n || !((x - ONES * 0x0e) & ~x & HIGHS))
+            return 1;
     }
+bytes:
     for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '\r' || c == '\n' || c == '\0')
-            return 0;
-    }
-    return 1;
-}
-
-/* A header value received: no control byte but HTAB, no DEL (RFC 9110 section 5.5).
- * Eight bytes at a time as value_ok. */
-static int field_value_ok(const char *s, size_t n)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t x;
-        memcpy(&x, s + i, 8);
-        if (word_has_below(x, 0x20) || word_has_below(x ^ (ONES * 0x7f), 1))
-            break;
-    }
-    for (; i < n; i++) {
-        unsigned char b = (unsigned char)s[i];
-        if ((b < ' ' && b != '\t') || b == 0x7f)
             return 0;
     }
     return 1;
@@ -405,7 +387,7 @@ static const char *split_head(al_up_h1_resp *p, int *minor)
         if (!colon || !name_ok(line, (size_t)(colon - line)))
             return "malformed response header";
         char *v = colon + 1, *ve = le;
-        if (!field_value_ok(v, (size_t)(ve - v)))
+        if (!al_http_field_value_ok(v, (size_t)(ve - v)))
             return "malformed response header";
         while (v < ve && (*v == ' ' || *v == '\t'))
             v++;
