@@ -32,6 +32,7 @@
 #include "al_spool.h"
 #include "auth/al_auth.h"
 #include "common/al_err.h"
+#include "common/al_hex.h"
 #include "common/al_fmt.h"
 #include "common/al_http.h"
 #include "common/al_log.h"
@@ -399,12 +400,7 @@ static void make_request_id(al_req *r)
 {
     unsigned char rnd[16];
     r->ctx->ops->random_id(r->ctx->owner, rnd); /* zeroes on a CSPRNG failure */
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < sizeof rnd; i++) {
-        r->request_id[2 * i] = hex[rnd[i] >> 4];
-        r->request_id[2 * i + 1] = hex[rnd[i] & 15];
-    }
-    r->request_id[32] = '\0';
+    al_hex_encode(rnd, sizeof rnd, r->request_id); /* 32 digits and the NUL */
 }
 
 /* Wipes what holds the secret and gives the credential back to its source (or
