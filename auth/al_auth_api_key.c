@@ -19,7 +19,7 @@
 
 static int eq_ci(const char *a, size_t alen, const char *b, size_t blen)
 {
-    return alen == blen && strncasecmp(a, b, alen) == 0;
+    return al_http_name_eq(a, alen, b, blen);
 }
 
 static int unreserved(unsigned char c)

@@ -9,22 +9,30 @@
 
 int al_http_hop_by_hop(const char *name, size_t len)
 {
-    static const struct {
-        const char *s;
-        size_t n;
-    } hop[] = {
-#define H(x) {x, sizeof x - 1}
-        H("connection"), H("keep-alive"), H("proxy-connection"),
-        H("te"),         H("transfer-encoding"), H("upgrade"),
-#undef H
-    };
-    /* lengths 2, 7, 10, 16, 17 only: most names leave here */
-    if (!name || len < 2 || len > 17 || !((1u << len) & 0x30484u))
+    /* one candidate per length (10: by the first byte), so one compare at most */
+    const char *lit;
+    if (!name)
         return 0;
-    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
-        if (al_http_name_eq(name, len, hop[i].s, hop[i].n))
-            return 1;
-    return 0;
+    switch (len) {
+    case 2:
+        lit = "te";
+        break;
+    case 7:
+        lit = "upgrade";
+        break;
+    case 10:
+        lit = (name[0] | 0x20) == 'c' ? "connection" : "keep-alive";
+        break;
+    case 16:
+        lit = "proxy-connection";
+        break;
+    case 17:
+        lit = "transfer-encoding";
+        break;
+    default:
+        return 0;
+    }
+    return al_http_caseeq(name, lit, len);
 }
 
 const al_header *al_http_find(const al_header *h, size_t n, const char *lit)

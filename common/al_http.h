@@ -19,10 +19,23 @@ typedef struct al_header {
     size_t value_len;
 } al_header;
 
+/* 1 when a[0..n) equals b[0..n) with ASCII letters in any case (strncasecmp in the C
+ * locale airlock runs in, for slices without NUL). Inline: header names are short, most
+ * differ in their first byte, and a libc call costs more than the compare. */
+static inline int al_http_caseeq(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
+        /* equal, or the same letter: differing only in 0x20, lower form in a..z */
+        if (x != y && ((x | 0x20) != (y | 0x20) || (unsigned char)((x | 0x20) - 'a') > 'z' - 'a'))
+            return 0;
+    }
+    return 1;
+}
 /* 1 when name[0..len) equals lit[0..lit_len), in any case. */
 static inline int al_http_name_eq(const char *name, size_t len, const char *lit, size_t lit_len)
 {
-    return len == lit_len && strncasecmp(name, lit, lit_len) == 0;
+    return len == lit_len && al_http_caseeq(name, lit, lit_len);
 }
 /* 1 when name[0..len) equals the NUL-terminated lit, in any case. Inline: with a
  * literal the compiler folds strlen, so the hot path compares lengths first. */
@@ -52,7 +65,7 @@ static inline int al_http_connection_lists(const char *v, size_t vlen, const cha
         const char *s = p;
         while (p < end && *p != ',' && *p != ' ' && *p != '\t')
             p++;
-        if ((size_t)(p - s) == nlen && strncasecmp(s, name, nlen) == 0)
+        if ((size_t)(p - s) == nlen && al_http_caseeq(s, name, nlen))
             return 1;
     }
     return 0;

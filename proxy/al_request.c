@@ -1021,7 +1021,7 @@ static const al_header *find_header(const al_req *r, const char *name)
 {
     size_t n = strlen(name);
     for (size_t i = 0; i < r->hdr_count; i++)
-        if (r->hdrs[i].name_len == n && strncasecmp(r->hdrs[i].name, name, n) == 0)
+        if (al_http_name_eq(r->hdrs[i].name, r->hdrs[i].name_len, name, n))
             return &r->hdrs[i];
     return NULL;
 }
@@ -1046,7 +1046,7 @@ static int64_t header_int(const al_header *h, size_t n, const char *name, int64_
 {
     size_t nl = strlen(name);
     for (size_t i = 0; i < n; i++) {
-        if (h[i].name_len != nl || strncasecmp(h[i].name, name, nl) != 0)
+        if (!al_http_name_eq(h[i].name, h[i].name_len, name, nl))
             continue;
         int64_t v = 0;
         size_t k = 0, digits = 0;
@@ -2227,7 +2227,7 @@ static int is_loopback_name(const char *host, size_t hl)
 {
     static const char *const names[] = {"localhost", "127.0.0.1", "::1"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (hl == strlen(names[i]) && strncasecmp(host, names[i], hl) == 0)
+        if (al_http_name_is(host, hl, names[i]))
             return 1;
     return 0;
 }
@@ -2250,7 +2250,7 @@ static int is_listen_address(const char *listen, const char *host, size_t hl, ui
     if (al_reqtarget_authority(listen, strlen(listen), 0, &lh, &lhl, &lport) != AL_OK ||
         lport != port)
         return 0;
-    if (lhl == hl && strncasecmp(lh, host, hl) == 0)
+    if (al_http_name_eq(lh, lhl, host, hl))
         return 1;
     int wildcard = (lhl == 7 && memcmp(lh, "0.0.0.0", 7) == 0) ||
                    (lhl == 2 && memcmp(lh, "::", 2) == 0);

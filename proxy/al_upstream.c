@@ -238,7 +238,7 @@ static int is_hop_by_hop(const char *name, size_t len)
 
 static int name_is(const al_header *h, const char *name)
 {
-    return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
+    return al_http_name_is(h->name, h->name_len, name);
 }
 
 static int bytes_ok(const char *s, size_t n, int is_name)
