@@ -87,7 +87,10 @@ struct al_conn {
     void *tls;       /* SSL* when transport is TLS (the innermost session) */
     void *outer_tls; /* SSL* of listen.tls under an intercepted CONNECT: TLS in TLS */
     ev_io io;
-    ev_timer kick; /* zero-delay continuation (pipelined requests, deferred frees) */
+    /* queued for a continuation at the end of this loop pass (al_conn_kick): the
+     * worker's kick list, run by its ev_prepare watcher before the loop polls again */
+    struct al_conn *kick_prev, *kick_next;
+    int kick_queued;
     int io_events;
 
     char *in; /* received, not yet consumed: in[0..in_len) */
@@ -164,8 +167,12 @@ void al_conn_update(al_conn *c);
  * just before it could know is answered, with Connection: close, instead of being cut. */
 #define AL_CONN_DRAIN_IDLE_MS 1000
 void al_conn_drain_idle(al_conn *c);
-/* Runs proto->on_read again soon from the loop (pipelined input already buffered). */
+/* Runs proto->on_read again at the end of this loop pass, after every other event of
+ * the pass (pipelined input already buffered, h2 frames to send): the responses that
+ * finished in one pass leave in one write. */
 void al_conn_kick(al_conn *c);
+/* The worker's ev_prepare runs the connections kicked so far (worker only). */
+void al_conn_run_kicks(struct al_worker *w);
 /* Close after flushing (graceful) or at once. The memory goes at the end of the event. */
 void al_conn_close(al_conn *c, int flush_first);
 /* Frees a dead connection (worker calls this). */

@@ -380,10 +380,19 @@ static void reap(al_worker *w)
         accept_resume(w); /* a descriptor came back */
 }
 
+/* Only there to make the next poll return at once (al_conn_run_kicks). */
+static void on_kick_wake(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)t;
+    (void)revents;
+}
+
 static void on_prepare(struct ev_loop *loop, ev_prepare *chk, int revents)
 {
     al_worker *w = chk->data;
     (void)revents;
+    al_conn_run_kicks(w); /* first: a kick may close its connection */
     reap(w);
     /* the worker's gauges, published once per loop turn: two relaxed stores */
     if (w->server)
@@ -523,6 +532,7 @@ int al_worker_init(al_worker *w, int id, struct al_server *s, al_table *table)
     ev_prepare_init(&w->reaper, on_prepare);
     w->reaper.data = w;
     ev_prepare_start(w->loop, &w->reaper);
+    ev_timer_init(&w->kick_wake, on_kick_wake, 0., 0.);
     init_req_ctx(w);
     return AL_OK;
 fail:

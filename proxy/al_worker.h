@@ -58,6 +58,9 @@ typedef struct al_worker {
     ev_io accept_w, tls_accept_w;
     ev_async wake;     /* reload / stop from the main thread */
     ev_prepare reaper; /* frees closed connections before the loop blocks again */
+    al_conn *kicks, *kicks_tail; /* al_conn_kick's list, run by the reaper first */
+    size_t kick_count;
+    ev_timer kick_wake; /* the loop must not block: kicks queued by the kicks wait */
     ev_timer drain_timer;
     ev_timer accept_retry; /* accepting paused (out of descriptors): try again */
     int accept_paused;
