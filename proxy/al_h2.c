@@ -52,6 +52,9 @@
 
 typedef struct h2_session h2_session;
 
+static void *fl_alloc(size_t size);
+static void fl_free(void *ptr);
+
 /* nghttp2's big buffers, each on pages of its own in a slot (see "idle memory") */
 enum { PART_DEFLATE, PART_MAP, PART_FRAMEBUF, PARTS };
 
@@ -505,9 +508,10 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     h2_session *h = user;
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
-    h2_stream *s = calloc(1, sizeof *s);
+    h2_stream *s = fl_alloc(sizeof *s); /* the thread's free list (fl_alloc) */
     if (!s)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
+    memset(s, 0, sizeof *s);
     s->h = h;
     s->id = f->hd.stream_id;
     s->clen = -1;
@@ -516,14 +520,14 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     al_buf_init(&s->out, STREAM_OUT_HIGH + 64 * 1024);
     s->req = al_request_new(&h->c->worker->rctx, &h2_sink, s, "h2", h->c->peer);
     if (!s->req) {
-        free(s);
+        fl_free(s);
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     if (h->c->tunnel_host[0] &&
         (al_request_set_tunnel(s->req, h->c->tunnel_host, h->c->tunnel_port) != AL_OK ||
          al_request_set_tunnel_auth(s->req, h->c->tunnel_auth, h->c->tunnel_auth_len) != AL_OK)) {
         al_request_free(s->req);
-        free(s);
+        fl_free(s);
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     s->next = h->streams;
@@ -947,7 +951,7 @@ static void free_stream(h2_stream *s)
     free(s->trailers);
     free(s->trailer_buf);
     al_buf_free(&s->out, 0);
-    free(s);
+    fl_free(s);
 }
 
 /* Frames to the socket in rounds: nghttp2's frames go to the queue, DATA payloads are
