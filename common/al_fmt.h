@@ -14,4 +14,10 @@
  * (AL_FMT_U64_MAX at most); returns the number of digits written. */
 size_t al_fmt_u64(char *out, uint64_t v);
 
+/* "a.b.c.d" (NUL-terminated) in plain decimal, each part at most 255 without a leading
+ * zero: the spelling of nearly every IPv4 literal, read as inet_pton and inet_aton read
+ * it (their calls cost ~200-600 instructions a request). Stores the address in network
+ * byte order in *net and returns 1; 0 for any other spelling (the caller asks libc). */
+int al_fmt_read_ipv4(const char *s, uint32_t *net);
+
 #endif

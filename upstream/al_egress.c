@@ -553,31 +553,6 @@ void al_resolver_free(al_resolver *r)
     free(r);
 }
 
-/* "a.b.c.d" in plain decimal, each part at most 255 without a leading zero: the
- * spelling of nearly every literal, read here as inet_aton reads it (its four strtoul
- * calls cost ~600 instructions a request). 0 for any other spelling. */
-static int plain_dotted_quad(const char *h, struct in_addr *a)
-{
-    uint32_t v = 0;
-    for (int part = 0; part < 4; part++) {
-        if (*h < '0' || *h > '9' || (*h == '0' && h[1] >= '0' && h[1] <= '9'))
-            return 0; /* (a leading zero is octal to inet_aton) */
-        unsigned x = 0;
-        for (int digits = 0; *h >= '0' && *h <= '9'; h++)
-            if (++digits > 3)
-                return 0;
-            else
-                x = x * 10 + (unsigned)(*h - '0');
-        if (x > 255 || (part < 3 && *h++ != '.'))
-            return 0;
-        v = v << 8 | x;
-    }
-    if (*h)
-        return 0;
-    a->s_addr = htonl(v);
-    return 1;
-}
-
 /* An IPv4 literal in any form the C library and curl accept ("127.1", "0x7f.0.0.1",
  * "2130706433"), so a spelling cannot slip a private address past the check. */
 static int parse_v4_literal(const char *h, struct in_addr *a)
@@ -585,7 +560,7 @@ static int parse_v4_literal(const char *h, struct in_addr *a)
     for (const char *p = h; *p; p++)
         if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || *p == 'x' || *p == '.'))
             return 0;
-    return plain_dotted_quad(h, a) || inet_aton(h, a) != 0;
+    return al_fmt_read_ipv4(h, &a->s_addr) || inet_aton(h, a) != 0;
 }
 
 void *al_resolver_resolve(al_resolver *r, const char *host, uint16_t port, int allow_private,

@@ -28,6 +28,7 @@
 #include "al_up_tls.h"
 #include "common/al_buf.h"
 #include "common/al_err.h"
+#include "common/al_fmt.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1817,7 +1818,9 @@ static int parse_addr(const char *a, uint16_t port, struct sockaddr_storage *ss,
     memset(ss, 0, sizeof *ss);
     struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
     struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, a, &s4->sin_addr) == 1) {
+    /* (the resolver's checked address is a plain dotted quad: read without libc) */
+    if (al_fmt_read_ipv4(a, &s4->sin_addr.s_addr) ||
+        inet_pton(AF_INET, a, &s4->sin_addr) == 1) {
         s4->sin_family = AF_INET;
         s4->sin_port = htons(port);
         *len = sizeof *s4;
