@@ -2234,21 +2234,22 @@ static int is_loopback_name(const char *host, size_t hl)
 
 /* 1 if host:port is the listener address `listen` ("host:port", "[v6]:port",
  * "*:port"): the same host, or a loopback name when airlock listens on loopback or on
- * a wildcard address (0.0.0.0, ::, *), where loopback reaches it too. */
-static int is_listen_address(const char *listen, const char *host, size_t hl, uint16_t port)
+ * a wildcard address (0.0.0.0, ::, *), where loopback reaches it too. `at` is listen
+ * as the table read it at load (host NULL: not read, read here). */
+static int is_listen_address(const char *listen, const al_listen_addr *at, const char *host,
+                             size_t hl, uint16_t port)
 {
-    const char *lh;
-    size_t lhl;
-    uint16_t lport;
-    char any[80];
+    al_listen_addr now;
     if (!listen)
         return 0;
-    if (listen[0] == '*') { /* "*:port": every address, as 0.0.0.0 */
-        snprintf(any, sizeof any, "0.0.0.0%s", listen + 1);
-        listen = any;
+    if (!at->host) {
+        if (al_table_listen_addr(listen, &now) != AL_OK)
+            return 0;
+        at = &now;
     }
-    if (al_reqtarget_authority(listen, strlen(listen), 0, &lh, &lhl, &lport) != AL_OK ||
-        lport != port)
+    const char *lh = at->host;
+    size_t lhl = at->host_len;
+    if (at->port != port)
         return 0;
     if (al_http_name_eq(lh, lhl, host, hl))
         return 1;
@@ -2268,8 +2269,9 @@ static int self_gateway(const al_req *r, const al_reqtarget *rt)
     if (r->scheme || rt->form != AL_REQTARGET_ABSOLUTE || rt->https || rt->path_len < 3 ||
         memcmp(rt->path, "/t/", 3) != 0)
         return 0;
-    return is_listen_address(r->table->listen.proxy, rt->host, rt->host_len, rt->port) ||
-           is_listen_address(r->table->listen.tls, rt->host, rt->host_len, rt->port);
+    const al_listen *l = &r->table->listen;
+    return is_listen_address(l->proxy, &l->proxy_addr, rt->host, rt->host_len, rt->port) ||
+           is_listen_address(l->tls, &l->tls_addr, rt->host, rt->host_len, rt->port);
 }
 
 /* ---- airlock's own endpoints (hooks.local) -------------------------------- */
@@ -2327,10 +2329,11 @@ static int route_local(al_req *r, const al_reqtarget *rt)
     if (!hk->local || rt->path_len < 2 || rt->path[0] != '/')
         return 0;
     int ours = rt->form == AL_REQTARGET_ORIGIN && !r->scheme;
+    const al_listen *l = &r->table->listen;
     if (!ours && rt->host_len && !rt->https)
-        ours = is_listen_address(r->table->listen.proxy, rt->host, rt->host_len, rt->port);
+        ours = is_listen_address(l->proxy, &l->proxy_addr, rt->host, rt->host_len, rt->port);
     if (!ours && rt->host_len)
-        ours = is_listen_address(r->table->listen.tls, rt->host, rt->host_len, rt->port);
+        ours = is_listen_address(l->tls, &l->tls_addr, rt->host, rt->host_len, rt->port);
     if (!ours)
         return 0;
     al_local_req q = {

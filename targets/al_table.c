@@ -1193,6 +1193,27 @@ static void check_user_identity(loader *L)
     }
 }
 
+int al_table_listen_addr(const char *listen, al_listen_addr *out)
+{
+    const char *lh;
+    size_t lhl;
+    uint16_t lport;
+    char any[80];
+    const char *l = listen;
+    *out = (al_listen_addr){0};
+    if (!listen)
+        return AL_ERR_INVAL;
+    if (listen[0] == '*') { /* "*:port": every address, as 0.0.0.0 */
+        snprintf(any, sizeof any, "0.0.0.0%s", listen + 1);
+        l = any;
+    }
+    if (al_reqtarget_authority(l, strlen(l), 0, &lh, &lhl, &lport) != AL_OK)
+        return AL_ERR_INVAL;
+    /* (a host in `any` is the literal's: it must not point into the stack) */
+    *out = (al_listen_addr){l == any ? "0.0.0.0" : lh, lhl, lport};
+    return AL_OK;
+}
+
 const char *al_table_public_base_url(const al_table *t, char *buf, size_t n)
 {
     if (!n)
@@ -1395,6 +1416,10 @@ static int load_impl(const char *name, const char *data, size_t len, const char 
         goto out;
     if ((rc = al_router_build(t->targets, t->target_count, &t->router)) != AL_OK)
         goto out;
+    /* (an address that does not read stays unread: the request path reads it again
+     * and finds it is no address, as before) */
+    (void)al_table_listen_addr(t->listen.proxy, &t->listen.proxy_addr);
+    (void)al_table_listen_addr(t->listen.tls, &t->listen.tls_addr);
     *out = t;
     t = NULL;
     rc = AL_OK;

@@ -151,10 +151,21 @@ typedef struct al_target {
     int line, column; /* where the target was defined, for later diagnostics */
 } al_target;
 
+/* A listen address read into host and port ("*" as "0.0.0.0"); host points into the
+ * address string (or a literal); host NULL = not read. */
+typedef struct al_listen_addr {
+    const char *host;
+    size_t host_len;
+    uint16_t port;
+} al_listen_addr;
+
 typedef struct al_listen {
     char *proxy; /* owned; "127.0.0.1:8080" style; NULL = disabled */
     char *tls;   /* owned */
     char *admin; /* owned */
+    /* proxy and tls read once at load: the request path asks per request whether a
+     * target is airlock's own address (a table built by hand leaves them unread) */
+    al_listen_addr proxy_addr, tls_addr;
 } al_listen;
 
 typedef struct al_limits {
@@ -335,6 +346,11 @@ const char *al_table_create_hint(const al_target *tg, const char *provider, char
  * (a wildcard listen address as loopback), without a trailing '/', into buf; "" when
  * there is none (the links are then paths). Returns buf. */
 const char *al_table_public_base_url(const al_table *t, char *buf, size_t n);
+
+/* Reads the listen address `listen` ("host:port", "[v6]:port", "*:port") into *out
+ * (host pointing into listen, "*" as the literal "0.0.0.0"). AL_ERR_INVAL when it is
+ * not one. */
+int al_table_listen_addr(const char *listen, al_listen_addr *out);
 
 /* Reads only the `state_dir` of a table file, resolved against the file's
  * directory, without validating the rest (the CLI's state-dir rule). Returns a

@@ -350,6 +350,41 @@ static void test_defaults(void **state)
     al_table_unref(t);
 }
 
+/* listen.proxy and listen.tls are read once at load into host and port (the request
+ * path's own-address check); "*:port" reads as 0.0.0.0, a bracketed IPv6 without its
+ * brackets; an absent address stays unread. */
+static void test_listen_addresses_read_at_load(void **state)
+{
+    (void)state;
+    al_table *t = load_ok("listen: {proxy: '0.0.0.0:8080', tls: '[::1]:8443', admin: 'localhost:3'}\n"
+                          "targets: []\n");
+    const al_listen_addr *p = &t->listen.proxy_addr, *s = &t->listen.tls_addr;
+    assert_non_null(p->host);
+    assert_int_equal(p->host_len, 7);
+    assert_memory_equal(p->host, "0.0.0.0", 7);
+    assert_int_equal(p->port, 8080);
+    assert_non_null(s->host);
+    assert_int_equal(s->host_len, 3);
+    assert_memory_equal(s->host, "::1", 3);
+    assert_int_equal(s->port, 8443);
+    al_table_unref(t);
+    t = load_ok("listen: {proxy: 'Airlock.Internal:1'}\ntargets: []\n");
+    assert_int_equal(t->listen.proxy_addr.host_len, 16);
+    assert_memory_equal(t->listen.proxy_addr.host, "Airlock.Internal", 16);
+    assert_int_equal(t->listen.proxy_addr.port, 1);
+    assert_null(t->listen.tls_addr.host);
+    al_table_unref(t);
+    al_listen_addr a;
+    assert_int_equal(al_table_listen_addr(NULL, &a), AL_ERR_INVAL);
+    assert_null(a.host);
+    assert_int_equal(al_table_listen_addr("not an address:1", &a), AL_ERR_INVAL);
+    assert_null(a.host);
+    assert_int_equal(al_table_listen_addr("*:99", &a), AL_OK); /* the wildcard's spelling */
+    assert_int_equal(a.host_len, 7);
+    assert_memory_equal(a.host, "0.0.0.0", 7);
+    assert_int_equal(a.port, 99);
+}
+
 static void test_explicit_sections(void **state)
 {
     (void)state;
@@ -788,6 +823,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_tables),
+        cmocka_unit_test(test_listen_addresses_read_at_load),
         cmocka_unit_test(test_examples_load),
         cmocka_unit_test(test_all_twenty_pairs),
         cmocka_unit_test(test_defaults),
