@@ -39,6 +39,11 @@ static void test_fmt_u64_matches_printf(void **state)
     }
     check(443);
     check(65535);
+    uint64_t x = 88172645463325252ull; /* xorshift: values of every length */
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        check(x >> (x % 64));
+    }
 }
 
 /* al_fmt_read_ipv4 takes only what inet_pton(AF_INET) takes, with the same address;
