@@ -13,12 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-int al_scrub_init(al_scrub *s, const void *secret, size_t len, int flags)
+static int scrub_init(al_scrub *s, const void *secret, size_t len, int flags, size_t *table)
 {
     memset(s, 0, sizeof *s);
     if (!secret || len < AL_SCRUB_MIN_SECRET || len > AL_SCRUB_MAX_SECRET)
         return AL_ERR_INVAL;
-    s->next = malloc(len * sizeof *s->next);
+    s->table_borrowed = table != NULL;
+    s->next = table ? table : malloc(len * sizeof *s->next);
     if (!s->next)
         return AL_ERR_NOMEM;
     s->secret = secret;
@@ -37,9 +38,25 @@ int al_scrub_init(al_scrub *s, const void *secret, size_t len, int flags)
     return AL_OK;
 }
 
+int al_scrub_init(al_scrub *s, const void *secret, size_t len, int flags)
+{
+    return scrub_init(s, secret, len, flags, NULL);
+}
+
+int al_scrub_init_in(al_scrub *s, const void *secret, size_t len, int flags, size_t *table)
+{
+    if (!table) {
+        memset(s, 0, sizeof *s);
+        return AL_ERR_INVAL;
+    }
+    return scrub_init(s, secret, len, flags, table);
+}
+
 void al_scrub_free(al_scrub *s)
 {
-    free(s->next);
+    if (!s->table_borrowed)
+        free(s->next);
+    s->table_borrowed = 0;
     s->next = NULL;
     s->secret = NULL;
     s->len = s->state = 0;

@@ -49,11 +49,15 @@ typedef struct al_scrub {
     size_t state;   /* bytes of the secret matched so far = bytes held back */
     uint64_t count; /* matches replaced so far */
     int flags;
+    int table_borrowed; /* next is the caller's (al_scrub_init_in): not freed here */
 } al_scrub;
 
 /* Prepares a scrubber for `secret` (borrowed, len bytes). AL_ERR_INVAL when len is
  * outside [AL_SCRUB_MIN_SECRET, AL_SCRUB_MAX_SECRET]; AL_ERR_NOMEM. */
 int al_scrub_init(al_scrub *s, const void *secret, size_t len, int flags);
+/* The same with the table in the caller's memory: table has room for len entries and
+ * outlives the scrubber (one allocation a response instead of two). */
+int al_scrub_init_in(al_scrub *s, const void *secret, size_t len, int flags, size_t *table);
 /* Frees the table (never touches the secret). Safe on a zeroed or failed scrubber. */
 void al_scrub_free(al_scrub *s);
 

@@ -259,6 +259,7 @@ static void on_request_finished(void *arg, const al_audit_request *rec)
  * length, so the Content-Length the agent was told holds). */
 typedef struct scrub_filter {
     al_scrub s;
+    size_t table[]; /* the scrubber's table (secret length entries): one allocation */
 } scrub_filter;
 
 static int scrub_run(void *state, const char *in, size_t len, int final, al_buf *out)
@@ -297,12 +298,13 @@ static int scrub_open(void *arg, const al_target *t, const al_secret_view *sv, i
     if (!t || !t->scrub_echoed_credential || !sv || !sv->value || sv->len < AL_SCRUB_MIN_SECRET ||
         sv->len > AL_SCRUB_MAX_SECRET)
         return AL_OK; /* nothing injected, scrubbing off, or a key too short to match */
-    scrub_filter *f = calloc(1, sizeof *f);
+    /* (al_scrub_init_in sets every field of f->s; the table is written before it is read) */
+    scrub_filter *f = malloc(sizeof *f + sv->len * sizeof f->table[0]);
     if (!f)
         return AL_ERR_NOMEM;
     /* the secret view stays valid while the request holds its credential: the filter is
      * closed before the credential is released */
-    int rc = al_scrub_init(&f->s, sv->value, sv->len, AL_SCRUB_KEEP_LENGTH);
+    int rc = al_scrub_init_in(&f->s, sv->value, sv->len, AL_SCRUB_KEEP_LENGTH, f->table);
     if (rc != AL_OK) {
         free(f);
         return rc;

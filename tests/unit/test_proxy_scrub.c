@@ -171,18 +171,31 @@ static void test_self_similar_secret(void **state)
     al_buf out, want;
     al_buf_init(&out, 4096);
     al_buf_init(&want, 4096);
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        al_scrub s;
-        size_t sl = strlen(cases[i].secret), n = strlen(cases[i].in);
-        assert_int_equal(al_scrub_init(&s, cases[i].secret, sl, 0), AL_OK);
-        naive(cases[i].secret, sl, cases[i].in, n, &want);
-        assert_string_equal(want.data, cases[i].want);
-        for (size_t piece = 1; piece <= n; piece++) {
-            chunked(&s, cases[i].in, n, &piece, 1, &out);
-            assert_string_equal(out.data, cases[i].want);
+    /* twice: the table allocated by the scrubber, then in the caller's memory
+     * (al_scrub_init_in: exactly secret-length entries, ASan-checked, freed by us after
+     * al_scrub_free, which must leave it alone) */
+    for (int in_caller = 0; in_caller < 2; in_caller++) {
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            al_scrub s;
+            size_t sl = strlen(cases[i].secret), n = strlen(cases[i].in);
+            size_t *table = in_caller ? malloc(sl * sizeof *table) : NULL;
+            if (in_caller)
+                assert_int_equal(al_scrub_init_in(&s, cases[i].secret, sl, 0, table), AL_OK);
+            else
+                assert_int_equal(al_scrub_init(&s, cases[i].secret, sl, 0), AL_OK);
+            naive(cases[i].secret, sl, cases[i].in, n, &want);
+            assert_string_equal(want.data, cases[i].want);
+            for (size_t piece = 1; piece <= n; piece++) {
+                chunked(&s, cases[i].in, n, &piece, 1, &out);
+                assert_string_equal(out.data, cases[i].want);
+            }
+            al_scrub_free(&s);
+            free(table);
         }
-        al_scrub_free(&s);
     }
+    al_scrub s;
+    assert_int_equal(al_scrub_init_in(&s, "12345678", 8, 0, NULL), AL_ERR_INVAL);
+    al_scrub_free(&s);
     al_buf_free(&out, 0);
     al_buf_free(&want, 0);
 }
