@@ -123,7 +123,10 @@ struct al_req {
     void *cred_pending; /* the source's handle while it works */
     int have_secret;
     al_auth_out inj;
-    al_buf url;
+    /* the upstream path with its NUL, in the arena (no allocation of its own); wiped
+     * (it may carry a query secret) once the engine has its copy, or at the end */
+    char *url;
+    size_t url_len;
     int retrying; /* the retry's query is in `retry` until the response is dropped */
     int lambda_gateway; /* gateway call of a lambda target: POST .../invocations */
     al_cred_query retry;
@@ -189,6 +192,9 @@ enum al_req_state al_request_state(const al_req *r)
 }
 
 /* ---- arena -------------------------------------------------------------- */
+
+/* The longest upstream path (what the URL buffer allowed: 64 KiB). */
+#define URL_MAX (64 * 1024)
 
 static void *arena_alloc(al_req *r, size_t n)
 {
@@ -371,7 +377,8 @@ al_req *al_request_new(al_req_ctx *ctx, const al_req_sink *sink, void *arg, cons
     r->resp_length = -1;
     copy_str(r->client, sizeof r->client, client);
     al_auth_out_init(&r->inj);
-    al_buf_init(&r->url, 64 * 1024);
+    r->url = NULL;
+    r->url_len = 0;
     al_buf_init(&r->refuse_body, 4096);
     al_buf_init(&r->fn_body, 64 * 1024);
     clock_gettime(CLOCK_MONOTONIC, &r->t0);
@@ -405,10 +412,19 @@ static void make_request_id(al_req *r)
 
 /* Wipes what holds the secret and gives the credential back to its source (or
  * cancels the source's pending answer). */
+/* Wipes the URL (arena memory, so it is not freed here). */
+static void url_wipe(al_req *r)
+{
+    if (r->url)
+        OPENSSL_cleanse(r->url, r->url_len + 1);
+    r->url = NULL;
+    r->url_len = 0;
+}
+
 static void release_secret(al_req *r)
 {
     al_auth_out_free(&r->inj);
-    al_buf_free(&r->url, 1);
+    url_wipe(r);
     if (r->cred_pending)
         al_credsrc_cancel(r->src, r->cred_pending);
     r->cred_pending = NULL;
@@ -1541,7 +1557,6 @@ static void up_on_done(void *arg, enum al_upstream_error err, const char *detail
         r->retrying = 0;
         release_secret(r);
         al_auth_out_init(&r->inj);
-        al_buf_init(&r->url, 64 * 1024);
         r->cq = r->retry;
         r->retry_name = al_cred_attempt_retry_name(r->cq.attempt);
         stage_credential(r);
@@ -2023,10 +2038,16 @@ static void stage_prepare(al_req *r)
 
     /* URL: the target's scheme, host and port, set part by part by al_upstream; the
      * agent's checked (and maybe rewritten) path. The path needs a NUL. */
-    if (al_buf_append(&r->url, path, path_len)) {
+    if (path_len > URL_MAX) {
         refuse(r, AL_REF_URI_TOO_LONG, "the request target is too long");
         return;
     }
+    url_wipe(r); /* (a retry's earlier URL was wiped after its start already) */
+    if (!(r->url = arena_dup(r, path, path_len))) {
+        refuse(r, AL_REF_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    r->url_len = path_len;
     stage_upstream(r, out, n);
 }
 
@@ -2061,7 +2082,7 @@ static void stage_upstream(al_req *r, al_header *out, size_t n)
     al_upstream_opts o = {
         .method = up_method(r),
         .scheme = t->scheme,
-        .path = r->url.data,
+        .path = r->url,
         .headers = out,
         .header_count = n,
         .connect_host = t->host,
@@ -2095,7 +2116,7 @@ static void stage_upstream(al_req *r, al_header *out, size_t n)
         r->up = up;
     /* The copies in the upstream engine are what matters now; the URL may carry a
      * query secret. */
-    al_buf_free(&r->url, 1);
+    url_wipe(r);
     al_auth_out_free(&r->inj);
 }
 
