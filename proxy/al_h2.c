@@ -87,7 +87,8 @@ struct h2_session {
     int sending;
     /* h2_send's batch: DATA payloads (in their streams' buffers) to insert into the
      * connection's queue, their bytes, and whether the batch limit stopped nghttp2 */
-    al_conn_span zc[AL_CONN_SPANS_MAX];
+    al_conn_span *zc; /* h2_send's array on its stack: NULL outside h2_send (an idle
+                       * connection keeps no 1.5 KB of spans) */
     size_t zc_n, zc_bytes;
     int zc_full;
     int goaway; /* 0, GOAWAY_NOTICE (shutdown notice + PING sent), GOAWAY_FINAL */
@@ -964,6 +965,8 @@ static int h2_send(h2_session *h)
     int rc = 0;
     if (h->sending)
         return 0;
+    al_conn_span zc[AL_CONN_SPANS_MAX];
+    h->zc = zc;
     h->sending = 1;
     int more = 0;
     for (int round = 0; round < 8 && rc == 0 && !c->dead; round++) {
@@ -991,6 +994,7 @@ static int h2_send(h2_session *h)
             break; /* nothing left, or the socket is full */
     }
     h->sending = 0;
+    h->zc = NULL;
     if (more && rc == 0 && !c->dead) {
         /* nghttp2 has more: when the socket takes the queue (on_drain, whatever the
          * queue's size), or at the next turn of the loop when 8 rounds went out (the
