@@ -25,7 +25,7 @@ count=10000
 protos="h2 h1"
 peers="airlock haproxy"
 parse_opts "airlock=airlock_bin count protos peers" "$@"
-need_tools "run deploy/install-deps.sh" nginx haproxy curl openssl /usr/bin/python3
+need_tools "run deploy/install-deps.sh" nginx haproxy h2load curl openssl /usr/bin/python3
 /usr/bin/python3 -c 'import hpack' 2>/dev/null ||
   { echo "run-idle-scale: python3-hpack missing (python3-h2): run deploy/install-deps.sh" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -82,8 +82,12 @@ for peer in $peers; do
       notes+=("$note")
       continue
     fi
-    # warm the proxy up (first request, upstream connection, allocator arenas)
-    case "$proto" in h2) flag=--http2-prior-knowledge ;; *) flag=--http1.1 ;; esac
+    # warm the proxy up: 20,000 requests on 20 connections fill what a process holds
+    # whatever its connection count (upstream pool, allocator arenas, request free
+    # lists, airlock's 4 MiB audit ring, whose pages become resident as records pass),
+    # so that (after - before) / N is per connection, not the process's first traffic
+    case "$proto" in h2) flag=--http2-prior-knowledge h1=() ;; *) flag=--http1.1 h1=(--h1) ;; esac
+    h2load "${h1[@]}" -n 20000 -c 20 -m 10 "http://127.0.0.1:$peer_port/t/bench/small" >/dev/null 2>&1 || true
     for _ in 1 2 3; do
       curl -sS --noproxy '*' -o /dev/null "$flag" "http://127.0.0.1:$peer_port/t/bench/small" \
         2>/dev/null || true
