@@ -457,7 +457,7 @@ static void audit_addressing(al_req *r, al_audit_request *rec, audit_bufs *b)
         alen = tl;
         tl = 0;
     } else if (tl > 7 &&
-               (strncasecmp(tg, "http://", 7) == 0 || strncasecmp(tg, "https://", 8) == 0)) {
+               (al_http_caseeq(tg, "http://", 7) || al_http_caseeq(tg, "https://", 8))) {
         size_t skip = tg[4] == ':' ? 7 : 8;
         dport = skip == 7 ? 80 : 443;
         auth = tg + skip;
