@@ -64,17 +64,15 @@ int al_auth_out_sets(const al_auth_out *o, const char *name, size_t len)
 /* al_buf has no reserve call: append zeros, then take them back. */
 int al_auth_reserve(al_buf *b, size_t total)
 {
-    static const char zeros[256];
-    size_t keep = b->len;
-    while (b->len < total) {
-        size_t n = total - b->len;
-        int rc = al_buf_append(b, zeros, n < sizeof zeros ? n : sizeof zeros);
+    /* one growth to the room needed (al_buf wipes a block it leaves), not appends of
+     * zeros 256 bytes at a time */
+    if (total > b->len) {
+        int rc = al_buf_reserve(b, total - b->len);
         if (rc)
             return rc;
     }
-    b->len = keep;
     if (b->data)
-        b->data[keep] = '\0';
+        b->data[b->len] = '\0';
     return AL_OK;
 }
 
