@@ -13,6 +13,7 @@
 #include "al_reqtarget.h"
 #include "al_err.h"
 #include "al_hex.h"
+#include "al_http.h"
 
 #include <string.h>
 #include <strings.h>
@@ -312,8 +313,8 @@ int al_reqtarget_parse_h1(const char *method, const char *target, size_t len, al
         if (!alpha && (i == 0 || !((c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.')))
             return fail(out, AL_REQTARGET_BAD_FORM);
     }
-    if (!((s == 4 && strncasecmp(target, "http", 4) == 0) ||
-          (s == 5 && strncasecmp(target, "https", 5) == 0)))
+    if (!((s == 4 && al_http_caseeq(target, "http", 4)) ||
+          (s == 5 && al_http_caseeq(target, "https", 5))))
         return fail(out, AL_REQTARGET_BAD_SCHEME);
     out->form = AL_REQTARGET_ABSOLUTE;
     out->https = s == 5;
@@ -340,8 +341,8 @@ int al_reqtarget_check_h2(const char *method, const char *scheme, size_t scheme_
     memset(out, 0, sizeof *out);
     if (!method || strcmp(method, "CONNECT") == 0 || !path || path_len == 0)
         return fail(out, AL_REQTARGET_BAD_FORM); /* h2 CONNECT is not served */
-    if (!scheme || !((scheme_len == 4 && strncasecmp(scheme, "http", 4) == 0) ||
-                     (scheme_len == 5 && strncasecmp(scheme, "https", 5) == 0)))
+    if (!scheme || !((scheme_len == 4 && al_http_caseeq(scheme, "http", 4)) ||
+                     (scheme_len == 5 && al_http_caseeq(scheme, "https", 5))))
         return fail(out, AL_REQTARGET_BAD_SCHEME);
     out->https = scheme_len == 5;
     out->authority = authority;
