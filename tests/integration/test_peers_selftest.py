@@ -423,7 +423,18 @@ def test_resource_server_and_mcp_accept_only_the_providers_tokens():
         j = json.loads(out.stdout.strip().splitlines()[-1])
         assert j["ok"] and j["tools"] == ["count"] and j["result"] == "counted to 3", (j, out.stderr)
         assert [p["progress"] for p in j["progress"]] == [1, 2, 3], j
-        assert j["progress"][0]["ms"] + 80 < j["result_ms"], j  # events arrived one by one
+        assert "lockstep_acked" not in j, j  # plain mode: no ack needed
+        # lock-step mode: each progress acked before the next is sent (events one by one)
+        out = subprocess.run([NODE, os.path.join(TESTS_DIR, "integration", "node", "mcp_client.mjs"),
+                              base + "/mcp"], capture_output=True, text=True, timeout=90,
+                             env=dict(env, MCP_TEST_ACK_URL=base + "/__ack",
+                                      MCP_TEST_ACK_TIMEOUT_MS="20000"))
+        j = json.loads(out.stdout.strip().splitlines()[-1])
+        assert j["ok"] and j["result"] == "counted to 3", (j, out.stderr)
+        assert [p["progress"] for p in j["progress"]] == [1, 2, 3], j
+        assert j["lockstep_acked"] == 3 and j["acks"] == [200, 200, 200], j
+        # an unawaited or late ack is refused
+        assert S.get(base + "/__ack?id=nope&n=1", verify=ca, timeout=10).status_code == 409
         env["MCP_TEST_BEARER"] = api_tok  # wrong audience for /mcp
         out = subprocess.run([NODE, os.path.join(TESTS_DIR, "integration", "node", "mcp_client.mjs"),
                               base + "/mcp"], capture_output=True, text=True, env=env, timeout=60)

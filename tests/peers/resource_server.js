@@ -14,7 +14,14 @@
 //              WWW-Authenticate: Bearer error="invalid_token" and a JSON error;
 // - /mcp       MCP Streamable HTTP (stateless: one server per request). Tool "count" sends
 //              three progress notifications, 50 ms apart, then its result, all as
-//              server-sent events on the POST's response stream;
+//              server-sent events on the POST's response stream. Lock-step mode (opt-in,
+//              the call's _meta["airlock.test/ack"] = {id, timeout_ms}): progress i+1 and the
+//              result are sent only after the client acknowledged progress i on
+//              GET /__ack?id=ID&n=I (direct, not through airlock); without an ack within
+//              timeout_ms the rest is sent at once. The result's second text item is
+//              {"lockstep_acked": N} (3: every event reached the client before the next was
+//              sent — streamed, not buffered);
+// - GET  /__ack?id=&n= 200 for the awaited ack, else 409 (late: the peer stopped waiting);
 // - POST /__revoke     every token seen so far is rejected from now on (by jti);
 // - GET  /__stats      {"requests","accepted","rejected","jtis":[distinct jti seen, in order],
 //                      "tokens":[the raw tokens, same order: for "never logged" checks]}.
@@ -45,6 +52,26 @@ for (const need of ["issuer", "jwks", "audience"]) {
 const JWKS = createRemoteJWKSet(new URL(opt.jwks));
 const revoked = new Set();
 const stats = { requests: 0, accepted: 0, rejected: 0, jtis: [], tokens: [] };
+const lockstep = new Map(); // ack id -> { want: n, done() } while "count" waits for ack n
+
+// Registered before progress n is sent (the ack may beat sendNotification's return);
+// resolves true on the ack, false after ms.
+function awaitAck(id, n, ms) {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      lockstep.delete(id);
+      resolve(false);
+    }, ms);
+    lockstep.set(id, {
+      want: n,
+      done: () => {
+        clearTimeout(t);
+        lockstep.delete(id);
+        resolve(true);
+      },
+    });
+  });
+}
 
 async function authenticate(req, audience) {
   const h = req.headers.authorization || "";
@@ -81,16 +108,22 @@ function mcpServer() {
     { description: "counts to three, streaming progress" },
     async (extra) => {
       const token = extra._meta?.progressToken;
+      const ls = extra._meta?.["airlock.test/ack"];
+      let acked = ls && token !== undefined ? 0 : -1; // -1: not lock-step; stays put once held back
       for (let i = 1; i <= 3; i++) {
         if (token !== undefined) {
+          const ack = acked === i - 1 ? awaitAck(String(ls.id), i, Math.min(Number(ls.timeout_ms) || 10000, 60000)) : null;
           await extra.sendNotification({
             method: "notifications/progress",
             params: { progressToken: token, progress: i, total: 3 },
           });
+          if (ack && (await ack)) acked = i;
         }
-        await new Promise((r) => setTimeout(r, 50));
+        if (acked < 0) await new Promise((r) => setTimeout(r, 50));
       }
-      return { content: [{ type: "text", text: "counted to 3" }] };
+      const content = [{ type: "text", text: "counted to 3" }];
+      if (acked >= 0) content.push({ type: "text", text: JSON.stringify({ lockstep_acked: acked }) });
+      return { content };
     },
   );
   return server;
@@ -99,6 +132,14 @@ function mcpServer() {
 async function handle(req, res) {
   const url = new URL(req.url, "http://x");
   if (url.pathname === "/__stats") return send(res, 200, stats);
+  if (url.pathname === "/__ack") {
+    const w = lockstep.get(url.searchParams.get("id") || "");
+    if (!w || String(w.want) !== url.searchParams.get("n")) {
+      return send(res, 409, { error: "lockstep_timeout", message: "no such ack awaited: the tool stopped waiting" });
+    }
+    w.done();
+    return send(res, 200, { acked: Number(url.searchParams.get("n")) });
+  }
   if (url.pathname === "/__revoke" && req.method === "POST") {
     for (const j of stats.jtis) revoked.add(j);
     return send(res, 200, { revoked: revoked.size });
