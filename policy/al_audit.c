@@ -496,7 +496,12 @@ static size_t drain(al_audit *a)
     }
     if (!a->pending && a->chain && a->key && a->checkpoint_ms && a->since_checkpoint &&
         now_ms() >= a->next_checkpoint_ms) {
-        if (write_checkpoint(a, "interval") != AL_OK) {
+        /* commit leaves room for one checkpoint, the rotate one that seals the file: an
+         * interval one taking that room put the file past max_bytes (by up to a
+         * checkpoint) at the next rotation. Without room for both, rotating seals it. */
+        int full = a->max_bytes &&
+                   (uint64_t)a->size + 2 * AL_AUDIT_CHECKPOINT_MAX > a->max_bytes;
+        if ((full ? rotate_file(a) : write_checkpoint(a, "interval")) != AL_OK) {
             note_failure(a, errno);
             a->next_checkpoint_ms = a->retry_at_ms;
         } else {

@@ -496,6 +496,50 @@ static void test_writer_rotates_restarts_and_verifies(void **state)
     EVP_PKEY_free(key);
 }
 
+/* Interval checkpoints between lines near a file's end: the file still stays within
+ * max_file_bytes (an interval checkpoint that took the room kept for the rotate one put
+ * it up to a checkpoint past; the integration test's rotation run saw it under load). A
+ * checkpoint after every line (interval 1 ms, each waited for), and max_file_bytes in
+ * steps smaller than that window, make that case certain for some file. */
+static void test_writer_interval_checkpoints_keep_max_file_bytes(void **state)
+{
+    (void)state;
+    for (int max = 2048; max < 2048 + 800; max += 100) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/cp%d.log", g_dir, max);
+        al_audit_opts o = {.chain = 1, .state_dir = g_dir, .checkpoint_interval_ms = 1,
+                           .max_file_bytes = (uint64_t)max, .max_files = 100};
+        al_audit *a = NULL;
+        al_audit_stats st;
+        assert_int_equal(al_audit_open_opts(path, &o, &a), AL_OK);
+        for (int i = 0; i < 16; i++) {
+            al_audit_get_stats(a, &st);
+            uint64_t cps = st.checkpoints;
+            submit_n(a, 1, i);
+            wait_written(a, (uint64_t)i + 1);
+            for (int t = 0; t < 10000 && st.checkpoints <= cps; t++) {
+                struct timespec ms = {0, 1000000};
+                nanosleep(&ms, NULL);
+                al_audit_get_stats(a, &st);
+            }
+            assert_true(st.checkpoints > cps);
+        }
+        al_audit_get_stats(a, &st);
+        assert_true(st.rotations >= 2);
+        al_audit_close(a);
+        for (int i = 1; i < 100; i++) {
+            char p[160];
+            size_t len;
+            snprintf(p, sizeof p, "%s.%d", path, i);
+            if (access(p, F_OK) != 0)
+                continue;
+            free(slurp(p, &len));
+            if (len > (size_t)max)
+                fail_msg("%s: %zu bytes, max_file_bytes %d", p, len, max);
+        }
+    }
+}
+
 /* /dev/full: every write fails with ENOSPC. Lines are held, not dropped; the writer
  * says it is not writable (what on_failure: deny asks) and counts the failures. */
 static void test_writer_holds_lines_on_failure(void **state)
@@ -628,6 +672,7 @@ int main(void)
         cmocka_unit_test(test_verify_rewrite_needs_the_key),
         cmocka_unit_test(test_verify_series),
         cmocka_unit_test(test_writer_rotates_restarts_and_verifies),
+        cmocka_unit_test(test_writer_interval_checkpoints_keep_max_file_bytes),
         cmocka_unit_test(test_writer_holds_lines_on_failure),
         cmocka_unit_test(test_cli_appends_join_a_busy_writer),
     };
