@@ -310,6 +310,15 @@ def test_rewritten_file_caught_only_by_the_signature():
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
 
 
+def writer_quiet(al, needles):
+    """Every needle is in the live log or audit.log.1, and the newest line is a
+    checkpoint (the live log is empty just after a rotation: then audit.log.1's last)."""
+    files = [al.audit_path + ".1", al.audit_path]
+    lines = [l for f in files if os.path.exists(f) for l in lines_of(f)]
+    return bool(lines) and b'"event":"audit.checkpoint"' in lines[-1] and \
+        all(any(n in l for l in lines) for n in needles)
+
+
 def test_rotation_by_size_and_reopen_keep_the_chain():
     up = Upstream()
     al = Airlock(table(up, "  max_file_bytes: 6000\n  max_files: 100\n"),
@@ -323,6 +332,12 @@ def test_rotation_by_size_and_reopen_keep_the_chain():
         moved = al.audit_path + ".moved"
         for i in range(5):
             assert get(al, "/pre/%d" % i)[0] == 200
+        # the writer quiet first (every record written, then sealed by a checkpoint: it
+        # writes nothing more until the next record), so its own size rotation cannot run
+        # between our rename and the reopen: a rename in the instant between its
+        # audit.log -> audit.log.1 and the new audit.log found no file
+        wait_for(lambda: writer_quiet(al, [b'"path":"/pre/%d"' % i for i in range(5)]), 10,
+                 "the /pre/ records written and sealed")
         os.rename(al.audit_path, moved)
         al.proc.signal(signal.SIGUSR1)
         wait_for(lambda: os.path.exists(al.audit_path), 10, "the reopened log")
