@@ -782,8 +782,9 @@ static int part_of(const h2_session *h, const void *ptr)
  * (a worker: its sessions live on its loop). The blocks are plain malloc blocks, no
  * header: a freed block goes to the list of its usable size (malloc_usable_size;
  * glibc's are 16 k + 8 bytes), so nothing a session keeps costs more than before; a
- * thread keeps at most FL_KEEP bytes of them (none per idle connection), and a thread's lists are freed when it exits. Under ASan a cached block
- * is poisoned: a use after nghttp2 freed it is still reported. */
+ * thread keeps at most FL_KEEP bytes of them (none per idle connection), and a
+ * thread's lists are freed when it exits. Under ASan a cached block is poisoned: a use
+ * after nghttp2 freed it is still reported. */
 #define FL_CLASSES 32 /* class c: usable size >= 16 (c + 1) + 8, i.e. 24 .. 520 bytes */
 #define FL_KEEP (128 * 1024) /* bytes kept a thread */
 
